@@ -40,14 +40,20 @@ def inspect_output(out: str | Path, as_json: bool = False, plot_dir: str | None 
         if r["block"] in teacher:
             r["teacher_block"] = teacher[r["block"]]
     if as_json:
-        print(to_json({"layers": rows, "report": report, "block_map": block_map,
-                       "removed_blocks": removed_blocks(block_map, report) if block_map else None,
-                       "stages": stages_record(report)}))
+        print(to_json(json_record(rows, report, block_map)))
     else:
         _print_inspection(title or str(out), model, rows, report, block_map, teacher)
     if plot_dir:
         write_plots(rows, report, plot_dir)
     return rows
+
+
+def json_record(rows: list[dict], report: dict, block_map: dict | None) -> dict:
+    """What --json prints, its top-level keys those docs/COMMANDS.md's inspect row lists: the per-layer
+    rows, report.json as it is, the block map and removed teacher blocks (null where none was), the stages."""
+    return {"layers": rows, "report": report, "block_map": block_map,
+            "removed_blocks": removed_blocks(block_map, report) if block_map else None,
+            "stages": stages_record(report)}
 
 
 def _plot_folder(plot_dir: str | None) -> Path | None:

@@ -146,3 +146,20 @@ def test_a_terminal_under_the_least_table_shows_a_line_per_stage(tmp_path, capsy
         "the teacher: out/a; the chain's base: out/base (distill.kd_teacher: base)") == 1
     monkeypatch.setattr(results, "_width", 30)
     assert "┏" in _inspected(tmp_path / "30", capsys, REPORT)
+
+
+def test_inspect_json_doc_lists_every_top_level_key():
+    """inspect --json printed `layers` and `report`, which docs/COMMANDS.md never named (T5): its inspect row
+    lists every top-level key (inspect.json_record, what --json prints), and only those."""
+    import re
+    from pathlib import Path
+
+    from compress.inspect import json_record
+
+    page = (Path(__file__).parents[1] / "docs" / "COMMANDS.md").read_text()
+    row = next(line for line in page.splitlines() if line.startswith("| `dit-compress inspect OUT"))
+    listed = re.search(r"`--json`'s top-level keys are (.*?):", row)
+    assert listed, "COMMANDS.md's inspect row lists no top-level keys of --json"
+    named = set(re.findall(r"`(\w+)`", listed.group(1)))
+    for block_map in (None, {"blocks": [0, 2]}):
+        assert set(json_record([], {}, block_map)) == named
