@@ -18,23 +18,30 @@ def with_lora_noted(files: dict[str, str], model, lora_source: str, scale: float
     """The copied report and model card of an output that took a LoRA: the report's student_params
     are the merged model's (its grown factors included) and it lists the LoRA (`lora_source`: as the
     config records it) with the layers it left out (removed blocks, text encoder) or stored dense; the
-    card says so."""
+    card says so, its parameters line the merged model's and its errors said to be of the weights before
+    (report_card.lora_card; inspect reads them so from report.json's `loras`)."""
     from compress.report import param_count
+    from compress.report_card import lora_card
 
-    files, params = dict(files), param_count(model)
+    files, params, report = dict(files), param_count(model), None
     if "report.json" in files:
         try:
             report = json.loads(files["report.json"])
         except ValueError:
             report = None  # a damaged copy stays as it was (inspect says what it cannot use)
         if isinstance(report, dict):
+            before = json.loads(files["report.json"])
             report["student_params"] = params
             report["loras"] = report.get("loras", []) + [{
                 "lora": str(lora_source), "scale": scale, "merged": done["merged"], "rank_added": done["rank_added"],
                 "densified": done["densified"], "dropped": done["dropped"], "not_merged": done["not_merged"],
                 "blocks_of": done.get("blocks_of")}]
+            if isinstance(report.get("export"), dict):  # its error and `exact` are of the weights before the merge
+                report["export"]["before_loras"] = True
             files["report.json"] = json.dumps(report, indent=2, default=str) + "\n"
     if "README.md" in files:
+        if isinstance(report, dict):  # its headline's parameters the merged model's; its errors of the weights before
+            files["README.md"] = lora_card(files["README.md"], before, report)
         files["README.md"] += (f"\nA LoRA was merged in afterwards (`dit-compress lora`): `{lora_source}` at scale "
                                f"{scale:g}, {counted(done['merged'], 'layer')}; parameters now {params:,}. The "
                                "per-layer numbers in report.json are those of the factorization, before it.\n")

@@ -54,7 +54,10 @@ def against_base(stage: dict) -> dict | None:
 def export_lines(report: dict) -> list[str]:
     """Which weights the stage errors are of (the compute dtype's, before the export cast) and the error of
     the weights the output holds (report's `export`, runner_export.exported_error): measured where the export
-    dtype rounds them, the last stage's where it holds them exactly, unmeasured for a streamed run."""
+    dtype rounds them, the last stage's where it holds them exactly, unmeasured for a streamed run; of an
+    output that took LoRAs since (report's `loras`: dit-compress lora), those of the weights before them."""
+    if (loras := _merged_loras(report)):
+        return _before_lora_lines(report, loras)
     export = report.get("export")
     if not isinstance(export, dict) or not isinstance(export.get("dtype"), str):
         return []  # an older report
@@ -76,6 +79,41 @@ def _unmeasured_words(report: dict) -> str:
         return ("not measured in the run; `dit-compress eval` gives a toy's pred_rel_error on 256 toy triples, "
                 "another measure")
     return "not measured in the run: `dit-compress eval` measures it"
+
+
+def _merged_loras(report: dict) -> int:
+    """How many LoRAs the output took after its run (report.json's `loras`, commands_lora.with_lora_noted)."""
+    loras = report.get("loras")
+    return sum(isinstance(r, dict) for r in loras) if isinstance(loras, list) else 0
+
+
+def _before_lora_lines(report: dict, loras: int) -> list[str]:
+    """export_lines of an output that took `loras` LoRAs after its run: the stages' and export's errors are of
+    the weights before the merge; the merged weights' error is not measured (T5: 0.1724 said 'exactly' of
+    weights whose own error was 0.1722 against the teacher with the LoRA, 0.1742 against the plain one)."""
+    export = report.get("export") if isinstance(report.get("export"), dict) else {}
+    computed, dtype = export.get("computed_in"), export.get("dtype")
+    weights = f"the {computed} weights before the export and" if isinstance(computed, str) and not export.get("exact") \
+        else "the weights"
+    lora, it = ("the LoRA", "it") if loras == 1 else (f"{loras} LoRAs", "them")
+    held = f", in {dtype}" if isinstance(dtype, str) else ""
+    return ["", f"The teacher-relative errors above are of {weights} before `dit-compress lora` merged {lora} in; "
+                f"the output holds them with {it} merged{held}, an error not measured (`dit-compress eval` compares "
+                f"the output with the teacher given the same {'LoRA' if loras == 1 else 'LoRAs'})."]
+
+
+def lora_card(card: str, before: dict, after: dict) -> str:
+    """The model card `card` of an output whose report was `before`, for the output `dit-compress lora` writes
+    from it (its report `after`: the merged model's student_params, the LoRA listed): the parameters line and
+    the export words `after`'s (the card's other lines, of the run, stay as they were)."""
+    for line in (_params_line, lambda report: "\n".join(export_lines(report)[1:])):
+        try:
+            was, now = line(before), line(after)
+        except (KeyError, TypeError, ZeroDivisionError):  # a damaged report: that line stays as it was
+            continue
+        if was and was in card:
+            card = card.replace(was, now, 1)
+    return card
 
 
 def _params_line(report: dict) -> str:

@@ -10,3 +10,44 @@ def test_lora_scale_given_no_number_is_a_one_line_error(tmp_path, capsys):
     assert main(["lora", str(tmp_path / "out"), str(tmp_path / "lora"), str(tmp_path / "new"), "--scale=--"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--scale needs a number" in err and not (tmp_path / "new").exists()
+
+
+def test_a_lora_d_outputs_card_report_and_inspect_tell_of_the_merged_weights(tmp_path, capsys):
+    """T5: the output of `lora` kept its source's headline ('Parameters: 881,168 ...', it held 890,384) and
+    said 'The output holds the weights measured above, exactly, in float32' of the weights before the merge
+    (card, inspect, report.json's export). Now the headline is the output's own, and the card, inspect and
+    report.json say the errors are of the weights before the LoRA."""
+    import copy
+    import json
+    from types import SimpleNamespace
+
+    from compress.io_export import save_compressed
+    from compress.report import param_count
+    from compress.report_card import model_card
+    from tests.conftest import factorize, tiny_pixart
+    from tests.test_lora_limits import _save, _state
+
+    base = tiny_pixart()
+    base.save_pretrained(tmp_path / "base")
+    student = factorize(copy.deepcopy(base), ["transformer_blocks.0.attn1.to_q"], 2)
+    params = param_count(student)
+    report = {"teacher": str(tmp_path / "base"), "teacher_params": param_count(base), "student_params": params,
+              "stages": [{"pass": "svd", "params": params, "relative_error": 0.25, "seconds": 1.0}],
+              "export": {"dtype": "float32", "computed_in": "float32", "exact": True, "relative_error": 0.25}}
+    card = model_card(SimpleNamespace(model="pixart"), report)
+    out = save_compressed(student, tmp_path / "out", extra={"teacher": str((tmp_path / "base").resolve())},
+                          files={"report.json": json.dumps(report), "README.md": card})
+    state = _state(copy.deepcopy(base), ["attn1.to_q"], rank=2)
+    lora = _save({k: v for k, v in state.items() if ".transformer_blocks.0." in k}, tmp_path / "l.safetensors")
+    assert main(["lora", str(out), str(lora), str(tmp_path / "new"), "--scale", "0.8"]) == 0
+    written = json.loads((tmp_path / "new" / "report.json").read_text())
+    grown = written["student_params"]
+    assert grown > params and written["export"]["before_loras"] is True
+    readme = (tmp_path / "new" / "README.md").read_text()
+    said = "The teacher-relative errors above are of the weights before `dit-compress lora` merged the LoRA in"
+    assert f"Parameters: {grown:,} of {param_count(base):,}" in readme and f"Parameters: {params:,}" not in readme
+    assert said in readme and "exactly" not in readme, readme
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "new")]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert said in shown and "exactly" not in shown

@@ -256,3 +256,32 @@ def test_a_toys_unmeasured_export_names_no_command_as_measuring_it():
                              "256 toy triples, another measure)."), line
     real = export_lines({"teacher": "black-forest-labs/FLUX.1-dev", "export": export})[1]
     assert real.endswith("(not measured in the run: `dit-compress eval` measures it)."), real
+
+
+def test_an_output_that_took_a_lora_says_its_errors_are_of_the_weights_before_it():
+    """After `dit-compress lora` the card and inspect said 'The output holds the weights measured above,
+    exactly, in float32' (T5: 0.1724, of the weights before the merge; the merged ones' 0.1722 against the
+    teacher with the LoRA) and the card's headline kept the old parameter count: lora_card gives the merged
+    model's, and the export words say the errors are of the weights before the LoRA."""
+    from compress.report_card import export_lines, lora_card
+
+    exact = {"dtype": "float32", "computed_in": "float32", "exact": True, "relative_error": 0.1724}
+    before = {"teacher": "toy:pixart", "teacher_params": 1000, "student_params": 400, "export": exact,
+              "stages": [{"pass": "svd", "params": 400, "relative_error": 0.1724, "seconds": 1.0}]}
+    after = dict(before, student_params=410, loras=[{"lora": "/l.safetensors", "scale": 0.8}])
+    said = ("The teacher-relative errors above are of the weights before `dit-compress lora` merged the LoRA in; the "
+            "output holds them with it merged, in float32, an error not measured (`dit-compress eval` compares the "
+            "output with the teacher given the same LoRA).")
+    assert export_lines(after) == ["", said]
+    rounded = dict(after, export={"dtype": "bfloat16", "computed_in": "float32", "relative_error": 0.2},
+                   loras=[{}, {}])
+    assert export_lines(rounded)[1].startswith("The teacher-relative errors above are of the float32 weights before "
+                                               "the export and before `dit-compress lora` merged 2 LoRAs in; the "
+                                               "output holds them with them merged, in bfloat16, an error not")
+    card = _card_of(before)
+    assert "Parameters: 400 of 1,000 (40.0%)." in card and "exactly, in float32" in card
+    merged = lora_card(card, before, after)
+    assert "Parameters: 410 of 1,000 (41.0%)." in merged and "Parameters: 400" not in merged
+    assert said in merged and "exactly" not in merged
+    damaged = dict(before, student_params=None)  # its parameters line unknown: left as it was
+    assert lora_card(card, damaged, after) == card.replace(export_lines(before)[1], said)
