@@ -170,3 +170,22 @@ def test_by_block_after_says_its_blocks_are_placeholders_after_a_removal_picked_
     assert over["by_block_after_is"] == "placeholders"
     assert len(over["by_block_after"]) - 1 > sum(choices[0]["blocks_after"].values())  # every block counted
     assert make_plan(parse_recipe(GLOBAL.replace("{allocation}", "global"), "r.yaml"))["by_block_after_is"] == "at most"
+
+
+@pytest.mark.parametrize("removal, as_if", [("{count: {blocks: 2}}", True), ("{blocks: {blocks: [1, 4]}}", False)])
+def test_an_already_factorized_refusal_after_a_run_time_removal_says_its_names_are_plans_stand_in(removal, as_if):
+    """T6: plan and run refused 'svd: transformer_blocks.0.ff.net.2, transformer_blocks.1.ff.net.2, ... are
+    already factorized' naming layers of plan's stand-in model, whose removal dropped the smallest blocks,
+    when the removal picks its blocks at run time: the names read as fact. Now they are said to be as if
+    the smallest go, as plan's bounds say it; a removal by index names the run's own layers, as before."""
+    recipe = ("model: pixart\nteacher: toy:pixart\ncalibration: {source: synthetic}\npasses:\n"
+              "  - svd: {targets: [mlp], ignore: ['re:^transformer_blocks\\.2\\.'], ratio: 0.5, multiple: 16}\n"
+              f"  - remove_blocks: {removal}\n"
+              "  - svd: {targets: ['re:ff\\.net\\.2$'], ratio: 0.5}\n")
+    with pytest.raises(UserError) as e:
+        make_plan(parse_recipe(recipe, "r.yaml"))
+    said = str(e.value)
+    assert said.startswith("r.yaml:7: svd: transformer_blocks.0.ff.net.2, ") and \
+        "are already factorized (by an earlier svd pass, or in the teacher" in said, said
+    words = "named as if the removal at line 6, which picks its blocks at run time, takes the smallest blocks)"
+    assert (words in said) == as_if, said

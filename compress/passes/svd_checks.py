@@ -11,7 +11,7 @@ from compress.errors import BadValue, did_you_mean, not_one_of
 from compress.linalg import METHODS
 from compress.lowrank import LowRankLinear
 from compress.passes.svd_global import check_global_budget
-from compress.passes.svd_planned import check_not_planned
+from compress.passes.svd_planned import as_if_words, check_not_planned
 from compress.passes.svd_targets import (check_explicit_ranks, check_pattern, check_syntax, is_model_wide, matches,
                                          untargeted)
 from compress.recipe_yaml import spelling_hint
@@ -110,12 +110,13 @@ def target_kind(info) -> str:
 def _check_not_factorized(targets, model: nn.Module) -> None:
     """A target that is already a LowRankLinear (an earlier svd pass, or a compressed teacher) is
     refused: factorizing it again would drop a fused GELU and record its dense size as kept."""
-    done = [i.name for i in targets if isinstance(model.get_submodule(i.name), LowRankLinear)]
+    done = [i for i in targets if isinstance(model.get_submodule(i.name), LowRankLinear)]
     if done:
-        them = "it" if len(done) == 1 else "them"
-        raise _bad("targets", f"svd: {', '.join(done[:3])}{' …' if len(done) > 3 else ''} "
+        them, names = "it" if len(done) == 1 else "them", [i.name for i in done]
+        as_if = as_if_words(model, {i.group for i in done if i.group is not None})  # plan's stand-in blocks
+        raise _bad("targets", f"svd: {', '.join(names[:3])}{' …' if len(done) > 3 else ''} "
                         f"{'is' if len(done) == 1 else 'are'} already factorized (by an earlier svd pass, "
-                        f"or in the teacher); leave {them} out with svd.ignore, or factorize once at a "
+                        f"or in the teacher{as_if}); leave {them} out with svd.ignore, or factorize once at a "
                         "lower ratio", "ignore")
 
 

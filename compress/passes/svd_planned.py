@@ -94,18 +94,21 @@ def check_not_planned(targets, model: nn.Module) -> None:
     where its budget cannot keep them all dense. Also a factorized layer of a block plan's meta model
     dropped for a removal that picks at run time (`check_not_hidden`)."""
     check_not_hidden(targets, model)
+    group = {i.name: i.group for i in targets}
     for planned, (sure, maybe, all_of_some) in _planned_overlap(targets, model).items():
         if sure:
+            as_if = as_if_words(model, {group[n] for n in sure} - {None})  # plan's stand-in blocks
             raise BadValue("targets", f"svd: {_names(sure)} already factorized (by {planned.by()}: its "
                                       f"{planned.allocation} allocation gives "
                                       f"{'it a rank that saves' if len(sure) == 1 else 'them ranks that save'} "
-                                      f"parameters whatever calibration finds); {_advice(sure)}",
+                                      f"parameters whatever calibration finds{as_if}); {_advice(sure)}",
                            reads=("ignore",))
         if all_of_some:
+            as_if = as_if_words(model, {group[n] for n in maybe} - {None})
             raise BadValue("targets", f"svd: {_names(maybe)} already factorized, some of them at least (by "
                                       f"{planned.by()}: its {planned.allocation} allocation, keeping {planned.ratio} "
                                       "of its targets' parameters, cannot leave them all dense; which it "
-                                      f"factorizes, it decides after calibration); {_advice(maybe)}",
+                                      f"factorizes, it decides after calibration{as_if}); {_advice(maybe)}",
                            reads=("ignore",))
 
 
@@ -138,6 +141,22 @@ def _hidden_words(hidden: dict, group: str, planned: dict) -> str:
     block = f"teacher block {hidden['teacher']}" if hidden["teacher"] is not None else "its block"
     return (f"{hidden['name']} ({block}, which {by} may keep: it picks blocks at run time, and plan "
             "counts the smallest as gone)")
+
+
+def as_if_words(model: nn.Module, groups) -> str:
+    """Where layers of `groups` are named on plan's meta model after a removal that picks its blocks at run
+    time: that the names are as if it takes the smallest blocks (the last of equal ones: what the meta model
+    dropped, remove_blocks_budget.placeholders): '; named as if the removal at line 14, which picks its
+    blocks at run time, takes the smallest blocks'; '' elsewhere (a run's own model too)."""
+    planned = getattr(model, PLANNED_ATTR, {})
+    removals = [r for r in planned.get("removals", ()) if r["run_time"] and set(groups) & set(r["groups"])]
+    if not removals and not any(planned.get("pending", {}).get(g) for g in groups):
+        return ""
+    lines = [str(r["line"]) for r in removals if r["line"] is not None]
+    by = (f"the removal{'s' if len(lines) > 1 else ''} at line{'s' if len(lines) > 1 else ''} {', '.join(lines)}, "
+          f"which pick{'' if len(lines) > 1 else 's'} {'their' if len(lines) > 1 else 'its'} blocks at run time,"
+          if lines else "an earlier removal, which picks its blocks at run time,")
+    return f"; named as if {by} takes the smallest blocks"
 
 
 def _advice(names: list[str]) -> str:
