@@ -95,7 +95,7 @@ def _before_lora_lines(report: dict, loras: int) -> list[str]:
     computed, dtype = export.get("computed_in"), export.get("dtype")
     weights = f"the {computed} weights before the export and" if isinstance(computed, str) and not export.get("exact") \
         else "the weights"
-    lora, it = ("the LoRA", "it") if loras == 1 else (f"{loras} LoRAs", "them")
+    lora, it = ("the LoRA", "it") if loras == 1 else (f"{loras} LoRAs", "both" if loras == 2 else f"all {loras}")
     held = f", in {dtype}" if isinstance(dtype, str) else ""
     return ["", f"The teacher-relative errors above are of {weights} before `dit-compress lora` merged {lora} in; "
                 f"the output holds them with {it} merged{held}, an error not measured (`dit-compress eval` compares "

@@ -189,3 +189,17 @@ def test_an_already_factorized_refusal_after_a_run_time_removal_says_its_names_a
         "are already factorized (by an earlier svd pass, or in the teacher" in said, said
     words = "named as if the removal at line 6, which picks its blocks at run time, takes the smallest blocks)"
     assert (words in said) == as_if, said
+
+
+def test_two_run_time_removals_before_an_already_factorized_refusal_take_a_plural_verb():
+    """R3: two removals that pick their blocks at run time read '... which pick their blocks at run time,
+    takes the smallest blocks': the verb kept singular."""
+    recipe = ("model: pixart\nteacher: toy:pixart\ncalibration: {source: synthetic}\npasses:\n"
+              "  - svd: {targets: [mlp], ignore: ['re:^transformer_blocks\\.2\\.'], ratio: 0.5, multiple: 16}\n"
+              "  - remove_blocks: {count: {blocks: 1}}\n"
+              "  - remove_blocks: {count: {blocks: 1}}\n"
+              "  - svd: {targets: ['re:ff\\.net\\.2$'], ratio: 0.5}\n")
+    with pytest.raises(UserError) as e:
+        make_plan(parse_recipe(recipe, "r.yaml"))
+    assert "named as if the removals at lines 6, 7, which pick their blocks at run time, take the smallest blocks)" \
+        in str(e.value), str(e.value)

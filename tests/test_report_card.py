@@ -277,7 +277,7 @@ def test_an_output_that_took_a_lora_says_its_errors_are_of_the_weights_before_it
                    loras=[{}, {}])
     assert export_lines(rounded)[1].startswith("The teacher-relative errors above are of the float32 weights before "
                                                "the export and before `dit-compress lora` merged 2 LoRAs in; the "
-                                               "output holds them with them merged, in bfloat16, an error not")
+                                               "output holds them with both merged, in bfloat16, an error not")
     card = _card_of(before)
     assert "Parameters: 400 of 1,000 (40.0%)." in card and "exactly, in float32" in card
     merged = lora_card(card, before, after)

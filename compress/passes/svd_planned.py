@@ -156,7 +156,7 @@ def as_if_words(model: nn.Module, groups) -> str:
     by = (f"the removal{'s' if len(lines) > 1 else ''} at line{'s' if len(lines) > 1 else ''} {', '.join(lines)}, "
           f"which pick{'' if len(lines) > 1 else 's'} {'their' if len(lines) > 1 else 'its'} blocks at run time,"
           if lines else "an earlier removal, which picks its blocks at run time,")
-    return f"; named as if {by} takes the smallest blocks"
+    return f"; named as if {by} take{'' if len(lines) > 1 else 's'} the smallest blocks"
 
 
 def _advice(names: list[str]) -> str:
