@@ -30,7 +30,6 @@ def with_lora_noted(files: dict[str, str], model, lora_source: str, scale: float
         except ValueError:
             report = None  # a damaged copy stays as it was (inspect says what it cannot use)
         if isinstance(report, dict):
-            before = json.loads(files["report.json"])
             report["student_params"] = params
             report["loras"] = report.get("loras", []) + [{
                 "lora": str(lora_source), "scale": scale, "merged": done["merged"], "rank_added": done["rank_added"],
@@ -41,7 +40,7 @@ def with_lora_noted(files: dict[str, str], model, lora_source: str, scale: float
             files["report.json"] = json.dumps(report, indent=2, default=str) + "\n"
     if "README.md" in files:
         if isinstance(report, dict):  # its headline's parameters the merged model's; its errors of the weights before
-            files["README.md"] = lora_card(files["README.md"], before, report)
+            files["README.md"] = lora_card(files["README.md"], report)
         files["README.md"] += (f"\nA LoRA was merged in afterwards (`dit-compress lora`): `{lora_source}` at scale "
                                f"{scale:g}, {counted(done['merged'], 'layer')}; parameters now {params:,}. The "
                                "per-layer numbers in report.json are those of the factorization, before it.\n")

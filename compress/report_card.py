@@ -102,18 +102,33 @@ def _before_lora_lines(report: dict, loras: int) -> list[str]:
                 f"the output with the teacher given the same {'LoRA' if loras == 1 else 'LoRAs'})."]
 
 
-def lora_card(card: str, before: dict, after: dict) -> str:
-    """The model card `card` of an output whose report was `before`, for the output `dit-compress lora` writes
-    from it (its report `after`: the merged model's student_params, the LoRA listed): the parameters line and
-    the export words `after`'s (the card's other lines, of the run, stay as they were)."""
-    for line in (_params_line, lambda report: "\n".join(export_lines(report)[1:])):
-        try:
-            was, now = line(before), line(after)
-        except (KeyError, TypeError, ZeroDivisionError):  # a damaged report: that line stays as it was
-            continue
-        if was and was in card:
-            card = card.replace(was, now, 1)
-    return card
+EXPORT_STARTS = ("The output holds the weights measured above", "The teacher-relative errors above are of")
+
+
+def lora_card(card: str, after: dict) -> str:
+    """The model card `card` of an output, for the output `dit-compress lora` writes from it (its report `after`:
+    the merged model's student_params, the LoRA listed): its 'Parameters: ' headline and its export sentence (by
+    their first words, EXPORT_STARTS: export_lines' since a390faf, whatever code wrote them) `after`'s; a card
+    without one (a report without `export`) gets `after`'s after its stage table. Its other lines, of the run, stay."""
+    lines = card.split("\n")
+    try:
+        _replace_first(lines, "Parameters: ", _params_line(after))
+    except (KeyError, TypeError, ZeroDivisionError):  # a damaged report: the headline stays as it was
+        pass
+    said = export_lines(after)[1:]
+    if said and not _replace_first(lines, EXPORT_STARTS, said[0]):
+        table = [n for n, line in enumerate(lines) if line.startswith("|")]
+        at = table[-1] + 1 if table else len(lines)
+        lines[at:at] = ["", said[0]]
+    return "\n".join(lines)
+
+
+def _replace_first(lines: list[str], starts: str | tuple[str, ...], now: str) -> bool:
+    """Replace the first of `lines` starting with `starts` by `now`, in place; whether one did."""
+    n = next((n for n, line in enumerate(lines) if line.startswith(starts)), None)
+    if n is not None:
+        lines[n] = now
+    return n is not None
 
 
 def _params_line(report: dict) -> str:

@@ -51,3 +51,35 @@ def test_a_lora_d_outputs_card_report_and_inspect_tell_of_the_merged_weights(tmp
     assert main(["inspect", str(tmp_path / "new")]) == 0
     shown = " ".join(capsys.readouterr().out.split())
     assert said in shown and "exactly" not in shown
+
+
+def test_a_further_lora_on_a_card_written_before_27cc9d8_or_without_an_export_line_tells_of_the_merged_weights():
+    """R3: lora_card replaced the card's headline and export line only where the lines it rebuilt from the
+    old report stood verbatim in the card. Of T5's out/L (LoRA'd before 27cc9d8: its card 'Parameters:
+    881,168 ...' and '... exactly, in float32.', its report already 890,384 with its `loras`) a further lora
+    kept both; a report without `export` got no before-the-LoRA line. Both lines are now found by their
+    first words, and a card without an export line gets one after its stage table."""
+    import json
+
+    import torch
+
+    from compress.commands_lora import with_lora_noted
+    from tests.test_report_card import _card_of
+
+    model = torch.nn.Linear(9, 41)  # 410 parameters: the merged model
+    done = {"merged": 1, "rank_added": 2, "densified": 0, "dropped": [], "not_merged": []}
+    stages = [{"pass": "svd", "params": 400, "relative_error": 0.1724, "seconds": 1.0}]
+    plain = {"teacher": "toy:pixart", "teacher_params": 1000, "student_params": 400, "stages": stages}
+    old = dict(plain, export={"dtype": "float32", "computed_in": "float32", "exact": True, "relative_error": 0.1724})
+    card = _card_of(old)  # the old code's card: its headline 400, 'exactly'
+    took = dict(old, student_params=405, loras=[{"lora": "/a.safetensors", "scale": 0.8}])  # out/L's report
+    files = with_lora_noted({"report.json": json.dumps(took), "README.md": card}, model, "/b.safetensors", 0.5, done)
+    readme = files["README.md"]
+    assert "Parameters: 410 of 1,000 (41.0%)." in readme and "Parameters: 400" not in readme, readme
+    assert "exactly" not in readme and "merged 2 LoRAs in; the output holds them with both merged, in float32" in readme
+    files = with_lora_noted({"report.json": json.dumps(plain), "README.md": _card_of(plain)}, model, "/b", 0.5, done)
+    lines = files["README.md"].split("\n")
+    words = "The teacher-relative errors above are of the weights before `dit-compress lora` merged the LoRA"
+    said = next(n for n, line in enumerate(lines) if line.startswith(words))
+    assert lines[said - 2].startswith("| svd | 400 |") and lines[said - 1] == "", lines  # right after the table
+    assert "Parameters: 410 of 1,000 (41.0%)." in lines

@@ -280,8 +280,8 @@ def test_an_output_that_took_a_lora_says_its_errors_are_of_the_weights_before_it
                                                "output holds them with both merged, in bfloat16, an error not")
     card = _card_of(before)
     assert "Parameters: 400 of 1,000 (40.0%)." in card and "exactly, in float32" in card
-    merged = lora_card(card, before, after)
+    merged = lora_card(card, after)
     assert "Parameters: 410 of 1,000 (41.0%)." in merged and "Parameters: 400" not in merged
     assert said in merged and "exactly" not in merged
-    damaged = dict(before, student_params=None)  # its parameters line unknown: left as it was
-    assert lora_card(card, damaged, after) == card.replace(export_lines(before)[1], said)
+    damaged = dict(after, student_params=None)  # its parameters line unknown: left as it was
+    assert lora_card(card, damaged) == card.replace(export_lines(before)[1], said)
