@@ -66,13 +66,19 @@ def lora_rerun_note(recipe: str | Path, out: Path) -> str | None:
     loras = [r for r in loras if isinstance(r, dict)] if isinstance(loras, list) else []
     if not loras:
         return None
-    given = [f"{r.get('source')} at scale {r.get('scale')}" for r in loras]
-    first = loras[0]
-    again = (f"`dit-compress lora {out} {first.get('source')} NEW --scale {first.get('scale')}` merges it again"
-             if len(loras) == 1 else f"`dit-compress lora` merges them again, in order: {'; '.join(given)}")
+    chain = _lora_chain(out, loras)
+    again = f"{chain} merges it again" if len(loras) == 1 else f"merging them again takes, in order, {chain}"
     them = "it" if len(loras) == 1 else "them"
     return (f"{folder} took {'a LoRA' if len(loras) == 1 else f'{len(loras)} LoRAs'} after its run (dit-compress "
             f"lora), which {SAVED_RECIPE} does not hold: this run compresses the model before {them}; {again}")
+
+
+def _lora_chain(out: Path, loras: list[dict]) -> str:
+    """'`dit-compress lora OUT F1 NEW-1 --scale 0.8`, then `dit-compress lora NEW-1 F2 NEW --scale 0.5`': one
+    lora command per LoRA (lora merges one), each from the last one's folder, the last writing NEW."""
+    folders = [str(out), *(f"NEW-{n}" for n in range(1, len(loras))), "NEW"]
+    return ", then ".join(f"`dit-compress lora {was} {r.get('source')} {now} --scale {r.get('scale')}`"
+                          for was, now, r in zip(folders, folders[1:], loras))
 
 
 def default_name(recipe: str | Path) -> str:

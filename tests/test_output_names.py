@@ -141,7 +141,13 @@ def test_the_recipe_of_an_output_that_took_a_lora_says_the_rerun_leaves_it_out(t
     two = _lora_d(_output(tmp_path / "L3"), {"source": "/l/a.safetensors", "scale": 0.8}, {"source": "org/b", "scale": 1})
     assert lora_rerun_note(two, Path("o")).endswith(
         "took 2 LoRAs after its run (dit-compress lora), which recipe.yaml does not hold: this run compresses the "
-        "model before them; `dit-compress lora` merges them again, in order: /l/a.safetensors at scale 0.8; org/b at scale 1")
+        "model before them; merging them again takes, in order, "
+        "`dit-compress lora o /l/a.safetensors NEW-1 --scale 0.8`, then `dit-compress lora NEW-1 org/b NEW --scale 1`")
+    # R3: the folders named, each a runnable command
+    three = _lora_d(_output(tmp_path / "L4"), *({"source": f"/{c}", "scale": 1} for c in "xyz"))
+    assert lora_rerun_note(three, Path("o")).endswith(
+        "`dit-compress lora o /x NEW-1 --scale 1`, then `dit-compress lora NEW-1 /y NEW-2 --scale 1`, then "
+        "`dit-compress lora NEW-2 /z NEW --scale 1`")
     assert lora_rerun_note(_output(tmp_path / "A"), Path("o")) is None  # no LoRA: the rerun is the same model
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "recipe.yaml").write_text(RECIPE)
