@@ -115,15 +115,43 @@ def row_lines(title: str, caption: str | None, columns: list[tuple[str, str]], r
 
 
 def row_line(name: str, headers: list[str], cells: list[str], width: int | None) -> list[str]:
-    """'svd: params 150,000, of teacher 75.0%' (a cell '-' left out), in lines of `width` broken at
-    spaces; the name folded after its '.'s and '_'s where longer than the width (inspect_fold.fold), its
-    cells on the lines below where it fills the width; continuation lines indented two past its indent."""
-    said = ", ".join(f"{header} {cell}" for header, cell in zip(headers, cells) if cell != "-") or "-"
+    """'svd: params 150,000, of teacher 75.0%' (a cell '-' left out), in lines of `width` broken between
+    its 'header cell' pairs (pairs_wrapped); the name folded after its '.'s and '_'s where longer than the
+    width (inspect_fold.fold), its cells on the lines below where it fills the width; continuation lines
+    indented two past its indent."""
+    pairs = [(header, cell) for header, cell in zip(headers, cells) if cell != "-"]
     *heads, last = (_fold(name, width) if width else str(name)).split("\n")
     indent = " " * (len(last) - len(last.lstrip()) + 2)
     if width and len(last) >= width:  # no room for its ':' ('transformer_blocks.0' at 20): the cells below it
-        return [*heads, last, *wrapped(indent + said, width, indent)]
-    return heads + wrapped(f"{last}: {said}", width, indent)
+        return [*heads, last, *pairs_wrapped("", pairs, width, indent)]
+    return heads + pairs_wrapped(f"{last}:", pairs, width, indent)
+
+
+NBSP = "\u00a0"  # a space textwrap does not break at (its whitespace is ASCII's)
+
+
+def pairs_wrapped(head: str, pairs: list[tuple[str, str]], width: int | None, indent: str) -> list[str]:
+    """`head` then 'header cell, header cell' ('-' where no pair), in lines of at most `width` (as one
+    line where None) broken between pairs only, so that 'after (planned) ≤ 330,240' never reads as
+    'after' / '(planned) ≤' / '330,240'; a pair longer than a line on lines of its own, broken at its
+    header's spaces, its cell whole (where a line holds it). Lines after the first begin with `indent`;
+    `head` '': the pairs begin on a line of their own."""
+    pairs = pairs or [("-", "")]
+    said = [f"{header} {cell}".strip() + ("," if j < len(pairs) - 1 else "") for j, (header, cell) in enumerate(pairs)]
+    if width is None:
+        return [" ".join(filter(None, [head, *said]))]
+    lines, line = [], head or None
+    for text, (header, cell) in zip(said, pairs):
+        if line is not None and len(f"{line} {text}") <= width:
+            line = f"{line} {text}"
+        elif len(indent + text) <= width:
+            lines, line = lines + ([] if line is None else [line]), indent + text
+        else:  # longer than a line: lines of its own, its cell (and comma) whole where a line holds it
+            whole = cell.replace(" ", NBSP) if len(f"{indent}{cell},") <= width else cell
+            comma = text[len(f"{header} {cell}"):]
+            pieces = [p.replace(NBSP, " ") for p in wrapped(f"{indent}{header} {whole}{comma}", width, indent)]
+            lines, line = lines + ([] if line is None else [line]) + pieces[:-1], pieces[-1]
+    return lines + [line]
 
 
 def wrapped(line: str, width: int | None, indent: str = "") -> list[str]:

@@ -1,0 +1,41 @@
+"""compress.report_fit's lines of a table too wide at its least: a row's 'header cell' pairs kept
+together, broken between pairs only."""
+
+import pytest
+
+from compress.report_fit import row_line, row_lines
+
+HEADERS = ["before", "after (planned)", "ratio"]
+CELLS = ["396,288", "≤ 330,240", "≤ 83.3%"]
+
+
+def _pairs_whole(lines: list[str], width: int) -> None:
+    """Each line within `width`; each pair a line holds on one line, one longer broken between its
+    header's words and its cell, its cell whole."""
+    assert all(len(line) <= width for line in lines), lines
+    said = [line.strip() for line in lines]
+    for header, cell in zip(HEADERS, CELLS):
+        pair = f"{header} {cell}"
+        fits = len(f"  {pair},") <= width  # a line of its own (indented two) holds it
+        assert any(pair in line for line in said) if fits else any(line.startswith(cell) for line in said), lines
+
+
+@pytest.mark.parametrize("width", range(18, 45))
+def test_a_row_line_breaks_between_its_header_cell_pairs_only(width):
+    """R2: textwrap broke the row at every space: plan at COLUMNS=20 printed 'attention: before' /
+    '  396,288, after' / '  (planned) ≤' / '  330,240, ratio ≤' / '  83.3%', a header and cell split
+    over lines, and '≤' apart from its number. Now the row breaks between pairs; a pair longer than a
+    line has lines of its own ('  after (planned)' / '  ≤ 330,240,')."""
+    for name in ("attention", "cross_attention", "transformer_blocks.0.attn1"):
+        _pairs_whole(row_line(name, HEADERS, CELLS, width), width)
+    assert row_line("attention", HEADERS, CELLS, 20) == [
+        "attention:", "  before 396,288,", "  after (planned)", "  ≤ 330,240,", "  ratio ≤ 83.3%"]
+
+
+def test_row_lines_unbroken_without_a_width_and_a_dash_left_out():
+    """No width: a line a row, as before; a cell '-' left out, a row of only '-' said as '-'."""
+    lines = row_lines("t", "c", [("role", "left"), *[(h, "right") for h in HEADERS]],
+                      [["attention", *CELLS], ["mlp", "1", "-", "-"], ["out", "-", "-", "-"]])
+    assert lines == ["t", "attention: before 396,288, after (planned) ≤ 330,240, ratio ≤ 83.3%",
+                     "mlp: before 1", "out: -", "c"]
+    assert row_line("out", HEADERS, ["-"] * 3, 20) == ["out: -"]
