@@ -271,12 +271,31 @@ def human_size(n: float, more: int = 0) -> str:
 
 def human_sizes(a: float, b: float) -> tuple[str, str]:
     """human_size of two sizes a message compares ('take A, more than the B of memory'), with as many more
-    decimals (up to 2) as tell them apart where they would read the same ('1.3 MiB' and '1.0 MiB', not
-    '1 MiB' twice), else in bytes ('1,360,000 bytes' and '1,359,999 bytes')."""
+    decimals (up to 2) as show their real ratio where the words misstate it (said_ratio_off): where they
+    read the same ('1.3 MiB' and '1.0 MiB', not '1 MiB' twice) or rounding moves them further apart
+    ('1.50 KiB' and '1.50 KiB' would read the same, so 1,536 and 1,535 bytes, not '2 KiB' and '1 KiB'),
+    else in bytes ('1,360,000 bytes' and '1,359,999 bytes'). Sizes far apart read as human_size says."""
     words, more = (human_size(a), human_size(b)), 0
-    while words[0] == words[1] and round(a) != round(b):
+    while round(a) != round(b) and said_ratio_off(a, b, words):
         if more == 2:
             return f"{round(a):,} bytes", f"{round(b):,} bytes"
         more += 1
         words = human_size(a, more), human_size(b, more)
     return words
+
+
+UNITS = {"GiB": 2**30, "MiB": 2**20, "KiB": 2**10, "bytes": 1, "byte": 1}
+
+
+def said_ratio_off(a: float, b: float, words: tuple[str, str]) -> bool:
+    """Whether human_size's `words` of sizes `a` and `b` (bytes, both > 0) misstate how far apart they are:
+    the ratio of the sizes they say off the real one by more than half the real one's distance from 1,
+    on a log scale ('2 KiB' and '1 KiB' of 1,536 and 1,535 bytes: 2 for 1.0007; '1 MiB' twice of 1.3
+    and 1.0 MiB: 1 for 1.3). Sizes of 0 (or under) are said exactly."""
+    if a <= 0 or b <= 0:
+        return False
+    said = [float(w.split()[0]) * UNITS[w.split()[1]] for w in words]
+    if min(said) <= 0:  # a fraction of a byte said as '0 bytes'
+        return True
+    real = math.log(a / b)
+    return abs(math.log(said[0] / said[1]) - real) > abs(real) / 2

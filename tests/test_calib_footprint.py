@@ -287,3 +287,20 @@ def test_two_sizes_compared_are_said_so_they_differ(a, b, words):
     from compress.calib_footprint import human_sizes
 
     assert human_sizes(a, b) == words
+
+
+@pytest.mark.parametrize("a, b, words", [
+    (1536, 1535, ("1,536 bytes", "1,535 bytes")), (1535, 1536, ("1,535 bytes", "1,536 bytes")),
+    (1536, 1400, ("1.5 KiB", "1.4 KiB")), (1023.5, 1023, ("1,024 bytes", "1,023 bytes")),
+    (1.5 * 2**20, 1.2 * 2**20, ("1.5 MiB", "1.2 MiB")), (1.06 * 2**20, 2**20, ("1.06 MiB", "1.00 MiB")),
+    (1.1 * 2**20, 2**20, ("1.1 MiB", "1.0 MiB")), (2.5 * 2**20, 2**20, ("2 MiB", "1 MiB")),
+    (2 * 2**20, 2**20, ("2 MiB", "1 MiB")), (651 * 2**20, 640 * 2**20, ("651 MiB", "640 MiB")),
+    (80 * 2**30, 79.9 * 2**30, ("80.0 GiB", "79.9 GiB")), (0, 5, ("0 bytes", "5 bytes"))])
+def test_two_close_sizes_are_not_said_further_apart_than_they_are(a, b, words):
+    """R2: human_sizes(1536, 1535) said '2 KiB' and '1 KiB', a byte's gap read as double: it added
+    decimals only where the words read the same. Now where rounding misstates their ratio (by more than
+    half its distance from 1, on a log scale) decimals that show it, then bytes; sizes far apart as
+    before ('2 MiB' and '1 MiB' of 2.5 and 1 MiB: 2 for 2.5, within half of it)."""
+    from compress.calib_footprint import human_sizes
+
+    assert human_sizes(a, b) == words
