@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from contextlib import contextmanager
@@ -189,7 +190,8 @@ def remove_when_done(run_dir: Path, poll: float = 0.2, limit_s: float | None = N
     of the hand-off file), which nothing reads after a finished run (a later launch writes its own, and
     its processes take none of this one's). Waits up to `limit_s` (DONE_S) for a follower that answered
     but is not done yet (its last pass ending, or reading the last hand-off); left where one has not
-    answered at all (it may still look for rank 0's record), stopped, was interrupted or is not done."""
+    answered at all (it may still look for rank 0's record), stopped, was interrupted or is not done. With
+    them the answers of ranks this launch has none of (`_beyond_world`: an earlier larger launch's)."""
     limit_s = DONE_S if limit_s is None else limit_s
     run_dir, start = Path(run_dir), time.monotonic()
     while True:
@@ -204,8 +206,22 @@ def remove_when_done(run_dir: Path, poll: float = 0.2, limit_s: float | None = N
         if time.monotonic() - start > limit_s:
             return
         time.sleep(poll)
-    for name in [*(f"{ANSWER}-{r}" for r in _followers()), HANDOFF]:
+    for name in [*(f"{ANSWER}-{r}" for r in _followers()), HANDOFF, *_beyond_world(run_dir)]:
         try:
             (run_dir / name).unlink()
         except OSError:  # gone, or a folder it cannot write: left as it is
             pass
+
+
+def _beyond_world(run_dir: Path) -> list[str]:
+    """The answer files in `run_dir` of ranks at or past this launch's world size: an earlier launch's of
+    more processes (one killed before its rank 0 removed them), which nothing reads: this rank 0 reads
+    its followers' (`_followers`), a follower only its own (`following`), and a later launch's rank 0
+    only those to it (`check_followers`: their `main` its token); no other launch's follower writes here
+    while this rank 0 holds the run folder (each answers only the rank 0 of its launch)."""
+    try:
+        names = [p.name for p in Path(run_dir).iterdir()]
+    except OSError:
+        return []
+    ranks = [re.fullmatch(rf"{re.escape(ANSWER)}-(\d+)", name) for name in names]
+    return sorted(m.group(0) for m in ranks if m and int(m.group(1)) >= world_size())

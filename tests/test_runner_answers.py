@@ -344,3 +344,34 @@ def test_rank_0_removes_the_hand_off_and_answers_as_its_run_finishes_once_every_
     assert left == {"done": [], "done late": [], "ready": sorted([f"{ANSWER}-1", HANDOFF]),
                     "no answer": [HANDOFF]}[follower]
 
+
+
+@pytest.mark.parametrize("follower", ["done", "ready"])
+def test_rank_0_removes_the_answers_an_earlier_larger_launch_left_once_its_followers_are_done(
+        tmp_path, monkeypatch, follower):
+    """R2: a launch of 4 processes killed left RUN/.dit-compress.rank-2 and -3; a later launch of 2
+    removed only rank 1's answer as it finished, so those stayed for good. Now rank 0 removes the answers
+    of ranks at or past its world size too (nothing reads them: its followers read their own, it reads
+    theirs, a later rank 0 only those to it), where it removes its own; a file being written (.tmp-PID)
+    and anything else are left, and nothing is removed where a follower is not done."""
+    import os
+    import socket
+
+    from compress.runner_answers import remove_when_done
+    from compress.runner_ranks import HANDOFF
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    record = {"main": TOKEN, "token": "rank-1", "rank": 1, "host": socket.gethostname(), "pid": os.getpid()}
+    (run_dir / f"{ANSWER}-1").write_text(json.dumps(dict(record, **{follower: True})))
+    stale = [f"{ANSWER}-2", f"{ANSWER}-3", f"{ANSWER}-12"]  # the killed launch's, to its rank 0
+    for name in stale:
+        (run_dir / name).write_text(json.dumps(dict(record, main="an-earlier-rank-0", done=True)))
+    kept = [f"{ANSWER}-3.tmp-123", f"{ANSWER}-x", "stages"]
+    for name in [HANDOFF, *kept]:
+        (run_dir / name).write_text("{}")
+    remove_when_done(run_dir, poll=0.01, limit_s=0.05)
+    left = sorted(p.name for p in run_dir.iterdir())
+    assert left == sorted(kept if follower == "done" else [*kept, *stale, f"{ANSWER}-1", HANDOFF])
