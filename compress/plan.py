@@ -28,7 +28,7 @@ from compress.plan_machine import device_memory
 from compress.plan_memory import beyond_disk, beyond_memory, memory_where, peak_memory
 from compress.plan_walk import PassWalk
 from compress.io_export import warn_if_export_wider
-from compress.io_headers import check_teacher_weights
+from compress.io_headers import check_teacher_weights, reads_headers
 from compress.io_source import KNOWN_CONFIGS
 from compress.io_source_config import TeacherSource, checked
 from compress.io_source_recipe import checked_sources
@@ -144,13 +144,26 @@ def _teacher(recipe, teacher: str | None, teacher_config: str | None, sources: T
     src.weights_checked = None  # the passes apply to `model`: taken once
     adapter = get_adapter(model)
     if adapter.family != recipe.model:  # a pickle's family, from its config
-        raise UserError(f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the "
-                        f"teacher {src.source}{teacher_given(recipe, teacher or src.source != recipe.teacher)} "
-                        f"is a {type(model).__name__} ({adapter.family})")
+        raise UserError(_family_words(recipe, src, teacher, type(model).__name__, adapter.family))
+    if src.kind == "file" and not reads_headers(src):  # a pickle: reading its weights loads it whole
+        note(f"plan does not read a {Path(src.source).suffix or 'pickle'} teacher's weights (a pickle loads "
+             "whole); run checks them against its config")
     if not headers_read:  # its files' headers, not its tensors: run's refusal, before any numbers
         check_teacher_weights(src, model)
     warn_if_export_wider(recipe, src)  # its files' headers: a bfloat16 teacher exported in float32
     return src, model, adapter
+
+
+def _family_words(recipe, src: TeacherSource, teacher: str | None, name: str, family: str) -> str:
+    """The refusal of a teacher whose config is of another family than the recipe's model: a single
+    file's (a pickle's, whose weights plan does not read) names the config that told it."""
+    given = teacher_given(recipe, teacher or src.source != recipe.teacher)
+    start = f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the "
+    if src.kind != "file":
+        return f"{start}teacher {src.source}{given} is a {name} ({family}); set model: {family} or give a {recipe.model} teacher"
+    told = (f"config {src.config_arg} given for" if src.config_arg else f"config {src.config_file()} beside")
+    return (f"{start}{told} the teacher {src.source}{given} describes a {name} ({family}); set model: {family} "
+            "or give the config of its own transformer")
 
 
 def _calibration(recipe, source: str, model, sampled: Sampling) -> tuple[str, bool, dict]:

@@ -307,8 +307,10 @@ def test_a_pickle_teacher_of_another_family_names_the_set_that_gave_it(tmp_path)
     tiny_flux().save_config(tmp_path / "t")
     (tmp_path / "t" / "model.ckpt").write_bytes(b"")  # never read: the plan builds from the config
     recipe = _recipe(tmp_path / "r", overrides=[f"teacher={tmp_path}/t/model.ckpt", "calibration={source: synthetic}"])
-    with pytest.raises(UserError, match=rf"r.yaml:1: model is 'pixart' but the teacher {tmp_path}/t/model.ckpt "
-                                        r"\(--set teacher\) is a FluxTransformer2DModel \(flux\)$"):
+    with pytest.raises(UserError, match=rf"r.yaml:1: model is 'pixart' but the config {tmp_path}/t/config.json beside "
+                                        rf"the teacher {tmp_path}/t/model.ckpt \(--set teacher\) describes a "
+                                        r"FluxTransformer2DModel \(flux\); set model: flux or give the config of its "
+                                        r"own transformer$"):
         make_plan(recipe)
 
 

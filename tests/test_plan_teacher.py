@@ -3,6 +3,7 @@ single file whose config is of another family, a compressed output compressed fu
 refused for what cannot stream (split from tests/test_plan.py)."""
 
 import pytest
+import torch
 
 from compress import load_teacher
 from compress.errors import UserError
@@ -159,3 +160,46 @@ def test_plan_and_a_runs_checks_build_the_teachers_meta_model_and_read_its_heade
     with pytest.raises(Loading):
         Runner(recipe, tmp_path / "out", tmp_path / "run").run()
     assert (len(built), read) == (1, [tmp_path / "t" / "diffusion_pytorch_model.safetensors"])
+
+
+def _pickled_pixart(tmp_path):
+    """An original PixArt .pth of tests/conftest's tiny PixArt and, in cfg/, its config."""
+    from tests.conftest import tiny_pixart
+    from tests.test_io_single import _to_original_pixart
+
+    model = tiny_pixart()
+    torch.save({"state_dict": _to_original_pixart(model.state_dict())}, tmp_path / "PixArt.pth")
+    model.save_config(tmp_path / "cfg")
+    return tmp_path / "PixArt.pth"
+
+
+def test_plan_says_a_pickles_other_family_is_its_configs(tmp_path):
+    """A pickle's family is its config's (plan reads no pickle): the refusal names that config, not
+    the file, as a transformer of the other family, and says what to do, as the other refusals do."""
+    from tests.conftest import tiny_flux
+
+    pth = _pickled_pixart(tmp_path)
+    tiny_flux().save_config(tmp_path / "fcfg")
+    recipe = parse_recipe(f"model: pixart\nteacher: {pth}\ncalibration: {{source: synthetic}}\npasses: [svd]\n", "r.yaml")
+    with pytest.raises(UserError) as refused:
+        make_plan(recipe, teacher_config=str(tmp_path / "fcfg"))
+    assert str(refused.value) == (
+        f"r.yaml:1: model is 'pixart' but the config {tmp_path}/fcfg given for the teacher {pth} describes a "
+        "FluxTransformer2DModel (flux); set model: flux or give the config of its own transformer")
+
+
+def test_plan_notes_it_does_not_read_a_pickled_teachers_weights(tmp_path, capsys):
+    """A .pth teacher's weights are run's to check (a pickle loads whole): plan says so once, so that
+    its figures, of the config, are not taken as checked against them; a .safetensors file: no note."""
+    from safetensors.torch import save_file
+
+    from tests.conftest import tiny_pixart
+
+    pth = _pickled_pixart(tmp_path)
+    save_file(tiny_pixart().state_dict(), str(tmp_path / "t.safetensors"))
+    for teacher, noted in ((pth, 1), (tmp_path / "t.safetensors", 0)):
+        make_plan(parse_recipe(f"model: pixart\nteacher: {teacher}\nteacher_config: {tmp_path / 'cfg'}\n"
+                               "calibration: {source: synthetic}\npasses: [svd]\n", "r.yaml"))
+        err = " ".join(capsys.readouterr().err.split())
+        assert err.count("note: plan does not read a .pth teacher's weights (a pickle loads whole); run checks "
+                         "them against its config") == noted
