@@ -13,6 +13,8 @@ from compress.errors import UserError
 
 SIGNATURE = ("size, sha256 of the safetensors header, each tensor's first and last 4 KiB and 16 evenly "
              "spaced 64 KiB chunks")  # the method's name: a record of another method is not compared
+PICKLED = "size, sha256 of 16 evenly spaced 64 KiB chunks (not a safetensors file: no header or tensors read)"
+METHODS = (SIGNATURE, PICKLED)  # one hashing: a record says the words of its files' kind (older ones SIGNATURE)
 CHUNKS, CHUNK, END = 16, 1 << 16, 1 << 12
 SHARD = r"-\d+-of-\d+"
 
@@ -94,22 +96,29 @@ def tensor_spans(header: bytes, size: int | None = None) -> list[tuple[int, int]
 
 
 def teacher_signature(source: str) -> dict | None:
-    """What a run records of its teacher's weight files ({"method": SIGNATURE, "files": {name:
+    """What a run records of its teacher's weight files ({"method": method_of(files), "files": {name:
     file_signature}}), for eval and bench to notice files replaced since; None for a toy teacher or
     a Hub id (nothing local of its own to read)."""
     files = weight_files(source)
     if not files:
         return None
     try:
-        return {"method": SIGNATURE, "files": {name: file_signature(p) for name, p in files.items()}}
+        return {"method": method_of(files), "files": {name: file_signature(p) for name, p in files.items()}}
     except (OSError, ValueError, OverflowError):  # the run loaded them: not to fail over a record
         return None
 
 
+def method_of(files: dict[str, Path]) -> str:
+    """The words of what file_signature hashes of `files`: a .safetensors file's header and tensor ends
+    too (SIGNATURE), a pickle's (.pth, .bin) size and chunks only (PICKLED); a folder's are of one kind
+    (weight_files)."""
+    return SIGNATURE if any(p.suffix == ".safetensors" for p in files.values()) else PICKLED
+
+
 def comparable(*records) -> bool:
-    """Whether teacher_signature records compare: each one of this method (SIGNATURE), naming its files
+    """Whether teacher_signature records compare: each one of this hashing (METHODS), naming its files
     (a record of an older or newer dit-compress, or none, does not)."""
-    return all(isinstance(r, dict) and r.get("method") == SIGNATURE and isinstance(r.get("files"), dict)
+    return all(isinstance(r, dict) and r.get("method") in METHODS and isinstance(r.get("files"), dict)
                for r in records)
 
 

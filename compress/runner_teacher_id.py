@@ -106,9 +106,9 @@ def same_weights(before: dict, now: dict) -> bool | None:
 def same_files(recorded, source) -> bool | None:
     """Whether the weight files of the local teacher `source` hold what a recorded signature (FILES) says,
     whatever their names (a single file renamed); None where either is missing or of another method."""
-    from compress.io_signature import SIGNATURE, teacher_signature
+    from compress.io_signature import comparable, teacher_signature
 
-    if not (isinstance(recorded, dict) and recorded.get("method") == SIGNATURE and isinstance(source, str)):
+    if not (comparable(recorded) and isinstance(source, str)):
         return None
     now = teacher_signature(source)
 

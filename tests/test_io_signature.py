@@ -222,3 +222,23 @@ def test_only_records_of_this_method_naming_their_files_compare():
     assert comparable(this, this) and not comparable(this, None)
     assert not comparable(this, {"method": "an older dit-compress's", "files": {}})
     assert not comparable({"method": SIGNATURE, "files": None})
+
+
+def test_a_pickles_record_says_what_was_hashed_of_it_and_an_older_record_still_compares(tmp_path):
+    """A .pth teacher has no safetensors header nor tensor ends to hash: its record's method words say
+    the size and 16 chunks were (T7 F4: they named the header and each tensor's 4 KiB ends); a
+    .safetensors file's as before; a .pth record of an older run (the safetensors words, the same hashing)
+    still compares, a change in it found."""
+    from compress.io_signature import SIGNATURE
+
+    pth, st = tmp_path / "t.pth", tmp_path / "t.safetensors"
+    pth.write_bytes(os.urandom(3 * CHUNK))
+    _safetensors(st, os.urandom(3 * CHUNK))
+    pickled = teacher_signature(str(pth))
+    assert pickled["method"] == ("size, sha256 of 16 evenly spaced 64 KiB chunks (not a safetensors file: no "
+                                 "header or tensors read)")
+    assert teacher_signature(str(st))["method"] == SIGNATURE
+    older = dict(pickled, method=SIGNATURE)
+    assert signature_change(older, str(pth)) is None and signature_change(pickled, str(pth)) is None
+    pth.write_bytes(os.urandom(3 * CHUNK))
+    assert signature_change(older, str(pth)) == "t.pth holds other bytes"
