@@ -201,7 +201,9 @@ def _streamed_output(model: str, teacher_arg: str | None,
     if _took_loras(path):  # its teacher takes them resident (io.load_teacher_of): measured as a resident run's
         return None
     source, config = teacher_to_load(path, teacher_arg, config_arg)
-    if source and Path(source).expanduser().is_file():  # a single file cannot be streamed: compared resident
+    if source and (file := Path(source).expanduser()).is_file():  # a single file cannot be streamed: compared resident
+        if not (config or (file.parent / "config.json").is_file()):  # refused as it loads: no note before that
+            return None
         note(f"eval compares {model} with teacher {source} resident, not streamed as its run was: a single file "
              f"cannot be streamed (dit-compress convert {source} FOLDER, then --teacher FOLDER streams it)")
         return None

@@ -63,12 +63,13 @@ def load_teacher(source, dtype: torch.dtype | str | None = torch.float32, config
     exactly, stored_dtype). `config` (folder or config.json) is needed for single files whose config
     cannot be fetched; `family` ('pixart'|'flux') overrides detection from keys."""
     from compress.io_output import as_dtype
-    from compress.io_source import check_source
+    from compress.io_source import check_source, prefixed
     from compress.io_source_config import TeacherSource
 
     dtype = as_dtype(dtype, "load_teacher")  # before any source is read
+    where = ""  # a checked source's errors start where it was given (a pickle's are said as it loads)
     if isinstance(source, TeacherSource):
-        source, kind = source.source, source.kind
+        source, kind, where = source.source, source.kind, source.where
     else:  # empty, unknown toy, not there, not a teacher: said before loading
         source = str(source)
         kind = check_source(source)
@@ -82,7 +83,7 @@ def load_teacher(source, dtype: torch.dtype | str | None = torch.float32, config
     if kind == "file":
         from compress.io_single import load_single_file
 
-        return load_single_file(path, dtype, config=config, family=family)
+        return prefixed(where, load_single_file, path, dtype, config, family)
     return _load_hub(source, dtype)
 
 

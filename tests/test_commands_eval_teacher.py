@@ -135,3 +135,23 @@ def test_eval_and_bench_say_their_teacher_errors_where_the_teacher_was_given(tmp
         capsys.readouterr()
         assert main(["eval", str(streamed), *argv]) == 2
         assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"dit-compress: error: {said}"), argv
+
+
+def test_a_streamed_outputs_single_file_teacher_without_a_config_is_refused_at_its_place_without_a_note(
+        tmp_path, capsys, monkeypatch):
+    """T7 F3: eval of a streamed output given a single-file --teacher with no config at hand noted that it
+    compared it resident, then refused it without '--teacher: '. Now the refusal alone, at its place."""
+    from safetensors.torch import save_file
+
+    from tests.conftest import tiny_pixart
+    from tests.runner_helpers import run_recipe, streamed_teacher
+
+    out = run_recipe(tmp_path, streamed_teacher(tmp_path, "pixart").format(stream="true"), "s")
+    (tmp_path / "single").mkdir()
+    save_file({k: v.contiguous() for k, v in tiny_pixart().state_dict().items()}, str(tmp_path / "single" / "t.safetensors"))
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["eval", str(out), "--teacher", "single/t.safetensors"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "note:" not in err and err.startswith("dit-compress: error: --teacher: single file single/t.safetensors has "
+                                                 "no config.json beside it; ")

@@ -336,3 +336,22 @@ def test_a_config_json_beside_a_single_file_that_links_to_nothing_says_so(tmp_pa
     assert str(e.value) == (f"single file {tmp_path / 't.safetensors'} has no config.json beside it "
                             f"({tmp_path / 'config.json'} is a link to gone.json, which is not there); pass "
                             "--teacher-config with the diffusers config of the transformer (a folder or config.json)")
+
+
+def test_a_runs_pickle_teacher_refusals_start_where_the_teacher_was_given(tmp_path):
+    """T7 F3: a .pth teacher's refusals as it loads (weights that do not fill its config, weights of another
+    family) lacked the place a .safetensors file's have: the recipe's 'r.yaml:2: ', or '--teacher: '."""
+    from compress.recipe import parse_recipe
+    from compress.runner_setup import load_checked_teacher
+
+    model = tiny_pixart()
+    pth = tmp_path / "PixArt.pth"
+    torch.save({"state_dict": _to_original_pixart(model.state_dict())}, pth)
+    model.save_config(tmp_path / "cfg")
+    tiny_pixart(num_layers=model.config.num_layers + 1).save_config(tmp_path / "more")
+    pixart = parse_recipe(f"model: pixart\nteacher: {pth}\ncalibration: {{source: synthetic}}\npasses: [svd]\n", str(tmp_path / "r.yaml"))
+    with pytest.raises(UserError, match=rf"^{tmp_path}/r.yaml:2: {pth}: the weights do not match config.json: missing "):
+        load_checked_teacher(pixart, config=str(tmp_path / "more"))
+    flux = parse_recipe("model: flux\nteacher: toy:flux\ncalibration: {source: synthetic}\npasses: [svd]\n", str(tmp_path / "f.yaml"))
+    with pytest.raises(UserError, match=rf"^--teacher: {pth} holds a pixart transformer, not the flux one needed here$"):
+        load_checked_teacher(flux, teacher=str(pth), config=str(tmp_path / "cfg"))
