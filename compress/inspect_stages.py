@@ -47,7 +47,8 @@ def stage_lines(report: dict, width: int | None) -> list:
     if not record or not record["passes"]:
         return []
     columns, rows, caption = stages_cells(record)
-    return [*fitted_rows(TITLE, caption, columns, rows, width, LEFT_OUT_FIRST, JSON_OR_WIDER), *export_lines(report)[1:]]
+    return [*fitted_rows(TITLE, caption, columns, rows, width, LEFT_OUT_FIRST, JSON_OR_WIDER),
+            *export_lines(report)[1:]]
 
 
 def stages_cells(record: dict) -> tuple[list[tuple[str, str]], list[list[str]], str | None]:

@@ -172,7 +172,8 @@ def checked(source: str, config: str | None = None, where: str = "", hub: bool =
         from compress.report import warn
 
         what = "a toy teacher" if kind == "toy" else "a folder with its own config.json"
-        found = "" if Path(config).expanduser().exists() else f" (nor found: {os.path.abspath(Path(config).expanduser())})"
+        found = ("" if Path(config).expanduser().exists()
+                 else f" (nor found: {os.path.abspath(Path(config).expanduser())})")
         warn(f"{config_label} {config} is not read{found}: teacher {source} is {what} "
              f"({config_label.split(': ')[-1]} is the diffusers config of {READS})")
     return TeacherSource(source, kind, config, where, hub, config_label=config_label)

@@ -160,7 +160,8 @@ def _family_words(recipe, src: TeacherSource, teacher: str | None, name: str, fa
     given = teacher_given(recipe, teacher or src.source != recipe.teacher)
     start = f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the "
     if src.kind != "file":
-        return f"{start}teacher {src.source}{given} is a {name} ({family}); set model: {family} or give a {recipe.model} teacher"
+        return (f"{start}teacher {src.source}{given} is a {name} ({family}); set model: {family} "
+                f"or give a {recipe.model} teacher")
     told = (f"config {src.config_arg} given for" if src.config_arg else f"config {src.config_file()} beside")
     return (f"{start}{told} the teacher {src.source}{given} describes a {name} ({family}); set model: {family} "
             "or give the config of its own transformer")
