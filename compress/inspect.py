@@ -11,13 +11,13 @@ from rich.text import Text
 from compress.errors import UserError
 from compress.inspect_blocks import (module_label, recorded_block_map, removal_lines, removed_blocks,
                                      teacher_blocks, teacher_label)
+from compress.inspect_distill import distill_lines
 from compress.inspect_fold import fold, with_note
 from compress.inspect_stages import stage_lines, stages_record
 from compress.io_output import load_transformer, output_folder
 from compress.report import (BUDGET_COLUMNS, QUALITY_COLUMNS, block_prefix, console, is_number, layer_rows,
                              other_params, output_dir, plot_ranks, plot_spectrum, read_report, results, summary_table,
                              to_json)
-from compress.report_card import distill_lines
 from compress.report_fit import (JSON_OR_WIDER, least_name_width, left_out_words, print_fitted, row_line,
                                  shown_columns, table_width, wrapped)
 from compress.words import counted

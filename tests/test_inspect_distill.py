@@ -1,4 +1,4 @@
-"""`dit-compress inspect`'s distill lines (report_card.distill_lines): the steps done of those asked, the
+"""`dit-compress inspect`'s distill lines (inspect_distill.distill_lines): the steps done of those asked, the
 held-out teacher-relative error before → after, the resumes and the last loss terms of each distill
 pass the output's report.json records; nothing of distillation for an output without one."""
 

@@ -14,12 +14,12 @@ import torch
 
 from compress.arch import get_adapter
 from compress.errors import UserError
+from compress.inspect_distill import distill_line
 from compress.io_output import load_transformer
 from compress.passes.base import RunContext
 from compress.passes.distill import DistillConfig, DistillPass
 from compress.passes.distill_kd_teacher import base_chain, kd_target
 from compress.recipe import parse_recipe
-from compress.report_card import distill_line
 from tests.conftest import model_inputs, tiny_pixart
 from tests.passes.distill_helpers import toy_data
 

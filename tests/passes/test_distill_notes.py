@@ -69,8 +69,8 @@ def test_no_warning_where_the_error_did_not_rise_or_was_not_measured(before, aft
 def test_a_rise_within_float_noise_is_not_warned(before, after, warned):
     """The held-out error is one pooled number on the same cached inputs before and after: only float
     arithmetic moves it where training did not, so a rise counts above a relative 1e-3 and 1e-6."""
+    from compress.inspect_distill import _error
     from compress.passes.distill_notes import error_rose
-    from compress.report_card import _error
 
     said = error_rose(DistillConfig(), {"pred_rel_error_before": before, "pred_rel_error_after": after})
     assert (said is not None) is warned
