@@ -321,20 +321,17 @@ def teacher_stored_dtype(src) -> torch.dtype | None:
     """The dtype a teacher's weights are stored in, from its files' headers alone (io.stored_dtype),
     for `src` (io_source_config.TeacherSource) a folder or a single safetensors file; None for the others
     (a toy, a Hub id, a pickle) and where the files cannot say (mixed dtypes, unreadable: the run's
-    own checks say what is wrong). The headers the teacher's checks read (TeacherSource.header_dtypes)
+    own checks say what is wrong). The headers the teacher's checks read (TeacherSource.dtype_names)
     are not read again."""
-    from compress.io import TORCH_DTYPES, safetensors_dtypes, stored_dtype, transformer_folder, weights_variant
-
-    def dtypes_of(f: Path) -> set[str]:
-        return src.header_dtypes[f] if f in src.header_dtypes else safetensors_dtypes(f)
+    from compress.io import TORCH_DTYPES, stored_dtype, transformer_folder, weights_variant
 
     path = Path(src.source).expanduser()
     try:
         if src.kind == "folder":
             folder = transformer_folder(path)
-            return stored_dtype(folder, weights_variant(folder), dtypes_of)
+            return stored_dtype(folder, weights_variant(folder), src.dtype_names)
         if src.kind == "file" and path.suffix == ".safetensors":
-            found = {TORCH_DTYPES.get(t) for t in dtypes_of(path) if t.startswith(("F", "BF"))}
+            found = {TORCH_DTYPES.get(t) for t in src.dtype_names(path) if t.startswith(("F", "BF"))}
             return found.pop() if len(found) == 1 and None not in found else None
     except (UserError, OSError):
         return None

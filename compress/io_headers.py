@@ -50,7 +50,7 @@ def header_tensors(path: Path, seen: dict[Path, set[str]] | None = None) -> dict
 def check_teacher_weights(src, model: torch.nn.Module) -> None:
     """The weights of teacher `src` (io_source_config.TeacherSource) fill `model` (the meta model plan built
     from its config) exactly, names and shapes, read from the headers; a UserError in run's words
-    otherwise. The headers' dtype names are kept (TeacherSource.header_dtypes): the export's dtype
+    otherwise. The headers' dtype names are kept (TeacherSource.weights_read): the export's dtype
     warning (io_export.teacher_stored_dtype) reads them there. See the module's docstring for what is
     not checked."""
     from functools import partial
@@ -63,13 +63,13 @@ def check_teacher_weights(src, model: torch.nn.Module) -> None:
         from compress.io_single import load_single_file
 
         load_single_file(path, None, src.config_arg, get_adapter(model).family,
-                         read=partial(header_tensors, seen=src.header_dtypes))
+                         read=partial(header_tensors, seen=src.weights_read.dtypes))
     elif src.kind == "folder":
         from compress.io import transformer_folder
 
-        check_folder_weights(transformer_folder(path), model, src.header_dtypes)
+        check_folder_weights(transformer_folder(path), model, src.weights_read.dtypes)
     else:
-        check_folder_weights(cached_weights(src.source), model, src.header_dtypes)
+        check_folder_weights(cached_weights(src.source), model, src.weights_read.dtypes)
 
 
 def reads_headers(src) -> bool:

@@ -25,16 +25,25 @@ if TYPE_CHECKING:
 
 # ---- configs and families, without weights ------------------------------------------------------
 @dataclass
+class WeightsRead:
+    """What the check of a teacher's weight files' headers read (TeacherSource.weights_read). model: the
+    meta model (plan.meta_model) io_source_recipe.check_weights checked the headers against, which
+    make_plan takes (once: it applies the passes to it) instead of building it and reading the headers
+    again; dtypes: {weight file: its header's dtype names} of the files io_headers.check_teacher_weights
+    read, which the export's dtype warning reads (TeacherSource.dtype_names) instead of the files."""
+
+    model: torch.nn.Module | None = None
+    dtypes: dict[Path, set[str]] = field(default_factory=dict)
+
+
+@dataclass
 class TeacherSource:
     """A teacher source checked once (`kind`: check_source's), its config read once, on first use,
     without its weights: what plan and the checks pass along instead of checking the source and
     reading its config again. config_arg: --teacher-config; where: the start of an error about it
     (teacher_where); hub: a Hub id's transformer/config.json may be fetched; sampling: the recipe's
     calibration source checked against it (inputs.Sampling), where io_source_recipe.checked_sources made it;
-    weights_checked: the meta model (plan.meta_model) io_source_recipe.check_weights checked its weight files'
-    headers against, which make_plan takes (once: it applies the passes to it) instead of building it and
-    reading the headers again; header_dtypes: {weight file: its header's dtype names} of the files
-    io_headers.check_teacher_weights read, which the export's dtype warning reads instead of the files."""
+    weights_read: what the check of its weight files' headers read (WeightsRead)."""
 
     source: str
     kind: str
@@ -43,8 +52,13 @@ class TeacherSource:
     hub: bool = True
     sampling: Sampling | None = field(default=None, compare=False, repr=False)
     config_label: str = field(default="--teacher-config", compare=False, repr=False)  # checked's
-    weights_checked: torch.nn.Module | None = field(default=None, compare=False, repr=False)
-    header_dtypes: dict[Path, set[str]] = field(default_factory=dict, compare=False, repr=False)
+    weights_read: WeightsRead = field(default_factory=WeightsRead, compare=False, repr=False)
+
+    def dtype_names(self, f: Path) -> set[str]:
+        """Weight file `f`'s header dtype names: those the weights check read (weights_read), else read now."""
+        from compress.io import safetensors_dtypes
+
+        return self.weights_read.dtypes[f] if f in self.weights_read.dtypes else safetensors_dtypes(f)
 
     @functools.cached_property
     def config(self) -> dict:

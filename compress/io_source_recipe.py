@@ -62,7 +62,7 @@ def check_weights(src: TeacherSource) -> None:
 
     model = meta_model(src)
     prefixed(src.where, check_teacher_weights, src, model)
-    src.weights_checked = model  # make_plan's teacher: not built nor its headers read again
+    src.weights_read.model = model  # make_plan's teacher: not built nor its headers read again
 
 
 def check_sampled_pipeline(recipe, source: str, sampled: Sampling, given: str = "") -> None:

@@ -139,9 +139,9 @@ def _teacher(recipe, teacher: str | None, teacher_config: str | None, sources: T
     src = sources or checked_sources(recipe, teacher, teacher_config_of(recipe, teacher_config, teacher), hub=False)
     if recipe.stream:  # a single file or an output: refused as the run's checkpoint_of refuses it
         check_streamable(src)
-    headers_read = src.weights_checked is not None  # check_weights built it and read its files' headers
-    model = src.weights_checked if headers_read else meta_model(src)  # its config, read once
-    src.weights_checked = None  # the passes apply to `model`: taken once
+    headers_read = src.weights_read.model is not None  # check_weights built it and read its files' headers
+    model = src.weights_read.model if headers_read else meta_model(src)  # its config, read once
+    src.weights_read.model = None  # the passes apply to `model`: taken once
     adapter = get_adapter(model)
     if adapter.family != recipe.model:  # a pickle's family, from its config
         raise UserError(_family_words(recipe, src, teacher, type(model).__name__, adapter.family))

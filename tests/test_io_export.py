@@ -355,7 +355,7 @@ def test_plan_and_a_runs_checks_read_the_teachers_headers_once_for_the_export_wa
     """The export's dtype warning (warn_if_export_wider) read the teacher's weight headers again for
     their dtypes, after the checks had read them (io_headers.check_teacher_weights): twice more in a run
     (its quiet make_plan, then runner_prepare). Now it takes the dtypes those reads kept
-    (TeacherSource.header_dtypes): each file's header is read once, the warning's words the same."""
+    (TeacherSource.weights_read): each file's header is read once, the warning's words the same."""
     import compress.io as io
     import compress.io_headers as io_headers
     import compress.runner_prepare as runner_prepare
