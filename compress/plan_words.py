@@ -127,7 +127,7 @@ def print_plan(plan: dict) -> None:
             sweeps = f"{f['sweeps']} backward sweep{'s' if f['sweeps'] != 1 else ''}"
             targets = f"{f['targets']} target{'s' if f['targets'] != 1 else ''}"
             results.print(f"    output Fisher of {targets}: {sweeps} over the "
-                          f"calibration batches ({per}), {f['disk_gib']} GiB on disk while the pass runs")
+                          f"calibration batches ({per}), {human_size(f['disk_bytes'])} on disk while the pass runs")
             plain, checkpointed = (human_size(n) for n in plan["backward"])
             other = (f"svd.gradient_checkpointing; {plain} without" if f["gradient_checkpointing"]
                      else f"{checkpointed} with svd.gradient_checkpointing: true")

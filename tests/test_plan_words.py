@@ -3,6 +3,7 @@ built by hand, but for the calibration line of a real plan; the tests of a plan 
 prints are in tests/test_plan*.py)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -241,3 +242,22 @@ def test_plan_never_splits_a_role_name_or_number(toy_plans, name, width, capsys,
         assert not any(line[:1] in "┏┃┡│└" for line in text.splitlines())
         said = " ".join(text.split())
         assert all(f"{role}: before {n:,}," in said for role, n in plan["by_role_before"].items()), said
+
+
+def test_plan_says_the_fishers_disk_in_bytes_and_json_has_their_count(capsys):
+    """plan said the output Fishers' disk in GiB rounded to 0.01: toy-pixart's svd passes read '0.02 GiB on
+    disk' and '0.0 GiB on disk while the pass runs' (4.5 MiB), and plan --json had only that disk_gib. Now
+    its fisher entry has disk_bytes (disk_gib kept), docs/PLAN_JSON.md lists its every key, and the line
+    says human_size of it."""
+    from compress.calib_footprint import human_size
+    from tests.test_plan import _doc_tables, _plan_json
+
+    plan = _plan_json(capsys, "toy-pixart.yaml")
+    fishers = [s["fisher"] for s in plan["passes"] if "fisher" in s]
+    assert [f["disk_bytes"] for f in fishers] == [16384000, 4718592]  # 50 targets' Fishers; adaln_single's
+    assert all(set(f) == _doc_tables()["`fisher` (of an svd pass)"] - {"resident_bytes"} for f in fishers)
+    assert all(f["disk_gib"] == round(f["disk_bytes"] / 2**30, 2) for f in fishers)
+    assert cli.main(["plan", str(Path(__file__).parents[1] / "recipes" / "toy-pixart.yaml")]) == 0
+    said = [line.split(", ")[-1] for line in capsys.readouterr().out.splitlines() if "on disk" in line]
+    assert said == [f"{human_size(f['disk_bytes'])} on disk while the pass runs" for f in fishers]
+    assert said == ["16 MiB on disk while the pass runs", "4 MiB on disk while the pass runs"]

@@ -44,10 +44,11 @@ def plan_device(setting: str = "auto") -> torch.device:
 def fisher_plan(infos: list, rows: dict, memory_gb: float | str, checkpointing: bool) -> dict:
     """What `plan` says of the prediction's Fishers of `infos`: the whole-model backward sweeps
     they take, the bytes of the largest sweep's Fishers (at most the budget, unless one target's
-    alone is more) and the disk they take while the pass runs. fisher_memory_gb "auto": sized at
-    the memory free on this machine's device now, until `settle_auto` takes off what the run holds
-    by the time the sweeps start (plan_memory; the run measures it again); "target_bytes" (each
-    target's Fisher, in order) is kept for that."""
+    alone is more) and the disk they take while the pass runs (disk_bytes; disk_gib: the same in GiB,
+    rounded to 0.01, kept for scripts that read it). fisher_memory_gb "auto": sized at the memory free
+    on this machine's device now, until `settle_auto` takes off what the run holds by the time the
+    sweeps start (plan_memory; the run measures it again); "target_bytes" (each target's Fisher, in
+    order) is kept for that."""
     size = {i.name: fisher_bytes(i.out_features, rows.get(i.name)) for i in infos}
     free = None
     if memory_gb == "auto":
@@ -56,7 +57,7 @@ def fisher_plan(infos: list, rows: dict, memory_gb: float | str, checkpointing: 
         free = free_memory(plan_device())
     out = {"targets": len(infos), "gradient_checkpointing": checkpointing, "memory_gb": memory_gb,
            "free_bytes": free, "target_bytes": [size[i.name] for i in infos],
-           "disk_gib": round(sum(size.values()) / 2**30, 2)}
+           "disk_bytes": sum(size.values()), "disk_gib": round(sum(size.values()) / 2**30, 2)}
     return sized(out, auto_budget(free) if memory_gb == "auto" else fisher_budget(memory_gb, "cpu"))
 
 
