@@ -128,7 +128,8 @@ def test_a_device_bench_cannot_use_is_refused_before_anything_loads(tmp_path, mo
     monkeypatch.setattr(bench, "load_transformer", load)
     monkeypatch.setattr(bench, "teacher_to_load", load)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    with pytest.raises(UserError, match=f"^--device (must be one of cpu, cuda, cuda:N, not '{name}'|{name}, but torch)"):
+    with pytest.raises(UserError, match=f"^--device (must be one of cpu, cuda, cuda:N, not '{name}'|{name}, "
+                                        "but torch)"):
         bench.bench(tmp_path, device=name)
 
 
@@ -234,7 +235,8 @@ def test_bench_says_what_it_is_doing(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(bench, "status", status)
     assert main(["bench", str(out), "--json", "--repeats", "2", "--device", "cpu"]) == 0
     assert said == [f"(on a terminal) bench: loading {out}", f"bench: loading the teacher {tmp_path / 'teacher'}",
-                    f"bench: timing {out} against the teacher {tmp_path / 'teacher'}", "bench: warm-up step 1 of 3", "bench: warm-up step 2 of 3", "bench: warm-up step 3 of 3",
+                    f"bench: timing {out} against the teacher {tmp_path / 'teacher'}", "bench: warm-up step 1 of 3",
+                    "bench: warm-up step 2 of 3", "bench: warm-up step 3 of 3",
                     "bench: timed step 1 of 2 of each model", "bench: timed step 2 of 2 of each model"]
 
 
@@ -253,7 +255,8 @@ def test_bench_in_a_log_says_its_steps_as_lines_a_tenth_at_a_time(tmp_path, caps
     assert json.loads(printed.out)["params_ratio"] < 1
     timed = [f"bench: timed step {j} of 20 of each model" for j in (1, *range(2, 21, 2))]
     assert [line for line in printed.err.splitlines() if not line.startswith("note:")] == [
-        f"bench: timing {out} against the teacher {tmp_path / 'teacher'}", *(f"bench: warm-up step {i} of 3" for i in (1, 2, 3)), *timed]
+        f"bench: timing {out} against the teacher {tmp_path / 'teacher'}",
+        *(f"bench: warm-up step {i} of 3" for i in (1, 2, 3)), *timed]
 
 
 def test_an_outputs_weight_file_is_refused_in_evals_words(tmp_path, capsys):

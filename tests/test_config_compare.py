@@ -30,7 +30,8 @@ def test_block_counts_private_keys_and_the_compression_section_are_not_compared(
     assert config_differences(pixart, theirs, PIXART) == []
     differ = config_differences(pixart, {**pixart, "norm_eps": 1e-3, "cross_attention_dim": 8}, PIXART)
     assert differ == [("cross_attention_dim", 8, 16), ("norm_eps", 1e-3, pixart["norm_eps"])]
-    assert shown_differences(differ) == f"cross_attention_dim 8 (the model's: 16), norm_eps 0.001 (the model's: {pixart['norm_eps']!r})"
+    assert shown_differences(differ) == ("cross_attention_dim 8 (the model's: 16), "
+                                         f"norm_eps 0.001 (the model's: {pixart['norm_eps']!r})")
     assert shown_differences([(k, 1, 2) for k in "abcd"]).endswith("c 1 (the model's: 2) …")
 
 

@@ -97,8 +97,8 @@ def test_files_whose_shared_ids_differ_are_refused_naming_both(tmp_path):
     _, batch = source.batch(8, torch.Generator().manual_seed(0))
     assert torch.equal(batch["img_ids"], _flux_ids(1, n))
     save_file({**flat, "latents": latents + 1, "shared.img_ids": _flux_ids(n, 1)}, str(folder / "b.safetensors"))
-    words = (f"distill.latents_dir file {folder / 'b.safetensors'}: 'shared.img_ids' holds other values than in a.safetensors; a "
-             "batch joins rows of several files")
+    words = (f"distill.latents_dir file {folder / 'b.safetensors'}: 'shared.img_ids' holds other values than in "
+             "a.safetensors; a batch joins rows of several files")
     with pytest.raises(UserError) as early:
         check_folder(folder, meta_clone(teacher), get_adapter(teacher))
     assert str(early.value).startswith(words)

@@ -27,7 +27,8 @@ def _files(folder, *names):
     ("diffusers", "AutoencoderKL", ["config.json"], "weights (no .safetensors or .bin file)"),
     ("diffusers", "AutoencoderKL", ["config.json", "diffusion_pytorch_model.bin"], None),
     ("transformers", "T5EncoderModel", ["config.json", "model.safetensors"], None),
-    ("transformers", "T5Tokenizer", ["tokenizer_config.json", "special_tokens_map.json"], "spiece.model (or tokenizer.json)"),
+    ("transformers", "T5Tokenizer", ["tokenizer_config.json", "special_tokens_map.json"],
+     "spiece.model (or tokenizer.json)"),
     ("transformers", "T5Tokenizer", ["tokenizer_config.json", "spiece.model"], None),
     ("transformers", "T5TokenizerFast", ["tokenizer.json"], None),
     ("transformers", "CLIPTokenizer", ["vocab.json"], "merges.txt (or tokenizer.json)"),
@@ -45,7 +46,8 @@ def test_a_shard_an_index_lists_and_a_link_to_a_gone_blob_are_lacking(tmp_path):
         "a": "model-00001-of-00003.safetensors", "b": "model-00002-of-00003.safetensors",
         "c": "model-00003-of-00003.safetensors"}}))
     assert part_lacks(folder, "transformers", "T5EncoderModel") == (
-        "model-00002-of-00003.safetensors and model-00003-of-00003.safetensors (listed in model.safetensors.index.json)")
+        "model-00002-of-00003.safetensors and model-00003-of-00003.safetensors "
+        "(listed in model.safetensors.index.json)")
     scheduler = tmp_path / "scheduler"
     scheduler.mkdir()
     (scheduler / "scheduler_config.json").symlink_to(tmp_path / "blobs" / "gone")  # the cache's blob removed
@@ -88,7 +90,8 @@ def test_a_file_the_caches_tree_listing_names_and_the_snapshot_lacks_is_named(tm
     (snapshot / "model_index.json").write_text(json.dumps({
         "_class_name": "PixArtSigmaPipeline", "tokenizer": ["transformers", "T5Tokenizer"],
         "text_encoder": ["transformers", "T5EncoderModel"]}))
-    listed = ["model_index.json", "tokenizer/tokenizer.json", "text_encoder/config.json", "text_encoder/model.safetensors",
+    listed = ["model_index.json", "tokenizer/tokenizer.json", "text_encoder/config.json",
+              "text_encoder/model.safetensors",
               "text_encoder/model.fp16.safetensors"]  # a variant not downloaded: diffusers does not ask for it
     _files(repo / "trees")
     (repo / "trees" / f"{COMMIT}.json").write_text(json.dumps({"format_version": 1, "files": {
@@ -101,9 +104,9 @@ def test_a_file_the_caches_tree_listing_names_and_the_snapshot_lacks_is_named(tm
 
     monkeypatch.setattr(_tree_cache, "_IN_MEMORY_TREE_CACHE", {})
     assert missing_file("acme/pix", snapshot) == (
-        f"the Hugging Face cache's snapshot {snapshot} of it: its tokenizer/ lacks special_tokens_map.json and tokenizer_config.json, "
-        "which the cache's file list of the commit names and diffusers reads; download it online (hf download "
-        f"acme/pix --include 'tokenizer/*' --revision {COMMIT})")
+        f"the Hugging Face cache's snapshot {snapshot} of it: its tokenizer/ lacks special_tokens_map.json and "
+        "tokenizer_config.json, which the cache's file list of the commit names and diffusers reads; download it "
+        f"online (hf download acme/pix --include 'tokenizer/*' --revision {COMMIT})")
 
 
 @pytest.mark.parametrize("listing", ["[]", '{"format_version": 1, "files": []}', "{not json"])

@@ -119,7 +119,8 @@ def test_a_hub_pipeline_the_hub_does_not_answer_is_read_from_the_cache_or_refuse
     assert "'acme/pix' is read from the Hugging Face cache" in " ".join(capsys.readouterr().err.split())
     timed_out = ("the Hugging Face Hub cannot be reached (ReadTimeout: The read operation timed out (no answer within "
                  f"4 s; set HF_HUB_ETAG_TIMEOUT to wait longer)), and the Hugging Face cache {tmp_path / 'hub'} "
-                 "(HF_HUB_CACHE, else HF_HOME/hub) holds no copy of it; check your network, or pass a local pipeline folder")
+                 "(HF_HUB_CACHE, else HF_HOME/hub) holds no copy of it; check your network, or pass a local "
+                 "pipeline folder")
     with pytest.raises(UserError) as e:
         load_pipeline(offline_cache, base="acme/other")
     assert str(e.value) == f"cannot load base pipeline 'acme/other': {timed_out}"
@@ -151,7 +152,8 @@ def test_a_cached_hub_pipeline_whose_hub_stops_answering_is_read_from_the_cache_
     assert type(pipeline).__name__ == "PixArtSigmaPipeline", pipeline
     assert 2 <= took < 10 and len(held(hanging_hub)) == 2
     said = " ".join(capsys.readouterr().err.split())
-    note = f"'acme/pix' is read from the Hugging Face cache {tmp_path / 'hub'} ({STOPPED}); set HF_HUB_OFFLINE=1 to skip the Hub"
+    note = (f"'acme/pix' is read from the Hugging Face cache {tmp_path / 'hub'} ({STOPPED}); "
+            "set HF_HUB_OFFLINE=1 to skip the Hub")
     assert note in said and said.count("is read from the Hugging Face cache") == 1, said
     pipeline, took = within(30, lambda: load_pipeline_for(load_transformer(offline_cache), "acme/pix"))
     assert type(pipeline).__name__ == "PixArtSigmaPipeline", pipeline
@@ -177,9 +179,9 @@ def test_a_hub_pipeline_whose_hub_stops_answering_and_the_cache_holds_in_part_na
     error, took = within(30, lambda: load_pipeline(offline_cache, base="acme/pix"))
     assert isinstance(error, UserError), error
     assert str(error).startswith(f"cannot load base pipeline 'acme/pix': the Hugging Face Hub did not answer "
-                                 f"(ReadTimeout: timed out (no answer to 2 requests within 1 s each, 2 s from the first "
-                                 f"to the last; set HF_HUB_DOWNLOAD_TIMEOUT to wait longer)), and the Hugging Face cache's snapshot "
-                                 f"{snapshot} of it: "), error
+                                 f"(ReadTimeout: timed out (no answer to 2 requests within 1 s each, 2 s from "
+                                 f"the first to the last; set HF_HUB_DOWNLOAD_TIMEOUT to wait longer)), and the "
+                                 f"Hugging Face cache's snapshot {snapshot} of it: "), error
     assert "vae" in str(error) and f"hf download acme/pix --include 'vae/*' --revision {'0' * 40}" in str(error)
     assert 2 <= took < 10
 
@@ -302,9 +304,10 @@ def test_a_hub_pipeline_whose_main_moved_on_and_whose_hub_stops_answering_names_
     with pytest.raises(UserError) as e:
         load_pipeline(offline_cache, base="acme/pix")
     assert str(e.value) == (f"cannot load base pipeline 'acme/pix' offline (HF_HUB_OFFLINE): the Hugging Face cache "
-                            f"{tmp_path / 'hub'} (HF_HUB_CACHE, else HF_HOME/hub) {held.format('')}; check the id, fetch "
-                            "it once online, or pass a local pipeline folder")
-    assert type(load_pipeline(offline_cache, base=str(repo / "snapshots" / ("0" * 40)))).__name__ == "PixArtSigmaPipeline"
+                            f"{tmp_path / 'hub'} (HF_HUB_CACHE, else HF_HOME/hub) {held.format('')}; check the "
+                            "id, fetch it once online, or pass a local pipeline folder")
+    assert (type(load_pipeline(offline_cache, base=str(repo / "snapshots" / ("0" * 40)))).__name__
+            == "PixArtSigmaPipeline")
 
 
 def test_a_moved_main_whose_empty_snapshot_folder_exists_still_names_the_move(offline_cache, moved_hub, tmp_path):

@@ -217,12 +217,14 @@ def test_a_lora_past_a_chains_base_count_is_refused_where_the_base_config_cannot
     deeper = _save(_state(tiny_pixart(num_layers=7), ["to_q"]), tmp_path / "deeper.safetensors")
     student = load_transformer(tmp_path / "b")
     before = copy.deepcopy(student.state_dict())
-    with pytest.raises(UserError, match=r"the LoRA adapts transformer_blocks\.6, but the base model dit-compress-tests/no-such-base has 6 "):
+    with pytest.raises(UserError, match=r"the LoRA adapts transformer_blocks\.6, but the base model "
+                                        r"dit-compress-tests/no-such-base has 6 "):
         merge_lora(student, deeper)
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items())
     assert main(["lora", str(tmp_path / "b"), str(deeper), str(tmp_path / "new")]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "transformer_blocks.6, but the base model dit-compress-tests/no-such-base has 6" in err
+    assert len(err.strip().splitlines()) == 1 and ("transformer_blocks.6, but the base model "
+                                                   "dit-compress-tests/no-such-base has 6") in err
     assert not (tmp_path / "new").exists()
     lora, _ = _base_lora(base, tmp_path)
     assert sorted(merge_lora(student, lora)["dropped"]) == [f"transformer_blocks.{i}.{attn}.to_q"

@@ -257,10 +257,10 @@ def test_a_lora_read_as_a_teachers_blocks_is_refused_while_that_teacher_is_away_
     files = teacher_signature(str(tmp_path / "b"))
     b = str((tmp_path / "b").resolve())
     (tmp_path / "b").rename(tmp_path / "b-away")
-    refusal = (f"the LoRA {lora.resolve()} this model took (dit-compress lora) was read as blocks of {b}, not there now, and the "
-               f"teacher to compare with, {{}}, cannot be shown to be it (the model records no weight files of it to "
-               f"compare), while its blocks may be numbered otherwise ({{}}): put {b} back, or give its new place "
-               "with --teacher")
+    refusal = (f"the LoRA {lora.resolve()} this model took (dit-compress lora) was read as blocks of {b}, not there "
+               f"now, and the teacher to compare with, {{}}, cannot be shown to be it (the model records no weight "
+               f"files of it to compare), while its blocks may be numbered otherwise ({{}}): put {b} back, or give its "
+               "new place with --teacher")
     for other, why in [("a", "a dit-compress output with blocks removed along its chain of teachers"),
                        ("base", "it has 6 transformer_blocks, the model's teacher 4"),
                        ("b-away", "a dit-compress output with blocks removed along its chain of teachers")]:

@@ -113,7 +113,8 @@ def test_small_pieces_change_nothing(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("edit, match", [
-    (lambda sd: sd.pop("transformer_blocks.1.attn1.to_k.weight"), r"transformer_blocks\.1: missing transformer_blocks\.1\.attn1\.to_k\.weight"),
+    (lambda sd: sd.pop("transformer_blocks.1.attn1.to_k.weight"),
+     r"transformer_blocks\.1: missing transformer_blocks\.1\.attn1\.to_k\.weight"),
     (lambda sd: sd.update(extra=torch.zeros(1)), r"the top level: unexpected extra"),
 ])
 def test_a_checkpoint_that_does_not_match_its_config_is_named(tmp_path, edit, match):
