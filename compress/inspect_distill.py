@@ -1,4 +1,7 @@
-"""`dit-compress inspect`'s lines on distillation, a line per distill pass report.json records (`distill_lines`)."""
+"""`dit-compress inspect`'s lines on distillation (`distill_lines`): one per distill pass the run recorded
+(report.json's `distill`, the records of earlier passes under its `earlier`), each with the steps done of those
+asked, the held-out teacher-relative error before → after it (marked where it rose: distill_notes.rose), how often
+its training was resumed from a checkpoint, and its last step's loss terms, each where recorded."""
 
 from __future__ import annotations
 
@@ -7,11 +10,6 @@ from compress.passes.distill_progress import TERMS, fmt_terms
 from compress.report import is_count, is_number
 
 
-# ---- inspect's lines on distillation ----------------------------------------------------------
-# one per distill pass the run recorded (report.json's `distill`, the records of earlier passes under its
-# `earlier`): the steps done of those asked, the held-out teacher-relative error before → after it
-# (marked where it rose: distill_notes.rose), how often its training was resumed from a
-# checkpoint, and its last step's loss terms, each where recorded (`dit-compress inspect` prints them).
 def distill_lines(report: dict) -> list[str]:
     """A line per distill pass of `report` (none without one)."""
     last = report.get("distill")

@@ -95,7 +95,7 @@ def test_distill_toward_the_base_measures_and_trains_against_the_base(tmp_path):
                                     "chain": [str((tmp_path / "base").resolve())]}
     assert record["block_map"] == {"blocks": [0, 2]}
     assert f"held-out teacher-relative error against the chain's base {(tmp_path / 'base').resolve()} " \
-           f"{record['pred_rel_error_before']:.4g} → " in distill_line(record)  # inspect and the model card
+           f"{record['pred_rel_error_before']:.4g} → " in distill_line(record)  # inspect's line
     _, plain = _run(copy.deepcopy(student), a, to_a, tmp_path / "run2")  # the default: the recipe's teacher
     assert plain["pred_rel_error_before"] == pytest.approx(against_a, rel=1e-6)
     assert "kd_teacher" not in plain
