@@ -82,7 +82,8 @@ def _defaults_note(args, saved, out: Path, run_dir: Path) -> str:
               "compress.report:to_json")
 def cmd_plan(args, make_plan, print_plan, load_recipe, to_json) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
-    plan = make_plan(recipe, teacher=args.teacher, teacher_config=args.teacher_config)
+    run_dir = _run_dir(args) if args.run_dir else None  # None: run's default, which the refusal says it measured
+    plan = make_plan(recipe, teacher=args.teacher, teacher_config=args.teacher_config, run_dir=run_dir)
     if args.json:
         print(to_json(plan))
     else:

@@ -83,7 +83,7 @@ _CONFIG = ("--teacher-config", "file or folder")
 PATH_ARGUMENTS = {
     "run": {"recipe": ("RECIPE", "file"), "out": ("--out", "folder"), "run_dir": ("--run-dir", "folder"),
             "teacher_config": _CONFIG},
-    "plan": {"recipe": ("RECIPE", "file"), "teacher_config": _CONFIG},
+    "plan": {"recipe": ("RECIPE", "file"), "run_dir": ("--run-dir", "folder"), "teacher_config": _CONFIG},
     "importance": {"source": ("SOURCE", "recipe or teacher"), "teacher_config": _CONFIG},
     "inspect": {"out": ("OUT", "folder")},
     "eval": {"model": ("MODEL", "folder or teacher"), "teacher_config": _CONFIG, "lora": ("--lora", "file or folder")},
@@ -119,6 +119,11 @@ def _default_folder(parent: str) -> str:
     return f"default: {parent}/<recipe name>; for an output's own recipe.yaml, {parent}/<that output's name>"
 
 
+def _run_dir_option(p: argparse.ArgumentParser, more: str = "") -> None:
+    """run's --run-dir, and plan's: the same folder, whose free disk run's refusal of a peak counts."""
+    p.add_argument("--run-dir", help=f"run folder for caches and checkpoints ({_default_folder('runs')}){more}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dit-compress", description="Low-rank / SVD compression compiler for diffusion "
@@ -129,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="compress a teacher as the recipe says")
     _recipe_args(p)
     p.add_argument("--out", help=f"output folder ({_default_folder('out')})")
-    p.add_argument("--run-dir", help=f"run folder for caches and checkpoints ({_default_folder('runs')})")
+    _run_dir_option(p)
     again = p.add_mutually_exclusive_group()  # one or the other: usage [--resume | --restart], both refused
     again.add_argument("--resume", action="store_true",
                        help="continue an interrupted run from the passes (and distill checkpoint) it saved")
@@ -141,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="dry run: resolved targets, ranks, blocks, params before/after")
     _recipe_args(p)
+    _run_dir_option(p, "; plan measures its free disk, as run does")
     p.add_argument("--json", action="store_true", help="print the plan as JSON (parameters by block too)")
 
     p = sub.add_parser("inspect", help="per-layer ranks, params, losses against the closed-form optimum, removed "

@@ -129,7 +129,7 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     calib["toy_pipeline"] = toy
     plan["memory"] = peak_memory(recipe, plan, calib["used"], calib["drawn"], passes, sampled.index)
     plan["memory"]["refusal"] = _refusal(recipe, plan, run_dir)
-    _warn_beyond_memory(recipe, plan)  # --json too (stderr)
+    _warn_beyond_memory(recipe, plan, run_dir)  # --json too (stderr)
     return plan
 
 
@@ -220,11 +220,14 @@ def by_block_after_is(unplaced: list, uneven: list, later: list) -> str:
     return "at most" if later else "exact"
 
 
-def _warn_beyond_memory(recipe, plan: dict) -> None:
+def _warn_beyond_memory(recipe, plan: dict, run_dir: Path | None = None) -> None:
     """plan's and run's warning of a peak beyond the memory, at the line of the key that drives it most;
-    plan's, in its place, of one that run refuses (the plan's memory.refusal), in run's words."""
+    plan's, in its place, of one that run refuses (the plan's memory.refusal), in run's words, of the
+    disk under `run_dir` (None: run's default run folder, which plan --run-dir changes, as run's does)."""
     if refusal := plan["memory"]["refusal"]:  # a warning: what this machine has, as a device not here is noted
-        warn(f"{refusal}; `dit-compress run` would refuse this before it loads the teacher")
+        other = ("" if run_dir is not None else
+                 " with its default --run-dir (plan --run-dir DIR measures another folder's disk)")
+        warn(f"{refusal}; `dit-compress run` would refuse this before it loads the teacher{other}")
     elif warning := beyond_memory(plan["memory"], device_memory(recipe.device)):
         warn(f"{_memory_where(recipe, plan)}: {warning}")
 
@@ -262,7 +265,7 @@ def warn_if_beyond_memory(recipe, sources: TeacherSource, passes: list, run_dir:
         return calibrates(passes)
     if run_dir is not None and plan["memory"]["refusal"]:  # a peak no spill could hold: refused before the
         raise UserError(plan["memory"]["refusal"])       # teacher loads, not warned
-    _warn_beyond_memory(recipe, plan)
+    _warn_beyond_memory(recipe, plan, run_dir)
     return plan["calibration"]["used"]
 
 
