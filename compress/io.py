@@ -78,8 +78,8 @@ def load_teacher(source, dtype: torch.dtype | str | None = torch.float32, config
 
         return load_toy_teacher(source[4:], dtype=dtype or torch.float32)  # its weights are float32
     path = Path(source).expanduser()
-    if kind == "folder":
-        return _load_folder(path, dtype)
+    if kind == "folder":  # a folder of .bin weights: checked against its config only as it loads
+        return prefixed(where, _load_folder, path, dtype)
     if kind == "file":
         from compress.io_single import load_single_file
 

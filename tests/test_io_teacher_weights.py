@@ -126,3 +126,34 @@ def test_a_teacher_folder_with_a_cut_safetensors_shard_names_it_as_truncated(tmp
         load_teacher(str(tmp_path / "t"))
     assert str(e.value).startswith(f"{shard} is not a readable safetensors file (")
     assert str(e.value).endswith("); it may be truncated or corrupted")
+
+
+@pytest.mark.parametrize("shard", [None, "20KB"])
+@pytest.mark.parametrize("change, said", [({"num_layers": 4}, "missing: the weights do not match config.json: missing "),
+                                          ({"num_layers": 2}, "missing: the weights do not match config.json: unexpected "),
+                                          ({"cross_attention_dim": 8}, "teacher missing: its weights do not match its "
+                                                                       "config.json: transformer_blocks.0.attn2.to_k.weight ")])
+def test_a_bin_folders_refusals_as_it_loads_start_where_the_teacher_was_given(tmp_path, monkeypatch, shard, change, said):
+    """A folder of .bin weights (diffusers' diffusion_pytorch_model.bin, or shards and their index) is checked
+    against its config.json only as it loads (no header to read before): its refusals lacked the place a
+    .safetensors folder's and a .pth file's have, the recipe's 'r.yaml:2: ' (run, importance) or '--teacher: '
+    (run, eval, bench)."""
+    from compress.io import load_teacher_of
+    from compress.recipe import parse_recipe
+    from compress.runner_setup import load_checked_teacher
+
+    model = tiny_pixart()  # 3 blocks
+    model.save_pretrained(tmp_path / "missing", safe_serialization=False, **({"max_shard_size": shard} if shard else {}))
+    config = json.loads((tmp_path / "missing" / "config.json").read_text())
+    (tmp_path / "missing" / "config.json").write_text(json.dumps(dict(config, **change)))
+    monkeypatch.chdir(tmp_path)
+    text = "model: pixart\nteacher: {}\ncalibration: {{source: synthetic}}\npasses: [svd]\n"
+    with pytest.raises(UserError) as e:
+        load_checked_teacher(parse_recipe(text.format("missing"), "r.yaml"))
+    assert str(e.value).startswith(f"r.yaml:2: {said}")
+    with pytest.raises(UserError) as e:
+        load_checked_teacher(parse_recipe(text.format("toy:pixart"), "r.yaml"), teacher="missing")
+    assert str(e.value).startswith(f"--teacher: {said}")
+    with pytest.raises(UserError) as e:
+        load_teacher_of(model, "missing", where="--teacher: ")
+    assert str(e.value).startswith(f"--teacher: {said}")
