@@ -45,6 +45,18 @@ def file_family(path: Path) -> str | None:
         return None
 
 
+class OtherFamily(UserError):
+    """A checkpoint whose tensors are a `found` transformer where a `needed` one was (checked_family),
+    said after `where`; run words it as its recipe's other refusals of a teacher of another family do."""
+
+    def __init__(self, path: Path, found: str, needed: str, where: str = ""):
+        super().__init__(f"{where}{path} holds a {found} transformer, not the {needed} one needed here")
+        self.path, self.found, self.needed = path, found, needed
+
+    def at(self, where: str) -> OtherFamily:
+        return OtherFamily(self.path, self.found, self.needed, where)
+
+
 def checked_family(path: Path, keys, family: str | None) -> str:
     """The family of a checkpoint's keys; `family` (the one the caller needs) where the keys do not
     tell, and a UserError where they tell another."""
@@ -55,7 +67,7 @@ def checked_family(path: Path, keys, family: str | None) -> str:
             return family
         raise
     if family and found != family:
-        raise UserError(f"{path} holds a {found} transformer, not the {family} one needed here")
+        raise OtherFamily(path, found, family)
     return found
 
 

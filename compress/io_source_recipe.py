@@ -36,9 +36,7 @@ def checked_sources(recipe, teacher: str | None = None, config: str | None = Non
                   bool(getattr(recipe, "stream", False)), config_named(recipe, config))
     found = src.family()
     if found and found[0] != recipe.model:
-        raise UserError(f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the "
-                        f"teacher {source}{teacher_given(recipe, given)} is a {found[1]} ({found[0]}); set model: "
-                        f"{found[0]} or give a {recipe.model} teacher")
+        raise UserError(other_family_words(recipe, source, given, found[0]))
     check_weights(src)  # a teacher of junk weights said before the calibration it would need
     src.sampling = source_sampling(recipe.calibration, source)  # a pipeline folder's model_index.json read once
     if sampled:
@@ -46,6 +44,16 @@ def checked_sources(recipe, teacher: str | None = None, config: str | None = Non
     check_prompt_file(recipe, src.sampling.kind)
     warn_unused_calibration(recipe, src.sampling.kind)
     return src
+
+
+def other_family_words(recipe, source: str, given: str | None, family: str) -> str:
+    """The refusal of a teacher `source` (`given`: by --teacher) that is a `family` transformer, not one
+    of the recipe's model: at the recipe's `model:` line, as plan says it (plan._family_words)."""
+    from compress.arch import get_adapter
+
+    return (f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the teacher "
+            f"{source}{teacher_given(recipe, given)} is a {get_adapter(family).class_name} ({family}); set model: "
+            f"{family} or give a {recipe.model} teacher")
 
 
 def check_weights(src: TeacherSource) -> None:

@@ -18,7 +18,8 @@ from compress.interrupts import TERMINATIONS, as_ctrl_c, handled
 from compress.io import load_teacher
 from compress.dtype_range import compute_beyond_words, held
 from compress.io_source_config import TeacherSource
-from compress.io_source_recipe import checked_sources
+from compress.io_single import OtherFamily
+from compress.io_source_recipe import checked_sources, other_family_words
 from compress.io_tensors import nonfinite
 from compress.recipe import Recipe
 
@@ -58,11 +59,13 @@ def load_checked_teacher(recipe: Recipe, teacher: str | None = None, config: str
     source = src.source
     load = functools.partial(load_teacher, src, dtype=DTYPES[recipe.compute_dtype], config=config,
                              family=recipe.model)
-    model = models.teacher(source, load) if models is not None else load()
+    try:  # a pickle's family is known as it loads: refused as checked_sources refuses another's
+        model = models.teacher(source, load) if models is not None else load()
+    except OtherFamily as e:
+        raise UserError(other_family_words(recipe, source, teacher, e.found)) from None
     family = get_adapter(model).family
     if family != recipe.model:
-        raise UserError(f"{recipe.path}: model is '{recipe.model}' but the teacher {source} is a "
-                        f"{type(model).__name__} ({family})")
+        raise UserError(other_family_words(recipe, source, teacher, family))
     check_finite(model, source=src)
     return source, model.requires_grad_(False).eval()
 

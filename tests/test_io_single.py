@@ -353,5 +353,43 @@ def test_a_runs_pickle_teacher_refusals_start_where_the_teacher_was_given(tmp_pa
     with pytest.raises(UserError, match=rf"^{tmp_path}/r.yaml:2: {pth}: the weights do not match config.json: missing "):
         load_checked_teacher(pixart, config=str(tmp_path / "more"))
     flux = parse_recipe("model: flux\nteacher: toy:flux\ncalibration: {source: synthetic}\npasses: [svd]\n", str(tmp_path / "f.yaml"))
-    with pytest.raises(UserError, match=rf"^--teacher: {pth} holds a pixart transformer, not the flux one needed here$"):
+    with pytest.raises(UserError, match=rf"^{tmp_path}/f.yaml:1: model is 'flux' but the teacher {pth} \(--teacher\) is a "):
         load_checked_teacher(flux, teacher=str(pth), config=str(tmp_path / "cfg"))
+
+
+@pytest.mark.parametrize("given", ["recipe", "--teacher"])
+def test_runs_refusal_of_a_pickle_of_another_family_is_plans_and_a_safetensors_files(tmp_path, monkeypatch, given):
+    """S46 F3 #2: run refused a .pth teacher of another family (its config of that family too) as 'r.yaml:2:
+    t/Flux.pth holds a flux transformer, not the pixart one needed here', where plan said 'r.yaml:1: model is
+    'pixart' but the config ... describes a FluxTransformer2DModel (flux); set model: flux or give ...' and
+    run (as plan) of a .safetensors file 'r.yaml:1: model is 'pixart' but the teacher t/Flux.safetensors is
+    a FluxTransformer2DModel (flux); set model: flux or give a pixart teacher'. Now run says a pickle's as a
+    .safetensors file's: having read its weights, it names the teacher, not its config."""
+    from compress.plan import make_plan
+    from compress.recipe import parse_recipe
+    from compress.runner_setup import load_checked_teacher
+
+    model = tiny_flux()
+    (tmp_path / "t").mkdir()
+    torch.save(model.state_dict(), tmp_path / "t" / "Flux.pth")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "t" / "Flux.safetensors"))
+    model.save_config(tmp_path / "t")
+    monkeypatch.chdir(tmp_path)
+    text = "model: pixart\nteacher: {}\ncalibration: {{source: synthetic}}\npasses: [svd]\n"
+    said = {}
+    for suffix in ("pth", "safetensors"):
+        file = f"t/Flux.{suffix}"
+        recipe = parse_recipe(text.format(file if given == "recipe" else "toy:pixart"), "r.yaml")
+        teacher = None if given == "recipe" else file
+        for name, refuse in (("run", lambda: load_checked_teacher(recipe, teacher)),
+                             ("plan", lambda: make_plan(recipe, teacher=teacher))):
+            with pytest.raises(UserError) as e:
+                refuse()
+            said[name, suffix] = str(e.value).replace(file, "FILE")
+    flag = " (--teacher)" if given == "--teacher" else ""
+    assert said["run", "pth"] == said["run", "safetensors"] == said["plan", "safetensors"] == (
+        f"r.yaml:1: model is 'pixart' but the teacher FILE{flag} is a FluxTransformer2DModel (flux); set model: flux "
+        "or give a pixart teacher")
+    assert said["plan", "pth"] == (f"r.yaml:1: model is 'pixart' but the config t/config.json beside the teacher "
+                                   f"FILE{flag} describes a FluxTransformer2DModel (flux); set model: flux or give the "
+                                   "config of its own transformer")
