@@ -42,10 +42,14 @@ def student_config(model: nn.Module, extra: dict | None = None) -> dict:
     return config
 
 
-def save_compressed(model: nn.Module, out, dtype: torch.dtype | None = None, extra: dict | None = None,
+def save_compressed(model: nn.Module, out, dtype: torch.dtype | str | None = None, extra: dict | None = None,
                     files: dict[str, str] | None = None, overwrite: bool = False) -> Path:
-    """Write the output folder atomically (temp folder + rename). `files`: extra text files. A
-    torch.compile'd model is saved as the model it wraps (`unwrapped`)."""
+    """Write the output folder atomically (temp folder + rename). `dtype`: a floating torch dtype or
+    its name ('bfloat16'), as load_transformer takes it; None keeps each tensor's. `files`: extra text
+    files. A torch.compile'd model is saved as the model it wraps (`unwrapped`)."""
+    from compress.io_output import as_dtype  # io_output imports this module
+
+    dtype = as_dtype(dtype, "save_compressed")  # before anything is written
     model = unwrapped(model)
     out = Path(out).expanduser()
     with atomic_folder(out, overwrite) as tmp:
