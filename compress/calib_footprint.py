@@ -259,14 +259,26 @@ def describe(f: dict) -> str:
             f"{human_size(f['batch_bytes'])} with calibration.spill_activations (one batch)")
 
 
+SIZE_UNITS = (("GiB", 2**30, 1), ("MiB", 2**20, 0), ("KiB", 2**10, 0))  # (unit, bytes, decimals); then bytes
+
+
 def human_size(n: float, more: int = 0) -> str:
     """`n` bytes in words: '1.5 GiB', '12 MiB', '3 KiB', '512 bytes' ('1 byte'): a unit from where the one
-    below would say 1024 (1023.6 MiB: '1.0 GiB', not '1024 MiB'), so no size under 1 MiB reads '0 MiB';
-    `more`: decimals beyond the unit's (human_sizes)."""
-    for unit, scale, places in (("GiB", 2**30, 1), ("MiB", 2**20, 0), ("KiB", 2**10, 0)):
-        if n >= scale * 1023.5 / 1024:  # the unit below rounds it to 1024
+    below, with its decimals, would say 1024 (1023.6 MiB: '1.0 GiB', not '1024 MiB'; with `more` 1, 1023.7
+    MiB stays '1023.7 MiB'), so no size under 1 MiB reads '0 MiB'; `more`: decimals beyond the unit's
+    (human_sizes), none for bytes. A size not finite as Python writes it ('inf bytes')."""
+    if not math.isfinite(n):
+        return f"{n} bytes"
+    for i, (unit, scale, places) in enumerate(SIZE_UNITS):
+        below = SIZE_UNITS[i + 1][2] + more if i + 1 < len(SIZE_UNITS) else 0  # bytes: whole
+        if n >= scale * (1024 - 0.5 * 10**-below) / 1024:  # the unit below rounds it to 1024
             return f"{n / scale:.{places + more}f} {unit}"
-    return "1 byte" if round(n) == 1 else f"{round(n)} bytes"
+    return _in_bytes(n, grouped=False)
+
+
+def _in_bytes(n: float, grouped: bool = True) -> str:
+    """`n` bytes, a whole number of them: '1,536 bytes' ('1536 bytes' not `grouped`), '1 byte'."""
+    return "1 byte" if round(n) == 1 else f"{round(n):,} bytes" if grouped else f"{round(n)} bytes"
 
 
 def human_sizes(a: float, b: float) -> tuple[str, str]:
@@ -274,11 +286,14 @@ def human_sizes(a: float, b: float) -> tuple[str, str]:
     decimals (up to 2) as show their real ratio where the words misstate it (said_ratio_off): where they
     read the same ('1.3 MiB' and '1.0 MiB', not '1 MiB' twice) or rounding moves them further apart
     ('1.50 KiB' and '1.50 KiB' would read the same, so 1,536 and 1,535 bytes, not '2 KiB' and '1 KiB'),
-    else in bytes ('1,360,000 bytes' and '1,359,999 bytes'). Sizes far apart read as human_size says."""
+    else in bytes ('1,360,000 bytes' and '1,359,999 bytes'). Sizes far apart, or one not finite, read as
+    human_size says."""
     words, more = (human_size(a), human_size(b)), 0
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return words
     while round(a) != round(b) and said_ratio_off(a, b, words):
         if more == 2:
-            return f"{round(a):,} bytes", f"{round(b):,} bytes"
+            return _in_bytes(a), _in_bytes(b)
         more += 1
         words = human_size(a, more), human_size(b, more)
     return words

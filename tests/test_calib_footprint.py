@@ -304,3 +304,23 @@ def test_two_close_sizes_are_not_said_further_apart_than_they_are(a, b, words):
     from compress.calib_footprint import human_sizes
 
     assert human_sizes(a, b) == words
+
+
+@pytest.mark.parametrize("a, b, words", [
+    (1023.7 * 2**20, 1023.2 * 2**20, ("1023.7 MiB", "1023.2 MiB")), (0.4, 0.6, ("0 bytes", "1 byte")),
+    (1, 2, ("1 byte", "2 bytes")), (float("inf"), 1, ("inf bytes", "1 byte")),
+    (float("nan"), 2**20, ("nan bytes", "1 MiB")),
+    (1023.97 * 2**20, 1023.2 * 2**20, ("1.0 GiB", "1023 MiB"))])
+def test_decimals_added_keep_the_unit_a_size_reads_in_and_bytes_are_whole(a, b, words):
+    """R1: human_size(n, more) took the next unit where the one below rounds to 1024 with no decimals, so
+    human_sizes(1023.7 MiB, 1023.2 MiB) fell through to '1,073,427,251 bytes' and '1,072,902,963 bytes';
+    0.4 and 0.6 bytes read '0 bytes' and '1 bytes'; an infinite size raised OverflowError."""
+    from compress.calib_footprint import human_sizes
+
+    assert human_sizes(a, b) == words
+
+
+def test_a_size_with_more_decimals_takes_the_next_unit_only_where_those_would_say_1024():
+    """R1: human_size(1023.7 MiB, more=1) said '1.00 GiB', where '1023.7 MiB' shows its decimal."""
+    assert human_size(1023.7 * 2**20, 1) == "1023.7 MiB" and human_size(1023.96 * 2**20, 1) == "1.00 GiB"
+    assert human_size(1023.7 * 2**20) == "1.0 GiB" and human_size(1023.4 * 2**20) == "1023 MiB"
