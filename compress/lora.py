@@ -47,7 +47,7 @@ from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.io_export import unwrapped
 from compress.lora_keys import STATE_DICT, in_blocks
-from compress.lora_merge import merged_layer, take_layer
+from compress.lora_merge import before_taking, merged_layer, put_back, take_layer
 from compress.lora_read import label, read_lora
 from compress.lora_teacher import LoraBase, check_given, dora_weights, lora_base, naming_moved, note_unread, noted_moved
 
@@ -72,7 +72,8 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     output; else None)}; a LoRA none of whose layers the student has is refused. The student's config
     records the new ranks, so saving it again keeps them. All or nothing: each layer is merged and checked
     before any is taken, and again as it is taken (twice the merge's compute, never all merged layers held
-    at once).
+    at once); an error or interrupt (Ctrl-C) while they are taken puts back those taken (each held as it
+    was until the merge ends) and the record.
     `own_blocks`: the LoRA's block i is the model's own block i, with no block map (lora_replay: a LoRA
     read as the model's own blocks, or recorded before records named the base, read then as the recording
     output's teacher's). `blocks`: as own_blocks, the model's block i taking the LoRA's block
@@ -120,16 +121,24 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
         note_unread(given)
     for name, target in kept.items():  # all or nothing: every layer merged and checked first, one at a
         merged_layer(student, target, layers[name], scale, weights.get(name))  # time, before the student takes any
-    added, densified = {}, []
-    for name, target in kept.items():  # then merged again and taken: one merged layer held at a time
-        module, merged = merged_layer(student, target, layers[name], scale, weights.get(name))
-        take_layer(student, target, module, merged)
-        if "rank" in merged:
-            added[target] = merged["rank"]
-        if "linear" in merged:
-            densified.append(target)
+    added, densified, taken = {}, [], []
+    meta = getattr(student, "compression_meta", None)
+    before = (dict(meta) if meta is not None else None, getattr(student, "_internal_dict", None))
+    try:
+        for name, target in kept.items():  # then merged again and taken: one merged layer held at a time
+            module, merged = merged_layer(student, target, layers[name], scale, weights.get(name))
+            taken.append(before_taking(student, target, module, merged))
+            take_layer(student, target, module, merged)
+            if "rank" in merged:
+                added[target] = merged["rank"]
+            if "linear" in merged:
+                densified.append(target)
+        _record(student, lora, scale, len(kept), base.source)
+    except BaseException:  # an error or Ctrl-C while taking: the student as it was, its record too
+        put_back(student, taken)
+        _restore_record(student, *before)
+        raise
     _say(text_encoder, base.chain)
-    _record(student, lora, scale, len(kept), base.source)
     return {"merged": len(kept), "rank_added": added, "dropped": [n for n, t in targets.items() if t is None],
             "not_merged": text_encoder, "densified": densified, "blocks_of": base.source, "moved": base.moved}
 
@@ -249,6 +258,15 @@ def _source(lora) -> str:
     if isinstance(lora, dict):
         return STATE_DICT
     return str(Path(str(lora)).expanduser().resolve()) if looks_local(str(lora)) else str(lora)
+
+
+def _restore_record(student: nn.Module, meta: dict | None, config) -> None:
+    """The student's compression_meta and diffusers config as they were before `_record` (`merge_lora`)."""
+    if meta is not None:
+        student.compression_meta.clear()
+        student.compression_meta.update(meta)
+    if config is not None:
+        student._internal_dict = config  # a FrozenDict: register_to_config replaces it, never changes it
 
 
 def _record(student: nn.Module, lora, scale: float, merged: int, blocks_of: str | None) -> None:

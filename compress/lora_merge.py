@@ -143,3 +143,29 @@ def _set_dense(student: nn.Module, name: str, module: LowRankLinear, linear: nn.
         parent.act_mlp = nn.GELU(approximate="tanh")
     else:
         raise RuntimeError(f"'{name}' applies a fused GELU that no module of the model would apply once dense")
+
+
+def before_taking(student: nn.Module, name: str, module: nn.Module, merged: dict) -> tuple:
+    """What `take_layer` changes at `name`, for `put_back`: the parent (a fused GELU's is replaced), its
+    act_mlp (a Flux single block's is), the module, and a dense layer's weight and bias (added to in place)."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = student.get_submodule(parent_name)
+    values = None
+    if "module" not in merged and "linear" not in merged:
+        values = (module.weight.detach().clone(), None if module.bias is None else module.bias.detach().clone())
+    return parent_name, attr, parent, getattr(parent, "act_mlp", None), module, values
+
+
+@torch.no_grad()
+def put_back(student: nn.Module, taken: list[tuple]) -> None:
+    """The layers `take_layer` changed, last first, as `before_taking` kept them: the student as before."""
+    for parent_name, attr, parent, act_mlp, module, values in reversed(taken):
+        if parent_name and student.get_submodule(parent_name) is not parent:
+            student.set_submodule(parent_name, parent)
+        setattr(parent, attr, module)
+        if act_mlp is not None:
+            parent.act_mlp = act_mlp
+        if values is not None:
+            module.weight.copy_(values[0])
+            if values[1] is not None:
+                module.bias.copy_(values[1])
