@@ -31,7 +31,8 @@ def with_lora_noted(files: dict[str, str], model, lora_source: str, scale: float
             report = None  # a damaged copy stays as it was (inspect says what it cannot use)
         if isinstance(report, dict):
             report["student_params"] = params
-            report["loras"] = report.get("loras", []) + [{
+            took = report.get("loras")  # a damaged copy's (null, text) left for the list of this one
+            report["loras"] = (took if isinstance(took, list) else []) + [{
                 "lora": str(lora_source), "scale": scale, "merged": done["merged"], "rank_added": done["rank_added"],
                 "densified": done["densified"], "dropped": done["dropped"], "not_merged": done["not_merged"],
                 "blocks_of": done.get("blocks_of")}]

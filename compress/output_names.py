@@ -26,6 +26,13 @@ def output_config(folder: Path) -> dict | None:
     return config if isinstance(config, dict) and "compression" in config else None
 
 
+def compression_section(config: dict | None) -> dict:
+    """The `compression` section of an output's config (output_config), {} where there is none or it is
+    no mapping (a damaged config.json: null, a list, text): what reads it asks it for keys."""
+    section = config.get("compression") if isinstance(config, dict) else None
+    return section if isinstance(section, dict) else {}
+
+
 def is_output(folder: Path) -> bool:
     """Whether `folder` is an output of dit-compress: its config.json has a compression section."""
     return output_config(folder) is not None
@@ -62,23 +69,40 @@ def lora_rerun_note(recipe: str | Path, out: Path) -> str | None:
     `loras`: dit-compress lora), a note that this run (writing `out`) compresses the model before them and
     how to merge them again; else None. The recipe holds no LoRA: `lora` copies the run's recipe.yaml as it was."""
     folder = saved_in_output(recipe)
-    loras = (output_config(folder)["compression"].get("loras") or []) if folder is not None else []
+    loras = compression_section(output_config(folder)).get("loras") if folder is not None else []
     loras = [r for r in loras if isinstance(r, dict)] if isinstance(loras, list) else []
     if not loras:
         return None
     chain = _lora_chain(out, loras)
-    again = f"{chain} merges it again" if len(loras) == 1 else f"merging them again takes, in order, {chain}"
     them = "it" if len(loras) == 1 else "them"
+    again = f"{chain} merges it again" if len(loras) == 1 and chain.startswith("`") else \
+        f"merging {them} again takes{'' if len(loras) == 1 else ', in order,'} {chain}"
     return (f"{folder} took {'a LoRA' if len(loras) == 1 else f'{len(loras)} LoRAs'} after its run (dit-compress "
             f"lora), which {SAVED_RECIPE} does not hold: this run compresses the model before {them}; {again}")
 
 
 def _lora_chain(out: Path, loras: list[dict]) -> str:
     """'`dit-compress lora OUT F1 NEW-1 --scale 0.8`, then `dit-compress lora NEW-1 F2 NEW --scale 0.5`': one
-    lora command per LoRA (lora merges one), each from the last one's folder, the last writing NEW."""
+    lora command per LoRA (lora merges one), each from the last one's folder, the last writing NEW; paths
+    quoted for a shell. A LoRA merged from a state dict (Python API) or recorded without its file is no
+    command: that step says so (merge_lora of the same weights)."""
     folders = [str(out), *(f"NEW-{n}" for n in range(1, len(loras))), "NEW"]
-    return ", then ".join(f"`dit-compress lora {was} {r.get('source')} {now} --scale {r.get('scale')}`"
-                          for was, now, r in zip(folders, folders[1:], loras))
+    return ", then ".join(_lora_step(was, now, r) for was, now, r in zip(folders, folders[1:], loras))
+
+
+def _lora_step(was: str, now: str, record: dict) -> str:
+    """_lora_chain's merge of the LoRA `record` (config.json's `loras` entry) into `was`, written to `now`."""
+    from shlex import quote
+
+    from compress.lora_keys import STATE_DICT
+
+    source, scale = record.get("source"), record.get("scale")
+    if isinstance(source, str) and source and source != STATE_DICT:
+        return f"`dit-compress lora {quote(was)} {quote(source)} {quote(now)} --scale {scale}`"
+    what, why = ("the same LoRA state dict", "it was merged from a state dict through the Python API") \
+        if source == STATE_DICT else ("that LoRA", "config.json records no file of it")
+    return (f"compress.merge_lora of {quote(was)} with {what} at scale {scale}, saved as {now} "
+            f"({why}: no command names it)")
 
 
 def default_name(recipe: str | Path) -> str:
@@ -100,7 +124,7 @@ def replaced_note(out: Path, teacher: str, family: str) -> str | None:
     from compress.arch import family_of_class
     from compress.errors import UserError
 
-    was_teacher, was_family = (config.get("compression") or {}).get("teacher"), config.get("_class_name")
+    was_teacher, was_family = compression_section(config).get("teacher"), config.get("_class_name")
     try:
         was_family = family_of_class(was_family)
     except UserError:  # a class no adapter has: named as it is

@@ -83,3 +83,18 @@ def test_a_further_lora_on_a_card_written_before_27cc9d8_or_without_an_export_li
     said = next(n for n, line in enumerate(lines) if line.startswith(words))
     assert lines[said - 2].startswith("| svd | 400 |") and lines[said - 1] == "", lines  # right after the table
     assert "Parameters: 410 of 1,000 (41.0%)." in lines
+
+
+def test_a_lora_on_an_output_whose_report_lists_its_loras_damaged_gives_no_traceback():
+    """R1: a copied report.json whose `loras` was null or text made `dit-compress lora` a TypeError; the new
+    LoRA is listed alone."""
+    import json
+
+    import torch
+
+    from compress.commands_lora import with_lora_noted
+
+    done = {"merged": 1, "rank_added": 2, "densified": 0, "dropped": [], "not_merged": []}
+    for damaged in (None, "x", {"a": 1}):
+        files = with_lora_noted({"report.json": json.dumps({"loras": damaged})}, torch.nn.Linear(2, 2), "/b", 0.5, done)
+        assert [r["lora"] for r in json.loads(files["report.json"])["loras"]] == ["/b"]

@@ -167,3 +167,39 @@ def test_a_run_of_a_lora_d_outputs_recipe_notes_it_before_anything_loads(tmp_pat
     err = capsys.readouterr().err
     assert " ".join(err.split()).count("note: ") == 1 and "does not hold: this run compresses the model before it" in \
         " ".join(err.split()), err
+
+
+@pytest.mark.parametrize("section", [None, [1], "x"])
+def test_an_outputs_config_whose_compression_is_no_mapping_gives_no_traceback(tmp_path, section):
+    """R1: a config.json whose `compression` is null, a list or text (damaged) made `run O/recipe.yaml --out
+    X` a traceback (AttributeError in lora_rerun_note, replaced_note), where it said 'output folder X exists'."""
+    from compress.output_names import lora_rerun_note, replaced_note
+
+    recipe = _output(tmp_path / "odd")
+    (recipe.parent / "config.json").write_text(json.dumps({"_class_name": "FluxTransformer2DModel",
+                                                           "compression": section}))
+    assert lora_rerun_note(recipe, Path("o")) is None
+    assert replaced_note(recipe.parent, "toy:pixart", "pixart") == (
+        f"--overwrite replaces {recipe.parent}, an output of another model family (None, flux; this run: "
+        "toy:pixart, pixart)")
+
+
+def test_the_rerun_notes_lora_commands_run_in_a_shell_and_a_state_dict_is_no_command(tmp_path):
+    """R1: with --out 'my out' the note gave `dit-compress lora my out /l/a b.safetensors NEW ...`, and a LoRA
+    merged from a state dict (Python API) `dit-compress lora o the LoRA state dict NEW --scale 1.0`."""
+    from compress.output_names import lora_rerun_note
+
+    spaced = _lora_d(_output(tmp_path / "L"), {"source": "/l/a b.safetensors", "scale": 0.8})
+    assert lora_rerun_note(spaced, Path("my out")).endswith(
+        "`dit-compress lora 'my out' '/l/a b.safetensors' NEW --scale 0.8` merges it again")
+    state = _lora_d(_output(tmp_path / "S"), {"source": "the LoRA state dict", "scale": 1.0})
+    assert lora_rerun_note(state, Path("o")).endswith(
+        "merging it again takes compress.merge_lora of o with the same LoRA state dict at scale 1.0, saved as NEW "
+        "(it was merged from a state dict through the Python API: no command names it)")
+    mixed = _lora_d(_output(tmp_path / "M"), {"source": "/x", "scale": 1}, {"source": "the LoRA state dict",
+                                                                            "scale": 0.5}, {"scale": 2})
+    assert lora_rerun_note(mixed, Path("o")).endswith(
+        "merging them again takes, in order, `dit-compress lora o /x NEW-1 --scale 1`, then compress.merge_lora of "
+        "NEW-1 with the same LoRA state dict at scale 0.5, saved as NEW-2 (it was merged from a state dict through "
+        "the Python API: no command names it), then compress.merge_lora of NEW-2 with that LoRA at scale 2, saved "
+        "as NEW (config.json records no file of it: no command names it)")
