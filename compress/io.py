@@ -81,14 +81,10 @@ def load_teacher(source, dtype: torch.dtype | str | None = torch.float32, config
     if kind == "folder":  # a folder of .bin weights: checked against its config only as it loads
         return prefixed(where, _load_folder, path, dtype)
     if kind == "file":
-        from compress.io_single import OtherFamily, load_single_file
+        from compress.io_single import load_single_file
 
-        try:
-            return load_single_file(path, dtype, config, family)
-        except OtherFamily as e:  # keeps its kind: run words it as its recipe's model line (runner_setup)
-            raise e.at(where) from None
-        except UserError as e:
-            raise UserError(f"{where}{e}") from None
+        # an error keeps its kind: run words an io_single.OtherFamily as its recipe's model line (runner_setup)
+        return prefixed(where, load_single_file, path, dtype, config, family)
     return _load_hub(source, dtype)
 
 

@@ -157,11 +157,14 @@ def config_record(config: Path) -> dict | None:
 
 
 def prefixed(where: str, call, *args):
-    """call(*args), a UserError it raises said after `where`."""
+    """call(*args), a UserError it raises said after `where` (as it is where `where` is ''): the same error,
+    its message prefixed in place, so its class (exit code, label, a run's own wording of it) stays."""
     try:
         return call(*args)
     except UserError as e:
-        raise UserError(f"{where}{e}") from None
+        if where:
+            e.args = (f"{where}{e}", *e.args[1:])
+        raise
 
 
 def check_suffix(path: Path, expected: str = "a teacher is a folder or a checkpoint file") -> None:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from compress.errors import UserError
+from compress.errors import BadValue, UserError
 from compress.io_source_config import source_family
 from compress.io_source_recipe import checked_sources
 from compress.recipe import load_recipe
@@ -331,3 +331,20 @@ def test_a_pickle_teachers_config_of_no_transformer_is_said_before_loading(tmp_p
             check()
         assert str(e.value) == (f"--teacher: {tmp_path}/t.pth: the config in {tmp_path}/c.json {what}, not a PixArt/Flux "
                                 "transformer config; give the config of its own transformer (--teacher-config)")
+
+
+def test_a_prefixed_error_keeps_its_class_and_an_empty_where_adds_nothing():
+    """R1: io_source.prefixed raised a plain UserError: a subclass's class, exit code and label (and what a
+    caller catches it by, as runner_setup does io_single.OtherFamily) were lost, also where `where` was ''."""
+    from compress.io_source import prefixed
+    from compress.runner_failures import OutOfMemory
+
+    def refuse(error):
+        raise error
+
+    with pytest.raises(OutOfMemory) as caught:
+        prefixed("--teacher: ", refuse, OutOfMemory("no room"))
+    assert str(caught.value) == "--teacher: no room" and caught.value.exit_code == 1  # a UserError's is 2
+    with pytest.raises(BadValue) as caught:
+        prefixed("", refuse, BadValue("ratio", "too big", reads=("energy",)))
+    assert str(caught.value) == "too big" and caught.value.key == "ratio" and caught.value.reads == ("energy",)
