@@ -47,14 +47,12 @@ def file_family(path: Path) -> str | None:
 
 class OtherFamily(UserError):
     """A checkpoint whose tensors are a `found` transformer where a `needed` one was (checked_family),
-    said after `where`; run words it as its recipe's other refusals of a teacher of another family do."""
+    said after where it was given (io_source.prefixed keeps its class); run words it as its recipe's other
+    refusals of a teacher of another family do."""
 
-    def __init__(self, path: Path, found: str, needed: str, where: str = ""):
-        super().__init__(f"{where}{path} holds a {found} transformer, not the {needed} one needed here")
+    def __init__(self, path: Path, found: str, needed: str):
+        super().__init__(f"{path} holds a {found} transformer, not the {needed} one needed here")
         self.path, self.found, self.needed = path, found, needed
-
-    def at(self, where: str) -> OtherFamily:
-        return OtherFamily(self.path, self.found, self.needed, where)
 
 
 def checked_family(path: Path, keys, family: str | None) -> str:
@@ -222,10 +220,12 @@ def given_config(file: Path, given: str, label: str = "--teacher-config") -> dic
     config.json), read; one that is not a JSON config (a text file, a checkpoint, a list: not_a_config)
     a UserError naming it as `label` says it ('--teacher-config', or a recipe's 'PATH:LINE:
     teacher_config'), not in the JSON decoder's words alone."""
-    why = not_a_config(file)
-    if why is None:
-        return read_config(file)  # or its words: cannot read PATH
-    inside = "" if Path(given).expanduser() == file else f": {file}"
+    config = _config_or_why(file)
+    if config is None:
+        return read_config(file)  # its words: cannot read PATH
+    if isinstance(config, dict):
+        return config
+    why, inside = config, "" if Path(given).expanduser() == file else f": {file}"
     raise UserError(f"{label} {given}{inside} is not a JSON config ({why}); give the diffusers config of the "
                     "transformer (its config.json, or the folder holding it)")
 
@@ -260,10 +260,30 @@ JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a numb
 
 def not_a_config(file: Path) -> str | None:
     """Why `file` is not a JSON config, in words for a parenthesis: 'line 1, column 1: Expecting value',
-    'an empty file', 'not UTF-8 text', 'an array, not a JSON object'; None where it is one, or cannot
-    be read (read_config says so)."""
+    'an empty file', 'not UTF-8 text', 'an array, not a JSON object', 'a safetensors file of weights'; None
+    where it is one, or cannot be read (read_config says so)."""
+    config = _config_or_why(file)
+    return config if isinstance(config, str) else None
+
+
+CONFIG_MOST = 4 * 2**20  # bytes: a diffusers config is a few KB; a larger file is none (a checkpoint given so)
+
+
+def _config_or_why(file: Path) -> dict | str | None:
+    """The JSON config `file` holds (a dict, parsed once), else why it is none (not_a_config's words); None
+    where it cannot be read. A checkpoint (its first bytes: _checkpoint_kind) or a file over CONFIG_MOST
+    bytes is told as such, not read whole (a multi-GB checkpoint given as a config by mistake)."""
     try:
-        data = file.read_bytes()
+        with open(file, "rb") as f:
+            size, head = os.fstat(f.fileno()).st_size, f.read(16)
+            if (kind := _checkpoint_kind(head, size)) or size > CONFIG_MOST:
+                from compress.calib_footprint import human_size
+
+                return kind or f"a file of {human_size(size)}; a config is a few KB"
+            data = head + f.read()
+    except OSError:
+        return None
+    try:
         config = json.loads(data)
     except UnicodeDecodeError:
         return "not UTF-8 text"
@@ -271,11 +291,21 @@ def not_a_config(file: Path) -> str | None:
         if not data.strip():
             return "an empty file"
         return f"line {e.lineno}, column {e.colno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else str(e)
-    except OSError:
-        return None
     if isinstance(config, dict):
-        return None
+        return config
     return f"{JSON_TYPES.get(type(config), type(config).__name__)}, not a JSON object"
+
+
+def _checkpoint_kind(head: bytes, size: int) -> str | None:
+    """What checkpoint a file of `size` bytes starting with `head` is: a safetensors file (a little-endian
+    header length, then its JSON header), a zip archive (torch.save's), a pickle (an older torch.save's)."""
+    if len(head) > 8 and head[8:9] == b"{" and 8 < int.from_bytes(head[:8], "little") <= size - 8:
+        return "a safetensors file of weights"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive, as torch.save writes a checkpoint"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a pickle, as an older torch.save writes a checkpoint"
+    return None
 
 
 def _no_config_file(given: Path) -> str:

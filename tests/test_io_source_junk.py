@@ -214,3 +214,31 @@ def test_eval_and_bench_place_their_dash_dash_teacher_s_errors(tmp_path, capsys,
         assert main([command, str(out), "--teacher", str(teacher), *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"dit-compress: error: --teacher: {words}") and err.count("--teacher: ") == 1, err
+
+
+def test_a_checkpoint_given_as_teacher_config_is_told_without_reading_it_whole(tmp_path, monkeypatch):
+    """R1: given_config read the whole --teacher-config file (a multi-GB checkpoint given there by mistake
+    too), and a good config was parsed twice. A checkpoint is told by its first bytes, a file over
+    CONFIG_MOST (4 MiB) by its size; a config is parsed once."""
+    from compress.io_single import given_config
+
+    monkeypatch.chdir(tmp_path)
+    weights = {k: v.contiguous() for k, v in tiny_pixart().state_dict().items()}
+    save_file(weights, "t.safetensors")
+    torch.save(weights, "t.pth")
+    torch.save(weights, "old.pth", _use_new_zipfile_serialization=False)
+    with open("big.json", "wb") as f:
+        f.truncate(64 * 2**20)  # sparse: 64 MiB of zeros
+    told = {"t.safetensors": "a safetensors file of weights", "t.pth": "a zip archive, as torch.save writes a "
+            "checkpoint", "old.pth": "a pickle, as an older torch.save writes a checkpoint",
+            "big.json": "a file of 64 MiB; a config is a few KB"}
+    for name, why in told.items():
+        assert _refused(given_config, Path(name), name) == (
+            f"--teacher-config {name} is not a JSON config ({why}); give the diffusers config of the transformer "
+            "(its config.json, or the folder holding it)")
+    parsed = []
+    loads = json.loads
+    monkeypatch.setattr(json, "loads", lambda *a, **k: parsed.append(a) or loads(*a, **k))
+    Path("c.json").write_text(json.dumps(tiny_pixart().config))
+    assert given_config(Path("c.json"), "c.json")["num_layers"] == tiny_pixart().config["num_layers"]
+    assert len(parsed) == 1
