@@ -19,6 +19,7 @@ from compress.io import cast, load_teacher_of
 from compress.io_output import load_transformer, output_folder
 from compress.measured_against import against, teacher_fields, teacher_loras
 from compress.progress import LOG_EVERY_S, status, tenths
+from compress.recipe_where import option_where
 from compress.report import note, param_count, results, to_json
 from compress.report_teacher import teacher_to_load, toy_base, warn_if_teacher_changed
 from compress.words import counted
@@ -199,8 +200,7 @@ def bench(out: str | Path, teacher: str | None = None, repeats: int = 20, batch:
         check_batch_fits(student, family, source, batch, dev, dtype)  # before the teacher loads
         loading.update(f"bench: loading the teacher {source}")
         stored = stored_bytes(student), stored_dtype(student)  # as exported (export.dtype), before the cast
-        where = "--teacher: " if teacher else ""  # the recorded teacher's errors name it
-        ref = load_teacher_of(student, source, config, loras, dtype=None, where=where)  # as stored, likewise
+        ref = load_teacher_of(student, source, config, loras, dtype=None, where=option_where(teacher))  # as stored
         named = teacher_fields(source, teacher, teacher_loras(student, loras))  # with the LoRAs it took
         ref_stored = stored_bytes(ref), stored_dtype(ref)
         student, ref = cast(student, dev, dtype), cast(ref, dev, dtype)

@@ -17,6 +17,7 @@ from compress.io_source import check_source, output_weights
 from compress.io_source_recipe import checked_sources
 from compress.measured_against import against, teacher_fields, teacher_loras
 from compress.progress import status
+from compress.recipe_where import option_where
 from compress.report import console, note, output_file, read_report, results, to_json
 from compress.report_teacher import recorded_teacher, teacher_to_load, toy_base, warn_if_teacher_changed
 
@@ -76,7 +77,7 @@ def evaluate(args) -> int:
     if not toy:
         _toy_options_only(grid, args.seed)
         check_measurable(out, teacher_source, name)  # before the teacher loads
-    where = "--teacher: " if args.teacher else ""  # the recorded teacher's errors name it
+    where = option_where(args.teacher)  # '' of the recorded teacher: its errors name it
     teacher = load_teacher_of(model, teacher_source, teacher_config, args.lora, where=where) if teacher_source else None
     named = teacher_fields(teacher_source, args.teacher, teacher_loras(model, args.lora)) if teacher_source else None
     if not toy:

@@ -60,7 +60,10 @@ def check_weights(src: TeacherSource) -> None:
     """The teacher's weight files fill the model its config describes, names and shapes, from their
     headers (io_headers.check_teacher_weights, against a meta model: a fraction of a second), where
     they are there to read and a config is at hand (a single file without one is told so later);
-    an error said where the teacher was given (src.where: the recipe's file:line, or '--teacher: ')."""
+    an error said where the teacher was given (src.where: the recipe's file:line, or '--teacher: '). What
+    it read it keeps on src.weights_read (WeightsRead): the meta model, which make_plan takes as the
+    teacher, and each file's header dtype names (filled by check_teacher_weights), which the export's
+    dtype warning reads (TeacherSource.dtype_names): neither is built or read again."""
     from compress.io_headers import check_teacher_weights, reads_headers
     from compress.io_source import prefixed
 

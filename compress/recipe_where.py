@@ -31,7 +31,13 @@ def _held(recipe, dotted: str, default):
 def teacher_where(recipe, teacher_arg: str | None) -> str:
     """The prefix of an error about the teacher: 'PATH:LINE: ' of the recipe's `teacher:`, or '--teacher: '
     when --teacher gave it (the place, as a recipe's line is: its errors name the teacher)."""
-    return "--teacher: " if teacher_arg else recipe_where(recipe, "teacher", recipe.teacher) + ": "
+    return option_where(teacher_arg) or recipe_where(recipe, "teacher", recipe.teacher) + ": "
+
+
+def option_where(teacher_arg) -> str:
+    """'--teacher: ', the prefix of an error about a teacher the command line gave (`teacher_arg`: --teacher,
+    or whether it gave it); '' where it gave none (a teacher an output recorded: its errors name it)."""
+    return "--teacher: " if teacher_arg else ""
 
 
 def teacher_given(recipe, teacher_arg) -> str:
