@@ -31,22 +31,26 @@ def _out(args) -> Path:
 
 
 def imports_held(*needs: str):
-    """A `cmd_*` handed, after args, what it imports (each "module:name"), imported with a Ctrl-C
-    held to their end (interrupts_held): torch's and diffusers' start-up (seconds) among them. The
-    command itself runs as it is (`run` ends its passes on a Ctrl-C)."""
+    """A `cmd_*` handed, after args, what it imports (`held_imports`). The command itself runs as
+    it is (`run` ends its passes on a Ctrl-C)."""
     def wrap(command):
         @functools.wraps(command)
         def imported(args) -> int:
-            with interrupts_held():
-                found = [getattr(import_module(module), name)
-                         for module, _, name in (need.partition(":") for need in needs)]
-            return command(args, *found)
+            return command(args, *held_imports(*needs))
         return imported
     return wrap
 
 
-@imports_held("compress.recipe:load_recipe", "compress.runner:Runner")
-def cmd_run(args, load_recipe, Runner) -> int:
+def held_imports(*needs: str) -> list:
+    """What `needs` names (each "module:name"), imported with a Ctrl-C held to their end
+    (interrupts_held): torch's and diffusers' start-up (seconds) among them. A command imports
+    compress.recipe alone first (no torch): a recipe it refuses is refused in a moment."""
+    with interrupts_held():
+        return [getattr(import_module(module), name) for module, _, name in (need.partition(":") for need in needs)]
+
+
+@imports_held("compress.recipe:check_recipe")
+def cmd_run(args, check_recipe) -> int:
     from compress.output_names import saved_in_output
     from compress.report import console, note, notes_from_rank_zero
     from compress.runner_ranks import one_process_note
@@ -54,6 +58,8 @@ def cmd_run(args, load_recipe, Runner) -> int:
     notes_from_rank_zero()
     if launched := one_process_note():  # accelerate launch asked for several processes, started one
         console.print(launched, markup=False, highlight=False)
+    check_recipe(args.recipe, args.overrides, command="run")
+    load_recipe, Runner = held_imports("compress.recipe:load_recipe", "compress.runner:Runner")
     recipe = load_recipe(args.recipe, args.overrides, command="run")
     out, run_dir = _out(args), _run_dir(args)
     if not (args.out and args.run_dir) and (saved := saved_in_output(args.recipe)) is not None:
@@ -78,9 +84,12 @@ def _defaults_note(args, saved, out: Path, run_dir: Path) -> str:
             f"({flags} to choose {'others' if len(defaults) > 1 else 'another'})")
 
 
-@imports_held("compress.plan:make_plan", "compress.plan_words:print_plan", "compress.recipe:load_recipe",
-              "compress.report:to_json")
-def cmd_plan(args, make_plan, print_plan, load_recipe, to_json) -> int:
+@imports_held("compress.recipe:check_recipe")
+def cmd_plan(args, check_recipe) -> int:
+    check_recipe(args.recipe, args.overrides)
+    make_plan, print_plan, load_recipe, to_json = held_imports(
+        "compress.plan:make_plan", "compress.plan_words:print_plan", "compress.recipe:load_recipe",
+        "compress.report:to_json")
     recipe = load_recipe(args.recipe, args.overrides)
     run_dir = _run_dir(args) if args.run_dir else None  # None: run's default, which the refusal says it measured
     plan = make_plan(recipe, teacher=args.teacher, teacher_config=args.teacher_config, run_dir=run_dir)

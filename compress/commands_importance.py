@@ -7,10 +7,8 @@ import math
 from contextlib import nullcontext
 from pathlib import Path
 
-from compress.arch import get_adapter
-from compress.commands import _read_only_streams
 from compress.errors import NumericError, UserError
-from compress.io import cast, load_teacher, looks_local
+from compress.interrupts import interrupts_held
 from compress.output_names import is_output
 from compress.recipe_teacher_config import teacher_config_of
 from compress.report import console, output_file, results, to_json
@@ -26,6 +24,7 @@ def _importance_source(source: str, teacher_arg: str | None, config_arg: str | N
     """The recipe `source` names (with `overrides`, --set), or None for a toy teacher scanned
     directly; checked, nothing loaded: what the scan needs to know (its settings, the family) is
     known before the teacher loads."""
+    from compress.io import looks_local
     from compress.recipe import load_recipe
 
     if _is_recipe(source):
@@ -48,7 +47,10 @@ def _teacher_and_inputs(source: str, recipe, teacher_arg: str | None = None, con
     a toy teacher, _importance_source); the loader (compress.stream.CheckpointBlocks) is None unless
     the recipe streams. `teacher_arg`, `config_arg`: --teacher, --teacher-config of a recipe, as
     plan and run take them."""
+    from compress.arch import get_adapter
+    from compress.commands import _read_only_streams
     from compress.inputs import check_pipeline_packages, input_source
+    from compress.io import cast, load_teacher
     from compress.recipe import CalibrationConfig
     from compress.runner_setup import load_checked_teacher, resolve_device
 
@@ -142,13 +144,18 @@ def _same_teacher(a: str, b: str) -> bool:
 
 
 def importance(args) -> int:
-    from compress.passes.importance import save_json, scan
-    from compress.passes.importance_report import plot_heatmap, render_table
-    from compress.stream import streamed
+    from compress.recipe import check_recipe
 
     to_stdout = args.json == "-"  # the scan as JSON on standard output, in place of the table
     json_path = output_file(args.json, "--json") if args.json is not None and not to_stdout else None  # before the scan
     png = output_file(args.png, "--png", figure=True) if args.png is not None else None
+    if _is_recipe(args.source):  # before torch's and diffusers' start-up (seconds): a mistyped recipe in a moment
+        check_recipe(args.source, args.overrides, command="importance")
+    with interrupts_held():  # that start-up, a Ctrl-C held to its end (as cli.held_imports)
+        from compress.arch import get_adapter
+        from compress.passes.importance import save_json, scan
+        from compress.passes.importance_report import plot_heatmap, render_table
+        from compress.stream import streamed
     recipe = _importance_source(args.source, args.teacher, args.teacher_config, args.overrides)  # None: a toy
     config = _importance_config(recipe, args.buckets, args.teacher)  # before the teacher loads
     png = png or _default_png(recipe.model if recipe is not None else args.source[len("toy:"):])

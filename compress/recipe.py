@@ -171,6 +171,23 @@ class Recipe:
 # ---- passes -------------------------------------------------------------------------------------
 def _pass_spec(node: yaml.Node, path: str, index: int) -> PassSpec:
     loc = _Loc(path, node)
+    name, opts = _pass_name(node, loc, index)
+    cls = pass_class(name)  # its module: torch's start-up, the first time
+    try:
+        config = build_dataclass(opts, cls.config_cls, path, f"passes[{index}].{name}", keys=name)
+    except UserError as e:
+        raise UserError(f"{e}{_drop_hint(e, opts, f'passes.{index}.{name}')}") from None
+    keys = _key_locs(opts, path)
+    # the option keys (ranks.modulation) a --set gave, to that --set, and those it added (not a key of
+    # the file given another value, which stands where the file has it), for the pass's notes; not
+    # fields (asdict, ==)
+    config.__dict__["_set_keys"] = {k: at.override for k, at in keys.items() if at.override}
+    config.__dict__["_set_added"] = {k for k, n in key_nodes(opts).items() if not getattr(n, "replaced", False)}
+    return PassSpec(name, config, loc.line, loc, keys)
+
+
+def _pass_name(node: yaml.Node, loc: _Loc, index: int) -> tuple[str, yaml.Node | None]:
+    """(name, options node) of the pass item `node`, a known pass's (no pass module imported)."""
     if _is_null(node):  # "- " or a --set passes.N=null
         raise loc.err(f"passes[{index}] is null: a pass is a name or a one-key mapping like '- svd: {{ratio: 0.5}}' "
                       "(to leave a pass out, delete its item from the recipe)")
@@ -184,18 +201,7 @@ def _pass_spec(node: yaml.Node, path: str, index: int) -> PassSpec:
     if name not in PASSES:
         hint = MERGE_HINT if name == "<<" else did_you_mean(name, PASSES)
         raise loc.err(f"unknown pass '{name}'{hint} (passes: {', '.join(PASSES)})")
-    cls = pass_class(name)
-    try:
-        config = build_dataclass(opts, cls.config_cls, path, f"passes[{index}].{name}", keys=name)
-    except UserError as e:
-        raise UserError(f"{e}{_drop_hint(e, opts, f'passes.{index}.{name}')}") from None
-    keys = _key_locs(opts, path)
-    # the option keys (ranks.modulation) a --set gave, to that --set, and those it added (not a key of
-    # the file given another value, which stands where the file has it), for the pass's notes; not
-    # fields (asdict, ==)
-    config.__dict__["_set_keys"] = {k: at.override for k, at in keys.items() if at.override}
-    config.__dict__["_set_added"] = {k for k, n in key_nodes(opts).items() if not getattr(n, "replaced", False)}
-    return PassSpec(name, config, loc.line, loc, keys)
+    return name, opts
 
 
 def _drop_hint(error: UserError, opts: yaml.Node | None, dotted: str) -> str:
@@ -246,7 +252,9 @@ def _is_null(node: yaml.Node) -> bool:
     return isinstance(node, yaml.ScalarNode) and node.tag == NULL and core_tag(node.value) == NULL
 
 
-def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -> Recipe:
+def _checked_root(text: str, path: str, overrides: list[str]) -> tuple[yaml.MappingNode, dict]:
+    """The recipe's root mapping (its --sets applied) and {top-level key: (key node, value node)}: its
+    YAML, keys and passes list checked, no pass module imported (parse_recipe's first checks)."""
     root = _compose(text, path)
     if not isinstance(root, yaml.MappingNode):
         raise _Loc(path, root).err("a recipe must be a mapping with model, teacher and passes")
@@ -267,7 +275,12 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
     passes_node = top["passes"][1]
     if not isinstance(passes_node, yaml.SequenceNode) or not passes_node.value:
         raise _Loc(path, passes_node).err("'passes' must be a non-empty list")
-    specs = [_pass_spec(n, path, i) for i, n in enumerate(passes_node.value)]
+    return root, top
+
+
+def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -> Recipe:
+    root, top = _checked_root(text, path, overrides)
+    specs = [_pass_spec(n, path, i) for i, n in enumerate(top["passes"][1].value)]
     hints = {"version": int, "model": Literal["pixart", "flux"], "teacher": str, "teacher_config": str | None,
              "stream": bool, "compute_dtype": Literal["float32", "float16", "bfloat16"], "device": Any}
     values = {}
@@ -305,9 +318,23 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
 
 def load_recipe(path, overrides: list[str] = (), command: str = "plan") -> Recipe:
     """The Recipe at `path`; `command` (plan, run, importance) is the one a folder's hint repeats."""
+    return parse_recipe(_recipe_text(path, command), str(path), overrides)
+
+
+def check_recipe(path, overrides: list[str] = (), command: str = "plan") -> None:
+    """load_recipe's checks that come before its first pass's options, which import that pass's module
+    (torch's and diffusers' start-up, seconds): the file, its YAML, its top-level keys and --sets, its
+    passes list and first pass's name. A command runs them before that start-up, so a recipe that is
+    not there or mistyped is refused in a moment; load_recipe then repeats them (milliseconds)."""
+    path_text = str(path)
+    _, top = _checked_root(_recipe_text(path, command), path_text, overrides)
+    first = top["passes"][1].value[0]
+    _pass_name(first, _Loc(path_text, first), 0)
+
+
+def _recipe_text(path, command: str) -> str:
     refuse_folder(path, command)  # was the OS's "Is a directory"
-    text = read_utf8(path, str(path), "save the recipe as UTF-8")
-    return parse_recipe(text, str(path), overrides)
+    return read_utf8(path, str(path), "save the recipe as UTF-8")
 
 
 def to_plain(recipe: Recipe) -> dict:

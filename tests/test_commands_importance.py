@@ -135,10 +135,10 @@ def test_importance_scans_as_the_recipes_importance_pass_runs(tmp_path):
 
 @pytest.fixture
 def no_teacher_loads(monkeypatch):
-    import compress.commands_importance as commands_importance
+    import compress.io as io  # commands_importance imports it as it loads a teacher (no torch before)
     import compress.runner_setup as runner_setup
 
-    monkeypatch.setattr(commands_importance, "load_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
+    monkeypatch.setattr(io, "load_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
     monkeypatch.setattr(runner_setup, "load_checked_teacher", lambda *a, **k: pytest.fail("the teacher loaded"))
 
 

@@ -14,8 +14,14 @@ PASSES = {
 
 
 def pass_class(name: str):
+    """The pass class `name` names; its module imported with a Ctrl-C held to its end (torch's and
+    diffusers' start-up the first time: interrupts.interrupts_held)."""
+    from compress.interrupts import interrupts_held
+
     module, _, cls = PASSES[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    with interrupts_held():
+        imported = importlib.import_module(module)
+    return getattr(imported, cls)
 
 
 def build_passes(recipe) -> list:
