@@ -18,7 +18,7 @@ from compress.io import (FORMAT, INDEX, WEIGHTS, cast, config_model_class, from_
                          read_config, read_json, transformer_place)
 from compress.io_errors import load_error
 from compress.io_export import OUTPUT_SHARD, ranks_of
-from compress.output_names import is_output
+from compress.output_names import is_output, missing_output
 from compress.io_fused import without_fused_projections
 from compress.io_tensors import read_state_dict
 from compress.lowrank import LowRankLinear
@@ -49,8 +49,8 @@ def hub_output(source, what: str) -> UserError | None:
     said = f"{source}: {what} takes a local dit-compress output folder, not a Hub id"
     snapshot, spelt = cached_copy(source)
     if snapshot is None:
-        return UserError(f"{said}{cache_holds(source)}; download it first (hf download {source} --local-dir DIR) "
-                         "and give DIR")
+        return UserError(f"{not_here(source)}: {what} takes a local dit-compress output folder, not a Hub id; "
+                         f"download it first (hf download {source} --local-dir DIR) and give DIR")
     cached = output_folder(snapshot)
     held = f"give {cached}" if is_output(cached) else f"at {cached}, {NO_OUTPUT}"
     return UserError(f"{said}; the Hugging Face cache holds it{spelt}: {held}")
@@ -69,13 +69,9 @@ def cached_output(source: str, what: str) -> Path | None:
 
     if not hub_like(source) and not owner_is_a_folder(source):
         return None
-    from compress.io_hub import hub_cache
-    from compress.io_hub_cache import uncached
-
     snapshot, spelt = cached_copy(source)
     if snapshot is None:
-        raise UserError(f"{source}: no such output folder, and the Hugging Face cache {hub_cache()} holds "
-                        f"{uncached(source)}: {what} reads a local output folder or the cache's copy of a Hub id; "
+        raise UserError(f"{not_here(source)}: {what} reads a local output folder or the cache's copy of a Hub id; "
                         f"download it (hf download {source}) and give {source} again, or give a local folder")
     if not is_output(output_folder(snapshot)):
         raise UserError(f"{source}: the Hugging Face cache holds it{spelt} at {output_folder(snapshot)}, {NO_OUTPUT}")
@@ -119,13 +115,13 @@ def cached_copy(source: str) -> tuple[Path | None, str]:
     return snapshot, ""
 
 
-def cache_holds(source: str) -> str:
-    """'; the Hugging Face cache holds …' (other revisions' snapshots, other spellings), '' where it
-    holds nothing of `source`."""
-    from compress.io_hub_cache import held_otherwise
+def not_here(source: str) -> str:
+    """'SOURCE: no such output folder, and the Hugging Face cache DIR holds no copy of it' (or what it
+    holds of it: other revisions' snapshots, other spellings), for a Hub id (ORG/NAME) it has no snapshot of."""
+    from compress.io_hub import hub_cache
+    from compress.io_hub_cache import uncached
 
-    held = held_otherwise(source)
-    return "" if held is None else f"; the Hugging Face cache holds {held}"
+    return f"{source}: no such output folder, and the Hugging Face cache {hub_cache()} holds {uncached(source)}"
 
 
 def weight_files(out, variant: str | None = None) -> list[Path]:
@@ -320,7 +316,8 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
         raise UserError(f"load_transformer: low_cpu_mem_usage must be True or False, got {low_cpu_mem_usage!r}")
     dtype = one_dtype(dtype, torch_dtype)
     device = as_device(one_device(device, device_map))
-    hub = hub_output(out, "load_transformer")
+    missing = missing_folder(out)
+    hub = missing or hub_output(out, "load_transformer")
     if hub is not None:
         raise hub
     out = output_folder(out)
@@ -344,6 +341,19 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
     if dtype is not None:
         model = cast(model, dtype)
     return model.to(device).eval()
+
+
+USAGE = "(an output folder is written by dit-compress run, or compress.save_compressed)"
+
+
+def missing_folder(out) -> UserError | None:
+    """A local path `out` that is not there, said as the commands that read an output say it
+    (output_names.missing_output: no such folder, the name meant); a pathlib.Path is always local.
+    None where it is there, or reads as a Hub id (`hub_output`)."""
+    said = missing_output(str(out), USAGE)
+    if said is None and isinstance(out, os.PathLike) and not Path(out).expanduser().exists():
+        said = f"no such folder {out} {USAGE}"
+    return None if said is None else UserError(said)
 
 
 def register_compression(model: nn.Module) -> None:

@@ -139,8 +139,9 @@ def test_a_snapshot_of_another_revision_is_named_by_teachers_outputs_and_loras_a
         lambda: load_teacher("acme/pix"): rf"^cannot fetch 'acme/pix' offline \(HF_HUB_OFFLINE\), and the Hugging "
                                           rf"Face cache \S+ \(HF_HUB_CACHE, else HF_HOME/hub\) holds {pix}",
         lambda: checked("acme/pix", hub=False).config: rf"the cache holds {pix}; pass --teacher-config",
-        lambda: load_transformer("acme/out"): rf"^acme/out: load_transformer takes a local dit-compress output "
-                                              rf"folder, not a Hub id; the Hugging Face cache holds {out_held}; download",
+        lambda: load_transformer("acme/out"): rf"^acme/out: no such output folder, and the Hugging Face cache \S+ "
+                                              rf"holds {out_held}: load_transformer takes a local dit-compress output "
+                                              rf"folder, not a Hub id; download",
         lambda: hub_lora("acme/pix"): rf"^acme/pix: cannot fetch it from the Hugging Face Hub offline "
                                       rf"\(HF_HUB_OFFLINE\), and the Hugging Face cache \(\S+\) holds {pix}",
     }

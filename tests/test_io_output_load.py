@@ -256,6 +256,7 @@ def test_a_hub_id_given_to_load_transformer_says_it_takes_a_local_folder(tmp_pat
     with pytest.raises(UserError, match=rf"^acme/plain: load_transformer {said}the Hugging Face cache holds it: at "
                                         rf"{re.escape(str(snapshots['plain']))}, which is no dit-compress output"):
         load_transformer("acme/plain")
-    with pytest.raises(UserError, match=rf"^acme/none: load_transformer {said}download it first \(hf download "
+    with pytest.raises(UserError, match=rf"^acme/none: no such output folder, and the Hugging Face cache \S+ holds "
+                                        rf"no copy of it: load_transformer {said}download it first \(hf download "
                                         r"acme/none --local-dir DIR\) and give DIR$"):
         load_transformer("acme/none")

@@ -283,3 +283,21 @@ def test_a_pipeline_folder_without_a_transformer_config_is_refused_in_one_line_a
         with pytest.raises(UserError) as e:
             load(str(folder))
         assert str(e.value) == line, load
+
+
+def test_a_mistyped_local_output_is_said_as_inspect_says_it(tmp_path, monkeypatch, capsys):
+    """load_transformer('out/toy-pixartt') said the folder 'is not a dit-compress output folder (needs
+    config.json ...)', and 'no/such/out' that it is 'not a Hub id; download it first': inspect's words now."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    _output(tmp_path, "out/toy-pixart")
+    for load in (load_transformer, load_pipeline):
+        for given in ("out/toy-pixartt", "no/such/out"):
+            with pytest.raises(UserError) as said:
+                load(given)
+            cli = _one_line_error(capsys, ["inspect", given]).partition("error: ")[2]
+            assert str(said.value).startswith(cli.split(" (")[0].split(": inspect")[0]), (said.value, cli)
+        with pytest.raises(UserError, match=r"^no such folder no/such/out \(an output folder is written by"):
+            load(__import__("pathlib").Path("no/such/out"))  # a Path is never a Hub id
