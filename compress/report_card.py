@@ -111,7 +111,7 @@ def lora_card(card: str, after: dict) -> str:
     lines = card.split("\n")
     try:
         _replace_first(lines, "Parameters: ", _params_line(after))
-    except (KeyError, TypeError, ZeroDivisionError):  # a damaged report: the headline stays as it was
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):  # a damaged report: the headline stays as it was
         pass
     said = export_lines(after)[1:]
     if said and not _replace_first(lines, EXPORT_STARTS, said[0]):

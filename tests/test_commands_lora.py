@@ -98,3 +98,7 @@ def test_a_lora_on_an_output_whose_report_lists_its_loras_damaged_gives_no_trace
     for damaged in (None, "x", {"a": 1}):
         files = with_lora_noted({"report.json": json.dumps({"loras": damaged})}, torch.nn.Linear(2, 2), "/b", 0.5, done)
         assert [r["lora"] for r in json.loads(files["report.json"])["loras"]] == ["/b"]
+    card = "# card\nParameters: 1 of 2 (50.0%).\n"  # a teacher_params of text: ValueError of its '{:,}'
+    files = with_lora_noted({"report.json": json.dumps({"teacher_params": "x"}), "README.md": card},
+                            torch.nn.Linear(2, 2), "/b", 0.5, done)
+    assert files["README.md"].startswith(card)  # its headline as it was
