@@ -11,9 +11,9 @@ import errno
 import json
 import os
 import re
+import secrets
 import shutil
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -199,8 +199,9 @@ def atomic_folder(out, overwrite: bool = False):
     and only where `check_replaceable` allows it."""
     out = Path(out).expanduser()
     check_replaceable(out, overwrite)
-    tmp = _temp_beside(out)
+    tmp = _temp_name(out)  # made inside the try: an interrupt just as it is made removes it too
     try:
+        _make_temp(tmp, out)
         yield tmp
         as_umask_allows(tmp)
         _swap_in(tmp, out)
@@ -273,11 +274,27 @@ def exchange(a: Path, b: Path) -> bool:
 
 
 def _temp_beside(out: Path, kind: str = "tmp") -> Path:
-    """A new temp folder `.NAME.<kind>-XXXXXXXX` in `out`'s parent (made if missing); a one-line
-    UserError where it cannot be made (a file where a folder of the path should be, no permission)."""
+    """A new temp folder `.NAME.<kind>-XXXXXXXX` in `out`'s parent (`_make_temp`)."""
+    tmp = _temp_name(out, kind)
+    _make_temp(tmp, out)
+    return tmp
+
+
+def _temp_name(out: Path, kind: str = "tmp") -> Path:
+    """A name `.NAME.<kind>-XXXXXXXX` (8 random hex digits, as runner_leftovers.LEFTOVER knows them) in
+    `out`'s parent that is not there."""
+    while (tmp := out.parent / f".{out.name}.{kind}-{secrets.token_hex(4)}").exists():
+        pass
+    return tmp
+
+
+def _make_temp(tmp: Path, out: Path) -> None:
+    """The folder `tmp` beside `out`, readable by its owner only (as mkdtemp makes one; as_umask_allows
+    widens it once written), its parent made if missing; a one-line UserError where it cannot be made
+    (a file where a folder of the path should be, no permission)."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-", dir=out.parent))
+        tmp.mkdir(mode=0o700)
     except OSError as e:
         file = next((p for p in reversed(out.parents) if p.exists() and not p.is_dir()), None)
         why = f"{file} is a file, not a folder" if file else e.strerror or str(e)

@@ -20,3 +20,42 @@ def test_a_dtype_save_compressed_cannot_write_is_refused_before_anything_is_writ
 def test_save_compressed_takes_a_dtypes_name_as_load_transformer_does(tmp_path, name):
     out = save_compressed(tiny_pixart(), tmp_path / "out", dtype=name)
     assert load_transformer(out).dtype == getattr(torch, name.removeprefix("torch."))
+
+
+def _interrupted_at_line(call, n: int) -> int:
+    """`call()` with a KeyboardInterrupt raised once, at the n-th line io_export runs; the lines it ran."""
+    import sys
+
+    count = [0]
+
+    def trace(frame, event, arg):
+        if not frame.f_code.co_filename.endswith("io_export.py"):
+            return None
+        if event == "line":
+            count[0] += 1
+            if count[0] == n:
+                raise KeyboardInterrupt
+        return trace
+
+    sys.settrace(trace)
+    try:
+        call()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sys.settrace(None)
+    return count[0]
+
+
+def test_an_interrupt_at_any_line_of_save_compressed_leaves_the_output_whole_or_nothing_beside_it(tmp_path):
+    """An interrupt just after the temp folder was made, before the try that removes it, left a stray
+    .out.tmp-XXXXXXXX beside the output."""
+    model = tiny_pixart()
+    lines = _interrupted_at_line(lambda: save_compressed(model, tmp_path / "whole" / "out"), 0)
+    for n in range(1, lines + 1):
+        folder = tmp_path / str(n)
+        _interrupted_at_line(lambda: save_compressed(model, folder / "out"), n)
+        left = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+        assert left in ([], ["out"]), (n, left)
+        if left:
+            load_transformer(folder / "out")

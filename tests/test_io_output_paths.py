@@ -211,14 +211,18 @@ def test_devices_torch_knows_but_this_check_does_not_are_left_to_torch():
 
 def test_an_existing_parent_that_cannot_be_written_says_so_not_that_it_cannot_be_made(tmp_path, monkeypatch):
     """The parent exists, the temp folder inside it fails (no permission): 'cannot write in', the
-    reason from the OS (mkdtemp made to fail as it does for a non-root user: root writes anywhere)."""
+    reason from the OS (its mkdir made to fail as it does for a non-root user: root writes anywhere)."""
     import errno
-    import tempfile
+    from pathlib import Path
 
-    def refused(*args, **kwargs):
-        raise PermissionError(errno.EACCES, "Permission denied")
+    mkdir = Path.mkdir
 
-    monkeypatch.setattr(tempfile, "mkdtemp", refused)
+    def refused(self, *args, **kwargs):
+        if self.parent == tmp_path:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refused)
     with pytest.raises(UserError, match=r"^output folder .*/out: cannot write in .*pytest.* "
                                         r"\(Permission denied\)$"):
         save_compressed(tiny_flux(), tmp_path / "out")
