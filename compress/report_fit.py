@@ -10,9 +10,10 @@ import textwrap
 from typing import Callable
 
 from rich.cells import cell_len
-from rich.console import Console
+from rich.console import Console, Group
 from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 
 def table_width(table: Table) -> int:
@@ -87,13 +88,21 @@ def fitted_table(title: str, caption: str | None, columns: list[tuple[str, str]]
 
 
 def fitted_rows(title: str, caption: str | None, columns: list[tuple[str, str]], rows: list[list[str]],
-                width: int | None, drop: tuple[str, ...], where: str, whole_names: bool = False) -> list:
-    """What to print of a table (key column first) on a `width`-column terminal: [fitted_table], or
-    where even its least is wider (rich would cut its names, numbers and headers) row_lines."""
-    table = fitted_table(title, caption, columns, rows, width, drop, where, whole_names=whole_names)
+                width: int | None, drop: tuple[str, ...], where: str, whole_names: bool = False, key: int = 0,
+                said: Callable[[list[str]], str] | None = None) -> list:
+    """What to print of a table (its names the column at `key`) on a `width`-column terminal:
+    [fitted_table], or where even its least is wider (rich would cut its names, numbers and headers)
+    row_lines, each row's name first."""
+    table = fitted_table(title, caption, columns, rows, width, drop, where, key, said, whole_names)
     if width is None or table_width(table) <= width:
         return [table]
-    return row_lines(title, caption, columns, rows, width)
+    order = [key, *(j for j in range(len(columns)) if j != key)]
+    return row_lines(title, caption, [columns[j] for j in order], [[row[j] for j in order] for row in rows], width)
+
+
+def printable(items: list) -> Table | Group:
+    """fitted_rows' `items` as one thing to print: the table, or the lines as they are (no markup read)."""
+    return items[0] if len(items) == 1 and isinstance(items[0], Table) else Group(*map(Text, items))
 
 
 def print_fitted(console: Console, items: list) -> None:
@@ -152,6 +161,23 @@ def pairs_wrapped(head: str, pairs: list[tuple[str, str]], width: int | None, in
             pieces = [p.replace(NBSP, " ") for p in wrapped(f"{indent}{header} {whole}{comma}", width, indent)]
             lines, line = lines + ([] if line is None else [line]) + pieces[:-1], pieces[-1]
     return lines + [line]
+
+
+NOTES_WRAP_BELOW = 80  # the terminal columns under which note_lines breaks a note; at 80 and wider, whole as before
+
+
+def note_lines(note: str, width: int | None) -> list[str]:
+    """A note printed under a table (inspect's 'compensation ...', 'blocks removed ...') on a `width`-column
+    terminal: narrower than NOTES_WRAP_BELOW, broken at its spaces into lines of at most `width` (continuation
+    lines indented two; a word longer than a line whole, on a line of its own; '→ 0.1764' kept together), where
+    the terminal would fold it mid-word ('calibra' / 'tion'); as it is at 80 columns and wider, or width None."""
+    if width is None or width >= NOTES_WRAP_BELOW:
+        return [note]
+    pieces = []
+    for line in note.split("\n"):
+        glued = line.replace(" → ", f" →{NBSP}")  # '→ 0.1764' on one line
+        pieces += [line] if len(line) <= width else [p.replace(NBSP, " ") for p in wrapped(glued, width, "  ")]
+    return pieces
 
 
 def wrapped(line: str, width: int | None, indent: str = "") -> list[str]:

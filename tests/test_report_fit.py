@@ -39,3 +39,28 @@ def test_row_lines_unbroken_without_a_width_and_a_dash_left_out():
     assert lines == ["t", "attention: before 396,288, after (planned) ≤ 330,240, ratio ≤ 83.3%",
                      "mlp: before 1", "out: -", "c"]
     assert row_line("out", HEADERS, ["-"] * 3, 20) == ["out: -"]
+
+
+NOTE = ("compensation single_transformer_blocks.0 attention: calibration error 0.2054 → 0.1983 (step 0.03125 of the "
+        "K-FAC Newton step)")
+
+
+@pytest.mark.parametrize("width", [20, 24, 30, 40, 60, 79])
+def test_a_note_breaks_at_its_spaces_on_a_narrow_terminal(width):
+    """S46 F3 #3: inspect printed its notes (compensation, blocks removed, optimality, distill) as one line
+    at any width, which a 30-column terminal folds mid-word ('calibra' / 'tion'). Now broken at spaces, a
+    word longer than a line whole on a line of its own, '→ 0.1983' together."""
+    from compress.report_fit import note_lines
+
+    lines = note_lines(NOTE, width)
+    assert len(lines) > 1 and lines[0].startswith("compensation") and all(x.startswith("  ") for x in lines[1:])
+    assert " ".join(" ".join(lines).split()) == NOTE
+    assert all(len(x) <= width or len(x.split()) == 1 for x in lines)
+    assert any("→ 0.1983" in x for x in lines)
+
+
+@pytest.mark.parametrize("width", [None, 80, 120, 200])
+def test_a_note_is_one_line_at_80_columns_and_wider(width):
+    from compress.report_fit import note_lines
+
+    assert note_lines(NOTE, width) == [NOTE]

@@ -9,18 +9,19 @@ from pathlib import Path
 from compress.arch import group_modules
 from compress.passes.importance import ImportanceResult, bucket_names
 from compress.report import save_figure
-from compress.report_fit import fitted_table
+from compress.report_fit import fitted_rows, fitted_table, printable
 
 
 def render_table(result: ImportanceResult, criterion: str | None = None, width: int | None = None,
                  json_file: str | None = None):
-    """A rich Table, most important block first: by the skip scan, or by the proxy where the scan
+    """A rich Table (or its lines), most important block first: by the skip scan, or by the proxy where the scan
     measured only that (proxy_only). `width`: the terminal's; a table wider than it keeps its block
     names and numbers whole and leaves out the least telling columns first (left_out_first), a line
     under the caption saying which, by bucket name, where they show and the --buckets whose table fits
     whole (left_out_said, buckets_that_fit; report_fit.fitted_table). Rich would fit them by shrinking
-    the block column to nothing and cutting numbers ('0.21…'). `json_file`: where --json FILE writes the
-    scan, which holds them too (None: not given)."""
+    the block column to nothing and cutting numbers ('0.21…'). Where even its least is wider than `width`
+    columns), its rows as lines, block first ('single.3: rank 1, scan 0.3433, ...', report_fit.fitted_rows).
+    `json_file`: where --json FILE writes the scan, which holds them too (None: not given)."""
     criterion = criterion or ("scan" if any(not math.isnan(b.scan) for b in result.blocks) else "proxy")
     scan = criterion == "scan"
     ranges = ", ".join(f"{b} {hi:.2f}-{lo:.2f}" for b, (hi, lo) in zip(result.buckets, result.bucket_ranges))
@@ -41,8 +42,8 @@ def render_table(result: ImportanceResult, criterion: str | None = None, width: 
         fewer = buckets_that_fit(result, columns, rows, width)
         return left_out_said(width, [short.get(h, h) for h in left_out], fewer, json_file)
 
-    return fitted_table(f"Block importance ({result.family}): {what}", caption, columns, rows, width,
-                        left_out_first(buckets, scan), "", key=1, said=said)
+    return printable(fitted_rows(f"Block importance ({result.family}): {what}", caption, columns, rows, width,
+                                 left_out_first(buckets, scan), "", key=1, said=said))
 
 
 def left_out_said(width: int, names: list[str], fewer: int, json_file: str | None = None) -> str:

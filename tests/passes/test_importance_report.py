@@ -239,3 +239,20 @@ def test_the_caption_says_which_module_list_each_group_label_is(make, said):
     text = " ".join(shown(render_table(make(), width=100), 100).split())
     assert said in text
     assert ("groups as" in text) == (make is flux_result)
+
+
+@pytest.mark.parametrize("width", [20, 24, 26])
+def test_a_table_narrower_than_its_least_is_a_line_per_block(width):
+    """S46 F3 #3: below its least width (27 columns here) rich folded the block names ('sing' / 'le.3') and
+    cut the scores; now, as plan's and inspect's tables (report_fit.fitted_rows), a line per block, its name
+    first: 'single.3: rank 1,' / '  scan 0.3639,' ..., every name and score whole."""
+    result = flux_result(3)
+    console = Console(width=width, file=io.StringIO(), record=True, soft_wrap=True)  # as report.results
+    console.print(render_table(result, width=width))
+    text = console.export_text()
+    lines = text.splitlines()
+    assert "┃" not in text and "…" not in text and "single = single_transformer_blocks" in " ".join(text.split())
+    assert all(len(x) <= width or len(x.split()) == 1 for x in lines)
+    for rank, b in enumerate(reversed(result.ranked("scan")), 1):
+        assert f"{b.group}.{b.index}: rank {rank}," in lines
+        assert f"scan {b.scan:.4f}," in text and f"proxy {b.proxy:.4f}" in text
