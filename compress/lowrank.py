@@ -23,6 +23,14 @@ from torch.nn.modules import module as _torch_module
 
 
 class LowRankLinear(nn.Module):
+    """A linear layer of rank `rank`: y = up(down(x)) + bias, a drop-in for nn.Linear(in_features,
+    out_features). Its weights are two nn.Linear children: `.down` [rank, in] (no bias) and `.up`
+    [out, rank] with the bias; edit those (or build one with `LowRankLinear.from_factors(up, down, bias)`).
+    `.weight` is their dense product up.weight @ down.weight [out, in], computed at each read, for
+    reading only: it carries no gradient, an edit of it changes nothing in the layer, and assigning it is
+    refused. `.bias` is `.up.bias`. `activation="gelu_tanh"`: the FFN's tanh-GELU applied to the output
+    (kept out of the state dict). See the module docstring for the CUDA kernels forward dispatches to."""
+
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
                  device=None, dtype=None, activation: str | None = None):
         super().__init__()
@@ -39,8 +47,17 @@ class LowRankLinear(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The dense equivalent [out, in] (for inspection; not used in forward)."""
-        return self.up.weight @ self.down.weight
+        """The dense equivalent up.weight @ down.weight [out, in], for reading (not used in forward): a new
+        tensor at each read, without gradient, so that it does not look like a parameter to edit."""
+        with torch.no_grad():
+            return self.up.weight @ self.down.weight
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "weight":  # nn.Module's own words for a Parameter: "KeyError: attribute 'weight' already exists"
+            raise AttributeError("LowRankLinear.weight is the dense product up.weight @ down.weight, for reading; "
+                                 "set .up.weight [out, rank] and .down.weight [rank, in] (LowRankLinear.from_factors "
+                                 "makes a layer of given factors), or put an nn.Linear in the layer's place")
+        super().__setattr__(name, value)
 
     @property
     def bias(self):
