@@ -2,30 +2,20 @@
 
 __version__ = "0.1.0"
 
+# the public API, each name imported from its module on first use: keeps `import compress` cheap (no torch)
+_PUBLIC = {"load_teacher": "compress.io", "save_compressed": "compress.io_export",
+           "load_transformer": "compress.io_output", "load_pipeline": "compress.io_pipeline",
+           "merge_lora": "compress.lora", "LowRankLinear": "compress.lowrank"}
+__all__ = list(_PUBLIC)
 
-def __getattr__(name):  # lazy public API: keeps `import compress` cheap
-    if name == "load_teacher":
-        from compress.io import load_teacher
 
-        return load_teacher
-    if name == "save_compressed":
-        from compress.io_export import save_compressed
+def __getattr__(name):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-        return save_compressed
-    if name == "load_transformer":
-        from compress.io_output import load_transformer
+    return getattr(importlib.import_module(_PUBLIC[name]), name)
 
-        return load_transformer
-    if name == "load_pipeline":
-        from compress.io_pipeline import load_pipeline
 
-        return load_pipeline
-    if name == "merge_lora":
-        from compress.lora import merge_lora
-
-        return merge_lora
-    if name == "LowRankLinear":
-        from compress.lowrank import LowRankLinear
-
-        return LowRankLinear
-    raise AttributeError(name)
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
