@@ -99,9 +99,9 @@ def dropped_words(model, dropped: list[str], listed: bool, source: str, base: st
     the first teacher of a chain, whose blocks the LoRA's are)."""
     from compress.lora_keys import blocks_named
 
-    where = " (listed in report.json)" if listed else ""
     if not dropped:
-        return where
+        return ""
+    where = " (listed in report.json)" if listed else ""
     if not listed:
         blocks = [f"{g.attr}.{i}" for g in get_adapter(model).groups for i in sorted(set(blocks_named(g.attr, dropped)))]
         whose = f"{base}'s" if base else "the teacher's"

@@ -51,6 +51,9 @@ def save_compressed(model: nn.Module, out, dtype: torch.dtype | str | None = Non
 
     dtype = as_dtype(dtype, "save_compressed")  # before anything is written
     model = unwrapped(model)
+    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+        raise TypeError(f"save_compressed: model must be a diffusers transformer (its class from diffusers, "
+                        f"with a config), got {type(model).__name__}")
     out = Path(out).expanduser()
     with atomic_folder(out, overwrite) as tmp:
         config = compressed_config(model, extra, dtype)

@@ -316,6 +316,8 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
         raise UserError(f"load_transformer: low_cpu_mem_usage must be True or False, got {low_cpu_mem_usage!r}")
     dtype = one_dtype(dtype, torch_dtype)
     device = as_device(one_device(device, device_map))
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"load_transformer: out must be the output folder (a str or a path), got {out!r}")
     missing = missing_folder(out)
     hub = missing or hub_output(out, "load_transformer")
     if hub is not None:

@@ -63,7 +63,7 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     the model the LoRA's blocks are read as, the base as the chain records it or the student's teacher (there
     or not) as the student does, lora_replay_moved.given_numbered_otherwise: exactly where its compression
     record keeps them, teacher_blocks, else its block map's "at least"; a DoRA of none, lora_keys.in_blocks, is not);
-    `teacher_config`: a single-file teacher's config (as --teacher-config). Returns {"merged": modules,
+    `teacher_config`: a single-file teacher's config (as --teacher-config). Returns {"merged": how many modules took it,
     "rank_added": {module: r'} of the low-rank ones, "dropped": base modules of removed blocks,
     "not_merged": text-encoder modules of the LoRA, "densified": low-rank modules stored dense, their grown
     rank past break-even, "blocks_of": the base whose blocks the LoRA's were read as (None for a teacher, or

@@ -310,8 +310,13 @@ def peft_keys(state: dict, linears: list[str], where: str) -> tuple[dict, dict[s
             continue
         out[key] = value
     if not any(k.endswith("lora_A.weight") for k in out):
-        raise UserError(f"{where}: no LoRA weights (lora_A / lora_down) in it")
+        raise no_lora_weights(where)
     return out, alphas, origin
+
+
+def no_lora_weights(where: str) -> UserError:
+    """The error for a file that holds no LoRA weights (a model's own weights given as the LoRA)."""
+    return UserError(f"{where}: no LoRA weights (lora_A / lora_down) in it")
 
 
 def lycoris_dora(key: str, shape: tuple[int, ...]) -> str:

@@ -31,8 +31,9 @@ from torch import nn
 from compress.errors import UserError
 from compress.lora_keys import (STATE_DICT, TEXT_ENCODER, check_all_read, check_blocks, check_finite,
                                 check_kohya_flux, check_linear, check_not_text_encoder_only, check_ranks,
-                                check_shapes, lora_config, lycoris_dora, module_of, peft_keys, quiet_loaders,
-                                short, text_encoder_modules, with_transformer_prefix, without_adapter_names)
+                                check_shapes, lora_config, lycoris_dora, module_of, no_lora_weights, peft_keys,
+                                quiet_loaders, short, text_encoder_modules, with_transformer_prefix,
+                                without_adapter_names)
 
 ADAPTER = "dit_compress_merge"
 MAGNITUDE = "DoRA magnitude (lora_magnitude_vector)"
@@ -243,6 +244,8 @@ def _check_flux_keys(lora, path: Path | None) -> list[str] | None:
 
 
 def _checked_flux_keys(keys: list[str], shape: Callable, value: Callable, where: str) -> list[str]:
+    if not any("lora" in k.lower() for k in keys):  # every format diffusers reads names its keys so
+        raise no_lora_weights(where)  # (a model's weights, where diffusers' loader fails with an IndexError)
     dora = sorted(k for k in keys if k.endswith(".dora_scale"))
     if dora:
         raise UserError(f"{where}: {lycoris_dora(dora[0], shape(dora[0]))}")

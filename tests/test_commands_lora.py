@@ -40,6 +40,8 @@ def test_a_lora_d_outputs_card_report_and_inspect_tell_of_the_merged_weights(tmp
     state = _state(copy.deepcopy(base), ["attn1.to_q"], rank=2)
     lora = _save({k: v for k, v in state.items() if ".transformer_blocks.0." in k}, tmp_path / "l.safetensors")
     assert main(["lora", str(out), str(lora), str(tmp_path / "new"), "--scale", "0.8"]) == 0
+    wrote = capsys.readouterr().out  # no layer in a removed block: nothing listed in report.json, nor said so
+    assert "took the LoRA at scale 0.8" in wrote and "listed in report.json" not in wrote, wrote
     written = json.loads((tmp_path / "new" / "report.json").read_text())
     grown = written["student_params"]
     assert grown > params and written["export"]["before_loras"] is True

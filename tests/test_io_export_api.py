@@ -59,3 +59,14 @@ def test_an_interrupt_at_any_line_of_save_compressed_leaves_the_output_whole_or_
         assert left in ([], ["out"]), (n, left)
         if left:
             load_transformer(folder / "out")
+
+
+def test_a_model_save_compressed_cannot_write_or_no_folder_for_load_transformer_is_one_line(tmp_path):
+    """save_compressed(nn.Linear(2, 2), d) raised AttributeError 'Linear' object has no attribute 'config';
+    load_transformer(None) pathlib's 'TypeError: expected str, bytes or os.PathLike object, not NoneType'."""
+    with pytest.raises(TypeError, match=r"^save_compressed: model must be a diffusers transformer .*, got Linear$"):
+        save_compressed(torch.nn.Linear(2, 2), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(TypeError, match=r"^load_transformer: out must be the output folder \(a str or a path\), "
+                                       r"got None$"):
+        load_transformer(None)

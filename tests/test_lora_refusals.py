@@ -170,3 +170,17 @@ def test_a_lora_whose_keys_carry_another_formats_prefix_is_told_which_to_rename(
         assert f"{make().__class__.__name__} does not have; without its '{prefix}' prefix it names '{layer}', a " \
                f"layer it has: rename the LoRA's '{prefix}' keys to 'transformer.'" in str(e.value), str(e.value)
         assert "another model" not in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("make", [tiny_flux, tiny_pixart])
+def test_an_output_folder_given_as_the_lora_is_said_alike_for_both_families(tmp_path, make):
+    """Flux said 'out: diffusers could not load it onto the FluxTransformer2DModel (IndexError: list index
+    out of range); a LoRA of another model?', PixArt '...: no LoRA weights (lora_A / lora_down) in it'."""
+    from compress.io_export import save_compressed
+    from tests.conftest import factorize
+
+    model = factorize(make(), ["transformer_blocks.0.attn1.to_q" if make is tiny_pixart
+                               else "transformer_blocks.0.attn.to_q"], rank=2)
+    out = save_compressed(model, tmp_path / "out")
+    with pytest.raises(UserError, match=r"^\S+: no LoRA weights \(lora_A / lora_down\) in it$"):
+        merge_lora(model, out)
