@@ -106,3 +106,24 @@ def test_options_and_their_hull():
     assert opt.losses.tolist() == pytest.approx([2 * s.loss(r) for r in opt.ranks])
     costs, gains = hull_segments(opt)  # ranks 1, 2, 4, 5, dense: 3 lies above the chord 2 -> 4, 6-10 flat
     assert costs.tolist() == [48, 96, 48, 272] and gains.tolist() == pytest.approx([0.8, 0.8, 0.1, 0.1])
+
+
+def test_budget_it_leaves_is_budget_no_move_could_use():
+    """The svd pass warns of an unspent budget (alloc.idle_budget: some move still fits) saying no
+    larger rank lowers any target's predicted error: of an exact allocation that holds by optimality."""
+    rng = np.random.default_rng(1)
+    idle = 0
+    for case in range(150):
+        layers = [random_layer(rng, f"l{i}") for i in range(int(rng.integers(1, 5)))]
+        weights = {s.name: float(rng.exponential()) for s in layers}
+        floor, dense = A.min_budget(layers, 2), A.dense_params(layers)
+        exact = exact_allocation(layers, int(rng.integers(floor, dense + 1)), 2, weights)
+        left = exact.budget - exact.spent
+        idle += A.idle_budget(layers, exact, 2) > 0
+        here = A.weighted_loss(layers, exact.ranks, weights)
+        for s in layers:
+            for r in choices(s, 2, None):
+                moved = {**exact.ranks, s.name: r}
+                if s.params(r) - s.params(exact.ranks[s.name]) <= left:
+                    assert A.weighted_loss(layers, moved, weights) >= here * (1 - 1e-8) - 1e-15
+    assert idle > 5
