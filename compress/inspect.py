@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from compress.errors import UserError
-from compress.inspect_blocks import (module_label, recorded_block_map, removal_lines, removed_blocks,
+from compress.inspect_blocks import (module_label, recorded_block_map, recorded_counts, removal_lines, removed_blocks,
                                      teacher_blocks, teacher_label)
 from compress.inspect_distill import distill_lines
 from compress.inspect_fold import fold, with_note
@@ -40,7 +40,7 @@ def inspect_output(out: str | Path, as_json: bool = False, plot_dir: str | None 
         if r["block"] in teacher:
             r["teacher_block"] = teacher[r["block"]]
     if as_json:
-        print(to_json(json_record(rows, report, block_map)))
+        print(to_json(json_record(rows, report, block_map, recorded_counts(model))))
     else:
         _print_inspection(title or str(out), model, rows, report, block_map, teacher)
     if plot_dir:
@@ -48,11 +48,12 @@ def inspect_output(out: str | Path, as_json: bool = False, plot_dir: str | None 
     return rows
 
 
-def json_record(rows: list[dict], report: dict, block_map: dict | None) -> dict:
+def json_record(rows: list[dict], report: dict, block_map: dict | None, recorded: dict | None = None) -> dict:
     """What --json prints, its top-level keys those docs/COMMANDS.md's inspect row lists: the per-layer
-    rows, report.json as it is, the block map and removed teacher blocks (null where none was), the stages."""
+    rows, report.json as it is, the block map and removed teacher blocks (null where none was; `recorded`:
+    config.json's teacher block counts, inspect_blocks.removed_blocks), the stages."""
     return {"layers": rows, "report": report, "block_map": block_map,
-            "removed_blocks": removed_blocks(block_map, report) if block_map else None,
+            "removed_blocks": removed_blocks(block_map, report, recorded) if block_map else None,
             "stages": stages_record(report)}
 
 
@@ -89,7 +90,7 @@ def _print_inspection(title: str, model, rows: list[dict], report: dict, block_m
     print_fitted(results, summary_table(shown, "role", "by role (linear layers)", results.width))
     by_block = [{**r, "block": module_label(r["block"], teacher)} for r in shown + other_params(model, rows)]
     print_fitted(results, summary_table(by_block, "block", "by block (all parameters)", results.width))
-    for line in removal_lines(block_map, report):
+    for line in removal_lines(block_map, report, recorded_counts(model)):
         results.print(line)
     _print_optimality(rows, report)
     _print_compensation(report)

@@ -28,6 +28,12 @@ def recorded_block_map(model, out: Path) -> dict[str, list[int]] | None:
     return found
 
 
+def recorded_counts(model) -> dict | None:
+    """{group: block count} of the teacher as the output's config.json records it (compression.teacher_blocks,
+    what load_transformer keeps as compression_meta), for `removed_blocks`; None where it records none."""
+    return (getattr(model, "compression_meta", None) or {}).get("teacher_blocks")
+
+
 def _is_block_map(found) -> bool:
     """{group: [teacher index, ...]}, indices whole numbers ≥ 0."""
     return isinstance(found, dict) and all(isinstance(v, list) and all(map(is_count, v)) for v in found.values())
@@ -60,15 +66,17 @@ def module_label(block: str, teacher: dict[str, str]) -> str:
     return f"{block_module(block)}{teacher_label(block, teacher)[len(block):]}"
 
 
-def removed_blocks(block_map: dict[str, list[int]], report: dict) -> dict[str, list[int]]:
+def removed_blocks(block_map: dict[str, list[int]], report: dict,
+                   recorded: dict | None = None) -> dict[str, list[int]]:
     """{group: teacher indices no student block maps to}. The teacher's block count is the first
-    removal pass's blocks_before (report.json); without it, the highest index kept + 1 (a removed
-    last block then goes unseen)."""
+    removal pass's blocks_before (report.json), else `recorded` (config.json's compression.teacher_blocks:
+    an output re-saved by save_pretrained or save_compressed has no report.json); without either, the
+    highest index kept + 1 (a removed last block then goes unseen)."""
     removal = report.get("remove_blocks")
     runs = (removal.get("passes") or [removal]) if isinstance(removal, dict) else []
     first = runs[0] if isinstance(runs, list) and runs else {}
     before = first.get("blocks_before") if isinstance(first, dict) else None
-    before = before if isinstance(before, dict) else {}
+    before = before if isinstance(before, dict) else recorded if isinstance(recorded, dict) else {}
     gone = {}
     for group, kept in block_map.items():
         count = max([before[group] if isinstance(before.get(group), int) else 0] + [i + 1 for i in kept])
@@ -76,15 +84,16 @@ def removed_blocks(block_map: dict[str, list[int]], report: dict) -> dict[str, l
     return gone
 
 
-def removal_lines(block_map: dict | None, report: dict) -> list[str]:
+def removal_lines(block_map: dict | None, report: dict, recorded: dict | None = None) -> list[str]:
     """What removal did, in teacher indices: the blocks gone by module list, the recipe's group beside
     them where the family has several ('transformer_blocks (double) [1] (2 → 1)'), and each renumbered
-    student block's teacher block (the tables name student blocks by module, as the weights do)."""
+    student block's teacher block (the tables name student blocks by module, as the weights do).
+    `recorded`: the teacher's block counts config.json records (removed_blocks)."""
     if not block_map:
         return []
     from compress.arch import group_modules
 
-    gone, named = removed_blocks(block_map, report), {g: group_modules(g) for g in block_map}
+    gone, named = removed_blocks(block_map, report, recorded), {g: group_modules(g) for g in block_map}
     said = "; ".join(f"{''.join(named[g])} {v} ({len(v) + len(block_map[g])} → {len(block_map[g])})"
                      for g, v in gone.items() if v)  # as the run's log: report_card.named_removals
     moved = ", ".join(f"{named[g][0]}.{i} ← {t}" for g, kept in block_map.items()

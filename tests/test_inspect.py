@@ -391,3 +391,20 @@ def test_inspect_at_40_columns_folds_no_lone_index_and_names_only_the_columns_it
     assert "energy" in left_out, said
     assert "column loss/opt is in each layer's factorization objective" in said, said
     assert not re.search(r"columns? [a-z/, ]*energy[a-z/, ]* (is|are) in each layer's factorization", said)
+
+
+@pytest.mark.parametrize("report", [False, True])
+def test_inspect_of_a_re_saved_output_reads_the_removed_blocks_config_json_records(tmp_path, capsys, report):
+    """An output re-saved (load_transformer(out).save_pretrained(d), save_compressed) has no report.json:
+    inspect said 'blocks removed from the teacher: none' though config.json records the block map and the
+    teacher's block counts (compression.teacher_blocks). report.json's counts come first where both are."""
+    student = _removed(tiny_flux(), {"single": [2]})
+    student.compression_meta["teacher_blocks"] = {"double": 2, "single": 3 if not report else 9}
+    files = {"report.json": _removal_report({"double": 2, "single": 3}, {"single": [2]})} if report else None
+    out = save_compressed(student, tmp_path / "out", files=files)
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    said = "blocks removed from the teacher: single_transformer_blocks (single) [2] (3 → 2)"
+    assert said in capsys.readouterr().out
+    assert main(["inspect", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["removed_blocks"] == {"double": [], "single": [2]}
