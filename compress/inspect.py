@@ -18,8 +18,8 @@ from compress.io_output import load_transformer, output_folder
 from compress.report import (BUDGET_COLUMNS, QUALITY_COLUMNS, block_prefix, console, is_number, layer_rows,
                              other_params, output_dir, plot_ranks, plot_spectrum, read_report, results, summary_table,
                              to_json)
-from compress.report_fit import (JSON_OR_WIDER, least_name_width, left_out_words, print_fitted, row_line,
-                                 shown_columns, table_width, wrapped)
+from compress.report_fit import (JSON_OR_WIDER, least_name_width, left_out_words, note_lines, print_fitted,
+                                 row_line, shown_columns, table_width, wrapped)
 from compress.words import counted
 
 
@@ -80,24 +80,30 @@ def _print_inspection(title: str, model, rows: list[dict], report: dict, block_m
     print_fitted(results, tables)
     if any(_measured(r) for r in shown):
         for line in _column_words(report, _shown_headers(tables)):
-            results.print(line)
+            _say(line)
     else:
-        results.print("no svd pass: no per-layer factorization measurements" if not report.get("svd") else
+        _say("no svd pass: no per-layer factorization measurements" if not report.get("svd") else
                       "no factorization measurements for the layers as they are now (changed since the svd pass)")
     took = lora_line(model, rows, report)
     if took:
-        results.print(took)
+        _say(took)
     print_fitted(results, summary_table(shown, "role", "by role (linear layers)", results.width))
     by_block = [{**r, "block": module_label(r["block"], teacher)} for r in shown + other_params(model, rows)]
     print_fitted(results, summary_table(by_block, "block", "by block (all parameters)", results.width))
     for line in removal_lines(block_map, report, recorded_counts(model)):
-        results.print(line)
+        _say(line)
     _print_optimality(rows, report)
     _print_compensation(report)
     for line in distill_lines(report):  # steps, held-out error before → after, resumes, last loss terms
-        results.print(line, highlight=False, markup=False)
+        _say(line, highlight=False, markup=False)
     for said in stage_lines(report, results.width):  # each pass's params and held-out error, the teacher's first
-        results.print(said, highlight=False, markup=False)
+        _say(said, highlight=False, markup=False)
+
+
+def _say(said, **kw) -> None:
+    """A note on `results` (note_lines: broken at its spaces on a narrow terminal), or a table as it is."""
+    for piece in [said] if isinstance(said, Table) else note_lines(said, results.width):
+        results.print(piece, **kw)
 
 
 def lora_line(model, rows: list[dict], report: dict) -> str | None:
@@ -271,11 +277,11 @@ def _print_optimality(rows: list[dict], report: dict | None = None) -> None:
         what = (f"{method} loss / optimal loss over {counted(len(ratios), f'{method} layer')}" if method else
                 f"loss / optimal loss over {counted(len(ratios), 'factorized layer')}")  # a report of no method
         shown = f"max {max(ratios):.6f}" if ratios else "no finite ratio"
-        results.print(f"{what}: {shown}" + (f" ({apart} more of optimal loss 0 left out)" if apart else "")
+        _say(f"{what}: {shown}" + (f" ({apart} more of optimal loss 0 left out)" if apart else "")
                       + (f"; optimal: {optimum}" if optimum else ""))
     gaps = [r["fit_gap"] for r in rows if isinstance(r.get("fit_gap"), (int, float)) and math.isfinite(r["fit_gap"])]
     if gaps:
-        results.print(f"asymmetric fits above their undamped optimum over {counted(len(gaps), 'layer')}: "
+        _say(f"asymmetric fits above their undamped optimum over {counted(len(gaps), 'layer')}: "
                       f"max {max(gaps):.2e} of the layer's output energy")
 
 
@@ -329,7 +335,7 @@ def _print_compensation(report: dict) -> None:
     for stage, s in stages.items():  # "double 0 attention" as "transformer_blocks.0 attention"
         group, index, rest = (stage.split(" ", 2) + ["", ""])[:3]
         named = f"{group_modules(group)[0]}.{index} {rest}".strip() if index.isdigit() else stage
-        results.print(f"compensation {named}: calibration error {s['uncompensated_error']:.4g} → "
+        _say(f"compensation {named}: calibration error {s['uncompensated_error']:.4g} → "
                       f"{s['calibration_error']:.4g} (step {s['step']:.4g} of the K-FAC Newton step)")
 
 
