@@ -15,7 +15,7 @@ import torch
 def device_memory(device: str) -> tuple[int, str] | None:
     """(bytes, name) of the memory of a recipe's `device` here: a CUDA device's total, else this
     machine's physical memory (within its cgroup's limit); None where unknown or not here."""
-    device = _device_name(device)
+    device = device_name(device)
     if not device.startswith("cuda"):
         total = machine_memory()
         return (total, "this machine") if total else None
@@ -25,7 +25,7 @@ def device_memory(device: str) -> tuple[int, str] | None:
     return torch.cuda.get_device_properties(index).total_memory, f"cuda:{index}"
 
 
-def _device_name(device: str) -> str:
+def device_name(device: str) -> str:
     """A recipe's `device` with auto resolved as the run resolves it (runner_setup.resolve_device)."""
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 

@@ -11,8 +11,9 @@ a streamed skip scan's residual streams). A distill pass holds something
 else while it trains (the teacher, the chain's base with kd_teacher: base, the student in float32
 with its gradients and AdamW's moments):
 the peak is the larger of the two. Both add this process itself where it runs on the CPU (python,
-torch and diffusers imported: PROCESS_BYTES), and the calibrating phase an svd pass's float64
-statistics (plan_statistics.svd_statistics), the float64 temporaries of factorizing its widest target
+torch and diffusers imported, the held-out inputs and the teacher's reference predictions made:
+PROCESS_BYTES), and the calibrating phase an svd pass's float64 statistics
+(plan_statistics.svd_statistics), the float64 temporaries of factorizing its widest target
 (plan_factorize.factorize_bytes) or a block's own output Fisher (fisher: block), and the square roots of its output
 Fishers that it keeps, all of one pass (the passes calibrate one after another: plan_statistics.calibrating).
 It compares against the device's total memory, not what is free now: the run checks that again
@@ -34,10 +35,15 @@ from compress.plan_fisher import fisher_backward, fisher_sweep, on_device
 from compress.plan_fisher import part as _part
 from compress.plan_statistics import calibrating
 
-# Resident memory of `dit-compress run` before it loads the teacher: python with torch, diffusers and
-# compress imported, the recipe checked (torch 2.13 CPU, diffusers 0.42, a toy Flux recipe: 501 MiB of
-# /proc/self/statm's resident pages, read as the CLI ran; 385 MiB right after the imports).
-PROCESS_BYTES = 500 * 2**20
+# Resident memory of `dit-compress run` as its first pass starts, less the teacher and student weights
+# (counted apart): python with torch, diffusers and compress imported (385 MiB), the recipe checked, the
+# calibration inputs drawn (toy-pixart prepared: 518 MiB with its 13 MiB of weights), then the held-out
+# inputs drawn (+29 MiB: what drawing them leaves, they hold 0.2 MiB) and the teacher's reference
+# predictions on them (+18 MiB; malloc_trim gives back 8 MiB of it all). VmRSS as the first pass starts,
+# less the weights: toy-pixart 558 MiB, toy-flux 549, toy-pixart-stream 558 (torch 2.13 CPU, diffusers
+# 0.42); before, the 500 MiB read before the teacher loads, which left every CPU run's peak low. What
+# else a CPU run holds beyond the estimate is mostly freed memory glibc keeps (docs/STREAMING.md).
+PROCESS_BYTES = 550 * 2**20
 WEIGHTS = "teacher and student weights"  # a resident run's, whose fix is run's advice (resident_advice)
 
 
@@ -89,7 +95,7 @@ def peak_memory(recipe, plan: dict, calibrates: bool, drawn: bool, passes: list,
 def _process(recipe) -> list[dict]:
     """This process itself where the run computes on the CPU (PROCESS_BYTES); none on a GPU, whose
     memory it is compared with."""
-    if plan_machine._device_name(recipe.device).startswith("cuda"):
+    if plan_machine.device_name(recipe.device).startswith("cuda"):
         return []
     return [_part("this process (python, torch, diffusers)", PROCESS_BYTES, [])]
 
@@ -311,7 +317,7 @@ def beyond_disk(recipe, memory: dict, run_dir: Path) -> str | None:
 
     swap = plan_machine.machine_swap()
     room = [plan_machine.machine_memory(), swap]  # (cgroup-limited; its swap where none binds)
-    if plan_machine._device_name(recipe.device).startswith("cuda"):  # and the GPU's where the run computes
+    if plan_machine.device_name(recipe.device).startswith("cuda"):  # and the GPU's where the run computes
         room.append((plan_machine.device_memory(recipe.device) or (None,))[0])
     disk = free_bytes(run_dir)
     if None in room or disk is None or memory["bytes"] <= sum(room) + disk:
@@ -320,8 +326,9 @@ def beyond_disk(recipe, memory: dict, run_dir: Path) -> str | None:
     drivers = "; ".join(f"{p['what']} {human_size(p['bytes'])}{_drives(dict(p, fix=_unspilled(p['fix'])))}"
                         for p in _big(memory))
     swapped = f", {human_size(swap)} of it swap" if swap else ""
-    return (f"as written, the run would hold about {human_size(memory['bytes'])} at its peak, more than the memory "
-            f"there is ({human_size(sum(room))}{swapped}) and the disk free under {run_dir} ({human_size(disk)}) "
+    peak, both = human_sizes(memory["bytes"], sum(room) + disk)  # so they differ as they do
+    return (f"as written, the run would hold about {peak} at its peak, more than the memory there is "
+            f"({human_size(sum(room))}{swapped}) and the disk free under {run_dir} ({human_size(disk)}), {both} "
             f"together, which no calibration.spill_activations: true changes: {drivers}")
 
 

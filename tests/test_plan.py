@@ -204,7 +204,7 @@ def test_plan_says_what_run_would_refuse_in_runs_words(monkeypatch, capsys, tmp_
     refusal = json.loads(out)["memory"]["refusal"]
     assert measured == [Path("runs/c48")]  # run's default --run-dir, not there yet: free_bytes climbs to tmp_path
     assert refusal.startswith(f"{recipe}:5: as written, the run would hold about 61035.") and refusal.endswith(
-        "at its peak, more than the memory there is (1.0 GiB) and the disk free under runs/c48 (2.0 GiB) together, "
+        "at its peak, more than the memory there is (1.0 GiB) and the disk free under runs/c48 (2.0 GiB), 3.0 GiB together, "
         "which no calibration.spill_activations: true changes: calibration activations 61035.2 GiB "
         "(calibration.num_prompts, calibration.timesteps, calibration.cfg_branches)"), refusal
     assert " ".join(err.split()).startswith(  # with its default --run-dir (...): tests/test_plan_run_dir.py
