@@ -99,6 +99,19 @@ def cached_weights(repo_id: str) -> Path | None:
     return folder
 
 
+def pickled_folder(src) -> Path | None:
+    """The transformer folder of teacher `src` (a folder, not an output) where the weights from_pretrained
+    reads there are pickles (.bin, one or sharded): their names and shapes are not read before run loads
+    them (check_folder_weights passes them by); None otherwise."""
+    from compress.io import transformer_folder, variant_weights, weights_variant
+
+    if src.kind != "folder" or not reads_headers(src):
+        return None
+    folder = transformer_folder(Path(src.source).expanduser())
+    names = variant_weights([f.name for f in folder.iterdir()], weights_variant(folder))
+    return folder if names and not safetensors_weights(folder) else None
+
+
 def safetensors_weights(folder: Path) -> list[str]:
     """The weight files from_pretrained reads in `folder` (io.variant_weights) where they are
     safetensors; [] for none, or .bin ones."""

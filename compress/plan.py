@@ -28,7 +28,7 @@ from compress.plan_machine import device_memory
 from compress.plan_memory import beyond_disk, beyond_memory, memory_where, peak_memory
 from compress.plan_walk import PassWalk
 from compress.io_export import warn_if_export_wider
-from compress.io_headers import check_teacher_weights, reads_headers
+from compress.io_headers import check_teacher_weights, pickled_folder, reads_headers
 from compress.io_source import KNOWN_CONFIGS
 from compress.io_source_config import TeacherSource, checked
 from compress.io_source_recipe import checked_sources
@@ -150,6 +150,9 @@ def _teacher(recipe, teacher: str | None, teacher_config: str | None, sources: T
              "whole); run checks them against its config")
     if not headers_read:  # its files' headers, not its tensors: run's refusal, before any numbers
         check_teacher_weights(src, model)
+    if (pickled := pickled_folder(src)) is not None:  # a folder of .bin weights: the same
+        note(f"plan does not read a .bin teacher's weights ({pickled}: a pickle loads whole); run checks them "
+             "against its config")
     warn_if_export_wider(recipe, src)  # its files' headers: a bfloat16 teacher exported in float32
     return src, model, adapter
 

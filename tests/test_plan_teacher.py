@@ -203,3 +203,22 @@ def test_plan_notes_it_does_not_read_a_pickled_teachers_weights(tmp_path, capsys
         err = " ".join(capsys.readouterr().err.split())
         assert err.count("note: plan does not read a .pth teacher's weights (a pickle loads whole); run checks "
                          "them against its config") == noted
+
+
+@pytest.mark.parametrize("shard", [None, "20KB"])
+def test_plan_notes_it_does_not_read_a_folders_pickled_weights(tmp_path, capsys, shard):
+    """A teacher folder of .bin weights (diffusion_pytorch_model.bin, or shards and their index): plan
+    reads no pickle there either, and says so once, naming the folder; its safetensors twin: no note."""
+    from tests.conftest import tiny_pixart
+
+    model = tiny_pixart()
+    model.save_pretrained(tmp_path / "bin", safe_serialization=False, **({"max_shard_size": shard} if shard else {}))
+    model.save_pretrained(tmp_path / "st")
+    assert shard is None or (tmp_path / "bin" / "diffusion_pytorch_model.bin.index.json").is_file()
+    for teacher, noted in ((tmp_path / "bin", 1), (tmp_path / "st", 0)):
+        make_plan(parse_recipe(f"model: pixart\nteacher: {teacher}\ncalibration: {{source: synthetic}}\n"
+                               "passes: [svd]\n", "r.yaml"))
+        err = " ".join(capsys.readouterr().err.split())
+        assert err.count(f"note: plan does not read a .bin teacher's weights ({teacher}: a pickle loads whole); "
+                         "run checks them against its config") == noted
+        assert err.count("plan does not read") == noted
