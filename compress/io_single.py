@@ -118,19 +118,22 @@ def empty_model(family: str, cfg: Path, path: Path | None = None) -> nn.Module:
         return from_config(cls, config, cfg)
 
 
-def check_config_family(family: str, config: dict, cfg: Path, path: Path | None = None) -> None:
+def check_config_family(family: str, config: dict, cfg: Path, path: Path | None = None,
+                        key: str = "--teacher-config") -> None:
     """The config of a checkpoint (`path`) whose tensors are a `family` transformer is that family's:
-    built into the other family's class, its numbers fail as a shape mismatch naming neither."""
-    described = config_family(config, cfg, path)
+    built into the other family's class, its numbers fail as a shape mismatch naming neither. `key`: what
+    gives the config, as the advice names it (a recipe's 'teacher_config')."""
+    described = config_family(config, cfg, path, key)
     if described != family:
         raise UserError(f"{f'{path}: ' if path else ''}the checkpoint's weights are a {family} transformer while "
                         f"the config in {config_place(cfg)} describes a {described} one; give the config of its own "
-                        "transformer (--teacher-config)")
+                        f"transformer ({key})")
 
 
-def config_family(config: dict, cfg: Path, path: Path | None = None) -> str:
+def config_family(config: dict, cfg: Path, path: Path | None = None, key: str = "--teacher-config") -> str:
     """The family of the transformer a checkpoint's (`path`) config describes; a UserError for a config of
-    no transformer's (a VAE's, `{}`, a report.json), which would be read as the class's defaults."""
+    no transformer's (a VAE's, `{}`, a report.json), which would be read as the class's defaults (`key`:
+    check_config_family's)."""
     from compress.arch import family_of_class
     from compress.pipeline_family import built_class
 
@@ -140,7 +143,7 @@ def config_family(config: dict, cfg: Path, path: Path | None = None) -> str:
     except UserError:
         what = f"describes {name}" if isinstance(name, str) and name else "has no _class_name"
         raise UserError(f"{f'{path}: ' if path else ''}the config in {config_place(cfg)} {what}, not a PixArt/Flux "
-                        "transformer config; give the config of its own transformer (--teacher-config)") from None
+                        f"transformer config; give the config of its own transformer ({key})") from None
 
 
 def key_converter(family: str, names: list[str], model: nn.Module):

@@ -312,3 +312,38 @@ def test_the_flag_not_found_is_said_as_fits_the_teacher_given(tmp_path, monkeypa
                                                f"{teacher} is {what}, which reads none{recipe_note}\n"), argv
     assert main(["eval", "out", "--teacher", "acme/pix", "--teacher-config", "nocfg"]) == 2  # a Hub id reads it
     assert capsys.readouterr().err == f"{said}a single-file teacher or a Hugging Face id:{kinds}\n"
+
+
+@pytest.mark.parametrize("config", ["flux", "junk"])
+def test_a_recipes_teacher_config_not_of_its_files_transformer_is_said_at_its_line(tmp_path, monkeypatch, capsys,
+                                                                                  config):
+    """A single-file teacher's config of the other family (or of no transformer), given by the recipe's
+    teacher_config:, is refused at that key's line and the advice names that key; given by
+    --teacher-config, at the teacher's line naming the flag, as before."""
+    from tests.conftest import tiny_flux
+
+    single_file(tmp_path)
+    if config == "flux":
+        tiny_flux().save_config(tmp_path / "bad")
+        words = ("the checkpoint's weights are a pixart transformer while the config in "
+                 f"{tmp_path / 'bad'} describes a flux one; give the config of its own transformer")
+    else:
+        (tmp_path / "bad").mkdir()
+        (tmp_path / "bad" / "config.json").write_text('{"in_channels": 4}')
+        words = (f"the config in {tmp_path / 'bad'} has no _class_name, not a PixArt/Flux transformer config; "
+                 "give the config of its own transformer")
+    monkeypatch.chdir(tmp_path)
+    text = RECIPE.format(teacher=tmp_path / "pix.safetensors", config=tmp_path / "bad")
+    (tmp_path / "r.yaml").write_text(text)
+    lines = text.splitlines()
+    key_line = 1 + next(i for i, line in enumerate(lines) if line.startswith("teacher_config:"))
+    teacher_line = 1 + next(i for i, line in enumerate(lines) if line.startswith("teacher:"))
+    for command in (["plan", "r.yaml"], ["run", "r.yaml", "--out", "o", "--run-dir", "w"]):
+        assert main(command) != 0
+        assert capsys.readouterr().err.strip().endswith(
+            f"error: r.yaml:{key_line}: {tmp_path / 'pix.safetensors'}: {words} (teacher_config)")
+    tiny_pixart().save_config(tmp_path / "good")
+    (tmp_path / "r.yaml").write_text(RECIPE.format(teacher=tmp_path / "pix.safetensors", config=tmp_path / "good"))
+    assert main(["plan", "r.yaml", "--teacher-config", str(tmp_path / "bad")]) != 0
+    assert capsys.readouterr().err.strip().endswith(
+        f"error: r.yaml:{teacher_line}: {tmp_path / 'pix.safetensors'}: {words} (--teacher-config)")
