@@ -238,15 +238,18 @@ def own_config(file: Path, source: str, kind: str) -> dict:
     `kind` 'folder'), or the one beside a single file; one that is not a JSON config (not_a_config) a
     UserError in given_config's words, naming the teacher: 'teacher t: its config.json is not a JSON
     config (line 1, column 1: Expecting value); ...', not the JSON decoder's 'cannot read t/config.json:
-    Expecting value: line 1 column 1 (char 0)'. Read once where it is one."""
+    Expecting value: line 1 column 1 (char 0)'. Read once where it is one; a checkpoint or a file over
+    CONFIG_MOST bytes is told by its first bytes and its size (_at_a_glance), not read whole."""
     from compress import io as compress_io  # its read_config, as the checks count the reads
 
-    try:
-        return compress_io.read_config(file)
-    except UserError:
-        why = not_a_config(file)
-        if why is None:  # unreadable (a folder, no permission): read_config's words
-            raise
+    why = _at_a_glance(file)
+    if why is None:
+        try:
+            return compress_io.read_config(file)
+        except UserError:
+            why = not_a_config(file)
+            if why is None:  # unreadable (a folder, no permission): read_config's words
+                raise
     if kind == "folder":
         inside = os.path.relpath(file, Path(source).expanduser())
         its = f"its {inside}" if not inside.startswith("..") else str(file)  # config.json, transformer/config.json
@@ -272,6 +275,26 @@ def not_a_config(file: Path) -> str | None:
 CONFIG_MOST = 4 * 2**20  # bytes: a diffusers config is a few KB; a larger file is none (a checkpoint given so)
 
 
+def _at_a_glance(file: Path) -> str | None:
+    """Why `file` is no config where its first 16 bytes and its size tell (_glanced's words); None where
+    they do not, or it cannot be opened."""
+    try:
+        with open(file, "rb") as f:
+            return _glanced(f.read(16), os.fstat(f.fileno()).st_size)
+    except OSError:
+        return None
+
+
+def _glanced(head: bytes, size: int) -> str | None:
+    """Why a file of `size` bytes starting with `head` is no config, told without reading it whole: a
+    checkpoint (_checkpoint_kind) or a file over CONFIG_MOST bytes; None otherwise."""
+    if (kind := _checkpoint_kind(head, size)) or size > CONFIG_MOST:
+        from compress.calib_footprint import human_size
+
+        return kind or f"a file of {human_size(size)}; a config is a few KB"
+    return None
+
+
 def _config_or_why(file: Path) -> dict | str | None:
     """The JSON config `file` holds (a dict, parsed once), else why it is none (not_a_config's words); None
     where it cannot be read. A checkpoint (its first bytes: _checkpoint_kind) or a file over CONFIG_MOST
@@ -279,10 +302,8 @@ def _config_or_why(file: Path) -> dict | str | None:
     try:
         with open(file, "rb") as f:
             size, head = os.fstat(f.fileno()).st_size, f.read(16)
-            if (kind := _checkpoint_kind(head, size)) or size > CONFIG_MOST:
-                from compress.calib_footprint import human_size
-
-                return kind or f"a file of {human_size(size)}; a config is a few KB"
+            if (why := _glanced(head, size)) is not None:
+                return why
             data = head + f.read()
     except OSError:
         return None

@@ -242,3 +242,35 @@ def test_a_checkpoint_given_as_teacher_config_is_told_without_reading_it_whole(t
     Path("c.json").write_text(json.dumps(tiny_pixart().config))
     assert given_config(Path("c.json"), "c.json")["num_layers"] == tiny_pixart().config["num_layers"]
     assert len(parsed) == 1
+
+
+@pytest.mark.parametrize("big", ["5 MiB", "safetensors"])
+def test_a_teachers_own_config_json_that_is_big_or_a_checkpoint_is_told_without_reading_it(tmp_path, monkeypatch,
+                                                                                           big):
+    """A config.json beside a single file, or a folder's, that is a 5 MiB file or a safetensors checkpoint
+    was read whole (read_config) before being told no config; now told by its first bytes and its size,
+    as --teacher-config's is (io_single._config_or_why), in the same one line."""
+    from compress import io as compress_io
+
+    model = tiny_pixart()
+    folder, single = tmp_path / "t", tmp_path / "f"
+    model.save_pretrained(folder)
+    single.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, single / "t.safetensors")
+    for config in (folder / "config.json", single / "config.json"):
+        if big == "5 MiB":
+            config.write_text(json.dumps({"_class_name": "PixArtTransformer2DModel", "pad": "x" * 5 * 2**20}))
+        else:
+            save_file({"w": torch.zeros(4)}, str(config))
+    why = "a file of 5 MiB; a config is a few KB" if big == "5 MiB" else "a safetensors file of weights"
+    reads = []
+    monkeypatch.setattr(compress_io, "read_config", lambda path: reads.append(path) or {})
+    recipe_dir = tmp_path / "r"
+    said = {str(folder): f"its config.json is not a JSON config ({why}); {FOLDER_FIX}",
+            str(single / "t.safetensors"): f"the config.json beside it ({single}/config.json) is not a JSON config "
+                                           f"({why}); give its transformer's diffusers config with --teacher-config, "
+                                           "or put it there"}
+    for teacher, words in said.items():
+        recipe = _recipe(recipe_dir, teacher=teacher, overrides=["calibration={source: synthetic}"])
+        assert _refused(checked_sources, recipe) == f"{recipe.path}:2: teacher {teacher}: {words}"
+    assert reads == []
