@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from compress.errors import UserError, did_you_mean
 from compress.io_source import KNOWN_CONFIGS, READS, check_source, prefixed
+from compress.recipe_teacher_config import FLAG_NAMED
 
 if TYPE_CHECKING:
     import torch
@@ -43,7 +44,9 @@ class TeacherSource:
     reading its config again. config_arg: --teacher-config; where: the start of an error about it
     (teacher_where); hub: a Hub id's transformer/config.json may be fetched; sampling: the recipe's
     calibration source checked against it (inputs.Sampling), where io_source_recipe.checked_sources made it;
-    weights_read: what the check of its weight files' headers read (WeightsRead)."""
+    weights_read: what the check of its weight files' headers read (WeightsRead); config_place, config_key:
+    where its config was given and by what, as errors about it name them (recipe_teacher_config.config_named's:
+    a recipe's 'PATH:LINE' and 'teacher_config', else '' and the flag)."""
 
     source: str
     kind: str
@@ -51,8 +54,14 @@ class TeacherSource:
     where: str = ""
     hub: bool = True
     sampling: Sampling | None = field(default=None, compare=False, repr=False)
-    config_label: str = field(default="--teacher-config", compare=False, repr=False)  # checked's
+    config_place: str = field(default="", compare=False, repr=False)  # checked's `named`
+    config_key: str = field(default="--teacher-config", compare=False, repr=False)
     weights_read: WeightsRead = field(default_factory=WeightsRead, compare=False, repr=False)
+
+    @property
+    def config_label(self) -> str:
+        """How its config is named: '--teacher-config', or a recipe's 'PATH:LINE: teacher_config'."""
+        return f"{self.config_place}: {self.config_key}" if self.config_place else self.config_key
 
     def dtype_names(self, f: Path) -> set[str]:
         """Weight file `f`'s header dtype names: those the weights check read (weights_read), else read now."""
@@ -163,10 +172,9 @@ class TeacherSource:
     def _config_where(self) -> tuple[str, str]:
         """(where an error about its config is said, what gave that config as the advice names it): a
         recipe's teacher_config: key ('PATH:LINE: ', 'teacher_config'), else the teacher's place and the flag."""
-        if self.config_arg and self.config_label != "--teacher-config":  # 'PATH:LINE: teacher_config'
-            place, key = self.config_label.rsplit(": ", 1)
-            return f"{place}: ", key
-        return self.where, "--teacher-config"
+        if self.config_arg and self.config_place:
+            return f"{self.config_place}: ", self.config_key
+        return self.where, self.config_key
 
 
 def typos_of(word: str, options, most: int = 2) -> list[str]:
@@ -185,11 +193,12 @@ def typos_of(word: str, options, most: int = 2) -> list[str]:
 
 def checked(source: str, config: str | None = None, where: str = "", hub: bool = True,
             recipe_dir: Path | None = None, stream: bool = False,
-            config_label: str = "--teacher-config") -> TeacherSource:
+            named: tuple[str, str] = FLAG_NAMED) -> TeacherSource:
     """`source` checked (check_source), as a TeacherSource; see there for the arguments. A
-    --teacher-config a toy or folder teacher does not read is said, not silently dropped (`config_label`:
-    how the warning names it: a recipe's 'PATH:LINE: teacher_config')."""
+    --teacher-config a toy or folder teacher does not read is said, not silently dropped (`named`:
+    where it was given and by what, as the warning names it: a recipe's ('PATH:LINE', 'teacher_config'))."""
     kind = check_source(source, where, recipe_dir, stream)
+    src = TeacherSource(source, kind, config, where, hub, config_place=named[0], config_key=named[1])
     if kind == "hub":
         warn_if_beside_recipe(source, where, recipe_dir)
     if config and kind in ("toy", "folder"):
@@ -198,9 +207,9 @@ def checked(source: str, config: str | None = None, where: str = "", hub: bool =
         what = "a toy teacher" if kind == "toy" else "a folder with its own config.json"
         found = ("" if Path(config).expanduser().exists()
                  else f" (nor found: {os.path.abspath(Path(config).expanduser())})")
-        warn(f"{config_label} {config} is not read{found}: teacher {source} is {what} "
-             f"({config_label.split(': ')[-1]} is the diffusers config of {READS})")
-    return TeacherSource(source, kind, config, where, hub, config_label=config_label)
+        warn(f"{src.config_label} {config} is not read{found}: teacher {source} is {what} "
+             f"({src.config_key} is the diffusers config of {READS})")
+    return src
 
 
 def warn_if_beside_recipe(source: str, where: str, recipe_dir: Path | None) -> None:

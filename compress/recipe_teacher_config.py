@@ -44,12 +44,15 @@ def reads_no_config(source, recorded: bool = False) -> bool:
     return (not recorded or Path(source).is_absolute()) and Path(source).expanduser().is_dir()
 
 
-def config_named(recipe, config: str | None) -> str:
-    """How a warning names the teacher config `config` a run of `recipe` reads: '--teacher-config', or
-    where the recipe's `teacher_config:` gave it, 'PATH:LINE: teacher_config'."""
+FLAG_NAMED = ("", "--teacher-config")  # `config_named`'s for the flag's (or none given): no place
+
+
+def config_named(recipe, config: str | None) -> tuple[str, str]:
+    """(where, by what) a warning or error names the teacher config `config` a run of `recipe` reads:
+    FLAG_NAMED, or where the recipe's `teacher_config:` gave it, ('PATH:LINE', 'teacher_config')."""
     if config is None or config != getattr(recipe, "teacher_config", None):
-        return "--teacher-config"
-    return f"{recipe_where(recipe, 'teacher_config', config)}: teacher_config"
+        return FLAG_NAMED
+    return recipe_where(recipe, "teacher_config", config), "teacher_config"
 
 
 FLAG = ("--teacher-config", "")  # `config_by`'s for the flag's (or none given)
