@@ -239,17 +239,15 @@ def own_config(file: Path, source: str, kind: str) -> dict:
     UserError in given_config's words, naming the teacher: 'teacher t: its config.json is not a JSON
     config (line 1, column 1: Expecting value); ...', not the JSON decoder's 'cannot read t/config.json:
     Expecting value: line 1 column 1 (char 0)'. Read once where it is one; a checkpoint or a file over
-    CONFIG_MOST bytes is told by its first bytes and its size (_at_a_glance), not read whole."""
-    from compress import io as compress_io  # its read_config, as the checks count the reads
+    CONFIG_MOST bytes is told by its first bytes and its size (_config_or_why), not read whole."""
+    from compress import io as compress_io
 
-    why = _at_a_glance(file)
-    if why is None:
-        try:
-            return compress_io.read_config(file)
-        except UserError:
-            why = not_a_config(file)
-            if why is None:  # unreadable (a folder, no permission): read_config's words
-                raise
+    config = _config_or_why(file)  # opened once
+    if isinstance(config, dict):
+        return config
+    if config is None:  # unreadable (a folder, no permission): read_config's words
+        return compress_io.read_config(file)
+    why = config
     if kind == "folder":
         inside = os.path.relpath(file, Path(source).expanduser())
         its = f"its {inside}" if not inside.startswith("..") else str(file)  # config.json, transformer/config.json
@@ -273,16 +271,6 @@ def not_a_config(file: Path) -> str | None:
 
 
 CONFIG_MOST = 4 * 2**20  # bytes: a diffusers config is a few KB; a larger file is none (a checkpoint given so)
-
-
-def _at_a_glance(file: Path) -> str | None:
-    """Why `file` is no config where its first 16 bytes and its size tell (_glanced's words); None where
-    they do not, or it cannot be opened."""
-    try:
-        with open(file, "rb") as f:
-            return _glanced(f.read(16), os.fstat(f.fileno()).st_size)
-    except OSError:
-        return None
 
 
 def _glanced(head: bytes, size: int) -> str | None:

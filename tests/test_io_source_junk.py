@@ -274,3 +274,29 @@ def test_a_teachers_own_config_json_that_is_big_or_a_checkpoint_is_told_without_
         recipe = _recipe(recipe_dir, teacher=teacher, overrides=["calibration={source: synthetic}"])
         assert _refused(checked_sources, recipe) == f"{recipe.path}:2: teacher {teacher}: {words}"
     assert reads == []
+
+
+@pytest.mark.parametrize("single", [False, True])
+def test_a_teachers_own_good_config_json_is_opened_once(tmp_path, monkeypatch, single):
+    """A teacher's own config.json (a folder's, or the one beside a single file) was opened twice: its first
+    bytes glanced at (ea4bb82), then read whole (read_config); now read once, as --teacher-config's is
+    (io_single._config_or_why), and the same config."""
+    import builtins
+    import io
+
+    from compress.io_single import own_config
+
+    model = tiny_pixart()
+    model.save_pretrained(tmp_path / "t")
+    file = tmp_path / "t" / "config.json"
+    source = str(tmp_path / "t" / "diffusion_pytorch_model.safetensors") if single else str(tmp_path / "t")
+    expected, opened, real = json.loads(file.read_text()), [], builtins.open
+
+    def counted(path, *a, **k):
+        if str(path) == str(file):
+            opened.append(path)
+        return real(path, *a, **k)
+    monkeypatch.setattr(builtins, "open", counted)
+    monkeypatch.setattr(io, "open", counted)  # pathlib's read_text
+    assert own_config(file, source, "file" if single else "folder") == expected
+    assert len(opened) == 1
