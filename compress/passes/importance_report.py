@@ -20,7 +20,7 @@ def render_table(result: ImportanceResult, criterion: str | None = None, width: 
     under the caption saying which, by bucket name, where they show and the --buckets whose table fits
     whole (left_out_said, buckets_that_fit; report_fit.fitted_table). Rich would fit them by shrinking
     the block column to nothing and cutting numbers ('0.21…'). Where even its least is wider than `width`
-    columns), its rows as lines, block first ('single.3: rank 1, scan 0.3433, ...', report_fit.fitted_rows).
+    columns: its rows as lines, block first ('single.3: rank 1, scan 0.3433, ...', report_fit.fitted_rows).
     `json_file`: where --json FILE writes the scan, which holds them too (None: not given)."""
     criterion = criterion or ("scan" if any(not math.isnan(b.scan) for b in result.blocks) else "proxy")
     scan = criterion == "scan"
