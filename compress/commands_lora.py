@@ -72,6 +72,7 @@ def lora(args) -> int:
     if (hub := hub_output(args.out, "lora")) is not None:  # an ORG/NAME: as eval and load_transformer say it
         raise hub
     model = load_transformer(source)
+    dtype = _recorded_dtype(source)  # a damaged record said before the merge
     files = {name: (source / name).read_text() for name in ("recipe.yaml", "report.json", "block_map.json", "README.md")
              if (source / name).is_file()}
     done = merge_lora(model, args.lora, scale=args.scale, teacher=args.teacher, teacher_config=args.teacher_config)
@@ -79,7 +80,7 @@ def lora(args) -> int:
     recorded = model.compression_meta["loras"][-1]["source"]  # absolute where local, as config.json records it
     noted = with_lora_noted(files, model, recorded, args.scale, done)
     with hold_output(new):  # as a run's: a run's start clears temp folders beside a free output
-        save_compressed(model, new, dtype=_recorded_dtype(source), files=noted)
+        save_compressed(model, new, dtype=dtype, files=noted)
     added = done["rank_added"]
     grown = f", {counted(len(added), 'factorized one')} by rank {sorted(set(added.values()))}" if added else ""
     dense = f", {len(done['densified'])} stored dense (grown past break-even)" if done["densified"] else ""
@@ -110,10 +111,21 @@ def dropped_words(model, dropped: list[str], listed: bool, source: str, base: st
 
 
 def _recorded_dtype(out: Path):
-    """The dtype the output at `out` records it was exported in (compression.dtype), None where it
-    records none: `lora` writes its output in it again, as run did."""
+    """The dtype the output at `out` records it was exported in (its config.json's compression.dtype):
+    `lora` writes its output in it again, as run did; None where it records none (no compression section,
+    or one that is no mapping, which load_transformer refuses first). A record that names no floating
+    dtype (a damaged config.json) a one-line UserError naming the file and the key."""
+    from compress.dtype_range import DTYPES
     from compress.io_output import as_dtype
 
-    recorded = read_config(output_folder(out) / "config.json").get("compression", {}).get("dtype")
-    return as_dtype(recorded) if recorded else None
+    file = output_folder(out) / "config.json"
+    compression = read_config(file).get("compression")
+    recorded = compression.get("dtype") if isinstance(compression, dict) else None
+    if recorded is None:
+        return None
+    if not isinstance(recorded, str) or recorded.removeprefix("torch.") not in DTYPES:
+        raise UserError(f"{file}: compression.dtype is {json.dumps(recorded)}, not the name of a floating dtype "
+                        f"({', '.join(DTYPES)}): a damaged config.json; remove that key (lora then keeps the dtype "
+                        "its weights load in)")
+    return as_dtype(recorded)
 

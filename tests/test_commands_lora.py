@@ -104,3 +104,42 @@ def test_a_lora_on_an_output_whose_report_lists_its_loras_damaged_gives_no_trace
     files = with_lora_noted({"report.json": json.dumps({"teacher_params": "x"}), "README.md": card},
                             torch.nn.Linear(2, 2), "/b", 0.5, done)
     assert files["README.md"].startswith(card)  # its headline as it was
+
+
+def test_a_lora_on_an_output_whose_config_records_its_dtype_damaged_is_one_line(tmp_path, capsys):
+    """_recorded_dtype's `.get` chain raised AttributeError on a compression section that is no mapping, and
+    a compression.dtype of no floating dtype ('int8', 5) was said, once merged, as 'load_transformer: dtype
+    must be ...', a call never made. Now no mapping reads as no dtype recorded, and a damaged dtype is one
+    line naming the file and key, before the merge, nothing written."""
+    import copy
+    import json
+
+    import pytest
+
+    from compress.commands_lora import _recorded_dtype
+    from compress.errors import UserError
+    from compress.io_export import save_compressed
+    from tests.conftest import tiny_pixart
+    from tests.test_lora_limits import _save, _state
+
+    base = tiny_pixart()
+    out = save_compressed(copy.deepcopy(base), tmp_path / "out", dtype="bfloat16")
+    config = out / "config.json"
+    good = json.loads(config.read_text())
+    assert str(_recorded_dtype(out)) == "torch.bfloat16"
+    for section in ([], "x"):
+        config.write_text(json.dumps({**good, "compression": section}))
+        assert _recorded_dtype(out) is None
+    state = _state(copy.deepcopy(base), ["attn1.to_q"], rank=2)
+    lora = _save({k: v for k, v in state.items() if ".transformer_blocks.0." in k}, tmp_path / "l.safetensors")
+    for dtype in ("int8", 5):
+        config.write_text(json.dumps({**good, "compression": {**good["compression"], "dtype": dtype}}))
+        with pytest.raises(UserError):
+            _recorded_dtype(out)
+        capsys.readouterr()
+        assert main(["lora", str(out), str(lora), str(tmp_path / "new")]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"dit-compress: error: {config}: compression.dtype is {json.dumps(dtype)}, not the name of a "
+                       "floating dtype (float32, float16, bfloat16): a damaged config.json; remove that key (lora "
+                       "then keeps the dtype its weights load in)\n"), err
+        assert not (tmp_path / "new").exists()
