@@ -31,7 +31,7 @@ from compress.io_export import warn_if_export_wider
 from compress.io_headers import check_teacher_weights, pickled_folder, reads_headers
 from compress.io_source import KNOWN_CONFIGS
 from compress.io_source_config import TeacherSource, checked
-from compress.io_source_recipe import checked_sources
+from compress.io_source_recipe import checked_sources, other_family_words
 from compress.recipe_teacher_config import teacher_config_of
 from compress.passes import build_passes
 from compress.passes.removed_blocks import planned_blocks, possible_counts
@@ -145,28 +145,37 @@ def _teacher(recipe, teacher: str | None, teacher_config: str | None, sources: T
     adapter = get_adapter(model)
     if adapter.family != recipe.model:  # a pickle's family, from its config
         raise UserError(_family_words(recipe, src, teacher, type(model).__name__, adapter.family))
-    if src.kind == "file" and not reads_headers(src):  # a pickle: reading its weights loads it whole
-        note(f"plan does not read a {Path(src.source).suffix or 'pickle'} teacher's weights (a pickle loads "
-             "whole); run checks them against its config")
     if not headers_read:  # its files' headers, not its tensors: run's refusal, before any numbers
         check_teacher_weights(src, model)
-    if (pickled := pickled_folder(src)) is not None:  # a folder of .bin weights: the same
-        note(f"plan does not read a .bin teacher's weights ({pickled}: a pickle loads whole); run checks them "
-             "against its config")
+    _note_pickled(src)
     warn_if_export_wider(recipe, src)  # its files' headers: a bfloat16 teacher exported in float32
     return src, model, adapter
 
 
+def _note_pickled(src: TeacherSource) -> None:
+    """Notes that plan does not read the weights of teacher `src` where they are pickles (a pickle loads
+    whole): a single .pth / .bin file ('... a .pth teacher's weights (a pickle loads whole) ...'), or a
+    folder of .bin weights, one or sharded (io_headers.pickled_folder: '... a .bin teacher's weights (DIR:
+    a pickle loads whole) ...', DIR its transformer folder); run checks them against its config."""
+    if src.kind == "file" and not reads_headers(src):
+        what = f"{Path(src.source).suffix or 'pickle'} teacher's weights (a pickle loads whole)"
+    elif (pickled := pickled_folder(src)) is not None:
+        what = f".bin teacher's weights ({pickled}: a pickle loads whole)"
+    else:
+        return
+    note(f"plan does not read a {what}; run checks them against its config")
+
+
 def _family_words(recipe, src: TeacherSource, teacher: str | None, name: str, family: str) -> str:
-    """The refusal of a teacher whose config is of another family than the recipe's model: a single
-    file's (a pickle's, whose weights plan does not read) names the config that told it."""
-    given = teacher_given(recipe, teacher or src.source != recipe.teacher)
-    start = f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the "
+    """The refusal of a teacher whose config is of another family than the recipe's model, as the run's
+    checks say it (io_source_recipe.other_family_words); a single file's (a pickle's, whose weights plan
+    does not read) names the config that told it."""
+    from_flag = teacher or src.source != recipe.teacher
     if src.kind != "file":
-        return (f"{start}teacher {src.source}{given} is a {name} ({family}); set model: {family} "
-                f"or give a {recipe.model} teacher")
+        return other_family_words(recipe, src.source, from_flag, family)
     told = (f"config {src.config_arg} given for" if src.config_arg else f"config {src.config_file()} beside")
-    return (f"{start}{told} the teacher {src.source}{given} describes a {name} ({family}); set model: {family} "
+    return (f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the {told} the teacher "
+            f"{src.source}{teacher_given(recipe, from_flag)} describes a {name} ({family}); set model: {family} "
             "or give the config of its own transformer")
 
 
