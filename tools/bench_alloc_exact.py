@@ -95,8 +95,12 @@ def compare(label: str, specs, budget, multiple, weights, ranges) -> str:
     g, e = weighted_loss(specs, greedy.ranks, weights), weighted_loss(specs, exact.ranks, weights)
     ratio = g / e if e > 0 else 1.0
     differ = sum(greedy.ranks[s.name] != exact.ranks[s.name] for s in specs)
-    return (f"{label:<32}{len(specs):>5}{budget:>15,}{g:>12.5g}{e:>12.5g}{ratio:>9.5f}{ratio ** 0.5:>8.5f}"
-            f"{greedy.spent:>15,}{exact.spent:>15,}{differ:>6}{middle - start:>8.2f}{end - middle:>8.2f}")
+    return (f"{label:<32}{len(specs):>8}{budget:>15,}{g:>12.5g}{e:>12.5g}{ratio:>9.5f}{ratio ** 0.5:>8.5f}"
+            f"{greedy.spent:>15,}{exact.spent:>15,}{differ:>6}{middle - start:>11.2f}{end - middle:>10.2f}")
+
+
+HEADER = (f"{'instance':<32}{'targets':>8}{'budget':>15}{'greedy':>12}{'exact':>12}{'g/e':>9}{'√g/e':>8}"
+          f"{'greedy kept':>15}{'exact kept':>15}{'diff':>6}{'greedy s':>11}{'exact s':>10}")  # compare's columns
 
 
 def main() -> None:
@@ -105,20 +109,17 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="*", default=["toy-pixart", "toy-flux"])
     parser.add_argument("--flux-sized", action="store_true")
     args = parser.parse_args()
-    lines = [f"{'instance':<32}{'targets':>5}{'budget':>15}{'greedy':>12}{'exact':>12}{'g/e':>9}{'√g/e':>8}"
-             f"{'greedy kept':>15}{'exact kept':>15}{'diff':>6}{'greedy s':>8}{'exact s':>8}"]
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.recipes:
-            specs, budget, multiple, weights, ranges = captured_inputs(name, Path(tmp))
-            lines.append(compare(f"{name} (trust region)", specs, budget, multiple, weights, ranges))
-            lines.append(compare(f"{name} (no trust region)", specs, budget, multiple, weights, None))
-            print("\n".join(lines), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:  # the runs print their own lines first: the table follows
+        rows = [(f"{name} (trust region)", f"{name} (no trust region)", captured_inputs(name, Path(tmp)))
+                for name in args.recipes]
+    print(HEADER, flush=True)
+    for with_trust, without, (specs, budget, multiple, weights, ranges) in rows:
+        print(compare(with_trust, specs, budget, multiple, weights, ranges), flush=True)
+        print(compare(without, specs, budget, multiple, weights, None), flush=True)
     for ratio in (0.6, 0.3) if args.flux_sized else ():
         specs, budget, multiple, weights, ranges = flux_sized(ratio)
-        lines.append(compare(f"flux-sized {ratio} (trust 2.0)", specs, budget, multiple, weights, ranges))
-        lines.append(compare(f"flux-sized {ratio} (no trust)", specs, budget, multiple, weights, None))
-        print(lines[-2] + "\n" + lines[-1], flush=True)
-    print("\n".join(lines))
+        print(compare(f"flux-sized {ratio} (trust 2.0)", specs, budget, multiple, weights, ranges), flush=True)
+        print(compare(f"flux-sized {ratio} (no trust)", specs, budget, multiple, weights, None), flush=True)
 
 
 if __name__ == "__main__":
