@@ -87,17 +87,20 @@ def lora(args) -> int:
     listed = noted.get("report.json") != files.get("report.json")  # the report took the LoRA's entry
     chained = base and base != model.compression_meta.get("teacher")
     read_as = f"; its blocks read as {base}'s" if chained else ""
-    dropped = dropped_words(model, done["dropped"], listed, args.out, base if chained else None)
+    dropped = dropped_words(model, done["dropped"], listed, args.out, base if chained else None,
+                            had_report="report.json" in files)
     results.print(f"wrote {new}: {counted(done['merged'], 'layer')} took the LoRA at scale {args.scale:g}{grown}"
                   f"{dense}{read_as}{dropped}")
     return 0
 
 
-def dropped_words(model, dropped: list[str], listed: bool, source: str, base: str | None = None) -> str:
+def dropped_words(model, dropped: list[str], listed: bool, source: str, base: str | None = None,
+                  had_report: bool = False) -> str:
     """The end of lora's line: the LoRA layers in removed blocks, and where they are listed (`listed`:
     the copied report.json took the LoRA's entry); where the output `source` has no report (an output
-    saved again with save_pretrained), the teacher's blocks they were in are named here instead (`base`:
-    the first teacher of a chain, whose blocks the LoRA's are)."""
+    saved again with save_pretrained) or a damaged one (`had_report`: there, copied as it was), the
+    teacher's blocks they were in are named here instead (`base`: the first teacher of a chain, whose
+    blocks the LoRA's are)."""
     from compress.lora_keys import blocks_named
 
     if not dropped:
@@ -106,7 +109,9 @@ def dropped_words(model, dropped: list[str], listed: bool, source: str, base: st
     if not listed:
         blocks = [f"{g.attr}.{i}" for g in get_adapter(model).groups for i in sorted(set(blocks_named(g.attr, dropped)))]
         whose = f"{base}'s" if base else "the teacher's"
-        where = f" ({whose} {', '.join(blocks)}; {source} has no report.json to list them in)"
+        why = f"{source}'s report.json is damaged, so they are not listed in it" if had_report else \
+            f"{source} has no report.json to list them in"
+        where = f" ({whose} {', '.join(blocks)}; {why})"
     return f"; {len(dropped)} of its layers {'was' if len(dropped) == 1 else 'were'} in removed blocks{where}"
 
 

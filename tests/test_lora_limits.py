@@ -113,6 +113,24 @@ def test_an_output_without_report_names_the_removed_blocks_its_lora_layers_were_
     assert len(json.loads((tmp_path / "new2" / "report.json").read_text())["loras"][0]["dropped"]) == dropped
 
 
+@pytest.mark.filterwarnings("ignore:.*invalid shape")
+@pytest.mark.parametrize("damaged", ["{not json", "[]"])
+def test_an_output_with_a_damaged_report_says_so_of_its_lora_layers_in_removed_blocks(tmp_path, capsys, damaged):
+    """S47 review: lora of an output whose report.json is there but damaged (not JSON, or no mapping)
+    said '{OUT} has no report.json to list them in': it says the report is damaged, and keeps it as it was."""
+    from compress.cli import main
+
+    student, teacher = _student(tmp_path)  # the teacher's double block 0 removed
+    _lora(teacher, tmp_path / "lora")
+    dropped = len(merge_lora(student, tmp_path / "lora")["dropped"])
+    (tmp_path / "out-s" / "report.json").write_text(damaged)
+    assert main(["lora", str(tmp_path / "out-s"), str(tmp_path / "lora"), str(tmp_path / "new")]) == 0
+    assert f"; {dropped} of its layers were in removed blocks (the teacher's transformer_blocks.0; " \
+           f"{tmp_path / 'out-s'}'s report.json is damaged, so they are not listed in it)" in \
+           " ".join(capsys.readouterr().out.split())
+    assert (tmp_path / "new" / "report.json").read_text() == damaged
+
+
 def test_the_lora_output_keeps_the_dtype_the_output_records(tmp_path, capsys):
     """config.json's compression.dtype (the export dtype run wrote) is kept in lora's output."""
     from compress.cli import main
