@@ -119,13 +119,27 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
     weights = {name: read[of[name]] for name in dora}
     if given is not None and not dora:
         note_unread(given)
-    for name, target in kept.items():  # all or nothing: every layer merged and checked first, one at a
-        merged_layer(student, target, layers[name], scale, weights.get(name))  # time, before the student takes any
+    added, densified = _take_all(student, kept, layers, scale, weights, lora, base.source)
+    _say(text_encoder, base.chain)
+    return {"merged": len(kept), "rank_added": added, "dropped": [n for n, t in targets.items() if t is None],
+            "not_merged": text_encoder, "densified": densified, "blocks_of": base.source, "moved": base.moved}
+
+
+def _take_all(student: nn.Module, kept: dict[str, str], layers: dict, scale: float, weights: dict, lora,
+              blocks_of: str | None) -> tuple[dict[str, int], list[str]]:
+    """merge_lora's merge of the LoRA's `layers` into `student`'s modules (`kept`: {layer: the student's
+    module}; `weights`: a DoRA layer's teacher weight), all or nothing: every layer merged and checked
+    first, one at a time, before the student takes any; then merged again and taken, one merged layer held
+    at a time, and the merge recorded (_record; `blocks_of`: the base its blocks were read as). An error or
+    Ctrl-C while taking puts back the layers taken and the record. ({module: rank added} of the low-rank
+    ones, [modules stored dense])."""
+    for name, target in kept.items():
+        merged_layer(student, target, layers[name], scale, weights.get(name))
     added, densified, taken = {}, [], []
     meta = getattr(student, "compression_meta", None)
     before = (dict(meta) if meta is not None else None, getattr(student, "_internal_dict", None))
     try:
-        for name, target in kept.items():  # then merged again and taken: one merged layer held at a time
+        for name, target in kept.items():
             module, merged = merged_layer(student, target, layers[name], scale, weights.get(name))
             taken.append(before_taking(student, target, module, merged))
             take_layer(student, target, module, merged)
@@ -133,14 +147,12 @@ def merge_lora(student: nn.Module, lora, scale: float = 1.0, teacher: nn.Module 
                 added[target] = merged["rank"]
             if "linear" in merged:
                 densified.append(target)
-        _record(student, lora, scale, len(kept), base.source)
+        _record(student, lora, scale, len(kept), blocks_of)
     except BaseException:  # an error or Ctrl-C while taking: the student as it was, its record too
         put_back(student, taken)
         _restore_record(student, *before)
         raise
-    _say(text_encoder, base.chain)
-    return {"merged": len(kept), "rank_added": added, "dropped": [n for n, t in targets.items() if t is None],
-            "not_merged": text_encoder, "densified": densified, "blocks_of": base.source, "moved": base.moved}
+    return added, densified
 
 
 def in_base(adapter, target: str, block_map: dict) -> str:
