@@ -187,15 +187,15 @@ def _check_scan(result, teacher, adapter, batches: list[dict], dtype: str, loade
     if not bad:
         return
     from compress.inputs import moved
-    from compress.passes.base import first_nonfinite, predictions
-    from compress.runner_setup import check_reference
+    from compress.passes.base import predictions
+    from compress.runner_setup import check_reference, locate
     from compress.stream import streamed
 
     resident = next(p for p in teacher.parameters() if p.device.type != "meta")
     batches = [moved(b, resident.device, resident.dtype) for b in batches]
     with streamed(teacher, loader) if loader is not None else nullcontext():
         reference = predictions(teacher, adapter, batches)
-        check_reference(reference, dtype, lambda b: first_nonfinite(teacher, adapter, batches[b]), "calibration")
+        check_reference(reference, dtype, lambda b: locate(teacher, adapter, batches[b]), "calibration")
     if not any(bool(r.any()) for r in reference):  # 0/0: not NaN/Inf, and no error relative to it
         raise NumericError("importance: the teacher predicts 0 on every calibration input, so no skip error "
                            "can be measured relative to it (an untrained checkpoint?)")

@@ -15,7 +15,7 @@ from compress.errors import UserError
 from compress.io_source import check_teacher_options
 from compress.recipe_teacher_config import config_by, teacher_config_of
 from compress.passes import build_passes
-from compress.passes.base import first_nonfinite, predictions
+from compress.passes.base import predictions
 from compress.output_names import rerun_needs_overwrite
 from compress.recipe import Recipe
 from compress.report import console, param_count, results
@@ -31,7 +31,7 @@ from compress.runner_prepare import prepare
 from compress.runner_ranks import (PeerLost, announce, hand_off, is_follower, is_main_process, leading,
                                    several_processes, wait_for_hand_off)
 from compress.runner_ranks import peer_lost as peer_lost_in
-from compress.runner_setup import DTYPES, check_reference, resolve_device, sigterm_as_interrupt
+from compress.runner_setup import DTYPES, check_reference, locate, resolve_device, sigterm_as_interrupt
 from compress.runner_heldout import check_kept, check_stage
 from compress.runner_stages import handed_over, restore, save_stage, say_read_back, stage_dir
 from compress.runner_failures import HELDOUT, disk_full_words, is_out_of_memory
@@ -156,7 +156,7 @@ class Runner:
         with self.models.forwards(self.teacher):
             reference = predictions(self.teacher, self.adapter, heldout)
             check_reference(reference, self.recipe.compute_dtype,
-                            lambda b: first_nonfinite(self.teacher, self.adapter, heldout[b]))
+                            lambda b: locate(self.teacher, self.adapter, heldout[b]))
         teacher_params = param_count(self.teacher)
         check_kept(self, start, student, reference, heldout, teacher_params)
         for i in range(start, len(self.passes)):

@@ -28,7 +28,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 # what to try where the teacher's prediction overflows a compute dtype: float16 stops at 65504;
 # bfloat16 has float32's exponent, so what overflows it overflows float32 but for its coarser rounding
 OVERFLOW_HINTS = {
-    "float32": "the checkpoint's weights overflow even in float32 there: it may be damaged, or not this model's",
+    "float32": "the checkpoint's weights overflow even in float32: it may be damaged, or not this model's",
     "bfloat16": ("bfloat16 reaches as far as float32 (3.4e38), so float32 overflows there too unless bfloat16's "
                  "coarser rounding caused it: the checkpoint may be damaged, or not this model's"),
 }
@@ -36,19 +36,88 @@ OVERFLOW_HINTS = {
 
 def check_reference(reference: list[torch.Tensor], dtype: str, locate=None, what: str = "held-out") -> None:
     """The teacher's held-out predictions, which every error of the run is measured against, are
-    finite. locate(batch index) -> (module, inputs finite) | None: where the NaN/Inf first appears.
+    finite. locate(batch index) -> words | None (`locate` below): where the NaN/Inf first appears.
     `what` batches they are (importance: the calibration batches its skip errors are measured on)."""
     bad = [i for i, r in enumerate(reference) if nonfinite(r)]
     if not bad:
         return
     found = locate(bad[0]) if locate is not None else None
-    where = ""
-    if found is not None:
-        name, inputs_ok = found
-        where = f": {name}'s output is the first to hold it" + (" (its inputs were finite)" if inputs_ok else "")
+    where = f": {found}" if found else ""
     hint = OVERFLOW_HINTS.get(dtype, "try bfloat16 or float32")
     raise NumericError(f"the teacher's prediction holds NaN/Inf on {what} batch {bad[0] + 1} of "
                        f"{len(reference)} in compute_dtype {dtype}{where}; {hint}")
+
+
+@torch.no_grad()
+def locate(model: torch.nn.Module, adapter, batch: dict) -> str | None:
+    """Where `model`'s prediction on `batch` first holds NaN/Inf, in words ("X's output is the first to
+    hold it (its inputs were finite)"), or None where it holds none. Where X's inputs were finite, and
+    an earlier layer's output passed the square root of its dtype's largest value (past it a product, a
+    norm's variance, overflows: a norm with no weights a block later is where the huge weight shows),
+    that layer too, with its largest weight. Leaf modules, in execution order; streamed blocks are read
+    as the forward runs, so each layer's weights are measured in its hook."""
+    seen: dict[str, tuple] = {}  # "nan": (name, inputs finite); "past": (name, (largest output, dtype), largest weight)
+
+    def hook(module, args, kwargs, output, name=""):
+        if "nan" in seen:
+            return
+        if "past" not in seen and (big := _largest_past_root(output)) is not None:
+            seen["past"] = name, big, _largest_weight(module)
+        if _holds_nonfinite(output):
+            seen["nan"] = name, not _holds_nonfinite((args, kwargs))
+    handles = [m.register_forward_hook(functools.partial(hook, name=n), with_kwargs=True)
+               for n, m in model.named_modules() if n and not any(True for _ in m.children())]
+    try:
+        adapter.predict(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return _located_words(seen) if "nan" in seen else None
+
+
+def _located_words(seen: dict[str, tuple]) -> str:
+    """locate's words from what its hooks saw (a "nan" entry at least)."""
+    name, inputs_ok = seen["nan"]
+    words = f"{name}'s output is the first to hold it" + (" (its inputs were finite)" if inputs_ok else "")
+    if not inputs_ok or "past" not in seen or seen["past"][0] == name:
+        return words
+    past, (big, dtype), weight = seen["past"]
+    held = f"its largest weight is {weight:.3g}" if weight is not None else "it has no weights of its own"
+    root = torch.finfo(dtype).max ** 0.5
+    return (f"{words}; {past}'s output is the first past {root:.3g}, the square root of "
+            f"{str(dtype).removeprefix('torch.')}'s largest value (it reaches {big:.3g}; {held})")
+
+
+def _floats(x):
+    """The floating tensors in nested tuples, lists and dicts."""
+    if isinstance(x, torch.Tensor):
+        if x.is_floating_point():
+            yield x
+    elif isinstance(x, (tuple, list)):
+        for v in x:
+            yield from _floats(v)
+    elif isinstance(x, dict):
+        for v in x.values():
+            yield from _floats(v)
+
+
+def _holds_nonfinite(x) -> bool:
+    return any(bool((~torch.isfinite(t)).any()) for t in _floats(x))
+
+
+def _largest_past_root(x) -> tuple[float, torch.dtype] | None:
+    """(largest magnitude, its dtype) in `x`'s tensors where one passes the square root of its dtype's
+    largest value (Inf counts; NaN alone does not), else None."""
+    tops = [(float(t.detach().abs().nan_to_num(nan=0.0, posinf=float("inf")).max()), t.dtype)
+            for t in _floats(x) if t.numel()]
+    return max((top for top in tops if top[0] > torch.finfo(top[1]).max ** 0.5), default=None)
+
+
+def _largest_weight(module: torch.nn.Module) -> float | None:
+    """The largest magnitude among the module's own parameters; None where it has none."""
+    tops = [float(p.detach().abs().max()) for p in module.parameters(recurse=False)
+            if p.numel() and p.device.type != "meta"]
+    return max(tops) if tops else None
 
 
 def load_checked_teacher(recipe: Recipe, teacher: str | None = None, config: str | None = None,

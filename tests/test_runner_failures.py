@@ -30,21 +30,21 @@ def test_an_overflowing_teacher_names_the_layer_where_it_overflows():
     """It said only 'the teacher's prediction holds NaN/Inf', and suggested float32 to a float32 run."""
     from compress.arch import get_adapter
     from compress.errors import NumericError
-    from compress.passes.base import first_nonfinite, predictions
-    from compress.runner import check_reference
+    from compress.passes.base import predictions
+    from compress.runner_setup import check_reference, locate
     from tests.conftest import model_inputs, tiny_pixart
 
     teacher = tiny_pixart()
     adapter = get_adapter(teacher)
     batches = [model_inputs(teacher, batch=2, seed=s) for s in range(2)]
-    assert first_nonfinite(teacher, adapter, batches[0]) is None
+    assert locate(teacher, adapter, batches[0]) is None
     with torch.no_grad():
         teacher.transformer_blocks[1].ff.net[2].weight.mul_(1e38)  # finite weights, an overflowing product
     reference = predictions(teacher, adapter, batches)
     with pytest.raises(NumericError, match=r"batch 1 of 2 in compute_dtype float32: transformer_blocks\.1\.ff\.net\.2's "
                                            r"output is the first to hold it \(its inputs were finite\); the "
                                            r"checkpoint's weights overflow even in float32"):
-        check_reference(reference, "float32", lambda b: first_nonfinite(teacher, adapter, batches[b]))
+        check_reference(reference, "float32", lambda b: locate(teacher, adapter, batches[b]))
     assert not any(m._forward_hooks for m in teacher.modules())
 
 

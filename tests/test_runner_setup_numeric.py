@@ -86,7 +86,7 @@ def test_a_weight_with_no_file_to_read_says_what_a_float16_overflow_looks_like()
     ("float16", "try bfloat16 or float32"),
     ("bfloat16", "bfloat16 reaches as far as float32 (3.4e38), so float32 overflows there too unless bfloat16's "
                  "coarser rounding caused it"),
-    ("float32", "the checkpoint's weights overflow even in float32 there"),
+    ("float32", "the checkpoint's weights overflow even in float32: it may be damaged"),
 ])
 def test_the_overflow_hint_is_true_of_each_compute_dtype(dtype, hint):
     """bfloat16 was told 'try float32', which has the same range: a teacher overflowing bfloat16 (1e36
@@ -98,3 +98,44 @@ def test_the_overflow_hint_is_true_of_each_compute_dtype(dtype, hint):
     assert str(e.value).startswith(f"the teacher's prediction holds NaN/Inf on held-out batch 1 of 1 in compute_dtype "
                                    f"{dtype}; {hint}")
     assert ("try float32" in str(e.value)) is False
+
+
+HUGE = "transformer_blocks.1.ff.net.0.proj.weight"
+PAST = ("transformer_blocks.2.norm1's output is the first to hold it (its inputs were finite); "
+        "transformer_blocks.1.ff.net.0.proj's output is the first past 1.84e+19, the square root of float32's "
+        "largest value (it reaches ")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_huge_finite_weights_name_the_layer_whose_output_passes_the_root_of_the_dtypes_range(tmp_path, stream):
+    """A weight x1e30 in block 1's ff.net.0.proj: the run blamed only transformer_blocks.2.norm1 (no weights, a
+    block later, where the variance of the huge values overflows) and said 'overflow even in float32 there'.
+    Now the layer whose output first passes sqrt(float32 max) is named too, with its largest weight; streamed
+    alike (its hook measures the block's weights while they are read)."""
+    model = tiny_pixart()
+    with torch.no_grad():
+        model.get_parameter(HUGE).mul_(1e30)
+    model.save_pretrained(tmp_path / "teacher", max_shard_size="40KB" if stream else "10GB")
+    svd = SVD.replace("multiple: 2", "multiple: 2, fisher: none")
+    text = SIMPLE.format(teacher=tmp_path / "teacher", passes=svd) + ("stream: true\n" if stream else "")
+    with pytest.raises(NumericError) as e:
+        Runner(parse_recipe(text, str(tmp_path / "r.yaml")), tmp_path / "out", tmp_path / "run").run()
+    words = str(e.value)
+    assert words.startswith("the teacher's prediction holds NaN/Inf on held-out batch 1 of ")
+    assert f"in compute_dtype float32: {PAST}" in words, words
+    largest = float(model.get_parameter(HUGE).detach().abs().max())
+    assert words.endswith(f"; its largest weight is {largest:.3g}); the checkpoint's weights overflow even in "
+                          "float32: it may be damaged, or not this model's"), words
+
+
+def test_a_layer_that_overflows_itself_is_named_once():
+    """Where the first non-finite output is the layer past the root itself, it is said once, as before."""
+    from compress.arch import get_adapter
+    from compress.runner_setup import locate
+    from tests.conftest import model_inputs
+
+    teacher = tiny_pixart()
+    with torch.no_grad():
+        teacher.transformer_blocks[1].ff.net[2].weight.mul_(1e38)
+    assert locate(teacher, get_adapter(teacher), model_inputs(teacher, batch=2, seed=0)) == (
+        "transformer_blocks.1.ff.net.2's output is the first to hold it (its inputs were finite)")
