@@ -87,27 +87,38 @@ def cached_weights(repo_id: str) -> Path | None:
     """The transformer folder of a Hub id's snapshot in the Hugging Face cache (no request) where it
     holds all its safetensors weights; None where it does not (run downloads them, then checks)."""
     from compress.io_errors import broken_weights, missing_shards
-    from compress.io_hub_cache import cached_snapshot
 
-    snapshot = cached_snapshot(repo_id)
-    if snapshot is None:
+    folder = cached_transformer(repo_id)
+    if folder is None:
         return None
-    folder = snapshot / "transformer" if (snapshot / "transformer").is_dir() else snapshot
     names = safetensors_weights(folder)
     if not names or missing_shards(folder) is not None or broken_weights(folder, names) is not None:
         return None
     return folder
 
 
+def cached_transformer(repo_id: str) -> Path | None:
+    """The transformer folder of a Hub id's snapshot in the Hugging Face cache (no request): its
+    transformer/ where it has one, else the snapshot itself; None where the cache holds no snapshot."""
+    from compress.io_hub_cache import cached_snapshot
+
+    snapshot = cached_snapshot(repo_id)
+    if snapshot is None:
+        return None
+    return snapshot / "transformer" if (snapshot / "transformer").is_dir() else snapshot
+
+
 def pickled_folder(src) -> Path | None:
-    """The transformer folder of teacher `src` (a folder, not an output) where the weights from_pretrained
-    reads there are pickles (.bin, one or sharded): their names and shapes are not read before run loads
-    them (check_folder_weights passes them by); None otherwise."""
+    """The transformer folder of teacher `src` (a folder, not an output; a Hub id's snapshot in the Hugging
+    Face cache, no request) where the weights from_pretrained reads there are pickles (.bin, one or
+    sharded): their names and shapes are not read before run loads them (check_folder_weights passes
+    them by); None otherwise (a Hub id whose cache holds none of its weights: the Hub says which run reads)."""
     from compress.io import transformer_folder, variant_weights, weights_variant
 
-    if src.kind != "folder" or not reads_headers(src):
+    folder = (transformer_folder(Path(src.source).expanduser()) if src.kind == "folder" and reads_headers(src)
+              else cached_transformer(src.source) if src.kind == "hub" else None)
+    if folder is None or not folder.is_dir():
         return None
-    folder = transformer_folder(Path(src.source).expanduser())
     names = variant_weights([f.name for f in folder.iterdir()], weights_variant(folder))
     return folder if names and not safetensors_weights(folder) else None
 

@@ -222,3 +222,43 @@ def test_plan_notes_it_does_not_read_a_folders_pickled_weights(tmp_path, capsys,
         assert err.count(f"note: plan does not read a .bin teacher's weights ({teacher}: a pickle loads whole); "
                          "run checks them against its config") == noted
         assert err.count("plan does not read") == noted
+
+
+def _cached_bin(tmp_path, monkeypatch, shard: str | None) -> tuple:
+    """The tiny PixArt (3 blocks) as the Hugging Face cache in tmp_path/hub holds a snapshot of it: 'acme/bin'
+    of .bin weights (one, or shards of `shard` and their index), 'acme/st' of safetensors; the Hub offline,
+    never asked. (the recipe of a teacher {} and one svd pass, acme/bin's snapshot folder)"""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from tests.conftest import tiny_pixart
+    from tests.pipelines import hub_cache
+
+    def no_request(*args, **kwargs):
+        raise AssertionError("asked the Hub")
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_request)
+    model = tiny_pixart()
+    model.save_pretrained(tmp_path / "bin", safe_serialization=False, **({"max_shard_size": shard} if shard else {}))
+    model.save_pretrained(tmp_path / "st")
+    hub_cache(tmp_path / "hub", "acme/bin", tmp_path / "bin")
+    hub_cache(tmp_path / "hub", "acme/st", tmp_path / "st")
+    text = "model: pixart\nteacher: {}\ncalibration: {{source: synthetic}}\npasses: [svd]\n"
+    return text, tmp_path / "hub" / "models--acme--bin" / "snapshots" / ("0" * 40)
+
+
+@pytest.mark.parametrize("shard", [None, "20KB"])
+def test_plan_notes_it_does_not_read_a_cached_hub_teachers_pickled_weights(tmp_path, monkeypatch, capsys, shard):
+    """S47: a Hub id whose snapshot in the Hugging Face cache holds .bin weights is planned from its config,
+    its weights not read, as a local folder of them is, but got none of the folder's 'note: plan does not
+    read a .bin teacher's weights (DIR: ...)' (9913088), so its figures looked checked. Now the same note,
+    DIR the snapshot's transformer folder; its safetensors twin (checked from its headers): no note."""
+    text, folder = _cached_bin(tmp_path, monkeypatch, shard)
+    for teacher, noted in (("acme/bin", 1), ("acme/st", 0)):
+        make_plan(parse_recipe(text.format(teacher), "r.yaml"))
+        err = " ".join(capsys.readouterr().err.split())
+        assert err.count(f"note: plan does not read a .bin teacher's weights ({folder}: a pickle loads whole); "
+                         "run checks them against its config") == noted, err
+        assert err.count("plan does not read") == noted
