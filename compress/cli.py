@@ -53,17 +53,19 @@ def held_imports(*needs: str) -> list:
 def cmd_run(args, check_recipe) -> int:
     from compress.output_names import saved_in_output
     from compress.report import console, note, notes_from_rank_zero
+    from compress.runner_lock import refuse_held
     from compress.runner_ranks import one_process_note
 
     notes_from_rank_zero()
     if launched := one_process_note():  # accelerate launch asked for several processes, started one
         console.print(launched, markup=False, highlight=False)
-    check_recipe(args.recipe, args.overrides, command="run")
-    load_recipe, Runner = held_imports("compress.recipe:load_recipe", "compress.runner:Runner")
-    recipe = load_recipe(args.recipe, args.overrides, command="run")
+    check_recipe(args.recipe, args.overrides, command="run")  # every check of the recipe: no torch
     out, run_dir = _out(args), _run_dir(args)
     if not (args.out and args.run_dir) and (saved := saved_in_output(args.recipe)) is not None:
         note(_defaults_note(args, saved, out, run_dir))
+    refuse_held(run_dir, out)  # folders another run holds, as the Runner's locks say it: no torch either
+    load_recipe, Runner = held_imports("compress.recipe:load_recipe", "compress.runner:Runner")
+    recipe = load_recipe(args.recipe, args.overrides, command="run")
     runner = Runner(recipe, out, run_dir, teacher=args.teacher, teacher_config=args.teacher_config,
                     resume=args.resume, overwrite=args.overwrite, restart=args.restart)
     try:

@@ -271,9 +271,6 @@ def take_rows(cond: dict, rows: torch.Tensor) -> dict:
     return out
 
 
-DATA_SOURCES = ("toy", "teacher_samples", "folder")
-
-
 def make_source(cfg, ctx, accelerator):
     if cfg.data == "toy":
         return ToySource(ctx.train_batch)

@@ -24,12 +24,12 @@ from compress.errors import UserError, not_one_of
 from compress.interrupts import STOPS, handled, raise_stop, took
 from compress.kd_losses import massive_activation_mask, normalized_mse
 from compress.lowrank import LowRankLinear
+from compress.passes.distill_config import TRAIN_MODES
 from compress.report import save_figure
 
 if TYPE_CHECKING:
     from compress.passes.distill import DistillConfig
 
-TRAIN_MODES = ("all", "factors", "non_factors")
 CURVE_COLUMNS = ("step", "loss", "task", "out", "feat", "lr", "grad_norm")
 
 

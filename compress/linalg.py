@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 
 from compress.errors import NumericError
+from compress.recipe_names import METHODS
 
-METHODS = ("svd", "asvd", "whitened")
 BALANCES = ("sqrt", "orthonormal_up")
 _F64 = torch.float64
 

@@ -14,7 +14,7 @@ import yaml
 from compress.devices import device_refused
 from compress.errors import BadValue, UserError, did_you_mean, read_utf8
 from compress.io_source import READS
-from compress.passes import PASSES, pass_class
+from compress.passes import PASSES, config_class
 from compress.recipe_convert import (MERGE_HINT, _Loc, _check_keys, _key_locs, build_dataclass, concerned, convert,
                                      with_sets)
 from compress.recipe_folder import refuse_folder
@@ -172,9 +172,8 @@ class Recipe:
 def _pass_spec(node: yaml.Node, path: str, index: int) -> PassSpec:
     loc = _Loc(path, node)
     name, opts = _pass_name(node, loc, index)
-    cls = pass_class(name)  # its module: torch's start-up, the first time
-    try:
-        config = build_dataclass(opts, cls.config_cls, path, f"passes[{index}].{name}", keys=name)
+    try:  # its config's module alone (passes.CONFIGS): no torch
+        config = build_dataclass(opts, config_class(name), path, f"passes[{index}].{name}", keys=name)
     except UserError as e:
         raise UserError(f"{e}{_drop_hint(e, opts, f'passes.{index}.{name}')}") from None
     keys = _key_locs(opts, path)
@@ -322,14 +321,11 @@ def load_recipe(path, overrides: list[str] = (), command: str = "plan") -> Recip
 
 
 def check_recipe(path, overrides: list[str] = (), command: str = "plan") -> None:
-    """load_recipe's checks that come before its first pass's options, which import that pass's module
-    (torch's and diffusers' start-up, seconds): the file, its YAML, its top-level keys and --sets, its
-    passes list and first pass's name. A command runs them before that start-up, so a recipe that is
-    not there or mistyped is refused in a moment; load_recipe then repeats them (milliseconds)."""
-    path_text = str(path)
-    _, top = _checked_root(_recipe_text(path, command), path_text, overrides)
-    first = top["passes"][1].value[0]
-    _pass_name(first, _Loc(path_text, first), 0)
+    """Every check load_recipe makes, none of which imports torch (a pass's options are its config
+    class's, passes.CONFIGS: modules without torch). A command runs them before torch's and diffusers'
+    start-up (seconds), so a recipe that is not there or mistyped, in a pass's options too, is refused
+    in a moment; load_recipe then repeats them (milliseconds)."""
+    load_recipe(path, overrides, command)
 
 
 def _recipe_text(path, command: str) -> str:

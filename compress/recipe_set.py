@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from compress.errors import UserError, did_you_mean
-from compress.passes import PASSES, pass_class
+from compress.passes import PASSES, config_class
 
 NAME_KEYED = ("ranks",)  # pass options whose keys are module names or patterns, which hold dots
 
@@ -116,7 +116,7 @@ def _named(parts: list[str]) -> bool:
     pattern, a remove_blocks `count` group), not an option (a dataclass's field, which has a default)."""
     if parts[0] != "passes" or len(parts) < 5 or parts[2] not in PASSES:
         return False
-    parent = pass_class(parts[2]).config_cls
+    parent = config_class(parts[2])
     for part in parts[3:-1]:
         parent = _inner(parent, part)
     arms = typing.get_args(parent) if typing.get_origin(parent) in (typing.Union, types.UnionType) else (parent,)
@@ -137,7 +137,7 @@ def takes_null(dotted: str, top: type, keys: tuple[str, ...]) -> bool:
             return True  # passes, passes.N (an item of the list), passes.N.PASS (its options)
         if len(parts) == 5 and parts[3] in NAME_KEYED:
             return False  # a rank
-        parent, rest = pass_class(parts[2]).config_cls, parts[3:]
+        parent, rest = config_class(parts[2]), parts[3:]
     elif parts[0] in keys:
         parent, rest = top, parts
     else:
@@ -270,7 +270,7 @@ def _option_hint(passes: yaml.SequenceNode, index: int, name: str, rest: list[st
 
 def _has_option(name: str, key: str) -> bool:
     """Whether pass `name`'s options (its config's fields) include `key`."""
-    return key in {f.name for f in dataclasses.fields(pass_class(name).config_cls)}
+    return key in {f.name for f in dataclasses.fields(config_class(name))}
 
 
 def _refuse_pass_name(data_node: yaml.MappingNode, parts: list[str], dotted: str, value_text: str) -> None:

@@ -65,9 +65,7 @@ def hold_run_folder(run_dir: Path):
     """Holds `run_dir` (made if missing) for this process, or a one-line UserError naming the run that
     holds it; yields whether it holds a lock (`_hold`)."""
     run_dir = Path(run_dir)
-    with _hold(run_dir / LOCK, f"run folder {run_dir}",
-               lambda who: f"{run_dir} is in use by another dit-compress run ({who}): wait for it, or give "
-                           "this run another --run-dir") as held:
+    with _hold(run_dir / LOCK, f"run folder {run_dir}", _run_folder_refusal(run_dir)) as held:
         yield held
 
 
@@ -80,12 +78,57 @@ def hold_output(out: Path):
     from compress.runner_leftovers import clear_run_leftovers
 
     out = Path(out)
-    with _hold(out.parent / f".{out.name}{LOCK}", f"output folder {out}",
-               lambda who: f"output folder {out} is to be written by another dit-compress run ({who}): wait "
-                           "for it, or give this run another --out") as held:
+    with _hold(_output_lock(out), f"output folder {out}", _output_refusal(out)) as held:
         if held:
             clear_run_leftovers(None, out)
         yield held
+
+
+def refuse_held(run_dir: Path, out: Path) -> None:
+    """`hold_run`'s refusals before a command loads anything (torch's start-up, seconds): the run folder
+    or output another process holds, said as `hold_run` says it, its lock looked at, not taken, and
+    nothing made. Where `hold_run` takes no lock (a follower of a launch, nested folders, no fcntl),
+    nothing is looked at; a lock taken between this look and `hold_run` is refused there."""
+    from compress.runner_ranks import is_follower
+
+    run_dir, out = Path(run_dir), Path(out)
+    if fcntl is None or is_follower() or nested(out, run_dir):
+        return
+    _refuse_if_held(run_dir / LOCK, _run_folder_refusal(run_dir))
+    _refuse_if_held(_output_lock(out), _output_refusal(out))
+
+
+def _refuse_if_held(path: Path, refusal) -> None:
+    """A UserError refusal(holder in words) where another process holds the flock of `path`; nothing
+    where no file is there (a holder keeps its file while it holds it) or it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released as it closes: no holder, no record written
+    except OSError as e:
+        if e.errno in HELD:
+            raise UserError(refusal(holder_in_words(_read(fd)))) from None
+    finally:
+        os.close(fd)
+
+
+def _run_folder_refusal(run_dir: Path):
+    """What a run is told of `run_dir` held by another (given that holder in words)."""
+    return lambda who: (f"{run_dir} is in use by another dit-compress run ({who}): wait for it, or give this run "
+                        "another --run-dir")
+
+
+def _output_refusal(out: Path):
+    """What a run is told of the output `out` another is to write (given that holder in words)."""
+    return lambda who: (f"output folder {out} is to be written by another dit-compress run ({who}): wait for it, "
+                        "or give this run another --out")
+
+
+def _output_lock(out: Path) -> Path:
+    """The lock file of the output folder `out`: beside it, never inside (the export replaces the folder)."""
+    return out.parent / f".{out.name}{LOCK}"
 
 
 @contextmanager

@@ -15,13 +15,14 @@ import pytest
 import compress
 
 # what pip's console script of [project.scripts] does, in a terminal (a background job inherits
-# SIGINT ignored); `plan later.yaml` imports torch (seconds) before it refuses the recipe's svd key
-# (a recipe that is not there is refused before torch's start-up: cli, recipe.check_recipe)
+# SIGINT ignored); `plan later.yaml` imports torch (seconds) before it refuses the recipe's svd target,
+# which matches no layer of the model (a recipe that is not there or mistyped, an unknown svd key
+# among its mistakes, is refused before torch's start-up: cli, recipe.check_recipe)
 CONSOLE_SCRIPT = """\
 import os, signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.argv[1:] = ["plan", "later.yaml"]
-open("later.yaml", "w").write("model: pixart\\nteacher: toy:pixart\\npasses:\\n  - svd:\\n      bogus: 1\\n")
+open("later.yaml", "w").write("model: pixart\\nteacher: toy:pixart\\npasses:\\n  - svd:\\n      targets: [bogus]\\n")
 {before}
 import re
 from {module} import {function}
@@ -187,7 +188,7 @@ def test_a_sigterm_the_caller_ignores_stays_ignored(tmp_path, stop):
         "signal.SIGINT", f"signal.{stop}")
     done = _started(tmp_path, console_script(before=ignored))
     out, err = done.communicate(timeout=300)
-    assert done.returncode == 2 and "later.yaml:5: unknown key 'bogus'" in err and "interrupted" not in err
+    assert done.returncode == 2 and "later.yaml:5: svd.targets: pattern 'bogus' matches no linear layer" in err and "interrupted" not in err
 
 
 # `python -m compress.cli plan later.yaml` (what docs/PASSES.md's `accelerate launch ... -m compress.cli` runs),
@@ -195,7 +196,7 @@ def test_a_sigterm_the_caller_ignores_stays_ignored(tmp_path, stop):
 AS_MODULE = """\
 import os, runpy, signal, sys
 sys.argv[1:] = ["plan", "later.yaml"]
-open("later.yaml", "w").write("model: pixart\\nteacher: toy:pixart\\npasses:\\n  - svd:\\n      bogus: 1\\n")
+open("later.yaml", "w").write("model: pixart\\nteacher: toy:pixart\\npasses:\\n  - svd:\\n      targets: [bogus]\\n")
 {stop_at}
 runpy.run_module("compress.cli", run_name="__main__", alter_sys=True)  # as python -m does
 """

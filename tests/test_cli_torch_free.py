@@ -1,10 +1,13 @@
 """The refusals a user meets most, before torch's and diffusers' start-up (compress/cli.py,
 recipe.check_recipe): a recipe not there, a folder, a YAML or top-level key mistake, no passes or an
-unknown first pass are said in a moment (about 0.5 s and 20 MB, not 5-10 s and 395 MB), in the same
-words and exit status as after it. Each runs in a fresh interpreter: torch must not be imported."""
+unknown pass, a pass's option unknown or of a wrong value (its config class imports no torch:
+passes.CONFIGS) and a run or output folder another run holds (runner_lock.refuse_held) are said in a
+moment (about 0.5 s and 20 MB, not 5-10 s and 395 MB), in the same words and exit status as after it.
+Each runs in a fresh interpreter: torch must not be imported."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -27,7 +30,16 @@ FILES = {
     "nopasses.yaml": "model: pixart\nteacher: toy:pixart\n",
     "pass.yaml": "model: pixart\nteacher: toy:pixart\npasses:\n  - svdd: {ratio: 0.5}\n",
     "ok.yaml": "model: pixart\nteacher: toy:pixart\npasses:\n  - svd\n",
+    "method.yaml": "model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {method: whitend}\n",
+    "ratio.yaml": "model: pixart\nteacher: toy:pixart\npasses:\n  - svd:\n      ratio: \"half\"\n",
+    "later.yaml": "model: flux\nteacher: toy:flux\npasses:\n  - remove_blocks: {count: 1}\n  - distill: {stepz: 3}\n",
+    "buckets.yaml": "model: pixart\nteacher: toy:pixart\npasses:\n  - importance: {buckets: 0}\n",
+    "calib.yaml": "model: pixart\nteacher: toy:pixart\ncalibration: {num_prompts: 0}\npasses:\n  - svd\n",
 }
+DISTILL_KEYS = ("steps, batch_size, lr, weight_decay, warmup_steps, min_lr_ratio, grad_clip, lambda_task, lambda_out, "
+                "lambda_feat, mask_massive, train, data, latents_dir, num_samples, sample_steps, guidance_scale, "
+                "gradient_checkpointing, mixed_precision, checkpoint_every, keep_checkpoints, max_steps_this_run, "
+                "progress, plot, kd_teacher")
 
 CASES = [
     (["run", "nope.yaml"], "no such recipe nope.yaml; did you mean 'top.yaml'?"),
@@ -42,6 +54,16 @@ CASES = [
     (["run", "nopasses.yaml"], "nopasses.yaml:1: the recipe has no 'passes' list"),
     (["plan", "pass.yaml"], "pass.yaml:4: unknown pass 'svdd'; did you mean 'svd'? "
                             "(passes: importance, remove_blocks, svd, distill)"),
+    # a pass's options (torch's start-up came first: the pass classes' modules held them)
+    (["run", "method.yaml"], "method.yaml:4: svd.method must be one of svd, asvd, whitened, not 'whitend'; "
+                             "did you mean 'whitened'?"),
+    (["plan", "ratio.yaml"], "ratio.yaml:5: svd.ratio must be a number, not 'half'"),
+    (["run", "ok.yaml", "--set", "passes.0.svd.ratio=2"],
+     "ok.yaml (--set passes.0.svd.ratio=2): svd.ratio must be in (0, 1], got 2.0"),
+    (["run", "later.yaml"], f"later.yaml:5: unknown key 'stepz' in passes[1].distill; did you mean 'steps'? "
+                            f"(known: {DISTILL_KEYS})"),
+    (["importance", "buckets.yaml"], "buckets.yaml:4: importance.buckets must be an integer ≥ 1, got 0"),
+    (["run", "calib.yaml"], "calib.yaml:3: calibration.num_prompts must be at least 1, not 0"),
 ]
 
 
@@ -51,12 +73,42 @@ def test_a_mistyped_or_missing_recipe_is_refused_before_torch_is_imported(tmp_pa
     for name, text in FILES.items():
         (tmp_path / name).write_text(text)
     (tmp_path / "adir").mkdir()
-    root = str(Path(cli.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", REFUSED, *argv], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = _refused(tmp_path, argv)
     assert done.stderr.strip() == f"dit-compress: error: {said}"
     assert done.stdout.split() == ["2", "False", "False"]  # exit status 2; torch, diffusers not imported
+
+
+HELD = {  # what a run into a folder another run holds is told (runner_lock), given that holder in words
+    "run folder": "runs/ok is in use by another dit-compress run ({}): wait for it, or give this run another --run-dir",
+    "output": "output folder out/ok is to be written by another dit-compress run ({}): wait for it, or give this run "
+              "another --out",
+}
+
+
+@pytest.mark.parametrize("held", HELD)
+def test_a_run_into_folders_another_run_holds_is_refused_before_torch_is_imported(tmp_path, held):
+    """`run` imported torch and diffusers (seconds) before its Runner's lock refused the folder."""
+    from compress.runner_lock import LOCK, hold_output, hold_run_folder, holder_in_words
+
+    (tmp_path / "ok.yaml").write_text(FILES["ok.yaml"])
+    run_dir, out = tmp_path / "runs" / "ok", tmp_path / "out" / "ok"
+    holding, lock = ((hold_run_folder(run_dir), run_dir / LOCK) if held == "run folder" else
+                     (hold_output(out), out.parent / f".ok{LOCK}"))
+    with holding:  # as another run holds it (a flock belongs to an open file: the command's own is refused)
+        who = holder_in_words(json.loads(lock.read_text()))
+        done = _refused(tmp_path, ["run", "ok.yaml"])
+    assert done.stderr.strip() == f"dit-compress: error: {HELD[held].format(who)}"
+    assert done.stdout.split() == ["2", "False", "False"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.yaml"]  # the holder's folders gone with it, none made
+
+
+def _refused(cwd: Path, argv: list[str]) -> subprocess.CompletedProcess:
+    """`dit-compress ARGV` (cli.main) in a fresh interpreter in `cwd`: its stderr, and on stdout its
+    exit status and whether torch and diffusers were imported."""
+    root = str(Path(cli.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", REFUSED, *argv], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
 
 
 @pytest.mark.parametrize("command", ["run", "plan"])

@@ -168,6 +168,36 @@ def test_a_run_holds_both_folders_but_not_on_other_ranks_or_for_nested_folders(t
         pass
 
 
+def test_refuse_held_says_what_hold_run_would_and_takes_nothing_makes_nothing(tmp_path, holder, monkeypatch):
+    """refuse_held (the CLI's look before torch's start-up): another process's lock refused in hold_run's
+    words; a lock file nobody holds (a killed run's) left as it is, folders not there not made; nothing
+    looked at where hold_run takes no lock (another rank of a launch, nested folders)."""
+    from compress.runner_lock import refuse_held
+
+    run_dir, out = tmp_path / "runs" / "x", tmp_path / "out" / "x"
+    refuse_held(run_dir, out)
+    assert not any(tmp_path.iterdir())  # nothing made
+    for kind, folder in (("run", run_dir), ("out", out)):
+        p = holder(kind, folder)
+        with pytest.raises(UserError) as looked:
+            refuse_held(run_dir, out)
+        with pytest.raises(UserError) as held:
+            with hold_run(run_dir, out):
+                pytest.fail("entered a held folder")
+        assert str(looked.value) == str(held.value) and f"(pid {p.pid} on " in str(looked.value)
+        p.kill()
+        p.wait()
+    stale = run_dir / LOCK
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text('{"pid": 1}\n')  # a killed run's, held by none
+    refuse_held(run_dir, out)
+    assert stale.read_text() == '{"pid": 1}\n'
+    holder("run", run_dir)
+    refuse_held(run_dir / "in", run_dir)  # nested: check_folders refuses them
+    monkeypatch.setenv("RANK", "1")  # rank 0 of the launch holds them
+    refuse_held(run_dir, out)
+
+
 def test_the_lock_file_is_not_taken_for_foreign_content(tmp_path):
     from compress.runner_folders import check_folders
     from compress.runner_written import foreign_in_run_folder

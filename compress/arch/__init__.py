@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from compress.arch.base import ROLES, Adapter, BlockGroup, LinearInfo
+from compress.arch.base import Adapter, BlockGroup, LinearInfo
 from compress.arch.flux import FluxAdapter
 from compress.arch.pixart import PixArtAdapter
 from compress.errors import UserError
+from compress.recipe_names import ROLES
 
 ADAPTERS: dict[str, type[Adapter]] = {"pixart": PixArtAdapter, "flux": FluxAdapter}
 _BY_CLASS = {cls.class_name: name for name, cls in ADAPTERS.items()}

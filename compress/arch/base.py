@@ -15,8 +15,6 @@ from torch import nn
 
 from compress.errors import UserError, did_you_mean
 
-ROLES = ("attention", "cross_attention", "mlp", "modulation", "embedding", "output")
-
 
 @dataclass(frozen=True)
 class BlockGroup:
@@ -28,7 +26,7 @@ class BlockGroup:
 @dataclass(frozen=True)
 class LinearInfo:
     name: str  # full module name, e.g. "transformer_blocks.3.attn1.to_q"
-    role: str  # one of ROLES
+    role: str  # one of recipe_names.ROLES
     part: str  # "q", "k", "v", "out", "in", "mod", ...
     group: str | None  # block group name, None outside blocks
     block: int | None  # index within the group

@@ -1,5 +1,6 @@
-"""The one explicit table from recipe pass names to pass classes (imported lazily), and a recipe's
-passes made from it."""
+"""The one explicit table from recipe pass names to pass classes (imported lazily), beside it each
+pass's config class (its recipe keys: a module that imports no torch, so a recipe's pass options are
+checked before torch's start-up), and a recipe's passes made from them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ PASSES = {
     "remove_blocks": "compress.passes.remove_blocks:RemoveBlocksPass",
     "svd": "compress.passes.svd:SVDPass",
     "distill": "compress.passes.distill:DistillPass",
+}
+CONFIGS = {  # each pass's config_cls, imported without its pass (tests/passes/test_init.py: the same class)
+    "importance": "compress.passes.importance_config:ImportanceConfig",
+    "remove_blocks": "compress.passes.remove_blocks_config:RemoveBlocksConfig",
+    "svd": "compress.passes.svd_config:SVDConfig",
+    "distill": "compress.passes.distill_config:DistillConfig",
 }
 
 
@@ -22,6 +29,12 @@ def pass_class(name: str):
     with interrupts_held():
         imported = importlib.import_module(module)
     return getattr(imported, cls)
+
+
+def config_class(name: str) -> type:
+    """The config dataclass of the pass `name` (its recipe keys), its module imported alone: no torch."""
+    module, _, cls = CONFIGS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def build_passes(recipe) -> list:

@@ -15,7 +15,6 @@ from torch import nn
 
 from compress.errors import BadValue, UserError
 
-KD_TEACHERS = ("teacher", "base")
 OUT = "leave kd_teacher out to distill toward the recipe's teacher"
 PUT_BACK = "put the original back to distill toward that"
 

@@ -25,11 +25,12 @@ from torch import nn
 
 from compress.arch.base import Adapter
 from compress.calib_store import BlockLoader
-from compress.errors import BadValue, UserError, not_at_least_one
+from compress.errors import UserError, not_at_least_one
 from compress.inputs import noise_levels
 from compress.passes.base import Pass, RunContext
 from compress.passes.importance_forward import (block_cosine, clean_pass, proxy_pass, skip_prediction, sq_norm,
                                                 to_model)
+from compress.passes.importance_config import ImportanceConfig
 from compress.passes.importance_stream import wave_pass
 from compress.progress import bar
 from compress.words import counted
@@ -264,24 +265,6 @@ def _swap(x, old, new):
 
 
 # ---- the pass -----------------------------------------------------------------------------------
-@dataclass
-class ImportanceConfig:
-    """Recipe keys of the `importance` pass (measures; changes nothing)."""
-
-    buckets: int = 3  # timestep buckets: early (high noise) .. late
-    proxy_only: bool = False  # only the cosine proxy: one forward per batch, no skip passes
-    progress: bool = True
-
-    def validate(self) -> None:
-        check_buckets(self.buckets, "importance")
-
-
-def check_buckets(buckets, what: str) -> None:
-    """A config's `buckets`: an integer ≥ 1 (BadValue names the key)."""
-    if not isinstance(buckets, int) or isinstance(buckets, bool) or buckets < 1:
-        raise BadValue("buckets", not_at_least_one(f"{what}.buckets", buckets), reads=())
-
-
 def level_keys(kind: str) -> tuple[str, ...]:
     """The recipe keys inputs.noise_levels reads of a calibration source of `kind` (and the source,
     which decides the kind): a note on the buckets they hold names their --sets (Pass.calibration_notes)."""

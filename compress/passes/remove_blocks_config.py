@@ -1,5 +1,7 @@
 """`remove_blocks`' recipe keys (`RemoveBlocksConfig`): their values checked at recipe load (BadValue
-names the key), the hints a value of the wrong shape gets, and the note on a biased estimator."""
+names the key), the hints a value of the wrong shape gets, and the note on a biased estimator.
+Imports no torch (the note imports remove_blocks_learned as it is made): recipe.check_recipe builds a
+RemoveBlocksConfig before torch's start-up."""
 
 from __future__ import annotations
 
@@ -7,8 +9,7 @@ import math
 from dataclasses import dataclass, field, fields
 
 from compress.errors import BadValue, not_one_of
-from compress.passes.importance import check_buckets
-from compress.passes.remove_blocks_learned import value
+from compress.passes.importance_config import check_buckets
 
 CRITERIA = ("scan", "proxy", "learned")
 LEARNED_KEYS = ("window", "learn_steps", "learn_lr", "logit_lr", "estimator", "learn_rank")
@@ -115,6 +116,8 @@ _EXAMPLE = {"blocks": "[0]", "count": 1, "fraction": 0.25}  # a group's value, f
 def _biased(config: RemoveBlocksConfig) -> list[tuple[str, str, tuple]]:
     """gumbel without a weight update: its straight-through gradient, linearized at hard masks,
     drove the toy PixArt's pair logits to the costliest pair (README, "Which blocks to remove")."""
+    from compress.passes.remove_blocks_learned import value
+
     if config.estimator == "gumbel" and value(config, "learn_lr") == 0:
         return [("estimator", "remove_blocks.estimator: gumbel with learn_lr: 0 learns the logits alone "
                               "through a biased gradient, which can settle on the costliest removal; use "

@@ -1,13 +1,14 @@
-"""The svd pass's recipe keys (`SVDConfig`, its values checked at recipe load by svd_checks) and the
-notes on `ranks` patterns an earlier pattern shadows (`shadow_notes`), the file's or a --set's."""
+"""The svd pass's recipe keys (`SVDConfig`, its values checked at recipe load by svd_values) and the
+notes on `ranks` patterns an earlier pattern shadows (`shadow_notes`), the file's or a --set's.
+Imports no torch (the notes import svd_targets as they are made): recipe.check_recipe builds an
+SVDConfig before torch's start-up."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
-from compress.passes.svd_checks import CENTER_DEFAULT, CHOICES, ENERGY_DEFAULT, check_values
-from compress.passes.svd_targets import shadowed_ranks
+from compress.passes.svd_values import CENTER_DEFAULT, CHOICES, ENERGY_DEFAULT, check_values
 
 
 @dataclass
@@ -56,10 +57,10 @@ class SVDConfig:
     # auto (where block targets are fitted asymmetrically: there it measured 0.85-0.96x the error)
     sequential: bool | str = "auto"
     progress: bool = True
-    CHOICES = CHOICES  # the string keys' choices (svd_checks): refused at recipe load naming them
+    CHOICES = CHOICES  # the string keys' choices (svd_values): refused at recipe load naming them
 
     def validate(self) -> None:
-        check_values(self)  # values alone, at recipe load (svd_checks)
+        check_values(self)  # values alone, at recipe load (svd_values)
 
 
 def shadow_notes(targets, ranks: dict, set_keys: dict | None = None,
@@ -71,6 +72,8 @@ def shadow_notes(targets, ranks: dict, set_keys: dict | None = None,
     their rank, so a file pattern it shadows is meant: no note; one the file has stands where the
     file has it, so the file's order is advised as without it. Where the two came from different
     places, reordering is not the user's to do: the note says why."""
+    from compress.passes.svd_targets import shadowed_ranks
+
     out, set_keys, patterns = [], set_keys or {}, list(ranks)
     for p, e in shadowed_ranks(targets, ranks):
         reads = ("targets", "ignore", *(f"ranks.{q}" for q in patterns[:patterns.index(p)]))

@@ -13,8 +13,10 @@ from typing import Sequence
 from torch import nn
 
 from compress.alloc import DENSE, LayerSpec, per_role, ratio_rank
-from compress.arch.base import ROLES, Adapter, LinearInfo
+from compress.arch.base import Adapter, LinearInfo
 from compress.errors import BadValue, did_you_mean
+from compress.passes.svd_values import check_syntax
+from compress.recipe_names import ROLES
 from compress.passes.removed_blocks import (MissingBlock, past_the_blocks, removal_words, renumbered_notes,
                                             renumbered_words)
 
@@ -27,19 +29,6 @@ def matches(pattern: str, info: LinearInfo) -> bool:
     if pattern in ROLES:
         return info.role == pattern
     return info.name == pattern
-
-
-def check_syntax(pattern, key: str, at: str | None = None) -> None:
-    """A pattern alone (no model): a string, and for `re:` a regex that compiles. Errors name the
-    recipe key `at` (targets.1, ranks.modulation; default `key`)."""
-    if not isinstance(pattern, str):
-        raise BadValue(at or key, f"svd.{key}: patterns must be strings (a module name, a role or "
-                                  f"re:REGEX), got {pattern!r}", reads=())
-    if pattern.startswith("re:"):
-        try:
-            re.compile(pattern[3:])
-        except re.error as err:
-            raise BadValue(at or key, f"svd.{key}: bad regex {pattern!r}: {err}", reads=()) from None
 
 
 def check_pattern(pattern: str, infos: Sequence[LinearInfo], key: str, at: str | None = None) -> None:
