@@ -21,8 +21,8 @@ from compress.runner_pending import read_record
 from compress.runner_prompts import inputs_changed, saved_state
 from compress.runner_ranks import HANDOFF
 from compress.runner_config_sum import config_target
-from compress.runner_resume import (distill_checkpoints, finished_and_reusable,
-                                    interrupted_run, read_state, recorded_teacher, stage_dirs, unsaved_changes)
+from compress.runner_resume import (distill_checkpoints, finished_and_reusable, interrupted_run, of_other_statistics,
+                                    read_state, recorded_teacher, stage_dirs, unsaved_changes)
 from compress.runner_teacher_id import named_now, resume_advice, same_teacher, teacher_change
 from compress.runner_written import check_own_run_folder
 from compress.words import counted
@@ -197,7 +197,8 @@ def another_teacher(run_dir: Path, info: dict, passes, change: tuple[str, str]) 
 
 def another_recipe(run_dir: Path, info: dict, passes=()) -> str:
     """'RUN_DIR holds an interrupted run of another recipe (it differs in ...; 1 of 3 passes done,
-    block statistics (up to 9 files) to read back)' for an `interrupted_run` whose recipe differs
+    block statistics (up to 9 files) to read back)' ('... measured with other statistics (dit-compress's
+    statistics 2, now 3; ...)': runner_resume.statistics_change) for an `interrupted_run` whose recipe differs
     (info["changed"]): its saved passes and distill checkpoint, and what it measured, under the
     fingerprint the run recorded: where this recipe's --resume keeps some of its passes, what this
     recipe's `passes` after those read back (`measured_so_far`; passes not known: its svd caches');
@@ -211,6 +212,8 @@ def another_recipe(run_dir: Path, info: dict, passes=()) -> str:
         kept = saved_in_words(info) + read_back_kept(measured)
     else:
         kept = kept_in_words(run_dir, info, fingerprint, None, passes)
+    if of_other_statistics(info["changed"]):
+        return f"{run_dir} holds an interrupted run measured with other statistics ({info['changed'][0]}; {kept})"
     return (f"{run_dir} holds an interrupted run of another recipe (it differs in "
             f"{', '.join(info['changed'][:3])}; {kept})")
 

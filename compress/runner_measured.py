@@ -11,6 +11,7 @@ that key it. Moved out of runner_folders, which calls them. Imports no torch."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from compress.runner_caches import finished_run
 from compress.runner_config_sum import CONFIG_SUM
 from compress.runner_kept import measured_so_far
 from compress.runner_resume import (SAMPLES_ABOUT, TEACHER_SAMPLES, inputs_change, recorded_fingerprint,
-                                    recorded_teacher, result_bearing, run_record)
+                                    recorded_teacher, result_bearing, run_record, statistics_version)
 from compress.runner_teacher_id import FILES, older_checksum, put_back, same_teacher, teacher_change
 
 KEYED_AS = "keyed_as"  # in RUN_RECORD: the teacher source keying its caches where not its own (`keyed_source`)
@@ -55,10 +56,20 @@ def calibration_keys(recipe, inputs: dict | None) -> dict:
     (CALIBRATED) so that a refusal names what changed: the calibration keys that change a result, the
     inputs a pipeline source read (`inputs`: inputs_identity's) and dit-compress's version."""
     import compress
-    from compress.calib_stats import STATS_VERSION
 
     return {"calibration": result_bearing(asdict(recipe.calibration), inputs is not None), "inputs": inputs,
-            "version": f"{compress.__version__} (statistics {STATS_VERSION})"}
+            "version": f"{compress.__version__} (statistics {statistics_version()})"}
+
+
+def recorded_statistics(run_dir: Path) -> int | None:
+    """The STATS_VERSION under which the run that last started its passes in `run_dir` measured, as the
+    version it recorded says ('0.1.0 (statistics 2)': `calibration_keys`): what its stages were measured
+    under where they record none (runner_resume.read_state: those of a dit-compress before they did);
+    None where it recorded none."""
+    recorded = run_record(run_dir).get(CALIBRATED)
+    version = recorded.get("version") if isinstance(recorded, dict) else None
+    found = re.search(r"\(statistics (\d+)\)$", version) if isinstance(version, str) else None
+    return int(found[1]) if found else None
 
 
 def calibration_change(before, now: dict) -> tuple[str, bool]:

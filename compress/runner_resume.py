@@ -142,6 +142,10 @@ FINISHED = "finished.json"  # in the run folder's stages/: written once the run'
 # (`fingerprint`) that keys its calib/<fingerprint>/ and teacher-sample caches, RAN: its resolved recipe, ...}
 RUN_RECORD = "run.json"
 RAN = "recipe"  # in RUN_RECORD: the resolved recipe of the run that last started its passes (`unsaved_changes`)
+# in a stage's state.json: the STATS_VERSION (calib_stats) its run measured block statistics under
+# (`statistics_change`); an older run's stage records none: read as the one its run recorded (`read_state`)
+STATISTICS = "statistics"
+STATISTICS_OF = "dit-compress's statistics"  # what `statistics_change` says differs: '... 2, now 3'
 TEACHER_SAMPLES = Path("distill") / "teacher_samples"  # distill_data's caches: <key>/shard-*.safetensors
 SAMPLES_ABOUT = "about.json"  # in each: the fingerprint and distill keys of its key, its shard count
 
@@ -165,6 +169,10 @@ def read_state(stage: Path) -> dict | None:
         return None
     if not isinstance(state, dict):
         return None
+    if STATISTICS not in state:  # an older run's stage: the version its run recorded, where it did
+        from compress.runner_measured import recorded_statistics  # (it imports this module)
+
+        state = dict(state, **{STATISTICS: recorded_statistics(Path(stage).parent.parent)})
     return state_as_compared(state)
 
 
@@ -209,11 +217,36 @@ def reusable_stage(stages: list[tuple[int, dict | None]], now: dict, passes) -> 
         recipe = state.get("recipe") if state else None
         if not isinstance(recipe, dict):
             continue
-        changed = recipe_changes(recipe, now, passes, i + 1, inputs_apart(state))
+        changed = (recipe_changes(recipe, now, passes, i + 1, inputs_apart(state))
+                   or statistics_change(state, passes, i))
         if not changed:
             return i, skipped
         skipped.append((i, changed))
     return None, skipped
+
+
+def statistics_version() -> int:
+    """This dit-compress's STATS_VERSION (calib_stats, which imports torch: imported here, not above)."""
+    from compress.calib_stats import STATS_VERSION
+
+    return STATS_VERSION
+
+
+def statistics_change(state: dict, passes, i: int) -> list[str]:
+    """["dit-compress's statistics 2, now 3"] where the stage of pass i (its `state`) holds what a pass up to
+    it (of `passes`) made of block statistics it measured (`Pass.measures_statistics`: an svd pass's factors)
+    under another STATS_VERSION (STATISTICS) than this dit-compress's, which reads back none of them: --resume
+    keeps it no more than a stage of another calibration; [] where not, or the stage records none."""
+    was = state.get(STATISTICS)
+    if not isinstance(was, int) or not any(getattr(p, "measures_statistics", False) for p in list(passes)[:i + 1]):
+        return []
+    now = statistics_version()
+    return [] if was == now else [f"{STATISTICS_OF} {was}, now {now}"]
+
+
+def of_other_statistics(changed: list[str]) -> bool:
+    """Whether a stage `reusable_stage` passed over, where it differs in `changed`, did for `statistics_change`."""
+    return len(changed) == 1 and changed[0].startswith(STATISTICS_OF)
 
 
 def inputs_apart(state: dict) -> bool:
@@ -224,12 +257,21 @@ def inputs_apart(state: dict) -> bool:
 
 def passed_over_in_words(skipped: list) -> str:
     """'the saved pass 3 was of another recipe (it differs in passes.2.distill.steps): not kept' for
-    the stages `reusable_stage` passed over (numbered from 1, as the passes are)."""
-    done = sorted(i + 1 for i, _ in skipped)
-    which = f"pass {done[0]} was" if len(done) == 1 else f"passes {', '.join(map(str, done))} were"
-    keys = sorted({k for _, changed in skipped for k in changed})
-    shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
-    return f"the saved {which} of another recipe (it differs in {shown}): not kept"
+    the stages `reusable_stage` passed over (numbered from 1, as the passes are); those of other statistics
+    (`statistics_change`): 'the saved pass 2 was measured with other statistics (dit-compress's statistics 2,
+    now 3): not kept'."""
+    said = []
+    for stats in (False, True):
+        these = [(i, changed) for i, changed in skipped if of_other_statistics(changed) == stats]
+        if not these:
+            continue
+        done = sorted(i + 1 for i, _ in these)
+        which = f"pass {done[0]} was" if len(done) == 1 else f"passes {', '.join(map(str, done))} were"
+        keys = sorted({k for _, changed in these for k in changed})
+        shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+        said.append(f"the saved {which} measured with other statistics ({shown}): not kept" if stats else
+                    f"the saved {which} of another recipe (it differs in {shown}): not kept")
+    return "; ".join(said)
 
 
 def not_kept_in_words(earliest: int, changed: list[str], streamed: bool) -> str:
@@ -258,8 +300,9 @@ def interrupted_run(run_dir: Path, now: dict | None = None, passes=()) -> dict |
     """What an unfinished run left in `run_dir` that a fresh start would discard: {"done": passes
     completed, "total": passes of its recipe (None: unknown), "step": its latest distill checkpoint
     step (or None), "changed": the keys where its recipe differs from `now` as --resume compares
-    them (None: unknown, or no `now`)} (no stage saved, a distill checkpoint of a recipe `now` whose first
-    pass is distill: "total" is `now`'s count, as its passes are counted in words), and where they differ, "keeps": how many passes --resume would
+    them, or that its statistics do (`statistics_change`; None: unknown, or no `now`)} (no stage saved,
+    a distill checkpoint of a recipe `now` whose first pass is distill: "total" is `now`'s count, as its
+    passes are counted in words), and where they differ, "keeps": how many passes --resume would
     keep (those of its latest stage saved for `now`'s recipe, `reusable_stage`); None when there is
     nothing, or the run finished (its output was written)."""
     stages, checkpoints = stage_dirs(run_dir), distill_checkpoints(run_dir)
@@ -276,7 +319,8 @@ def interrupted_run(run_dir: Path, now: dict | None = None, passes=()) -> dict |
         info["done"], before = i + 1, state.get("recipe")
         if isinstance(before, dict) and isinstance(before.get("passes"), list):
             info["total"] = len(before["passes"])
-            info["changed"] = None if now is None else recipe_changes(before, now, passes, i + 1, inputs_apart(state))
+            info["changed"] = None if now is None else (
+                recipe_changes(before, now, passes, i + 1, inputs_apart(state)) or statistics_change(state, passes, i))
     elif checkpoints and now is not None and first_pass_is_distill(now):  # no stage: the checkpoint is of the
         info["total"] = len(now["passes"])  # first pass, a distill pass; the passes in all as this recipe counts them
     if info["changed"]:  # what --resume would keep: the passes of the latest stage of this recipe

@@ -25,9 +25,10 @@ from compress.runner_kept import (OF_IT_NOW, fisher_folder, mark_read_by, measur
                                   offered_files, read_back_at_end_in_words, read_back_in_words)
 from compress.runner_measured import CALIBRATED, KEYED_AS
 from compress.runner_written import WRITTEN_BY
-from compress.runner_resume import (FINISHED, RAN, RUN_RECORD, distill_checkpoints, inputs_change, not_kept_in_words,
-                                    passed_over_in_words, read_state, recipe_changes, recorded_teacher,
-                                    resumed_in_words, reusable_stage, stage_dirs)
+from compress.runner_resume import (FINISHED, RAN, RUN_RECORD, STATISTICS, distill_checkpoints, inputs_change,
+                                    not_kept_in_words, of_other_statistics, passed_over_in_words, read_state,
+                                    recipe_changes, recorded_teacher, resumed_in_words, reusable_stage, stage_dirs,
+                                    statistics_change, statistics_version)
 from compress.runner_teacher_id import older_checksum, resume_advice, same_teacher, teacher_change
 
 
@@ -150,7 +151,9 @@ def _finishable(runner, saved: list) -> tuple[int, dict] | None:
     recipe = state.get("recipe")
     if j <= max((i for i, _, _ in saved), default=-1) or j >= len(runner.passes) or not isinstance(recipe, dict):
         return None
-    return None if recipe_changes(recipe, runner.recipe.raw, runner.passes, j + 1) else (j, state)
+    changed = recipe_changes(recipe, runner.recipe.raw, runner.passes, j + 1) or \
+        statistics_change(state, runner.passes, j)
+    return None if changed else (j, state)
 
 
 def _finish(runner, j: int, state: dict):
@@ -252,6 +255,10 @@ def resumable(runner) -> tuple[list, int | None, list]:
     k, skipped = reusable_stage([(i, state) for i, _, state in saved], runner.recipe.raw, runner.passes)
     if k is None and skipped:
         changed = skipped[-1][1]  # the earliest stage's: the first pass that changed
+        if of_other_statistics(changed):  # as a stage of another calibration, with no change to undo
+            raise UserError(f"--resume: {runner.run_dir} holds passes measured with other statistics ({changed[0]}), "
+                            "which this run does not read back: rerun with --restart to discard them, or choose "
+                            "another --run-dir")
         earliest = min(i for i, _, state in saved if isinstance(state.get("recipe"), dict))
         streamed = next(state["recipe"].get("stream") for i, _, state in saved if i == earliest)
         raise UserError(f"--resume: the recipe changed since {runner.run_dir} was written "
@@ -343,7 +350,7 @@ def discard_finished(runner) -> None:
 
 def _state(runner) -> dict:
     return {**WRITTEN_BY, "recipe": runner.recipe.raw, "teacher": runner.identity, "inputs": runner.inputs_id,
-            "report": runner.ctx.report, "block_map": runner.ctx.block_map}
+            STATISTICS: statistics_version(), "report": runner.ctx.report, "block_map": runner.ctx.block_map}
 
 
 def save_state(runner, i: int) -> None:

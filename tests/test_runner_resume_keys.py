@@ -172,3 +172,111 @@ def test_one_teacher_spelt_two_ways_keys_the_same_caches(tmp_path):
     assert slashed != text
     again = Runner(parse_recipe(slashed, str(tmp_path / "b.yaml")), tmp_path / "out-b", tmp_path / "run-a").run()
     assert json.loads((again / "report.json").read_text())["svd"]["cache_hits"]
+
+
+@pytest.fixture
+def finished(tmp_path, capsys):
+    """A function: (run arguments) of a finished run of `passes` (SIMPLE's, of a tiny PixArt teacher)."""
+    from compress.cli import main
+    from tests.conftest import tiny_pixart
+    from tests.runner_helpers import SIMPLE
+
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+
+    def run(passes: str) -> list[str]:
+        (tmp_path / "r.yaml").write_text(SIMPLE.format(teacher=tmp_path / "teacher", passes=passes))
+        args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+        assert main(args) == 0
+        capsys.readouterr()
+        return args
+    return run
+
+
+def _said(capsys) -> str:
+    got = capsys.readouterr()
+    return " ".join((got.out + got.err).split())
+
+
+SVD_PASS = "  - svd: {targets: [attention, mlp], ratio: 0.5, multiple: 2}\n"
+
+
+@pytest.mark.parametrize("older", [False, True])
+def test_resume_keeps_no_svd_stage_measured_under_other_statistics(finished, monkeypatch, capsys, older):
+    """A finished run's svd stage was kept by --resume --overwrite after STATS_VERSION changed, though its
+    factors were made of statistics the new version measures otherwise (the caches are keyed by it, the
+    stages were not): refused as a stage of another calibration is, with no change to undo; the same for a
+    stage of an older dit-compress, which records no version (`older`: its run's record says which)."""
+    from compress.cli import main
+    import compress.calib_stats as calib_stats
+
+    args = finished(SVD_PASS)
+    run_dir = args[-1]
+    if older:  # as a dit-compress before stages recorded it wrote it
+        state = f"{run_dir}/stages/0-svd/state.json"
+        with open(state) as f:
+            saved = json.load(f)
+        assert saved.pop("statistics") == calib_stats.STATS_VERSION
+        with open(state, "w") as f:
+            json.dump(saved, f)
+    was = calib_stats.STATS_VERSION
+    monkeypatch.setattr(calib_stats, "STATS_VERSION", was + 1)
+    assert main([*args, "--resume", "--overwrite"]) == 2
+    said = _said(capsys)
+    assert said.endswith(f"--resume: {run_dir} holds passes measured with other statistics (dit-compress's statistics "
+                         f"{was}, now {was + 1}), which this run does not read back: rerun with --restart to discard "
+                         "them, or choose another --run-dir"), said
+    assert main([*args, "--overwrite"]) == 0  # a plain rerun starts over, with no note that --resume keeps it
+    assert "pass 1/1: svd" in _said(capsys)  # (no note that --resume would keep it)
+    assert main([*args, "--resume", "--overwrite"]) == 0  # its stage, of this version: resumed
+    assert "its only pass (svd) was done: writing the output again" in _said(capsys)
+
+
+def test_resume_keeps_the_passes_before_an_svd_stage_of_other_statistics(finished, monkeypatch, capsys):
+    """The stage of a pass that measures no block statistics, before an svd pass, is kept across another
+    STATS_VERSION; the svd pass runs again."""
+    from compress.cli import main
+    import compress.calib_stats as calib_stats
+
+    args = finished("  - remove_blocks: {blocks: {blocks: [0]}}\n" + SVD_PASS)
+    was = calib_stats.STATS_VERSION
+    monkeypatch.setattr(calib_stats, "STATS_VERSION", was + 1)
+    assert main([*args, "--resume", "--overwrite"]) == 0
+    said = _said(capsys)
+    assert "resuming after pass 1/2 (remove_blocks)" in said, said
+    assert (f"the saved pass 2 was measured with other statistics (dit-compress's statistics {was}, now {was + 1}): "
+            "not kept") in said, said
+    assert "pass 2/2: svd" in said, said
+
+
+def test_a_rerun_of_a_run_stopped_after_an_svd_stage_of_other_statistics_says_so(tmp_path, monkeypatch, capsys):
+    """A plain rerun of a run stopped after its svd pass was saved, STATS_VERSION changed since, said it
+    'holds an interrupted run of this recipe (1 of 2 passes done): add --resume to continue', which --resume
+    then refuses; now it names the statistics, as --resume does."""
+    from compress.cli import main
+    from compress.passes.remove_blocks import RemoveBlocksPass
+    from compress.runner_resume import stage_dirs
+    from tests.conftest import tiny_pixart
+    from tests.runner_helpers import SIMPLE
+    import compress.calib_stats as calib_stats
+
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    passes = SVD_PASS + "  - remove_blocks: {blocks: {blocks: [0]}}\n"
+    (tmp_path / "r.yaml").write_text(SIMPLE.format(teacher=tmp_path / "teacher", passes=passes))
+    run_dir = tmp_path / "run"
+    args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(run_dir)]
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(RemoveBlocksPass, "run", interrupt)
+        assert main(args) == 130
+    assert [i for i, _ in stage_dirs(run_dir)] == [0]
+    was = calib_stats.STATS_VERSION
+    monkeypatch.setattr(calib_stats, "STATS_VERSION", was + 1)
+    capsys.readouterr()
+    assert main(args) == 2
+    said = _said(capsys)
+    assert (f"{run_dir} holds an interrupted run measured with other statistics (dit-compress's statistics {was}, "
+            f"now {was + 1}; 1 of 2 passes done") in said, said
+    assert said.endswith("add --restart to discard it and start over, or choose another --run-dir"), said
+    assert "add --resume to continue" not in said

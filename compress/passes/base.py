@@ -135,6 +135,9 @@ class Pass:
     # was measured before it (an importance scan's scores) no longer describes the student after it.
     # True unless a pass declares it only measures
     changes_weights: ClassVar[bool] = True
+    # whether what the pass writes depends on the block statistics it measures (calib_stats, of its
+    # STATS_VERSION): --resume keeps its stage, and the later ones, only under that version (runner_resume)
+    measures_statistics: ClassVar[bool] = False
     # whether every process of a distributed launch runs the pass (data parallel: distill); the
     # others run on rank 0 alone, the other ranks waiting for its student (runner_ranks)
     data_parallel: ClassVar[bool] = False

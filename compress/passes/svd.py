@@ -79,6 +79,7 @@ class SVDPass(GlobalAllocation, FisherMeasurement, Pass):
     config_cls = SVDConfig
     result_free = ("progress", "fisher_memory_gb")  # sweeps of any size write the same factors
     needs_calibration = True
+    measures_statistics = True
 
     def __init__(self, config: SVDConfig, loader: BlockLoader | None = None):
         super().__init__(config)
