@@ -66,8 +66,9 @@ def saved_in_output(recipe: str | Path) -> Path | None:
 
 def lora_rerun_note(recipe: str | Path, out: Path) -> str | None:
     """Where `recipe` is an output's own recipe.yaml and that output took LoRAs after its run (its config's
-    `loras`: dit-compress lora), a note that this run (writing `out`) compresses the model before them and
-    how to merge them again; else None. The recipe holds no LoRA: `lora` copies the run's recipe.yaml as it was."""
+    `loras`: dit-compress lora, or compress.merge_lora and a save), a note that this run (writing `out`)
+    compresses the model before them and how to merge them again; else None. The recipe holds no LoRA:
+    `lora` copies the run's recipe.yaml as it was."""
     folder = saved_in_output(recipe)
     loras = compression_section(output_config(folder)).get("loras") if folder is not None else []
     loras = [r for r in loras if isinstance(r, dict)] if isinstance(loras, list) else []
@@ -78,7 +79,8 @@ def lora_rerun_note(recipe: str | Path, out: Path) -> str | None:
     again = f"{chain} merges it again" if len(loras) == 1 and chain.startswith("`") else \
         f"merging {them} again takes{'' if len(loras) == 1 else ', in order,'} {chain}"
     return (f"{folder} took {'a LoRA' if len(loras) == 1 else f'{len(loras)} LoRAs'} after its run (dit-compress "
-            f"lora), which {SAVED_RECIPE} does not hold: this run compresses the model before {them}; {again}")
+            f"lora or compress.merge_lora), which {SAVED_RECIPE} does not hold: this run compresses the model "
+            f"before {them}; {again}")
 
 
 def _lora_chain(out: Path, loras: list[dict]) -> str:

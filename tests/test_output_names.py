@@ -136,12 +136,13 @@ def test_the_recipe_of_an_output_that_took_a_lora_says_the_rerun_leaves_it_out(t
 
     one = _lora_d(_output(tmp_path / "L"), {"source": "/l/a.safetensors", "scale": 0.8, "modules": 6})
     assert lora_rerun_note(one, Path("out/L2")) == (
-        f"{tmp_path / 'L'} took a LoRA after its run (dit-compress lora), which recipe.yaml does not hold: this run "
-        "compresses the model before it; `dit-compress lora out/L2 /l/a.safetensors NEW --scale 0.8` merges it again")
+        f"{tmp_path / 'L'} took a LoRA after its run (dit-compress lora or compress.merge_lora), which recipe.yaml "
+        "does not hold: this run compresses the model before it; `dit-compress lora out/L2 /l/a.safetensors NEW "
+        "--scale 0.8` merges it again")
     two = _lora_d(_output(tmp_path / "L3"), {"source": "/l/a.safetensors", "scale": 0.8}, {"source": "org/b", "scale": 1})
     assert lora_rerun_note(two, Path("o")).endswith(
-        "took 2 LoRAs after its run (dit-compress lora), which recipe.yaml does not hold: this run compresses the "
-        "model before them; merging them again takes, in order, "
+        "took 2 LoRAs after its run (dit-compress lora or compress.merge_lora), which recipe.yaml does not hold: this "
+        "run compresses the model before them; merging them again takes, in order, "
         "`dit-compress lora o /l/a.safetensors NEW-1 --scale 0.8`, then `dit-compress lora NEW-1 org/b NEW --scale 1`")
     # R3: the folders named, each a runnable command
     three = _lora_d(_output(tmp_path / "L4"), *({"source": f"/{c}", "scale": 1} for c in "xyz"))
@@ -203,3 +204,16 @@ def test_the_rerun_notes_lora_commands_run_in_a_shell_and_a_state_dict_is_no_com
         "NEW-1 with the same LoRA state dict at scale 0.5, saved as NEW-2 (it was merged from a state dict through "
         "the Python API: no command names it), then compress.merge_lora of NEW-2 with that LoRA at scale 2, saved "
         "as NEW (config.json records no file of it: no command names it)")
+
+
+def test_the_rerun_note_of_a_lora_merged_from_a_state_dict_does_not_say_dit_compress_lora_merged_it(tmp_path):
+    """S47 review: an output that took a LoRA from a state dict (compress.merge_lora, then a save) was said to
+    have taken it '(dit-compress lora)', the same note then saying it was merged through the Python API."""
+    from compress.output_names import lora_rerun_note
+
+    state = _lora_d(_output(tmp_path / "S"), {"source": "the LoRA state dict", "scale": 1.0})
+    assert lora_rerun_note(state, Path("o")) == (
+        f"{tmp_path / 'S'} took a LoRA after its run (dit-compress lora or compress.merge_lora), which recipe.yaml "
+        "does not hold: this run compresses the model before it; merging it again takes compress.merge_lora of o "
+        "with the same LoRA state dict at scale 1.0, saved as NEW (it was merged from a state dict through the "
+        "Python API: no command names it)")
