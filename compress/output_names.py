@@ -98,13 +98,26 @@ def _lora_step(was: str, now: str, record: dict) -> str:
 
     from compress.lora_keys import STATE_DICT
 
-    source, scale = record.get("source"), record.get("scale")
+    source, scale = record.get("source"), _merged_at(record.get("scale"))
     if isinstance(source, str) and source and source != STATE_DICT:
+        if scale is None:  # no --scale S: `--scale None` is refused, and lora's default, 1, may not be it
+            return (f"`dit-compress lora {quote(was)} {quote(source)} {quote(now)}` with the --scale it was merged "
+                    "at (config.json records none)")
         return f"`dit-compress lora {quote(was)} {quote(source)} {quote(now)} --scale {scale}`"
     what, why = ("the same LoRA state dict", "it was merged from a state dict through the Python API") \
         if source == STATE_DICT else ("that LoRA", "config.json records no file of it")
-    return (f"compress.merge_lora of {quote(was)} with {what} at scale {scale}, saved as {now} "
-            f"({why}: no command names it)")
+    at = f"at scale {scale}" if scale is not None else "at the scale it was merged at (config.json records none)"
+    return f"compress.merge_lora of {quote(was)} with {what} {at}, saved as {now} ({why}: no command names it)"
+
+
+def _merged_at(scale):
+    """A LoRA record's `scale` where it is one lora takes (a finite number, not 0: lora.check_scale's and
+    commands_lora's refusals); None for none recorded or a damaged one (null, text, true, NaN)."""
+    import math
+    import numbers
+
+    good = isinstance(scale, numbers.Real) and not isinstance(scale, bool) and math.isfinite(scale) and scale != 0
+    return scale if good else None
 
 
 def default_name(recipe: str | Path) -> str:

@@ -217,3 +217,19 @@ def test_the_rerun_note_of_a_lora_merged_from_a_state_dict_does_not_say_dit_comp
         "does not hold: this run compresses the model before it; merging it again takes compress.merge_lora of o "
         "with the same LoRA state dict at scale 1.0, saved as NEW (it was merged from a state dict through the "
         "Python API: no command names it)")
+
+
+@pytest.mark.parametrize("scale", [{}, {"scale": None}, {"scale": "x"}, {"scale": True}, {"scale": float("nan")}])
+def test_the_rerun_note_of_a_lora_recorded_without_its_scale_gives_no_scale_flag(tmp_path, scale):
+    """S47 review: a LoRA record with a file and no scale (a damaged config.json) gave `dit-compress lora 'my out'
+    x.safetensors NEW --scale None`, which argparse refuses; a state dict's 'at scale None'."""
+    from compress.output_names import lora_rerun_note
+
+    one = _lora_d(_output(tmp_path / "L"), {"source": "x.safetensors", **scale})
+    assert lora_rerun_note(one, Path("my out")).endswith(
+        "this run compresses the model before it; `dit-compress lora 'my out' x.safetensors NEW` with the --scale it "
+        "was merged at (config.json records none) merges it again")
+    state = _lora_d(_output(tmp_path / "S"), {"source": "the LoRA state dict", **scale})
+    assert lora_rerun_note(state, Path("o")).endswith(
+        "compress.merge_lora of o with the same LoRA state dict at the scale it was merged at (config.json records "
+        "none), saved as NEW (it was merged from a state dict through the Python API: no command names it)")
