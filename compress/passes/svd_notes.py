@@ -12,9 +12,16 @@ TARGETS = ("targets", "ignore")  # the keys that say which layers are the pass's
 
 
 def unchanged_note(c, targets) -> tuple[str, str, tuple]:
-    """(recipe key, message, keys read) for an svd pass whose fixed ranks leave all its `targets` dense: rounding
-    to `c.multiple` is named the cause only where unrounded ranks (multiple 1) would save parameters;
-    else the ratio (or ratios, ranks) keeps every parameter."""
+    """(recipe key, message, keys read) for an svd pass whose fixed ranks leave all its `targets` dense
+    (`_unchanged_note`), and its explicit ranks at or above break-even (`dense_ranks_note`) where svd.ranks
+    is not already named the cause: one line, as floored_note joins its notes."""
+    said = _unchanged_note(c, targets)
+    return _joined([said] + ([dense_ranks_note(c, targets)] if said[0] != "ranks" else []))
+
+
+def _unchanged_note(c, targets) -> tuple[str, str, tuple]:
+    """unchanged_note's first: rounding to `c.multiple` is named the cause only where unrounded ranks
+    (multiple 1) would save parameters; else the ratio (or ratios, ranks) keeps every parameter."""
     dense = f"every one of its {len(targets)} targets stays dense"
     unrounded = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks or {}, 1)
     fixed = (*TARGETS, "allocation", _ratio_key(c), "ranks")  # what fixed_ranks read, but multiple
@@ -85,7 +92,13 @@ def floored_note(c, targets, ranks: dict) -> tuple[str, str, tuple] | None:
     """(key, note, keys read) for a pass whose fixed ranks factorize some target: ranks floored at
     svd.multiple (`_floored_note`) and explicit ranks that leave targets dense (`dense_ranks_note`),
     one line at the first one's key, reading what either read. None where neither."""
-    said = [n for n in (_floored_note(c, targets, ranks), dense_ranks_note(c, targets)) if n]
+    return _joined([_floored_note(c, targets, ranks), dense_ranks_note(c, targets)])
+
+
+def _joined(notes: list) -> tuple[str, str, tuple] | None:
+    """The (key, note, keys read) of `notes` that are there as one: at the first one's key, their
+    messages joined by '; ', reading what any read. None where none is."""
+    said = [n for n in notes if n]
     if not said:
         return None
     reads = dict.fromkeys(k for _, _, r in said for k in r)  # in order, once each

@@ -46,6 +46,20 @@ def test_rounding_is_named_the_cause_only_where_unrounded_ranks_would_save():
     assert reads == ("targets", "ignore")  # every target's rank explicit: not ratio, allocation nor multiple
 
 
+def test_an_explicit_rank_past_break_even_is_said_in_a_pass_that_changes_nothing():
+    """ranks {x: 13} at a 16×64 layer (break-even 12.8) with every other target dense by rounding said only
+    'every one of its 6 targets stays dense (ranks rounded up ...)': the break-even note, said where another
+    target was factorized, was dropped. Now both, in one line at the first one's key."""
+    key, said, reads = _unchanged(ratio=0.9, multiple=64, ranks={"blocks.0.q": 40})
+    assert key == "multiple" and said.startswith("svd: every one of its 2 targets stays dense (ranks rounded"), said
+    assert said.endswith("; lower svd.multiple or svd.ratio; svd.ranks: rank 40 for 'blocks.0.q' is at or above the "
+                         "break-even rank m·n/(m+n) of its target (64×64: 32), where the factors hold as many "
+                         "parameters as the weight, so it stays dense; give a rank below 32 to factorize it"), said
+    assert "multiple" in reads and "ranks" in reads
+    key, said, _ = _unchanged(ranks={"re:.*": 40}, multiple=1)  # svd.ranks named the cause already: said once
+    assert key == "ranks" and "break-even" not in said, said
+
+
 RATIO_ONE = "model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {ratio: 1.0}\n"
 
 
