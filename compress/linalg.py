@@ -19,6 +19,7 @@ Parameter counts and rank rounding are in `compress.linalg_params`, the KD losse
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -78,6 +79,15 @@ def _to64(t: torch.Tensor, what: str, name: str | None) -> torch.Tensor:
     t = t.detach().to(_F64)
     if not torch.isfinite(t).all():
         raise NumericError(f"{_label(name)}: {what} contains NaN or Inf")
+    return t
+
+
+def _held(t: torch.Tensor, what: str, name: str | None) -> torch.Tensor:
+    """t, computed in float64 from finite weights and Gram; Inf/NaN there is their product overflowing
+    float64 (a weight ~1e200), said so (eigh said 'failed to converge ... ill-conditioned')."""
+    if not torch.isfinite(t).all():
+        raise NumericError(f"{_label(name)}: float64 overflows in {what} (finite weights and Gram whose product "
+                           "passes 1.8e308): the weight or the calibration inputs are far out of range")
     return t
 
 
@@ -176,7 +186,7 @@ def reconstruction_loss(weight: torch.Tensor, approx: torch.Tensor, gram: torch.
 def _whitened_output_side(w, g, gram_is_output, name):
     """Eigenvectors of H = W G Wᵀ (out, out), O(out³). Directions with eigenvalue at round-off
     level are left out (clamped to zero energy) rather than trusted."""
-    h = g if gram_is_output else w @ g @ w.T  # (out, out)
+    h = g if gram_is_output else _held(w @ g @ w.T, "the output Gram W G Wᵀ", name)  # (out, out)
     vals, vecs = _eigh_desc(h, "the output Gram W G Wᵀ", name)
     keep = vals > _tol(vals, h.shape[0])
     return vecs[:, keep], vals[keep], _negative_part(vals)
@@ -209,7 +219,7 @@ def _whitened_input_side(w, g, name):
     keep = lam > _tol(lam, c.shape[0])
     s = q[:, keep] * lam[keep].sqrt()  # (in, k)
     u, sig, _ = _svd(wd @ s, "W S (whitened weight)", name)  # u (out, min(out, k))
-    energy = sig.square()
+    energy = _held(sig.square(), "the output Gram W G Wᵀ (its eigenvalues)", name)
     keep = energy > _tol(energy, max(w.shape))
     return u[:, keep], energy[keep], negative
 
@@ -287,8 +297,7 @@ def decompose(weight: torch.Tensor, gram: torch.Tensor, method: str = "whitened"
             basis, energies, negative = _whitened_input_side(w, g, name)
         else:
             raise ValueError(f"side must be 'input', 'output' or None, got {side!r}")
-    if not torch.isfinite(energies).all():
-        raise NumericError(f"{_label(name)}: non-finite energies in the {method} decomposition")
+    _held(energies, f"the output energies of the {method} decomposition (W G Wᵀ)", name)
     _check_psd(negative, float(energies.sum()), gram.dtype, name)
     basis, energies = basis[:, :max_rank], energies[:max_rank].clamp_min(0.0)
     return Decomposition(_fix_signs(basis), energies, max_rank, method, side)
@@ -319,8 +328,7 @@ def factors_from(dec: Decomposition, weight: torch.Tensor, rank: int, *, balance
     balance="orthonormal_up": up = U_r (orthonormal columns), down = U_rᵀ W.
     out_dtype: None returns float64; pass weight.dtype to get the weight's dtype.
     """
-    if not 0 <= rank <= dec.max_rank:
-        raise ValueError(f"{_label(name)}: rank {rank} outside [0, {dec.max_rank}]")
+    _check_rank(rank, dec.max_rank, name)
     if balance not in BALANCES:
         raise ValueError(f"unknown balance {balance!r}; expected one of {BALANCES}")
     w = _to64(weight, "weight", name)  # (out, in)
@@ -332,7 +340,34 @@ def factors_from(dec: Decomposition, weight: torch.Tensor, rank: int, *, balance
         up, down = balanced(up, down)
     curve = dec.curve
     dtype = out_dtype or _F64
-    return Factorization(up.to(dtype), down.to(dtype), float(curve[rank]), float(curve[0]))
+    return Factorization(*_cast(up, down, dtype, name), float(curve[rank]), float(curve[0]))
+
+
+def _check_rank(rank, max_rank: int, name: str | None) -> None:
+    """A rank that is no integer (2.5: a raw 'slice indices must be integers') or outside [0, max_rank]
+    is a ValueError naming the layer."""
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
+        raise ValueError(f"{_label(name)}: rank must be an integer, got {rank!r}")
+    if not 0 <= rank <= max_rank:
+        raise ValueError(f"{_label(name)}: rank {rank} outside [0, {max_rank}]")
+
+
+def _cast(up: torch.Tensor, down: torch.Tensor, dtype: torch.dtype, name: str | None):
+    """(up, down) in `dtype`; where it cannot hold them, a NumericError naming the layer: Inf past its
+    range, or rank components (a column of up, a row of down) flushed to zeros (float16 below 6e-8)."""
+    cast = up.to(dtype), down.to(dtype)  # (out, r), (r, in)
+    if up.numel() == 0 or down.numel() == 0:
+        return cast
+    gone = ((cast[0].abs().amax(0) == 0) & (up.abs().amax(0) > 0)) | \
+        ((cast[1].abs().amax(1) == 0) & (down.abs().amax(1) > 0))  # (r,)
+    finite = all(bool(torch.isfinite(f).all()) for f in cast)
+    if finite and not gone.any():
+        return cast
+    why = (f"{int(gone.sum())} of their {up.shape[1]} rank components underflow to zeros" if finite
+           else f"they pass its largest value {torch.finfo(dtype).max:.5g}")
+    top, said = max(float(up.abs().max()), float(down.abs().max())), str(dtype).removeprefix("torch.")
+    raise NumericError(f"{_label(name)}: its factors, entries up to {top:.3g}, do not fit {said}: {why}; "
+                       "give out_dtype float32 or bfloat16")
 
 
 def balanced(up: torch.Tensor, down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -370,8 +405,7 @@ def optimal_loss(weight: torch.Tensor, gram: torch.Tensor, rank: int, gram_is_ou
                  name: str | None = None) -> float:
     """min over rank-r W' of tr(E G Eᵀ): the sum of all but the r largest eigenvalues of W G Wᵀ."""
     curve = loss_curve(weight, gram, "whitened", gram_is_output=gram_is_output, name=name)
-    if not 0 <= rank < curve.numel():
-        raise ValueError(f"{_label(name)}: rank {rank} outside [0, {curve.numel() - 1}]")
+    _check_rank(rank, curve.numel() - 1, name)
     return float(curve[rank])
 
 

@@ -262,6 +262,42 @@ def test_bad_shapes_and_ranks():
         L.factorize(w, g, 4, "qr")
 
 
+@pytest.mark.parametrize("rank", [2.5, "2", True])
+def test_a_rank_that_is_no_integer_is_a_value_error_naming_the_layer(rank):
+    """factorize(W, G, 2.5) raised a raw TypeError 'slice indices must be integers'."""
+    w, g = make_case(12, 20)
+    with pytest.raises(ValueError, match=r"^layer 'blocks\.1\.ff': rank must be an integer, got "):
+        L.factorize(w, g, rank, name="blocks.1.ff")
+    with pytest.raises(ValueError, match=r"^layer 'blocks\.1\.ff': rank must be an integer"):
+        L.optimal_loss(w, g, rank, name="blocks.1.ff")
+    assert L.factorize(w, g, np.int64(2)).up.shape == (12, 2)  # numpy's integers are integers
+
+
+@pytest.mark.parametrize("shape, method", [((12, 20), "whitened"), ((20, 12), "whitened"), ((12, 20), "svd"),
+                                           ((12, 20), "asvd")])
+def test_a_product_overflowing_float64_is_said_as_overflow(shape, method):
+    """float64 W x1e200 said 'eigh ... failed to converge ... ill-conditioned' (output side), or gave factors of
+    a basis left empty with no word (input side: the energies Inf); the cause is W G Wᵀ passing 1.8e308."""
+    w, g = make_case(*shape)
+    with pytest.raises(NumericError, match=r"^layer 'blocks\.1\.ff': float64 overflows in .*W G Wᵀ.* \(finite "
+                                           r"weights and Gram whose product passes 1\.8e308\)"):
+        L.factorize(w * 1e200, g, 4, method, name="blocks.1.ff")
+
+
+@pytest.mark.parametrize("balance", ["sqrt", "orthonormal_up"])
+def test_factors_float16_cannot_hold_are_an_error_naming_the_layer(balance):
+    """out_dtype float16 on weights ~1e-30 gave factors of zeros, silently; past 65504, Inf."""
+    w, g = make_case(12, 20)
+    with pytest.raises(NumericError, match=r"^layer 'blocks\.1\.ff': its factors, entries up to .*, do not fit "
+                                           r"float16: 4 of their 4 rank components underflow to zeros; give "
+                                           r"out_dtype float32 or bfloat16$"):
+        L.factorize(w * 1e-30, g, 4, balance=balance, out_dtype=torch.float16, name="blocks.1.ff")
+    with pytest.raises(NumericError, match=r"do not fit float16: they pass its largest value 65504; give"):
+        L.factorize(w * 1e12, g, 4, balance=balance, out_dtype=torch.float16, name="blocks.1.ff")
+    assert L.factorize(w * 1e-30, g, 4, balance=balance, out_dtype=torch.float32).up.abs().max() > 0
+    assert L.factorize(w, g, 0, out_dtype=torch.float16).up.shape == (12, 0)
+
+
 # ----------------------------------------------------------------------------- properties
 
 
