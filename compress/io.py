@@ -68,7 +68,9 @@ def load_teacher(source, dtype: torch.dtype | str | None = torch.float32, config
 
     dtype = as_dtype(dtype, "load_teacher")  # before any source is read
     where = ""  # a checked source's errors start where it was given (a pickle's are said as it loads)
+    named = ("", "--teacher-config")  # where its config was given, and by what (TeacherSource.config_where)
     if isinstance(source, TeacherSource):
+        named = source.config_where()
         source, kind, where = source.source, source.kind, source.where
     else:  # empty, unknown toy, not there, not a teacher: said before loading
         source = str(source)
@@ -81,11 +83,8 @@ def load_teacher(source, dtype: torch.dtype | str | None = torch.float32, config
     if kind == "folder":  # a folder of .bin weights: checked against its config only as it loads
         return prefixed(where, _load_folder, path, dtype)
     if kind == "file":
-        from compress.io_single import load_single_file
-
-        # an error keeps its kind: run words an io_single.OtherFamily as its recipe's model line (runner_setup)
-        return prefixed(where, load_single_file, path, dtype, config, family)
-    return _load_hub(source, dtype)
+        return _load_file(path, dtype, config, family, where, named)
+    return _load_hub(source, dtype, where)
 
 
 def looks_local(source: str) -> bool:
@@ -361,8 +360,28 @@ def quiet_diffusers():
         diffusers_logging.set_verbosity(level)
 
 
-def _load_hub(repo_id: str, dtype) -> nn.Module:
-    """A Hub teacher: its transformer's folder downloaded (hub_folder), then loaded as a local one."""
-    from compress.io_hub import hub_folder
+def _load_file(path: Path, dtype, config: str | None, family: str | None, where: str,
+               named: tuple[str, str]) -> nn.Module:
+    """A single-file teacher (io_single.load_single_file), what its load refuses said after `where`, but a
+    config of another family than its tensors' (an io_single.OtherConfig: a pickle's family shows only as
+    it loads) after where that config was given, its advice naming what gave it (`named`: a recipe's
+    ('PATH:LINE: ', 'teacher_config'), else (`where`, '--teacher-config'))."""
+    from compress.io_single import OtherConfig, load_single_file
 
-    return _load_folder(hub_folder(repo_id), dtype)
+    config_where, key = named
+    try:
+        # an error keeps its kind: run words an io_single.OtherFamily as its recipe's model line (runner_setup)
+        return load_single_file(path, dtype, config, family, key=key)
+    except UserError as e:
+        place = config_where if isinstance(e, OtherConfig) else where
+        e.args = (f"{place}{e}", *e.args[1:])
+        raise
+
+
+def _load_hub(repo_id: str, dtype, where: str = "") -> nn.Module:
+    """A Hub teacher: its transformer's folder downloaded (hub_folder), then loaded as a local one, what
+    that load refuses said after `where` as a folder's is (.bin weights are checked only as they load)."""
+    from compress.io_hub import hub_folder
+    from compress.io_source import prefixed
+
+    return prefixed(where, _load_folder, hub_folder(repo_id), dtype)

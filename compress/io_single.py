@@ -55,6 +55,11 @@ class OtherFamily(UserError):
         self.path, self.found, self.needed = path, found, needed
 
 
+class OtherConfig(UserError):
+    """A checkpoint's config that describes another family's transformer than its tensors (check_config_family),
+    said after where that config was given (io.load_teacher: a recipe's teacher_config: line)."""
+
+
 def checked_family(path: Path, keys, family: str | None) -> str:
     """The family of a checkpoint's keys; `family` (the one the caller needs) where the keys do not
     tell, and a UserError where they tell another."""
@@ -70,18 +75,19 @@ def checked_family(path: Path, keys, family: str | None) -> str:
 
 
 def load_single_file(path: Path, dtype: torch.dtype | None = torch.float32, config: str | None = None,
-                     family: str | None = None, read=read_state_dict) -> nn.Module:
+                     family: str | None = None, read=read_state_dict, key: str = "--teacher-config") -> nn.Module:
     """The transformer of a single file, built empty from its diffusers config and filled with the
     file's tensors, converted to diffusers' keys (compress.arch.flux_convert / pixart_convert).
     dtype None: the file's own dtypes. `read`: path -> {name: tensor} (io_headers.header_tensors: meta
-    tensors from the header alone, which plan checks against the config without reading weights)."""
+    tensors from the header alone, which plan checks against the config without reading weights). `key`:
+    what gave `config`, as a refusal of it names it (check_config_family's)."""
     from compress.io_source import check_suffix
 
     check_suffix(path)
     sd = without_prefix(read(path))
     family = checked_family(path, sd.keys(), family)
     cfg = config_file(path, config)
-    model = empty_model(family, cfg, path)  # the file's tensors are assigned
+    model = empty_model(family, cfg, path, key)  # the file's tensors are assigned
     sd = converted(path, sd, family, model, cfg)
     try:
         missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
@@ -106,13 +112,14 @@ def converted(path: Path, sd: dict, family: str, model: nn.Module, cfg: Path) ->
         raise UserError(f"{path}: {e.args[0]}") from None
 
 
-def empty_model(family: str, cfg: Path, path: Path | None = None) -> nn.Module:
+def empty_model(family: str, cfg: Path, path: Path | None = None, key: str = "--teacher-config") -> nn.Module:
     """The family's transformer built from the config file `cfg` (config_file), parameters on the meta
-    device; a UserError where that config describes another family's (`path`: the checkpoint, for it)."""
+    device; a UserError where that config describes another family's (`path`: the checkpoint, for it;
+    `key`: check_config_family's)."""
     from accelerate import init_empty_weights
 
     config = read_config(cfg)
-    check_config_family(family, config, cfg, path)
+    check_config_family(family, config, cfg, path, key)
     cls = model_class(get_adapter(family).class_name)
     with init_empty_weights():
         return from_config(cls, config, cfg)
@@ -122,10 +129,10 @@ def check_config_family(family: str, config: dict, cfg: Path, path: Path | None 
                         key: str = "--teacher-config") -> None:
     """The config of a checkpoint (`path`) whose tensors are a `family` transformer is that family's:
     built into the other family's class, its numbers fail as a shape mismatch naming neither. `key`: what
-    gives the config, as the advice names it (a recipe's 'teacher_config')."""
+    gives the config, as the advice names it (a recipe's 'teacher_config'); an OtherConfig where it is not."""
     described = config_family(config, cfg, path, key)
     if described != family:
-        raise UserError(f"{f'{path}: ' if path else ''}the checkpoint's weights are a {family} transformer while "
+        raise OtherConfig(f"{f'{path}: ' if path else ''}the checkpoint's weights are a {family} transformer while "
                         f"the config in {config_place(cfg)} describes a {described} one; give the config of its own "
                         f"transformer ({key})")
 

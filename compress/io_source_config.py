@@ -110,7 +110,7 @@ class TeacherSource:
         if self.kind != "folder":  # a file's, or a Hub id's --teacher-config
             from compress.io_single import config_family
 
-            where, key = self._config_where()
+            where, key = self.config_where()
             prefixed(where, config_family, config, file, Path(self.source).expanduser(), key)
         return config
 
@@ -165,11 +165,11 @@ class TeacherSource:
             with safe_open(str(path), "pt") as f:
                 prefixed(f"{self.where}{path}: ", lambda: detect_family(list(f.keys())))
         if family is not None and has_config:
-            where, key = self._config_where()
+            where, key = self.config_where()
             prefixed(where, check_config_family, family, config, self.config_file(), path, key)
         return family
 
-    def _config_where(self) -> tuple[str, str]:
+    def config_where(self) -> tuple[str, str]:
         """(where an error about its config is said, what gave that config as the advice names it): a
         recipe's teacher_config: key ('PATH:LINE: ', 'teacher_config'), else the teacher's place and the flag."""
         if self.config_arg and self.config_place:

@@ -262,3 +262,20 @@ def test_plan_notes_it_does_not_read_a_cached_hub_teachers_pickled_weights(tmp_p
         assert err.count(f"note: plan does not read a .bin teacher's weights ({folder}: a pickle loads whole); "
                          "run checks them against its config") == noted, err
         assert err.count("plan does not read") == noted
+
+
+@pytest.mark.parametrize("shard", [None, "20KB"])
+def test_a_cached_hub_teachers_bin_refusals_as_it_loads_start_where_it_was_given(tmp_path, monkeypatch, shard):
+    """S47: what run's load of a cached Hub teacher's .bin weights refuses ('SNAPSHOT: the weights do not
+    match config.json: missing ...', its config counting 4 blocks over 3) had no place, where a local .bin
+    folder's starts 'r.yaml:2: ' (fbbcd54). Now it does."""
+    import json
+
+    from compress.runner_setup import load_checked_teacher
+
+    text, folder = _cached_bin(tmp_path, monkeypatch, shard)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(dict(config, num_layers=4)))
+    with pytest.raises(UserError) as e:
+        load_checked_teacher(parse_recipe(text.format("acme/bin"), "r.yaml"))
+    assert str(e.value).startswith(f"r.yaml:2: {folder}: the weights do not match config.json: missing "), str(e.value)

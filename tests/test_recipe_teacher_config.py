@@ -314,6 +314,11 @@ def test_the_flag_not_found_is_said_as_fits_the_teacher_given(tmp_path, monkeypa
     assert capsys.readouterr().err == f"{said}a single-file teacher or a Hugging Face id:{kinds}\n"
 
 
+def _line_of(text: str, key: str) -> int:
+    """The line of the recipe `text` that sets the top-level `key` (1 the first)."""
+    return 1 + next(i for i, line in enumerate(text.splitlines()) if line.startswith(f"{key}:"))
+
+
 @pytest.mark.parametrize("config", ["flux", "junk"])
 def test_a_recipes_teacher_config_not_of_its_files_transformer_is_said_at_its_line(tmp_path, monkeypatch, capsys,
                                                                                   config):
@@ -335,9 +340,7 @@ def test_a_recipes_teacher_config_not_of_its_files_transformer_is_said_at_its_li
     monkeypatch.chdir(tmp_path)
     text = RECIPE.format(teacher=tmp_path / "pix.safetensors", config=tmp_path / "bad")
     (tmp_path / "r.yaml").write_text(text)
-    lines = text.splitlines()
-    key_line = 1 + next(i for i, line in enumerate(lines) if line.startswith("teacher_config:"))
-    teacher_line = 1 + next(i for i, line in enumerate(lines) if line.startswith("teacher:"))
+    key_line, teacher_line = _line_of(text, "teacher_config"), _line_of(text, "teacher")
     for command in (["plan", "r.yaml"], ["run", "r.yaml", "--out", "o", "--run-dir", "w"]):
         assert main(command) != 0
         assert capsys.readouterr().err.strip().endswith(
@@ -347,3 +350,33 @@ def test_a_recipes_teacher_config_not_of_its_files_transformer_is_said_at_its_li
     assert main(["plan", "r.yaml", "--teacher-config", str(tmp_path / "bad")]) != 0
     assert capsys.readouterr().err.strip().endswith(
         f"error: r.yaml:{teacher_line}: {tmp_path / 'pix.safetensors'}: {words} (--teacher-config)")
+
+
+def test_a_recipes_teacher_config_not_of_its_pickles_transformer_is_said_at_its_line_as_it_loads(tmp_path, monkeypatch,
+                                                                                                 capsys):
+    """S47: a .pth teacher's family shows only as it loads (its names are not read before), where a Flux
+    config given by the recipe's teacher_config: for its PixArt weights was refused at the teacher: line,
+    advising '(--teacher-config)', a flag never given (8978e52 mended the check before loading, which a
+    .safetensors file meets). Now run and importance say it at the teacher_config: line, naming that key;
+    given by --teacher-config, at the teacher's line naming the flag, as before."""
+    import torch
+
+    from tests.conftest import tiny_flux
+
+    torch.save(tiny_pixart().state_dict(), tmp_path / "pix.pth")
+    tiny_flux().save_config(tmp_path / "bad")
+    tiny_flux().save_config(tmp_path / "bad2")
+    monkeypatch.chdir(tmp_path)
+    text = RECIPE.format(teacher=tmp_path / "pix.pth", config=tmp_path / "bad")
+    (tmp_path / "r.yaml").write_text(text)
+    key_line, teacher_line = _line_of(text, "teacher_config"), _line_of(text, "teacher")
+
+    def words(config: str) -> str:
+        return (f"{tmp_path / 'pix.pth'}: the checkpoint's weights are a pixart transformer while the config in "
+                f"{tmp_path / config} describes a flux one; give the config of its own transformer")
+
+    for command in (["run", "r.yaml", "--out", "o", "--run-dir", "w"], ["importance", "r.yaml"]):
+        assert main(command) != 0
+        assert capsys.readouterr().err.strip().endswith(f"error: r.yaml:{key_line}: {words('bad')} (teacher_config)")
+    assert main(["run", "r.yaml", "--out", "o", "--run-dir", "w", "--teacher-config", str(tmp_path / "bad2")]) != 0
+    assert capsys.readouterr().err.strip().endswith(f"error: r.yaml:{teacher_line}: {words('bad2')} (--teacher-config)")
