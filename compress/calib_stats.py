@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from compress import calib_store
+from compress.dtype_range import overflow_hint
 from compress.errors import NumericError
 
 F64 = torch.float64
@@ -111,7 +112,7 @@ def _check_finite(x: torch.Tensor, reader: Reader) -> None:
         what = "output" if reader.output else "input"
         raise NumericError(f"NaN/Inf in calibration activations: {what} of layer '{reader.module}' "
                            f"({reader.where}; the input of a block's first layer is the output of the "
-                           "block before it; a float16 compute_dtype overflowing? try bfloat16)")
+                           f"block before it; {overflow_hint(x.dtype)})")
 
 
 class _Accumulator:

@@ -100,3 +100,14 @@ def compute_beyond_words(what: str, name: str, path, big: float, dtype: torch.dt
     """beyond_words for `what`'s ('teacher', 'student') weight `name` of file `path`, cast to the
     compute dtype: a resident run's check (runner_setup) and a streamed block's read (stream) alike."""
     return beyond_words(f"the {what}'s weight {name} (in {path})", big, dtype, "use compute_dtype")
+
+
+def overflow_hint(dtype: torch.dtype) -> str:
+    """What a NaN/Inf that a forward or backward in compute dtype `dtype` made suggests, for the
+    parenthesis of its error: float16's narrow range (65504), or where the dtype reaches 3.4e38 (bfloat16,
+    float32), weights that are damaged or that an earlier pass (a diverging distill) made so large."""
+    if dtype == torch.float16:
+        return "a float16 compute_dtype overflowing? try bfloat16"
+    name = str(dtype).removeprefix("torch.")
+    return (f"{name} reaches 3.4e38, so not a narrow compute dtype: weights damaged, or grown that large by an "
+            "earlier pass (a diverging distill)")

@@ -53,3 +53,13 @@ def test_a_damaged_file_says_what_to_do_where_it_came_from(tmp_path, monkeypatch
         with pytest.raises(NumericError) as e:
             check_finite_file(path, nan)
         assert str(e.value) == f"{path}: weight w has 1 NaN/Inf values; {words}"
+
+
+@pytest.mark.parametrize("dtype, words", [
+    (torch.float16, "a float16 compute_dtype overflowing? try bfloat16"),
+    (torch.bfloat16, "bfloat16 reaches 3.4e38, so not a narrow compute dtype: weights damaged, or grown"),
+    (torch.float32, "float32 reaches 3.4e38, so not a narrow compute dtype: weights damaged, or grown")])
+def test_an_overflow_is_blamed_on_float16_only_in_float16(dtype, words):
+    from compress.dtype_range import overflow_hint
+
+    assert overflow_hint(dtype).startswith(words)

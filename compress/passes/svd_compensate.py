@@ -65,6 +65,7 @@ from torch import nn
 
 from compress.arch.base import LinearInfo
 from compress.calib_stats import Stats
+from compress.dtype_range import overflow_hint
 from compress.errors import NumericError
 from compress.linalg_steps import kfac_step
 from compress.passes.svd_fisher import prediction_gradients
@@ -157,8 +158,8 @@ def line_search(model: nn.Module, pairs: list[tuple[LinearInfo, Stats]], steps: 
             model.set_submodule(name, module)
         if not beta and not math.isfinite(errors[beta]):  # nothing to compare the steps with
             raise NumericError(f"layers {sorted(originals)}: the calibration prediction error with "
-                               f"their plain factors is {errors[beta]}: the forward overflowed (a "
-                               "float16 compute_dtype? try bfloat16)")
+                               f"their plain factors is {errors[beta]}: the forward overflowed "
+                               f"({overflow_hint(next(model.parameters()).dtype)})")
 
     trial(0.0)
     ladder = STEPS[1:]

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from compress.calib_store import NamedFiles
+from compress.dtype_range import overflow_hint
 from compress.errors import NumericError
 from compress.io_tensors import nonfinite
 from compress.replay import Prefix, replaying
@@ -156,7 +157,7 @@ def sweeps(model: nn.Module, adapter, batches: list[dict], chunks: list[list[str
             bar.update(task, description=f"output Fishers (sweep {k} of {len(chunks)}):")
             tick = lambda: bar.advance(task)  # noqa: E731
             for name, fisher in output_fisher(model, adapter, batches, names, probes, seed=0, tick=tick).items():
-                roots.add(name, fisher)
+                roots.add(name, fisher, next(model.parameters()).dtype)
 
 
 def _probe(ends: list[torch.Tensor], names: list[str], outputs: dict, probes: int, gen: torch.Generator,
@@ -280,10 +281,12 @@ class Roots:
         if shared is None and not reuse:
             self.store.clear()
 
-    def add(self, name: str, fisher: torch.Tensor) -> None:
+    def add(self, name: str, fisher: torch.Tensor, dtype: torch.dtype = torch.float16) -> None:
+        """The output Fisher of layer `name`, measured by a backward in compute dtype `dtype` (what its
+        error suggests; float16 where the caller does not say)."""
         if nonfinite(fisher):
             raise NumericError(f"layer '{name}': its output Fisher (the prediction's gradients) holds "
-                               "NaN/Inf; the backward overflowed (a float16 compute_dtype? try bfloat16)")
+                               f"NaN/Inf; the backward overflowed ({overflow_hint(dtype)})")
         if not bool(fisher.detach().abs().amax() > 0):
             from compress.report import warn
 

@@ -53,4 +53,4 @@ class FisherMeasurement:
         for names in block_chunks(cal.model, cal.adapter, block, cal.inputs, infos, self.budget, rows):
             fisher = block_fisher(cal.model, cal.adapter, block, cal.inputs, names, c.fisher_probes, seed=0)
             for name, f in fisher.items():
-                self.roots.add(name, f)
+                self.roots.add(name, f, next(cal.model.parameters()).dtype)

@@ -125,3 +125,18 @@ def test_roots_that_are_revisited_keep_each_fs_eigendecomposition_in_its_place(t
     assert len(list((tmp_path / "f").iterdir())) == len(fishers)
     rerun = Roots(tmp_path / "f", 1e-1, keep_bytes=0, reuse=True)  # another damping: the same decomposition
     assert all(torch.equal(a, b) for name, f in fishers.items() for a, b in zip(rerun[name], sqrt_pair(f, 1e-1)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_a_fisher_that_is_not_finite_blames_float16_only_in_a_float16_run(dtype, monkeypatch):
+    """A float32 run whose backward overflowed (a student that a distill pass before made NaN) was told 'a
+    float16 compute_dtype? try bfloat16'; the words now follow the model's dtype."""
+    import compress.passes.svd_fisher as svd_fisher
+    from compress.errors import NumericError
+
+    nan = torch.full((2, 2), float("nan"), dtype=torch.float64)
+    monkeypatch.setattr(svd_fisher, "output_fisher", lambda *a, **k: {"layer": nan})
+    model = torch.nn.Linear(2, 2).to(dtype)
+    with pytest.raises(NumericError, match="layer 'layer': its output Fisher .* holds NaN/Inf") as e:
+        svd_fisher.sweeps(model, None, [{}], [["layer"]], 1, Roots(None, 0.0, 1e9), progress=False)
+    assert ("float16 compute_dtype" in str(e.value)) == (dtype == torch.float16), e.value
