@@ -4,9 +4,11 @@ and on --resume for a kept stage stopped before it was (check_kept)."""
 
 from __future__ import annotations
 
+import math
 import time
 
-from compress.passes.base import relative_error
+from compress.errors import NumericError
+from compress.passes.base import first_nonfinite, relative_error
 from compress.report import console, warn
 from compress.report_card import against_base
 from compress.runner_stages import save_state
@@ -23,15 +25,35 @@ def check_stage(runner, student, record: dict, reference, heldout, teacher_param
     last = runner.recipe.stream and runner.doing == len(runner.passes) - 1
     with runner.models.forwards(student), recording_if(last, student, runner.adapter) as maxima:
         err = relative_error(student, reference, runner.adapter, heldout)
+        if not math.isfinite(err):  # (the teacher's reference is checked finite): refused before the export
+            raise NumericError(nonfinite_words(runner, student, heldout))
     record.update(seconds=round(record["seconds"] + time.perf_counter() - t0, 3), relative_error=err)
     if maxima is not None:
         record.update(stage_maxima(maxima, block_names(student, runner.adapter)))
     save_state(runner, runner.doing)
     console.print(f"  params {record['params']:,} / {teacher_params:,}   teacher-relative error {err:.4g}"
                   f"{against_base_words(record)}")
-    if err > 1:  # NaN is not: the reference check and the passes' own checks name that
+    if err > 1:
         warn(f"{runner._doing_words()}: the student's teacher-relative error {err:.4g} is above 1: a model "
              "predicting zeros would be closer to the teacher; check this pass's settings")
+
+
+def nonfinite_words(runner, student, heldout: list[dict]) -> str:
+    """Why the student of pass `runner.doing` has no finite held-out error: its prediction holds NaN/Inf,
+    on which held-out batch, which layer's output holds it first (runner_setup.check_reference's words
+    for the teacher), and what to change; its stage stays saved (--resume measures it again), so the
+    rerun changes that pass's settings, which has --resume run it again."""
+    name = runner.passes[runner.doing].name
+    bad, where = None, ""
+    for b, kwargs in enumerate(heldout):
+        if (found := first_nonfinite(student, runner.adapter, kwargs)) is not None:
+            bad, (layer, inputs_ok) = b, found
+            where = f": {layer}'s output is the first to hold it" + (" (its inputs were finite)" if inputs_ok else "")
+            break
+    batch = f" on held-out batch {bad + 1} of {len(heldout)}" if bad is not None else ""
+    change = "lower distill.lr" if name == "distill" else "change its settings"
+    return (f"{runner._doing_words()}: the student's prediction holds NaN/Inf{batch}{where}; {change} and "
+            "rerun with --resume (it keeps the passes before it)")
 
 
 def against_base_words(record: dict) -> str:

@@ -5,6 +5,7 @@ writing a checkpoint."""
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from functools import partial
@@ -17,10 +18,12 @@ from compress.distill_data import make_source
 from compress.distill_utils import (BlockOutputs, OutputCapture, StopSignals, accelerator_for, agreed_stop,
                                     feature_loss, output_loss, resolve_block_map, select_trainable, stop_slots,
                                     stop_words, stops_taken, warmup_cosine, write_curves)
-from compress.errors import UserError
+from compress.dtype_range import overflow_hint
+from compress.errors import NumericError, UserError
 from compress.inputs import moved
 from compress.io import cast
-from compress.passes.base import RunContext
+from compress.io_tensors import nonfinite
+from compress.passes.base import RunContext, first_nonfinite
 from compress.passes.distill_checkpoints import Checkpoints
 from compress.passes.distill_progress import TERMS, fmt_terms, weights_of
 from compress.passes.distill_resume import checksum
@@ -179,11 +182,19 @@ class _Trainer(Checkpoints):
         # (the task term stays at lambda_task 0: it reaches every parameter, as DDP's settings assume)
         loss = cfg.lambda_task * task + cfg.lambda_out * out + cfg.lambda_feat * feat
         if not torch.isfinite(loss):
-            raise _numeric(self.step, task, out, feat, teacher_trouble(teacher_pred, feats[1].outputs if feats else {}))
+            teacher = teacher_trouble(teacher_pred, feats[1].outputs if feats else {})
+            dtype = torch.float16 if acc.mixed_precision == "fp16" else next(self.teacher.parameters()).dtype
+            raise _numeric(self.step, task, out, feat, teacher, dtype) if teacher else self._diverged(
+                f"non-finite loss at step {self.step + 1} ({_terms(task, out, feat)})", self._student_trouble(kwargs))
         for f in feats or ():
             f.clear()
         acc.backward(loss)
         grad_norm = acc.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        # before the step: AdamW would write the NaN into every weight, and the next checkpoint keep it
+        # (fp16 mixed precision's grad scaler skips such a step and lowers its scale: not refused)
+        if getattr(acc, "scaler", None) is None and not math.isfinite(float(grad_norm)):
+            raise self._diverged(f"non-finite gradient at step {self.step + 1} (loss {loss.item():.4g}, "
+                                 f"grad norm {float(grad_norm)})", self._gradient_trouble())
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -223,6 +234,8 @@ class _Trainer(Checkpoints):
 
     def _finish(self, model, seconds: float) -> None:
         after = self._eval_error(model)
+        if after is not None and not math.isfinite(after):  # refused before the runner saves its stage
+            raise self._diverged(*self._heldout_trouble(model))
         record = {"steps": self.cfg.steps, "steps_done": self.step, "resumed": self.resumed,
                   "processes": self.acc.num_processes, "train": self.cfg.train, "data": self.cfg.data,
                   "block_map": self.block_map,
@@ -247,6 +260,68 @@ class _Trainer(Checkpoints):
         self.ctx.report["distill"] = record
 
 
+    # ---- divergence -------------------------------------------------------------------------
+    def _save(self) -> None:
+        """A checkpoint, never of weights that are not finite (--resume would go on from them)."""
+        if (bad := _nonfinite_weight(self.acc.unwrap_model(self.student))) is not None:
+            raise self._diverged(f"the student's weight {bad} holds NaN/Inf after step {self.step}", "")
+        super()._save()
+
+    def _diverged(self, what: str, culprit: str) -> NumericError:
+        """The one line of a student that diverged: `what` (at which step), `culprit` (': the first of its
+        weights or layers to hold NaN/Inf', or ''), what to change, and what --resume then needs: a
+        checkpoint resumes only at the lr it was trained with (distill_resume)."""
+        cfg, root = self.cfg, self.dir / "checkpoints"
+        clip = " or set distill.grad_clip (0 now: no clipping)" if cfg.grad_clip == 0 else ""
+        if not any(root.glob("step-*")):
+            return NumericError(f"distill: {what}{culprit}; lower distill.lr ({cfg.lr:g}){clip} and rerun "
+                                "with --resume (it keeps the passes before it); no checkpoint was written")
+        # (its checkpoints' weights are finite, _save; at this lr a resumed run takes the same steps again)
+        return NumericError(f"distill: {what}{culprit}; lower distill.lr ({cfg.lr:g}){clip}, delete {root} "
+                            "(--resume goes on from a checkpoint only at the lr it was trained with) and rerun "
+                            "with --resume (it keeps the passes before it and the teacher samples)")
+
+    def _student_trouble(self, kwargs: dict) -> str:
+        """': the first weight, else layer output, of the student to hold NaN/Inf' on the step's inputs."""
+        inner = self.acc.unwrap_model(self.student)
+        if (name := _nonfinite_weight(inner)) is not None:
+            return f": the student's weight {name} holds NaN/Inf"
+        return _layer_words(first_nonfinite(inner, self.adapter, _inputs_for(inner, kwargs)))
+
+    def _gradient_trouble(self) -> str:
+        """': how many trained weights' gradients hold NaN/Inf, the first by name', or ''."""
+        grads = [(name, p.grad) for name, p in self.acc.unwrap_model(self.student).named_parameters()
+                 if p.grad is not None]
+        bad = [name for name, g in grads if nonfinite(g.detach())]
+        return f": the gradients of {len(bad)} of its {len(grads)} trained weights hold NaN/Inf, the first {bad[0]}" \
+            if bad else ""
+
+    @torch.no_grad()
+    def _heldout_trouble(self, model) -> tuple[str, str]:
+        """(what, culprit) of a trained student whose held-out prediction is not finite: the first
+        held-out batch that shows it and the student's first layer whose output holds NaN/Inf there."""
+        batches = list(self.ctx.eval_inputs())
+        for b, kwargs in enumerate(batches, 1):
+            found = first_nonfinite(model, self.adapter, _inputs_for(model, kwargs))
+            if found is not None:
+                return (f"the student's prediction after step {self.step} holds NaN/Inf on held-out batch {b} "
+                        f"of {len(batches)}", _layer_words(found))
+        return f"the student's teacher-relative error after step {self.step} is not finite", ""
+
+
+def _nonfinite_weight(model) -> str | None:
+    """The name of the model's first parameter that holds NaN/Inf, or None."""
+    return next((name for name, p in model.named_parameters() if nonfinite(p.detach())), None)
+
+
+def _layer_words(found: tuple[str, bool] | None) -> str:
+    """passes.base.first_nonfinite's (layer, inputs finite) in words, '' for None."""
+    if found is None:
+        return ""
+    name, inputs_ok = found
+    return f": {name}'s output is the first to hold NaN/Inf" + (" (its inputs were finite)" if inputs_ok else "")
+
+
 def _earlier(report: dict) -> list[dict]:
     """The records of the recipe's earlier distill passes (the latest is report["distill"], with
     those before it under "earlier"): each pass keeps its own folder, curves and record."""
@@ -267,13 +342,15 @@ def teacher_trouble(pred: torch.Tensor | None, feats: dict) -> str | None:
     return None
 
 
-def _numeric(step, task, out, feat, teacher: str | None = None):
-    from compress.errors import NumericError
+def _numeric(step, task, out, feat, teacher: str, dtype: torch.dtype):
+    """A non-finite loss that the teacher's non-finite prediction or block output (`teacher`), computed
+    in `dtype`, caused."""
+    return NumericError(f"distill: non-finite loss at step {step + 1} ({_terms(task, out, feat)}); {teacher} "
+                        f"is not finite ({overflow_hint(dtype)})")
 
-    why = (f"{teacher} is not finite (a float16 compute_dtype overflowing? try bfloat16)" if teacher
-           else "lower lr or check the student")
-    return NumericError(f"distill: non-finite loss at step {step + 1} (task {task.item():.4g}, "
-                        f"out {out.item():.4g}, feat {feat.item():.4g}); {why}")
+
+def _terms(task, out, feat) -> str:
+    return f"task {task.item():.4g}, out {out.item():.4g}, feat {feat.item():.4g}"
 
 
 def _cast(model, dtype):

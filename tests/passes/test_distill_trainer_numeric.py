@@ -1,0 +1,114 @@
+"""A distill pass that diverges (passes/distill_trainer.py): it stops with one line naming the step and the
+student's first weight, gradient or layer that is not finite, writes no checkpoint of weights that are
+not finite, and says what --resume at a lower lr needs; never a NaN student handed on to be saved."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from compress.errors import NumericError
+from tests.conftest import model_inputs, tiny_pixart
+from compress.passes.distill import DistillConfig, DistillPass
+from tests.passes.distill_helpers import context, distill, factorize
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _checkpoint_weights(run_dir):
+    """{checkpoint folder name: its model's tensors}."""
+    return {c.name: load_file(str(c / "model.safetensors"))
+            for c in sorted((run_dir / "distill" / "checkpoints").glob("step-*"))}
+
+
+def test_a_gradient_that_is_not_finite_stops_before_the_step_and_its_checkpoints_stay_finite(tmp_path):
+    """lr 3 without clipping: step 2's loss is finite (~1e21) but its gradient NaN. AdamW applied it, the
+    step-2 checkpoint held NaN in most weights and --resume went on from it; the stop came a step later,
+    'non-finite loss at step 3 ...; lower lr or check the student', naming nothing."""
+    teacher = tiny_pixart()
+    student = factorize(copy.deepcopy(teacher), rank=2)
+    with pytest.raises(NumericError) as e:
+        distill(student, teacher, tmp_path, lr=3, grad_clip=0, warmup_steps=0, steps=4, checkpoint_every=1)
+    words = str(e.value)
+    assert "\n" not in words
+    assert words.startswith("distill: non-finite gradient at step 2 (loss "), words
+    assert "trained weights hold NaN/Inf, the first pos_embed.proj.weight; lower distill.lr (3) or set " \
+           "distill.grad_clip (0 now: no clipping), delete " in words, words
+    assert f"{tmp_path / 'distill' / 'checkpoints'} (--resume goes on from a checkpoint only at the lr it was " \
+           "trained with) and rerun with --resume" in words, words
+    saved = _checkpoint_weights(tmp_path)
+    assert list(saved) == ["step-00000001"]
+    assert all(torch.isfinite(t).all() for t in saved["step-00000001"].values())
+    # the checkpoint kept resumes (at its lr: the same step stops it again, before writing anything)
+    with pytest.raises(NumericError, match="^distill: non-finite gradient at step 2 "):
+        distill(factorize(copy.deepcopy(teacher), rank=2), teacher, tmp_path, lr=3, grad_clip=0, warmup_steps=0,
+                steps=4, checkpoint_every=1, resume=True)
+    assert list(_checkpoint_weights(tmp_path)) == ["step-00000001"]
+
+
+def test_a_checkpoint_of_weights_that_are_not_finite_is_never_written(tmp_path, monkeypatch):
+    """An update that overflows the weights themselves (finite gradients): the checkpoint after it is
+    refused naming the weight, the earlier one kept."""
+    import compress.passes.distill_trainer as trainer
+
+    real = trainer._Trainer._train_step
+
+    def overflowing(self, *a, **k):
+        row = real(self, *a, **k)
+        if self.step == 1:  # the second step's update
+            self.acc.unwrap_model(self.student).proj_out.weight.data[0, 0] = float("inf")
+        return row
+
+    monkeypatch.setattr(trainer._Trainer, "_train_step", overflowing)
+    teacher = tiny_pixart()
+    with pytest.raises(NumericError, match=r"^distill: the student's weight proj_out.weight holds NaN/Inf after "
+                                           r"step 2; lower distill.lr \(0.001\), delete "):
+        distill(factorize(copy.deepcopy(teacher), rank=2), teacher, tmp_path, steps=4, checkpoint_every=1)
+    assert list(_checkpoint_weights(tmp_path)) == ["step-00000001"]
+
+
+def test_a_loss_that_is_not_finite_names_the_students_first_layer_to_overflow(tmp_path):
+    """lr 1e30: the second step's forward overflows; the line names where, in the student, not 'or check
+    the student'."""
+    teacher = tiny_pixart()
+    with pytest.raises(NumericError) as e:
+        distill(factorize(copy.deepcopy(teacher), rank=2), teacher, tmp_path, lr=1e30, steps=3, warmup_steps=0)
+    words = str(e.value)
+    assert words.startswith("distill: non-finite loss at step 2 (task "), words
+    assert "'s output is the first to hold NaN/Inf" in words and "; lower distill.lr (1e+30) and rerun with " \
+           "--resume (it keeps the passes before it); no checkpoint was written" in words, words
+
+
+def test_a_student_whose_held_out_prediction_is_not_finite_is_refused_naming_its_layer(tmp_path):
+    """lr 1e6, clipped, one step: the weights stay finite (~1e6) but the held-out prediction is NaN. The
+    pass returned that student (pred_rel_error_after nan) and the run wrote it as its output."""
+    teacher = tiny_pixart()
+    heldout = [model_inputs(teacher, batch=2, seed=5)]
+    ctx = context(teacher, tmp_path, eval_inputs=lambda: heldout)
+    cfg = DistillConfig(lr=1e6, grad_clip=1.0, steps=1, batch_size=4, warmup_steps=0, checkpoint_every=1,
+                        progress=False, plot=False)
+    with pytest.raises(NumericError) as e:
+        DistillPass(cfg).run(factorize(copy.deepcopy(teacher), rank=2), ctx)
+    words = str(e.value)
+    assert words.startswith("distill: the student's prediction after step 1 holds NaN/Inf on held-out batch 1 "
+                            "of 1: "), words
+    assert "'s output is the first to hold NaN/Inf" in words and "; lower distill.lr (1e+06), delete " in words
+
+
+def test_after_the_refusal_its_words_resume_at_a_lower_lr(tmp_path):
+    """What the line says to do works: the checkpoints deleted, --resume at a lower lr trains to the end."""
+    import shutil
+
+    teacher = tiny_pixart()
+    student = factorize(copy.deepcopy(teacher), rank=2)
+    with pytest.raises(NumericError, match="delete "):
+        distill(copy.deepcopy(student), teacher, tmp_path, lr=3, grad_clip=0, warmup_steps=0, steps=3,
+                checkpoint_every=1)
+    shutil.rmtree(tmp_path / "distill" / "checkpoints")
+    out, ctx = distill(student, teacher, tmp_path, lr=1e-3, grad_clip=0, warmup_steps=0, steps=3,
+                       checkpoint_every=1, resume=True)
+    assert ctx.report["distill"]["steps_done"] == 3
+    assert all(torch.isfinite(p).all() for p in out.parameters())
