@@ -286,8 +286,8 @@ def _step(work, adapter, wins, batches, refs, b: int, tau: float, generator, opt
     ref = refs[b]
     loss = (pred.float() - ref.float()).pow(2).sum() / ref.float().pow(2).sum().clamp_min(1e-30)
     if not torch.isfinite(loss):
-        raise NumericError(f"remove_blocks: criterion learned: non-finite loss at step {step + 1} "
-                           "(the masked model's prediction or the teacher's)")
+        with _gates(work, adapter, keep):
+            raise NumericError(_nonfinite_words(work, adapter, batches, ref, b, opt, step))
     if score:
         now = float(loss.detach())
         base = state.get("baseline", now)
@@ -300,6 +300,30 @@ def _step(work, adapter, wins, batches, refs, b: int, tau: float, generator, opt
     _zero_missing_grads(opt)
     opt.step()
     return float(loss.detach())
+
+
+def _nonfinite_words(work, adapter, batches, ref, b: int, opt, step: int) -> str:
+    """Why step `step`'s loss on batch `b` is not finite: the teacher's prediction `ref` (its own
+    checkpoint or compute dtype), else the masked model's, naming its first trained weight or (under the
+    step's gates) layer to hold NaN/Inf, and the rate to lower: the weight update's, or the logits'."""
+    head = f"remove_blocks: criterion learned: non-finite loss at step {step + 1}"
+    if not bool(torch.isfinite(ref).all()):
+        return f"{head}: the teacher's prediction on calibration batch {b + 1} holds NaN/Inf"
+    from compress.passes.base import first_nonfinite
+
+    rates = [g["lr"] for g in opt.param_groups]  # (logit_lr, learn_lr where a weight update trains)
+    weight = next((n for n, p in work.named_parameters() if not bool(torch.isfinite(p).all())), None)
+    if weight is None and len(rates) > 1:
+        weight = next((f"its low-rank update's factor {i}" for i, p in enumerate(opt.param_groups[1]["params"])
+                       if not bool(torch.isfinite(p).all())), None)
+    where = ""
+    if weight is not None:
+        where = f": the trained weight {weight} holds NaN/Inf"
+    elif (found := first_nonfinite(work, adapter, to_model(batches[b], work))) is not None:
+        where = f": {found[0]}'s output is the first to hold NaN/Inf" + (
+            " (its inputs were finite)" if found[1] else "")
+    lower = f"lower learn_lr ({rates[1]:g})" if len(rates) > 1 else f"lower logit_lr ({rates[0]:g})"
+    return f"{head} (the teacher's prediction is finite, the masked model's is not){where}; {lower}"
 
 
 def _zero_missing_grads(opt) -> None:

@@ -229,3 +229,32 @@ def test_learning_off_a_terminal_logs_every_few_minutes_too(tmp_path, capsys, mo
     counts = list(dict.fromkeys(words[2] for words in lines))  # (the timer may say a step's line again)
     counts = counts[counts[:1] == ["0/20"]:]  # (and, where the first step outlasts its 10 ms tick, 0/20 first)
     assert counts == [f"{s}/20" for s in range(1, 21)]  # (a tenth apart: 10 of them)
+
+
+def test_a_weight_update_that_diverges_is_blamed_not_the_teacher(tmp_path):
+    """learn_lr 1e30: the second step's forward overflows. The line said 'non-finite loss at step 2 (the
+    masked model's prediction or the teacher's)' of a finite teacher, naming no layer and no rate."""
+    from compress.errors import NumericError
+
+    model = tiny_pixart(num_layers=4)
+    with pytest.raises(NumericError) as e:
+        run(model, context(model, tmp_path), count={"blocks": 1}, criterion="learned", learn_steps=4,
+            learn_lr=1e30)
+    words = str(e.value)
+    assert words.startswith("remove_blocks: criterion learned: non-finite loss at step 2 (the teacher's "
+                            "prediction is finite, the masked model's is not): "), words
+    assert "output is the first to hold NaN/Inf" in words and words.endswith("; lower learn_lr (1e+30)"), words
+    assert "or the teacher's" not in words
+
+
+def test_a_teacher_whose_prediction_is_not_finite_is_blamed(tmp_path):
+    """The teacher's own prediction NaN on a calibration batch: the line says so, and no rate to lower."""
+    from compress.errors import NumericError
+
+    model = tiny_pixart(num_layers=4)
+    ctx = context(model, tmp_path)
+    ctx.teacher = tiny_pixart(num_layers=4)
+    ctx.teacher.proj_out.bias.data[:] = float("nan")
+    with pytest.raises(NumericError, match=r"^remove_blocks: criterion learned: non-finite loss at step 1: the "
+                                           r"teacher's prediction on calibration batch \d+ holds NaN/Inf$"):
+        run(model, ctx, count={"blocks": 1}, criterion="learned", learn_steps=2)
