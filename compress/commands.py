@@ -253,7 +253,7 @@ def _teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: s
     from compress.inputs import input_source, moved
     from compress.passes.base import predictions, relative_error
     from compress.recipe import load_recipe
-    from compress.runner_setup import DTYPES, load_checked_teacher, resolve_device
+    from compress.runner_setup import DTYPES, check_error, check_reference, load_checked_teacher, locate, resolve_device
 
     recipe = load_recipe(out / "recipe.yaml")
     device, dtype = resolve_device(recipe), DTYPES[recipe.compute_dtype]
@@ -271,9 +271,11 @@ def _teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: s
     with models.forwards(teacher), status("eval: the teacher's held-out predictions, block by block"):
         batches = [moved(b, device, dtype) for b in src.heldout()]
         reference = predictions(teacher, adapter, batches)
+        check_reference(reference, recipe.compute_dtype, lambda b: locate(teacher, adapter, batches[b]))
     _note_computed_wider(out, recipe, report)
     with models.forwards(student), status("eval: the student's, block by block"):
         error = relative_error(student, reference, adapter, batches)
+        check_error(error, student, adapter, batches, recipe.compute_dtype)
     return {"family": adapter.family, "pred_rel_error": error, "streamed": True}
 
 
@@ -284,8 +286,9 @@ def _teacher_relative(model, teacher, source: str, out: Path) -> dict:
     from compress.inputs import input_source, moved
     from compress.recipe import load_recipe
     from compress.passes.base import predictions, relative_error
-    from compress.runner import DTYPES
+    from compress.runner_setup import DTYPES, check_error, check_finite, check_reference, locate
 
+    check_finite(teacher)  # as run checks it (streamed: load_checked_teacher)
     recipe = load_recipe(out / "recipe.yaml")
     adapter = get_adapter(teacher)
     report = read_report(out)
@@ -297,10 +300,12 @@ def _teacher_relative(model, teacher, source: str, out: Path) -> dict:
     with status("eval: the teacher's held-out predictions"):
         batches = [moved(b, device, teacher.dtype) for b in src.heldout()]
         reference = predictions(teacher, adapter, batches)
+        check_reference(reference, recipe.compute_dtype, lambda b: locate(teacher, adapter, batches[b]))
     model = cast(model, device, teacher.dtype)  # the export's dtype (often bf16) computed like the teacher
     _note_computed_wider(out, recipe, report)
     with status("eval: the model's"):
         error = relative_error(model, reference, adapter, batches)
+        check_error(error, model, adapter, batches, recipe.compute_dtype)
     return {"family": adapter.family, "pred_rel_error": error}
 
 

@@ -5,6 +5,7 @@ finite, SIGTERM (and SIGHUP) as Ctrl-C."""
 from __future__ import annotations
 
 import functools
+import math
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,6 +47,31 @@ def check_reference(reference: list[torch.Tensor], dtype: str, locate=None, what
     hint = OVERFLOW_HINTS.get(dtype, "try bfloat16 or float32")
     raise NumericError(f"the teacher's prediction holds NaN/Inf on {what} batch {bad[0] + 1} of "
                        f"{len(reference)} in compute_dtype {dtype}{where}; {hint}")
+
+
+@torch.no_grad()
+def check_error(error: float, model: torch.nn.Module, adapter, batches: list[dict], dtype: str,
+                what: str = "the model") -> None:
+    """A teacher-relative `error` that is NaN/Inf (`model` predicting NaN/Inf where the teacher's
+    predictions are finite: check_reference) is a NumericError naming the first held-out batch and,
+    by `locate`, the layer where it first appears, never an error of nan. Streamed: the caller holds
+    `model`'s forwards."""
+    if math.isfinite(error):
+        return
+    bad = next((b for b, kw in enumerate(batches) if nonfinite(adapter.predict(model, kw))), None)
+    if bad is None:  # every prediction finite: their distance overflowed float64
+        raise NumericError(f"{what}'s error relative to the teacher is {error}: its held-out predictions are finite "
+                           "but too far from the teacher's to measure (a damaged model?)")
+    found = locate(model, adapter, batches[bad])
+    raise NumericError(f"{what}'s prediction holds NaN/Inf on held-out batch {bad + 1} of {len(batches)} in "
+                       f"compute_dtype {dtype}" + (f": {found}" if found else "") + f"; {_damaged_hint(dtype)}")
+
+
+def _damaged_hint(dtype: str) -> str:
+    """What a model predicting NaN/Inf where its teacher does not may be, in compute_dtype `dtype`."""
+    if dtype == "float16":
+        return "float16 stops at 65504: rerun the recipe with compute_dtype bfloat16, or the output may be damaged"
+    return f"its weights overflow in {dtype}: the output may be damaged (rerun the recipe that wrote it)"
 
 
 @torch.no_grad()

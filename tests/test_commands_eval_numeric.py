@@ -1,0 +1,83 @@
+"""`eval` (compress/commands.py) refuses to report a teacher-relative error of nan, as `run` does: a
+teacher holding NaN/Inf weights names the weight, a teacher whose finite weights overflow names the
+layer, and a model (an output) predicting NaN/Inf names its first non-finite layer, resident or streamed."""
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from compress.cli import main
+from tests.conftest import tiny_flux
+from tests.test_commands import write_recipe
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["resident", "streamed"])
+def output(request, tmp_path_factory):
+    """(tmp folder, output): a tiny Flux teacher's mlp compressed (resident, or with stream: true)."""
+    tmp = tmp_path_factory.mktemp("eval_numeric")
+    recipe = write_recipe(tmp)
+    if request.param:
+        recipe.write_text("stream: true\n" + recipe.read_text().replace("multiple: 2", "multiple: 2, fisher: none"))
+    assert main(["run", str(recipe), "--out", str(tmp / "out"), "--run-dir", str(tmp / "run")]) == 0
+    return tmp, tmp / "out"
+
+
+def _teacher(tmp, name: str, edit) -> str:
+    """tmp/name: the tiny Flux teacher (as write_recipe makes it) with `edit` applied to its weights."""
+    model = tiny_flux()
+    with torch.no_grad():
+        edit(model)
+    model.save_pretrained(tmp / name)
+    return str(tmp / name)
+
+
+def _refused(capsys, argv: list[str]) -> str:
+    capsys.readouterr()
+    assert main(argv) == 3, argv
+    captured = capsys.readouterr()
+    assert "pred_rel_error" not in captured.out and "nan" not in captured.out, captured.out
+    assert "Traceback" not in captured.err, captured.err
+    err = captured.err.strip().splitlines()[-1]  # after the status lines
+    assert err.startswith("dit-compress: numeric error: "), captured.err
+    return err
+
+
+def test_eval_against_a_teacher_holding_nan_names_the_weight(output, capsys):
+    """It printed 'pred_rel_error: nan' (--json null) and exited 0."""
+    tmp, out = output
+    name = "transformer_blocks.0.ff.net.2.weight"
+    teacher = _teacher(tmp, "nan_teacher", lambda m: m.get_parameter(name).view(-1).__setitem__(3, float("nan")))
+    err = _refused(capsys, ["eval", str(out), "--teacher", teacher, "--json"])
+    assert f"weight {name}" in err and "has 1 NaN/Inf values" in err, err  # streamed: in its file
+
+
+def test_eval_against_a_teacher_whose_finite_weights_overflow_names_the_layer(output, capsys):
+    tmp, out = output
+    teacher = _teacher(tmp, "huge_teacher", lambda m: m.context_embedder.weight.mul_(1e30))
+    err = _refused(capsys, ["eval", str(out), "--teacher", teacher])
+    assert "the teacher's prediction holds NaN/Inf on held-out batch 1 of " in err, err
+    assert "context_embedder's output is the first past 1.84e+19" in err, err
+
+
+def test_eval_of_an_output_whose_finite_weights_overflow_names_its_layer(output, capsys):
+    """An output with one factor x1e30 (finite: load_transformer's check passes it) printed nan."""
+    tmp, out = output
+    damaged = tmp / "damaged"
+    damaged.mkdir(exist_ok=True)
+    for f in out.iterdir():  # the weights one file, or shards (streamed)
+        if f.is_file():
+            (damaged / f.name).write_bytes(f.read_bytes())
+    for shard in sorted(damaged.glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as f:
+            tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+        if downs := sorted(k for k in tensors if k.endswith(".down.weight")):
+            break
+    tensors[downs[0]] = tensors[downs[0]] * 1e30
+    save_file(tensors, str(shard), metadata=metadata)
+    err = _refused(capsys, ["eval", str(damaged), "--teacher", str(tmp / "teacher")])
+    assert "the model's prediction holds NaN/Inf on held-out batch 1 of " in err, err
+    assert f"{downs[0].removesuffix('.weight')}'s output is the first past 1.84e+19" in err, err
+    assert "the output may be damaged (rerun the recipe that wrote it)" in err, err
