@@ -173,6 +173,19 @@ def _check_teacher_options(args) -> None:
         check_teacher_options(teacher, config, args.command)  # in words that fit the command
 
 
+OUTPUT_ARGS = {"inspect": "out", "eval": "model", "bench": "out"}  # the output (a path) each of them reads
+
+
+def _check_output_there(args) -> None:
+    """An output folder (a local path) not there: the command's one line (output_names.missing_here)
+    before its imports, torch's start-up among them (seconds); the command says it alike."""
+    from compress.output_names import missing_here
+
+    if args.command in OUTPUT_ARGS and (missing := missing_here(getattr(args, OUTPUT_ARGS[args.command]),
+                                                                args.command)) is not None:
+        raise UserError(missing)
+
+
 def _out_of_memory(command: str, e: BaseException) -> UserError | None:
     """The one-line error of a failed allocation in `command`, or None when `e` is another error."""
     from compress.runner_failures import OutOfMemory, is_out_of_memory, memory_in_words
@@ -193,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(empty)
         _check_numbers(args)
         _check_teacher_options(args)
+        _check_output_there(args)
         try:
             return COMMANDS[args.command](args)
         except (RuntimeError, MemoryError) as e:

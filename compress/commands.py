@@ -11,7 +11,7 @@ from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.io import (cast, check_same_architecture, load_teacher, load_teacher_of, looks_local,
                          pipeline_without_transformer, read_config)
-from compress.output_names import is_output, missing_output, run_output
+from compress.output_names import is_output, missing_output, output_usage, run_output
 from compress.io_output import load_transformer, output_folder
 from compress.io_source import check_source, output_weights
 from compress.io_source_recipe import checked_sources
@@ -102,8 +102,7 @@ def _cached_output(model: str) -> str:
     where that is an output, as inspect and bench read it (cached_output_said: else one line
     saying how to download it, or that the cache's copy is no output). eval loads no Hub teacher:
     a real teacher is refused as no output (check_measurable), and no Hub id is a toy."""
-    usage = "(eval takes a dit-compress output folder or a teacher)"
-    if (missing := missing_output(model, usage)) is not None:  # a local path: not looked for in the cache
+    if (missing := missing_output(model, output_usage("eval"))) is not None:  # a local path: not looked for in the cache
         raise UserError(missing)
     _not_a_run_folder(model, "eval")
     cached = cached_output_said(model, "eval")
@@ -129,7 +128,7 @@ def given_output(given: str | Path, command: str) -> Path:
     which notes once that it reads it). The weight file of an output is refused in eval's words
     (io_source.check_source: give its folder); another file, or a path not there, in the command's
     (output_names.missing_output: a local path is never looked for in the cache)."""
-    usage = f"(dit-compress {command} OUT, OUT written by run)"
+    usage = output_usage(command)
     out = Path(given).expanduser()
     if out.is_file():
         if output_weights(out):

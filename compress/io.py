@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError as SafetensorsError
 from torch import nn
 
+from compress import io_source
 from compress.arch import family_of_class, get_adapter
 from compress.errors import UserError
 from compress.io_tensors import one_line, read_state_dict, unreadable
@@ -87,13 +88,9 @@ def load_teacher(source, dtype: torch.dtype | str | None = torch.float32, config
     return _load_hub(source, dtype, where)
 
 
-def looks_local(source: str) -> bool:
-    """A path rather than a Hugging Face id (owner/name): it starts with . / ~, it names no owner
-    (`out`: diffusion models on the Hub all have one) or its first part is a folder here (`out/typo`
-    where out/ exists). toy:NAME is neither."""
-    if source.startswith("toy:"):
-        return False
-    return source.startswith((".", "/", "~")) or "/" not in source or Path(source.split("/")[0]).is_dir()
+# a path rather than a Hub id: io_source's (no torch, so that output_names says a local output is not there
+# before torch's start-up), imported from here too
+looks_local = io_source.looks_local
 
 
 GIVE_TEACHER = "pass its teacher with --teacher"  # check_same_architecture's way out (eval, bench)

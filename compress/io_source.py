@@ -74,13 +74,22 @@ STREAMED_OUTPUT = (", and compress it further resident (stream: false in the rec
                    "its factorized layers are not the dense per-block tensors stream: true reads a block at a time")
 
 
+def looks_local(source: str) -> bool:
+    """A path rather than a Hugging Face id (owner/name): it starts with . / ~, it names no owner
+    (`out`: diffusion models on the Hub all have one) or its first part is a folder here (`out/typo`
+    where out/ exists). toy:NAME is neither."""
+    if source.startswith("toy:"):
+        return False
+    return source.startswith((".", "/", "~")) or "/" not in source or Path(source.split("/")[0]).is_dir()
+
+
 def check_source(source: str, where: str = "", recipe_dir: Path | None = None, stream: bool = False) -> str:
     """The kind of a teacher source, 'toy', 'folder', 'file' or 'hub', before anything is read; a
     UserError (after `where`, see teacher_where) for an empty one, an unknown toy teacher, a
     missing path, or a folder or file that is not a teacher. `recipe_dir`: the folder of the
     recipe that named it, where a path missing here may be (the message says so); `stream`: the
     recipe streams (an output's weight file: the folder to give cannot be streamed either)."""
-    from compress.io import looks_local, transformer_folder
+    from compress.io import transformer_folder
     from compress.io_tensors import SINGLE_FILE_SUFFIXES
 
     if not source.strip():

@@ -169,6 +169,20 @@ DEFAULT_FOLDERS = ("out", "runs")  # where `run` writes its outputs and its run 
 FILE_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".ckpt", ".bin", ".json", ".yaml", ".yml")
 
 
+def output_usage(command: str) -> str:
+    """What `command` (inspect, eval, bench) takes, as its refusals of an output say it after the path."""
+    if command == "eval":
+        return "(eval takes a dit-compress output folder or a teacher)"
+    return f"(dit-compress {command} OUT, OUT written by run)"
+
+
+def missing_here(given: str, command: str) -> str | None:
+    """`missing_output` of the output `given` to `command` (in its words, `output_usage`), said before the
+    command imports torch (seconds): None where it would look in the Hugging Face cache first
+    (`owner_is_a_folder`: that look imports it), which the command then does as it starts."""
+    return None if owner_is_a_folder(given) else missing_output(given, output_usage(command))
+
+
 def missing_output(given: str, usage: str) -> str | None:
     """What a command that reads an output (inspect, eval, bench) says of `given` where it is a local
     path that is not there: 'no such folder out/toy-pixart', then the folder of its parent it may have
@@ -176,9 +190,9 @@ def missing_output(given: str, usage: str) -> str | None:
     default folder out/ (runs/) is not there either; then `usage` (which says what writes an output).
     None where `given` is there or reads as a Hub id (ORG/NAME, whose first part is no folder here, or is
     one but the cache holds ORG/NAME: owner_is_a_folder): the Hugging Face cache's copy is looked for then.
-    Local: io.looks_local's (./, ../, /, ~, no owner, a first part that is a folder here), or under out/ or
+    Local: io_source.looks_local's (./, ../, /, ~, no owner, a first part that is a folder here), or under out/ or
     runs/ (a run's default folders, there or not)."""
-    from compress.io import looks_local
+    from compress.io_source import looks_local
 
     path = Path(given).expanduser()
     if path.exists() or not (looks_local(given) or _in_default(path)):
@@ -193,7 +207,7 @@ def missing_output(given: str, usage: str) -> str | None:
 
 
 def owner_is_a_folder(given: str) -> bool:
-    """Whether `given`, not there, reads as a local path (io.looks_local) only because its first part is a
+    """Whether `given`, not there, reads as a local path (io_source.looks_local) only because its first part is a
     folder here (acme/model with ./acme/): an ORG/NAME not under out/ or runs/, not starting ./ ../ / ~,
     which may be a Hub id the Hugging Face cache holds (missing_output, io_output.cached_output look there)."""
     parts = given.split("/")

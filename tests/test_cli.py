@@ -29,6 +29,14 @@ def test_commands_reading_an_output_say_they_take_a_cached_hub_id(capsys, comman
     assert "output folder of `dit-compress run`, or the Hub id (ORG/NAME) of one in the Hugging Face cache" in said
 
 
+@pytest.fixture
+def an_output(monkeypatch, tmp_path):
+    """A folder `out` where the command runs: an output not there is refused before the command (cli.main)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+
+
+@pytest.mark.usefixtures("an_output")
 @pytest.mark.parametrize("raised, said", [
     ("cuda", "dit-compress: out of memory: `dit-compress bench` ran out of GPU memory (tried to allocate "
              "20.00 GiB); try a smaller --batch, or --device cpu"),
@@ -50,6 +58,7 @@ def test_out_of_memory_is_one_line_naming_the_command(monkeypatch, capsys, raise
     assert capsys.readouterr().err.strip() == said
 
 
+@pytest.mark.usefixtures("an_output")
 def test_another_runtime_error_is_not_taken_for_out_of_memory(monkeypatch):
     def command(args):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
@@ -74,6 +83,7 @@ def test_an_empty_teacher_or_a_missing_teacher_config_is_refused(monkeypatch, ca
     assert err.startswith("dit-compress: error: ") and words in err and "\n" not in err and not ran
 
 
+@pytest.mark.usefixtures("an_output")
 @pytest.mark.parametrize("command", ["eval", "bench"])
 def test_eval_and_bench_take_a_teacher_config_checked_as_runs(monkeypatch, capsys, command):
     """--teacher-config, as `run` takes it (a single-file teacher's config), handed to the command;

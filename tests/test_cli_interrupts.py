@@ -38,6 +38,8 @@ def test_an_interrupt_says_resume_only_where_the_command_has_it(monkeypatch, cap
         raise KeyboardInterrupt
 
     monkeypatch.chdir(tmp_path)  # runs/x: no run folder
+    if command in cli.OUTPUT_ARGS:  # an output not there is refused first
+        (tmp_path / "x").mkdir()
     monkeypatch.setitem(cli.COMMANDS, command, interrupted)
     assert cli.main([command, "x"]) == 130
     assert capsys.readouterr().err.strip() == said

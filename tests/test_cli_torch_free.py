@@ -1,9 +1,10 @@
 """The refusals a user meets most, before torch's and diffusers' start-up (compress/cli.py,
 recipe.check_recipe): a recipe not there, a folder, a YAML or top-level key mistake, no passes or an
 unknown pass, a pass's option unknown or of a wrong value (its config class imports no torch:
-passes.CONFIGS) and a run or output folder another run holds (runner_lock.refuse_held) are said in a
-moment (about 0.5 s and 20 MB, not 5-10 s and 395 MB), in the same words and exit status as after it.
-Each runs in a fresh interpreter: torch must not be imported."""
+passes.CONFIGS), a run or output folder another run holds (runner_lock.refuse_held) and an output
+folder not there for inspect, eval and bench (output_names.missing_here) are said in a moment (about
+0.5 s and 20 MB, not 5-10 s and 395 MB), in the same words and exit status as after it. Each runs in a
+fresh interpreter: torch must not be imported."""
 
 from __future__ import annotations
 
@@ -64,6 +65,11 @@ CASES = [
                             f"(known: {DISTILL_KEYS})"),
     (["importance", "buckets.yaml"], "buckets.yaml:4: importance.buckets must be an integer ≥ 1, got 0"),
     (["run", "calib.yaml"], "calib.yaml:3: calibration.num_prompts must be at least 1, not 0"),
+    # an output folder not there
+    (["inspect", "out/nope"], "no such folder out/nope, and no out/ here either "
+                              "(dit-compress inspect OUT, OUT written by run)"),
+    (["eval", "gone"], "no such folder gone (eval takes a dit-compress output folder or a teacher)"),
+    (["bench", "./gone"], "no such folder ./gone (dit-compress bench OUT, OUT written by run)"),
 ]
 
 
