@@ -74,7 +74,7 @@ def layer_rows(model, report: dict | None = None) -> list[dict]:
                 row[key] = rec[key]
         if isinstance(rec.get("energy_kept"), (int, float)):  # the objective's energy kept (Fisher-weighted where weighted)
             row["energy_kept"] = rec["energy_kept"]
-        elif isinstance(rec.get("rel_output_error"), (int, float)):  # reports before energy_kept
+        elif "energy_kept" not in rec and isinstance(rec.get("rel_output_error"), (int, float)):  # reports before it
             row["energy_kept"] = 1.0 - rec["rel_output_error"] ** 2
         rows.append(row)
     return rows

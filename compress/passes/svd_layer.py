@@ -144,7 +144,8 @@ def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: 
                                                           int(whitened.energies.numel())),
                 # the objective's energy kept: 1 − loss / its energy of the weight factorized (W + step:
                 # what the energy allocation reads, curve[0]), all in its (weighted) metric
-                energy_kept=1.0 - loss / target if target > 0 else 1.0,
+                # (None where that energy is 0: a zero Gram keeps no share of nothing)
+                energy_kept=1.0 - loss / target if target > 0 else None,
                 rel_output_error=error,
                 objective="output-weighted" if out_root is not None else "calibration output",
                 spectrum=[float(e) for e in dec.energies[:512]],  # for `inspect --plot`
@@ -223,13 +224,18 @@ def _clamped(loss: float, energy: float) -> float:
 def _ratio(loss: float, optimal: float, energy: float, method: str, rank: int,
            data_rank: int | None = None) -> dict:
     """{"loss_ratio": loss / optimal}; both at round-off level (≤ 1e-10 of the layer's energy) count
-    as equal (1.0). An optimum of 0 under a loss that is not (asvd or svd at a rank at or above the
+    as equal (1.0), but where that energy is 0 (0/0: no ratio, None). An optimum of 0 under a loss that is not (asvd or svd at a rank at or above the
     calibration data's rank, where whitening is exact) has no finite ratio: None, and
     `loss_ratio_note` says why, naming the data's rank (the whitened directions above round-off)
     where known (report.json stays strict JSON: no Infinity, no NaN)."""
     floor = 1e-10 * max(energy, 0.0)
     if not (math.isfinite(loss) and math.isfinite(optimal)):
         return {"loss_ratio": None, "loss_ratio_note": f"loss {loss} or optimum {optimal} is not finite"}
+    if energy <= 0:  # 0/0: inspect showed 1.000000, as if optimal
+        return {"loss_ratio": None,
+                "loss_ratio_note": "no ratio: the layer's calibration output energy, in its objective, is 0 (its "
+                                   "calibration inputs are all zero, or its weight maps them to 0), so loss and "
+                                   "optimum are both 0"}
     if optimal > floor:
         return {"loss_ratio": loss / optimal}
     if loss <= floor:

@@ -31,7 +31,7 @@ def merge_report(report: dict, this: dict, records: dict[str, dict], c) -> None:
     from compress.report_card import optimum_words
 
     report["max_loss_ratio_of"] = optimum_words(report)  # what the ratios are against
-    for said in (clamped_words(records), guarded_words(records)):
+    for said in (clamped_words(records) or deficient_words(records), guarded_words(records)):
         if said:
             warn(said)
 
@@ -53,6 +53,30 @@ def clamped_words(records: dict[str, dict]) -> str | None:
             f"directions than the layer is wide (the widest, {name} {out}×{inp}, {r.get('data_rank', '?')} of "
             f"{min(out, inp)}): too few calibration rows for these widths, so their factors fit only the directions "
             "the calibration excites; raise calibration.num_prompts or calibration.timesteps for more rows")
+
+
+def deficient_words(records: dict[str, dict], shown: int = 3) -> str | None:
+    """The warning for the targets (`records`; modulation left out, as clamped_words leaves it) whose
+    calibration data spans fewer directions than their rank (data_rank < rank: a zero Gram, an input
+    of rank 1), said by no one (report.json's data_rank 0, clamped: true): the factors past the data's
+    directions come from the weight alone, and a loss of 0 there measures nothing. Names the `shown`
+    of fewest directions. None where there is none. inspect says it too."""
+    short = sorted(((n, records[n]["data_rank"], records[n]["rank"]) for n in short_of_rank(records)
+                    if records[n].get("role") != "modulation"), key=lambda t: (t[1], t[0]))
+    if not short:
+        return None
+    named = ", ".join(f"{n} {d} < {r}" for n, d, r in short[:shown]) + (f" and {len(short) - shown} more"
+                                                                       if len(short) > shown else "")
+    return (f"svd: {counted(len(short), 'target')} saw a zero or rank-deficient calibration Gram (its data rank "
+            f"below its rank: {named}): the factors past the directions the data spans come from the weight alone, "
+            "unmeasured (a loss of 0 there says nothing); a data rank of 0 is a layer whose calibration inputs are "
+            "all zero (check the teacher), else raise calibration.num_prompts")
+
+
+def short_of_rank(records: dict[str, dict]) -> list[str]:
+    """The layers whose calibration data spans fewer directions than their rank (data_rank < rank)."""
+    return sorted(n for n, r in records.items() if isinstance(r.get("rank"), int)
+                  and isinstance(r.get("data_rank"), int) and r["data_rank"] < r["rank"])
 
 
 def guarded_words(records: dict[str, dict], shown: int = 3) -> str | None:
@@ -89,6 +113,8 @@ def summary(records: dict[str, dict], c) -> dict:
             "kept_ratio": after / before if before else 1.0,
             "dense": sorted(n for n, r in records.items() if r["rank"] == "dense"),
             "clamped_grams": sorted(n for n, r in records.items() if r.get("clamped")),
+            # data rank below the rank (deficient_words): factors past the data unmeasured
+            "rank_deficient_grams": short_of_rank(records),
             "asymmetric": sorted(n for n, r in records.items() if r.get("asymmetric")),
             # the ≤ 1.001 check: whitened layers only, the one method that claims the optimum
             "max_loss_ratio": by_method.get("whitened"),

@@ -183,6 +183,28 @@ def test_a_layer_whose_optimum_is_zero_gets_no_infinite_ratio(method):
     assert _ratio(float("nan"), 1.0, 100.0, method, 8)["loss_ratio"] is None
 
 
+def test_a_layer_whose_calibration_inputs_are_all_zero_shows_no_ratio_and_no_energy_kept():
+    """A zero Gram (block 1's ff.net.2 behind a zeroed ff.net.0.proj): loss 0, optimum 0 and energy 0
+    were recorded as loss_ratio 1.0 and energy_kept 1.0, so inspect showed 'energy 1.0000' and
+    'loss/opt 1.000000', perfect; 0/0 is no ratio: None (inspect's '-'), with a note saying why."""
+    import json
+
+    from compress.arch.base import LinearInfo
+    from compress.calib_stats import Stats
+    from compress.passes.svd_layer import compress_layer
+
+    net, stats = torch.nn.Sequential(torch.nn.Linear(32, 32)), Stats.zeros(32)
+    stats.add(torch.zeros(64, 32, dtype=F64))
+    info = LinearInfo("0", "mlp", "in", None, None, 32, 32, "x")
+    rec = compress_layer(net, info, stats, method="whitened", alpha=0.5, center=False, gram_is_output=False,
+                         choose_rank=lambda dec: 8)
+    assert rec["loss"] == rec["optimal_loss"] == 0 and rec["data_rank"] == 0 and rec["clamped"] is True
+    assert rec["loss_ratio"] is None and rec["energy_kept"] is None, rec
+    assert rec["loss_ratio_note"].startswith("no ratio: the layer's calibration output energy, in its objective, "
+                                             "is 0 (its calibration inputs are all zero"), rec
+    json.dumps(rec, allow_nan=False)
+
+
 def _rank_deficient(seed: int, rank: int = 4):
     """A 32 → 32 linear and the stats of 64 rows spanning `rank` directions."""
     from compress.calib_stats import Stats

@@ -48,6 +48,31 @@ def test_a_pass_whose_grams_are_mostly_clamped_is_warned_once():
                            "the layer is wide (the widest, b 64×16, 5 of 16): too few calibration rows"), said
 
 
+def test_targets_whose_data_rank_is_below_their_rank_are_warned_of_and_recorded(capsys):
+    """A zero Gram (data_rank 0) or a rank-1 one under rank 6, in 1 of 18 targets: report.json held
+    data_rank: 0 and clamped: true and nothing said it (the clamped warning needs most targets). Now a
+    warning naming them, fewest directions first, and the summary's rank_deficient_grams; a pass that is
+    mostly clamped keeps its one warning."""
+    from compress.passes.svd_summary import deficient_words
+
+    records = {"b.ff": _record(rank=6, data_rank=1), "a.ff": _record(rank=6, data_rank=0),
+               "c": _record(rank=4, data_rank=16), "d": _record(rank="dense"),
+               "adaln": _record(rank=6, data_rank=2, role="modulation")}  # the grid's timesteps: not said
+    assert deficient_words(records) == (
+        "svd: 2 targets saw a zero or rank-deficient calibration Gram (its data rank below its rank: a.ff 0 < 6, "
+        "b.ff 1 < 6): the factors past the directions the data spans come from the weight alone, unmeasured (a "
+        "loss of 0 there says nothing); a data rank of 0 is a layer whose calibration inputs are all zero (check "
+        "the teacher), else raise calibration.num_prompts")
+    assert deficient_words({"c": records["c"], "d": records["d"]}) is None
+    report = _merged({}, records, SVDConfig())
+    assert report["rank_deficient_grams"] == ["a.ff", "adaln", "b.ff"]
+    assert "warning: svd: 2 targets saw a zero or rank-deficient calibration Gram" in capsys.readouterr().err
+    clamped = {n: {**r, "clamped": True, "shape": [16, 16]} for n, r in records.items()}
+    _merged({}, clamped, SVDConfig())
+    err = capsys.readouterr().err
+    assert "of this pass's 4 targets had calibration data spanning fewer" in err and "rank-deficient" not in err
+
+
 def test_the_optimality_summary_covers_whitened_layers_and_labels_the_others_by_method():
     """An asvd pass's ratios (4..592 against the whitened optimum, None where that optimum is 0)
     were summarized as `max_loss_ratio`, the whitened ≤ 1.001 check, Infinity included; the model
