@@ -21,7 +21,8 @@ from safetensors import SafetensorError
 from compress.calib_store import disk_is_full
 from compress.distill_utils import write_curves
 from compress.errors import UserError
-from compress.passes.distill_resume import NOT_FINGERPRINTED, calibration_settings, setting_changes
+from compress.passes.distill_resume import (NOT_FINGERPRINTED, calibration_settings, newest_meta, of_other_keys,
+                                            setting_changes)
 
 
 class Checkpoints:
@@ -78,6 +79,29 @@ class Checkpoints:
                 shutil.rmtree(old, ignore_errors=True)
             write_curves(self.history, self.dir / "loss.csv")
         acc.wait_for_everyone()
+
+    def _discard_of_other_keys(self) -> None:
+        """--resume where the newest checkpoint that reads was trained with other distill keys alone (a
+        `--set passes.N.distill.lr=...` or steps, which the learning-rate schedule spans): its checkpoints
+        are discarded, said in one line, and the pass trains from its start, as --resume trains a pass
+        after a changed one; other differences are _load_latest's refusal, a damaged checkpoint its warning."""
+        root = self.dir / "checkpoints"
+        meta, path = newest_meta(root)
+        if meta is None or meta["fingerprint"] == self._fingerprint(meta):
+            return
+        keys = {k for k in asdict(self.cfg) if k not in NOT_FINGERPRINTED}
+        now = self._settings()
+        if not of_other_keys(meta.get("settings"), now, keys):
+            return
+        if self.acc.is_main_process:
+            from compress.report import console
+
+            console.print(f"distill: checkpoint {path} was trained with other settings ({setting_changes(meta, now)}): "
+                          f"--resume discards {root} and trains this pass from its start", highlight=False, markup=False)
+        self.acc.wait_for_everyone()  # (every process has read its meta.json)
+        if self.acc.is_main_process:
+            shutil.rmtree(root, ignore_errors=True)
+        self.acc.wait_for_everyone()
 
     def _load_latest(self) -> None:
         """Load the newest checkpoint that reads whole; a damaged one (cut short by a full disk, a kill

@@ -82,20 +82,13 @@ def setting_changes(meta: dict, now: dict) -> str:
 def check_resumable_configs(run_dir: Path, configs: list, calibration=None) -> None:
     """Before a resumed run loads anything: the latest checkpoint of each distill pass (`configs`:
     their DistillConfigs, in recipe order; checkpoints in run_dir/distill, distill-2, ...) was
-    trained with these config keys and, on teacher samples, the recipe's `calibration` keys, or a
-    UserError as _load_latest gives once the pass starts (seed, block map, incoming student and the
-    prompts read are compared there: they need the run)."""
+    trained, on teacher samples, with the recipe's `calibration` keys and by this many processes, or
+    a UserError as _load_latest gives once the pass starts (seed, block map, incoming student and the
+    prompts read are compared there: they need the run). One trained with other distill keys alone
+    is no refusal: the pass discards it and trains from its start (`of_other_keys`)."""
     for n, cfg in enumerate(configs):
         folder = Path(run_dir) / ("distill" if n == 0 else f"distill-{n + 1}")
-        meta, checkpoint = None, None
-        for checkpoint in sorted((folder / "checkpoints").glob("step-*"), reverse=True):
-            try:  # the newest meta.json that reads (the pass warns of a damaged one and resumes before it)
-                meta = json.loads((checkpoint / "meta.json").read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(meta, dict) and "fingerprint" in meta:
-                break
-            meta = None
+        meta, checkpoint = newest_meta(folder / "checkpoints")
         then = meta.get("settings") if meta is not None else None
         if not isinstance(then, dict):
             continue
@@ -108,11 +101,39 @@ def check_resumable_configs(run_dir: Path, configs: list, calibration=None) -> N
                 and isinstance(calib_then.get("config"), dict)):
             config_then["calibration"] = {"config": _compared(calib_then["config"])}
             now["calibration"] = {"config": json.loads(json.dumps(calibration_keys(calibration), default=str))}
-        if any(config_then[k] != now[k] for k in config_then):
+        # other distill keys alone are no refusal: the pass discards the checkpoint (`of_other_keys`)
+        if config_then.get("calibration") != now.get("calibration"):
             raise UserError(f"distill: checkpoint {checkpoint} was trained with other settings "
                             f"({setting_changes({'settings': config_then}, now)}); delete {folder / 'checkpoints'} to "
                             "train this pass from its start (--resume keeps the passes before it and the teacher "
                             "samples), or rerun with --restart to start over")
+
+
+def newest_meta(checkpoints: Path) -> tuple[dict | None, Path | None]:
+    """(meta.json, its checkpoint) of the newest checkpoint in `checkpoints` whose meta.json reads and
+    records a fingerprint (the pass warns of a damaged one and resumes before it); (None, None): none."""
+    for checkpoint in sorted(checkpoints.glob("step-*"), reverse=True):
+        try:
+            meta = json.loads((checkpoint / "meta.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and "fingerprint" in meta:
+            return meta, checkpoint
+    return None, None
+
+
+def of_other_keys(then, now: dict, keys) -> bool:
+    """Whether a checkpoint's recorded settings `then` differ from `now` (`Checkpoints._settings`) in
+    the distill config `keys` alone (a `--set passes.N.distill.lr=...`), which --resume answers by
+    training the pass from its start, as it does a pass after a changed one; not where the seed,
+    calibration, block map, process count or incoming student differ too, or nothing is recorded."""
+    if not isinstance(then, dict):
+        return False
+    now = json.loads(json.dumps(now, default=str))  # as meta.json holds them
+    if "calibration" not in then:  # an older checkpoint's: compared without it (_fingerprint)
+        now.pop("calibration", None)
+    rest = [{k: v for k, v in s.items() if k not in keys} for s in (then, now)]
+    return rest[0] == rest[1] and any(then.get(k) != now.get(k) for k in keys)
 
 
 def _check_process_count(then, checkpoint: Path, folder: Path) -> None:

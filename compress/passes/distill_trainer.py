@@ -73,6 +73,8 @@ class _Trainer(Checkpoints):
         self.incoming = checksum(model)  # checkpoints resume only the training of this student
         if not self.ctx.resume:  # a fresh run: checkpoints left by an earlier run are not its own
             shutil.rmtree(self.dir / "checkpoints", ignore_errors=True)
+        else:  # those of other distill keys: trained again from the start
+            self._discard_of_other_keys()
         first = next(model.parameters())
         home, dtype = first.device, first.dtype
         requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -269,17 +271,18 @@ class _Trainer(Checkpoints):
 
     def _diverged(self, what: str, culprit: str) -> NumericError:
         """The one line of a student that diverged: `what` (at which step), `culprit` (': the first of its
-        weights or layers to hold NaN/Inf', or ''), what to change, and what --resume then needs: a
-        checkpoint resumes only at the lr it was trained with (distill_resume)."""
+        weights or layers to hold NaN/Inf', or ''), what to change, and what --resume then does: a
+        checkpoint resumes only at the lr it was trained with, so at another it is discarded
+        (Checkpoints._discard_of_other_keys)."""
         cfg, root = self.cfg, self.dir / "checkpoints"
         clip = " or set distill.grad_clip (0 now: no clipping)" if cfg.grad_clip == 0 else ""
         if not any(root.glob("step-*")):
             return NumericError(f"distill: {what}{culprit}; lower distill.lr ({cfg.lr:g}){clip} and rerun "
                                 "with --resume (it keeps the passes before it); no checkpoint was written")
         # (its checkpoints' weights are finite, _save; at this lr a resumed run takes the same steps again)
-        return NumericError(f"distill: {what}{culprit}; lower distill.lr ({cfg.lr:g}){clip}, delete {root} "
-                            "(--resume goes on from a checkpoint only at the lr it was trained with) and rerun "
-                            "with --resume (it keeps the passes before it and the teacher samples)")
+        return NumericError(f"distill: {what}{culprit}; lower distill.lr ({cfg.lr:g}){clip} and rerun with "
+                            "--resume (it keeps the passes before it and the teacher samples, and trains this pass "
+                            f"from its start: it discards {root}, trained at these settings)")
 
     def _student_trouble(self, kwargs: dict) -> str:
         """': the first weight, else layer output, of the student to hold NaN/Inf' on the step's inputs."""

@@ -1,6 +1,7 @@
 """Whether a distill checkpoint may be resumed (compress.passes.distill_resume)."""
 
 import pytest
+import torch
 
 from compress.errors import UserError
 
@@ -131,3 +132,39 @@ def test_a_checkpoint_resumes_with_the_saved_recipe_that_reads_the_same_prompts(
     capsys.readouterr()
     resume(lines)
     assert "continuing from its checkpoint at step 2/4" in capsys.readouterr().err
+
+
+def test_resume_after_a_distill_key_changed_discards_its_checkpoint_as_the_rerun_says(pixart, capsys):
+    """A run stopped during its distill pass (a checkpoint at step 2), rerun with --set
+    passes.2.distill.lr: the plain rerun said --resume keeps the passes before it and runs the rest,
+    then --resume refused ('distill: checkpoint ... was trained with other settings (distill.lr: ...);
+    delete RUN/distill/checkpoints ...'), where a changed svd key has --resume discard the checkpoint.
+    Now --resume discards it too, in one line, and writes what a fresh run of the changed recipe writes."""
+    from compress.io_output import load_transformer
+    from compress.passes.distill_trainer import StepLimitReached
+    from compress.recipe import parse_recipe
+    from compress.runner import Runner
+
+    tmp_path, _, _ = pixart
+    text = (tmp_path / "r.yaml").read_text() + ("  - distill: {steps: 4, warmup_steps: 0, batch_size: 2, "
+                                                "checkpoint_every: 1, progress: false}\n")
+
+    def runner(run_dir, out, *edits, **kw):
+        return Runner(parse_recipe(text, str(tmp_path / "r.yaml"), list(edits)), tmp_path / out, tmp_path / run_dir,
+                      **kw)
+
+    with pytest.raises(StepLimitReached):
+        runner("run", "out", "passes.2.distill.max_steps_this_run=2").run()
+    with pytest.raises(UserError, match=r"differs in passes\.2\.distill\.lr.*--resume keeps its first 2 passes"):
+        runner("run", "out", "passes.2.distill.lr=0.002").run()
+    capsys.readouterr()
+    resumed = runner("run", "out", "passes.2.distill.lr=0.002", resume=True).run()
+    checkpoints = tmp_path / "run" / "distill" / "checkpoints"
+    err = capsys.readouterr().err
+    assert (f"distill: checkpoint {checkpoints / 'step-00000002'} was trained with other settings (distill.lr: "
+            f"0.0001 in the checkpoint, 0.002 now): --resume discards {checkpoints} and trains this pass from its "
+            "start\n") in err
+    assert "continuing from its checkpoint" not in err
+    fresh = runner("run-fresh", "out-fresh", "passes.2.distill.lr=0.002").run()
+    a, b = load_transformer(resumed).state_dict(), load_transformer(fresh).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -63,47 +62,54 @@ def test_checkpoints_of_another_run_are_never_resumed(tmp_path):
         distill(copy.deepcopy(student), teacher, tmp_path / "o", steps=6, checkpoint_every=2, resume=True)
 
 
-def test_a_refused_checkpoint_names_the_keys_that_changed(tmp_path):
-    """A resume after `--set passes.N.distill.lr=...` listed what might differ without naming lr,
-    and advised deleting the pass's folder, which holds the teacher samples too: it names the keys
-    and the checkpoints folder, and deleting that one trains the pass from its start."""
+def test_resume_discards_a_checkpoint_of_other_distill_keys_and_trains_the_pass_from_its_start(tmp_path, capsys):
+    """A resume after `--set passes.N.distill.lr=...` (or steps, which the cosine schedule spans) refused
+    ('was trained with other settings (distill.lr: ...); delete RUN/distill/checkpoints ...') where a
+    changed earlier pass has --resume discard the checkpoint and go on: it is discarded too, said in one
+    line naming the keys, and the pass trains from its start (the teacher samples kept). Before the
+    teacher loads (check_resumable_configs) it is no refusal; another process count still is, and other
+    keys with another incoming student are refused as that student alone is."""
+    from compress.passes.distill_resume import check_resumable_configs
+
     teacher = tiny_pixart()
-    student = factorize(copy.deepcopy(teacher))
+    student, other = factorize(copy.deepcopy(teacher)), factorize(copy.deepcopy(teacher), rank=2)
+    checkpoints = tmp_path / "distill" / "checkpoints"
     with pytest.raises(TrainingInterrupted):
         distill(copy.deepcopy(student), teacher, tmp_path, steps=4, checkpoint_every=2, max_steps_this_run=1)
     (tmp_path / "distill" / "teacher_samples").mkdir()  # where data: teacher_samples caches them
-    with pytest.raises(UserError) as refused:
-        distill(copy.deepcopy(student), teacher, tmp_path, steps=4, checkpoint_every=2, resume=True, lr=2e-3,
-                weight_decay=0.1)
-    checkpoints = tmp_path / "distill" / "checkpoints"
-    assert str(refused.value) == (
-        f"distill: checkpoint {checkpoints / 'step-00000001'} was trained with other settings (distill.lr: 0.001 "
-        "in the checkpoint, 0.002 now; distill.weight_decay: 0.0 in the checkpoint, 0.1 now); delete "
-        f"{checkpoints} to train this pass from its start (--resume keeps the passes before it and the teacher "
-        "samples), or rerun with --restart to start over")
-    # the run says the same before it loads anything (Runner.prepare on --resume), from the configs alone
-    from compress.passes.distill import DistillConfig
-    from compress.passes.distill_resume import check_resumable_configs
-
     settings = dict(steps=4, batch_size=4, warmup_steps=1, checkpoint_every=2, progress=False, plot=False)
-    with pytest.raises(UserError) as early:
-        check_resumable_configs(tmp_path, [DistillConfig(**settings, lr=2e-3, weight_decay=0.1)])
-    assert str(early.value) == str(refused.value)
-    check_resumable_configs(tmp_path, [DistillConfig(**settings, lr=1e-3, max_steps_this_run=3)])  # not trained on
+    check_resumable_configs(tmp_path, [DistillConfig(**settings, lr=2e-3, weight_decay=0.1)])
     import os
     from unittest import mock
 
     with mock.patch.dict(os.environ, {"WORLD_SIZE": "2"}), pytest.raises(UserError) as other_count:
-        check_resumable_configs(tmp_path, [DistillConfig(**settings, lr=1e-3)])  # before, refused once it trained
+        check_resumable_configs(tmp_path, [DistillConfig(**settings, lr=1e-3)])
     assert str(other_count.value).startswith(
         f"distill: checkpoint {checkpoints / 'step-00000001'} was trained by 1 process, 2 now: relaunch with 1 "
         "(dit-compress run … --resume) to continue it")
-    shutil.rmtree(checkpoints)  # as advised
+    with pytest.raises(UserError, match=r"other settings \(distill.lr: 0.001 in the checkpoint, 0.002 now; the "
+                                        r"incoming student \(the passes before it wrote another\)\); delete "):
+        distill(copy.deepcopy(other), teacher, tmp_path, steps=4, checkpoint_every=2, resume=True, lr=2e-3)
+    assert (checkpoints / "step-00000001").is_dir()
+    capsys.readouterr()
     resumed, _ = distill(copy.deepcopy(student), teacher, tmp_path, steps=4, resume=True, lr=2e-3, weight_decay=0.1)
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"distill: checkpoint {checkpoints / 'step-00000001'} was trained with other settings (distill.lr: 0.001 "
+        "in the checkpoint, 0.002 now; distill.weight_decay: 0.0 in the checkpoint, 0.1 now): --resume discards "
+        f"{checkpoints} and trains this pass from its start")
     fresh, _ = distill(copy.deepcopy(student), teacher, tmp_path / "fresh", steps=4, lr=2e-3, weight_decay=0.1)
     a, b = state(fresh), state(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "distill" / "teacher_samples").is_dir()
+    # more steps: the learning rate's cosine spans them, so a checkpoint of 4 is no start for 6
+    with pytest.raises(TrainingInterrupted):
+        distill(copy.deepcopy(student), teacher, tmp_path / "s", steps=4, checkpoint_every=2, max_steps_this_run=2)
+    capsys.readouterr()
+    longer, _ = distill(copy.deepcopy(student), teacher, tmp_path / "s", steps=6, resume=True)
+    assert "(distill.steps: 4 in the checkpoint, 6 now): --resume discards" in capsys.readouterr().err
+    fresh, _ = distill(copy.deepcopy(student), teacher, tmp_path / "fresh6", steps=6)
+    a, b = state(fresh), state(longer)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_two_processes_agree(tmp_path):
