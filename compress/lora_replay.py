@@ -241,7 +241,8 @@ def not_took(record: dict, source: str | None, why: str) -> UserError:
     """The refusal of a LoRA the student read as blocks of its own teacher (its record's `blocks_of`,
     not there at the merge, now a dit-compress output) replayed on another model (`source`; `why`)."""
     took = record["blocks_of"]
-    return UserError(f"the LoRA {record['source']} this model took (dit-compress lora) was read as blocks of its "
+    return UserError(f"the LoRA {record['source']} this model took (dit-compress lora or "
+                     "compress.merge_lora) was read as blocks of its "
                      f"teacher {took} (not there when it took it: read as a base), a dit-compress output, but the "
                      f"teacher to compare with, {source or 'the one given'}, is another model ({why}): its blocks are "
                      f"not {took}'s, those the LoRA's were mapped to; compare with the model's own teacher {took}")
@@ -251,7 +252,8 @@ def other_base(record: dict, chain: list[str]) -> UserError:
     """The refusal of a LoRA the student read as blocks of one base (its record's `blocks_of`) replayed on
     a teacher whose chain of teachers (`chain`: its recorded teacher's teacher_chain) leads to another."""
     through = f" (through {', '.join(chain[:-1])})" if len(chain) > 1 else ""
-    return UserError(f"the LoRA {record['source']} this model took (dit-compress lora) was read as blocks of "
+    return UserError(f"the LoRA {record['source']} this model took (dit-compress lora or "
+                     "compress.merge_lora) was read as blocks of "
                      f"{record['blocks_of']}, but the teacher to compare with was compressed from {chain[-1]}"
                      f"{through}: its blocks descend from that base's, not those the LoRA's were mapped to; "
                      f"compare with the model's own teacher, or one compressed from {record['blocks_of']}")
@@ -267,7 +269,8 @@ def replayed_sources(loras: list[dict], moved: list[str] | None = None, warn: bo
         if len(moved) != len(loras):
             each = "once" if len(loras) == 1 else "once for each, in the order it took them"
             raise UserError(f"--lora given {counted(len(moved), 'time')}, but the model took "
-                            f"{counted(len(loras), 'LoRA')} (dit-compress lora): give --lora {each}")
+                            f"{counted(len(loras), 'LoRA')} (dit-compress lora or "
+                            f"compress.merge_lora): give --lora {each}")
         for source in moved:
             if looks_local(source) and not Path(source).expanduser().exists():
                 raise UserError(f"--lora {source}: no such file or folder")
@@ -354,6 +357,7 @@ def check_recorded(source: str, count: int) -> None:
     if not (Path(source).is_absolute() and not Path(source).exists()):
         return
     each = "" if count == 1 else f" (once for each of its {count} LoRAs, in the order it took them)"
-    raise UserError(f"the LoRA this model took (dit-compress lora) is no longer at {source}, where it recorded it "
+    raise UserError(f"the LoRA this model took (dit-compress lora or "
+                    f"compress.merge_lora) is no longer at {source}, where it recorded it "
                     "(moved or deleted), and its teacher takes it to stand for the model: pass its new place to "
                     f"eval or bench with --lora PATH{each}, or put it back there")

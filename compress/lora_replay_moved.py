@@ -58,7 +58,8 @@ def moved_away(teacher: nn.Module, record: dict, took: str | None, source: str |
         return None
     why = ("its weight files are not those the model recorded of it" if compared else
            not_compared(took_signature(blocks_of, took_files if own else None, seen), fingerprint(source, seen)))
-    return UserError(f"the LoRA {record['source']} this model took (dit-compress lora) was read as blocks of "
+    return UserError(f"the LoRA {record['source']} this model took (dit-compress lora or "
+                     "compress.merge_lora) was read as blocks of "
                      f"{blocks_of}, not there now, and the teacher to compare with, {source}, cannot be shown "
                      f"to be it ({why}), while its blocks may be numbered otherwise ({numbered}): put "
                      f"{blocks_of} back, or give its new place with --teacher")

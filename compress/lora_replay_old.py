@@ -74,6 +74,7 @@ def old_record_elsewhere(record: dict, took: str, source: str, ours, theirs, unf
 
 def _old_record(record: dict, took: str) -> str:
     """What a LoRA recorded without `blocks_of` was read as (the student's teacher `took`'s blocks), in words."""
-    return (f"the LoRA {record['source']} this model took (dit-compress lora) was recorded before records named the "
+    return (f"the LoRA {record['source']} this model took (dit-compress lora or "
+            "compress.merge_lora) was recorded before records named the "
             f"model its blocks are of (no blocks_of in its record): they were read as blocks of the model's teacher "
             f"{took}")

@@ -1,7 +1,7 @@
 """Which teacher eval and bench measured an output against, as they say it: the source as --teacher
 gave it or as the output records it (report_teacher.recorded_teacher), and which of the two; for an
-output that took LoRAs (dit-compress lora), the LoRAs that teacher took to stand for it
-(lora_replay.replay). In a chain of outputs (each compressed from the one before) the recorded
+output that took LoRAs (dit-compress lora or compress.merge_lora), the LoRAs that teacher took to stand
+for it (lora_replay.replay). In a chain of outputs (each compressed from the one before) the recorded
 teacher is the link before."""
 
 from __future__ import annotations
@@ -52,4 +52,4 @@ def _with_loras(loras: list[dict] | None, out) -> str:
         return ""
     which = "the LoRA" if len(loras) == 1 else f"the {len(loras)} LoRAs"
     each = ", ".join(f"{lora['file']} at scale {lora['scale']:g}" for lora in loras)
-    return f", with {which} {out} took merged in (dit-compress lora): {each}"
+    return f", with {which} {out} took merged in (dit-compress lora or compress.merge_lora): {each}"

@@ -38,7 +38,8 @@ def test_a_lora_moved_since_it_was_merged_is_one_line_and_lora_gives_its_new_pla
     capsys.readouterr()
     before = _eval(["eval", str(new)], capsys)
     shutil.move(tmp_path / "lora", tmp_path / "moved")
-    gone = (f"dit-compress: error: the LoRA this model took (dit-compress lora) is no longer at {tmp_path / 'lora'}, "
+    gone = (f"dit-compress: error: the LoRA this model took (dit-compress lora or "
+            f"compress.merge_lora) is no longer at {tmp_path / 'lora'}, "
             "where it recorded it (moved or deleted), and its teacher takes it to stand for the model: pass its new "
             "place to eval or bench with --lora PATH, or put it back there")
     assert _err(["eval", str(new)], capsys) == gone
@@ -50,7 +51,7 @@ def test_a_lora_moved_since_it_was_merged_is_one_line_and_lora_gives_its_new_pla
     assert json.loads(capsys.readouterr().out)["params_ratio"] > 0
     moved = ["--lora", str(tmp_path / "moved")]
     assert _err(["eval", str(new)] + moved * 2, capsys).endswith(
-        "--lora given 2 times, but the model took 1 LoRA (dit-compress lora): give --lora once")
+        "--lora given 2 times, but the model took 1 LoRA (dit-compress lora or compress.merge_lora): give --lora once")
     assert _err(["eval", str(new), "--lora", str(tmp_path / "nowhere")], capsys).endswith(
         f"--lora {tmp_path / 'nowhere'}: no such file or folder")
     assert _err(["eval", str(tmp_path / "out-s")] + moved, capsys).endswith(
@@ -202,7 +203,8 @@ def test_a_lora_read_as_blocks_of_one_base_is_refused_on_a_teacher_of_another_na
     (tmp_path / "a2" / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError) as e:
         load_teacher_of(c, str(tmp_path / "a2"))
-    assert str(e.value) == (f"the LoRA {lora.resolve()} this model took (dit-compress lora) was read as blocks of "
+    assert str(e.value) == (f"the LoRA {lora.resolve()} this model took (dit-compress lora or "
+                            "compress.merge_lora) was read as blocks of "
                             f"{base_path}, but the teacher to compare with was compressed from {base2.resolve()}: its "
                             "blocks descend from that base's, not those the LoRA's were mapped to; compare with the "
                             f"model's own teacher, or one compressed from {base_path}")
@@ -218,10 +220,12 @@ def test_a_count_of_lora_flags_other_than_the_loras_taken_says_each_count_in_wor
     from compress.lora_replay import replayed_sources
 
     one, two = [{"source": str(tmp_path / "a")}], [{"source": str(tmp_path / "a")}, {"source": str(tmp_path / "b")}]
-    with pytest.raises(UserError, match=r"^--lora given 2 times, but the model took 1 LoRA \(dit-compress lora\): "
+    with pytest.raises(UserError, match=r"^--lora given 2 times, but the model took 1 LoRA \(dit-compress lora or "
+                                        r"compress\.merge_lora\): "
                                         r"give --lora once$"):
         replayed_sources(one, [str(tmp_path)] * 2)
-    with pytest.raises(UserError, match=r"^--lora given 1 time, but the model took 2 LoRAs \(dit-compress lora\): "
+    with pytest.raises(UserError, match=r"^--lora given 1 time, but the model took 2 LoRAs \(dit-compress lora or "
+                                        r"compress\.merge_lora\): "
                                         r"give --lora once for each, in the order it took them$"):
         replayed_sources(two, [str(tmp_path)])
 
@@ -299,7 +303,8 @@ def test_a_lora_read_as_its_moved_teachers_blocks_is_refused_on_another_model_an
     assert same(load_teacher_of(c, str(moved)), own(moved))  # b at its new place: its files as c recorded
     with pytest.raises(UserError) as e:  # b not there: a2 is not b (c's record of b's files), nor of b's base
         load_teacher_of(c, str(tmp_path / "a2"))
-    assert str(e.value) == (f"the LoRA {lora.resolve()} this model took (dit-compress lora) was read as blocks of {b}, "
+    assert str(e.value) == (f"the LoRA {lora.resolve()} this model took (dit-compress lora or "
+                            f"compress.merge_lora) was read as blocks of {b}, "
                             f"but the teacher to compare with was compressed from {(tmp_path / 'base').resolve()}: its "
                             "blocks descend from that base's, not those the LoRA's were mapped to; compare with the "
                             f"model's own teacher, or one compressed from {b}")

@@ -120,7 +120,8 @@ def test_a_lora_read_as_a_moved_teachers_blocks_is_refused_on_a_teacher_of_anoth
     for other, why in [("a3", f"its weight files are not {b}'s: "), ("base2", f"its own base, while {b}'s blocks "
                                                                               f"descend from {base})")]:
         said = refused(c, str(tmp_path / other))
-        assert said.startswith(f"the LoRA {lora.resolve()} this model took (dit-compress lora) was read as "
+        assert said.startswith(f"the LoRA {lora.resolve()} this model took (dit-compress lora or "
+                               "compress.merge_lora) was read as "
                                f"blocks of its teacher {b} (not there when it took it: read as a base), a "
                                f"dit-compress output, but the teacher to compare with, {tmp_path / other}, "
                                f"is another model ({why}"), said
@@ -137,7 +138,8 @@ def test_a_lora_read_as_a_moved_teachers_blocks_refused_on_a_base_says_why_it_is
     b, a, base = (str((tmp_path / n).resolve()) for n in ["b", "a", "base"])
 
     def refusal(other, why) -> str:
-        return (f"the LoRA {lora.resolve()} this model took (dit-compress lora) was read as blocks of its teacher {b} "
+        return (f"the LoRA {lora.resolve()} this model took (dit-compress lora or "
+                f"compress.merge_lora) was read as blocks of its teacher {b} "
                 f"(not there when it took it: read as a base), a dit-compress output, but the teacher to compare "
                 f"with, {tmp_path / other}, is another model ({why}): its blocks are not {b}'s, those the LoRA's "
                 f"were mapped to; compare with the model's own teacher {b}")
@@ -257,7 +259,8 @@ def test_a_lora_read_as_a_teachers_blocks_is_refused_while_that_teacher_is_away_
     files = teacher_signature(str(tmp_path / "b"))
     b = str((tmp_path / "b").resolve())
     (tmp_path / "b").rename(tmp_path / "b-away")
-    refusal = (f"the LoRA {lora.resolve()} this model took (dit-compress lora) was read as blocks of {b}, not there "
+    refusal = (f"the LoRA {lora.resolve()} this model took (dit-compress lora or "
+               f"compress.merge_lora) was read as blocks of {b}, not there "
                f"now, and the teacher to compare with, {{}}, cannot be shown to be it (the model records no weight "
                f"files of it to compare), while its blocks may be numbered otherwise ({{}}): put {b} back, or give its "
                "new place with --teacher")
@@ -286,7 +289,8 @@ def test_a_teachers_files_recorded_by_another_dit_compress_are_not_known_to_be_t
     b = str((tmp_path / "b").resolve())
     (tmp_path / "b").rename(tmp_path / "b-away")
     said = refused(c, str(tmp_path / "a"))
-    assert said == (f"the LoRA {lora.resolve()} this model took (dit-compress lora) was read as blocks of {b}, "
+    assert said == (f"the LoRA {lora.resolve()} this model took (dit-compress lora or "
+                    f"compress.merge_lora) was read as blocks of {b}, "
                     f"not there now, and the teacher to compare with, {tmp_path / 'a'}, cannot be shown to be "
                     "it (the weight files the model records of it were recorded by another dit-compress "
                     "version, which this one cannot compare), while its blocks may be numbered otherwise (a "

@@ -63,7 +63,8 @@ def test_an_old_record_is_refused_on_a_teacher_numbered_otherwise_and_taken_by_i
     b, base, base2 = (str((tmp_path / n).resolve()) for n in ["b", "base", "base2"])
 
     def refusal(other, why) -> str:
-        return (f"the LoRA {lora.resolve()} this model took (dit-compress lora) was recorded before records named the "
+        return (f"the LoRA {lora.resolve()} this model took (dit-compress lora or "
+                "compress.merge_lora) was recorded before records named the "
                 f"model its blocks are of (no blocks_of in its record): they were read as blocks of the model's "
                 f"teacher {b}, but the teacher to compare with, {tmp_path / other}, has its blocks numbered otherwise "
                 f"({why}): its block i is not {b}'s block i; compare with the model's own teacher {b} (put it back, "
@@ -99,7 +100,8 @@ def test_an_old_record_whose_teacher_is_an_output_with_a_chain_not_followed_is_r
     b = str((tmp_path / "b").resolve())
     for other in ["a", "x"]:
         said = refused(c, str(tmp_path / other))
-        assert said == (f"the LoRA {lora.resolve()} this model took (dit-compress lora) was recorded before "
+        assert said == (f"the LoRA {lora.resolve()} this model took (dit-compress lora or "
+                        "compress.merge_lora) was recorded before "
                         f"records named the model its blocks are of (no blocks_of in its record): they were "
                         f"read as blocks of the model's teacher {b}, but the teacher to compare with, "
                         f"{tmp_path / other}, may have its blocks numbered otherwise ({b} is a dit-compress "
@@ -130,7 +132,8 @@ def test_an_old_record_on_a_teacher_whose_own_chain_is_not_followed_is_refused_s
     (tmp_path / "base2").rename(tmp_path / "base2-away")
     b = str((tmp_path / "b").resolve())
     said = refused(c, str(tmp_path / "x"))
-    assert said == (f"the LoRA {lora.resolve()} this model took (dit-compress lora) was recorded before "
+    assert said == (f"the LoRA {lora.resolve()} this model took (dit-compress lora or "
+                    "compress.merge_lora) was recorded before "
                     f"records named the model its blocks are of (no blocks_of in its record): they were "
                     f"read as blocks of the model's teacher {b}, but the teacher to compare with, "
                     f"{tmp_path / 'x'}, may have its blocks numbered otherwise ({tmp_path / 'x'} is a "

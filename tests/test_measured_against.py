@@ -45,7 +45,7 @@ def test_eval_of_an_output_that_took_a_lora_names_the_lora_its_teacher_took(took
         "adherence": 1.0}
     assert _said(capsys, ["eval", str(new)]).splitlines()[0] == (
         f"measured against the teacher toy:flux, which {new} records, with the LoRA {new} took merged in "
-        f"(dit-compress lora): {lora} at scale 0.8")
+        f"(dit-compress lora or compress.merge_lora): {lora} at scale 0.8")
     moved = str(tmp_path / "lora")
     given = json.loads(_said(capsys, ["eval", str(new), "--teacher", "toy:flux", "--lora", moved, "--json"]))
     assert given["teacher_from"] == "--teacher" and given["teacher_loras"] == [{"file": moved, "scale": 0.8}]
@@ -59,7 +59,7 @@ def test_bench_of_an_output_that_took_a_lora_names_the_lora_its_teacher_took(too
     assert result["teacher"] == "toy:flux" and result["teacher_loras"] == [{"file": lora, "scale": 0.8}]
     assert _said(capsys, ["bench", str(new), *timing]).splitlines()[0] == (
         f"{new}: timed against the teacher toy:flux, which {new} records, with the LoRA {new} took merged in "
-        f"(dit-compress lora): {lora} at scale 0.8")
+        f"(dit-compress lora or compress.merge_lora): {lora} at scale 0.8")
 
 
 def test_a_teacher_without_loras_is_said_as_before_and_several_are_counted():
@@ -69,7 +69,7 @@ def test_a_teacher_without_loras_is_said_as_before_and_several_are_counted():
     assert against(plain, "out") == "against the teacher toy:pixart, which out records"
     two = teacher_fields("toy:pixart", "toy:pixart", [{"file": "a", "scale": 0.5}, {"file": "b", "scale": 1}])
     assert against(two, "out") == ("against the teacher toy:pixart, given by --teacher, with the 2 LoRAs out took "
-                                   "merged in (dit-compress lora): a at scale 0.5, b at scale 1")
+                                   "merged in (dit-compress lora or compress.merge_lora): a at scale 0.5, b at scale 1")
 
 
 @pytest.mark.parametrize("command", [["eval"], ["bench", "--repeats", "1", "--batch", "1", "--device", "cpu"]])
@@ -82,4 +82,4 @@ def test_a_relative_lora_given_is_named_absolute_as_recorded(took, tmp_path, cap
     moved = str((tmp_path / "moved").resolve())
     argv = [command[0], str(new), *command[1:], "--lora", "moved"]
     assert json.loads(_said(capsys, [*argv, "--json"]))["teacher_loras"] == [{"file": moved, "scale": 0.8}]
-    assert f"(dit-compress lora): {moved} at scale 0.8" in _said(capsys, argv).splitlines()[0]
+    assert f"(dit-compress lora or compress.merge_lora): {moved} at scale 0.8" in _said(capsys, argv).splitlines()[0]
