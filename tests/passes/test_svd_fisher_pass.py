@@ -63,7 +63,7 @@ def test_the_svd_pass_keeps_modulation_fishers_as_rows_with_the_same_factors(tmp
                 if isinstance(m, LowRankLinear)}
 
     add = Roots.add
-    monkeypatch.setattr(Roots, "add", lambda self, n, f: (stored.__setitem__(n, f.shape), add(self, n, f)))
+    monkeypatch.setattr(Roots, "add", lambda self, n, f, *a: (stored.__setitem__(n, f.shape), add(self, n, f, *a)))
     thin = run("rows")
     assert len(stored) == 8 and all(shape[0] == 16 < shape[1] for shape in stored.values()), stored
     monkeypatch.setattr(FisherSum, "value", lambda self: dense_fisher(torch.cat(self.rows)))  # F itself
@@ -158,7 +158,7 @@ def test_the_svd_pass_holds_one_blocks_roots_computing_each_once_with_the_same_f
 
     calls, held, added = Counter(), [], Counter()
     real_sqrt, real_trim, real_add = svd_fisher.sqrt_pair, Roots._trim, Roots.add
-    monkeypatch.setattr(Roots, "add", lambda self, n, f: (added.update([n]), real_add(self, n, f)))
+    monkeypatch.setattr(Roots, "add", lambda self, n, f, *a: (added.update([n]), real_add(self, n, f, *a)))
     monkeypatch.setattr(svd_fisher, "sqrt_pair", lambda f, d: (calls.update([f.shape]), real_sqrt(f, d))[1])
 
     def trim(self, newest):
@@ -217,7 +217,8 @@ def test_a_global_allocation_decomposes_each_targets_fisher_once_with_the_same_f
         return real_eigh(a, *args, **kwargs)
     monkeypatch.setattr(torch.linalg, "eigh", eigh)
     monkeypatch.setattr(Roots, "__getitem__", lambda self, n: (pairs.append(n), real_getitem(self, n))[1])
-    monkeypatch.setattr(Roots, "add", lambda self, n, f: (added.__setitem__(n, f.clone()), real_add(self, n, f)))
+    monkeypatch.setattr(Roots, "add",
+                        lambda self, n, f, *a: (added.__setitem__(n, f.clone()), real_add(self, n, f, *a)))
 
     def run(where, revisit):
         class Once(Roots):
