@@ -8,9 +8,10 @@ import math
 import time
 
 from compress.errors import NumericError
-from compress.passes.base import first_nonfinite, relative_error
+from compress.passes.base import relative_error
 from compress.report import console, warn
 from compress.report_card import against_base
+from compress.runner_setup import locate
 from compress.runner_stages import save_state
 
 
@@ -46,9 +47,8 @@ def nonfinite_words(runner, student, heldout: list[dict]) -> str:
     name = runner.passes[runner.doing].name
     bad, where = None, ""
     for b, kwargs in enumerate(heldout):
-        if (found := first_nonfinite(student, runner.adapter, kwargs)) is not None:
-            bad, (layer, inputs_ok) = b, found
-            where = f": {layer}'s output is the first to hold it" + (" (its inputs were finite)" if inputs_ok else "")
+        if (found := locate(student, runner.adapter, kwargs)) is not None:
+            bad, where = b, f": {found}"
             break
     batch = f" on held-out batch {bad + 1} of {len(heldout)}" if bad is not None else ""
     change = "lower distill.lr" if name == "distill" else "change its settings"

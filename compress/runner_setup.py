@@ -75,9 +75,10 @@ def _damaged_hint(dtype: str) -> str:
 
 
 @torch.no_grad()
-def locate(model: torch.nn.Module, adapter, batch: dict) -> str | None:
+def locate(model: torch.nn.Module, adapter, batch: dict, held: str = "it") -> str | None:
     """Where `model`'s prediction on `batch` first holds NaN/Inf, in words ("X's output is the first to
-    hold it (its inputs were finite)"), or None where it holds none. Where X's inputs were finite, and
+    hold it (its inputs were finite)"; `held`: what it holds, "NaN/Inf" where the words before them
+    name no NaN/Inf, as a non-finite loss's), or None where it holds none. Where X's inputs were finite, and
     an earlier layer's output passed the square root of its dtype's largest value (past it a product, a
     norm's variance, overflows: a norm with no weights a block later is where the huge weight shows),
     that layer too, with its largest weight. Leaf modules, in execution order; streamed blocks are read
@@ -98,13 +99,13 @@ def locate(model: torch.nn.Module, adapter, batch: dict) -> str | None:
     finally:
         for h in handles:
             h.remove()
-    return _located_words(seen) if "nan" in seen else None
+    return _located_words(seen, held) if "nan" in seen else None
 
 
-def _located_words(seen: dict[str, tuple]) -> str:
+def _located_words(seen: dict[str, tuple], held: str) -> str:
     """locate's words from what its hooks saw (a "nan" entry at least)."""
     name, inputs_ok = seen["nan"]
-    words = f"{name}'s output is the first to hold it" + (" (its inputs were finite)" if inputs_ok else "")
+    words = f"{name}'s output is the first to hold {held}" + (" (its inputs were finite)" if inputs_ok else "")
     if not inputs_ok or "past" not in seen or seen["past"][0] == name:
         return words
     past, (big, dtype), weight = seen["past"]

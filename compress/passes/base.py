@@ -9,8 +9,6 @@ Passes declare what they need (`needs_calibration`, `needs_teacher`) and what th
 
 from __future__ import annotations
 
-import functools
-
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -27,40 +25,6 @@ from compress.replay import Prefix, replaying
 def predictions(model: nn.Module, adapter: Adapter, batches: list[dict]) -> list[torch.Tensor]:
     """The final prediction (float64) on every batch."""
     return [adapter.predict(model, kw).double() for kw in batches]
-
-
-@torch.no_grad()
-def first_nonfinite(model: nn.Module, adapter: Adapter, batch: dict) -> tuple[str, bool] | None:
-    """(name, inputs finite) of the first module, in execution order, whose output holds NaN/Inf
-    on `batch` (leaf modules: the layer itself, not the block around it), or None."""
-    found: list[tuple[str, bool]] = []
-
-    def bad(x) -> bool:
-        return any(bool((~torch.isfinite(t)).any()) for t in _tensors(x) if t.is_floating_point())
-
-    def hook(module, args, kwargs, output, name=""):
-        if not found and bad(output):
-            found.append((name, not bad((args, kwargs))))
-    handles = [m.register_forward_hook(functools.partial(hook, name=n), with_kwargs=True)
-               for n, m in model.named_modules() if n and not any(True for _ in m.children())]
-    try:
-        adapter.predict(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
-    return found[0] if found else None
-
-
-def _tensors(x):
-    """The tensors in nested tuples, lists and dicts."""
-    if isinstance(x, torch.Tensor):
-        yield x
-    elif isinstance(x, (tuple, list)):
-        for v in x:
-            yield from _tensors(v)
-    elif isinstance(x, dict):
-        for v in x.values():
-            yield from _tensors(v)
 
 
 @torch.no_grad()

@@ -23,11 +23,12 @@ from compress.errors import NumericError, UserError
 from compress.inputs import moved
 from compress.io import cast
 from compress.io_tensors import nonfinite
-from compress.passes.base import RunContext, first_nonfinite
+from compress.passes.base import RunContext
 from compress.passes.distill_checkpoints import Checkpoints
 from compress.passes.distill_progress import TERMS, fmt_terms, weights_of
 from compress.passes.distill_resume import checksum
 from compress.progress import WORDS, bar as progress_bar
+from compress.runner_setup import locate
 
 if TYPE_CHECKING:
     from compress.passes.distill import DistillConfig
@@ -289,7 +290,7 @@ class _Trainer(Checkpoints):
         inner = self.acc.unwrap_model(self.student)
         if (name := _nonfinite_weight(inner)) is not None:
             return f": the student's weight {name} holds NaN/Inf"
-        return _layer_words(first_nonfinite(inner, self.adapter, _inputs_for(inner, kwargs)))
+        return _layer_words(locate(inner, self.adapter, _inputs_for(inner, kwargs), held="NaN/Inf"))
 
     def _gradient_trouble(self) -> str:
         """': how many trained weights' gradients hold NaN/Inf, the first by name', or ''."""
@@ -305,7 +306,7 @@ class _Trainer(Checkpoints):
         held-out batch that shows it and the student's first layer whose output holds NaN/Inf there."""
         batches = list(self.ctx.eval_inputs())
         for b, kwargs in enumerate(batches, 1):
-            found = first_nonfinite(model, self.adapter, _inputs_for(model, kwargs))
+            found = locate(model, self.adapter, _inputs_for(model, kwargs))
             if found is not None:
                 return (f"the student's prediction after step {self.step} holds NaN/Inf on held-out batch {b} "
                         f"of {len(batches)}", _layer_words(found))
@@ -317,12 +318,9 @@ def _nonfinite_weight(model) -> str | None:
     return next((name for name, p in model.named_parameters() if nonfinite(p.detach())), None)
 
 
-def _layer_words(found: tuple[str, bool] | None) -> str:
-    """passes.base.first_nonfinite's (layer, inputs finite) in words, '' for None."""
-    if found is None:
-        return ""
-    name, inputs_ok = found
-    return f": {name}'s output is the first to hold NaN/Inf" + (" (its inputs were finite)" if inputs_ok else "")
+def _layer_words(found: str | None) -> str:
+    """runner_setup.locate's words after a colon, '' for None."""
+    return f": {found}" if found else ""
 
 
 def _earlier(report: dict) -> list[dict]:

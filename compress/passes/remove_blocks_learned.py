@@ -309,7 +309,7 @@ def _nonfinite_words(work, adapter, batches, ref, b: int, opt, step: int) -> str
     head = f"remove_blocks: criterion learned: non-finite loss at step {step + 1}"
     if not bool(torch.isfinite(ref).all()):
         return f"{head}: the teacher's prediction on calibration batch {b + 1} holds NaN/Inf"
-    from compress.passes.base import first_nonfinite
+    from compress.runner_setup import locate
 
     rates = [g["lr"] for g in opt.param_groups]  # (logit_lr, learn_lr where a weight update trains)
     weight = next((n for n, p in work.named_parameters() if not bool(torch.isfinite(p).all())), None)
@@ -319,9 +319,8 @@ def _nonfinite_words(work, adapter, batches, ref, b: int, opt, step: int) -> str
     where = ""
     if weight is not None:
         where = f": the trained weight {weight} holds NaN/Inf"
-    elif (found := first_nonfinite(work, adapter, to_model(batches[b], work))) is not None:
-        where = f": {found[0]}'s output is the first to hold NaN/Inf" + (
-            " (its inputs were finite)" if found[1] else "")
+    elif (found := locate(work, adapter, to_model(batches[b], work), held="NaN/Inf")) is not None:
+        where = f": {found}"
     lower = f"lower learn_lr ({rates[1]:g})" if len(rates) > 1 else f"lower logit_lr ({rates[0]:g})"
     return f"{head} (the teacher's prediction is finite, the masked model's is not){where}; {lower}"
 
