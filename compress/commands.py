@@ -283,11 +283,13 @@ def _teacher_relative(model, teacher, source: str, out: Path) -> dict:
     first), both models in the recipe's compute dtype, as the run measured them (and as
     _teacher_relative_streamed does: a bfloat16 run's error was measured again in float32)."""
     from compress.inputs import input_source, moved
+    from compress.io_source_config import TeacherSource
     from compress.recipe import load_recipe
     from compress.passes.base import predictions, relative_error
     from compress.runner_setup import DTYPES, check_error, check_finite, check_reference, locate
 
-    check_finite(teacher)  # as run checks it (streamed: load_checked_teacher)
+    # as run checks it, naming the file that holds a NaN (streamed: load_checked_teacher)
+    check_finite(teacher, source=TeacherSource(source, check_source(source)))
     recipe = load_recipe(out / "recipe.yaml")
     adapter = get_adapter(teacher)
     report = read_report(out)
