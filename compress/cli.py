@@ -176,14 +176,32 @@ def _check_teacher_options(args) -> None:
 OUTPUT_ARGS = {"inspect": "out", "eval": "model", "bench": "out"}  # the output (a path) each of them reads
 
 
-def _check_output_there(args) -> None:
-    """An output folder (a local path) not there: the command's one line (output_names.missing_here)
-    before its imports, torch's start-up among them (seconds); the command says it alike."""
-    from compress.output_names import missing_here
+def _check_paths_there(args) -> None:
+    """A path the command reads not there: its one line before its imports, torch's start-up among them
+    (seconds); the command says it alike. The output folder of inspect, eval and bench
+    (output_names.missing_here), lora's OUT (output_names.missing_lora_output) and LORA (io_source.no_lora_there,
+    where OUT is an output and NEW not there: what lora says first of them, it says first), convert's FILE
+    (io_source.no_checkpoint_file; a blank one: its own words)."""
+    from compress.io_source import no_checkpoint_file, no_lora_there
+    from compress.output_names import is_output, missing_here, missing_lora_output
 
-    if args.command in OUTPUT_ARGS and (missing := missing_here(getattr(args, OUTPUT_ARGS[args.command]),
-                                                                args.command)) is not None:
+    missing = None
+    if args.command in OUTPUT_ARGS:
+        missing = missing_here(getattr(args, OUTPUT_ARGS[args.command]), args.command)
+    elif args.command == "lora":
+        missing = missing_lora_output(args.out)
+        if missing is None and is_output(Path(args.out).expanduser()) and not _there(args.new):
+            missing = no_lora_there(args.lora)
+    elif args.command == "convert" and args.file.strip():
+        missing = no_checkpoint_file(args.file)
+    if missing is not None:
         raise UserError(missing)
+
+
+def _there(path: str) -> bool:
+    """Whether `path` is there (a dangling link too), as commands refuse to write a new folder there."""
+    p = Path(path).expanduser()
+    return p.exists() or p.is_symlink()
 
 
 def _out_of_memory(command: str, e: BaseException) -> UserError | None:
@@ -206,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(empty)
         _check_numbers(args)
         _check_teacher_options(args)
-        _check_output_there(args)
+        _check_paths_there(args)
         try:
             return COMMANDS[args.command](args)
         except (RuntimeError, MemoryError) as e:

@@ -13,7 +13,7 @@ from compress.io import (cast, check_same_architecture, load_teacher, load_teach
                          pipeline_without_transformer, read_config)
 from compress.output_names import is_output, missing_output, output_usage, run_output
 from compress.io_output import load_transformer, output_folder
-from compress.io_source import check_source, output_weights
+from compress.io_source import check_source, no_checkpoint_file, output_weights
 from compress.io_source_recipe import checked_sources
 from compress.measured_against import against, teacher_fields, teacher_loras
 from compress.progress import status
@@ -349,6 +349,8 @@ def convert(args) -> int:
         if not given.strip():  # Path("") is ".", the current folder
             raise UserError(f"the {what} path is empty; convert FILE OUT reads FILE and writes the new folder OUT")
     source, out = Path(args.file).expanduser(), Path(args.out).expanduser()
+    if (missing := no_checkpoint_file(args.file)) is not None:  # (cli.main says it before torch's import)
+        raise UserError(missing)
     if not source.is_file():
         raise not_a_file(args.file, source)
     if out.exists() or out.is_symlink():
@@ -362,13 +364,12 @@ def convert(args) -> int:
 
 
 def not_a_file(given: str, source: Path) -> UserError:
-    """convert's error for a source that is no file: a folder holding one (docs/STREAMING.md's layout for
-    a single file, config.json beside it) names the file to give; a diffusers folder (its weights or
-    shards, a transformer/ or model_index.json) is what stream: true reads already."""
+    """convert's error for a source that is a folder (one not there: io_source.no_checkpoint_file): a
+    folder holding a file (docs/STREAMING.md's layout for a single file, config.json beside it) names the
+    file to give; a diffusers folder (its weights or shards, a transformer/ or model_index.json) is what
+    stream: true reads already."""
     from compress.stream_files import convertible_files, listed
 
-    if not source.is_dir():
-        return UserError(f"{given}: no such file; convert reads a single-file checkpoint")
     files = convertible_files(source)
     if files:
         which = f"the file in it, {files[0]}" if len(files) == 1 else f"one of the files in it ({listed(files)})"

@@ -18,7 +18,7 @@ from compress.io import (FORMAT, INDEX, WEIGHTS, cast, config_model_class, from_
                          read_config, read_json, transformer_place)
 from compress.io_errors import load_error
 from compress.io_export import OUTPUT_SHARD, ranks_of
-from compress.output_names import is_output, missing_output
+from compress.output_names import is_output, missing_folder_words
 from compress.io_fused import without_fused_projections
 from compress.io_tensors import read_state_dict
 from compress.lowrank import LowRankLinear
@@ -345,16 +345,11 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
     return model.to(device).eval()
 
 
-USAGE = "(an output folder is written by dit-compress run, or compress.save_compressed)"
-
-
 def missing_folder(out) -> UserError | None:
     """A local path `out` that is not there, said as the commands that read an output say it
-    (output_names.missing_output: no such folder, the name meant); a pathlib.Path is always local.
+    (output_names.missing_folder_words: no such folder, the name meant); a pathlib.Path is always local.
     None where it is there, or reads as a Hub id (`hub_output`)."""
-    said = missing_output(str(out), USAGE)
-    if said is None and isinstance(out, os.PathLike) and not Path(out).expanduser().exists():
-        said = f"no such folder {out} {USAGE}"
+    said = missing_folder_words(out)
     return None if said is None else UserError(said)
 
 

@@ -83,6 +83,24 @@ def looks_local(source: str) -> bool:
     return source.startswith((".", "/", "~")) or "/" not in source or Path(source.split("/")[0]).is_dir()
 
 
+def no_lora_there(lora: str) -> str | None:
+    """What a LoRA given as a local path not there is told (lora_read; `dit-compress lora` says it before
+    torch's import, cli._check_paths_there); None where it is there or reads as a Hub id (the Hugging Face
+    cache is looked in)."""
+    if looks_local(lora) and not Path(lora).expanduser().exists():
+        return f"{lora}: no LoRA there (a .safetensors file, or a folder holding one)"
+    return None
+
+
+def no_checkpoint_file(given: str) -> str | None:
+    """convert's words for a FILE that is neither a file nor a folder (a folder: commands.not_a_file), said
+    before torch's import (cli._check_paths_there); None where it is one."""
+    path = Path(given).expanduser()
+    if path.is_file() or path.is_dir():
+        return None
+    return f"{given}: no such file; convert reads a single-file checkpoint"
+
+
 def check_source(source: str, where: str = "", recipe_dir: Path | None = None, stream: bool = False) -> str:
     """The kind of a teacher source, 'toy', 'folder', 'file' or 'hub', before anything is read; a
     UserError (after `where`, see teacher_where) for an empty one, an unknown toy teacher, a

@@ -107,10 +107,11 @@ def _reader(adapter, lora, class_name: str, held=None) -> tuple[Callable[[nn.Mod
     """(a function loading the LoRA onto an empty teacher as the family's loader would, its keys);
     `held`: quiet_loaders' namespace."""
     from compress.io import looks_local
+    from compress.io_source import no_lora_there
 
     path = None if isinstance(lora, dict) else Path(str(lora)).expanduser()
-    if path is not None and looks_local(str(lora)) and not path.exists():
-        raise UserError(f"{lora}: no LoRA there (a .safetensors file, or a folder holding one)")
+    if path is not None and (missing := no_lora_there(str(lora))) is not None:
+        raise UserError(missing)
     if path is not None and not looks_local(str(lora)):  # a Hub id: its file, where known, read as a local one
         path = hub_lora(str(lora)) or path
     if path is not None and (path / "adapter_config.json").is_file():

@@ -10,6 +10,7 @@ there (`missing_output`: no such folder, the name meant; of a run folder runs/NA
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 SAVED_RECIPE = "recipe.yaml"  # the recipe an output holds (runner_export.output_files), and its report
@@ -204,6 +205,32 @@ def missing_output(given: str, usage: str) -> str | None:
             return None
     noun = "file" if path.suffix in FILE_SUFFIXES else "folder"
     return f"no such {noun} {given}{_meant(path)} {usage}"
+
+
+LOADED_USAGE = "(an output folder is written by dit-compress run, or compress.save_compressed)"
+
+
+def missing_folder_words(out) -> str | None:
+    """What load_transformer (io_output.missing_folder) says of a local path `out` that is not there
+    (missing_output, in LOADED_USAGE's words); a pathlib.Path is always local. None where it is there,
+    or reads as a Hub id (io_output.hub_output)."""
+    said = missing_output(str(out), LOADED_USAGE)
+    if said is None and isinstance(out, os.PathLike) and not Path(out).expanduser().exists():
+        said = f"no such folder {out} {LOADED_USAGE}"
+    return said
+
+
+def missing_lora_output(given: str) -> str | None:
+    """`dit-compress lora`'s words of its OUT `given` not there (load_transformer's of the path it loads:
+    missing_folder_words), said before torch's import; None where `given` reads as a Hub id (lora's words
+    then: io_output.hub_output, which looks in the cache) or the cache is looked in first
+    (owner_is_a_folder), which the command then does as it starts."""
+    from compress.io_source import looks_local
+
+    path = Path(given).expanduser()
+    if not looks_local(given) or owner_is_a_folder(str(path)):
+        return None
+    return missing_folder_words(path)
 
 
 def owner_is_a_folder(given: str) -> bool:

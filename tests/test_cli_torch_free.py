@@ -1,9 +1,10 @@
 """The refusals a user meets most, before torch's and diffusers' start-up (compress/cli.py,
 recipe.check_recipe): a recipe not there, a folder, a YAML or top-level key mistake, no passes or an
 unknown pass, a pass's option unknown or of a wrong value (its config class imports no torch:
-passes.CONFIGS), a run or output folder another run holds (runner_lock.refuse_held) and an output
-folder not there for inspect, eval and bench (output_names.missing_here) are said in a moment (about
-0.5 s and 20 MB, not 5-10 s and 395 MB), in the same words and exit status as after it. Each runs in a
+passes.CONFIGS), a run or output folder another run holds (runner_lock.refuse_held), an output folder
+not there for inspect, eval, bench and lora (output_names.missing_here, missing_lora_output) and lora's LoRA
+and convert's checkpoint file not there (io_source.no_lora_there, no_checkpoint_file) are said in a moment
+(about 0.5 s and 20 MB, not 5-10 s and 395 MB), in the same words and exit status as after it. Each runs in a
 fresh interpreter: torch must not be imported."""
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ DISTILL_KEYS = ("steps, batch_size, lr, weight_decay, warmup_steps, min_lr_ratio
                 "gradient_checkpointing, mixed_precision, checkpoint_every, keep_checkpoints, max_steps_this_run, "
                 "progress, plot, kd_teacher")
 
+LOADED = "(an output folder is written by dit-compress run, or compress.save_compressed)"
 CASES = [
     (["run", "nope.yaml"], "no such recipe nope.yaml; did you mean 'top.yaml'?"),
     (["plan", "nope.yaml"], "no such recipe nope.yaml; did you mean 'top.yaml'?"),
@@ -70,6 +72,11 @@ CASES = [
                               "(dit-compress inspect OUT, OUT written by run)"),
     (["eval", "gone"], "no such folder gone (eval takes a dit-compress output folder or a teacher)"),
     (["bench", "./gone"], "no such folder ./gone (dit-compress bench OUT, OUT written by run)"),
+    # lora's output and convert's file not there (load_transformer's words, convert's)
+    (["lora", "gone", "l.safetensors", "new"], f"no such folder gone {LOADED}"),
+    (["lora", "./out/nope", "l.safetensors", "new"], f"no such folder out/nope, and no out/ here either {LOADED}"),
+    (["convert", "nope.safetensors", "o"], "nope.safetensors: no such file; convert reads a single-file checkpoint"),
+    (["convert", "./gone/x.pth", "o"], "./gone/x.pth: no such file; convert reads a single-file checkpoint"),
 ]
 
 
@@ -82,6 +89,22 @@ def test_a_mistyped_or_missing_recipe_is_refused_before_torch_is_imported(tmp_pa
     done = _refused(tmp_path, argv)
     assert done.stderr.strip() == f"dit-compress: error: {said}"
     assert done.stdout.split() == ["2", "False", "False"]  # exit status 2; torch, diffusers not imported
+
+
+def test_a_lora_not_there_is_refused_before_torch_is_imported(tmp_path):
+    """`dit-compress lora OUT LORA NEW` with LORA not there loaded torch, diffusers and OUT's model before its
+    one line; the same line now, where OUT is an output and NEW is not there (NEW there: said first, as before)."""
+    from compress.io_export import save_compressed
+    from tests.conftest import factorize, tiny_pixart
+
+    save_compressed(factorize(tiny_pixart(), ["transformer_blocks.0.attn1.to_q"], 2), tmp_path / "out")
+    done = _refused(tmp_path, ["lora", "out", "nolora.safetensors", "new"])
+    assert done.stderr.strip() == ("dit-compress: error: nolora.safetensors: no LoRA there (a .safetensors file, "
+                                   "or a folder holding one)")
+    assert done.stdout.split() == ["2", "False", "False"]
+    (tmp_path / "new").mkdir()
+    done = _refused(tmp_path, ["lora", "out", "nolora.safetensors", "new"])
+    assert done.stderr.strip() == "dit-compress: error: new exists; lora writes a new output folder"
 
 
 HELD = {  # what a run into a folder another run holds is told (runner_lock), given that holder in words
