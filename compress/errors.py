@@ -77,7 +77,8 @@ def closest(word: str, options) -> str | None:
 
 
 def as_yaml(value) -> str:
-    """A read scalar as a recipe spells it: null, true, false; others as Python quotes them."""
+    """A read value as a recipe spells it: null, true, false; others as Python quotes them (8, 1.5, 'text',
+    [1, 2]), not as its repr spells null and booleans (None, True)."""
     return {type(None): "null", bool: str(value).lower()}.get(type(value)) or repr(value)
 
 

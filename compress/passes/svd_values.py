@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from compress.errors import BadValue, did_you_mean, not_one_of
+from compress.errors import BadValue, as_yaml, did_you_mean, not_one_of
 from compress.recipe_names import METHODS, ROLES
 from compress.recipe_yaml import spelling_hint
 
@@ -117,17 +117,6 @@ def _check_patterns(c) -> None:
         if not _is_int(rank) or rank < 1:
             raise _bad(f"ranks.{p}", f"svd.ranks: rank {as_yaml(rank)} for {p!r} must be an integer ≥ 1"
                                          f"{_colon_hint(p, rank) or _rank_hint(rank)}")
-
-
-def as_yaml(value) -> str:
-    """A value as YAML writes it (null, true, 8, 1.5, 'text'), not as Python's repr (None, True)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, dict)):
-        return "a list" if isinstance(value, list) else "a mapping"
-    return repr(value) if isinstance(value, str) else str(value)
 
 
 def _rank_hint(rank) -> str:

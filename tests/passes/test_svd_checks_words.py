@@ -35,6 +35,8 @@ def test_a_bad_explicit_rank_is_shown_as_yaml_writes_it():
     assert _recipe_error("1_000").endswith("rank '1_000' for 'attention' must be an integer ≥ 1 (write 1000: "
                                            "a YAML 1.2 number has no '_' or ',')")
     assert _recipe_error("8.0").endswith("(an integer is written without a dot or exponent: 8)")
+    # (errors.as_yaml, as a recipe's other values: svd_values' own said 'rank a list')
+    assert _recipe_error("[8, 16]") == "r.yaml:5: svd.ranks: rank [8, 16] for 'attention' must be an integer ≥ 1"
 
 
 def test_explicit_ranks_at_the_break_even_rank_are_warned_to_leave_layers_dense():
