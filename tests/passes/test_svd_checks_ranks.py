@@ -60,6 +60,22 @@ def test_an_explicit_rank_past_break_even_is_said_in_a_pass_that_changes_nothing
     assert key == "ranks" and "break-even" not in said, said
 
 
+def test_the_rank_the_break_even_note_advises_factorizes_at_any_multiple(tmp_path):
+    """'give a rank below 13' (a 16x64 target, break-even 12.8) holds at multiple 16 too: explicit ranks are
+    taken as written, never rounded to svd.multiple (RECIPES.md), so rank 12 factorizes at rank 12."""
+    from compress.passes.svd_notes import dense_ranks_note
+    from tests.passes.svd_helpers import run_svd
+
+    name = "transformer_blocks.1.ff.net.2"  # tiny Flux: 16x64
+    model = tiny_flux()
+    targets = get_adapter(model).linears(model)
+    _, said, _ = dense_ranks_note(SVDConfig(multiple=16, ranks={name: 13}), targets)
+    assert said.endswith("(16×64: 12.8), where the factors hold as many parameters as the weight, so it stays dense; "
+                         "give a rank below 13 to factorize it"), said
+    model, _, _ = run_svd("flux", tmp_path, multiple=16, ratio=0.9, ranks={name: 12})
+    assert isinstance(model.get_submodule(name), LowRankLinear) and model.get_submodule(name).rank == 12
+
+
 RATIO_ONE = "model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {ratio: 1.0}\n"
 
 
