@@ -21,7 +21,9 @@ from compress.errors import NumericError
 F64 = torch.float64
 # what the cached statistics hold; part of every run's fingerprint, so caches written by code that
 # accumulated something else are not read. 2: caption Grams keep only the tokens attention reads.
-STATS_VERSION = 2
+# 3: a deduplicated (dedupe) sample counts as often as it is seen, not once (the caption of every
+# prompt, timestep and CFG branch: `_Accumulator._sight`).
+STATS_VERSION = 3
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -49,10 +51,11 @@ class Stats:
         return cls(torch.zeros(dim, dim, dtype=F64, device=device),
                    torch.zeros(dim, dtype=F64, device=device), 0, in_sq)
 
-    def add(self, x: torch.Tensor) -> None:  # x (rows, d), float64
-        self.gram += x.T @ x
-        self.total += x.sum(0)
-        self.rows += x.shape[0]
+    def add(self, x: torch.Tensor, times: int = 1) -> None:  # x (rows, d), float64
+        """Add the rows x, as if `times` times."""
+        self.gram += x.T @ x if times == 1 else times * (x.T @ x)
+        self.total += x.sum(0) if times == 1 else times * x.sum(0)
+        self.rows += times * x.shape[0]
 
     def add_cross(self, ref: torch.Tensor, x: torch.Tensor) -> None:  # (rows, d) each, float64
         if ref.shape != x.shape:
@@ -93,8 +96,9 @@ class Stats:
 @dataclass(frozen=True)
 class Reader:
     """Accumulate `key` from module `module` (a name relative to the model): its input, or with
-    `output=True` its bias-free output. `dedupe`: count identical samples once (the caption is the
-    same tensor for every timestep of a prompt). `where` names the block for error messages."""
+    `output=True` its bias-free output. `dedupe`: compute an identical sample's Gram once (the
+    caption is the same tensor for every timestep of a prompt) but weigh it as often as it is seen,
+    so the stats equal those without dedupe. `where` names the block for error messages."""
 
     key: str
     module: str
@@ -105,6 +109,15 @@ class Reader:
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.detach().reshape(-1, x.shape[-1]).to(F64)  # (tokens, d)
+
+
+def _digest(sample: torch.Tensor, read: torch.Tensor | None) -> str:
+    """A sample's identity: its values, bit for bit, and the rows read of it (`read`, or None)."""
+    h = hashlib.sha1(f"{sample.dtype}{tuple(sample.shape)}".encode())
+    h.update(sample.contiguous().view(torch.uint8).numpy().tobytes())
+    if read is not None:
+        h.update(read.numpy().tobytes())
+    return h.hexdigest()
 
 
 def _check_finite(x: torch.Tensor, reader: Reader) -> None:
@@ -122,7 +135,8 @@ class _Accumulator:
                  on_fire: Callable[[Reader], None] | None = None,
                  skip: Callable[[Reader], bool] | None = None):
         self.stats, self.on_fire, self.skip, self.handles = stats, on_fire, skip, []
-        self.seen: dict[str, set] = {}
+        # key -> {sample digest: [its rows (host, own dtype) or None, sightings not yet added]}
+        self.seen: dict[str, dict[str, list]] = {}
         self.paused = False  # hooks do nothing (a reference forward runs)
         self.caption: torch.Tensor | None = None  # (B, L) bool: caption rows read (dedupe readers)
         self.partner: dict[str, torch.Tensor] | None = None  # key -> reference rows of this forward
@@ -138,20 +152,42 @@ class _Accumulator:
             self.stats[key] = Stats.zeros(like.shape[-1], in_dim, like.device)
         return self.stats[key]
 
-    def _dedupe(self, r: Reader, x: torch.Tensor) -> torch.Tensor:
-        """Keep the samples (leading dim) not seen before under this key, and of those only the
-        caption rows attention reads (`caption`, where the forward has a mask of x's shape)."""
-        seen = self.seen.setdefault(r.key, set())
-        keep = []
-        for b in range(x.shape[0]):
-            digest = hashlib.sha1(x[b].detach().float().cpu().numpy().tobytes()).hexdigest()
-            if digest not in seen:
-                seen.add(digest)
-                keep.append(b)
+    def _sight(self, r: Reader, x: torch.Tensor) -> torch.Tensor:
+        """The samples (leading dim) of x first seen under this key, of each only the caption rows
+        attention reads (`caption`, where the forward has a mask of x's shape): (rows read, d).
+        A sample seen again is not returned but counted (its rows kept, on the host, from its second
+        sighting: a sample seen once keeps nothing); `finish` adds it once per later sighting."""
+        seen = self.seen.setdefault(r.key, {})
         mask = self.caption
-        if mask is None or tuple(mask.shape) != tuple(x.shape[:2]):
-            return x[keep]
-        return x[keep][mask[keep].to(x.device)]  # (rows read, d)
+        if mask is not None and tuple(mask.shape) != tuple(x.shape[:2]):
+            mask = None
+        reads = None if mask is None else mask.cpu()  # (B, L) bool
+        first = []
+        for b in range(x.shape[0]):
+            sample = x[b].detach().cpu()  # (L, d)
+            read = None if reads is None else reads[b]  # (L,)
+            digest = _digest(sample, read)
+            if digest not in seen:
+                seen[digest] = [None, 0]
+                first.append(b)
+                continue
+            entry = seen[digest]
+            if entry[0] is None:
+                entry[0] = sample.clone() if read is None else sample[read]
+            entry[1] += 1
+        if mask is None:
+            return x[first]
+        return x[first][mask[first].to(x.device)]  # (rows read, d)
+
+    def finish(self) -> None:
+        """Add the later sightings of the deduplicated samples (`_sight`): each sample's Gram once,
+        times how often it was seen again."""
+        for key, samples in self.seen.items():
+            st = self.stats[key]
+            for rows, times in samples.values():
+                if times:
+                    st.add(_rows(rows.to(st.gram.device)), times)
+        self.seen = {}
 
     def _in_hook(self, r: Reader):
         def hook(mod, args):
@@ -160,7 +196,7 @@ class _Accumulator:
             x = args[0]  # (..., in)
             _check_finite(x, r)
             if r.dedupe and x.ndim > 2:
-                x = self._dedupe(r, x)
+                x = self._sight(r, x)
             rows = _rows(x)
             self._stat(r.key, x).add(rows)
             if self.partner is not None and pairs(r):
@@ -224,6 +260,7 @@ def accumulating(root, readers, stats, on_fire=None, skip=None):
     acc = _Accumulator(root, list(readers), stats, on_fire, skip)
     try:
         yield acc
+        acc.finish()
     finally:
         acc.close()
 

@@ -77,14 +77,25 @@ def test_flux_single_block_output_gram_is_w_g_wt():
     torch.testing.assert_close(stats["out"].in_sq, torch.diagonal(stats["in"].gram))
 
 
-def test_caption_is_counted_once_per_prompt():
+def test_a_captions_gram_counts_every_forward_that_reads_it():
+    """The caption is the same tensor at every timestep of a prompt: its Gram is computed once
+    (dedupe) but weighs as often as it is read, as the direct Σ xᵀx over the forwards; two prompts
+    of the same text weigh twice one."""
     model = tiny_pixart()
-    b = model_inputs(model)
-    same_prompt = [dict(b, timestep=torch.tensor([10, 500])), dict(b, timestep=torch.tensor([700, 900]))]
-    readers = {("blocks", 0): [Reader("caption", "transformer_blocks.0.attn2.to_k", dedupe=True)]}
-    stats = _block_stats(model, same_prompt, readers)
-    once = _direct_gram(model, "transformer_blocks.0.attn2.to_k", same_prompt[:1])
-    torch.testing.assert_close(stats["caption"].gram, once)
+    b = model_inputs(model)  # 2 prompts of 5 caption tokens
+    name = "transformer_blocks.0.attn2.to_k"
+    same_prompts = [dict(b, timestep=torch.tensor([10, 500])), dict(b, timestep=torch.tensor([700, 900]))]
+    readers = {("blocks", 0): [Reader("caption", name, dedupe=True)]}
+    stats = _block_stats(model, same_prompts, readers)["caption"]
+    torch.testing.assert_close(stats.gram, _direct_gram(model, name, same_prompts), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(stats.gram, 2 * _direct_gram(model, name, same_prompts[:1]), rtol=1e-9, atol=1e-9)
+    assert stats.rows == 2 * 2 * 5  # timesteps x prompts x tokens
+    twins = dict(b, encoder_hidden_states=b["encoder_hidden_states"][:1].repeat(2, 1, 1))  # one text, twice
+    stats = _block_stats(model, [twins], readers)["caption"]
+    one = _direct_rows(model, name, [twins])[:5]  # (5, d): the first prompt's caption
+    torch.testing.assert_close(stats.gram, 2 * one.T @ one, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(stats.total, 2 * one.sum(0), rtol=1e-9, atol=1e-9)
+    assert stats.rows == 10
 
 
 def test_caption_gram_keeps_only_the_tokens_attention_reads():
