@@ -97,7 +97,8 @@ def newton_steps(model: nn.Module, adapter, batches: list[dict], refs: list[torc
         inv = roots[info.name][1].to(moment)
         per_row_inverse = probes * all_rows * (inv @ inv)  # (F / (probes · rows))⁻¹, (out, out)
         # the Gram must sum over the same rows: a modulation Gram is taken over a timestep grid and a
-        # caption Gram counts each prompt once, so rescale it to the gradient's row count
+        # caption Gram over the caption tokens attention reads (the gradient's rows hold the padding
+        # too), so rescale it to the gradient's row count
         gram = stats.gram.to(moment) * (all_rows / max(stats.rows, 1))  # (in, in)
         # the gradient over a share of the rows stands for the whole sum: M / share
         steps[info.name] = kfac_step(moment / share, gram, per_row_inverse, GRAM_DAMPING, info.name)
