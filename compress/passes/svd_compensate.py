@@ -41,7 +41,7 @@ Not the factorization: without compensation every layer stayed below 0.84 there,
 Fisher-weighted truncation alone stayed below 1 in a search over random weights and Fishers. Why not 1:
 a compensating layer moves its output on purpose (toward the teacher, undoing a removed block): toy
 PixArt's first stage keeps a step leaving attn1.to_k at 1.13x; refusing it moved the toy's numbers
-(held-out error after its svd passes 0.1716 / 0.1617 against 0.1673 / 0.1654). The steps refused on the
+(held-out error after its svd passes 0.1602 / 0.1555 against 0.1780 / 0.1717). The steps refused on the
 tiny Flux were 43-700x; the toy recipes keep every number (none of the steps they keep is refused).
 
 Cost per stage: one forward and backward, then at most len(STEPS) + 2 factorizations of its targets
