@@ -8,12 +8,12 @@ per recipe; the other runs resume from a copy of that run folder.
 
     python tools/bench_alloc.py [--recipes toy-pixart toy-flux] [--ratios 0.3 0.6] [--sensitivity-batches 2 5]
 
-Toy PixArt (`--recipes toy-pixart`, the caption Gram weighing every forward): global/uniform held-out
-0.962 at ratio 0.3 (0.1713 uniform; global keeps 394,368 parameters to uniform's 376,960), 1.020 at 0.6
-(0.1745 uniform; global 789,632 to 827,520); before that change (`--sensitivity-batches 5`, a shared
-2-core machine, 57 min) 0.940 (2 sensitivity batches) / 0.917 (5) at 0.3, 0.984 / 0.971 at 0.6;
-here the error after the pass is mostly the removed block's, which the pass's compensation undoes
-(0.269 before it), so these ratios say little of the allocation alone.
+Toy PixArt (`--recipes toy-pixart --sensitivity-batches 5`; 57 min on a shared 2-core machine when
+last run whole): global/uniform held-out 0.962 (2 sensitivity batches) / 0.887 (5) at ratio 0.3 (0.1713
+uniform; global keeps 394,368 parameters to uniform's 376,960), 1.020 / 1.005 at 0.6 (0.1745 uniform;
+global 789,632 / 790,656 to 827,520); here the error after the pass is mostly the removed block's,
+which the pass's compensation undoes (0.269 before it), so these ratios say little of the allocation
+alone.
 """
 
 from __future__ import annotations
