@@ -18,8 +18,8 @@ from compress.io_output import load_transformer, output_folder
 from compress.report import (BUDGET_COLUMNS, QUALITY_COLUMNS, block_prefix, console, is_number, layer_rows,
                              other_params, output_dir, plot_ranks, plot_spectrum, read_report, results, summary_table,
                              to_json)
-from compress.report_fit import (JSON_OR_WIDER, least_name_width, left_out_words, note_lines, print_fitted,
-                                 row_line, shown_columns, table_width, wrapped)
+from compress.report_fit import (JSON_OR_WIDER, fitted_annotations, least_name_width, left_out_words, note_lines,
+                                 print_fitted, row_line, shown_columns, table_width, wrapped)
 from compress.words import counted
 
 
@@ -107,8 +107,8 @@ def _say(said, **kw) -> None:
 
 
 def lora_line(model, rows: list[dict], report: dict) -> str | None:
-    """The LoRAs the output took after its run (dit-compress lora), as its config's compression
-    section records them, and what they did to the table (compress.lora): each factorized layer they
+    """The LoRAs the output took after its run (dit-compress lora or compress.merge_lora), as its config's
+    compression section records them, and what they did to the table (compress.lora): each factorized layer they
     adapt grew by their rank, or past break-even was stored dense, so its factorization numbers are
     gone ('-'), its time the svd pass's; layers whose rank differs from the svd pass's record, counted
     where report.json has it. None for an output that took none."""
@@ -131,7 +131,8 @@ def lora_line(model, rows: list[dict], report: dict) -> str | None:
         what = (f"{counted(len(changed) - dense, 'factorized layer')} grew by {its}"
                 + (f" and {dense} {'was' if dense == 1 else 'were'} stored dense (past break-even)" if dense else "")
                 + ": the factorization columns show - for them, their time is the svd pass's")
-    return f"{counted(len(loras), 'LoRA')} merged after the run (dit-compress lora): {took}; {what}"
+    return (f"{counted(len(loras), 'LoRA')} merged after the run (dit-compress lora or compress.merge_lora): {took}; "
+            f"{what}")
 
 
 def _grown_as_recorded(report: dict, they: str, its: str) -> str:
@@ -174,9 +175,15 @@ def inspect_tables(rows: list[dict], width: int, title: str, teacher: dict[str, 
     """The per-layer table as one table when `width` columns show it whole, else as two: the rank
     budget of every layer, and the loss, optimum, error and time of the layers the svd pass
     measured (no second table, nor its columns, where it measured none). Names too long for the
-    width fold at a '.' (at a '_' within a longer part), so no two look alike and none breaks mid-word.
+    width fold at a '.' (at a '_' within a longer part), so no two look alike and none breaks mid-word;
+    titles and captions longer than the width break at their spaces (report_fit.fitted_annotations).
     Where even a table at its least is wider than `width` (rich would cut its names and numbers): a line
     per layer (layer_lines)."""
+    return [fitted_annotations(t, width) if isinstance(t, Table) else t for t in _tables(rows, width, title, teacher)]
+
+
+def _tables(rows: list[dict], width: int, title: str, teacher: dict[str, str]) -> list:
+    """inspect_tables' tables (or lines), their titles and captions as they are."""
     measured = [r for r in rows if _measured(r)]
     if not measured:
         tables = [_layer_table(rows, f"{title}: rank budget", BUDGET_COLUMNS, width, teacher)]
@@ -269,7 +276,10 @@ def _print_optimality(rows: list[dict], report: dict | None = None) -> None:
     layers only (the ≤ 1.001 check), another method's ("asvd loss / optimal loss", to the
     output-weighted optimum, which it need not reach) apart. A ratio that is not a finite number (an
     older report's Infinity or null where the optimum was 0) is counted apart, never printed as inf.
-    Then how far asymmetric fits came above their undamped optimum, where some layer records it."""
+    Then the targets whose calibration data spans fewer directions than their rank (a zero Gram: its
+    0/0 no ratio, '-'), as the run warned them (svd_summary.deficient_words), and how far asymmetric
+    fits came above their undamped optimum, where some layer records it."""
+    from compress.passes.svd_summary import deficient_words
     from compress.report_card import optimum_words
 
     optimum = optimum_words((report or {}).get("svd") or {})
@@ -279,6 +289,10 @@ def _print_optimality(rows: list[dict], report: dict | None = None) -> None:
         shown = f"max {max(ratios):.6f}" if ratios else "no finite ratio"
         _say(f"{what}: {shown}" + (f" ({apart} more of optimal loss 0 left out)" if apart else "")
                       + (f"; optimal: {optimum}" if optimum else ""))
+    layers = ((report or {}).get("svd") or {}).get("layers") or {}
+    measured = {r["name"]: layers[r["name"]] for r in rows if "loss" in r and isinstance(layers.get(r["name"]), dict)}
+    if said := deficient_words(measured):  # as the run warned it: a zero Gram's 0/0 is no ratio ('-')
+        _say(said.removeprefix("svd: "))
     gaps = [r["fit_gap"] for r in rows if isinstance(r.get("fit_gap"), (int, float)) and math.isfinite(r["fit_gap"])]
     if gaps:
         _say(f"asymmetric fits above their undamped optimum over {counted(len(gaps), 'layer')}: "

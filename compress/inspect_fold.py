@@ -22,10 +22,16 @@ def fold(name: str, width: int) -> str:
     """`name` in lines of at most `width` characters, broken after a '.' (after a '_' within a part
     longer than the width, mid-part only where that is longer still); continuation lines keep the
     name's indent. A name that fits stays one line; a last line shorter than SHORTEST (a lone block
-    index) takes the piece before it where that fits."""
+    index) takes the piece before it where that fits. A note after the name ('transformer_blocks.1
+    (teacher 2)', by block's labels) is no part of it: the name folded, the note beside its last line
+    where it fits, else on a line of its own ('transformer_blocks.1' / '(teacher 2)', never 'blocks.' /
+    '1 (teacher 2)')."""
     if len(name) <= width:
         return name
     indent = name[:len(name) - len(name.lstrip())]
+    head, _, note = name.strip().partition(" ")
+    if note:
+        return with_note(fold(indent + head, width), note, width - len(indent)).replace("\n", "\n" + indent)
     room = max(width - len(indent), 1)
     lines, line = [], []
     for part in _parts(name.strip(), room):

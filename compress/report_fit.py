@@ -67,7 +67,7 @@ def fitted_table(title: str, caption: str | None, columns: list[tuple[str, str]]
     `whole_names`: the key's names never folded (plan's role names), its column as wide as the longest."""
     whole = _table(title, caption, columns, rows)
     if width is None or table_width(whole) <= width:
-        return whole
+        return fitted_annotations(whole, width)
     names = [row[key] for row in rows]
     least = (max(cell_len(line) for name in names for line in str(name).split("\n")) if whole_names and names
              else least_name_width(names))
@@ -84,7 +84,7 @@ def fitted_table(title: str, caption: str | None, columns: list[tuple[str, str]]
     room = max(least_key, width - (table_width(narrow(shown, least_key)) - least_key))
     table = narrow(shown, room)  # the caption apart: it takes no part in the width
     table.caption = _captioned(caption, [h for h in headers if h not in shown], width, where, said)
-    return table
+    return fitted_annotations(table, width)
 
 
 def fitted_rows(title: str, caption: str | None, columns: list[tuple[str, str]], rows: list[list[str]],
@@ -101,14 +101,20 @@ def fitted_rows(title: str, caption: str | None, columns: list[tuple[str, str]],
 
 
 def printable(items: list) -> Table | Group:
-    """fitted_rows' `items` as one thing to print: the table, or the lines as they are (no markup read)."""
-    return items[0] if len(items) == 1 and isinstance(items[0], Table) else Group(*map(Text, items))
+    """fitted_rows' `items` as one thing to print: the table, or the lines as they are (`_as_is`)."""
+    return items[0] if len(items) == 1 and isinstance(items[0], Table) else Group(*map(_as_is, items))
 
 
 def print_fitted(console: Console, items: list) -> None:
-    """fitted_rows' tables and lines on `console`, the lines as they are (no markup read in them)."""
+    """fitted_rows' tables and lines on `console`, the lines as they are (`_as_is`)."""
     for item in items:
-        console.print(item, **({} if isinstance(item, Table) else {"markup": False, "highlight": False}))
+        console.print(_as_is(item))
+
+
+def _as_is(item: Table | str) -> Table | Text:
+    """One of fitted_rows' items as printed: a table, or a line as it is (a Text: no markup, highlighting
+    or emoji codes read in it)."""
+    return item if isinstance(item, Table) else Text(item)
 
 
 def row_lines(title: str, caption: str | None, columns: list[tuple[str, str]], rows: list[list[str]],
@@ -163,21 +169,32 @@ def pairs_wrapped(head: str, pairs: list[tuple[str, str]], width: int | None, in
     return lines + [line]
 
 
-NOTES_WRAP_BELOW = 80  # the terminal columns under which note_lines breaks a note; at 80 and wider, whole as before
-
-
 def note_lines(note: str, width: int | None) -> list[str]:
     """A note printed under a table (inspect's 'compensation ...', 'blocks removed ...') on a `width`-column
-    terminal: narrower than NOTES_WRAP_BELOW, broken at its spaces into lines of at most `width` (continuation
-    lines indented two; a word longer than a line whole, on a line of its own; '→ 0.1764' kept together), where
-    the terminal would fold it mid-word ('calibra' / 'tion'); as it is at 80 columns and wider, or width None."""
-    if width is None or width >= NOTES_WRAP_BELOW:
+    terminal: each of its lines longer than the width broken at its spaces into lines of at most `width`
+    (continuation lines indented two; a word longer than a line whole, on a line of its own; '→ 0.1764' kept
+    together), where the terminal would fold it mid-word ('calibra' / 'tion'); a line that fits, or every
+    line where width is None, as it is."""
+    if width is None:
         return [note]
     pieces = []
     for line in note.split("\n"):
         glued = line.replace(" → ", f" →{NBSP}")  # '→ 0.1764' on one line
         pieces += [line] if len(line) <= width else [p.replace(NBSP, " ") for p in wrapped(glued, width, "  ")]
     return pieces
+
+
+def fitted_annotations(table: Table, width: int | None) -> Table:
+    """`table` with its title and caption (text) broken at their spaces into lines of at most `width`
+    (wrapped: a word longer than a line whole), where the results console (soft_wrap: a line as it is)
+    would leave the terminal to fold them mid-word ('(the svd pass's tar' / 'gets)'); a line that fits,
+    or all where width is None, as it is."""
+    for name in ("title", "caption"):
+        text = getattr(table, name)
+        if width is not None and isinstance(text, str):
+            setattr(table, name, "\n".join(piece for line in text.split("\n") for piece in
+                                           ([line] if len(line) <= width else wrapped(line, width))))
+    return table
 
 
 def wrapped(line: str, width: int | None, indent: str = "") -> list[str]:

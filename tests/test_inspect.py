@@ -62,6 +62,15 @@ def test_the_table_by_block_names_blocks_as_the_table_by_layer_does(tmp_path, ca
     assert headings <= labels and "transformer_blocks.0" in headings
 
 
+@pytest.fixture
+def wide_terminal(monkeypatch):
+    """inspect on a terminal wide enough for each of its notes whole (on a narrower one note_lines breaks
+    them at their spaces: tests/test_report_fit.py, test_inspect_tables.py)."""
+    from compress.report import results
+
+    monkeypatch.setattr(results, "_width", 400)
+
+
 def _removed(model, drop: dict[str, list[int]]):
     """`model` less the blocks `drop` names, with the block map a run records (config.json)."""
     from compress.arch import get_adapter
@@ -100,8 +109,8 @@ def test_inspect_s_tables_say_of_dense_is_of_the_student_s_own_layers(tmp_path, 
     ("flux", tiny_flux, {"double": [0], "single": [2]}, {"double": 2, "single": 3},
      "transformer_blocks (double) [0] (2 → 1); single_transformer_blocks (single) [2] (3 → 2)",
      "transformer_blocks.0 ← 1", "double.0")])
-def test_inspect_of_a_block_pruned_output_names_the_removed_teacher_blocks(tmp_path, capsys, family, model,
-                                                                          drop, before, said, mapped, moved):
+def test_inspect_of_a_block_pruned_output_names_the_removed_teacher_blocks(tmp_path, capsys, wide_terminal, family,
+                                                                          model, drop, before, said, mapped, moved):
     """The tables named student blocks only, nothing said blocks were removed (nor which teacher
     block each student block is), an empty factorization table came though no svd pass ran, and
     --json had no block map. A last block removed (single 2) shows only by report.json's count.
@@ -304,9 +313,11 @@ def test_inspect_of_an_output_that_took_loras_says_so_and_what_they_did_to_its_l
     assert "dit-compress lora" not in said["out"]
     grown = "1 factorized layer grew by {} and 1 was stored dense (past break-even): the factorization columns " \
             "show - for them, their time is the svd pass's"
-    assert f"1 LoRA merged after the run (dit-compress lora): {lora.resolve()} at scale 0.5 (2 layers); " \
+    assert f"1 LoRA merged after the run (dit-compress lora or " \
+           f"compress.merge_lora): {lora.resolve()} at scale 0.5 (2 layers); " \
            f"{grown.format('its rank')} by role" in said["new"], said["new"]
-    assert f"2 LoRAs merged after the run (dit-compress lora): {lora.resolve()} at scale 0.5 (2 layers), " \
+    assert f"2 LoRAs merged after the run (dit-compress lora or " \
+           f"compress.merge_lora): {lora.resolve()} at scale 0.5 (2 layers), " \
            f"{lora.resolve()} at scale 1 (2 layers); {grown.format('their ranks')}" in said["new2"]
     (tmp_path / "new" / "report.json").unlink()  # no svd ranks to compare with: what merging does, said
     assert main(["inspect", str(tmp_path / "new")]) == 0
@@ -345,7 +356,7 @@ def test_inspect_of_a_hub_id_reads_the_caches_output_or_says_how_to_get_one(tmp_
     (tiny_flux, ["double 0 attention", "single 1 mlp", "top level"],
      ["transformer_blocks.0 attention", "single_transformer_blocks.1 mlp", "top level"]),
     (tiny_pixart, ["blocks 1 attention (svd pass 2)"], ["transformer_blocks.1 attention (svd pass 2)"])])
-def test_inspect_names_compensation_stages_by_module(tmp_path, capsys, model, stages, said):
+def test_inspect_names_compensation_stages_by_module(tmp_path, capsys, wide_terminal, model, stages, said):
     """report.json keys compensation stages by group label ('double 0 attention'), which inspect
     printed as they were beside tables naming the block transformer_blocks.0: now by module name."""
     search = {"uncompensated_error": 0.5, "calibration_error": 0.25, "step": 0.5}

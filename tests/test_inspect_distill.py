@@ -18,6 +18,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 LAST = {"loss": 0.5, "task": 0.25, "out": 0.125, "feat": 1.0}
 
 
+@pytest.fixture(autouse=True)
+def _wide_terminal(monkeypatch):
+    """inspect on a terminal wide enough for each distill line whole (on a narrower one note_lines breaks
+    it at its spaces: tests/test_report_fit.py, test_inspect_tables.py)."""
+    from compress.report import results
+
+    monkeypatch.setattr(results, "_width", 400)
+
+
 def _inspected(tmp_path, capsys, report: dict | None) -> str:
     out = save_compressed(factorize(tiny_pixart(), ["transformer_blocks.0.attn1.to_q"], rank=2), tmp_path / "out")
     if report is not None:

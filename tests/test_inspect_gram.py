@@ -26,12 +26,13 @@ def test_a_zero_gram_shows_no_ratio_and_is_said(tmp_path, capsys, monkeypatch):
     recipe.write_text(SIMPLE.format(teacher=tmp_path / "teacher",
                                     passes="  - svd: {targets: [mlp], ratio: 0.5, multiple: 2}\n"))
     assert main(["run", str(recipe), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]) == 0
-    said = (f"1 target saw a zero or rank-deficient calibration Gram (its data rank below its rank: {ZEROED} 0 < 6):"
+    said = (f"1 target saw a zero or rank-deficient calibration Gram (its data rank under half its rank: {ZEROED} 0 < 6):"
             " the factors past the directions the data spans come from the weight alone, unmeasured")
     assert f"warning: svd: {said}" in " ".join(capsys.readouterr().err.split())
     monkeypatch.setattr(results, "_width", 400)
     assert main(["inspect", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
+    assert said in printed
     block1 = printed[printed.index("│ transformer_blocks.1 ", printed.index("loss/opt")):]
     cells = [c.strip() for c in block1[block1.index("│   ff.net.2 "):].splitlines()[0].strip("│").split("│")]
     headers = [c.strip() for c in printed[printed.index("┃", printed.index("loss/opt") - 200):].splitlines()[0]

@@ -177,3 +177,103 @@ def test_a_terminal_under_the_least_summary_table_shows_a_line_per_row(width, ke
     _whole(text, width, ["33.3%", *names] + ([] if table else [params]))
     said = " ".join(text.split())
     assert table or said.count(f"params {params}, of dense 33.3%") == (1 if key == "role" else 3), said
+
+
+def _noted_output(tmp_path, monkeypatch):
+    """A tiny PixArt output in tmp_path/out (the current folder tmp_path) whose report gives inspect every
+    kind of note: a removed block (renumbered: 'transformer_blocks.1 (teacher 2)'), two factorized layers,
+    compensation, distill and stages."""
+    import json
+
+    from compress.arch import get_adapter
+    from compress.io_export import save_compressed
+    from tests.conftest import factorize, tiny_pixart
+
+    teacher = tiny_pixart()
+    teacher.compression_meta = {"block_map": get_adapter(teacher).remove_blocks(teacher, {"blocks": [1]})}
+    layers = ["transformer_blocks.0.attn1.to_q", "transformer_blocks.0.ff.net.0.proj"]
+    record = {"rank": 2, "method": "whitened", "loss": 1.0, "optimal_loss": 1.0, "loss_ratio": 1.0, "energy_kept": 0.9,
+              "time_s": 0.5, "objective": "output error"}
+    report = {"teacher": "toy:pixart", "teacher_params": 100000,
+              "remove_blocks": {"criterion": None, "iterative": False, "removed": {"blocks": [1]},
+                                "blocks_before": {"blocks": 3}},
+              "svd": {"method": "whitened", "layers": {name: record for name in layers}, "compensation": {
+                  "blocks 0 attention": {"uncompensated_error": 0.2054, "calibration_error": 0.1983, "step": 0.03125}}},
+              "distill": {"steps": 60, "steps_done": 60, "data": "toy", "train": "all",
+                          "pred_rel_error_before": 0.08092, "pred_rel_error_after": 0.07314, "resumed": 1},
+              "stages": [{"pass": "remove_blocks", "params": 80000, "relative_error": 0.2},
+                         {"pass": "svd", "params": 60000, "relative_error": 0.1}]}
+    save_compressed(factorize(teacher, layers, rank=2), tmp_path / "out", files={"report.json": json.dumps(report)})
+    monkeypatch.chdir(tmp_path)
+
+
+def _inspected(capsys, monkeypatch, width: int) -> list[str]:
+    """What `dit-compress inspect out` prints on a `width`-column terminal (the results console's soft_wrap
+    as it is: a line longer than the width is the terminal's to fold)."""
+    from compress.cli import main
+    from compress.report import results
+
+    monkeypatch.setattr(results, "_width", width)
+    capsys.readouterr()
+    assert main(["inspect", "out"]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.parametrize("width", [30, 60, 80, 100])
+def test_inspect_breaks_its_notes_titles_and_captions_between_words_at_any_width(tmp_path, capsys, monkeypatch,
+                                                                                 width):
+    """S47: inspect broke its notes at spaces under 80 columns only, and its tables' titles and captions
+    never (the results console's soft_wrap prints a line as it is): at 80-100 columns its notes ('compensation
+    transformer_blocks.0 attention: calibration error ...'), and at any width under them its titles and
+    captions ('out: factorization (the svd pass's targets)', 'of dense: params / ...') were lines the terminal
+    folds mid-word. A renumbered block's label in the table by block folded as 'transformer_blocks.' / '1
+    (teacher 2)' (60 columns), its index with its note. Now no line is wider than the terminal, and every word
+    of them is whole, in order; the label folds before its note."""
+    _noted_output(tmp_path, monkeypatch)
+    lines = _inspected(capsys, monkeypatch, width)
+    assert all(len(line) <= width for line in lines), "\n".join(x for x in lines if len(x) > width)
+    said = " ".join(" ".join(lines).split())
+    for words in ("out: factorization (the svd pass's targets)",
+                  "of dense: params / the same layers of this student held dense (removed blocks not counted; plan's "
+                  "ratio is of the teacher's)",
+                  "stages: each pass's params and its error on held-out inputs",
+                  "compensation transformer_blocks.0 attention: calibration error 0.2054 → 0.1983 (step 0.03125 of "
+                  "the K-FAC Newton step)",
+                  "distill: 60/60 steps (data toy, train all); held-out teacher-relative error 0.08092 → 0.07314; "
+                  "resumed 1 time",
+                  "whitened loss / optimal loss over 2 whitened layers: max 1.000000"):
+        assert words in said, words
+    cells = [line.split("│")[1].strip() for line in lines if line.startswith("│")]
+    assert not any(cell.endswith("blocks.") or cell.startswith("1 (") for cell in cells), cells
+
+
+# inspect's lines but its tables' rows (titles, column words, captions, notes) on a terminal they all fit, as
+# it printed them before S47: _inspected at 200 columns, its lines that do not start with a table's frame
+INSPECTED_WIDE = [
+    'out',
+    "columns energy, loss, optimal, loss/opt are in each layer's factorization objective, its output error on "
+    'its calibration inputs.',
+    "column rel err is each layer's plain output error ‖(W − W')x‖ / ‖Wx‖ on its calibration inputs against the "
+    'weight the pass found (no Fisher, no step): it can be far above √(1 − energy kept).',
+    'by role (linear layers)',
+    "of dense: params / the same layers of this student held dense (removed blocks not counted; plan's ratio is "
+    "of the teacher's)",
+    'by block (all parameters)',
+    'of dense: params / the same block of this student held dense',
+    'blocks removed from the teacher: transformer_blocks [1] (3 → 2)',
+    'student blocks renumbered (student ← teacher index): transformer_blocks.1 ← 2',
+    'whitened loss / optimal loss over 2 whitened layers: max 1.000000; optimal: the exact optimum of each '
+    "layer's calibration output error",
+    'compensation transformer_blocks.0 attention: calibration error 0.2054 → 0.1983 (step 0.03125 of the K-FAC '
+    'Newton step)',
+    'distill: 60/60 steps (data toy, train all); held-out teacher-relative error 0.08092 → 0.07314; resumed 1 time',
+    "stages: each pass's params and its error on held-out inputs",
+    'the teacher: toy:pixart',
+]
+
+
+@pytest.mark.parametrize("width", [200, 240])
+def test_inspect_prints_what_fits_as_before(tmp_path, capsys, monkeypatch, width):
+    _noted_output(tmp_path, monkeypatch)
+    lines = _inspected(capsys, monkeypatch, width)
+    assert [line for line in lines if line[:1] not in "┏┃┡│└"] == INSPECTED_WIDE

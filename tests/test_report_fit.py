@@ -45,11 +45,12 @@ NOTE = ("compensation single_transformer_blocks.0 attention: calibration error 0
         "K-FAC Newton step)")
 
 
-@pytest.mark.parametrize("width", [20, 24, 30, 40, 60, 79])
-def test_a_note_breaks_at_its_spaces_on_a_narrow_terminal(width):
+@pytest.mark.parametrize("width", [20, 24, 30, 40, 60, 79, 80, 100, 124])
+def test_a_note_breaks_at_its_spaces_where_the_terminal_is_narrower(width):
     """S46 F3 #3: inspect printed its notes (compensation, blocks removed, optimality, distill) as one line
     at any width, which a 30-column terminal folds mid-word ('calibra' / 'tion'). Now broken at spaces, a
-    word longer than a line whole on a line of its own, '→ 0.1983' together."""
+    word longer than a line whole on a line of its own, '→ 0.1983' together. S47: at 80-119 columns too (it
+    broke them under 80 only: a 125-character note folded mid-word at 80, 100 and 124)."""
     from compress.report_fit import note_lines
 
     lines = note_lines(NOTE, width)
@@ -59,8 +60,57 @@ def test_a_note_breaks_at_its_spaces_on_a_narrow_terminal(width):
     assert any("→ 0.1983" in x for x in lines)
 
 
-@pytest.mark.parametrize("width", [None, 80, 120, 200])
-def test_a_note_is_one_line_at_80_columns_and_wider(width):
+@pytest.mark.parametrize("width", [None, 125, 200])
+def test_a_note_is_one_line_where_it_fits(width):
     from compress.report_fit import note_lines
 
     assert note_lines(NOTE, width) == [NOTE]
+    assert width is None or note_lines(f"{NOTE}\nshort", width) == [NOTE, "short"]
+
+
+TITLE = "out/toy-pixart: factorization (the svd pass's targets)"
+CAPTION = ("of dense: params / the same layers of this student held dense (removed blocks not counted; plan's ratio "
+           "is of the teacher's)\n(rerun in a wider terminal to see them)")  # lines of 124 and 39 characters
+
+
+def _printed(width: int, fitted: bool = True) -> str:
+    """A small table titled TITLE over CAPTION as the results console prints it (soft_wrap: no line
+    broken by rich) on `width` columns, its title and caption fitted (fitted_annotations) or not."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from compress.report_fit import fitted_annotations
+
+    table = Table(title=TITLE, caption=CAPTION)
+    table.add_column("role"), table.add_column("of dense", justify="right")
+    table.add_row("attention", "91.2%")
+    console = Console(width=width, record=True, soft_wrap=True, file=open("/dev/null", "w"))
+    console.print(fitted_annotations(table, width) if fitted else table)
+    return console.export_text()
+
+
+@pytest.mark.parametrize("width", [30, 60, 80, 100])
+def test_a_tables_title_and_caption_break_at_their_spaces_on_a_narrow_terminal(width):
+    """S47: the results console's soft_wrap printed a table's title and caption as one line each, which a
+    terminal narrower than them folds mid-word ('(the svd pass's tar' / 'gets)' at 60 columns); now each
+    line of them is broken at its spaces to the width, its words and their order as they were."""
+    text = _printed(width)
+    assert all(len(line) <= width for line in text.splitlines()), text
+    words = " ".join(text.split())
+    assert words.startswith(" ".join(TITLE.split())) and words.endswith(" ".join(CAPTION.split()))
+
+
+# what the results console printed of _printed's table before S47 (at any width: 124 and wider, it fits)
+PRINTED_WIDE = "\n".join([
+    "out/toy-pixart: factorization (the svd pass's targets)",
+    "┏━━━━━━━━━━━┳━━━━━━━━━━┓",
+    "┃ role      ┃ of dense ┃",
+    "┡━━━━━━━━━━━╇━━━━━━━━━━┩",
+    "│ attention │    91.2% │",
+    "└───────────┴──────────┘",
+    *CAPTION.split("\n"), ""])
+
+
+@pytest.mark.parametrize("width", [124, 200])
+def test_a_title_and_caption_that_fit_are_printed_as_before(width):
+    assert _printed(width) == _printed(width, fitted=False) == PRINTED_WIDE

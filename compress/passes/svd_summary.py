@@ -55,20 +55,27 @@ def clamped_words(records: dict[str, dict]) -> str | None:
             "the calibration excites; raise calibration.num_prompts or calibration.timesteps for more rows")
 
 
+MOST_UNMEASURED = 0.5  # deficient_words says a target whose data spans under this share of its rank
+
+
 def deficient_words(records: dict[str, dict], shown: int = 3) -> str | None:
     """The warning for the targets (`records`; modulation left out, as clamped_words leaves it) whose
     calibration data spans fewer directions than their rank (data_rank < rank: a zero Gram, an input
     of rank 1), said by no one (report.json's data_rank 0, clamped: true): the factors past the data's
-    directions come from the weight alone, and a loss of 0 there measures nothing. Names the `shown`
-    of fewest directions. None where there is none. inspect says it too."""
+    directions come from the weight alone, and a loss of 0 there measures nothing. Said only where the
+    data spans under half the rank (MOST_UNMEASURED): the embedded toy PixArt's caption k/v span 14 of their
+    rank 24, as its 10 captions allow, which more prompts would not change (report.json's
+    rank_deficient_grams lists them all). Names the `shown` of fewest directions. None where there is
+    none. inspect says it too."""
     short = sorted(((n, records[n]["data_rank"], records[n]["rank"]) for n in short_of_rank(records)
-                    if records[n].get("role") != "modulation"), key=lambda t: (t[1], t[0]))
+                    if records[n].get("role") != "modulation"
+                    and records[n]["data_rank"] < MOST_UNMEASURED * records[n]["rank"]), key=lambda t: (t[1], t[0]))
     if not short:
         return None
     named = ", ".join(f"{n} {d} < {r}" for n, d, r in short[:shown]) + (f" and {len(short) - shown} more"
                                                                        if len(short) > shown else "")
     return (f"svd: {counted(len(short), 'target')} saw a zero or rank-deficient calibration Gram (its data rank "
-            f"below its rank: {named}): the factors past the directions the data spans come from the weight alone, "
+            f"under half its rank: {named}): the factors past the directions the data spans come from the weight alone, "
             "unmeasured (a loss of 0 there says nothing); a data rank of 0 is a layer whose calibration inputs are "
             "all zero (check the teacher), else raise calibration.num_prompts")
 

@@ -256,3 +256,44 @@ def test_a_table_narrower_than_its_least_is_a_line_per_block(width):
     for rank, b in enumerate(reversed(result.ranked("scan")), 1):
         assert f"{b.group}.{b.index}: rank {rank}," in lines
         assert f"scan {b.scan:.4f}," in text and f"proxy {b.proxy:.4f}" in text
+
+
+def printed(table, width: int) -> str:
+    """`table` as importance prints it on `width` columns: the results console's soft_wrap (rich breaks no
+    line; one wider than the terminal is the terminal's to fold)."""
+    console = Console(width=width, file=io.StringIO(), record=True, soft_wrap=True)
+    console.print(table)
+    return console.export_text()
+
+
+CAPTION = ("buckets by noise level (1 = pure noise): early 1.00-0.67, middle 0.67-0.33, late 0.33-0.00; proxy = 1 - "
+           "cos(block in, block out); Spearman(proxy, scan) = 1.000; 20 block evaluations; blocks are transformer_blocks")
+
+
+@pytest.mark.parametrize("width", [30, 60, 80, 100])
+def test_the_title_and_caption_break_between_words_on_a_narrow_terminal(width):
+    """S47: the table's title and caption were one line each (soft_wrap), the caption 212 characters, so a
+    terminal of 30-211 columns folded it mid-word ('transformer_bl' / 'ocks'). Now every line is within the
+    width, the title's and caption's words whole and in order."""
+    text = printed(render_table(pixart_result(), width=width), width)
+    assert all(len(line) <= width for line in text.splitlines()), text
+    said = " ".join(text.split())
+    assert said.startswith("Block importance (pixart): error when the block is skipped ") and CAPTION in said
+
+
+def test_a_table_whose_title_and_caption_fit_is_printed_as_before():
+    """At 212 columns and wider the caption fits: the table as importance printed it before S47."""
+    rows = [("1", "3", "0.2200", "0.2000", "0.2010", "0.2020", "0.0210"),
+            ("2", "2", "0.2000", "0.1833", "0.1843", "0.1853", "0.0177"),
+            ("3", "1", "0.1800", "0.1667", "0.1677", "0.1687", "0.0143"),
+            ("4", "0", "0.1600", "0.1500", "0.1510", "0.1520", "0.0110")]
+    before = "\n".join([
+        "Block importance (pixart): error when the block is skipped",
+        "┏━━━━━━┳━━━━━━━━━━┳━━━━━━━━┳━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━┳━━━━━━━━━━━━━┳━━━━━━━━┓",
+        "┃ rank ┃ block    ┃   scan ┃ early (n=14) ┃ middle (n=8) ┃ late (n=10) ┃  proxy ┃",
+        "┡━━━━━━╇━━━━━━━━━━╇━━━━━━━━╇━━━━━━━━━━━━━━╇━━━━━━━━━━━━━━╇━━━━━━━━━━━━━╇━━━━━━━━┩",
+        *("│    {} │ blocks.{} │ {} │       {} │       {} │      {} │ {} │".format(*row) for row in rows),
+        "└──────┴──────────┴────────┴──────────────┴──────────────┴─────────────┴────────┘",
+        CAPTION, ""])
+    for width in (212, 250):
+        assert printed(render_table(pixart_result(), width=width), width) == before

@@ -59,18 +59,21 @@ def test_targets_whose_data_rank_is_below_their_rank_are_warned_of_and_recorded(
                "c": _record(rank=4, data_rank=16), "d": _record(rank="dense"),
                "adaln": _record(rank=6, data_rank=2, role="modulation")}  # the grid's timesteps: not said
     assert deficient_words(records) == (
-        "svd: 2 targets saw a zero or rank-deficient calibration Gram (its data rank below its rank: a.ff 0 < 6, "
+        "svd: 2 targets saw a zero or rank-deficient calibration Gram (its data rank under half its rank: a.ff 0 < 6, "
         "b.ff 1 < 6): the factors past the directions the data spans come from the weight alone, unmeasured (a "
         "loss of 0 there says nothing); a data rank of 0 is a layer whose calibration inputs are all zero (check "
         "the teacher), else raise calibration.num_prompts")
     assert deficient_words({"c": records["c"], "d": records["d"]}) is None
+    # the toy PixArt's caption k/v: 14 directions of rank 24, all its 10 captions give; listed, not said
+    records["e.to_k"] = _record(rank=24, data_rank=14)
+    assert deficient_words({"e.to_k": records["e.to_k"]}) is None
     report = _merged({}, records, SVDConfig())
-    assert report["rank_deficient_grams"] == ["a.ff", "adaln", "b.ff"]
+    assert report["rank_deficient_grams"] == ["a.ff", "adaln", "b.ff", "e.to_k"]
     assert "warning: svd: 2 targets saw a zero or rank-deficient calibration Gram" in capsys.readouterr().err
     clamped = {n: {**r, "clamped": True, "shape": [16, 16]} for n, r in records.items()}
     _merged({}, clamped, SVDConfig())
     err = capsys.readouterr().err
-    assert "of this pass's 4 targets had calibration data spanning fewer" in err and "rank-deficient" not in err
+    assert "of this pass's 5 targets had calibration data spanning fewer" in err and "rank-deficient" not in err
 
 
 def test_the_optimality_summary_covers_whitened_layers_and_labels_the_others_by_method():
