@@ -222,13 +222,13 @@ def missing_folder_words(out) -> str | None:
 
 def missing_lora_output(given: str) -> str | None:
     """`dit-compress lora`'s words of its OUT `given` not there (load_transformer's of the path it loads:
-    missing_folder_words), said before torch's import; None where `given` reads as a Hub id (lora's words
-    then: io_output.hub_output, which looks in the cache) or the cache is looked in first
-    (owner_is_a_folder), which the command then does as it starts."""
+    missing_folder_words), said before torch's import; local as missing_output's (out/NAME with no out/
+    here too); None where `given` reads as a Hub id (lora's words then: io_output.hub_output, which looks
+    in the cache) or the cache is looked in first (owner_is_a_folder), which the command then does as it starts."""
     from compress.io_source import looks_local
 
     path = Path(given).expanduser()
-    if not looks_local(given) or owner_is_a_folder(str(path)):
+    if not (looks_local(given) or _in_default(path)) or owner_is_a_folder(str(path)):
         return None
     return missing_folder_words(path)
 

@@ -75,6 +75,7 @@ CASES = [
     # lora's output and convert's file not there (load_transformer's words, convert's)
     (["lora", "gone", "l.safetensors", "new"], f"no such folder gone {LOADED}"),
     (["lora", "./out/nope", "l.safetensors", "new"], f"no such folder out/nope, and no out/ here either {LOADED}"),
+    (["lora", "out/nope", "l.safetensors", "new"], f"no such folder out/nope, and no out/ here either {LOADED}"),
     (["convert", "nope.safetensors", "o"], "nope.safetensors: no such file; convert reads a single-file checkpoint"),
     (["convert", "./gone/x.pth", "o"], "./gone/x.pth: no such file; convert reads a single-file checkpoint"),
 ]
