@@ -32,8 +32,9 @@ def _output_teacher_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-config", help="diffusers config (folder or config.json) of a single-file teacher "
                    "(default: the one recorded, also with a --teacher that is a single file without one beside it)")
     p.add_argument("--lora", action="append", metavar="PATH",
-                   help="where the LoRA the output took (dit-compress lora) is now, if it moved since it was "
-                        "merged (default: the place the output recorded); once per LoRA, in the order it took them")
+                   help="where the LoRA the output took (dit-compress lora or compress.merge_lora) is now, if it moved "
+                        "since it was merged (default: the place the output recorded); once per LoRA, in the order it "
+                        "took them")
 
 
 class _CommandParser(argparse.ArgumentParser):

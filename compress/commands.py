@@ -218,10 +218,12 @@ def check_lora_option(model: str, loras: list[str] | None) -> None:
         return
     path = output_folder(model)
     if not is_output(path):
-        raise UserError(f"--lora gives the new place of a LoRA a dit-compress output took (dit-compress lora); "
+        raise UserError(f"--lora gives the new place of a LoRA a dit-compress output took (dit-compress lora or "
+                        "compress.merge_lora); "
                         f"{model} is not a dit-compress output")
     if not _took_loras(path):
-        raise UserError("--lora: the model took no LoRA (dit-compress lora); its teacher is compared as it is")
+        raise UserError("--lora: the model took no LoRA (dit-compress lora or compress.merge_lora); its teacher is "
+                        "compared as it is")
 
 
 def _took_loras(out: Path) -> bool:

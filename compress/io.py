@@ -109,7 +109,8 @@ def load_teacher_of(student: nn.Module, source: str, config: str | None = None,
 
     recorded = (getattr(student, "compression_meta", None) or {}).get("loras")
     if loras and not recorded:
-        raise UserError("--lora: the model took no LoRA (dit-compress lora); its teacher is compared as it is")
+        raise UserError("--lora: the model took no LoRA (dit-compress lora or compress.merge_lora); its teacher is "
+                        "compared as it is")
     if recorded:  # said before the teacher loads: a LoRA no longer where the student recorded it
         from compress.lora_replay import replayed_sources
 

@@ -55,7 +55,7 @@ def test_a_lora_moved_since_it_was_merged_is_one_line_and_lora_gives_its_new_pla
     assert _err(["eval", str(new), "--lora", str(tmp_path / "nowhere")], capsys).endswith(
         f"--lora {tmp_path / 'nowhere'}: no such file or folder")
     assert _err(["eval", str(tmp_path / "out-s")] + moved, capsys).endswith(
-        "--lora: the model took no LoRA (dit-compress lora); its teacher is compared as it is")
+        "--lora: the model took no LoRA (dit-compress lora or compress.merge_lora); its teacher is compared as it is")
 
 
 @pytest.mark.filterwarnings("ignore:.*invalid shape")
@@ -86,7 +86,7 @@ def test_lora_on_a_model_that_took_none_is_refused_streamed_or_not(tmp_path, cap
     out = run_recipe(tmp_path, streamed_teacher(tmp_path, "flux").format(stream="true"), "s")
     capsys.readouterr()
     assert main(["eval", str(out), "--lora", str(tmp_path / "nowhere")]) == 2
-    assert "--lora: the model took no LoRA (dit-compress lora)" in capsys.readouterr().err
+    assert "--lora: the model took no LoRA (dit-compress lora or compress.merge_lora)" in capsys.readouterr().err
     assert main(["eval", "toy:pixart", "--lora", str(tmp_path / "nowhere")]) == 2
     assert "toy:pixart is not a dit-compress output" in capsys.readouterr().err
 
