@@ -121,7 +121,7 @@ class CheckpointBlocks:
         NumericError, in runner_setup.check_finite's words for a resident teacher."""
         bad = nonfinite(t)
         if bad:
-            raise NumericError(f"weight {name} in {path} has {bad} NaN/Inf values")
+            raise NumericError(f"{self.what} weight {name} in {path} has {bad} NaN/Inf values")
         big = largest_beyond(t, self.dtype)
         if big is not None:
             raise NumericError(compute_beyond_words(self.what, name, path, big, self.dtype))

@@ -51,9 +51,9 @@ def test_eval_against_a_teacher_holding_nan_names_the_weight(output, capsys):
     name = "transformer_blocks.0.ff.net.2.weight"
     teacher = _teacher(tmp, "nan_teacher", lambda m: m.get_parameter(name).view(-1).__setitem__(3, float("nan")))
     err = _refused(capsys, ["eval", str(out), "--teacher", teacher, "--json"])
-    # the file that holds it, as run's check names it (resident named none: 'teacher weight X has 1 NaN/Inf values')
+    # the file that holds it, and whose weight it is, as run's resident check says it (streamed said 'weight X in F')
     file = tmp / "nan_teacher" / "diffusion_pytorch_model.safetensors"
-    assert f"weight {name} in {file} has 1 NaN/Inf values" in err, err  # resident: "teacher weight ..."
+    assert err == f"dit-compress: numeric error: teacher weight {name} in {file} has 1 NaN/Inf values", err
 
 
 def test_eval_against_a_teacher_whose_finite_weights_overflow_names_the_layer(output, capsys):
