@@ -21,8 +21,8 @@ from safetensors import SafetensorError
 from compress.calib_store import disk_is_full
 from compress.distill_utils import write_curves
 from compress.errors import UserError
-from compress.passes.distill_resume import (NOT_FINGERPRINTED, calibration_settings, newest_meta, of_other_keys,
-                                            setting_changes)
+from compress.passes.distill_resume import (NOT_FINGERPRINTED, ONCE_FINGERPRINTED, calibration_settings,
+                                            newest_meta, of_other_keys, setting_changes)
 
 
 class Checkpoints:
@@ -43,10 +43,18 @@ class Checkpoints:
 
     def _fingerprint(self, meta: dict | None = None) -> str:
         """Of `_settings`; as an older dit-compress took it for a checkpoint whose `meta` records no
-        calibration (it keeps resuming)."""
+        calibration, or was hashed with a key now result-free (ONCE_FINGERPRINTED: the value its meta
+        records; the recipe's where it records no settings): it keeps resuming."""
         settings = self._settings()
-        if meta is not None and "calibration" not in (meta.get("settings") or {}):
-            settings.pop("calibration", None)
+        if meta is not None:
+            then = meta.get("settings")
+            if "calibration" not in (then or {}):
+                settings.pop("calibration", None)
+            for key in ONCE_FINGERPRINTED:
+                if not isinstance(then, dict):
+                    settings[key] = getattr(self.cfg, key)
+                elif key in then:
+                    settings[key] = then[key]
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def _save(self) -> None:

@@ -14,7 +14,11 @@ import torch
 from compress.errors import UserError
 
 # config keys that do not change the result (left out of the checkpoint fingerprint)
-NOT_FINGERPRINTED = ("max_steps_this_run", "checkpoint_every", "keep_checkpoints", "progress", "plot")
+NOT_FINGERPRINTED = ("max_steps_this_run", "checkpoint_every", "keep_checkpoints", "progress", "plot",
+                     "gradient_checkpointing")
+# of those, the keys an older dit-compress hashed into a checkpoint's fingerprint (`Checkpoints._fingerprint`
+# puts back the value its meta.json records, so that it keeps resuming)
+ONCE_FINGERPRINTED = ("gradient_checkpointing",)
 _SETTING_NAMES = {"seed": "calibration.seed", "processes": "process count"}
 
 
@@ -65,7 +69,8 @@ def setting_changes(meta: dict, now: dict) -> str:
     now = json.loads(json.dumps(now, default=str))  # as meta.json holds them
     words = []
     for key in sorted(set(then) | set(now)):
-        if then.get(key) == now.get(key) or (key == "calibration" and key not in then):  # (older: compared as before)
+        if (then.get(key) == now.get(key) or (key == "calibration" and key not in then)  # (older: compared as before)
+                or key in ONCE_FINGERPRINTED):
             continue
         if key == "calibration":
             words.append(_calibration_words(then[key], now.get(key)))
@@ -132,7 +137,7 @@ def of_other_keys(then, now: dict, keys) -> bool:
     now = json.loads(json.dumps(now, default=str))  # as meta.json holds them
     if "calibration" not in then:  # an older checkpoint's: compared without it (_fingerprint)
         now.pop("calibration", None)
-    rest = [{k: v for k, v in s.items() if k not in keys} for s in (then, now)]
+    rest = [{k: v for k, v in s.items() if k not in {*keys, *ONCE_FINGERPRINTED}} for s in (then, now)]
     return rest[0] == rest[1] and any(then.get(k) != now.get(k) for k in keys)
 
 

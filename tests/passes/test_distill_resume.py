@@ -168,3 +168,60 @@ def test_resume_after_a_distill_key_changed_discards_its_checkpoint_as_the_rerun
     fresh = runner("run-fresh", "out-fresh", "passes.2.distill.lr=0.002").run()
     a, b = load_transformer(resumed).state_dict(), load_transformer(fresh).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _stopped_at_4_of_6(run_dir):
+    """A tiny distill pass's student, teacher and a run of it stopped at step 4 of 6 (checkpointed)."""
+    import copy
+
+    from compress.passes.distill_trainer import StepLimitReached
+    from tests.conftest import tiny_pixart
+    from tests.passes.distill_helpers import distill, factorize
+
+    torch.manual_seed(0)
+    teacher = tiny_pixart()
+    student = factorize(copy.deepcopy(teacher), rank=2)
+    with pytest.raises(StepLimitReached):
+        distill(copy.deepcopy(student), teacher, run_dir, steps=6, checkpoint_every=1, max_steps_this_run=4)
+    return student, teacher
+
+
+@pytest.mark.parametrize("older", [False, True], ids=["now", "older-checkpoint"])
+def test_gradient_checkpointing_turned_on_at_resume_keeps_the_checkpoint(tmp_path, older, capsys):
+    """The out-of-memory line advises passes.N.distill.gradient_checkpointing: true and --resume, but
+    --resume said 'distill: checkpoint .../step-00000004 was trained with other settings
+    (distill.gradient_checkpointing: False in the checkpoint, True now): --resume discards ...' and
+    trained the pass from its start: it saves memory, the result is the same. Now it resumes at step 4,
+    and writes what an uninterrupted run writes; also from a checkpoint whose fingerprint an older
+    dit-compress hashed with the key in (`older`)."""
+    import copy
+    import hashlib
+    import json
+
+    from tests.passes.distill_helpers import distill, state
+
+    student, teacher = _stopped_at_4_of_6(tmp_path / "run")
+    if older:  # as written before gradient_checkpointing was result-free: the key in its settings and fingerprint
+        for meta_file in (tmp_path / "run" / "distill" / "checkpoints").glob("step-*/meta.json"):
+            meta = json.loads(meta_file.read_text())
+            meta["settings"]["gradient_checkpointing"] = False
+            meta["fingerprint"] = hashlib.sha256(json.dumps(meta["settings"], sort_keys=True).encode()).hexdigest()[:16]
+            meta_file.write_text(json.dumps(meta))
+    capsys.readouterr()
+    out, ctx = distill(copy.deepcopy(student), teacher, tmp_path / "run", steps=6, checkpoint_every=1, resume=True,
+                       gradient_checkpointing=True)
+    assert "discards" not in capsys.readouterr().out
+    assert ctx.report["distill"]["resumed"] == 1
+    whole, _ = distill(copy.deepcopy(student), teacher, tmp_path / "whole", steps=6, checkpoint_every=1)
+    a, b = state(out), state(whole)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_older_checkpoint_of_another_lr_is_discarded_in_words_of_the_lr_alone():
+    """An older checkpoint records gradient_checkpointing (result-free now): a changed lr alone is the
+    discard's words and no refusal ('distill.gradient_checkpointing: False in the checkpoint, None now')."""
+    from compress.passes.distill_resume import of_other_keys, setting_changes
+
+    then, now = {"lr": 1e-3, "gradient_checkpointing": False, "seed": 0}, {"lr": 2e-3, "seed": 0}
+    assert setting_changes({"settings": then}, now) == "distill.lr: 0.001 in the checkpoint, 0.002 now"
+    assert of_other_keys(then, now, {"lr"})
