@@ -98,12 +98,15 @@ def memory_hints(recipe, passes, doing, spill_short: str = "") -> str:
     p = passes[doing] if isinstance(doing, int) and doing < len(passes) else None
     calibrated = getattr(p, "needs_calibration", False)
     hints = []
+    checkpointed = p is not None and p.name == "distill"  # (its checkpoints: --resume keeps them by the pass's keys)
     if p is not None and hasattr(p.config, "batch_size"):
-        hints.append(f"a smaller passes.{doing}.{p.name}.batch_size")
+        hints.append(f"a smaller passes.{doing}.{p.name}.batch_size"
+                     + (" (which trains the pass from its start)" if checkpointed else ""))
     if calibrated or doing == HELDOUT:
         hints.append("a smaller calibration.batch_size")
     if p is not None and getattr(p.config, "gradient_checkpointing", None) is False:
-        hints.append(f"passes.{doing}.{p.name}.gradient_checkpointing: true")
+        hints.append(f"passes.{doing}.{p.name}.gradient_checkpointing: true"
+                     + (" (which keeps its checkpoints)" if checkpointed else ""))
     if recipe.compute_dtype == "float32":
         hints.append("compute_dtype: bfloat16")
     if not recipe.stream and _streamable(p):

@@ -289,3 +289,19 @@ def test_a_full_output_disk_names_the_output_not_the_recipe(tmp_path, monkeypatc
     assert err.startswith(f"dit-compress: cannot write: {tmp_path / 'small' / 'out'}: no space left on the device, "
                           f"during {tmp_path / 'r.yaml'}: the export; free space there, or give --out on another disk; ")
     assert not (tmp_path / "small").exists()  # no output, no temp folder: the folder made for them goes too
+
+
+def test_running_out_of_memory_in_distill_says_which_change_keeps_its_checkpoints():
+    """The line advised 'a smaller passes.1.distill.batch_size, ... or passes.1.distill.gradient_checkpointing:
+    true' and then '--resume continues from pass 2's checkpoint', as if either kept it: a changed batch_size
+    trains the pass from its start (its checkpoints are discarded), gradient_checkpointing keeps them."""
+    from types import SimpleNamespace
+
+    from compress.passes.distill import DistillPass
+    from compress.passes.distill_config import DistillConfig
+    from compress.runner_failures import memory_hints
+
+    recipe = SimpleNamespace(compute_dtype="bfloat16", stream=True, calibration=None)
+    hints = memory_hints(recipe, [None, DistillPass(DistillConfig())], 1)
+    assert hints == ("a smaller passes.1.distill.batch_size (which trains the pass from its start) or "
+                     "passes.1.distill.gradient_checkpointing: true (which keeps its checkpoints)")
