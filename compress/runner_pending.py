@@ -48,7 +48,7 @@ def read_record(run_dir: Path) -> tuple[int, dict] | None:
     """(pass index, state) of the record in `run_dir` (its teacher as --resume compares a stage's:
     runner_resume.state_as_compared), or None where there is none, it cannot be read, or a file it
     names is gone."""
-    from compress.runner_resume import state_as_compared  # (it imports this module: imported here, not above)
+    from compress.runner_resume import STATISTICS, state_as_compared  # (it imports this module: imported here, not above)
 
     folder = Path(run_dir) / PENDING
     try:
@@ -60,6 +60,10 @@ def read_record(run_dir: Path) -> tuple[int, dict] | None:
         return None
     if not all((folder / f).is_file() for f in set(files)):  # absolute paths stay as they are
         return None
+    if STATISTICS not in state:  # an older record's: the version its run recorded, where it did, as read_state
+        from compress.runner_measured import recorded_statistics
+
+        state = dict(state, **{STATISTICS: recorded_statistics(run_dir)})
     return state["pass"], state_as_compared(state)
 
 

@@ -132,3 +132,26 @@ def test_an_older_records_teacher_config_its_folder_teacher_does_not_read_is_no_
     assert len(ran) == 1  # the second svd pass alone: the first did not run again
     assert "whose stage was being written when the run stopped" in capsys.readouterr().err.replace("\n", " ")
     assert (out / "config.json").is_file()
+
+
+def test_an_older_record_of_other_statistics_is_not_finished(tmp_path, monkeypatch, capsys):
+    """A record written before 29f6c36 records no statistics version: read_record left it out (a stage's
+    state.json is read as of the version its run recorded: runner_resume.read_state), so after STATS_VERSION
+    changed --resume finished and exported the svd stage measured under the old one. Now it is read as of
+    its run's version, and the svd pass runs again."""
+    import compress.calib_stats as calib_stats
+
+    text, run_dir = _stopped_writing_its_first_stage(tmp_path, monkeypatch)
+    record = run_dir / "stream" / "pending-stage" / "state.json"
+    old = json.loads(record.read_text())
+    was = old.pop("statistics")
+    assert was == calib_stats.STATS_VERSION
+    record.write_text(json.dumps(old))  # as a dit-compress before 29f6c36 wrote it
+    assert read_record(run_dir)[1]["statistics"] == was
+    monkeypatch.setattr(calib_stats, "STATS_VERSION", was + 1)
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        ran = _runs_of_svd(m)
+        run_recipe(tmp_path, text, "r", resume=True)
+    assert len(ran) == 2  # both svd passes: the record of the old statistics was not finished
+    assert "whose stage was being written when the run stopped" not in capsys.readouterr().err.replace("\n", " ")
