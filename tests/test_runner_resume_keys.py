@@ -33,6 +33,7 @@ def test_resume_allows_changes_that_cannot_change_the_result(tmp_path):
     passes = build_passes(before)
     for edit in ("passes.1.distill.max_steps_this_run=null", "passes.1.distill.checkpoint_every=1",
                  "passes.0.svd.progress=false", "passes.0.svd.fisher_memory_gb=auto",
+                 "passes.0.svd.gradient_checkpointing=true", "passes.1.distill.gradient_checkpointing=true",
                  "calibration.spill_activations=true"):
         assert recipe_changes(before.raw, parse_recipe(base, "r.yaml", [edit]).raw, passes) == [], edit
     now = parse_recipe(base, "r.yaml", ["passes.1.distill.steps=5", "passes.0.svd.ratio=0.4"])

@@ -77,7 +77,8 @@ LATER = "decided after calibration"
 class SVDPass(GlobalAllocation, FisherMeasurement, Pass):
     name = "svd"
     config_cls = SVDConfig
-    result_free = ("progress", "fisher_memory_gb")  # sweeps of any size write the same factors
+    # sweeps of any size, and blocks recomputed in the backward, write the same factors (test_svd_fisher_pass)
+    result_free = ("progress", "fisher_memory_gb", "gradient_checkpointing")
     needs_calibration = True
     measures_statistics = True
 
