@@ -137,7 +137,7 @@ def _largest_past_root(x) -> tuple[float, torch.dtype] | None:
     largest value (Inf counts; NaN alone does not), else None."""
     tops = [(float(t.detach().abs().nan_to_num(nan=0.0, posinf=float("inf")).max()), t.dtype)
             for t in _floats(x) if t.numel()]
-    return max((top for top in tops if top[0] > torch.finfo(top[1]).max ** 0.5), default=None)
+    return max((top for top in tops if top[0] > torch.finfo(top[1]).max ** 0.5), key=lambda top: top[0], default=None)
 
 
 def _largest_weight(module: torch.nn.Module) -> float | None:

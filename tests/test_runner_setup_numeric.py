@@ -139,3 +139,13 @@ def test_a_layer_that_overflows_itself_is_named_once():
         teacher.transformer_blocks[1].ff.net[2].weight.mul_(1e38)
     assert locate(teacher, get_adapter(teacher), model_inputs(teacher, batch=2, seed=0)) == (
         "transformer_blocks.1.ff.net.2's output is the first to hold it (its inputs were finite)")
+
+
+def test_outputs_of_two_dtypes_past_their_roots_alike_are_measured_without_comparing_dtypes():
+    """A layer whose outputs, of two dtypes, both reach Inf: the largest was picked by comparing
+    (value, dtype) pairs, and equal values compared the dtypes: a TypeError in place of the words."""
+    from compress.runner_setup import _largest_past_root
+
+    inf = float("inf")
+    big, dtype = _largest_past_root((torch.tensor([inf], dtype=torch.float16), torch.tensor([inf])))
+    assert big == inf and dtype == torch.float16
