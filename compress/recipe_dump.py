@@ -38,8 +38,8 @@ def filled_keys(recipe: Recipe) -> set[str]:
     """The dotted keys of `recipe` the defaults filled in: at their default and not written by the
     recipe (nor marked so in the saved recipe it was read from: `_given`); in a config made otherwise,
     and in a pass whose checks judge it by its values (an older saved recipe's svd pass, without marks:
-    svd_checks.judged_by_value), every key at its default, so that the dump read back is judged alike."""
-    from compress.passes.svd_checks import judged_by_value
+    svd_values.judged_by_value), every key at its default, so that the dump read back is judged alike."""
+    from compress.passes.svd_values import judged_by_value
 
     written = ("version", "teacher_config", "stream", "compute_dtype", "device")  # the top level's with a default
     top = {f.name: f for f in dataclasses.fields(Recipe) if f.name in written}

@@ -131,7 +131,7 @@ def _unread(name: str, opts: dict) -> set[str]:
     svd pass object (`p`) has imported svd_checks, and the run folder is read before torch is in."""
     if name != "svd" or "allocation" not in opts:
         return set()
-    from compress.passes.svd_checks import unread_keys
+    from compress.passes.svd_values import unread_keys
 
     return unread_keys(opts["allocation"])
 

@@ -52,7 +52,8 @@ from compress.linalg_steps import asymmetric_step, centered_asymmetric_step
 from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions
 from compress.passes.removed_blocks import MissingBlock, planned_blocks, teacher_view
-from compress.passes.svd_checks import centered, check_config, check_values, refused_on_all
+from compress.passes.svd_checks import centered, check_config, refused_on_all
+from compress.passes.svd_values import check_values
 from compress.passes.svd_summary import merge_report, summary
 from compress.passes.svd_config import SVDConfig, shadow_notes
 from compress.passes.svd_decisions import (NOT_FITTED, calibrates_sequentially, fits_asymmetrically,

@@ -10,11 +10,7 @@ from compress.lowrank import LowRankLinear
 from compress.passes.svd_global import check_global_budget
 from compress.passes.svd_planned import as_if_words, check_not_planned
 from compress.passes.svd_targets import check_explicit_ranks, check_pattern, is_model_wide, matches, untargeted
-from compress.passes.svd_values import CENTER_DEFAULT, _bad, check_values, judged_by_value, unread_keys
-
-# svd_values' checks of the values alone are imported from here too (svd, recipe_dump, runner_resume)
-__all__ = ["centered", "check_config", "check_values", "judged_by_value", "refused_on_all", "target_kind",
-           "unread_keys"]
+from compress.passes.svd_values import CENTER_DEFAULT, _bad
 
 
 

@@ -9,7 +9,7 @@ import pytest
 from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.passes.svd import SVDConfig, SVDPass
-from compress.passes.svd_checks import check_values
+from compress.passes.svd_values import check_values
 from tests.conftest import tiny_flux
 
 pytestmark = pytest.mark.usefixtures("one_thread")
