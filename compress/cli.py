@@ -44,13 +44,14 @@ def imports_held(*needs: str):
 def held_imports(*needs: str) -> list:
     """What `needs` names (each "module:name"), imported with a Ctrl-C held to their end
     (interrupts_held): torch's and diffusers' start-up (seconds) among them. A command imports
-    compress.recipe alone first (no torch): a recipe it refuses is refused in a moment."""
+    compress.recipe alone first (no torch) and loads its recipe with it: a recipe it refuses is refused
+    in a moment, and the Recipe it loads is the one it uses."""
     with interrupts_held():
         return [getattr(import_module(module), name) for module, _, name in (need.partition(":") for need in needs)]
 
 
-@imports_held("compress.recipe:check_recipe")
-def cmd_run(args, check_recipe) -> int:
+@imports_held("compress.recipe:load_recipe")
+def cmd_run(args, load_recipe) -> int:
     from compress.output_names import saved_in_output
     from compress.report import console, note, notes_from_rank_zero
     from compress.runner_lock import refuse_held
@@ -59,13 +60,12 @@ def cmd_run(args, check_recipe) -> int:
     notes_from_rank_zero()
     if launched := one_process_note():  # accelerate launch asked for several processes, started one
         console.print(launched, markup=False, highlight=False)
-    check_recipe(args.recipe, args.overrides, command="run")  # every check of the recipe: no torch
+    recipe = load_recipe(args.recipe, args.overrides, command="run")  # every check of the recipe: no torch
     out, run_dir = _out(args), _run_dir(args)
     if not (args.out and args.run_dir) and (saved := saved_in_output(args.recipe)) is not None:
         note(_defaults_note(args, saved, out, run_dir))
     refuse_held(run_dir, out)  # folders another run holds, as the Runner's locks say it: no torch either
-    load_recipe, Runner = held_imports("compress.recipe:load_recipe", "compress.runner:Runner")
-    recipe = load_recipe(args.recipe, args.overrides, command="run")
+    [Runner] = held_imports("compress.runner:Runner")
     runner = Runner(recipe, out, run_dir, teacher=args.teacher, teacher_config=args.teacher_config,
                     resume=args.resume, overwrite=args.overwrite, restart=args.restart)
     try:
@@ -86,13 +86,11 @@ def _defaults_note(args, saved, out: Path, run_dir: Path) -> str:
             f"({flags} to choose {'others' if len(defaults) > 1 else 'another'})")
 
 
-@imports_held("compress.recipe:check_recipe")
-def cmd_plan(args, check_recipe) -> int:
-    check_recipe(args.recipe, args.overrides)
-    make_plan, print_plan, load_recipe, to_json = held_imports(
-        "compress.plan:make_plan", "compress.plan_words:print_plan", "compress.recipe:load_recipe",
-        "compress.report:to_json")
-    recipe = load_recipe(args.recipe, args.overrides)
+@imports_held("compress.recipe:load_recipe")
+def cmd_plan(args, load_recipe) -> int:
+    recipe = load_recipe(args.recipe, args.overrides)  # every check of the recipe: no torch
+    make_plan, print_plan, to_json = held_imports(
+        "compress.plan:make_plan", "compress.plan_words:print_plan", "compress.report:to_json")
     run_dir = _run_dir(args) if args.run_dir else None  # None: run's default, which the refusal says it measured
     plan = make_plan(recipe, teacher=args.teacher, teacher_config=args.teacher_config, run_dir=run_dir)
     if args.json:

@@ -20,15 +20,20 @@ def _is_recipe(source: str) -> bool:
     return source.endswith((".yaml", ".yml"))
 
 
-def _importance_source(source: str, teacher_arg: str | None, config_arg: str | None, overrides: list[str]):
-    """The recipe `source` names (with `overrides`, --set), or None for a toy teacher scanned
-    directly; checked, nothing loaded: what the scan needs to know (its settings, the family) is
-    known before the teacher loads."""
-    from compress.io import looks_local
+def _importance_recipe(source: str, overrides: list[str]):
+    """The recipe `source` names (with `overrides`, --set), every check of it made before torch's and
+    diffusers' start-up (seconds): a mistyped recipe is refused in a moment; None where `source` is
+    not a recipe (_check_toy_source)."""
     from compress.recipe import load_recipe
 
-    if _is_recipe(source):
-        return load_recipe(source, overrides, command="importance")
+    return load_recipe(source, overrides, command="importance") if _is_recipe(source) else None
+
+
+def _check_toy_source(source: str, teacher_arg: str | None, config_arg: str | None, overrides: list[str]) -> None:
+    """`source`, not a recipe, is a toy teacher scanned directly (what the scan needs to know, its
+    settings and the family, is known before the teacher loads), with no option that changes a recipe."""
+    from compress.io import looks_local
+
     if looks_local(source) and not Path(source).expanduser().exists():
         from compress.recipe_folder import meant_recipe
 
@@ -39,12 +44,11 @@ def _importance_source(source: str, teacher_arg: str | None, config_arg: str | N
                         "prompts a recipe gives; pass a recipe whose teacher it is "
                         "(dit-compress importance RECIPE)")
     _check_no_recipe_options(source, teacher_arg, config_arg, overrides)
-    return None
 
 
 def _teacher_and_inputs(source: str, recipe, teacher_arg: str | None = None, config_arg: str | None = None):
     """(teacher source, teacher model, input source, block loader) from a recipe (None: `source` is
-    a toy teacher, _importance_source); the loader (compress.stream.CheckpointBlocks) is None unless
+    a toy teacher, _check_toy_source); the loader (compress.stream.CheckpointBlocks) is None unless
     the recipe streams. `teacher_arg`, `config_arg`: --teacher, --teacher-config of a recipe, as
     plan and run take them."""
     from compress.arch import get_adapter
@@ -144,19 +148,17 @@ def _same_teacher(a: str, b: str) -> bool:
 
 
 def importance(args) -> int:
-    from compress.recipe import check_recipe
-
     to_stdout = args.json == "-"  # the scan as JSON on standard output, in place of the table
     json_path = output_file(args.json, "--json") if args.json is not None and not to_stdout else None  # before the scan
     png = output_file(args.png, "--png", figure=True) if args.png is not None else None
-    if _is_recipe(args.source):  # before torch's and diffusers' start-up (seconds): a mistyped recipe in a moment
-        check_recipe(args.source, args.overrides, command="importance")
+    recipe = _importance_recipe(args.source, args.overrides)  # None: a toy teacher
     with interrupts_held():  # that start-up, a Ctrl-C held to its end (as cli.held_imports)
         from compress.arch import get_adapter
         from compress.passes.importance import save_json, scan
         from compress.passes.importance_report import plot_heatmap, render_table
         from compress.stream import streamed
-    recipe = _importance_source(args.source, args.teacher, args.teacher_config, args.overrides)  # None: a toy
+    if recipe is None:
+        _check_toy_source(args.source, args.teacher, args.teacher_config, args.overrides)
     config = _importance_config(recipe, args.buckets, args.teacher)  # before the teacher loads
     png = png or _default_png(recipe.model if recipe is not None else args.source[len("toy:"):])
     config_arg = teacher_config_of(recipe, args.teacher_config, args.teacher) if recipe is not None else args.teacher_config

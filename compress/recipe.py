@@ -316,16 +316,12 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
 
 
 def load_recipe(path, overrides: list[str] = (), command: str = "plan") -> Recipe:
-    """The Recipe at `path`; `command` (plan, run, importance) is the one a folder's hint repeats."""
+    """The Recipe at `path`; `command` (plan, run, importance) is the one a folder's hint repeats.
+    None of its checks imports torch (a pass's options are its config class's, passes.CONFIGS: modules
+    without torch): a command loads its recipe before torch's and diffusers' start-up (seconds), so a
+    recipe that is not there or mistyped, in a pass's options too, is refused in a moment, and uses
+    that Recipe after it."""
     return parse_recipe(_recipe_text(path, command), str(path), overrides)
-
-
-def check_recipe(path, overrides: list[str] = (), command: str = "plan") -> None:
-    """Every check load_recipe makes, none of which imports torch (a pass's options are its config
-    class's, passes.CONFIGS: modules without torch). A command runs them before torch's and diffusers'
-    start-up (seconds), so a recipe that is not there or mistyped, in a pass's options too, is refused
-    in a moment; load_recipe then repeats them (milliseconds)."""
-    load_recipe(path, overrides, command)
 
 
 def _recipe_text(path, command: str) -> str:

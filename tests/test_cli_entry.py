@@ -17,7 +17,7 @@ import compress
 # what pip's console script of [project.scripts] does, in a terminal (a background job inherits
 # SIGINT ignored); `plan later.yaml` imports torch (seconds) before it refuses the recipe's svd target,
 # which matches no layer of the model (a recipe that is not there or mistyped, an unknown svd key
-# among its mistakes, is refused before torch's start-up: cli, recipe.check_recipe)
+# among its mistakes, is refused before torch's start-up: cli, recipe.load_recipe)
 CONSOLE_SCRIPT = """\
 import os, signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -1,5 +1,5 @@
 """The refusals a user meets most, before torch's and diffusers' start-up (compress/cli.py,
-recipe.check_recipe): a recipe not there, a folder, a YAML or top-level key mistake, no passes or an
+recipe.load_recipe): a recipe not there, a folder, a YAML or top-level key mistake, no passes or an
 unknown pass, a pass's option unknown or of a wrong value (its config class imports no torch:
 passes.CONFIGS), a run or output folder another run holds (runner_lock.refuse_held), an output folder
 not there for inspect, eval, bench and lora (output_names.missing_here, missing_lora_output) and lora's LoRA
@@ -143,8 +143,9 @@ def _refused(cwd: Path, argv: list[str]) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("command", ["run", "plan"])
 def test_a_recipes_later_imports_are_made_with_a_ctrl_c_held_too(monkeypatch, tmp_path, command):
-    """Once the recipe's first checks pass, `run`'s and `plan`'s other imports (torch's start-up) go
-    through cli.held_imports: all made, then a Ctrl-C during them raised, before the recipe loads."""
+    """Once the recipe loads (every check of it, no torch), `run`'s and `plan`'s other imports (torch's
+    start-up) go through cli.held_imports: all made, then a Ctrl-C during them raised, before anything
+    they hold is used (the recipe is not loaded again: test_a_command_reads_its_recipe_once)."""
     import signal
     from unittest import mock
 
@@ -154,7 +155,7 @@ def test_a_recipes_later_imports_are_made_with_a_ctrl_c_held_too(monkeypatch, tm
 
     def import_module(name):
         imported.append(name)
-        if imported == ["compress.recipe"]:  # the first phase: the real check_recipe
+        if imported == ["compress.recipe"]:  # the first phase: the real load_recipe
             return real(name)
         if len(imported) == 2:  # one Ctrl-C as the later imports start
             os.kill(os.getpid(), signal.SIGINT)
@@ -168,7 +169,45 @@ def test_a_recipes_later_imports_are_made_with_a_ctrl_c_held_too(monkeypatch, tm
             cli.COMMANDS[command](args)
     finally:
         signal.signal(signal.SIGINT, previous)
-    later = {"run": ["compress.recipe", "compress.runner"],
-             "plan": ["compress.plan", "compress.plan_words", "compress.recipe", "compress.report"]}
+    later = {"run": ["compress.runner"], "plan": ["compress.plan", "compress.plan_words", "compress.report"]}
     assert imported == ["compress.recipe", *later[command]]
     assert not stand_in.mock_calls  # nothing they hold was used: the command stopped
+
+
+class _Loaded(Exception):
+    """Raised by the stand-in of what a command does first with its recipe: the command stops there."""
+
+
+@pytest.mark.parametrize("command, stand_in", [
+    ("run", "compress.runner.Runner"),
+    ("plan", "compress.plan.make_plan"),
+    ("importance", "compress.commands_importance._importance_config"),
+])
+def test_a_command_reads_its_recipe_once(monkeypatch, tmp_path, command, stand_in):
+    """`run`, `plan` and `importance` load their recipe once, before torch's start-up, and go on with
+    that Recipe (they parsed it again after the imports)."""
+    import importlib
+
+    from compress import recipe as recipe_module
+
+    (tmp_path / "ok.yaml").write_text(FILES["ok.yaml"])
+    monkeypatch.chdir(tmp_path)
+    parsed, used, real = [], [], recipe_module.parse_recipe
+
+    def parse_recipe(text, path, *rest, **kw):
+        made = real(text, path, *rest, **kw)
+        if Path(path).name == "ok.yaml":  # not a saved recipe.yaml a command may read
+            parsed.append(made)
+        return made
+
+    def first_use(recipe, *args, **kw):
+        used.append(recipe)
+        raise _Loaded
+
+    monkeypatch.setattr(recipe_module, "parse_recipe", parse_recipe)
+    module, _, name = stand_in.rpartition(".")
+    monkeypatch.setattr(importlib.import_module(module), name, first_use)
+    with pytest.raises(_Loaded):
+        cli.COMMANDS[command](cli.build_parser().parse_args([command, "ok.yaml"]))
+    assert len(parsed) == 1, f"ok.yaml parsed {len(parsed)} times"
+    assert used == parsed  # the Recipe of that one parse

@@ -145,10 +145,10 @@ def test_data_toy_on_another_source_names_the_sets_of_data_and_the_source_alone(
 
 def test_dit_compress_importance_names_no_set_of_another_key_at_buckets(tmp_path):
     """`dit-compress importance RECIPE --set ...`: the recipe's buckets refused at their line alone."""
-    from compress.commands_importance import _importance_source
+    from compress.commands_importance import _importance_recipe
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(FLUX.format(passes="  - importance:\n      buckets: 0\n"))
     with pytest.raises(UserError) as e:
-        _importance_source(str(recipe), None, None, [IMP + "proxy_only=true"])
+        _importance_recipe(str(recipe), [IMP + "proxy_only=true"])
     assert str(e.value).startswith(f"{recipe}:6: importance.buckets must be an integer ≥ 1"), str(e.value)

@@ -1,5 +1,5 @@
 """The `distill` pass's recipe keys (`DistillConfig`: their values checked at recipe load, BadValue
-naming the key) and the choices of its string keys. Imports no torch: recipe.check_recipe builds it
+naming the key) and the choices of its string keys. Imports no torch: recipe.load_recipe builds it
 before torch's start-up."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The `importance` pass's recipe keys (`ImportanceConfig`) and the check of a `buckets` key it shares
-with remove_blocks. Imports no torch: recipe.check_recipe builds it before torch's start-up."""
+with remove_blocks. Imports no torch: recipe.load_recipe builds it before torch's start-up."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """`remove_blocks`' recipe keys (`RemoveBlocksConfig`): their values checked at recipe load (BadValue
 names the key), the hints a value of the wrong shape gets, and the note on a biased estimator.
-Imports no torch (the note imports remove_blocks_learned as it is made): recipe.check_recipe builds a
+Imports no torch (the note imports remove_blocks_learned as it is made): recipe.load_recipe builds a
 RemoveBlocksConfig before torch's start-up."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The svd pass's recipe keys (`SVDConfig`, its values checked at recipe load by svd_values) and the
 notes on `ranks` patterns an earlier pattern shadows (`shadow_notes`), the file's or a --set's.
-Imports no torch (the notes import svd_targets as they are made): recipe.check_recipe builds an
+Imports no torch (the notes import svd_targets as they are made): recipe.load_recipe builds an
 SVDConfig before torch's start-up."""
 
 from __future__ import annotations

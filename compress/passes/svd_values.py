@@ -1,6 +1,6 @@
 """The svd pass's recipe keys' values alone, no model (`check_values`: SVDConfig.validate, at recipe
 load; BadValue names the key), the string keys' choices and which allocation reads which key.
-Imports no torch: a recipe's svd options are refused before torch's start-up (recipe.check_recipe).
+Imports no torch: a recipe's svd options are refused before torch's start-up (recipe.load_recipe).
 The checks against the model are svd_checks'."""
 
 from __future__ import annotations
