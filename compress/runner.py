@@ -11,7 +11,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import compress
-from compress.errors import UserError
+from compress.errors import NumericError, UserError
 from compress.io_source import check_teacher_options
 from compress.recipe_teacher_config import config_by, teacher_config_of
 from compress.passes import build_passes
@@ -33,7 +33,8 @@ from compress.runner_ranks import (PeerLost, announce, hand_off, is_follower, is
 from compress.runner_ranks import peer_lost as peer_lost_in
 from compress.runner_setup import DTYPES, check_reference, locate, resolve_device, sigterm_as_interrupt
 from compress.runner_heldout import check_kept, check_stage
-from compress.runner_stages import handed_over, restore, save_stage, say_read_back, stage_dir
+from compress.runner_stages import (drop_checked, drop_refused, handed_over, restore, save_stage, say_read_back,
+                                    stage_dir)
 from compress.runner_failures import HELDOUT, disk_full_words, is_out_of_memory
 from compress.runner_memory import spill_short
 from compress.runner_stream import models_for, tidy_scratch
@@ -158,7 +159,8 @@ class Runner:
             check_reference(reference, self.recipe.compute_dtype,
                             lambda b: locate(self.teacher, self.adapter, heldout[b]))
         teacher_params = param_count(self.teacher)
-        check_kept(self, start, student, reference, heldout, teacher_params)
+        self._checked(check_kept, start, student, reference, heldout, teacher_params)
+        drop_checked(self, self.student_stage)  # streamed: the stages before the one resumed from
         for i in range(start, len(self.passes)):
             self.doing = i
             if several_processes():  # a follower that refused: said before this pass computes
@@ -261,7 +263,8 @@ class Runner:
     def _stage(self, i: int, student, reference, heldout, teacher_params: int):
         """Pass i, its stage checkpoint, then its held-out error (printed and reported, and written to
         the stage): a run stopped during that check (minutes on a big model) keeps the pass, and
-        --resume measures the error (runner_heldout.check_kept)."""
+        --resume measures the error (runner_heldout.check_kept); a NaN/Inf there deletes the stage
+        (runner_stages.drop_refused: --resume runs the pass again from the one before, kept till then)."""
         p, t0 = self.passes[i], time.perf_counter()
         console.print(f"[bold cyan]pass {i + 1}/{len(self.passes)}: {p.name}[/]")
         say_read_back(self, i, student)  # an svd pass: what an earlier run measured for it, read back
@@ -272,11 +275,23 @@ class Runner:
         if (base := p.against_base()) is not None:  # its own error against the chain's base (kd_teacher: base)
             record["kd_teacher"] = base
         self.ctx.report.setdefault("stages", []).append(record)
-        save_stage(self, i, student)
+        save_stage(self, i, student, older=False)
         if is_main_process():
             p.stage_saved()
-        check_stage(self, student, record, reference, heldout, teacher_params)
+        self._checked(check_stage, student, record, reference, heldout, teacher_params)
+        drop_checked(self, stage_dir(self, i))  # streamed: the stage before it, kept until now
         return student
+
+    def _checked(self, check, *args) -> None:
+        """runner_heldout's `check` of the stage of pass `self.doing`; where it refuses a student whose
+        held-out prediction holds NaN/Inf ('...; change its settings and rerun with --resume'), that stage
+        is deleted (runner_stages.drop_refused): --resume runs the pass again (from the stage before it),
+        not measures the same NaN again."""
+        try:
+            check(self, *args)
+        except NumericError:
+            drop_refused(self, self.doing)
+            raise
 
     def _run_pass(self, i: int, student):
         """Pass i; a UserError it raises names its recipe line, and when it is about blocks earlier

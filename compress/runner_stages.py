@@ -129,15 +129,15 @@ def resuming_words(done: int, names: list[str], written: bool) -> str:
 
 
 def _finish_adopting(runner, k: int, student, stage: Path) -> None:
-    """A streamed run stopped after the stage of pass k was saved, before its spilled blocks and the
-    earlier stages were deleted (StreamedModels.adopt: a copy of the model each, which no later
-    adopt would delete were pass k the last): deleted now; runner_heldout.check_kept says where the run stopped."""
-    spill, stages = runner.run_dir / "stream", runner.run_dir / "stages"
+    """A streamed run stopped after the stage of pass k was saved, before its spilled blocks were
+    deleted (StreamedModels.adopt: a copy of the model, which no later adopt would delete were pass k
+    the last): deleted now; runner_heldout.check_kept says where the run stopped. The earlier stages go
+    once pass k's is checked (`drop_checked`): one refused (NaN/Inf) leaves them to run pass k again from."""
+    spill = runner.run_dir / "stream"
     if not runner.recipe.stream or not is_main_process():
         return
-    left = (spill.is_dir() and any(spill.iterdir())) or any(p.is_dir() and p != stage for p in stages.iterdir())
-    if left:
-        runner.models.adopt(student, stage)
+    if spill.is_dir() and any(spill.iterdir()):
+        runner.models.adopt(student, stage, older=False)
         runner.stopped_in = (k, "adopt")
 
 
@@ -170,7 +170,7 @@ def _finish(runner, j: int, state: dict):
                   f"{escape(str(runner.run_dir / 'stream'))}, without running the pass again", highlight=False)
     _say_removals(state["report"], names[:j + 1])
     student = restore_student(runner.run_dir, runner.models)
-    save_stage(runner, j, student, record=False)  # the record stays until the stage is complete
+    save_stage(runner, j, student, record=False, older=False)  # the record stays until the stage is complete
     runner.student_stage = stage_dir(runner, j)
     runner.stopped_in = (j, "write")  # written now: its held-out check never began (runner_heldout.check_kept)
     return j + 1, student
@@ -314,9 +314,10 @@ def _check_inputs(runner, state: dict) -> None:
                         "or rerun with --restart to start over")
 
 
-def save_stage(runner, i: int, student, record: bool = True):
+def save_stage(runner, i: int, student, record: bool = True, older: bool = True):
     """Pass i's stage folder and its state.json; streamed, first the record that lets --resume
-    finish writing it after an interrupt (runner_pending; `record` False: it is there already)."""
+    finish writing it after an interrupt (runner_pending; `record` False: it is there already), and
+    (`older`, else `drop_checked` once its held-out error is) the earlier stages deleted."""
     if not is_main_process():
         runner.finished_stages = False  # (rank 0 discards them below: RunContext.finished_note agrees)
         return
@@ -329,7 +330,24 @@ def save_stage(runner, i: int, student, record: bool = True):
     save_state(runner, i)
     # streamed: later reads come from this stage, and the spill and older stages go (only once
     # this stage is complete, so an interruption always leaves one to resume from)
-    runner.models.adopt(student, d)
+    runner.models.adopt(student, d, older=older)
+
+
+def drop_checked(runner, stage: Path | None) -> None:
+    """Once the student of `stage` is checked (runner_heldout: its held-out error finite), a streamed
+    run's earlier stages are deleted (StreamedModels.drop_older; they were kept in case it was refused)."""
+    if stage is not None and is_main_process():
+        runner.models.drop_older(stage)
+
+
+def drop_refused(runner, i: int) -> None:
+    """Pass i's stage, whose student's held-out prediction holds NaN/Inf (runner_heldout.check_stage),
+    deleted (its state.json first: never listed half deleted), so that --resume runs the pass again from
+    the stage before it (kept until this check: `drop_checked`) rather than measure the same NaN again."""
+    from compress.runner_stream import delete_stage
+
+    if is_main_process():
+        delete_stage(stage_dir(runner, i))
 
 
 def discard_finished(runner) -> None:

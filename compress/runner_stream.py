@@ -63,8 +63,11 @@ class ResidentModels:
     def save(self, student: nn.Module, folder: Path, **kw) -> Path:
         return save_compressed(student, folder, **kw)
 
-    def adopt(self, student: nn.Module, stage: Path) -> None:
+    def adopt(self, student: nn.Module, stage: Path, older: bool = True) -> None:
         pass
+
+    def drop_older(self, stage: Path) -> None:
+        pass  # (a resident run's stages are kept: only a streamed run keeps one copy of its student)
 
     def warn_if_short_of_disk(self, passes: list, specs: list, model: nn.Module, adapter) -> None:
         pass  # only a streamed run estimates its disk (its copies of a model bigger than memory)
@@ -148,17 +151,23 @@ class StreamedModels:
     def save(self, student: nn.Module, folder: Path, **kw) -> Path:
         return save_streamed(student, self.loaders[id(student)], folder, **kw)
 
-    def adopt(self, student: nn.Module, stage: Path) -> None:
+    def adopt(self, student: nn.Module, stage: Path, older: bool = True) -> None:
         """The student's blocks are read from the stage folder just written (same dtype) from now
-        on; the spilled copies and earlier stages (resume starts from the latest) are deleted, so
-        the run keeps one copy of the student on disk, two while the next stage is written. The
-        stages go oldest first (`stages_to_delete`), each unlisted before its files go (`delete_stage`):
-        a Ctrl-C in the middle leaves the latest stages, each complete, and --resume (which deletes
-        the rest again, runner_stages._finish_adopting) never continues from a half-deleted one."""
+        on; the spilled copies and (`older`, else `drop_older` once the runner has checked the stage:
+        runner_heldout) earlier stages (resume starts from the latest) are deleted, so the run keeps one
+        copy of the student on disk, two while the next stage is written and checked."""
         loader = self.loaders[id(student)]
         loader.point_to(weight_map(stage))
         shutil.rmtree(self._spill(), ignore_errors=True)
         self._spill().mkdir(parents=True)
+        if older:
+            self.drop_older(stage)
+
+    def drop_older(self, stage: Path) -> None:
+        """The stages/ folders but `stage` deleted, oldest first (`stages_to_delete`), each unlisted
+        before its files go (`delete_stage`): a Ctrl-C in the middle leaves the latest stages, each
+        complete, and --resume (which deletes the rest again, runner_stages._finish_adopting) never
+        continues from a half-deleted one."""
         for old in stages_to_delete(stage):
             delete_stage(old)
 

@@ -20,11 +20,11 @@ def test_a_streamed_run_stopped_before_the_copies_its_last_stage_replaces_were_d
     text = streamed_teacher(tmp_path, "pixart").format(stream="true")
     real, adopted = StreamedModels.adopt, []
 
-    def adopt_then_stop(self, student, stage):
+    def adopt_then_stop(self, student, stage, **kw):
         adopted.append(stage.name)
         if len(adopted) == 2:  # pass 2's
             raise KeyboardInterrupt
-        real(self, student, stage)
+        real(self, student, stage, **kw)
     with monkeypatch.context() as m:
         m.setattr(StreamedModels, "adopt", adopt_then_stop)
         with pytest.raises(KeyboardInterrupt):
