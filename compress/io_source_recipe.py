@@ -49,7 +49,7 @@ def checked_sources(recipe, teacher: str | None = None, config: str | None = Non
 def other_family_words(recipe, source: str, given: str | None, family: str) -> str:
     """The refusal of a teacher `source` (`given`: by --teacher, or whether the command line gave it:
     teacher_given) that is a `family` transformer, not one of the recipe's model: at the recipe's `model:`
-    line; plan's (plan._family_words) of a teacher that is no single file."""
+    line (plan._family_words says a single file's, whose family its config told)."""
     from compress.arch import get_adapter
 
     return (f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the teacher "

@@ -31,7 +31,7 @@ from compress.io_export import warn_if_export_wider
 from compress.io_headers import check_teacher_weights, pickled_folder, reads_headers
 from compress.io_source import KNOWN_CONFIGS
 from compress.io_source_config import TeacherSource, checked
-from compress.io_source_recipe import checked_sources, other_family_words
+from compress.io_source_recipe import checked_sources
 from compress.recipe_teacher_config import teacher_config_of
 from compress.passes import build_passes
 from compress.passes.removed_blocks import planned_blocks, possible_counts
@@ -167,12 +167,11 @@ def _note_pickled(src: TeacherSource) -> None:
 
 
 def _family_words(recipe, src: TeacherSource, teacher: str | None, name: str, family: str) -> str:
-    """The refusal of a teacher whose config is of another family than the recipe's model, as the run's
-    checks say it (io_source_recipe.other_family_words); a single file's (a pickle's, whose weights plan
-    does not read) names the config that told it."""
+    """The refusal of a single-file teacher whose config is of another family than the recipe's model
+    (a pickle's, or one whose tensor names do not tell: TeacherSource.family is None), naming the config
+    that told it. Another source's family is refused before, from the same config
+    (io_source_recipe.checked_sources, which made make_plan's sources, of the same recipe)."""
     from_flag = teacher or src.source != recipe.teacher
-    if src.kind != "file":
-        return other_family_words(recipe, src.source, from_flag, family)
     told = (f"config {src.config_arg} given for" if src.config_arg else f"config {src.config_file()} beside")
     return (f"{recipe_where(recipe, 'model', recipe.model)}: model is '{recipe.model}' but the {told} the teacher "
             f"{src.source}{teacher_given(recipe, from_flag)} describes a {name} ({family}); set model: {family} "
