@@ -104,10 +104,11 @@ def compute_beyond_words(what: str, name: str, path, big: float, dtype: torch.dt
 
 def overflow_hint(dtype: torch.dtype) -> str:
     """What a NaN/Inf that a forward or backward in compute dtype `dtype` made suggests, for the
-    parenthesis of its error: float16's narrow range (65504), or where the dtype reaches 3.4e38 (bfloat16,
-    float32), weights that are damaged or that an earlier pass (a diverging distill) made so large."""
+    parenthesis of its error: float16's narrow range (65504), or where the dtype reaches its own far max
+    (bfloat16 and float32 3.4e38, float64 1.8e308), weights that are damaged or that an earlier pass (a
+    diverging distill) made so large."""
     if dtype == torch.float16:
         return "a float16 compute_dtype overflowing? try bfloat16"
-    name = str(dtype).removeprefix("torch.")
-    return (f"{name} reaches 3.4e38, so not a narrow compute dtype: weights damaged, or grown that large by an "
+    name, reach = str(dtype).removeprefix("torch."), f"{torch.finfo(dtype).max:.1e}".replace("e+", "e")  # 3.4e38
+    return (f"{name} reaches {reach}, so not a narrow compute dtype: weights damaged, or grown that large by an "
             "earlier pass (a diverging distill)")

@@ -58,8 +58,10 @@ def test_a_damaged_file_says_what_to_do_where_it_came_from(tmp_path, monkeypatch
 @pytest.mark.parametrize("dtype, words", [
     (torch.float16, "a float16 compute_dtype overflowing? try bfloat16"),
     (torch.bfloat16, "bfloat16 reaches 3.4e38, so not a narrow compute dtype: weights damaged, or grown"),
-    (torch.float32, "float32 reaches 3.4e38, so not a narrow compute dtype: weights damaged, or grown")])
+    (torch.float32, "float32 reaches 3.4e38, so not a narrow compute dtype: weights damaged, or grown"),
+    (torch.float64, "float64 reaches 1.8e308, so not a narrow compute dtype: weights damaged, or grown")])
 def test_an_overflow_is_blamed_on_float16_only_in_float16(dtype, words):
+    """Each dtype's own max: float64's is not float32's 3.4e38."""
     from compress.dtype_range import overflow_hint
 
     assert overflow_hint(dtype).startswith(words)
