@@ -16,6 +16,7 @@ from rich.markup import escape
 from compress.calib_prompts import prompts_in_words
 from compress.errors import UserError
 from compress.interrupts import interrupts_held
+from compress.passes.distill_resume import DISCARDED
 from compress.passes.importance import write_atomically
 from compress.recipe_teacher_config import FLAG
 from compress.report import console, warn
@@ -82,8 +83,9 @@ def _restored(runner):
         if is_main_process():
             if not runner.finished_stages:
                 shutil.rmtree(stages, ignore_errors=True)
-            for checkpoints in runner.run_dir.glob("distill*/checkpoints"):
-                shutil.rmtree(checkpoints, ignore_errors=True)
+            for name in ("checkpoints", DISCARDED):  # (DISCARDED: those a --resume set aside)
+                for checkpoints in runner.run_dir.glob(f"distill*/{name}"):
+                    shutil.rmtree(checkpoints, ignore_errors=True)
             discard(runner.run_dir)
         runner.started_over = True
         return 0, runner.models.fresh_student(runner.teacher)

@@ -34,7 +34,7 @@ from compress.passes.base import Pass, RunContext
 from compress.passes.distill_config import DistillConfig
 from compress.passes.distill_kd_teacher import base_chain, kd_target, kd_words
 from compress.passes.distill_notes import distills_the_teacher, error_rose
-from compress.passes.distill_resume import NOT_FINGERPRINTED
+from compress.passes.distill_resume import DISCARDED, NOT_FINGERPRINTED
 from compress.passes.distill_trainer import _Trainer
 
 
@@ -116,9 +116,12 @@ class DistillPass(Pass):
 
     def stage_saved(self) -> None:
         """The runner's stage now holds the trained student: the training checkpoints (model and
-        optimizer state, several times the model) are no longer needed to resume."""
+        optimizer state, several times the model) are no longer needed to resume, nor those --resume set
+        aside (DISCARDED: once the stage is saved, a --resume with their keys passes over the stage and
+        deletes the checkpoints of its pass, runner_stages._discard_passed_over)."""
         if getattr(self, "dir", None) is not None:
-            shutil.rmtree(self.dir / "checkpoints", ignore_errors=True)
+            for folder in ("checkpoints", DISCARDED):
+                shutil.rmtree(self.dir / folder, ignore_errors=True)
 
 
 def _shortened(steps: int, warmup: int) -> str:

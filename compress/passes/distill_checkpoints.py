@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from compress.calib_store import disk_is_full
 from compress.distill_utils import write_curves
 from compress.errors import UserError
-from compress.passes.distill_resume import (NOT_FINGERPRINTED, ONCE_FINGERPRINTED, calibration_settings,
+from compress.passes.distill_resume import (DISCARDED, NOT_FINGERPRINTED, ONCE_FINGERPRINTED, calibration_settings,
                                             newest_meta, of_other_keys, setting_changes)
 
 
@@ -91,8 +91,10 @@ class Checkpoints:
     def _discard_of_other_keys(self) -> None:
         """--resume where the newest checkpoint that reads was trained with other distill keys alone (a
         `--set passes.N.distill.lr=...` or steps, which the learning-rate schedule spans): its checkpoints
-        are discarded, said in one line, and the pass trains from its start, as --resume trains a pass
-        after a changed one; other differences are _load_latest's refusal, a damaged checkpoint its warning."""
+        are set aside (renamed DISCARDED beside them, replacing those set aside before: a key changed by
+        mistake loses no training), said in one line with how to take them back, and the pass trains from
+        its start, as --resume trains a pass after a changed one; other differences are _load_latest's
+        refusal, a damaged checkpoint its warning."""
         root = self.dir / "checkpoints"
         meta, path = newest_meta(root)
         if meta is None or meta["fingerprint"] == self._fingerprint(meta):
@@ -104,11 +106,14 @@ class Checkpoints:
         if self.acc.is_main_process:
             from compress.report import console
 
+            aside = root.with_name(DISCARDED)
             console.print(f"distill: checkpoint {path} was trained with other settings ({setting_changes(meta, now)}): "
-                          f"--resume discards {root} and trains this pass from its start", highlight=False, markup=False)
+                          f"--resume moves {root} to {aside} (replacing any there) and trains this pass from its "
+                          f"start; to take it back before this pass ends, stop the run, rename it to {root.name} and "
+                          "rerun with --resume and the keys it was trained with", highlight=False, markup=False)
         self.acc.wait_for_everyone()  # (every process has read its meta.json)
         if self.acc.is_main_process:
-            shutil.rmtree(root, ignore_errors=True)
+            set_aside(root, root.with_name(DISCARDED))
         self.acc.wait_for_everyone()
 
     def _load_latest(self) -> None:
@@ -176,6 +181,13 @@ class Checkpoints:
         dist.all_gather_object(every, why)
         rank, first = next(((r, w) for r, w in enumerate(every) if w is not None), (None, None))
         return None if first is None else f"process {rank}: {first}"
+
+
+def set_aside(root: Path, aside: Path) -> None:
+    """The folder `root` renamed `aside`, which it replaces (the earlier one deleted first: a Ctrl-C
+    between leaves `root` as it was)."""
+    shutil.rmtree(aside, ignore_errors=True)
+    root.replace(aside)
 
 
 def _why(e: BaseException) -> str:

@@ -20,6 +20,9 @@ NOT_FINGERPRINTED = ("max_steps_this_run", "checkpoint_every", "keep_checkpoints
 # puts back the value its meta.json records, so that it keeps resuming)
 ONCE_FINGERPRINTED = ("gradient_checkpointing",)
 _SETTING_NAMES = {"seed": "calibration.seed", "processes": "process count"}
+# beside a pass's checkpoints/: those --resume set aside as trained with other keys of the pass (the latest
+# only; Checkpoints._discard_of_other_keys), until the pass's stage is saved or the run starts over
+DISCARDED = "checkpoints.discarded"
 
 
 def calibration_settings(calib, fingerprint: str) -> dict:

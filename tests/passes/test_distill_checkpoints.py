@@ -155,3 +155,33 @@ def test_two_processes_fall_back_to_the_same_checkpoint(tmp_path):
     checkpoints = tmp_path / "distill" / "checkpoints"
     assert f"checkpoint {checkpoints / 'step-00000002'} is damaged (process 1: " in proc.stderr
     assert f"continuing from its checkpoint at step 1/4 ({checkpoints / 'step-00000001'})" in proc.stderr
+
+
+def test_resume_sets_aside_a_checkpoint_of_other_keys_the_latest_only(tmp_path, capsys):
+    """--resume with another distill.lr deleted the pass's checkpoints (shutil.rmtree: hours of training
+    gone where the key was changed by mistake). It moves them to distill/checkpoints.discarded, says where
+    and how to take them back, and a later such discard replaces the earlier one (the disk holds one)."""
+    import json
+
+    torch.manual_seed(0)
+    teacher = tiny_pixart()
+    student = factorize(copy.deepcopy(teacher), rank=2)
+    run, kw = tmp_path / "run", dict(steps=6, checkpoint_every=1, keep_checkpoints=2)
+    with pytest.raises(StepLimitReached):
+        distill(copy.deepcopy(student), teacher, run, max_steps_this_run=4, **kw)
+    root, aside = run / "distill" / "checkpoints", run / "distill" / "checkpoints.discarded"
+    before = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    with pytest.raises(StepLimitReached):
+        distill(copy.deepcopy(student), teacher, run, resume=True, lr=2e-3, max_steps_this_run=2, **kw)
+    said = capsys.readouterr().err.replace("\n", " ")
+    assert (f"--resume moves {root} to {aside} (replacing any there) and trains this pass from its start; to take "
+            f"it back before this pass ends, stop the run, rename it to checkpoints and rerun with --resume and the "
+            "keys it was trained with") in said, said
+    assert {p.relative_to(aside): p.read_bytes() for p in aside.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in root.glob("step-*")) == ["step-00000001", "step-00000002"]  # trained anew
+    with pytest.raises(StepLimitReached):
+        distill(copy.deepcopy(student), teacher, run, resume=True, lr=3e-3, max_steps_this_run=1, **kw)
+    assert sorted(p.name for p in aside.iterdir()) == ["step-00000001", "step-00000002"]  # the lr 2e-3 ones
+    assert json.loads((aside / "step-00000002" / "meta.json").read_text())["settings"]["lr"] == 2e-3
+    assert [p.name for p in (run / "distill").iterdir() if p.name.startswith("checkpoints")].count(aside.name) == 1

@@ -93,10 +93,10 @@ def test_resume_discards_a_checkpoint_of_other_distill_keys_and_trains_the_pass_
     assert (checkpoints / "step-00000001").is_dir()
     capsys.readouterr()
     resumed, _ = distill(copy.deepcopy(student), teacher, tmp_path, steps=4, resume=True, lr=2e-3, weight_decay=0.1)
-    assert capsys.readouterr().err.splitlines()[0] == (
+    assert capsys.readouterr().err.replace("\n", " ").startswith(
         f"distill: checkpoint {checkpoints / 'step-00000001'} was trained with other settings (distill.lr: 0.001 "
-        "in the checkpoint, 0.002 now; distill.weight_decay: 0.0 in the checkpoint, 0.1 now): --resume discards "
-        f"{checkpoints} and trains this pass from its start")
+        "in the checkpoint, 0.002 now; distill.weight_decay: 0.0 in the checkpoint, 0.1 now): --resume moves "
+        f"{checkpoints} to {checkpoints}.discarded (replacing any there) and trains this pass from its start; ")
     fresh, _ = distill(copy.deepcopy(student), teacher, tmp_path / "fresh", steps=4, lr=2e-3, weight_decay=0.1)
     a, b = state(fresh), state(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -106,7 +106,7 @@ def test_resume_discards_a_checkpoint_of_other_distill_keys_and_trains_the_pass_
         distill(copy.deepcopy(student), teacher, tmp_path / "s", steps=4, checkpoint_every=2, max_steps_this_run=2)
     capsys.readouterr()
     longer, _ = distill(copy.deepcopy(student), teacher, tmp_path / "s", steps=6, resume=True)
-    assert "(distill.steps: 4 in the checkpoint, 6 now): --resume discards" in capsys.readouterr().err
+    assert "(distill.steps: 4 in the checkpoint, 6 now): --resume moves" in capsys.readouterr().err
     fresh, _ = distill(copy.deepcopy(student), teacher, tmp_path / "fresh6", steps=6)
     a, b = state(fresh), state(longer)
     assert all(torch.equal(a[k], b[k]) for k in a)
