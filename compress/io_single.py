@@ -293,7 +293,9 @@ def _glanced(head: bytes, size: int) -> str | None:
 def _config_or_why(file: Path) -> dict | str | None:
     """The JSON config `file` holds (a dict, parsed once), else why it is none (not_a_config's words); None
     where it cannot be read. A checkpoint (its first bytes: _checkpoint_kind) or a file over CONFIG_MOST
-    bytes is told as such, not read whole (a multi-GB checkpoint given as a config by mistake)."""
+    bytes is told as such, not read whole (a multi-GB checkpoint given as a config by mistake). Decoded as
+    diffusers' from_pretrained reads it (UTF-8, a byte-order mark kept and refused by the JSON decoder),
+    so what plan accepts a run loads: json.loads of the bytes would take UTF-16 and a BOM."""
     try:
         with open(file, "rb") as f:
             size, head = os.fstat(f.fileno()).st_size, f.read(16)
@@ -303,9 +305,13 @@ def _config_or_why(file: Path) -> dict | str | None:
     except OSError:
         return None
     try:
-        config = json.loads(data)
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         return "not UTF-8 text"
+    if text.startswith("\ufeff"):
+        return "a UTF-8 byte-order mark before its JSON, which diffusers refuses"
+    try:
+        config = json.loads(text)
     except ValueError as e:  # json.JSONDecodeError
         if not data.strip():
             return "an empty file"

@@ -2,6 +2,7 @@
 shapes than its config's, a teacher config that is no JSON) or a Hub id mistyped offline: one line,
 said where the user gave it, before what a good teacher would be told about its calibration."""
 
+import codecs
 import json
 from pathlib import Path
 
@@ -120,8 +121,11 @@ def test_a_single_file_teacher_whose_names_do_not_tell_its_family_is_planned_by_
     assert make_plan(recipe)["passes"]
 
 
+BOM = "a UTF-8 byte-order mark before its JSON, which diffusers refuses"
 JUNK = {"not JSON": ("my notes\n", "line 1, column 1: Expecting value"), "a list": ("[1, 2]\n", "an array, not a JSON object"),
-        "empty": ("", "an empty file")}
+        "empty": ("", "an empty file"),  # below: the teacher's good config.json (its text) so written
+        "a byte-order mark": (lambda good: codecs.BOM_UTF8 + good.encode(), BOM),
+        "UTF-16": (lambda good: good.encode("utf-16"), "not UTF-8 text")}
 FOLDER_FIX = "put its transformer's diffusers config there (save_pretrained writes it)"
 
 
@@ -136,8 +140,9 @@ def _junk_teachers(tmp_path, junk: str) -> dict[str, str]:
                                                       "transformer": ["diffusers", "PixArtTransformer2DModel"]}))
     single.mkdir()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, single / "t.safetensors")
+    content, good = JUNK[junk][0], (folder / "config.json").read_text()
     for config in (folder / "config.json", pipe / "transformer" / "config.json", single / "config.json"):
-        config.write_text(JUNK[junk][0])
+        config.write_bytes(content(good)) if callable(content) else config.write_text(content)
     return {str(folder): f"its config.json is not a JSON config ({JUNK[junk][1]}); {FOLDER_FIX}",
             str(pipe): f"its transformer/config.json is not a JSON config ({JUNK[junk][1]}); {FOLDER_FIX}",
             str(single / "t.safetensors"): f"the config.json beside it ({single}/config.json) is not a JSON config "
@@ -158,6 +163,25 @@ def test_a_teachers_own_config_json_that_is_junk_is_said_in_one_line_where_given
         assert _refused(checked_sources, recipe) == f"{recipe.path}:2: teacher {teacher}: {words}"
         assert _refused(checked_sources, _recipe(recipe_dir), teacher=teacher) == f"--teacher: teacher {teacher}: {words}"
         assert _refused(make_plan, _recipe(recipe_dir), teacher=teacher) == f"--teacher: teacher {teacher}: {words}"
+
+
+@pytest.mark.parametrize("junk", ["a byte-order mark", "UTF-16"])
+def test_a_config_json_diffusers_cannot_read_is_refused_by_plan_as_by_run(tmp_path, monkeypatch, junk):
+    """A config.json starting with a UTF-8 byte-order mark (or in UTF-16) was read by plan (json.loads of its
+    bytes takes both) and refused by run's loader only: 'p.yaml:3: cannot read tf_bom/config.json: Unexpected
+    UTF-8 BOM (decode using utf-8-sig): ...'. diffusers' from_pretrained refuses it too, so plan and run
+    (checked_sources, before loading) now refuse it alike, as a teacher's own config (the test above) and
+    as --teacher-config."""
+    from diffusers import PixArtTransformer2DModel
+
+    monkeypatch.chdir(tmp_path)
+    _junk_teachers(tmp_path, junk)
+    with pytest.raises(OSError, match="is not a valid JSON file"):  # diffusers' own reading of it
+        PixArtTransformer2DModel.load_config(tmp_path / "t")
+    recipe = parse_recipe(SYNTHETIC.format(teacher="f/t.safetensors", config=""), "r.yaml")
+    assert _refused(make_plan, recipe, teacher_config="t") == (
+        f"--teacher-config t: t/config.json is not a JSON config ({JUNK[junk][1]}); give the diffusers config "
+        "of the transformer (its config.json, or the folder holding it)")
 
 
 def test_a_teacher_config_of_a_list_is_said_as_no_json_config(tmp_path, monkeypatch):
