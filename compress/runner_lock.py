@@ -1,10 +1,10 @@
 """Locks that keep two `dit-compress run`s apart: one run folder (its stages/, distill checkpoints and
 calibration caches) and one output folder serve one run at a time. Imports no torch: cheap to import.
 
-A lock is an exclusive, non-blocking `flock` on a small file, RUN_DIR/.dit-compress.lock for the run
-folder and .<name>.dit-compress.lock beside the output (never inside it: the output replaces its
-folder as a whole), which also says who holds it (pid, host, start time, command line) for the
-message a second run gets. The OS releases a flock when its process dies, so a killed run leaves no
+A lock is an exclusive, non-blocking `flock` (tried again for moments: `_take`) on a small file,
+RUN_DIR/.dit-compress.lock for the run folder and .<name>.dit-compress.lock beside the output (never
+inside it: the output replaces its folder as a whole), which also says who holds it (pid, host, start
+time, command line) for the message a second run gets. The OS releases a flock when its process dies, so a killed run leaves no
 stale lock (its file may stay: the next run takes it over). A released lock's file is removed, and
 so are the folders made for it while they hold nothing else, so a run refused by a later check
 leaves no folders behind."""
@@ -31,6 +31,9 @@ except ImportError:  # Windows: no flock; runs go on without a lock
 
 LOCK = ".dit-compress.lock"  # in the run folder, beside stages/ (runner_written.OWN looks only inside those)
 HELD = (errno.EWOULDBLOCK, errno.EAGAIN)  # another process holds it
+# how long a run's lock is tried again while held (`_take`), in seconds between tries (0.25 s in all): a
+# look (`_refuse_if_held`) holds it for moments, shared; a run holds it exclusively, for its whole length
+TRIES = (0.01, 0.02, 0.04, 0.08, 0.1)
 
 
 @contextmanager
@@ -100,13 +103,16 @@ def refuse_held(run_dir: Path, out: Path) -> None:
 
 def _refuse_if_held(path: Path, refusal) -> None:
     """A UserError refusal(holder in words) where another process holds the flock of `path`; nothing
-    where no file is there (a holder keeps its file while it holds it) or it cannot be read."""
+    where no file is there (a holder keeps its file while it holds it) or it cannot be read. It looks
+    with a shared lock, which the looks of other commands share (two started at once refuse neither)
+    and a run's exclusive lock excludes; a run taking its lock while this look holds one tries again
+    (`_take`)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released as it closes: no holder, no record written
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released as it closes: no holder, no record written
     except OSError as e:
         if e.errno in HELD:
             raise UserError(refusal(holder_in_words(_read(fd)))) from None
@@ -169,7 +175,7 @@ def _locked(path: Path, what: str, refusal) -> int | None:
                 _warn(what, f"cannot open {path.name} ({e.strerror or e})")
             return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _take(fd)
         except OSError as e:
             held = _read(fd) if e.errno in HELD else None
             os.close(fd)
@@ -183,6 +189,20 @@ def _locked(path: Path, what: str, refusal) -> int | None:
             return fd
         os.close(fd)  # its holder released it and removed the file meanwhile
     return None
+
+
+def _take(fd: int) -> None:
+    """An exclusive flock on `fd`, without waiting for a run that holds it: where it is held, tried again
+    over TRIES (a quarter second), as another command's look (`_refuse_if_held`) holds it for moments;
+    the OSError of the last try where it is still held (or of the first that fails otherwise)."""
+    for wait in (*TRIES, None):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as e:
+            if e.errno not in HELD or wait is None:
+                raise
+        time.sleep(wait)
 
 
 def _warn(what: str, why: str) -> None:

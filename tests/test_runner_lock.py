@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -303,3 +304,84 @@ def test_convert_and_lora_clear_what_a_killed_one_left(tmp_path):
     left = _killed_writes(tmp_path / "ap", "new")
     assert main(["lora", str(out), str(lora), str(tmp_path / "ap" / "new")]) == 0
     assert sorted(p.name for p in (tmp_path / "ap").iterdir()) == [left[2].name, "new"]
+
+
+class _PausedLook:
+    """runner_lock.fcntl with a flock that, in the thread `looking`, holds the lock it took until `go`
+    is set (a look of another command caught in the middle); in other threads, `tried` is set where the
+    lock was held (runner_lock.HELD)."""
+
+    def __init__(self):
+        import fcntl
+
+        self.real, self.looking = fcntl, None
+        self.in_look, self.go, self.tried = threading.Event(), threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def flock(self, fd, op):
+        try:
+            self.real.flock(fd, op)
+        except OSError as e:
+            if e.errno in runner_lock.HELD:
+                self.tried.set()
+            raise
+        if threading.current_thread() is self.looking and not self.in_look.is_set():
+            self.in_look.set()
+            self.go.wait(10)
+
+    def look_in_thread(self, run_dir, out):
+        """refuse_held(run_dir, out) in a thread, paused once it holds the run folder's lock; (thread, errors)."""
+        errors = []
+
+        def look():
+            try:
+                runner_lock.refuse_held(run_dir, out)
+            except Exception as e:  # (the test asserts there was none)
+                errors.append(e)
+        self.looking = threading.Thread(target=look)
+        self.looking.start()
+        assert self.in_look.wait(10)
+        return self.looking, errors
+
+
+def _stale_lock(run_dir):
+    """A lock file held by none (a killed run's), which a look opens and locks."""
+    run_dir.mkdir(parents=True)
+    (run_dir / LOCK).write_text('{"pid": 1}\n')
+
+
+def test_two_looks_at_once_refuse_neither(tmp_path, monkeypatch):
+    """refuse_held looked with an exclusive lock: two commands started in the same instant could each
+    find the other's look and refuse ('RUN is in use by another dit-compress run (pid ...)')."""
+    run_dir, out = tmp_path / "run", tmp_path / "out"
+    _stale_lock(run_dir)
+    paused = _PausedLook()
+    monkeypatch.setattr(runner_lock, "fcntl", paused)
+    thread, errors = paused.look_in_thread(run_dir, out)
+    try:
+        runner_lock.refuse_held(run_dir, out)  # while the other look holds its lock
+    finally:
+        paused.go.set()
+        thread.join()
+    assert errors == []
+
+
+def test_a_run_taking_its_lock_during_a_look_waits_for_it(tmp_path, monkeypatch):
+    """hold_run's lock tried once: a run taking it while another command's look held it for moments was
+    refused as if another run held it."""
+    run_dir, out = tmp_path / "run", tmp_path / "out"
+    _stale_lock(run_dir)
+    paused = _PausedLook()
+    monkeypatch.setattr(runner_lock, "fcntl", paused)
+    monkeypatch.setattr(runner_lock, "TRIES", (0.1,) * 50, raising=False)  # (a loaded machine: time to spare)
+    thread, errors = paused.look_in_thread(run_dir, out)
+    threading.Thread(target=lambda: paused.tried.wait(10) and paused.go.set()).start()  # the look ends once tried
+    try:
+        with hold_run_folder(run_dir) as held:
+            assert held
+    finally:
+        paused.go.set()
+        thread.join()
+    assert paused.tried.is_set() and errors == []
