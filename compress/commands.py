@@ -9,11 +9,11 @@ import torch
 
 from compress.arch import get_adapter
 from compress.errors import UserError
-from compress.io import (cast, check_same_architecture, load_teacher, load_teacher_of, looks_local,
-                         pipeline_without_transformer, read_config)
+from compress.io import (cast, check_same_architecture, load_teacher, load_teacher_of, pipeline_without_transformer,
+                         read_config)
 from compress.output_names import is_output, missing_output, output_usage, run_output
 from compress.io_output import load_transformer, output_folder
-from compress.io_source import check_source, no_checkpoint_file, output_weights
+from compress.io_source import check_source, looks_local, no_checkpoint_file, output_weights
 from compress.io_source_recipe import checked_sources
 from compress.measured_against import against, teacher_fields, teacher_loras
 from compress.progress import status

@@ -32,7 +32,7 @@ def _importance_recipe(source: str, overrides: list[str]):
 def _check_toy_source(source: str, teacher_arg: str | None, config_arg: str | None, overrides: list[str]) -> None:
     """`source`, not a recipe, is a toy teacher scanned directly (what the scan needs to know, its
     settings and the family, is known before the teacher loads), with no option that changes a recipe."""
-    from compress.io import looks_local
+    from compress.io_source import looks_local
 
     if looks_local(source) and not Path(source).expanduser().exists():
         from compress.recipe_folder import meant_recipe

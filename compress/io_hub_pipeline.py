@@ -136,7 +136,7 @@ def pipeline_keywords(source: str, what: str) -> dict:
     was asked for); one the cache lacks is a UserError naming the cache (was diffusers' many-line
     'not fully cached locally'), one whose snapshot lacks a part its model_index.json lists names it
     and the hf download that fetches it (pipeline_snapshot.snapshot_problem). {} otherwise."""
-    from compress.io import looks_local
+    from compress.io_source import looks_local
 
     if looks_local(source) or id_problem(source) is not None:
         return {}

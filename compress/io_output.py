@@ -96,8 +96,8 @@ def shown(path: Path) -> str:
 
 
 def hub_like(source) -> bool:
-    """Whether `source` reads as a Hub id (io.looks_local), not a toy."""
-    from compress.io import looks_local
+    """Whether `source` reads as a Hub id (io_source.looks_local), not a toy."""
+    from compress.io_source import looks_local
 
     return isinstance(source, str) and not looks_local(source) and not source.startswith("toy:")
 

@@ -231,7 +231,7 @@ def _check_base(transformer: nn.Module, base: str, **cached) -> None:
     with io_hub_requests.head_request's one bounded request, without huggingface_hub's retries: where
     the Hub answered hub_head and then stopped answering, hf_hub_download's retried HEAD held the load
     ~23 s (backoff sleeps) before from_pretrained said it in one line; now nothing is checked there."""
-    from compress.io import looks_local
+    from compress.io_source import looks_local
     from compress.io_hub_requests import head_request
 
     if not cached and not looks_local(base) and head_request(base, "transformer/config.json")[0] is not None:

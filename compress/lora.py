@@ -265,7 +265,7 @@ def check_scale(scale) -> None:
 def _source(lora) -> str:
     """What the student's config records of the LoRA: an absolute path where it is local (eval finds
     it again from any folder), else the Hub id, or that it was a state dict."""
-    from compress.io import looks_local
+    from compress.io_source import looks_local
 
     if isinstance(lora, dict):
         return STATE_DICT

@@ -106,7 +106,7 @@ def _check_loaded(name: str, parts: dict) -> None:
 def _reader(adapter, lora, class_name: str, held=None) -> tuple[Callable[[nn.Module], None], list[str]]:
     """(a function loading the LoRA onto an empty teacher as the family's loader would, its keys);
     `held`: quiet_loaders' namespace."""
-    from compress.io import looks_local
+    from compress.io_source import looks_local
     from compress.io_source import no_lora_there
 
     path = None if isinstance(lora, dict) else Path(str(lora)).expanduser()

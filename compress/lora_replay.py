@@ -263,7 +263,7 @@ def replayed_sources(loras: list[dict], moved: list[str] | None = None, warn: bo
     """Where the LoRAs a student recorded are to be read from, checked before its teacher loads:
     the recorded places, or `moved` (eval's and bench's --lora: where they are now, in the order the
     student took them); a UserError for a LoRA merged from a state dict or one no longer there."""
-    from compress.io import looks_local
+    from compress.io_source import looks_local
 
     if moved:
         if len(moved) != len(loras):

@@ -152,7 +152,7 @@ def lora_base(student: nn.Module) -> LoraBase:
 def missing(source: str) -> bool:
     """Whether `source` names a local path that is not there now (a teacher moved away: report_teacher.
     chain_break's NOT_THERE, for one source); a toy or a Hub id never is."""
-    from compress.io import looks_local
+    from compress.io_source import looks_local
 
     return looks_local(source) and not Path(source).expanduser().exists()
 

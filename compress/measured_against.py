@@ -32,7 +32,7 @@ def _as_recorded(place: str) -> str:
     local, else the Hub id as given."""
     from pathlib import Path
 
-    from compress.io import looks_local
+    from compress.io_source import looks_local
 
     return str(Path(place).expanduser().resolve()) if looks_local(place) else place
 

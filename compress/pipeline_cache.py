@@ -20,7 +20,7 @@ def cached_index(source: str) -> tuple[Path, dict] | None:
     model_index.json cannot be read (offline pipeline_snapshot.cached_problem says so first, as
     load_pipeline's pipeline_keywords does; online the Hub may serve another)."""
     from compress.errors import UserError
-    from compress.io import looks_local
+    from compress.io_source import looks_local
     from compress.io_hub import id_problem
     from compress.io_hub_cache import cached_snapshot
     from compress.pipeline_folder import folder_index
@@ -42,7 +42,7 @@ def cached_transformer_repo(source: str) -> Path | None:
     offline, in its 404 for model_index.json online). Online too, read without a request: the cache's
     main is the one last downloaded (a repo that became a pipeline's since passes once `hf download
     ID model_index.json` moves it). None otherwise."""
-    from compress.io import looks_local
+    from compress.io_source import looks_local
     from compress.io_hub import id_problem
     from compress.io_hub_cache import cached_snapshot
     from compress.io_hub_cache_files import cached_listing

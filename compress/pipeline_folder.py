@@ -250,11 +250,11 @@ def check_pipeline_there(calib, where: str = "") -> None:
 
 def missing_pipeline(source: str) -> tuple[str, str] | None:
     """(looked, why) where the pipeline `source` is a local path that is not there, by the rule a teacher's
-    is (io_source.check_source): io.looks_local (./, ../, /, ~, a name with no owner, a first part that
+    is (io_source.check_source): io_source.looks_local (./, ../, /, ~, a name with no owner, a first part that
     is a folder here), or a name no Hugging Face id either (io_hub.id_problem: a/b/c, acme/pix@v2);
     `looked`: the absolute path, `why`: ' (a Hugging Face id is OWNER/NAME)' or ', and it is not a
     Hugging Face id: …' (or ''). None for one there, toy:NAME or a Hub id (its errors come as it loads)."""
-    from compress.io import looks_local
+    from compress.io_source import looks_local
     from compress.io_hub import id_problem
 
     path = Path(source).expanduser()

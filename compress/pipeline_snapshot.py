@@ -21,7 +21,7 @@ def cached_problem(source: str, what: str = "", passed: tuple[str, ...] = ("tran
     (pipeline_cache.snapshot_lacks); where the cache holds no snapshot of the commit its refs/main
     names, but others, both commits (io_hub_pipeline.moved_problem). None where `source` is read
     otherwise, the cache holds no copy of it, or the snapshot lacks neither."""
-    from compress.io import looks_local
+    from compress.io_source import looks_local
     from compress.io_hub import id_problem, offline
     from compress.io_hub_cache import cached_snapshot
     from compress.pipeline_cache import snapshot_lacks

@@ -42,7 +42,7 @@ def teacher_to_load(out: Path, teacher_arg: str | None = None,
     """recorded_teacher for a command that loads the teacher (eval, bench): a recorded teacher or
     config no longer where the run found it (moved since) is a UserError saying what to pass, not
     the loader's, which names options the user did not give."""
-    from compress.io import looks_local
+    from compress.io_source import looks_local
     from compress.io_single import config_file
 
     source, config = recorded_teacher(out, teacher_arg, config_arg)
@@ -229,7 +229,7 @@ def chain_base(chain: list[str]) -> str | None:
     """The last teacher of `chain` where it is a pipeline to sample in or build on: a toy, a pipeline
     folder (model_index.json) or a Hub id; None for a loop, a path not there, a transformer folder,
     a file, or an output recording no teacher."""
-    from compress.io import looks_local
+    from compress.io_source import looks_local
 
     base, path = chain[-1], Path(chain[-1]).expanduser()
     if chain_loops(chain):
@@ -298,7 +298,7 @@ def chain_break(chain: list[str]) -> str | None:
     """Why `chain` (teacher_chain) stops short of the teacher the first run read: 'which it named
     before (a loop)', NOT_THERE (a local path), 'which records no teacher' (an output); None where
     its last is that teacher (a toy, a Hub id, a pipeline or transformer folder, a file)."""
-    from compress.io import looks_local
+    from compress.io_source import looks_local
     from compress.output_names import is_output
 
     path = Path(chain[-1]).expanduser()

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 import compress
-from compress.io import looks_local
+from compress.io_source import looks_local
 from compress.io_export import ranks_of
 from compress.recipe_dump import dump_recipe
 from compress.report import console, param_count

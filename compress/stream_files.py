@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 
 from compress.errors import UserError
-from compress.io import (INDEX, WEIGHTS, SafetensorsError, looks_local, read_config, read_json, transformer_folder,
+from compress.io import (INDEX, WEIGHTS, SafetensorsError, read_config, read_json, transformer_folder,
                          weights_variant)
 from compress.io_errors import broken_weights, shards_not_there
 from compress.io_hub import hub_folder
+from compress.io_source import looks_local
 from compress.io_tensors import one_line, unreadable
 
 
