@@ -39,5 +39,9 @@ def config_class(name: str) -> type:
 
 def build_passes(recipe) -> list:
     """The recipe's passes in order, each made from its validated config (`PassSpec.config`); `run`
-    makes them once and hands them to its checks and its memory estimate (plan.make_plan)."""
-    return [pass_class(spec.name)(spec.config) for spec in recipe.passes]
+    makes them once and hands them to its checks and its memory estimate (plan.make_plan). Each knows
+    its `index` in the recipe's passes (its words name its keys: passes.2.distill.lr)."""
+    passes = [pass_class(spec.name)(spec.config) for spec in recipe.passes]
+    for i, p in enumerate(passes):
+        p.index = i
+    return passes

@@ -44,6 +44,7 @@ class DistillPass(Pass):
     needs_teacher = True
     data_parallel = True
     result_free = NOT_FINGERPRINTED
+    index: int | None = None  # its place in the recipe's passes (build_passes); None: made alone (its keys: distill.KEY)
 
     def check(self, model, adapter) -> None:
         """The keys against `model`, the recipe's teacher as the passes before leave it (a meta copy: its
@@ -93,7 +94,7 @@ class DistillPass(Pass):
         self._check_student(model, ctx.adapter)  # the student: kd_teacher reads the recipe's teacher
         kd = (kd_target(ctx.teacher, ctx.block_map, model, self.config.data == "teacher_samples")
               if self.config.kd_teacher == "base" else None)
-        trainer = _Trainer(self.config, ctx, kd)
+        trainer = _Trainer(self.config, ctx, kd, self.index)
         self.dir = trainer.dir
         model = trainer.fit(model)
         record = ctx.report["distill"]

@@ -55,8 +55,9 @@ class StepLimitReached(TrainingInterrupted):
 
 
 class _Trainer(Checkpoints):
-    def __init__(self, cfg: DistillConfig, ctx: RunContext, kd: KdTarget | None = None):
+    def __init__(self, cfg: DistillConfig, ctx: RunContext, kd: KdTarget | None = None, index: int | None = None):
         self.cfg, self.ctx, self.adapter = cfg, ctx, ctx.adapter
+        self.index = index  # the pass's place in the recipe's passes (None: unknown): its words' keys
         self.kd = kd  # kd_teacher: base: the chain's base distilled toward, in place of ctx.teacher
         # the frozen model the student is distilled toward and measured against, and its block map
         self.target, self.target_map = (kd.teacher, kd.block_map) if kd else (ctx.teacher, ctx.block_map)
@@ -275,15 +276,15 @@ class _Trainer(Checkpoints):
         weights or layers to hold NaN/Inf', or ''), what to change, and what --resume then does: a
         checkpoint resumes only at the lr it was trained with, so at another it is discarded
         (Checkpoints._discard_of_other_keys)."""
-        cfg, root = self.cfg, self.dir / "checkpoints"
-        clip = " or set distill.grad_clip (0 now: no clipping)" if cfg.grad_clip == 0 else ""
+        cfg, root, key = self.cfg, self.dir / "checkpoints", pass_key(self.index)
+        clip = f" or set {key}.grad_clip (0 now: no clipping)" if cfg.grad_clip == 0 else ""
+        kept = resume_keeps(cfg, self.index)
+        change = f"distill: {what}{culprit}; lower {key}.lr ({cfg.lr:g}){clip} and rerun with --resume"
         if not any(root.glob("step-*")):
-            return NumericError(f"distill: {what}{culprit}; lower distill.lr ({cfg.lr:g}){clip} and rerun "
-                                "with --resume (it keeps the passes before it); no checkpoint was written")
+            return NumericError(f"{change}{f' (it keeps {kept})' if kept else ''}; no checkpoint was written")
         # (its checkpoints' weights are finite, _save; at this lr a resumed run takes the same steps again)
-        return NumericError(f"distill: {what}{culprit}; lower distill.lr ({cfg.lr:g}){clip} and rerun with "
-                            "--resume (it keeps the passes before it and the teacher samples, and trains this pass "
-                            f"from its start: it discards {root}, trained at these settings)")
+        return NumericError(f"{change} ({f'it keeps {kept}, and ' if kept else 'it '}trains this pass from its "
+                            f"start: it discards {root}, trained at these settings)")
 
     def _student_trouble(self, kwargs: dict) -> str:
         """': the first weight, else layer output, of the student to hold NaN/Inf' on the step's inputs."""
@@ -311,6 +312,19 @@ class _Trainer(Checkpoints):
                 return (f"the student's prediction after step {self.step} holds NaN/Inf on held-out batch {b} "
                         f"of {len(batches)}", _layer_words(found))
         return f"the student's teacher-relative error after step {self.step} is not finite", ""
+
+
+def pass_key(index: int | None) -> str:
+    """How a distill pass's keys are named: 'passes.2.distill' (two distill passes told apart, as
+    runner_failures' memory hints name them), 'distill' where its place is unknown (a pass made alone)."""
+    return "distill" if index is None else f"passes.{index}.distill"
+
+
+def resume_keeps(cfg: DistillConfig, index: int | None) -> str:
+    """What --resume keeps of a run whose distill pass `index` (None: unknown) stopped, in words: 'the
+    passes before it', 'the teacher samples' (data: teacher_samples), both, or '' (neither)."""
+    kept = ["the passes before it"] if index else []
+    return " and ".join(kept + (["the teacher samples"] if cfg.data == "teacher_samples" else []))
 
 
 def _nonfinite_weight(model) -> str | None:

@@ -36,9 +36,8 @@ def test_a_gradient_that_is_not_finite_stops_before_the_step_and_its_checkpoints
     assert "\n" not in words
     assert words.startswith("distill: non-finite gradient at step 2 (loss "), words
     assert "trained weights hold NaN/Inf, the first pos_embed.proj.weight; lower distill.lr (3) or set " \
-           "distill.grad_clip (0 now: no clipping) and rerun with --resume (it keeps the passes before it and " \
-           "the teacher samples, and trains this pass from its start: it discards " \
-           f"{tmp_path / 'distill' / 'checkpoints'}, trained at these settings)" in words, words
+           "distill.grad_clip (0 now: no clipping) and rerun with --resume (it trains this pass from its start: " \
+           f"it discards {tmp_path / 'distill' / 'checkpoints'}, trained at these settings)" in words, words
     saved = _checkpoint_weights(tmp_path)
     assert list(saved) == ["step-00000001"]
     assert all(torch.isfinite(t).all() for t in saved["step-00000001"].values())
@@ -65,7 +64,7 @@ def test_a_checkpoint_of_weights_that_are_not_finite_is_never_written(tmp_path, 
     monkeypatch.setattr(trainer._Trainer, "_train_step", overflowing)
     teacher = tiny_pixart()
     with pytest.raises(NumericError, match=r"^distill: the student's weight proj_out.weight holds NaN/Inf after "
-                                           r"step 2; lower distill.lr \(0.001\) and rerun with --resume \(it keeps the "):
+                                           r"step 2; lower distill.lr \(0.001\) and rerun with --resume \(it trains "):
         distill(factorize(copy.deepcopy(teacher), rank=2), teacher, tmp_path, steps=4, checkpoint_every=1)
     assert list(_checkpoint_weights(tmp_path)) == ["step-00000001"]
 
@@ -79,7 +78,7 @@ def test_a_loss_that_is_not_finite_names_the_students_first_layer_to_overflow(tm
     words = str(e.value)
     assert words.startswith("distill: non-finite loss at step 2 (task "), words
     assert "'s output is the first to hold NaN/Inf" in words and "; lower distill.lr (1e+30) and rerun with " \
-           "--resume (it keeps the passes before it); no checkpoint was written" in words, words
+           "--resume; no checkpoint was written" in words, words
 
 
 def test_a_student_whose_held_out_prediction_is_not_finite_is_refused_naming_its_layer(tmp_path):
@@ -97,7 +96,7 @@ def test_a_student_whose_held_out_prediction_is_not_finite_is_refused_naming_its
                             "of 1: "), words
     # (runner_setup.locate's words, as the runner's held-out check says them: 'holds NaN/Inf ...: X's output is
     # the first to hold it')
-    assert "'s output is the first to hold it" in words and "; lower distill.lr (1e+06) and rerun with --resume (it keeps " in words
+    assert "'s output is the first to hold it" in words and "; lower distill.lr (1e+06) and rerun with --resume (it trains " in words
 
 
 def test_after_the_refusal_its_words_resume_at_a_lower_lr(tmp_path):
@@ -113,3 +112,56 @@ def test_after_the_refusal_its_words_resume_at_a_lower_lr(tmp_path):
                        checkpoint_every=1, resume=True)
     assert ctx.report["distill"]["steps_done"] == 3 and ctx.report["distill"]["resumed"] == 0  # from its start
     assert all(torch.isfinite(p).all() for p in out.parameters())
+
+
+@pytest.mark.parametrize("index, data, checkpoint, said", [
+    (0, "toy", False, "lower passes.0.distill.lr (1) and rerun with --resume; no checkpoint was written"),
+    (2, "toy", False, "lower passes.2.distill.lr (1) and rerun with --resume (it keeps the passes before it); no "
+                      "checkpoint was written"),
+    (0, "teacher_samples", True, "lower passes.0.distill.lr (1) and rerun with --resume (it keeps the teacher "
+                                 "samples, and trains this pass from its start: it discards {root}, trained at "
+                                 "these settings)"),
+    (1, "teacher_samples", True, "lower passes.1.distill.lr (1) and rerun with --resume (it keeps the passes before "
+                                 "it and the teacher samples, and trains this pass from its start: it discards "
+                                 "{root}, trained at these settings)"),
+    (3, "folder", True, "lower passes.3.distill.lr (1) and rerun with --resume (it keeps the passes before it, and "
+                        "trains this pass from its start: it discards {root}, trained at these settings)"),
+])
+def test_the_divergence_words_name_the_passs_key_and_only_what_resume_keeps(tmp_path, index, data, checkpoint, said):
+    """'lower distill.lr (1e+30) and rerun with --resume (it keeps the passes before it and the teacher
+    samples, ...)' was said of every distill pass: teacher samples with data: toy or folder, passes before it
+    where it is the first, and 'distill.lr' where two distill passes are not told apart. Now the key is
+    passes.N.distill.lr (as the out-of-memory hints name it) and the parenthesis says what --resume keeps."""
+    from types import SimpleNamespace
+
+    from compress.passes.distill_trainer import _Trainer
+
+    folders = dict(latents_dir=str(tmp_path)) if data == "folder" else {}
+    cfg = DistillConfig(lr=1.0, grad_clip=1.0, data=data, **folders)
+    if checkpoint:
+        (tmp_path / "checkpoints" / "step-00000001").mkdir(parents=True)
+    trainer = SimpleNamespace(cfg=cfg, dir=tmp_path, index=index)
+    words = str(_Trainer._diverged(trainer, "non-finite loss at step 2", ""))
+    assert words == f"distill: non-finite loss at step 2; {said.format(root=tmp_path / 'checkpoints')}", words
+
+
+def test_two_distill_passes_of_a_recipe_know_their_places(tmp_path):
+    """build_passes tells each pass its index in the recipe's passes: the words above name its keys."""
+    from compress.passes import build_passes
+    from compress.recipe import parse_recipe
+
+    recipe = parse_recipe("model: pixart\nteacher: toy:pixart\npasses:\n  - distill: {steps: 1}\n"
+                          "  - svd: {ratio: 0.5}\n  - distill: {steps: 1}\n", str(tmp_path / "r.yaml"))
+    assert [p.index for p in build_passes(recipe)] == [0, 1, 2]
+
+
+def test_a_diverging_distill_pass_made_by_the_recipe_names_its_key(tmp_path):
+    """The words of a real divergence, of a pass with its place (as build_passes makes it): passes.1."""
+    teacher = tiny_pixart()
+    ctx = context(teacher, tmp_path)
+    p = DistillPass(DistillConfig(lr=1e30, steps=3, batch_size=4, warmup_steps=0, progress=False, plot=False))
+    p.index = 1
+    with pytest.raises(NumericError) as e:
+        p.run(factorize(copy.deepcopy(teacher), rank=2), ctx)
+    assert "; lower passes.1.distill.lr (1e+30) and rerun with --resume (it keeps the passes before it); no " \
+           "checkpoint was written" in str(e.value), str(e.value)
