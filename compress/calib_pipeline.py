@@ -97,11 +97,16 @@ def rebatch(records: list[dict], batch_size: int, seed: int) -> list[dict]:
     sensitivity_batches) and the output Fisher's probes per batch then see the same mix as all of
     them. Tensors batched along their first dimension are concatenated; the rest (Flux's img_ids
     and txt_ids) must agree across the records of a batch."""
+    return [_concat([records[i] for i in group]) for group in batch_groups(records, batch_size, seed)]
+
+
+def batch_groups(records: list[dict], batch_size: int, seed: int) -> list[list[int]]:
+    """The records (their indices, shuffled with `seed`) each of rebatch's batches joins, in order."""
     if not records:
-        return records
+        return []
     per = max(1, batch_size // records[0]["hidden_states"].shape[0])
     order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
-    return [_concat([records[i] for i in order[k:k + per]]) for k in range(0, len(order), per)]
+    return [order[k:k + per] for k in range(0, len(order), per)]
 
 
 def _concat(group: list[dict]) -> dict:
@@ -182,6 +187,7 @@ class PipelineSource:
         self._left = {"calibration", "heldout"}  # the pipeline (text encoders: GBs) goes after both
         self.cache_dir: Path | None = None  # the runner's: each sampling call's records, on disk
         self._uncond: dict | None = None  # the negative prompt's row (calibration records, CFG)
+        self._held_pairs: list | None = None  # per held-out batch, its branches' rows (heldout_guidance)
 
     @property
     def toy(self) -> bool:
@@ -328,7 +334,29 @@ class PipelineSource:
         rest, seed = self._prompt_sets()["heldout"]
         records = self._run(rest, seed, "held-out")
         self._done("heldout")
-        return rebatch(records, self.calib.batch_size, self.calib.seed + 10_000)
+        batches = rebatch(records, self.calib.batch_size, self.calib.seed + 10_000)
+        self._held_pairs = self._branch_pairs(records, batches)
+        return batches
+
+    def _branch_pairs(self, records: list[dict], batches: list[dict]) -> list | None:
+        """Per held-out batch, (empty prompt's rows, prompt's rows) where the pipeline sampled both CFG
+        branches (each call's record [negative × k; prompt × k]) and every pair holds one input; else None."""
+        from compress.guided import branch_pairs, same_inputs
+
+        if not records or self.guidance() <= 1 or self._single():
+            return None
+        groups = batch_groups(records, self.calib.batch_size, self.calib.seed + 10_000)
+        pairs = [branch_pairs([records[i]["hidden_states"].shape[0] for i in group]) for group in groups]
+        same = len(pairs) == len(batches) and all(same_inputs(b, *p) for b, p in zip(batches, pairs))
+        return pairs if same else None
+
+    def heldout_guidance(self):
+        """How the held-out predictions are guided (guided.HeldOutGuidance), read after `heldout`: at the
+        pipeline's guidance scale, each batch's empty-prompt rows against its prompt's; None where the
+        pipeline sampled one branch (Flux.1-dev, guidance_scale 1, calibration.cfg_branches false)."""
+        from compress.guided import HeldOutGuidance
+
+        return None if self._held_pairs is None else HeldOutGuidance(self.guidance(), pairs=self._held_pairs)
 
     def train_batch(self, batch_size: int, generator: torch.Generator):
         raise UserError("distill.data: toy trains on the toy data, and this run calibrates through a pipeline: "

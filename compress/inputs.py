@@ -72,6 +72,21 @@ class ToySource:
                               split="heldout", cfg=False)
         return _chunks(kwargs, self.calib.batch_size)
 
+    def heldout_guidance(self):
+        """How the held-out predictions are guided (guided.HeldOutGuidance): at the toy pipeline's scale, each
+        held-out batch against its rows with the empty prompt (model_inputs' cfg=True rows [0, n): the same
+        noisy latents and timesteps, as `heldout`'s); None where the recipe calibrates without CFG branches."""
+        from compress.guided import HeldOutGuidance
+        from compress.toy.data import model_inputs
+        from compress.toy.pipeline import DEFAULT_GUIDANCE
+
+        if not self.calib.cfg_branches:
+            return None
+        n = self.calib.heldout_inputs
+        both = model_inputs(self.family, n, seed=self.calib.seed + 1, split="heldout", cfg=True)  # [uncond; cond]
+        uncond = {k: (v[:n] if _batched(k, v, 2 * n) else v) for k, v in both.items()}
+        return HeldOutGuidance(DEFAULT_GUIDANCE, unconditional=_chunks(uncond, self.calib.batch_size))
+
     def unconditional(self) -> dict:
         """The empty prompt's cond kwargs, one row (the toy text encoder's, as its pipeline's CFG)."""
         from compress.distill_data import cond_of, take_rows

@@ -1,8 +1,9 @@
 """`inspect`'s stages: what each pass of the run did to the whole model, as report.json's `stages` records
 it and the model card's stage table words it (report_card.model_card): the teacher's parameters, then per
-pass its parameters after it, their share of the teacher's, its held-out teacher-relative error, and where
-it distilled toward the chain's base (distill.kd_teacher: base), its error against that base. An older
-report's missing field is '-' (null in --json); a report without stages shows none."""
+pass its parameters after it, their share of the teacher's, its held-out teacher-relative error, where the
+run recorded it its guided error (of the classifier-free-guided prediction its pipeline samples with:
+runner_heldout), and where it distilled toward the chain's base (distill.kd_teacher: base), its error
+against that base. An older report's missing field is '-' (null in --json); a report without stages shows none."""
 
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ from compress.report_card import against_base, export_lines
 from compress.report_fit import JSON_OR_WIDER, fitted_rows
 
 TITLE = "stages: each pass's params and its error on held-out inputs"
-COLUMNS = [("stage", "left"), ("params", "right"), ("of teacher", "right"), ("teacher-relative error", "right"),
-           ("against the chain's base", "right")]
+COLUMNS = [("stage", "left"), ("params", "right"), ("of teacher", "right"), ("teacher-relative error", "right")]
+GUIDED, BASE = ("guided error", "right"), ("against the chain's base", "right")  # where recorded
 # where a terminal is too narrow for them all, first to last: the teacher-relative error stays
-LEFT_OUT_FIRST = ("params", "of teacher", "against the chain's base")
+LEFT_OUT_FIRST = ("params", "of teacher", "against the chain's base", "guided error")
 
 
 def stages_record(report: dict) -> dict | None:
     """--json's `stages`: {"teacher": {"source", "params"}, "passes": [{"pass", "params", "of_teacher",
-    "relative_error", and "kd_teacher": {"source", "relative_error"} where recorded}]}, each value as
+    "relative_error", and "guided_error" and "kd_teacher": {"source", "relative_error"} where recorded}]}, each value as
     report.json has it (null where it has none); None where report.json records no stages."""
     stages = report.get("stages")
     if not isinstance(stages, list):
@@ -32,6 +33,7 @@ def stages_record(report: dict) -> dict | None:
         passes.append({"pass": s.get("pass"), "params": params,
                        "of_teacher": params / teacher if teacher and is_number(params) else None,
                        "relative_error": s.get("relative_error"),
+                       **({"guided_error": s["guided_error"]} if "guided_error" in s else {}),
                        **({"kd_teacher": {"source": base.get("source"), "relative_error": base["relative_error"]}}
                           if base else {})})
     return {"teacher": {"source": report.get("teacher"), "params": teacher}, "passes": passes}
@@ -53,19 +55,23 @@ def stage_lines(report: dict, width: int | None) -> list:
 
 def stages_cells(record: dict) -> tuple[list[tuple[str, str]], list[list[str]], str | None]:
     """The columns, rows and caption of the stages of stages_record's `record`: the teacher's row, then a
-    row per pass; the caption names the teacher and the chain's base the errors are against."""
+    row per pass (a guided error's column where a pass recorded one, '-' where another did not); the
+    caption names the teacher and the chain's base the errors are against."""
     bases = list(dict.fromkeys(p["kd_teacher"]["source"] for p in record["passes"] if "kd_teacher" in p))
-    columns = COLUMNS if bases else COLUMNS[:-1]
-    rows = [["teacher", _count(record["teacher"]["params"]), "100.0%" if record["teacher"]["params"] else "-", "-"]]
+    guided = any("guided_error" in p for p in record["passes"])
+    columns = COLUMNS + [GUIDED] * guided + [BASE] * bool(bases)
+    rows = [["teacher", _count(record["teacher"]["params"]), "100.0%" if record["teacher"]["params"] else "-", "-"]
+            + ["-"] * guided]
     for p in record["passes"]:
         rows.append([str(p["pass"] or "-"), _count(p["params"]), _share(p["of_teacher"]),
-                     _error(p["relative_error"])])
+                     _error(p["relative_error"])] + [_error(p.get("guided_error"))] * guided)
     if bases:
         rows[0].append("-")
         for row, p in zip(rows[1:], record["passes"]):
             row.append(_error(p["kd_teacher"]["relative_error"]) if "kd_teacher" in p else "-")
     source = record["teacher"]["source"]
     said = ([f"the teacher: {source}"] if isinstance(source, str) else []) + (
+        ["guided error: of the classifier-free-guided prediction"] if guided else []) + (
         [f"the chain's base: {', '.join(map(str, bases))} (distill.kd_teacher: base)"] if bases else [])
     return columns, rows, "; ".join(said) or None
 

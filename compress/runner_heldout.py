@@ -1,17 +1,23 @@
 """Each stage's held-out error, the run's check of its student against the teacher: measured once the
 stage is saved (check_stage: printed, added to the stage's record and state.json, warned of above 1),
-and on --resume for a kept stage stopped before it was (check_kept)."""
+and on --resume for a kept stage stopped before it was (check_kept). Where the source's pipeline samples
+with classifier-free guidance, beside it the error of the guided prediction (guided_error)."""
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
+
+import torch
 
 from compress.errors import NumericError
+from compress.guided import guided_predictions, relative_distance
+from compress.inputs import moved
 from compress.passes.base import relative_error
-from compress.report import console, warn
+from compress.report import console, is_number, warn
 from compress.report_card import against_base
-from compress.runner_setup import locate
+from compress.runner_setup import DTYPES, locate
 from compress.runner_stages import save_state
 
 
@@ -22,21 +28,67 @@ def check_stage(runner, student, record: dict, reference, heldout, teacher_param
     weights of its own, and warns from them (runner_export.exported_error)."""
     from compress.activation_range import block_names, recording_if, stage_maxima
 
+    guide = guided_reference(runner, reference)  # the teacher's, once (before this stage's clock)
     t0 = time.perf_counter()
     last = runner.recipe.stream and runner.doing == len(runner.passes) - 1
-    with runner.models.forwards(student), recording_if(last, student, runner.adapter) as maxima:
-        err = relative_error(student, reference, runner.adapter, heldout)
-        if not math.isfinite(err):  # (the teacher's reference is checked finite): refused before the export
-            raise NumericError(nonfinite_words(runner, student, heldout))
-    record.update(seconds=round(record["seconds"] + time.perf_counter() - t0, 3), relative_error=err)
+    kept = [] if guide is not None else None  # the student's predictions, guided below
+    with runner.models.forwards(student):
+        with recording_if(last, student, runner.adapter) as maxima:
+            err = relative_error(student, reference, runner.adapter, heldout, kept=kept)
+            if not math.isfinite(err):  # (the teacher's reference is checked finite): refused before the export
+                raise NumericError(nonfinite_words(runner, student, heldout))
+        guided = guided_error(runner, student, kept, guide) if guide is not None else {}
+    record.update(seconds=round(record["seconds"] + time.perf_counter() - t0, 3), relative_error=err, **guided)
     if maxima is not None:
         record.update(stage_maxima(maxima, block_names(student, runner.adapter)))
     save_state(runner, runner.doing)
     console.print(f"  params {record['params']:,} / {teacher_params:,}   teacher-relative error {err:.4g}"
-                  f"{against_base_words(record)}")
+                  f"{guided_words(record)}{against_base_words(record)}")
     if err > 1:
         warn(f"{runner._doing_words()}: the student's teacher-relative error {err:.4g} is above 1: a model "
              "predicting zeros would be closer to the teacher; check this pass's settings")
+
+
+def guided_reference(runner, reference: list) -> tuple | None:
+    """(the source's guided.HeldOutGuidance, the teacher's guided prediction of each held-out batch),
+    computed at the first call and kept on `runner`; None where the source's pipeline samples one branch
+    (ctx.heldout_guidance: Flux.1-dev, synthetic inputs, calibration.cfg_branches false). The toy source's
+    empty-prompt batches are forwards of their own, as many as the held-out ones."""
+    if not hasattr(runner, "held_out_guided"):
+        guidance = runner.ctx.heldout_guidance()
+        if guidance is not None and guidance.unconditional is not None:
+            dtype = DTYPES[runner.recipe.compute_dtype]
+            guidance = replace(guidance, unconditional=[moved(b, runner.device, dtype) for b in guidance.unconditional])
+        runner.held_out_guided = None
+        if guidance is not None:
+            with runner.models.forwards(runner.teacher):
+                runner.held_out_guided = guidance, _guided(runner, runner.teacher, reference, guidance)
+    return runner.held_out_guided
+
+
+def _guided(runner, model, predictions: list, guidance) -> list:
+    """`model`'s guided predictions of the held-out batches from its `predictions` of them (float64), its
+    forwards (the toy source's empty-prompt batches) run as the caller allows them (runner.models.forwards)."""
+    with torch.no_grad():
+        return guided_predictions(predictions, guidance, lambda kw: runner.adapter.predict(model, kw).double())
+
+
+def guided_error(runner, student, predictions: list, guide: tuple) -> dict:
+    """{"guided_error": ||guided(student) − guided(teacher)|| / ||guided(teacher)||} over the held-out batches
+    (guide: guided_reference's), the student's guided from its `predictions`; null, warned of, where its
+    guided prediction holds NaN/Inf (its empty prompt's branch: the prompt's is checked finite first)."""
+    guidance, teacher = guide
+    err = relative_distance(_guided(runner, student, predictions, guidance), teacher)
+    if math.isfinite(err):
+        return {"guided_error": err}
+    warn(f"{runner._doing_words()}: the student's guided prediction (with the empty prompt's branch) holds NaN/Inf")
+    return {"guided_error": None}
+
+
+def guided_words(record: dict) -> str:
+    """What the stage line adds where the stage `record` has a guided error: ' (guided 0.1702)'; else ''."""
+    value = record.get("guided_error")
+    return f" (guided {value:.4g})" if is_number(value) else ""
 
 
 def nonfinite_words(runner, student, heldout: list[dict]) -> str:

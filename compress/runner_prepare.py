@@ -78,6 +78,7 @@ def prepare(runner) -> None:
         # computed on first use, once (pipeline calibration samples the teacher: minutes)
         calibration_inputs=functools.cache(teacher_forwards(runner, src.calibration)),
         eval_inputs=functools.cache(teacher_forwards(runner, src.heldout)),
+        heldout_guidance=getattr(src, "heldout_guidance", lambda: None),  # (after eval_inputs: runner_heldout)
         train_batch=src.train_batch, task_loss=getattr(src, "task_loss", None),
         calibration=runner.recipe.calibration,
         scheduler_config=getattr(src, "scheduler_config", lambda: None),

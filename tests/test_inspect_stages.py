@@ -163,3 +163,22 @@ def test_inspect_json_doc_lists_every_top_level_key():
     named = set(re.findall(r"`(\w+)`", listed.group(1)))
     for block_map in (None, {"blocks": [0, 2]}):
         assert set(json_record([], {}, block_map)) == named
+
+
+def test_inspect_shows_the_guided_error_where_a_stage_recorded_one(tmp_path, capsys):
+    """A run whose source samples with classifier-free guidance records each stage's guided error too
+    (runner_heldout): a column of it, '-' for a stage kept from before it was recorded; --json's passes
+    carry `guided_error` where recorded; a report without any shows no such column."""
+    stages = [{"pass": "svd", "params": 160_000, "relative_error": 0.178},  # kept from an older run
+              {"pass": "distill", "params": 160_000, "relative_error": 0.0652, "guided_error": 0.0913}]
+    report = {"teacher": "toy:pixart", "teacher_params": 200_000, "stages": stages}
+    printed = _inspected(tmp_path, capsys, report)
+    rows = _stage_rows(printed)
+    assert rows == {"teacher": ["200,000", "100.0%", "-", "-"], "svd": ["160,000", "80.0%", "0.178", "-"],
+                    "distill": ["160,000", "80.0%", "0.0652", "0.0913"]}
+    said = " ".join(printed[printed.index("stages: "):].split())
+    assert "guided error" in said and "classifier-free-guided prediction" in said
+    passes = json.loads(_inspected(tmp_path / "json", capsys, report, "--json"))["stages"]["passes"]
+    assert [p.get("guided_error", "absent") for p in passes] == ["absent", 0.0913]
+    plain = _inspected(tmp_path / "plain", capsys, REPORT)
+    assert "guided" not in plain[plain.index("stages: "):]

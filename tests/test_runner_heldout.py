@@ -2,6 +2,7 @@
 the run, naming the pass and the student's first layer to hold NaN/Inf; nothing is exported."""
 
 import pytest
+import torch
 
 from compress.errors import NumericError
 from tests.conftest import tiny_pixart
@@ -32,3 +33,62 @@ def test_a_stage_whose_prediction_is_not_finite_is_refused_naming_its_first_laye
     assert "'s output is the first to hold it" in str(e.value)
     assert str(e.value).endswith("; change its settings and rerun with --resume (it keeps the passes before it)")
     assert not (tmp_path / "out-r").exists()
+
+
+TOY = ("model: {family}\nteacher: toy:{family}\n"
+       "calibration: {{num_prompts: 2, timesteps: 2, batch_size: 4, heldout: 6, cfg_branches: {cfg}}}\n"
+       "passes:\n  - svd: {{targets: [mlp], ratio: 0.5, multiple: 8, fisher: none}}\n")
+
+
+def _direct_guided_error(family: str, out) -> float:
+    """||guided(student) − guided(teacher)|| / ||guided(teacher)|| on the toy source's 6 held-out inputs
+    (seed 1), each model's prediction of [empty prompt; prompt] guided as the toy pipeline guides (scale 3)."""
+    from compress.arch import get_adapter
+    from compress import load_transformer
+    from compress.toy.data import model_inputs
+    from compress.toy.pipeline import DEFAULT_GUIDANCE, guide
+    from compress.toy.weights import load_toy_teacher
+
+    kwargs = model_inputs(family, 6, seed=1, split="heldout", cfg=True)  # (12, ...): [uncond; cond]
+    teacher, student = load_toy_teacher(family), load_transformer(out)
+    adapter = get_adapter(teacher)
+    with torch.no_grad():
+        t, s = (guide(adapter.predict(m, kwargs).double(), DEFAULT_GUIDANCE) for m in (teacher, student))
+    return ((s - t).norm() / t.norm()).item()
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_a_toy_run_with_cfg_branches_records_the_guided_error_beside_the_conditional(tmp_path, family, capsys):
+    """The toy source's held-out inputs hold the prompt's branch alone: a run recorded its conditional error
+    only, though its pipeline samples uncond + 3 (cond − uncond). Now each stage records `guided_error` too
+    (report.json's stages, the stage line), equal to that computed directly; the conditional error is
+    unchanged (measured on the prompt's rows alone); without cfg_branches there is none."""
+    import json
+
+    out = run_recipe(tmp_path, TOY.format(family=family, cfg="true"), "r")
+    stage = json.loads((out / "report.json").read_text())["stages"][-1]
+    assert stage["guided_error"] == pytest.approx(_direct_guided_error(family, out), rel=1e-4)
+    assert stage["guided_error"] != pytest.approx(stage["relative_error"], rel=1e-3)
+    said = "".join(capsys.readouterr())
+    assert f"teacher-relative error {stage['relative_error']:.4g} (guided {stage['guided_error']:.4g})" in said
+    plain = run_recipe(tmp_path, TOY.format(family=family, cfg="false"), "p")
+    unguided = json.loads((plain / "report.json").read_text())["stages"][-1]
+    assert "guided_error" not in unguided and "(guided" not in "".join(capsys.readouterr())
+
+
+def test_a_kept_stage_recorded_before_the_guided_error_resumes_with_none(tmp_path, capsys):
+    """--resume after a run whose stages recorded no guided error (an older dit-compress): the kept pass
+    keeps its record as it was (report.json without its guided_error, inspect's '-'), the pass run again
+    records one."""
+    import json
+
+    two = TOY.format(family="pixart", cfg="true") + "  - svd: {targets: [modulation], ranks: {modulation: 8}, fisher: none}\n"
+    run_recipe(tmp_path, two, "r")
+    for path in (tmp_path / "run-r" / "stages").glob("*/state.json"):
+        state = json.loads(path.read_text())
+        for stage in state["report"]["stages"]:
+            stage.pop("guided_error")
+        path.write_text(json.dumps(state))
+    out = run_recipe(tmp_path, two.replace("modulation: 8", "modulation: 4"), "r", resume=True, overwrite=True)
+    stages = json.loads((out / "report.json").read_text())["stages"]
+    assert "guided_error" not in stages[0] and stages[1]["guided_error"] > 0

@@ -29,14 +29,17 @@ def predictions(model: nn.Module, adapter: Adapter, batches: list[dict]) -> list
 
 @torch.no_grad()
 def relative_error(student: nn.Module, reference: list[torch.Tensor], adapter: Adapter,
-                   batches: list[dict], prefix: Prefix | None = None) -> float:
+                   batches: list[dict], prefix: Prefix | None = None, kept: list | None = None) -> float:
     """||student - teacher|| / ||teacher|| of the final prediction over the batches, against the
     teacher's `predictions` on them (computed once). prefix: a `replay.Prefix` over these batches
-    (the forwards then run only its blocks from `start` on)."""
+    (the forwards then run only its blocks from `start` on). kept: a list each batch's prediction
+    (float64) is appended to (the held-out guided error's, runner_heldout)."""
     num = den = 0.0
     for b, (kw, t) in enumerate(zip(batches, reference)):
         with replaying(prefix, b):
             s = adapter.predict(student, kw).double()
+        if kept is not None:
+            kept.append(s)
         num += (s - t).pow(2).sum().item()
         den += t.pow(2).sum().item()
     return (num / max(den, 1e-300)) ** 0.5
@@ -54,6 +57,9 @@ class RunContext:
     calibration_inputs: Callable[[], list[dict]] | None = None
     # () -> list of held-out forward-kwargs batches for teacher-relative errors
     eval_inputs: Callable[[], list[dict]] | None = None
+    # () -> how the held-out predictions combine into the guided ones the source's pipeline samples with
+    # (guided.HeldOutGuidance), read after eval_inputs; None where it samples one branch (Flux.1-dev, synthetic)
+    heldout_guidance: Callable[[], Any] = lambda: None
     # (batch_size, generator) -> (clean latents, cond kwargs) for training (distillation)
     train_batch: Callable[[int, torch.Generator], tuple[torch.Tensor, dict]] | None = None
     # (model, clean latents, cond, generator) -> (loss, forward kwargs): the teacher's own training
