@@ -236,11 +236,14 @@ def statistics_change(state: dict, passes, i: int) -> list[str]:
     """["dit-compress's statistics 2, now 3"] where the stage of pass i (its `state`) holds what a pass up to
     it (of `passes`) made of block statistics it measured (`Pass.measures_statistics`: an svd pass's factors)
     under another STATS_VERSION (STATISTICS) than this dit-compress's, which reads back none of them: --resume
-    keeps it no more than a stage of another calibration; [] where not, or the stage records none."""
-    was = state.get(STATISTICS)
-    if not isinstance(was, int) or not any(getattr(p, "measures_statistics", False) for p in list(passes)[:i + 1]):
+    keeps it no more than a stage of another calibration; likewise where neither the stage nor its run's
+    record says which (an older dit-compress's: `read_state`), as it may be another ('... not recorded by
+    the older dit-compress that wrote it, now 3'); [] where not."""
+    if not any(getattr(p, "measures_statistics", False) for p in list(passes)[:i + 1]):
         return []
-    now = statistics_version()
+    was, now = state.get(STATISTICS), statistics_version()
+    if not isinstance(was, int):
+        return [f"{STATISTICS_OF} not recorded by the older dit-compress that wrote it, now {now}"]
     return [] if was == now else [f"{STATISTICS_OF} {was}, now {now}"]
 
 

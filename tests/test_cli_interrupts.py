@@ -105,12 +105,13 @@ def test_an_interrupt_before_the_run_offers_resume_only_for_this_recipes_work(mo
     import importlib
     import json
 
+    from compress.calib_stats import STATS_VERSION
     from compress.recipe import parse_recipe
 
     saved = parse_recipe(RECIPE.format(ratio=saved_ratio).replace("false", progress), "r.yaml").raw
     stage = tmp_path / "runs" / "r" / "stages" / "0-svd"
     stage.mkdir(parents=True)
-    (stage / "state.json").write_text(json.dumps({"recipe": saved}))
+    (stage / "state.json").write_text(json.dumps({"recipe": saved, "statistics": STATS_VERSION}))  # (svd: as measured)
     (tmp_path / "r.yaml").write_text(RECIPE.format(ratio=0.5))
     monkeypatch.chdir(tmp_path)
 

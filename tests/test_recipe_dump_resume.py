@@ -118,12 +118,13 @@ def test_a_toy_sources_fingerprint_still_holds_its_prompt_keys():
 def test_a_stage_that_records_no_inputs_compares_the_prompt_keys():
     """A stage of a run folder written before the prompts read were recorded (no `inputs`) cannot have
     them compared apart: there --resume compares the recipe's prompts, as it did."""
+    from compress.calib_stats import STATS_VERSION
     from compress.runner_resume import reusable_stage
 
     recipe = parse_recipe(PIPELINE.format(calibration="  prompts: [a, b]\n"), "r.yaml")
     other = parse_recipe(PIPELINE.format(calibration="  prompts: [a, c]\n"), "r.yaml")
     passes = build_passes(recipe)
-    recorded = {"recipe": recipe.raw, "inputs": _inputs(["a", "b"])}
+    recorded = {"recipe": recipe.raw, "inputs": _inputs(["a", "b"]), "statistics": STATS_VERSION}
     assert reusable_stage([(0, recorded)], other.raw, passes) == (0, [])  # inputs_change names it
     older = {"recipe": recipe.raw}
     assert reusable_stage([(0, older)], other.raw, passes) == (None, [(0, ["calibration.prompts.1"])])

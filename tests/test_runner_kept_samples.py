@@ -67,9 +67,11 @@ def test_a_refused_rerun_names_the_samples_of_the_fingerprint_written_last(tmp_p
     stats.parent.mkdir(parents=True)
     stats.write_bytes(b"")
     os.utime(stats, (3000, 3000))  # the svd pass of the teacher whose samples are "aaaa" ran last
+    from compress.calib_stats import STATS_VERSION
+
     stage = tmp_path / "stages" / "0-svd"
     stage.mkdir(parents=True)
-    (stage / "state.json").write_text(json.dumps({"recipe": recipe.raw}))
+    (stage / "state.json").write_text(json.dumps({"recipe": recipe.raw, "statistics": STATS_VERSION}))
     with pytest.raises(UserError) as e:
         check_run_folder(tmp_path, recipe.raw, build_passes(recipe))
     assert str(e.value) == (f"{tmp_path} holds an interrupted run of this recipe (1 of 2 passes done, teacher samples "

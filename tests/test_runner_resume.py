@@ -269,6 +269,7 @@ def test_resume_says_which_pass_it_continues_after_numbered_from_one():
 def test_reusable_stage_is_the_latest_saved_for_this_recipe():
     """--resume continues from the latest stage whose recipe agrees as far as its passes go, passing
     over later stages of another recipe (with what differs); an unreadable state is passed over."""
+    from compress.calib_stats import STATS_VERSION
     from compress.runner_resume import passed_over_in_words, reusable_stage
 
     base = ("model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {targets: [mlp], ratio: 0.5}\n"
@@ -276,7 +277,7 @@ def test_reusable_stage_is_the_latest_saved_for_this_recipe():
     then = parse_recipe(base, "r.yaml")
     now = parse_recipe(base, "r.yaml", ["passes.1.svd.ratio=0.4"])
     passes = build_passes(now)
-    stages = [(0, {"recipe": then.raw}), (1, {"recipe": then.raw}), (2, {"recipe": then.raw})]
+    stages = [(i, {"recipe": then.raw, "statistics": STATS_VERSION}) for i in range(3)]
     assert reusable_stage(stages, then.raw, passes) == (2, [])
     k, skipped = reusable_stage(stages, now.raw, passes)
     assert k == 0 and [i for i, _ in skipped] == [2, 1]

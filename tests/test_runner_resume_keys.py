@@ -1,6 +1,7 @@
 """What the calibration caches are keyed by and what --resume compares (compress/runner_resume.py)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -281,3 +282,49 @@ def test_a_rerun_of_a_run_stopped_after_an_svd_stage_of_other_statistics_says_so
             f"now {was + 1}; 1 of 2 passes done") in said, said
     assert said.endswith("add --restart to discard it and start over, or choose another --run-dir"), said
     assert "add --resume to continue" not in said
+
+
+def _unrecorded_statistics(run_dir) -> None:
+    """The run folder as a dit-compress before stages recorded their statistics version, and before its
+    run record's calibration did ('0.1.0 (statistics 3)'), wrote it."""
+    from compress.runner_measured import CALIBRATED
+
+    for state in Path(run_dir).glob("stages/*/state.json"):
+        saved = json.loads(state.read_text())
+        saved.pop("statistics")
+        state.write_text(json.dumps(saved))
+    record_file = Path(run_dir) / "stages" / "run.json"
+    record = json.loads(record_file.read_text())
+    record[CALIBRATED]["version"] = record[CALIBRATED]["version"].split(" (statistics")[0]
+    record_file.write_text(json.dumps(record))
+
+
+def test_resume_keeps_no_svd_stage_whose_statistics_nothing_records(finished, capsys):
+    """A stage of an older dit-compress whose run record does not say its statistics version either was
+    kept unchecked ('its only pass (svd) was done: writing the output again'), though it may have been made
+    of statistics this version measures otherwise: said and not kept, the passes before it kept."""
+    from compress.cli import main
+    import compress.calib_stats as calib_stats
+
+    args = finished("  - remove_blocks: {blocks: {blocks: [0]}}\n" + SVD_PASS)
+    _unrecorded_statistics(args[-1])
+    assert main([*args, "--resume", "--overwrite"]) == 0
+    said = _said(capsys)
+    assert "resuming after pass 1/2 (remove_blocks)" in said, said
+    assert ("the saved pass 2 was measured with other statistics (dit-compress's statistics not recorded by the older "
+            f"dit-compress that wrote it, now {calib_stats.STATS_VERSION}): not kept") in said, said
+    assert "pass 2/2: svd" in said, said
+
+
+def test_resume_keeps_the_stages_of_another_dit_compress_version_of_the_same_statistics(finished, monkeypatch,
+                                                                                       capsys):
+    """A new release alone (compress.__version__, the statistics version as it was) keeps the stages, as
+    RUNS.md says: they hold what the recipe and the statistics determine (not a behaviour change: this
+    pins the decision)."""
+    import compress
+    from compress.cli import main
+
+    args = finished(SVD_PASS)
+    monkeypatch.setattr(compress, "__version__", compress.__version__ + ".post1")
+    assert main([*args, "--resume", "--overwrite"]) == 0
+    assert "its only pass (svd) was done: writing the output again" in _said(capsys)
