@@ -22,7 +22,7 @@ from compress.calib_store import disk_is_full
 from compress.distill_utils import write_curves
 from compress.errors import UserError
 from compress.passes.distill_resume import (DISCARDED, NOT_FINGERPRINTED, ONCE_FINGERPRINTED, calibration_settings,
-                                            newest_meta, of_other_keys, setting_changes)
+                                            newest_meta, of_other_keys, older_defaults, setting_changes)
 
 
 class Checkpoints:
@@ -44,12 +44,18 @@ class Checkpoints:
     def _fingerprint(self, meta: dict | None = None) -> str:
         """Of `_settings`; as an older dit-compress took it for a checkpoint whose `meta` records no
         calibration, or was hashed with a key now result-free (ONCE_FINGERPRINTED: the value its meta
-        records; the recipe's where it records no settings): it keeps resuming."""
+        records; the recipe's where it records no settings), or before a distill key was added (one it does
+        not record, left out where the recipe has it at its default: older_defaults): it keeps resuming."""
         settings = self._settings()
         if meta is not None:
             then = meta.get("settings")
             if "calibration" not in (then or {}):
                 settings.pop("calibration", None)
+            if isinstance(then, dict):
+                now = json.loads(json.dumps(settings, default=str))  # as meta.json holds them
+                for key, default in older_defaults(then, now).items():
+                    if now[key] == default:
+                        settings.pop(key)
             for key in ONCE_FINGERPRINTED:
                 if not isinstance(then, dict):
                     settings[key] = getattr(self.cfg, key)

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 import torch
 
 from compress.errors import UserError
+from compress.passes.distill_config import DistillConfig
 
 # config keys that do not change the result (left out of the checkpoint fingerprint)
 NOT_FINGERPRINTED = ("max_steps_this_run", "checkpoint_every", "keep_checkpoints", "progress", "plot",
@@ -62,14 +63,26 @@ def _calibration_words(then, now) -> str:
             "its teacher samples are of other inputs")
 
 
+def older_defaults(then: dict, now: dict) -> dict:
+    """The distill keys `now` holds that a checkpoint's recorded settings `then` lack (its dit-compress had
+    no such key yet), each at its DistillConfig default as meta.json holds it: what that checkpoint was
+    trained with, so it compares at that value (setting_changes, of_other_keys, Checkpoints._fingerprint),
+    not as None."""
+    missing = {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(DistillConfig)
+               if f.name in now and f.name not in then}
+    return json.loads(json.dumps(missing, default=str))
+
+
 def setting_changes(meta: dict, now: dict) -> str:
     """The settings a checkpoint's meta.json records that differ from `now`, in words; what they may
-    be where it records none (an older dit-compress)."""
+    be where it records none (an older dit-compress). A distill key it does not record is compared at
+    its default (older_defaults)."""
     then = meta.get("settings")
     if then is None:
         return (f"config, seed, block map, process count: {meta['processes']}, or another incoming student; "
                 "this checkpoint does not record which")
     now = json.loads(json.dumps(now, default=str))  # as meta.json holds them
+    then = {**older_defaults(then, now), **then}
     words = []
     for key in sorted(set(then) | set(now)):
         if (then.get(key) == now.get(key) or (key == "calibration" and key not in then)  # (older: compared as before)
@@ -134,10 +147,12 @@ def of_other_keys(then, now: dict, keys) -> bool:
     """Whether a checkpoint's recorded settings `then` differ from `now` (`Checkpoints._settings`) in
     the distill config `keys` alone (a `--set passes.N.distill.lr=...`), which --resume answers by
     training the pass from its start, as it does a pass after a changed one; not where the seed,
-    calibration, block map, process count or incoming student differ too, or nothing is recorded."""
+    calibration, block map, process count or incoming student differ too, or nothing is recorded. A
+    distill key `then` does not record is compared at its default (older_defaults)."""
     if not isinstance(then, dict):
         return False
     now = json.loads(json.dumps(now, default=str))  # as meta.json holds them
+    then = {**older_defaults(then, now), **then}
     if "calibration" not in then:  # an older checkpoint's: compared without it (_fingerprint)
         now.pop("calibration", None)
     rest = [{k: v for k, v in s.items() if k not in {*keys, *ONCE_FINGERPRINTED}} for s in (then, now)]

@@ -225,3 +225,36 @@ def test_an_older_checkpoint_of_another_lr_is_discarded_in_words_of_the_lr_alone
     then, now = {"lr": 1e-3, "gradient_checkpointing": False, "seed": 0}, {"lr": 2e-3, "seed": 0}
     assert setting_changes({"settings": then}, now) == "distill.lr: 0.001 in the checkpoint, 0.002 now"
     assert of_other_keys(then, now, {"lr"})
+
+
+@pytest.mark.parametrize("key, now, resumes", [("kd_teacher", "teacher", True), ("min_lr_ratio", 0.1, True),
+                                               ("min_lr_ratio", 0.2, False)])
+def test_a_checkpoint_older_than_a_distill_key_compares_it_at_its_default(tmp_path, capsys, key, now, resumes):
+    """A checkpoint whose meta.json predates a distill key (kd_teacher, stop 44) was 'trained with other
+    settings (distill.kd_teacher: None in the checkpoint, 'teacher' now)' and set aside on --resume, its
+    training lost. Now a key it does not record compares at its default: one the recipe leaves there
+    resumes; one set otherwise is still set aside, said against the default."""
+    import copy
+    import hashlib
+    import json
+
+    from compress.passes.distill_config import DistillConfig
+    from tests.passes.distill_helpers import distill
+
+    student, teacher = _stopped_at_4_of_6(tmp_path / "run")
+    checkpoints = tmp_path / "run" / "distill" / "checkpoints"
+    for meta_file in checkpoints.glob("step-*/meta.json"):  # as written before `key` was added
+        meta = json.loads(meta_file.read_text())
+        del meta["settings"][key]
+        meta["fingerprint"] = hashlib.sha256(json.dumps(meta["settings"], sort_keys=True).encode()).hexdigest()[:16]
+        meta_file.write_text(json.dumps(meta))
+    capsys.readouterr()
+    _, ctx = distill(copy.deepcopy(student), teacher, tmp_path / "run", steps=6, checkpoint_every=1, resume=True,
+                     **{key: now})
+    said = "".join(capsys.readouterr()).replace("\n", " ")
+    assert (ctx.report["distill"]["resumed"] == 1) == resumes, said
+    if resumes:
+        assert "other settings" not in said
+    else:
+        assert (f"distill: checkpoint {checkpoints / 'step-00000004'} was trained with other settings (distill.{key}: "
+                f"{getattr(DistillConfig(), key)!r} in the checkpoint, {now!r} now): --resume moves ") in said, said
