@@ -48,7 +48,14 @@ def main() -> None:
               f"{r['fd']:>8.1f}{r['mmd']:>9.4f}{r['psnr_vs_teacher']:>9.1f}{r['pred_rel_error']:>10.3f}")
     for family, *_, stages in rows:  # the run's own held-out teacher-relative error after each pass
         print(f"toy-{family}.yaml after each pass: "
-              + " -> ".join(f"{s['pass']} {s['relative_error']:.4f} ({s['seconds']:.0f} s)" for s in stages))
+              + " -> ".join(f"{s['pass']} {s['relative_error']:.4f}{_guided(s)} ({s['seconds']:.0f} s)"
+                            for s in stages))
+
+
+def _guided(stage: dict) -> str:
+    """' guided 0.2243' where the stage recorded its guided error (runner_heldout), else ''."""
+    g = stage.get("guided_error")
+    return "" if g is None else f" guided {g:.4f}"
 
 
 if __name__ == "__main__":
