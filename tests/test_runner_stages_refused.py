@@ -16,15 +16,18 @@ TWO_SVD = ("  - svd: {targets: [attention], ratio: 0.5, multiple: 2, fisher: non
            "  - svd: {targets: [mlp], ratio: 0.5, multiple: 2, fisher: none}\n")
 
 
-def _second_svd_pass_nan(monkeypatch) -> list:
+def _second_svd_pass_nan(monkeypatch, finite: bool = False) -> list:
     """SVDPass.run counted (the list returned); its second call hands on a student whose (resident)
-    output layer holds NaN, as a pass that diverged would."""
+    output layer holds NaN, as a pass that diverged would (`finite`: whose block 1 modulates by 1e38,
+    finite weights whose prediction overflows)."""
     real, ran = svd.SVDPass.run, []
 
     def run(self, model, ctx):
         ran.append(1)
         model = real(self, model, ctx)
-        if len(ran) == 2:
+        if len(ran) == 2 and finite:
+            model.transformer_blocks[1].scale_shift_table.data[:] = 1e38
+        elif len(ran) == 2:
             model.proj_out.weight.data[:] = float("nan")
         return model
     monkeypatch.setattr(svd.SVDPass, "run", run)
@@ -81,3 +84,34 @@ def test_a_streamed_run_keeps_the_stage_before_a_refused_one(tmp_path, monkeypat
     assert ran == [1]
     assert _stages(run_dir) == ["1-svd"]  # once checked, the stage before it goes (one copy of the student)
     assert (tmp_path / "out-s").is_dir()
+
+
+def test_a_kept_stage_refused_by_its_check_on_resume_is_deleted_too(tmp_path, monkeypatch):
+    """A run stopped during the held-out check of a stage whose prediction overflows: --resume measures it
+    (runner_heldout.check_kept) and refuses it; that stage was kept, so every --resume did the same. (A stage
+    of NaN weights that old code kept was worse: --resume refused it as damaged and said to --restart.)"""
+    import compress.runner_heldout
+
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    text = SIMPLE.format(teacher=tmp_path / "teacher", passes=TWO_SVD)
+    real, checks = compress.runner_heldout.relative_error, []
+
+    def check_then_stop(*args, **kwargs):
+        checks.append(1)
+        if len(checks) == 2:  # pass 2's
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    with monkeypatch.context() as m:
+        _second_svd_pass_nan(m, finite=True)
+        m.setattr(compress.runner_heldout, "relative_error", check_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            run_recipe(tmp_path, text, "r")
+    run_dir = tmp_path / "run-r"
+    assert _stages(run_dir) == ["0-svd", "1-svd"]
+    with pytest.raises(NumericError, match=r"pass 2/2 \(svd\): the student's prediction holds NaN/Inf"):
+        run_recipe(tmp_path, text, "r", resume=True)
+    assert _stages(run_dir) == ["0-svd"]
+    with monkeypatch.context() as m:
+        ran = _counted(m)
+        run_recipe(tmp_path, text, "r", resume=True)
+    assert ran == [1]
