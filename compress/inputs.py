@@ -284,7 +284,7 @@ def teacher_at(calib, teacher_source: str) -> str:
 def check_pipeline_packages(recipe, teacher_source: str | None = None) -> None:
     """Before the teacher is loaded (a Hugging Face teacher downloads GBs first): a recipe that
     samples in a real pipeline needs the pipelines extra. teacher_source: `--teacher`, if given."""
-    from compress.io import looks_local
+    from compress.io_source import looks_local
     from compress.pipeline_folder import toy_pipeline
 
     source = teacher_source or recipe.teacher

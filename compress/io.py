@@ -19,7 +19,6 @@ import torch
 from safetensors import SafetensorError as SafetensorsError
 from torch import nn
 
-from compress import io_source
 from compress.arch import family_of_class, get_adapter
 from compress.errors import UserError
 from compress.io_tensors import one_line, read_state_dict, unreadable
@@ -86,11 +85,6 @@ def load_teacher(source, dtype: torch.dtype | str | None = torch.float32, config
     if kind == "file":
         return _load_file(path, dtype, config, family, where, named)
     return _load_hub(source, dtype, where)
-
-
-# a path rather than a Hub id: io_source's (no torch, so that output_names says a local output is not there
-# before torch's start-up), imported from here too
-looks_local = io_source.looks_local
 
 
 GIVE_TEACHER = "pass its teacher with --teacher"  # check_same_architecture's way out (eval, bench)
