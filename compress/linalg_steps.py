@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from compress.errors import NumericError
-from compress.linalg import _F64, _eigh_desc, _label, _sym, _to64, _tol
+from compress.linalg_checks import F64, eigh_desc, layer_label, rank_tol, sym, to64
 
 
 def kfac_step(moment: torch.Tensor, gram: torch.Tensor, out_inverse: torch.Tensor,
@@ -27,15 +27,15 @@ def kfac_step(moment: torch.Tensor, gram: torch.Tensor, out_inverse: torch.Tenso
     (K-FAC) quadratic model of a loss in the weight change Δ, given the model's gradient M (out, in),
     the inverse output curvature A⁻¹ (out, out) and the input Gram G (in, in).
     λ = gram_damping · mean eigenvalue of G keeps directions the inputs barely excite near Δ = 0."""
-    m = _to64(moment, "gradient", name)  # (out, in)
-    g = _sym(_to64(gram, "gram", name))  # (in, in)
-    a_inv = _to64(out_inverse, "inverse curvature", name)  # (out, out)
+    m = to64(moment, "gradient", name)  # (out, in)
+    g = sym(to64(gram, "gram", name))  # (in, in)
+    a_inv = to64(out_inverse, "inverse curvature", name)  # (out, out)
     if g.shape != (m.shape[1], m.shape[1]) or a_inv.shape != (m.shape[0], m.shape[0]):
-        raise ValueError(f"{_label(name)}: gradient {tuple(m.shape)}, Gram {tuple(g.shape)} and inverse "
+        raise ValueError(f"{layer_label(name)}: gradient {tuple(m.shape)}, Gram {tuple(g.shape)} and inverse "
                          f"curvature {tuple(a_inv.shape)} do not fit together")
     step = -(a_inv @ _damped_solve(m, g, gram_damping, "gram_damping", "K-FAC step", name))
     if not torch.isfinite(step).all():
-        raise NumericError(f"{_label(name)}: non-finite K-FAC step")
+        raise NumericError(f"{layer_label(name)}: non-finite K-FAC step")
     return step
 
 
@@ -48,11 +48,11 @@ def _damped_solve(m: torch.Tensor, g: torch.Tensor, damping: float, key: str, wh
     lam = damping * float(torch.diagonal(g).sum()) / g.shape[0]
     if lam <= 0:
         return torch.zeros_like(m)
-    eye = torch.eye(g.shape[0], dtype=_F64, device=g.device)
+    eye = torch.eye(g.shape[0], dtype=F64, device=g.device)
     try:
         return torch.linalg.solve(g + lam * eye, m.T).T
     except RuntimeError as exc:
-        raise NumericError(f"{_label(name)}: the {what}'s solve failed ({exc})") from exc
+        raise NumericError(f"{layer_label(name)}: the {what}'s solve failed ({exc})") from exc
 
 
 def asymmetric_step(weight: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, damping: float = 1e-2,
@@ -63,15 +63,15 @@ def asymmetric_step(weight: torch.Tensor, gram: torch.Tensor, cross: torch.Tenso
     outputs from the inputs the student actually feeds the layer (asymmetric calibration, as GPTAQ
     does for quantization). Whitened truncation of W + Δ on G is then the rank-r optimum of the first
     term (up to λ). C = G (no upstream change) gives Δ = 0."""
-    w = _to64(weight, "weight", name)  # (out, in)
-    g = _sym(_to64(gram, "gram", name))  # (in, in)
-    c = _to64(cross, "cross term", name)  # (in, in)
+    w = to64(weight, "weight", name)  # (out, in)
+    g = sym(to64(gram, "gram", name))  # (in, in)
+    c = to64(cross, "cross term", name)  # (in, in)
     if g.shape != (w.shape[1], w.shape[1]) or c.shape != g.shape:
-        raise ValueError(f"{_label(name)}: weight {tuple(w.shape)}, Gram {tuple(g.shape)} and cross term "
+        raise ValueError(f"{layer_label(name)}: weight {tuple(w.shape)}, Gram {tuple(g.shape)} and cross term "
                          f"{tuple(c.shape)} do not fit together")
     step = _damped_solve(w @ (c - g), g, damping, "damping", "asymmetric step", name)
     if not torch.isfinite(step).all():
-        raise NumericError(f"{_label(name)}: non-finite asymmetric step")
+        raise NumericError(f"{layer_label(name)}: non-finite asymmetric step")
     return step
 
 
@@ -89,7 +89,7 @@ def centered_asymmetric_step(weight: torch.Tensor, gram: torch.Tensor, cross: to
     truncation W' of W + Δ on G_c, with bias shift W μ − W' μ̃ = (W + Δ − W') μ̃ + offset."""
     g_c, c_c, mean, ref_mean = centered_moments(gram, cross, total, ref_total, rows, name)
     step = asymmetric_step(weight, g_c, c_c, damping, name)  # (out, in)
-    w = _to64(weight, "weight", name)
+    w = to64(weight, "weight", name)
     offset = w @ ref_mean - (w + step) @ mean  # (out,)
     return step, offset
 
@@ -98,13 +98,13 @@ def centered_moments(gram: torch.Tensor, cross: torch.Tensor, total: torch.Tenso
                      rows: int, name: str | None = None):
     """(G_c, C_c, μ̃, μ) from the raw sums over n paired rows (see `centered_asymmetric_step`):
     G_c = G − n μ̃μ̃ᵀ (in, in), C_c = C − n μ μ̃ᵀ (in, in), the student's and the reference's means."""
-    g = _sym(_to64(gram, "gram", name))  # (in, in)
-    c = _to64(cross, "cross term", name)  # (in, in)
+    g = sym(to64(gram, "gram", name))  # (in, in)
+    c = to64(cross, "cross term", name)  # (in, in)
     n = max(int(rows), 1)
-    mean = _to64(total, "input sum", name) / n  # (in,)
-    ref_mean = _to64(ref_total, "reference input sum", name) / n  # (in,)
+    mean = to64(total, "input sum", name) / n  # (in,)
+    ref_mean = to64(ref_total, "reference input sum", name) / n  # (in,)
     if mean.shape != (g.shape[0],) or ref_mean.shape != mean.shape:
-        raise ValueError(f"{_label(name)}: Gram {tuple(g.shape)}, input sum {tuple(mean.shape)} and "
+        raise ValueError(f"{layer_label(name)}: Gram {tuple(g.shape)}, input sum {tuple(mean.shape)} and "
                          f"reference sum {tuple(ref_mean.shape)} do not fit together")
     g_c = g - n * torch.outer(mean, mean)  # Σ (x̃ − μ̃)(x̃ − μ̃)ᵀ
     c_c = c - n * torch.outer(ref_mean, mean)  # Σ (x − μ)(x̃ − μ̃)ᵀ
@@ -123,20 +123,20 @@ def asymmetric_excess(weight: torch.Tensor, gram: torch.Tensor, cross: torch.Ten
     there bᵢ → 0 and both sides cost nothing; and bᵢ is stable as λᵢ → 0 since
     ‖(C − G) qᵢ‖ ≤ √λᵢ ‖X − X̃‖ (Cauchy–Schwarz). Centered targets pass G_c, C_c (`centered_moments`):
     with a free bias the best one is W μ − A μ̃, and what is left is this objective."""
-    w = _to64(weight, "weight", name)  # (out, in)
-    g = _sym(_to64(gram, "gram", name))  # (in, in)
-    c = _to64(cross, "cross term", name)  # (in, in)
-    a = _to64(approx, "approximation", name)  # (out, in)
+    w = to64(weight, "weight", name)  # (out, in)
+    g = sym(to64(gram, "gram", name))  # (in, in)
+    c = to64(cross, "cross term", name)  # (in, in)
+    a = to64(approx, "approximation", name)  # (out, in)
     if g.shape != (w.shape[1], w.shape[1]) or c.shape != g.shape or a.shape != w.shape:
-        raise ValueError(f"{_label(name)}: weight {tuple(w.shape)}, Gram {tuple(g.shape)}, cross term "
+        raise ValueError(f"{layer_label(name)}: weight {tuple(w.shape)}, Gram {tuple(g.shape)}, cross term "
                          f"{tuple(c.shape)} and approximation {tuple(a.shape)} do not fit together")
-    vals, vecs = _eigh_desc(g, "the student's input Gram", name)
-    keep = vals > _tol(vals, g.shape[0])
+    vals, vecs = eigh_desc(g, "the student's input Gram", name)
+    keep = vals > rank_tol(vals, g.shape[0])
     q, root_vals = vecs[:, keep], vals[keep].sqrt()  # (in, k), (k,)
     b = (w @ (c @ q)) / root_vals  # (out, k): W* G^{1/2} in the basis q
     fit = (a @ q) * root_vals  # (out, k): A G^{1/2}
     if root is not None:
-        r = _to64(root, "output weighting", name)  # (out, out)
+        r = to64(root, "output weighting", name)  # (out, out)
         b, fit = r @ b, r @ fit
     s = torch.linalg.svdvals(b) if b.numel() else b.new_zeros(0)  # descending
     return float(((fit - b) ** 2).sum()), float((s[rank:] ** 2).sum())
