@@ -273,11 +273,14 @@ def _teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: s
         batches = [moved(b, device, dtype) for b in src.heldout()]
         reference = predictions(teacher, adapter, batches)
         check_reference(reference, recipe.compute_dtype, lambda b: locate(teacher, adapter, batches[b]))
+        guide = _teacher_guided(src, adapter, teacher, reference, device, dtype)
     _note_computed_wider(out, recipe, report)
     with models.forwards(student), status("eval: the student's, block by block"):
-        error = relative_error(student, reference, adapter, batches)
+        kept = [] if guide is not None else None
+        error = relative_error(student, reference, adapter, batches, kept=kept)
         check_error(error, student, adapter, batches, recipe.compute_dtype)
-    return {"family": adapter.family, "pred_rel_error": error, "streamed": True}
+        guided = _guided_result(adapter, student, kept, guide)
+    return {"family": adapter.family, "pred_rel_error": error, **guided, "streamed": True}
 
 
 def _teacher_relative(model, teacher, source: str, out: Path) -> dict:
@@ -304,12 +307,36 @@ def _teacher_relative(model, teacher, source: str, out: Path) -> dict:
         batches = [moved(b, device, teacher.dtype) for b in src.heldout()]
         reference = predictions(teacher, adapter, batches)
         check_reference(reference, recipe.compute_dtype, lambda b: locate(teacher, adapter, batches[b]))
+        guide = _teacher_guided(src, adapter, teacher, reference, device, teacher.dtype)
     model = cast(model, device, teacher.dtype)  # the export's dtype (often bf16) computed like the teacher
     _note_computed_wider(out, recipe, report)
     with status("eval: the model's"):
-        error = relative_error(model, reference, adapter, batches)
+        kept = [] if guide is not None else None
+        error = relative_error(model, reference, adapter, batches, kept=kept)
         check_error(error, model, adapter, batches, recipe.compute_dtype)
-    return {"family": adapter.family, "pred_rel_error": error}
+        guided = _guided_result(adapter, model, kept, guide)
+    return {"family": adapter.family, "pred_rel_error": error, **guided}
+
+
+def _teacher_guided(src, adapter, teacher, reference: list, device, dtype) -> tuple | None:
+    """Where the run's held-out inputs are guided as its check guides them (the source's heldout_guidance,
+    read after its heldout(): a pipeline sampling both CFG branches), (guided.HeldOutGuidance, the teacher's
+    guided predictions of them), as runner_heldout.guided_reference; else None."""
+    from compress.runner_heldout import guided_of, source_guidance
+
+    guidance = source_guidance(getattr(src, "heldout_guidance", lambda: None), device, dtype)
+    return None if guidance is None else (guidance, guided_of(adapter, teacher, reference, guidance))
+
+
+def _guided_result(adapter, model, kept: list | None, guide: tuple | None) -> dict:
+    """eval's figures beside pred_rel_error where the held-out inputs are guided (guide: _teacher_guided's):
+    guided_error, the run's check's guided error of the model (its `kept` predictions), and the guidance
+    scale it is at; {} where they are not."""
+    from compress.runner_heldout import guided_distance
+
+    if guide is None:
+        return {}
+    return {"guided_error": guided_distance(adapter, model, kept, guide), "guidance": guide[0].scale}
 
 
 def _note_computed_wider(out: Path, recipe, report: dict) -> None:

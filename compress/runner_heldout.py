@@ -55,30 +55,44 @@ def guided_reference(runner, reference: list) -> tuple | None:
     (ctx.heldout_guidance: Flux.1-dev, synthetic inputs, calibration.cfg_branches false). The toy source's
     empty-prompt batches are forwards of their own, as many as the held-out ones."""
     if not hasattr(runner, "held_out_guided"):
-        guidance = runner.ctx.heldout_guidance()
-        if guidance is not None and guidance.unconditional is not None:
-            dtype = DTYPES[runner.recipe.compute_dtype]
-            guidance = replace(guidance, unconditional=[moved(b, runner.device, dtype) for b in guidance.unconditional])
+        guidance = source_guidance(runner.ctx.heldout_guidance, runner.device, DTYPES[runner.recipe.compute_dtype])
         runner.held_out_guided = None
         if guidance is not None:
             with runner.models.forwards(runner.teacher):
-                runner.held_out_guided = guidance, _guided(runner, runner.teacher, reference, guidance)
+                runner.held_out_guided = guidance, guided_of(runner.adapter, runner.teacher, reference, guidance)
     return runner.held_out_guided
 
 
-def _guided(runner, model, predictions: list, guidance) -> list:
+def source_guidance(heldout_guidance, device, dtype):
+    """A source's heldout_guidance() (guided.HeldOutGuidance, or None where its pipeline samples one branch),
+    the toy source's empty-prompt batches moved to `device` in `dtype` as its held-out batches are (the run's
+    check and eval's)."""
+    guidance = heldout_guidance()
+    if guidance is not None and guidance.unconditional is not None:
+        guidance = replace(guidance, unconditional=[moved(b, device, dtype) for b in guidance.unconditional])
+    return guidance
+
+
+def guided_of(adapter, model, predictions: list, guidance) -> list:
     """`model`'s guided predictions of the held-out batches from its `predictions` of them (float64), its
     forwards (the toy source's empty-prompt batches) run as the caller allows them (runner.models.forwards)."""
     with torch.no_grad():
-        return guided_predictions(predictions, guidance, lambda kw: runner.adapter.predict(model, kw).double())
+        return guided_predictions(predictions, guidance, lambda kw: adapter.predict(model, kw).double())
+
+
+def guided_distance(adapter, student, predictions: list, guide: tuple) -> float:
+    """||guided(student) − guided(teacher)|| / ||guided(teacher)|| over the held-out batches, the student's
+    guided from its `predictions` of them (guide: (guided.HeldOutGuidance, the teacher's guided predictions));
+    the run's check (guided_error) and eval's."""
+    guidance, teacher = guide
+    return relative_distance(guided_of(adapter, student, predictions, guidance), teacher)
 
 
 def guided_error(runner, student, predictions: list, guide: tuple) -> dict:
     """{"guided_error": ||guided(student) − guided(teacher)|| / ||guided(teacher)||} over the held-out batches
     (guide: guided_reference's), the student's guided from its `predictions`; null, warned of, where its
     guided prediction holds NaN/Inf (its empty prompt's branch: the prompt's is checked finite first)."""
-    guidance, teacher = guide
-    err = relative_distance(_guided(runner, student, predictions, guidance), teacher)
+    err = guided_distance(runner.adapter, student, predictions, guide)
     if math.isfinite(err):
         return {"guided_error": err}
     warn(f"{runner._doing_words()}: the student's guided prediction (with the empty prompt's branch) holds NaN/Inf")

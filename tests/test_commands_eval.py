@@ -228,3 +228,33 @@ def test_eval_with_a_teacher_that_is_no_pipeline_reads_the_runs_held_out_inputs(
         assert main(["eval", str(out), "--teacher", teacher, "--json"]) == 0, teacher
         given = {**recorded, "teacher": teacher, "teacher_from": "--teacher"}  # named as given
         assert json.loads(capsys.readouterr().out) == given, teacher
+
+
+@pytest.mark.parametrize("stream", ["false", "true"])
+def test_eval_gives_the_guided_error_beside_the_conditional_where_the_runs_check_does(stream, tmp_path, capsys):
+    """eval reported pred_rel_error alone, though the run's check also gives a pipeline sampling both CFG
+    branches its guided error (report.json's stages: guided_error). Now eval gives the same figure, and the
+    guidance scale it is at, in its --json and its table, resident and streamed; where the pipeline
+    samples one branch (cfg_branches false) neither."""
+    from tests.pipelines import RECIPE as PIPELINE_RECIPE
+    from tests.pipelines import pixart_pipeline
+    from tests.runner_helpers import run_recipe
+
+    pipe = pixart_pipeline(tmp_path / "pipe")
+    text = PIPELINE_RECIPE.replace("{teacher}", str(pipe)).replace("{family}", "pixart").replace("{size}", "")
+    out = run_recipe(tmp_path, text.format(stream=stream), "p")
+    stage = json.loads((out / "report.json").read_text())["stages"][-1]
+    capsys.readouterr()
+    assert main(["eval", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["guided_error"] == pytest.approx(stage["guided_error"], rel=1e-6)
+    assert result["pred_rel_error"] == pytest.approx(stage["relative_error"], rel=1e-6)
+    assert result["guidance"] == 4.5 and result["guided_error"] != pytest.approx(result["pred_rel_error"], rel=1e-3)
+    assert main(["eval", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert f"{'guided_error':>28}: {result['guided_error']:.4g}\n{'guidance':>28}: 4.5" in table
+    one = run_recipe(tmp_path, text.format(stream=stream).replace("heldout: 4", "heldout: 4, cfg_branches: false"),
+                     "q")
+    capsys.readouterr()
+    assert main(["eval", str(one), "--json"]) == 0
+    assert not {"guided_error", "guidance"} & set(json.loads(capsys.readouterr().out))

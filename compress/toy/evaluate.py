@@ -5,7 +5,8 @@
 - fd (FID analogue) and mmd (CMMD analogue, unbiased MMD² with a fixed RBF bandwidth) between samples and
   held-out real digits, in a PCA space fit on the train split; `*_floor` = the same between an equally
   large train subsample and held-out (real vs real).
-- with a teacher: psnr_vs_teacher (same prompts and seeds) and pred_rel_error (`prediction_error`).
+- with a teacher: psnr_vs_teacher (same prompts and seeds), pred_rel_error (`prediction_error`) and the
+  guided prediction's error at the sampling guidance, guided_error (`guided_prediction_error`).
 
 Samples are compared at 8×8 (2×2 mean-pooled), the resolution sklearn's digits come in.
 """
@@ -217,12 +218,30 @@ def prediction_error(student, teacher, family: str, n: int = 256, seed: int = 0,
     return float((student_pred - teacher_pred).norm() / teacher_pred.norm())
 
 
+@torch.no_grad()
+def guided_prediction_error(student, teacher, family: str, n: int = 256, seed: int = 0,
+                            scale: float = DEFAULT_GUIDANCE) -> float:
+    """||g(student) − g(teacher)|| / ||g(teacher)|| of the guided prediction g = uncond + scale · (cond − uncond)
+    the toy pipeline samples with, on prediction_error's n held-out triples (`model_inputs` with cfg: each
+    triple's empty-prompt row beside its prompt's, the same noisy latent and timestep): one batched forward
+    of the 2n rows each."""
+    from compress.guided import guided, relative_distance
+
+    kwargs = model_inputs(family, n, seed=seed, split="heldout", cfg=True)  # rows [uncond × n; cond × n]
+    preds = []
+    for model in (student, teacher):
+        param = next(model.parameters())
+        pred = model(**moved(kwargs, param.device, param.dtype)).sample.double().cpu()  # (2n, ...)
+        preds.append(guided(pred[:n], pred[n:], scale))
+    return relative_distance(preds[:1], preds[1:])
+
+
 def evaluate(transformer, family: str, teacher=None, seed: int = 0, n_per_prompt: int = N_PER_PROMPT,
              num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE,
              n_pred: int = 256, progress: bool = False) -> dict:
     """All scores of `transformer` (a toy-family diffusers model, compressed or not) as a flat JSON-able dict:
     family, n_samples, steps, guidance, adherence, fd, mmd, fd_floor, mmd_floor, classifier_heldout_accuracy,
-    and with `teacher`: psnr_vs_teacher, pred_rel_error. Deterministic for a given seed. `progress`: a bar
+    and with `teacher`: psnr_vs_teacher, pred_rel_error and (guidance above 1) guided_error. Deterministic for a given seed. `progress`: a bar
     over each model's sampling steps ('eval: sampling (model)', '(teacher)'; a line per tenth in a log)."""
     check_seed(seed)
     prompts, labels = prompts_and_labels(n_per_prompt)
@@ -236,6 +255,9 @@ def evaluate(transformer, family: str, teacher=None, seed: int = 0, n_per_prompt
         teacher_samples = sample(teacher, family, **settings, progress="eval: sampling (teacher)" if progress else None)
         result["psnr_vs_teacher"] = psnr(samples, teacher_samples)
         result["pred_rel_error"] = prediction_error(transformer, teacher, family, n=n_pred, seed=seed)
+        if guidance_scale > 1:  # the pipeline guides (runner_heldout's guided error, on these triples)
+            result["guided_error"] = guided_prediction_error(transformer, teacher, family, n=n_pred, seed=seed,
+                                                             scale=guidance_scale)
     return result
 
 

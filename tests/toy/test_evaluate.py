@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -87,6 +88,44 @@ def test_prediction_error_is_deterministic_and_sensitive(family, teachers):
     assert err == ev.prediction_error(student, teacher, family, n=32, seed=0)
     assert 0 < err < 1
     assert ev.prediction_error(teacher, teacher, family, n=8) == 0.0
+
+
+def _scaled(teacher, factor: float):
+    student = type(teacher).from_config(teacher.config)
+    student.load_state_dict(teacher.state_dict())
+    with torch.no_grad():
+        for p in student.parameters():
+            p.mul_(factor)
+    return student
+
+
+def test_the_guided_prediction_error_is_that_of_what_the_toy_pipeline_samples(family, teachers):
+    """The error of uncond + 3 (cond − uncond), the toy pipeline's guided prediction, on prediction_error's
+    held-out triples, equal to one computed with the pipeline's own guide(); 0 against itself."""
+    from compress.toy.data import model_inputs
+    from compress.toy.pipeline import DEFAULT_GUIDANCE, guide
+
+    teacher = teachers[family]
+    student = _scaled(teacher, 1.01)
+    kwargs = model_inputs(family, 16, seed=3, split="heldout", cfg=True)
+    with torch.no_grad():
+        s, t = (guide(m(**kwargs).sample.double(), DEFAULT_GUIDANCE) for m in (student, teacher))
+    err = ev.guided_prediction_error(student, teacher, family, n=16, seed=3)
+    assert err == pytest.approx(((s - t).norm() / t.norm()).item(), rel=1e-9)
+    assert err != pytest.approx(ev.prediction_error(student, teacher, family, n=16, seed=3), rel=1e-3)
+    assert ev.guided_prediction_error(teacher, teacher, family, n=8) == 0.0
+
+
+def test_evaluate_gives_the_guided_error_beside_pred_rel_error_where_it_samples_guided(teachers):
+    """evaluate gave pred_rel_error (the prompt's branch alone) only, though its samples are guided at 3: now
+    guided_error beside it (guided_prediction_error on the same triples); at guidance 1, none."""
+    teacher = teachers["pixart"]
+    student = _scaled(teacher, 1.01)
+    settings = dict(family="pixart", seed=1, n_per_prompt=1, num_inference_steps=2, n_pred=16)
+    result = ev.evaluate(student, teacher=teacher, **settings)
+    assert result["guided_error"] == ev.guided_prediction_error(student, teacher, "pixart", n=16, seed=1)
+    assert list(result)[-2:] == ["pred_rel_error", "guided_error"]
+    assert "guided_error" not in ev.evaluate(student, teacher=teacher, guidance_scale=1.0, **settings)
 
 
 def test_sample_grid_png(tmp_path, teachers):
