@@ -14,17 +14,36 @@ def model_card(recipe, report: dict, ranks: dict | None = None) -> str:
     brought included; without them the card counts only what this recipe's svd passes factorized."""
     lines = [f"# {recipe.model} student compressed by dit-compress", "",
              f"Teacher: `{report.get('teacher')}`. Recipe: `recipe.yaml` (resolved).", "",
-             _params_line(report), "",
-             "| stage | params | teacher-relative error | seconds |", "|---|---:|---:|---:|"]
+             _params_line(report), ""]
     stages = report.get("stages", [])
+    guided = any("guided_error" in s for s in stages)  # a column where the run recorded one
+    lines += ["| stage | params | teacher-relative error |" + " guided error |" * guided + " seconds |",
+              "|---|---:|---:|" + "---:|" * guided + "---:|"]
     for s, seconds in zip(stages, _stage_seconds(stages, report.get("distill") or {})):
-        lines.append(f"| {s['pass']} | {s['params']:,} | {s['relative_error']:.4g} | {seconds} |")
+        lines.append(f"| {s['pass']} | {s['params']:,} | {s['relative_error']:.4g} |"
+                     + f" {_figure(s.get('guided_error'))} |" * guided + f" {seconds} |")
+    lines += guided_lines(report) if guided else []
     lines += _against_base_lines(stages)
     lines += export_lines(report)
     lines += _removal_lines(report.get("remove_blocks") or {})
     lines += _svd_lines(report.get("svd") or {}, ranks)
     lines += ["", "Load it with `compress.load_transformer(folder)`; see report.json for per-layer numbers.", ""]
     return "\n".join(lines)
+
+
+def _figure(value) -> str:
+    """A table's error cell: 0.1702, '-' where none was recorded (a stage saved before it was, a NaN's null)."""
+    return f"{value:.4g}" if is_number(value) else "-"
+
+
+def guided_lines(report: dict) -> list[str]:
+    """What the card's guided error column is (runner_heldout's guided error), and its '-' where a stage has one."""
+    words = ("Guided error: on the same held-out inputs, the error of the classifier-free-guided prediction "
+             "uncond + s · (cond − uncond) the pipeline samples with")
+    if not all(is_number(s.get("guided_error")) for s in report.get("stages", [])):
+        words += ("; `-`: a stage that recorded none (saved by a dit-compress before it was measured, or its "
+                  "guided prediction held NaN/Inf)")
+    return ["", words + "."]
 
 
 def _against_base_lines(stages: list[dict]) -> list[str]:

@@ -285,3 +285,22 @@ def test_an_output_that_took_a_lora_says_its_errors_are_of_the_weights_before_it
     assert said in merged and "exactly" not in merged
     damaged = dict(after, student_params=None)  # its parameters line unknown: left as it was
     assert lora_card(card, damaged) == card.replace(export_lines(before)[1], said)
+
+
+def test_the_model_card_gives_each_stages_guided_error_where_the_run_recorded_one():
+    """The card's stage table gave the teacher-relative error alone, though report.json's stages record the
+    guided error too (runner_heldout): now a column of it, '-' for a stage saved before it was recorded, and
+    a line saying what it is; a run that recorded none keeps the table as it was."""
+    stages = [{"pass": "svd", "params": 60, "relative_error": 0.178, "guided_error": 0.22431, "seconds": 3.7},
+              {"pass": "svd", "params": 50, "relative_error": 0.05, "seconds": 2.5}]
+    rows = _card({"stages": stages}).splitlines()
+    assert "| stage | params | teacher-relative error | guided error | seconds |" in rows
+    assert "|---|---:|---:|---:|---:|" in rows
+    assert "| svd | 60 | 0.178 | 0.2243 | 3.7 |" in rows and "| svd | 50 | 0.05 | - | 2.5 |" in rows
+    said = next(r for r in rows if r.startswith("Guided error: "))
+    assert "uncond + s · (cond − uncond)" in said and "`-`: a stage that recorded none" in said
+    both = _card({"stages": [stages[0], dict(stages[1], guided_error=0.06)]})
+    assert "| svd | 50 | 0.05 | 0.06 | 2.5 |" in both and "`-`" not in both
+    plain = _card({"stages": [stages[1]]}).splitlines()
+    assert "| stage | params | teacher-relative error | seconds |" in plain and "| svd | 50 | 0.05 | 2.5 |" in plain
+    assert not any(r.startswith("Guided error") for r in plain)
