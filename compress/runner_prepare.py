@@ -116,8 +116,9 @@ def _checked_before_loading(runner):
             runner.about[RESUMES_AFTER] = runner.resumes_from[1]  # in every record from now on
             announce(runner.run_dir, runner.about)
         if not runner.resumes_from[2]:  # stages passed over: the checkpoints go with them (runner_stages)
-            check_resumable_configs(runner.run_dir, [s.config for s in runner.recipe.passes if s.name == "distill"],
-                                    runner.recipe.calibration)
+            distills = [(i, s.config) for i, s in enumerate(runner.recipe.passes) if s.name == "distill"]
+            check_resumable_configs(runner.run_dir, [c for _, c in distills], runner.recipe.calibration,
+                                    [i for i, _ in distills])
     check_pipeline_packages(runner.recipe, runner.teacher_arg)  # before a hub teacher downloads
     # there, of the recipe's family (a Hub id's config fetched, never its weights): checked once
     src = checked_sources(runner.recipe, runner.teacher_arg, runner.teacher_config)

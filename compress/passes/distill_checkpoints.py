@@ -22,7 +22,8 @@ from compress.calib_store import disk_is_full
 from compress.distill_utils import write_curves
 from compress.errors import UserError
 from compress.passes.distill_resume import (DISCARDED, NOT_FINGERPRINTED, ONCE_FINGERPRINTED, calibration_settings,
-                                            newest_meta, of_other_keys, older_defaults, setting_changes)
+                                            from_its_start, newest_meta, of_other_keys, older_defaults,
+                                            setting_changes)
 
 
 class Checkpoints:
@@ -138,9 +139,7 @@ class Checkpoints:
                 why, meta = _why(e), None
             if meta is not None and meta["fingerprint"] != self._fingerprint(meta):
                 raise UserError(f"distill: checkpoint {path} was trained with other settings "
-                                f"({setting_changes(meta, self._settings())}); delete {self.dir / 'checkpoints'} to "
-                                "train this pass from its start (--resume keeps the passes before it and the "
-                                "teacher samples), or rerun with --restart to start over")
+                                f"({setting_changes(meta, self._settings())}); {self._from_its_start(meta)}")
             if why is None:
                 try:
                     self.acc.load_state(str(path))
@@ -172,9 +171,15 @@ class Checkpoints:
             bad, why = damaged[0]
             n = len(damaged) - 1
             older = {0: "and no older one is kept", 1: "as is the older one"}.get(n, f"as are the {n} older ones")
-            raise UserError(f"distill: checkpoint {bad} is damaged ({why}), {older}; "
-                            f"delete {self.dir / 'checkpoints'} to train this pass from its start (--resume keeps "
-                            "the passes before it and the teacher samples), or rerun with --restart to start over")
+            raise UserError(f"distill: checkpoint {bad} is damaged ({why}), {older}; {self._from_its_start()}")
+
+    def _from_its_start(self, meta: dict | None = None) -> str:
+        """distill_resume.from_its_start of this pass; its teacher samples said kept unless a checkpoint's
+        `meta` records them of another seed or calibration than now (their cache's key) or records none."""
+        then, now = (meta or {}).get("settings"), json.loads(json.dumps(self._settings(), default=str))
+        samples = meta is None or (isinstance(then, dict) and all(then.get(k) == now.get(k)
+                                                                   for k in ("seed", "calibration")))
+        return from_its_start(self.dir / "checkpoints", self.cfg, self.index, samples)
 
     def _anyone_failed(self, why: str | None) -> str | None:
         """`why` on one process, the same answer on all: the first failing rank's reason (with its

@@ -100,9 +100,32 @@ def setting_changes(meta: dict, now: dict) -> str:
     return "; ".join(words) or "its fingerprint differs"
 
 
-def check_resumable_configs(run_dir: Path, configs: list, calibration=None) -> None:
+def pass_key(index: int | None) -> str:
+    """How a distill pass's keys are named: 'passes.2.distill' (two distill passes told apart, as
+    runner_failures' memory hints name them), 'distill' where its place is unknown (a pass made alone)."""
+    return "distill" if index is None else f"passes.{index}.distill"
+
+
+def resume_keeps(cfg: DistillConfig, index: int | None, samples: bool = True) -> str:
+    """What --resume keeps of a run whose distill pass `index` (None: unknown) stopped, in words: 'the
+    passes before it', 'the teacher samples' (data: teacher_samples, where `samples`: they are of the
+    inputs it reads now), both, or '' (neither)."""
+    kept = ["the passes before it"] if index else []
+    return " and ".join(kept + (["the teacher samples"] if samples and cfg.data == "teacher_samples" else []))
+
+
+def from_its_start(checkpoints: Path, cfg: DistillConfig, index: int | None, samples: bool = True) -> str:
+    """How a refused checkpoint's pass trains again: 'delete CHECKPOINTS to train this pass from its start
+    (--resume keeps ...: resume_keeps), or rerun with --restart to start over'."""
+    kept = resume_keeps(cfg, index, samples)
+    return (f"delete {checkpoints} to train this pass from its start{f' (--resume keeps {kept})' if kept else ''}, "
+            "or rerun with --restart to start over")
+
+
+def check_resumable_configs(run_dir: Path, configs: list, calibration=None, indices: list | None = None) -> None:
     """Before a resumed run loads anything: the latest checkpoint of each distill pass (`configs`:
-    their DistillConfigs, in recipe order; checkpoints in run_dir/distill, distill-2, ...) was
+    their DistillConfigs, in recipe order, `indices` their places in the recipe's passes, None: not
+    known; checkpoints in run_dir/distill, distill-2, ...) was
     trained, on teacher samples, with the recipe's `calibration` keys and by this many processes, or
     a UserError as _load_latest gives once the pass starts (seed, block map, incoming student and the
     prompts read are compared there: they need the run). One trained with other distill keys alone
@@ -125,9 +148,8 @@ def check_resumable_configs(run_dir: Path, configs: list, calibration=None) -> N
         # other distill keys alone are no refusal: the pass discards the checkpoint (`of_other_keys`)
         if config_then.get("calibration") != now.get("calibration"):
             raise UserError(f"distill: checkpoint {checkpoint} was trained with other settings "
-                            f"({setting_changes({'settings': config_then}, now)}); delete {folder / 'checkpoints'} to "
-                            "train this pass from its start (--resume keeps the passes before it and the teacher "
-                            "samples), or rerun with --restart to start over")
+                            f"({setting_changes({'settings': config_then}, now)}); "  # (its samples: of the old keys)
+                            f"{from_its_start(folder / 'checkpoints', cfg, indices[n] if indices else None, False)}")
 
 
 def newest_meta(checkpoints: Path) -> tuple[dict | None, Path | None]:

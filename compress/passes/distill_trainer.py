@@ -26,7 +26,7 @@ from compress.io_tensors import nonfinite
 from compress.passes.base import RunContext
 from compress.passes.distill_checkpoints import Checkpoints
 from compress.passes.distill_progress import TERMS, fmt_terms, weights_of
-from compress.passes.distill_resume import checksum
+from compress.passes.distill_resume import checksum, pass_key, resume_keeps
 from compress.progress import WORDS, bar as progress_bar
 from compress.runner_setup import locate
 
@@ -312,19 +312,6 @@ class _Trainer(Checkpoints):
                 return (f"the student's prediction after step {self.step} holds NaN/Inf on held-out batch {b} "
                         f"of {len(batches)}", _layer_words(found))
         return f"the student's teacher-relative error after step {self.step} is not finite", ""
-
-
-def pass_key(index: int | None) -> str:
-    """How a distill pass's keys are named: 'passes.2.distill' (two distill passes told apart, as
-    runner_failures' memory hints name them), 'distill' where its place is unknown (a pass made alone)."""
-    return "distill" if index is None else f"passes.{index}.distill"
-
-
-def resume_keeps(cfg: DistillConfig, index: int | None) -> str:
-    """What --resume keeps of a run whose distill pass `index` (None: unknown) stopped, in words: 'the
-    passes before it', 'the teacher samples' (data: teacher_samples), both, or '' (neither)."""
-    kept = ["the passes before it"] if index else []
-    return " and ".join(kept + (["the teacher samples"] if cfg.data == "teacher_samples" else []))
 
 
 def _nonfinite_weight(model) -> str | None:

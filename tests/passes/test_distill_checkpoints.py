@@ -108,8 +108,7 @@ def test_no_checkpoint_that_reads_whole_is_one_line_saying_what_to_do(tmp_path):
     assert message.startswith(f"distill: checkpoint {checkpoints / 'step-00000002'} is damaged (SafetensorError: ")
     assert message.endswith(
         f"), as is the older one; delete {checkpoints} to train this pass from "
-        "its start (--resume keeps the passes before it and the teacher samples), or rerun with --restart to start "
-        "over")
+        "its start, or rerun with --restart to start over")  # (a pass made alone, data: toy: --resume keeps none)
 
 
 _TWO_PROCS_DAMAGED = '''

@@ -1,5 +1,7 @@
 """Whether a distill checkpoint may be resumed (compress.passes.distill_resume)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -42,6 +44,11 @@ def _run(tmp_path, prompts: str, stop: bool = False, resume: bool = False):
         runner.run()
 
 
+# the first pass, its teacher samples of other prompts: --resume keeps neither ('(--resume keeps the passes
+# before it and the teacher samples)' before)
+ONLY_FROM_ITS_START = r"; delete \S+ to train this pass from its start, or rerun with --restart to start over$"
+
+
 def test_resume_after_the_prompt_file_changed_refuses_the_distill_checkpoint(tmp_path, capsys):
     """A checkpoint trained on teacher samples of other prompts is refused, in words, though no stage
     was saved for the runner to compare (the samples' cache is keyed by the prompts read: it would
@@ -51,7 +58,8 @@ def test_resume_after_the_prompt_file_changed_refuses_the_distill_checkpoint(tmp
     _run(tmp_path, "prompt_file: p.txt", stop=True)
     prompts.write_text("b 1\nb 2\nb 3\nb 4\nb cow\n")
     with pytest.raises(UserError, match=r"distill: checkpoint .*step-00000002 was trained with other settings "
-                                         r"\(the calibration inputs \(prompts, pipeline or teacher\) changed"):
+                                         r"\(the calibration inputs \(prompts, pipeline or teacher\) changed.*\)"
+                                         + ONLY_FROM_ITS_START):
         _run(tmp_path, "prompt_file: p.txt", resume=True)
     assert not (tmp_path / "out").exists()
     prompts.write_text("a 1\na 2\na 3\na 4\na cow\n")
@@ -73,7 +81,8 @@ def test_resume_after_the_inline_prompts_changed_refuses_the_distill_checkpoint(
         _run(tmp_path, "prompts: [a 1, a 2, a 3, a 4, a dog]", resume=True)
     monkeypatch.setattr(compress.runner_prepare, "load_checked_teacher", lambda *a, **k: pytest.fail("teacher loaded"))
     with pytest.raises(UserError, match=r"distill: checkpoint .*step-00000002 was trained with other settings "
-                                         r"\(calibration.num_prompts: 10 in the checkpoint, 4 now\)"):
+                                         r"\(calibration.num_prompts: 10 in the checkpoint, 4 now\)"
+                                         + ONLY_FROM_ITS_START):
         _run(tmp_path, "prompts: [a 1, a 2, a 3, a 4, a cow], num_prompts: 4", resume=True)
 
 
@@ -258,3 +267,42 @@ def test_a_checkpoint_older_than_a_distill_key_compares_it_at_its_default(tmp_pa
     else:
         assert (f"distill: checkpoint {checkpoints / 'step-00000004'} was trained with other settings (distill.{key}: "
                 f"{getattr(DistillConfig(), key)!r} in the checkpoint, {now!r} now): --resume moves ") in said, said
+
+
+@pytest.mark.parametrize("index, data, samples, said", [
+    (None, "toy", True, ""), (0, "teacher_samples", True, " (--resume keeps the teacher samples)"),
+    (0, "teacher_samples", False, ""), (2, "toy", True, " (--resume keeps the passes before it)"),
+    (2, "teacher_samples", True, " (--resume keeps the passes before it and the teacher samples)"),
+    (2, "teacher_samples", False, " (--resume keeps the passes before it)")])
+def test_a_refused_checkpoints_words_say_only_what_resume_keeps(index, data, samples, said):
+    """A checkpoint refused (damaged, of other settings) said 'delete ... to train this pass from its start
+    (--resume keeps the passes before it and the teacher samples), ...' of every distill pass: the first,
+    one on toy data, one whose samples were of other prompts. Now what is kept, or nothing."""
+    from compress.passes.distill_config import DistillConfig
+    from compress.passes.distill_resume import from_its_start
+
+    assert from_its_start(Path("c"), DistillConfig(data=data), index, samples) == (
+        f"delete c to train this pass from its start{said}, or rerun with --restart to start over")
+
+
+def test_a_later_distill_pass_refused_before_the_teacher_loads_says_the_passes_before_it_are_kept(tmp_path):
+    """check_resumable_configs (a checkpoint of other calibration keys) said '(--resume keeps the passes before
+    it and the teacher samples)' of any pass: its teacher samples are of the old keys; the passes before it
+    are kept where there are some (`indices`, the passes' places in the recipe)."""
+    import json
+
+    from compress.passes.distill_config import DistillConfig
+    from compress.passes.distill_resume import calibration_keys, check_resumable_configs
+    from compress.recipe import CalibrationConfig
+
+    checkpoint = tmp_path / "distill-2" / "checkpoints" / "step-00000001"
+    checkpoint.mkdir(parents=True)
+    then = json.loads(json.dumps(calibration_keys(CalibrationConfig(num_prompts=10)), default=str))
+    settings = {"data": "teacher_samples", "processes": 1, "calibration": {"config": then}}
+    (checkpoint / "meta.json").write_text(json.dumps({"fingerprint": "f", "settings": settings}))
+    configs = [DistillConfig(), DistillConfig(data="teacher_samples")]
+    with pytest.raises(UserError) as e:
+        check_resumable_configs(tmp_path, configs, CalibrationConfig(num_prompts=4), [1, 3])
+    assert str(e.value).endswith(f"(calibration.num_prompts: 10 in the checkpoint, 4 now); delete {checkpoint.parent} to "
+                                 "train this pass from its start (--resume keeps the passes before it), or rerun with "
+                                 "--restart to start over"), str(e.value)
