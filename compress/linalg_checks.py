@@ -116,12 +116,18 @@ def check_rank(rank, max_rank: int, name: str | None) -> None:
 
 def cast_factors(up: torch.Tensor, down: torch.Tensor, dtype: torch.dtype, name: str | None):
     """(up, down) in `dtype`; where it cannot hold them, a NumericError naming the layer: Inf past its
-    range, or rank components (a column of up, a row of down) flushed to zeros (float16 below 6e-8)."""
+    range, or rank components (a column of up, a row of down) flushed to zeros (float16 below 6e-8).
+    A component flushed whose product ||up_i||·||down_i|| (the Frobenius norm of what it adds, so what
+    zeroing it loses) is at most `dtype`'s epsilon times the largest one's is none: its loss is within
+    the cast's own rounding of that one, as for the round-off components past a weight's rank (an exactly
+    rank-2 weight factorized at rank 12: components 3 to 12 ~1e-16 of the first)."""
     cast = up.to(dtype), down.to(dtype)  # (out, r), (r, in)
     if up.numel() == 0 or down.numel() == 0:
         return cast
-    gone = ((cast[0].abs().amax(0) == 0) & (up.abs().amax(0) > 0)) | \
-        ((cast[1].abs().amax(1) == 0) & (down.abs().amax(1) > 0))  # (r,)
+    size = up.to(F64).norm(dim=0) * down.to(F64).norm(dim=1)  # (r,)
+    felt = size > torch.finfo(dtype).eps * size.max()  # (r,)
+    gone = felt & (((cast[0].abs().amax(0) == 0) & (up.abs().amax(0) > 0)) |
+                   ((cast[1].abs().amax(1) == 0) & (down.abs().amax(1) > 0)))  # (r,)
     finite = all(bool(torch.isfinite(f).all()) for f in cast)
     if finite and not gone.any():
         return cast

@@ -298,6 +298,36 @@ def test_factors_float16_cannot_hold_are_an_error_naming_the_layer(balance):
     assert L.factorize(w, g, 0, out_dtype=torch.float16).up.shape == (12, 0)
 
 
+@pytest.mark.parametrize("balance", ["sqrt", "orthonormal_up"])
+def test_a_weight_of_lower_rank_than_asked_fits_float16(balance):
+    """An exactly rank-2 16x16 float16 weight factorized at rank 12 into float16 was refused: '... 6 of their
+    12 rank components underflow to zeros'. Components past its rank are float64 round-off (~1e-16 of the
+    first): flushing them loses nothing float16 holds."""
+    torch.manual_seed(0)
+    w = (torch.randint(-3, 4, (16, 2)).float() @ torch.randint(-3, 4, (2, 16)).float()).half()
+    x = torch.randn(64, 16)
+    f = L.factorize(w, x.T @ x, 12, balance=balance, out_dtype=torch.float16, name="blocks.0.ff")
+    assert float((f.up.double() @ f.down.double() - w.double()).norm() / w.double().norm()) < 2e-3
+
+
+@pytest.mark.parametrize("second, said", [(1e-2, True), (1e-5, False)])
+def test_a_flushed_rank_component_is_said_only_past_the_casts_own_rounding(second, said):
+    """A component flushed to zeros whose product ||up_i||·||down_i|| is above float16's epsilon (9.8e-4) times
+    the largest one's is lost data, said; one below it is within the cast's rounding of the largest."""
+    from compress.linalg_checks import cast_factors
+
+    up = torch.tensor([[1e-3, 2e-8], [1e-3, 2e-8]], dtype=torch.float64)  # (2, 2): its second column flushes
+    d = second * 1e-3 * 1e-3 / 2e-8  # its second row: that component's size `second` times the first's
+    down = torch.tensor([[1e-3, 1e-3], [d, d]], dtype=torch.float64)  # (2, 2)
+    if said:
+        with pytest.raises(NumericError, match=r"^layer 'x': its factors, entries up to 0\.5, do not fit float16: "
+                                               r"1 of their 2 rank components underflow to zeros; give"):
+            cast_factors(up, down, torch.float16, "x")
+    else:
+        cast = cast_factors(up, down, torch.float16, "x")
+        assert float(cast[0][:, 1].abs().max()) == 0 and float(cast[0][:, 0].min()) > 0
+
+
 # ----------------------------------------------------------------------------- properties
 
 
