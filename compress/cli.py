@@ -61,6 +61,7 @@ def cmd_run(args, load_recipe) -> int:
     if launched := one_process_note():  # accelerate launch asked for several processes, started one
         console.print(launched, markup=False, highlight=False)
     recipe = load_recipe(args.recipe, args.overrides, command="run")  # every check of the recipe: no torch
+    args.loaded_recipe = recipe  # what a Ctrl-C before the Runner runs compares the run folder with (_this_recipe)
     out, run_dir = _out(args), _run_dir(args)
     if not (args.out and args.run_dir) and (saved := saved_in_output(args.recipe)) is not None:
         note(_defaults_note(args, saved, out, run_dir))
@@ -301,16 +302,16 @@ def _interrupt_note(args, e: KeyboardInterrupt) -> str:
 
 
 def _this_recipe(args) -> tuple:
-    """(Recipe, passes) of `run`'s recipe, which the run folder's saved work is compared with; (None, [])
-    (not compared) when the Ctrl-C cut `run`'s imports short (loading the recipe would import torch now)
-    or the recipe cannot be read (a rerun stops on that first)."""
-    if "compress.runner" not in sys.modules:
+    """(Recipe, passes) of `run`'s recipe, the one cmd_run loaded (not parsed again), which the run folder's
+    saved work is compared with; (None, []) (not compared) when the Ctrl-C came before cmd_run loaded it or
+    cut `run`'s imports short (building its passes would import torch now), or its passes cannot be built
+    (a rerun stops on that first)."""
+    recipe = getattr(args, "loaded_recipe", None)
+    if recipe is None or "compress.runner" not in sys.modules:
         return None, []
     from compress.passes import build_passes
-    from compress.recipe import load_recipe
 
     try:
-        recipe = load_recipe(args.recipe, args.overrides)
         return recipe, build_passes(recipe)
     except UserError:
         return None, []

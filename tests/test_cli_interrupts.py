@@ -102,7 +102,6 @@ def test_an_interrupt_before_the_run_offers_resume_only_for_this_recipes_work(mo
                                                                              saved_ratio, progress, said):
     """Ctrl-C before the run checked its folder offered --resume for another recipe's saved work, which
     --resume refuses; the recipes are compared as --resume does (progress changes no result)."""
-    import importlib
     import json
 
     from compress.calib_stats import STATS_VERSION
@@ -114,13 +113,49 @@ def test_an_interrupt_before_the_run_offers_resume_only_for_this_recipes_work(mo
     (stage / "state.json").write_text(json.dumps({"recipe": saved, "statistics": STATS_VERSION}))  # (svd: as measured)
     (tmp_path / "r.yaml").write_text(RECIPE.format(ratio=0.5))
     monkeypatch.chdir(tmp_path)
-
-    def interrupted(args):
-        importlib.import_module("compress.runner")  # Ctrl-C once `run`'s imports are done
-        raise KeyboardInterrupt
-    monkeypatch.setitem(cli.COMMANDS, "run", interrupted)
+    _interrupted_as_the_runner_is_made(monkeypatch)  # Ctrl-C once `run`'s imports are done
     assert cli.main(["run", "r.yaml"]) == 130
     assert capsys.readouterr().err.strip() == said
+
+
+def _interrupted_as_the_runner_is_made(monkeypatch) -> None:
+    """`run` as it is, a Ctrl-C coming as it makes its Runner (its recipe loaded, its imports done)."""
+    import importlib
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(importlib.import_module("compress.runner"), "Runner", interrupted)
+
+
+def test_a_ctrl_c_before_the_runner_ran_reads_the_recipe_once(monkeypatch, capsys, tmp_path):
+    """A Ctrl-C after `run` loaded its recipe, before its Runner ran, parsed the recipe again to say what
+    the run folder keeps (cli._this_recipe loaded it anew, after 2c1a451 made the command parse it once);
+    now the note compares the folder with the Recipe the command loaded (its --set included)."""
+    import json
+    from pathlib import Path
+
+    from compress import recipe as recipe_module
+    from compress.calib_stats import STATS_VERSION
+
+    saved = recipe_module.parse_recipe(RECIPE.format(ratio=0.25), "r.yaml").raw
+    stage = tmp_path / "runs" / "r" / "stages" / "0-svd"
+    stage.mkdir(parents=True)
+    (stage / "state.json").write_text(json.dumps({"recipe": saved, "statistics": STATS_VERSION}))
+    (tmp_path / "r.yaml").write_text(RECIPE.format(ratio=0.5))
+    monkeypatch.chdir(tmp_path)
+    parsed, real = [], recipe_module.parse_recipe
+
+    def parse_recipe(text, path, *rest, **kw):
+        made = real(text, path, *rest, **kw)
+        if Path(path).name == "r.yaml":
+            parsed.append(made)
+        return made
+    monkeypatch.setattr(recipe_module, "parse_recipe", parse_recipe)
+    _interrupted_as_the_runner_is_made(monkeypatch)
+    assert cli.main(["run", "r.yaml", "--set", "passes.0.svd.ratio=0.25"]) == 130
+    assert capsys.readouterr().err.strip() == ("dit-compress: interrupted; runs/r keeps its work (1 of 2 passes done): "
+                                               "rerun with --resume to continue")
+    assert len(parsed) == 1, f"r.yaml parsed {len(parsed)} times"
 
 
 @pytest.mark.parametrize("kills, apart", [(1, 0.0), (2, 0.0), (2, 1.0)])
@@ -226,7 +261,6 @@ def test_an_interrupt_before_the_runner_says_what_the_runners_note_says(monkeypa
     """A Ctrl-C before `run`'s Runner existed (loading the recipe, making the Runner) passed no recipe
     to the note: a stage calibrated on other prompts was offered 'rerun with --resume to continue',
     which --resume refuses. It says what the Runner's own note says."""
-    import importlib
     import json
     from pathlib import Path
 
@@ -241,11 +275,7 @@ def test_an_interrupt_before_the_runner_says_what_the_runners_note_says(monkeypa
         "prompts": prompts_digest(list(saved.calibration.prompts)), "pipeline": None}}))
     (tmp_path / "r.yaml").write_text(PROMPTS_RECIPE.format(prompts="[a 3, a 4]"))
     monkeypatch.chdir(tmp_path)
-
-    def interrupted(args):
-        importlib.import_module("compress.runner")  # Ctrl-C once `run`'s imports are done, before its Runner
-        raise KeyboardInterrupt
-    monkeypatch.setitem(cli.COMMANDS, "run", interrupted)
+    _interrupted_as_the_runner_is_made(monkeypatch)  # Ctrl-C once `run`'s imports are done, before its Runner
     assert cli.main(["run", "r.yaml"]) == 130
     said = " ".join(capsys.readouterr().err.split())
     runners = Runner(parse_recipe((tmp_path / "r.yaml").read_text(), "r.yaml"), Path("out/r"), Path("runs/r"))
