@@ -37,9 +37,12 @@ def _figure(value) -> str:
 
 
 def guided_lines(report: dict) -> list[str]:
-    """What the card's guided error column is (runner_heldout's guided error), and its '-' where a stage has one."""
+    """What the card's guided error column is (runner_heldout's guided error) at which scale (report.json's
+    `heldout`), and its '-' where a stage has none."""
+    held = report.get("heldout") if isinstance(report.get("heldout"), dict) else {}  # a report before it: no s
+    scale = held.get("guidance_scale")
     words = ("Guided error: on the same held-out inputs, the error of the classifier-free-guided prediction "
-             "uncond + s · (cond − uncond) the pipeline samples with")
+             "uncond + s · (cond − uncond) the pipeline samples with" + (f", s = {scale:g}" if is_number(scale) else ""))
     if not all(is_number(s.get("guided_error")) for s in report.get("stages", [])):
         words += ("; `-`: a stage that recorded none (saved by a dit-compress before it was measured, or its "
                   "guided prediction held NaN/Inf)")

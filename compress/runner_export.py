@@ -37,13 +37,14 @@ def recorded_teacher(runner) -> dict:
 
 
 def output_report(runner, student, teacher_params: int, recorded: dict) -> dict:
-    """report.json: the passes' records, the teacher, parameter counts, the chain's first teacher and
-    the sampled inputs' cache where there are."""
+    """report.json: the passes' records, the teacher, parameter counts, the held-out inputs (their count and
+    the guided error's scale), the chain's first teacher and the sampled inputs' cache where there are."""
     from compress.report_teacher import chain_base_record
+    from compress.runner_heldout import heldout_record
 
     report = dict(runner.ctx.report, **recorded, teacher_params=teacher_params,
                   student_params=param_count(student), export=exported_error(runner, student),
-                  version=compress.__version__)
+                  heldout=heldout_record(runner), version=compress.__version__)
     base = chain_base_record(runner.source)  # a teacher that is an output: the chain's first teacher
     if base is not None:
         report["base"] = base

@@ -99,6 +99,17 @@ def guided_error(runner, student, predictions: list, guide: tuple) -> dict:
     return {"guided_error": None}
 
 
+def heldout_record(runner) -> dict:
+    """report.json's `heldout`: the held-out inputs every stage's errors are measured on, `inputs` (rows of the
+    transformer's batch: a pipeline's both CFG branches counted), and `guidance_scale`, the scale s of the stages'
+    guided_error (None where the source's pipeline samples one branch: none is recorded)."""
+    held = getattr(runner, "held_out", None)  # (batches, the teacher's predictions): Runner._run's
+    guide = getattr(runner, "held_out_guided", None)  # a resumed run that checked no stage computed none
+    guidance = guide[0] if guide is not None else runner.ctx.heldout_guidance()
+    return {"inputs": sum(b["hidden_states"].shape[0] for b in held[0]) if held is not None else None,
+            "guidance_scale": None if guidance is None else guidance.scale}
+
+
 def guided_words(record: dict) -> str:
     """What the stage line adds where the stage `record` has a guided error: ' (guided 0.1702)'; else ''."""
     value = record.get("guided_error")

@@ -210,3 +210,24 @@ def test_the_recipe_as_run_names_a_relative_calibration_pipeline_absolute(tmp_pa
     assert yaml.safe_load((out / "recipe.yaml").read_text())["calibration"]["pipeline"] == str(tmp_path / "pipes" / "pix")
     monkeypatch.chdir("/")
     assert _ask(out, []).startswith(f"pass base='{tmp_path / 'pipes' / 'pix'}', the pipeline the recipe.yaml of {out}")
+
+
+@pytest.mark.parametrize("cfg", ["true", "false"])
+def test_report_json_records_the_held_out_inputs_and_the_guided_errors_scale(tmp_path, cfg):
+    """report.json recorded each stage's guided_error but not the guidance scale it was measured at: now its
+    `heldout` gives the held-out inputs' count and that scale (the toy pipeline's 3), null where no stage
+    records a guided error (cfg_branches false), and so after a --resume that keeps every stage (checked
+before: no guided reference computed); the model card's guided error line names the scale."""
+    import json
+
+    from tests.test_runner_heldout import TOY
+
+    out = run_recipe(tmp_path, TOY.format(family="pixart", cfg=cfg), "r")
+    report = json.loads((out / "report.json").read_text())
+    guided = cfg == "true"
+    assert report["heldout"] == {"inputs": 6, "guidance_scale": 3.0 if guided else None}
+    assert ("guided_error" in report["stages"][-1]) is guided
+    card = (out / "README.md").read_text()
+    assert ("the pipeline samples with, s = 3." in card) is guided and ("Guided error" in card) is guided
+    again = run_recipe(tmp_path, TOY.format(family="pixart", cfg=cfg), "r", resume=True, overwrite=True)
+    assert json.loads((again / "report.json").read_text())["heldout"] == report["heldout"]  # its stages kept
