@@ -5,6 +5,7 @@ not finite, and says what --resume at a lower lr needs; never a NaN student hand
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,7 +38,8 @@ def test_a_gradient_that_is_not_finite_stops_before_the_step_and_its_checkpoints
     assert words.startswith("distill: non-finite gradient at step 2 (loss "), words
     assert "trained weights hold NaN/Inf, the first pos_embed.proj.weight; lower distill.lr (3) or set " \
            "distill.grad_clip (0 now: no clipping) and rerun with --resume (it trains this pass from its start: " \
-           f"it discards {tmp_path / 'distill' / 'checkpoints'}, trained at these settings)" in words, words
+           f"it moves {tmp_path / 'distill' / 'checkpoints'}, trained at these settings, to " \
+           f"{tmp_path / 'distill' / 'checkpoints.discarded'}, replacing any there)" in words, words
     saved = _checkpoint_weights(tmp_path)
     assert list(saved) == ["step-00000001"]
     assert all(torch.isfinite(t).all() for t in saved["step-00000001"].values())
@@ -100,18 +102,25 @@ def test_a_student_whose_held_out_prediction_is_not_finite_is_refused_naming_its
 
 
 def test_after_the_refusal_its_words_resume_at_a_lower_lr(tmp_path):
-    """What the line says to do works: --resume at a lower lr discards the checkpoints (it said to delete
-    them first, as --resume refused them) and trains to the end."""
+    """What the line says to do works: --resume at a lower lr sets the checkpoints aside where the line
+    says (it said 'it discards RUN/distill/checkpoints' since 24c7b7e moved them to checkpoints.discarded)
+    and trains to the end."""
+    import re
+
     teacher = tiny_pixart()
     student = factorize(copy.deepcopy(teacher), rank=2)
-    with pytest.raises(NumericError, match="rerun with --resume"):
+    with pytest.raises(NumericError, match="rerun with --resume") as e:
         distill(copy.deepcopy(student), teacher, tmp_path, lr=3, grad_clip=0, warmup_steps=0, steps=3,
                 checkpoint_every=1)
     assert list(_checkpoint_weights(tmp_path)) == ["step-00000001"]
+    before = (tmp_path / "distill" / "checkpoints" / "step-00000001" / "model.safetensors").read_bytes()
+    moved = re.search(r"it moves (\S+), trained at these settings, to (\S+), replacing any there\)$", str(e.value))
+    assert moved and moved[1] == str(tmp_path / "distill" / "checkpoints"), str(e.value)
     out, ctx = distill(student, teacher, tmp_path, lr=1e-3, grad_clip=0, warmup_steps=0, steps=3,
                        checkpoint_every=1, resume=True)
     assert ctx.report["distill"]["steps_done"] == 3 and ctx.report["distill"]["resumed"] == 0  # from its start
     assert all(torch.isfinite(p).all() for p in out.parameters())
+    assert (Path(moved[2]) / "step-00000001" / "model.safetensors").read_bytes() == before
 
 
 @pytest.mark.parametrize("index, data, checkpoint, said", [
@@ -119,13 +128,14 @@ def test_after_the_refusal_its_words_resume_at_a_lower_lr(tmp_path):
     (2, "toy", False, "lower passes.2.distill.lr (1) and rerun with --resume (it keeps the passes before it); no "
                       "checkpoint was written"),
     (0, "teacher_samples", True, "lower passes.0.distill.lr (1) and rerun with --resume (it keeps the teacher "
-                                 "samples, and trains this pass from its start: it discards {root}, trained at "
-                                 "these settings)"),
+                                 "samples, and trains this pass from its start: it moves {root}, trained at "
+                                 "these settings, to {aside}, replacing any there)"),
     (1, "teacher_samples", True, "lower passes.1.distill.lr (1) and rerun with --resume (it keeps the passes before "
-                                 "it and the teacher samples, and trains this pass from its start: it discards "
-                                 "{root}, trained at these settings)"),
+                                 "it and the teacher samples, and trains this pass from its start: it moves "
+                                 "{root}, trained at these settings, to {aside}, replacing any there)"),
     (3, "folder", True, "lower passes.3.distill.lr (1) and rerun with --resume (it keeps the passes before it, and "
-                        "trains this pass from its start: it discards {root}, trained at these settings)"),
+                        "trains this pass from its start: it moves {root}, trained at these settings, to {aside}, "
+                        "replacing any there)"),
 ])
 def test_the_divergence_words_name_the_passs_key_and_only_what_resume_keeps(tmp_path, index, data, checkpoint, said):
     """'lower distill.lr (1e+30) and rerun with --resume (it keeps the passes before it and the teacher
@@ -142,7 +152,8 @@ def test_the_divergence_words_name_the_passs_key_and_only_what_resume_keeps(tmp_
         (tmp_path / "checkpoints" / "step-00000001").mkdir(parents=True)
     trainer = SimpleNamespace(cfg=cfg, dir=tmp_path, index=index)
     words = str(_Trainer._diverged(trainer, "non-finite loss at step 2", ""))
-    assert words == f"distill: non-finite loss at step 2; {said.format(root=tmp_path / 'checkpoints')}", words
+    said = said.format(root=tmp_path / "checkpoints", aside=tmp_path / "checkpoints.discarded")
+    assert words == f"distill: non-finite loss at step 2; {said}", words
 
 
 def test_two_distill_passes_of_a_recipe_know_their_places(tmp_path):
