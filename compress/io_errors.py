@@ -91,9 +91,25 @@ def missing_shards(source) -> str | None:
 
 
 def shards_not_there(index: Path, folder: Path, missing: list[str]) -> str:
-    """The words for the shards a weight index lists and its folder lacks (resident and streamed loads)."""
-    return (f"{index} lists {len(missing)} shard(s) not in {folder}: {', '.join(missing[:3])}"
-            f"{' …' if len(missing) > 3 else ''} (an incomplete download?)")
+    """The words for the shards a weight index lists and its folder lacks (resident and streamed loads):
+    an incomplete download, or, where the whole weight file the index is named after lies beside it
+    (save_pretrained of an unsharded model into a folder of shards deletes the shards, not the index;
+    diffusers refuses that folder too), a stale index to remove."""
+    listed = f"{index} lists {len(missing)} shard(s) not in {folder}: {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}"
+    whole = whole_file(index)
+    if whole is not None and whole.is_file():
+        return f"{listed}: a stale index beside the whole weight file {whole.name}: remove {index.name}"
+    return f"{listed} (an incomplete download?)"
+
+
+def whole_file(index: Path) -> Path | None:
+    """The unsharded weight file a weight index stands for: NAME.index.json's NAME, a variant's
+    diffusion_pytorch_model.safetensors.index.fp16.json's diffusion_pytorch_model.fp16.safetensors."""
+    found = re.fullmatch(r"(.+)\.(safetensors|bin)\.index(?:\.(\w+))?\.json", index.name)
+    if found is None:
+        return None
+    name, kind, variant = found.groups()
+    return index.with_name(f"{name}{'.' + variant if variant else ''}.{kind}")
 
 
 def damaged_safetensors(source) -> UserError | None:

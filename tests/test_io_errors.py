@@ -43,3 +43,23 @@ def test_a_link_to_a_gone_file_outside_the_cache_is_to_be_copied_again(tmp_path)
     with pytest.raises(UserError, match=rf"^{weights} links to {tmp_path / 'moved.safetensors'}, which is gone; "
                                         "copy it again$"):
         load_teacher(str(tmp_path / "t"))
+
+
+@pytest.mark.parametrize("variant", [None, "fp16"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_stale_index_beside_a_whole_weight_file_is_said_stale_not_an_incomplete_download(tmp_path, variant, stream):
+    """save_pretrained of an unsharded model into a folder of shards deletes the shards and leaves the
+    index (diffusers' from_pretrained fails on that folder too): '… lists 3 shard(s) not in …: …
+    (an incomplete download?)'. Now it says the index is stale beside the whole file, and to remove it."""
+    from compress.stream_files import weight_map
+
+    folder = tmp_path / "t"
+    tiny_pixart(1).save_pretrained(folder, max_shard_size="40KB", variant=variant)
+    tiny_pixart(0).save_pretrained(folder, variant=variant)
+    index = next(folder.glob("*.index*.json"))
+    whole = "diffusion_pytorch_model" + (f".{variant}" if variant else "") + ".safetensors"
+    assert (folder / whole).is_file() and not list(folder.glob("*-of-*"))
+    with pytest.raises(UserError) as e:
+        weight_map(folder) if stream else load_teacher(str(folder))
+    assert str(e.value).endswith(f": a stale index beside the whole weight file {whole}: remove {index.name}")
+    assert str(e.value).startswith(f"{index} lists 3 shard(s) not in {folder}: ")
