@@ -147,11 +147,33 @@ def given_output(given: str | Path, command: str) -> Path:
 
 def _not_a_run_folder(given: str, command: str) -> None:
     """A UserError where `given` is a run folder runs/NAME (no output) whose run's output out/NAME is
-    there (output_names.run_output): that output is named, with the command that reads it."""
+    there (output_names.run_output): that output is named, with the command that reads it; or the folder
+    of a run that has not finished (`_unfinished_run`): said so, with how to finish it."""
     folder = Path(given).expanduser()
-    if folder.is_dir() and (output := run_output(folder)) is not None and not is_output(output_folder(folder)):
+    if not folder.is_dir() or is_output(output_folder(folder)):
+        return
+    if (output := run_output(folder)) is not None:
         raise UserError(f"{given} is a run folder (a run's caches and checkpoints), not an output; the output "
                         f"of that run is {output}: dit-compress {command} {output}")
+    if (saved := _unfinished_run(folder)) is not None:
+        run_dir = "" if folder.parent.name == "runs" else f" --run-dir {given}"  # runs/NAME: run's own default
+        raise UserError(f"{given} is the run folder of a run that has not finished ({saved}): it wrote no output "
+                        f"yet; rerun its recipe with --resume to continue it (dit-compress run RECIPE --resume"
+                        f"{run_dir}), then dit-compress {command} its output")
+
+
+def _unfinished_run(folder: Path) -> str | None:
+    """What the run folder `folder` of a run that has not finished (what a run writes in it there:
+    runner_folders.RUN_WRITTEN; no stages/finished.json) holds, in words ('1 of 2 passes done',
+    runner_kept.saved_in_words; 'no pass saved yet'); None for another folder, or a finished run's."""
+    from compress.runner_folders import RUN_WRITTEN
+    from compress.runner_kept import saved_in_words
+    from compress.runner_resume import FINISHED, interrupted_run
+
+    if (folder / "stages" / FINISHED).is_file() or not any(RUN_WRITTEN.fullmatch(p.name) for p in folder.iterdir()):
+        return None
+    info = interrupted_run(folder)
+    return "no pass saved yet" if info is None else saved_in_words(info)
 
 
 def _toy_options_only(grid: Path | None, seed: int | None) -> None:

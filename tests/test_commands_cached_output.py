@@ -162,3 +162,28 @@ def test_a_cached_hub_id_whose_owner_is_a_folder_here_is_read_from_the_cache(cac
     assert f"note: acme/out: reading the Hugging Face cache's copy of it, {cached}" in capsys.readouterr().err
     assert main([command, "acme/none", *extra]) == 2
     assert capsys.readouterr().err.startswith("dit-compress: error: no such folder acme/none (")
+
+
+@pytest.mark.parametrize("command", ["inspect", "eval", "bench"])
+def test_the_folder_of_a_run_not_finished_says_so_and_how_to_finish_it(tmp_path, capsys, monkeypatch, command):
+    """`inspect runs/r3` of an interrupted run (no output yet) said 'runs/r3 is not a dit-compress output
+    folder (needs config.json and ...)', where a finished run's folder names its output. Now it is the run
+    folder of a run that has not finished, what it saved, and how to finish it (--resume; --run-dir where
+    the folder is not a runs/NAME); a folder that holds nothing a run writes keeps its words."""
+    monkeypatch.chdir(tmp_path)
+    state = json.dumps({"recipe": {"passes": [{"svd": {}}, {"svd": {}}]}})
+    for run_dir in ("runs/r3", "work/r5"):
+        (tmp_path / run_dir / "stages" / "0-svd").mkdir(parents=True)
+        (tmp_path / run_dir / "stages" / "0-svd" / "state.json").write_text(state)
+    (tmp_path / "runs" / "r4" / "calib").mkdir(parents=True)  # stopped while calibrating: no pass saved
+    (tmp_path / "plain" / "x").mkdir(parents=True)
+    said = {"runs/r3": ("1 of 2 passes done", ""), "work/r5": ("1 of 2 passes done", " --run-dir work/r5"),
+            "runs/r4": ("no pass saved yet", "")}
+    for given, (saved, run_dir) in said.items():
+        assert main([command, given]) == 2
+        assert capsys.readouterr().err == (
+            f"dit-compress: error: {given} is the run folder of a run that has not finished ({saved}): it wrote no "
+            f"output yet; rerun its recipe with --resume to continue it (dit-compress run RECIPE --resume{run_dir}), "
+            f"then dit-compress {command} its output\n")
+    assert main([command, "plain/x"]) == 2
+    assert "run folder" not in capsys.readouterr().err
