@@ -15,6 +15,7 @@ from compress.errors import NumericError
 from compress.guided import guided_predictions, relative_distance
 from compress.inputs import moved
 from compress.passes.base import relative_error
+from compress.passes.distill_resume import lower_lr, trains_again
 from compress.report import console, is_number, warn
 from compress.report_card import against_base
 from compress.runner_setup import DTYPES, locate
@@ -119,18 +120,26 @@ def guided_words(record: dict) -> str:
 def nonfinite_words(runner, student, heldout: list[dict]) -> str:
     """Why the student of pass `runner.doing` has no finite held-out error: its prediction holds NaN/Inf,
     on which held-out batch, which layer's output holds it first (runner_setup.check_reference's words
-    for the teacher), and what to change; its stage stays saved (--resume measures it again), so the
-    rerun changes that pass's settings, which has --resume run it again."""
-    name = runner.passes[runner.doing].name
+    for the teacher), what to change and what --resume then keeps: its stage is deleted (Runner._checked,
+    runner_stages.drop_refused), so --resume runs the pass again, from the stage before it (a distill
+    pass from its start: its checkpoints went as its stage was saved, DistillPass.stage_saved)."""
     bad, where = None, ""
     for b, kwargs in enumerate(heldout):
         if (found := locate(student, runner.adapter, kwargs)) is not None:
             bad, where = b, f": {found}"
             break
     batch = f" on held-out batch {bad + 1} of {len(heldout)}" if bad is not None else ""
-    change = "lower distill.lr" if name == "distill" else "change its settings"
-    return (f"{runner._doing_words()}: the student's prediction holds NaN/Inf{batch}{where}; {change} and "
-            "rerun with --resume (it keeps the passes before it)")
+    return f"{runner._doing_words()}: the student's prediction holds NaN/Inf{batch}{where}; {_rerun_words(runner)}"
+
+
+def _rerun_words(runner) -> str:
+    """What to change of pass `runner.doing` refused for NaN/Inf, and what --resume keeps: a distill pass's
+    lr by its key, as its own divergence words say it (distill_resume.lower_lr, trains_again); another's
+    settings, '(it keeps the passes before it)' where there are some."""
+    i, p = runner.doing, runner.passes[runner.doing]
+    if p.name == "distill":
+        return f"{lower_lr(p.config, i)} ({trains_again(p.config, i)})"
+    return f"change its settings and rerun with --resume{' (it keeps the passes before it)' if i else ''}"
 
 
 def against_base_words(record: dict) -> str:

@@ -31,8 +31,77 @@ def test_a_stage_whose_prediction_is_not_finite_is_refused_naming_its_first_laye
     assert str(e.value).startswith(f"{tmp_path / 'r.yaml'}:5: pass 1/1 (svd): the student's prediction holds "
                                    "NaN/Inf on held-out batch 1 of "), e.value
     assert "'s output is the first to hold it" in str(e.value)
-    assert str(e.value).endswith("; change its settings and rerun with --resume (it keeps the passes before it)")
+    # (the first pass: there are no passes before it to keep)
+    assert str(e.value).endswith("; change its settings and rerun with --resume"), e.value
     assert not (tmp_path / "out-r").exists()
+
+
+DISTILL = ("  - svd: {targets: [attention], ratio: 0.5, multiple: 2, fisher: none}\n"
+           "  - distill: {lr: LR, steps: 2, batch_size: 2, checkpoint_every: 1, progress: false, plot: false, "
+           "data: teacher_samples, num_samples: 4, sample_steps: 2}\n")
+
+
+def test_a_refused_distill_stage_names_its_key_and_what_resume_keeps(tmp_path, monkeypatch):
+    """A distill stage refused by the held-out check said 'lower distill.lr and rerun with --resume (it keeps
+    the passes before it)': not the pass's key (passes.1.distill.lr, as its divergence words say it), nor that
+    --resume keeps its teacher samples and trains it from its start (its stage deleted, Runner._checked; its
+    checkpoints gone with the stage's saving). What the words say is what --resume at a lower lr does."""
+    import json
+
+    from compress.passes import svd
+    from compress.passes.distill import DistillPass
+
+    real, ran = DistillPass.run, []
+
+    def diverged(self, model, ctx):  # finite in its own checks, NaN in the runner's
+        model = real(self, model, ctx)
+        if not ran:
+            model.proj_out.weight.data[:] = float("nan")
+        ran.append(1)
+        return model
+
+    monkeypatch.setattr(DistillPass, "run", diverged)
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    text = SIMPLE.format(teacher=tmp_path / "teacher", passes=DISTILL)
+    with pytest.raises(NumericError) as e:
+        run_recipe(tmp_path, text.replace("LR", "0.001"), "r")
+    assert str(e.value).startswith(f"{tmp_path / 'r.yaml'}:6: pass 2/2 (distill): the student's prediction holds "
+                                   "NaN/Inf on held-out batch 1 of "), e.value
+    assert str(e.value).endswith("; lower passes.1.distill.lr (0.001) and rerun with --resume (it keeps the passes "
+                                 "before it and the teacher samples, and trains this pass from its start)"), e.value
+    run_dir = tmp_path / "run-r"
+    assert not (run_dir / "distill" / "checkpoints").exists() and not (run_dir / "stages" / "1-distill").exists()
+    samples = sorted((run_dir / "distill" / "teacher_samples").rglob("*"))
+    assert samples
+    svd_runs = []
+    real_svd = svd.SVDPass.run
+    monkeypatch.setattr(svd.SVDPass, "run", lambda self, m, c: (svd_runs.append(1), real_svd(self, m, c))[1])
+    out = run_recipe(tmp_path, text.replace("LR", "0.0005"), "r", resume=True)
+    assert svd_runs == [] and len(ran) == 2  # the passes before it kept, this one trained again
+    distill = json.loads((out / "report.json").read_text())["distill"]
+    assert distill["resumed"] == 0 and distill["steps_done"] == 2, distill  # from its start
+    assert sorted((run_dir / "distill" / "teacher_samples").rglob("*")) == samples  # kept (not sampled again)
+
+
+@pytest.mark.parametrize("index, name, config, said", [
+    (0, "svd", {}, "change its settings and rerun with --resume"),
+    (2, "svd", {}, "change its settings and rerun with --resume (it keeps the passes before it)"),
+    (0, "distill", dict(lr=0.01), "lower passes.0.distill.lr (0.01) and rerun with --resume (it trains this pass "
+                                  "from its start)"),
+    (3, "distill", dict(lr=0.01, grad_clip=0.0, data="teacher_samples"),
+     "lower passes.3.distill.lr (0.01) or set passes.3.distill.grad_clip (0 now: no clipping) and rerun with --resume "
+     "(it keeps the passes before it and the teacher samples, and trains this pass from its start)"),
+])
+def test_the_refusals_words_say_only_what_resume_keeps(index, name, config, said):
+    """'(it keeps the passes before it)' was said of the first pass too, 'lower distill.lr' of every distill pass."""
+    from types import SimpleNamespace
+
+    from compress.passes.distill import DistillConfig
+    from compress.runner_heldout import nonfinite_words
+
+    p = SimpleNamespace(name=name, config=DistillConfig(**config) if name == "distill" else None)
+    runner = SimpleNamespace(doing=index, passes=[None] * index + [p], _doing_words=lambda: "pass X")
+    assert nonfinite_words(runner, None, []) == f"pass X: the student's prediction holds NaN/Inf; {said}"
 
 
 TOY = ("model: {family}\nteacher: toy:{family}\n"

@@ -114,6 +114,21 @@ def resume_keeps(cfg: DistillConfig, index: int | None, samples: bool = True) ->
     return " and ".join(kept + (["the teacher samples"] if samples and cfg.data == "teacher_samples" else []))
 
 
+def lower_lr(cfg: DistillConfig, index: int | None) -> str:
+    """What a diverged distill pass `index` is to change: 'lower passes.N.distill.lr (LR)[ or set
+    passes.N.distill.grad_clip (0 now: no clipping)] and rerun with --resume'."""
+    key = pass_key(index)
+    clip = f" or set {key}.grad_clip (0 now: no clipping)" if cfg.grad_clip == 0 else ""
+    return f"lower {key}.lr ({cfg.lr:g}){clip} and rerun with --resume"
+
+
+def trains_again(cfg: DistillConfig, index: int | None) -> str:
+    """What that --resume does: 'it keeps KEPT, and trains this pass from its start' (resume_keeps), or
+    'it trains this pass from its start' where it keeps nothing."""
+    kept = resume_keeps(cfg, index)
+    return f"{f'it keeps {kept}, and ' if kept else 'it '}trains this pass from its start"
+
+
 def from_its_start(checkpoints: Path, cfg: DistillConfig, index: int | None, samples: bool = True) -> str:
     """How a refused checkpoint's pass trains again: 'delete CHECKPOINTS to train this pass from its start
     (--resume keeps ...: resume_keeps), or rerun with --restart to start over'."""

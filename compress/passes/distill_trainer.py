@@ -26,7 +26,7 @@ from compress.io_tensors import nonfinite
 from compress.passes.base import RunContext
 from compress.passes.distill_checkpoints import Checkpoints
 from compress.passes.distill_progress import TERMS, fmt_terms, weights_of
-from compress.passes.distill_resume import DISCARDED, checksum, pass_key, resume_keeps
+from compress.passes.distill_resume import DISCARDED, checksum, lower_lr, resume_keeps, trains_again
 from compress.progress import WORDS, bar as progress_bar
 from compress.runner_setup import locate
 
@@ -276,16 +276,14 @@ class _Trainer(Checkpoints):
         weights or layers to hold NaN/Inf', or ''), what to change, and what --resume then does: a
         checkpoint resumes only at the lr it was trained with, so at another it is set aside (renamed
         DISCARDED, Checkpoints._discard_of_other_keys)."""
-        cfg, root, key = self.cfg, self.dir / "checkpoints", pass_key(self.index)
-        clip = f" or set {key}.grad_clip (0 now: no clipping)" if cfg.grad_clip == 0 else ""
+        cfg, root = self.cfg, self.dir / "checkpoints"
         kept = resume_keeps(cfg, self.index)
-        change = f"distill: {what}{culprit}; lower {key}.lr ({cfg.lr:g}){clip} and rerun with --resume"
+        change = f"distill: {what}{culprit}; {lower_lr(cfg, self.index)}"
         if not any(root.glob("step-*")):
             return NumericError(f"{change}{f' (it keeps {kept})' if kept else ''}; no checkpoint was written")
         # (its checkpoints' weights are finite, _save; at this lr a resumed run takes the same steps again)
-        return NumericError(f"{change} ({f'it keeps {kept}, and ' if kept else 'it '}trains this pass from its "
-                            f"start: it moves {root}, trained at these settings, to {root.with_name(DISCARDED)}, "
-                            "replacing any there)")
+        return NumericError(f"{change} ({trains_again(cfg, self.index)}: it moves {root}, trained at these "
+                            f"settings, to {root.with_name(DISCARDED)}, replacing any there)")
 
     def _student_trouble(self, kwargs: dict) -> str:
         """': the first weight, else layer output, of the student to hold NaN/Inf' on the step's inputs."""
