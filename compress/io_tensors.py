@@ -6,8 +6,10 @@ single-file checkpoints, and the one-line errors for what cannot be read (`unrea
 from __future__ import annotations
 
 import functools
+import json
 import pickletools
 import re
+import shlex
 import zipfile
 from pathlib import Path
 
@@ -91,10 +93,38 @@ def read_state_dict(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
         raise UserError(f"{path} is not a readable checkpoint: {not_torch_save(path, e)}") from None
     for key in ("state_dict", "model", "module"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            note_passed_over(path, key, [k for k, v in sd.items() if k != key and tensor_dict(v)])
             sd = sd[key]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise UserError(f"{path} does not hold a dict of tensors")
     return sd
+
+
+def tensor_dict(value) -> bool:
+    """Whether a checkpoint's entry is a non-empty dict of tensors (weights: an EMA copy, another model),
+    not an optimizer's state or a step count."""
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def note_passed_over(path: Path, read: str, others: list[str]) -> None:
+    """A note, once a file, where a checkpoint holds weight dicts beside the one read (a training
+    checkpoint's {"state_dict": ..., "state_dict_ema": ...}): which was read, which passed over, and
+    how to compress another (no key picks one: it is saved alone, a file of its own)."""
+    if not others or (path, read) in _NOTED:
+        return
+    from compress.report import note
+
+    _NOTED.add((path, read))
+    other = others[0]
+    alone = path.with_name(f"{path.stem}-{other}{path.suffix}")
+    code = f"import torch; torch.save(torch.load({json.dumps(str(path))}, weights_only=True)[{json.dumps(other)}], " \
+           f"{json.dumps(str(alone))})"
+    note(f"{path} holds {len(others) + 1} weight dicts: '{read}' is read, {', '.join(repr(k) for k in others)} "
+         f"passed over; to compress '{other}' instead, save it alone and give that file as the teacher: "
+         f"python -c {shlex.quote(code)}")
+
+
+_NOTED: set = set()  # (file, key read) noted already: a file read again (plan, run, eval) says it once
 
 
 def not_torch_save(path: Path, e: Exception) -> str:

@@ -88,3 +88,31 @@ def test_a_whole_legacy_torch_save_file_holding_an_object_is_still_refused_as_co
                _use_new_zipfile_serialization=False)
     with pytest.raises(UserError, match="needs arbitrary code to unpickle"):
         read_state_dict(tmp_path / "m.ckpt")
+
+
+def test_a_checkpoint_holding_an_ema_beside_its_state_dict_says_which_it_read_once_and_how_to_read_the_other(tmp_path, capsys):
+    """A training checkpoint {"state_dict": ..., "state_dict_ema": ...} (PixArt's own layout) loaded its
+    state_dict without a word of the EMA copy passed over. Now a note, once a file: which was read,
+    which passed over, and the command that saves the other alone (no recipe key picks one); that
+    command's file reads the EMA. An optimizer's state or a step count beside it is no weight dict."""
+    import shlex
+    import subprocess
+    import sys
+
+    path = tmp_path / "ckpt.pth"
+    torch.save({"state_dict": {"w": torch.zeros(2, 3)}, "state_dict_ema": {"w": torch.ones(2, 3)},
+                "optimizer": {"state": {}, "param_groups": []}, "step": 3}, path)
+    assert torch.equal(read_state_dict(path)["w"], torch.zeros(2, 3))
+    read_state_dict(path, mmap=True)
+    err = capsys.readouterr().err
+    said = (f"note: {path} holds 2 weight dicts: 'state_dict' is read, 'state_dict_ema' passed over; to compress "
+            "'state_dict_ema' instead, save it alone and give that file as the teacher: python -c ")
+    assert " ".join(err.split()).startswith(said) and err.count("note:") == 1
+    command = shlex.split(" ".join(err.split())[len("note: "):].split("as the teacher: ", 1)[1])
+    assert command[0] == "python"
+    subprocess.run([sys.executable, *command[1:]], check=True)
+    assert torch.equal(read_state_dict(tmp_path / "ckpt-state_dict_ema.pth")["w"], torch.ones(2, 3))
+
+    torch.save({"state_dict": {"w": torch.zeros(2, 3)}, "step": 3}, tmp_path / "plain.pth")
+    read_state_dict(tmp_path / "plain.pth")
+    assert "note:" not in capsys.readouterr().err
