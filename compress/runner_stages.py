@@ -16,11 +16,13 @@ from rich.markup import escape
 from compress.calib_prompts import prompts_in_words
 from compress.errors import UserError
 from compress.interrupts import interrupts_held
+from compress.passes.distill_checkpoints import set_aside
 from compress.passes.distill_resume import DISCARDED
 from compress.passes.importance import write_atomically
 from compress.recipe_teacher_config import FLAG
 from compress.report import console, warn
 from compress.runner_pending import discard, read_record, restore_student, write_record
+from compress.runner_caches import MEASURED_UNDER, measured_under
 from compress.runner_ranks import is_main_process
 from compress.runner_kept import (OF_IT_NOW, fisher_folder, mark_read_by, measured_by, measured_by_in_words,
                                   offered_files, read_back_at_end_in_words, read_back_in_words)
@@ -41,18 +43,20 @@ def restore(runner):
     """(first pass to run, student): with --resume from the latest completed stage saved for this
     recipe (as far as its passes go; later stages of another recipe are discarded), else fresh. The
     run's fingerprint is recorded then (`record_run`): what its passes measure is kept under it."""
+    measured = measured_under(runner.run_dir)  # (read first: a fresh start deletes stages/, the record in it)
     start, student = _restored(runner)
-    record_run(runner)
+    record_run(runner, measured)
     return start, student
 
 
-def record_run(runner) -> None:
+def record_run(runner, measured: dict | None = None) -> None:
     """The run folder's stages/RUN_RECORD: the fingerprint of the run whose passes start now, which
     keys the caches they write (calib/<fingerprint>/, the teacher samples), so a rerun refused before
     its teacher loads names what this run measured, not a cache of another teacher (runner_folders).
     Written only once restored: a --resume refused (another teacher) leaves the earlier run's. Written
     atomically (a temp file beside it renamed over it: importance.write_atomically), as the followers of a
-    launch read it for the key of the caches: never half a record, which would key another."""
+    launch read it for the key of the caches: never half a record, which would key another. `measured`:
+    the runner_caches.measured_under of the folder before this run (None: read now), to which its own is added."""
     fingerprint = getattr(getattr(runner, "ctx", None), "fingerprint", None)
     if not fingerprint or not is_main_process():
         return
@@ -60,6 +64,9 @@ def record_run(runner) -> None:
     stages.mkdir(parents=True, exist_ok=True)
     teacher = getattr(runner, "identity", None)  # what --resume of a distill checkpoint compares (no stage)
     record = {**WRITTEN_BY, "fingerprint": fingerprint, **({"teacher": teacher} if teacher else {})}
+    # the statistics version each fingerprint's caches were measured under: a note names them so (runner_caches)
+    record[MEASURED_UNDER] = {**(measured_under(runner.run_dir) if measured is None else measured),
+                              fingerprint: statistics_version()}
     if getattr(runner, "recipe", None) is not None:  # the passes it runs, which a refused rerun compares
         record[RAN] = runner.recipe.raw  # (runner_resume.unsaved_changes)
     if getattr(runner, "keyed_as", None):  # the teacher moved: the source keying its caches (runner_measured)
@@ -112,7 +119,7 @@ def _restored(runner):
     console.print(resuming_words(k + 1, names, written))
     _say_removals(state["report"], names[:k + 1])
     if skipped:
-        _discard_passed_over(runner, [folder for i, folder, _ in saved if folder != d and i >= k], skipped)
+        _discard_passed_over(runner, k, [folder for i, folder, _ in saved if folder != d and i >= k], skipped)
     runner.student_stage = d
     student = runner.models.restore(d)
     _finish_adopting(runner, k, student, d)
@@ -269,15 +276,35 @@ def resumable(runner) -> tuple[list, int | None, list]:
     return saved, k, skipped
 
 
-def _discard_passed_over(runner, stages: list[Path], skipped: list) -> None:
-    """Stages saved for another recipe after the one resumed (and any distill checkpoint, whose
-    pass now starts from another student) are deleted: what follows runs again."""
+def _discard_passed_over(runner, k: int, stages: list[Path], skipped: list) -> None:
+    """Stages saved for another recipe after the one resumed (pass k's) are deleted: what follows runs
+    again. A distill checkpoint, whose pass now starts from another student, is set aside (renamed
+    DISCARDED beside it, replacing any there, as Checkpoints._discard_of_other_keys does: an earlier
+    pass's key changed by mistake loses no training), said with how to take it back."""
     checkpoints = [c for c in runner.run_dir.glob("distill*/checkpoints") if any(c.iterdir())]
-    also = "; its distill checkpoint is discarded too" if checkpoints else ""
-    console.print(f"  {passed_over_in_words(skipped)}{also}")
+    console.print(f"  {passed_over_in_words(skipped)}{set_aside_in_words(checkpoints, k + 1, runner.recipe.passes)}",
+                  highlight=False)
     if is_main_process():
-        for folder in stages + checkpoints:
+        for folder in stages:
             shutil.rmtree(folder, ignore_errors=True)
+        for folder in checkpoints:
+            set_aside(folder, folder.with_name(DISCARDED))
+
+
+def set_aside_in_words(checkpoints: list[Path], first: int, passes) -> str:
+    """'; its distill checkpoints are set aside (RUN/distill/checkpoints moved to RUN/distill/checkpoints.discarded,
+    replacing any there); to take them back, stop the run before pass 2/3 (svd) ends, ...' for the distill
+    `checkpoints` folders --resume sets aside, passes from index `first` (of `passes`) on running again; ''
+    where there are none. Taken back before that pass saves its stage, they resume: a --resume of the
+    recipe they were trained after runs it again from the same stage, making the student they trained;
+    once saved, that --resume passes its stage over and sets them aside again."""
+    if not checkpoints:
+        return ""
+    moved = ", ".join(f"{c} moved to {c.with_name(DISCARDED)}" for c in checkpoints)
+    each = "it" if len(checkpoints) == 1 else "each"
+    return (f"; its distill checkpoints are set aside ({moved}, replacing any there); to take them back, stop the "
+            f"run before pass {first + 1}/{len(passes)} ({passes[first].name}) ends, rename {each} to checkpoints, "
+            "undo the change and rerun with --resume")
 
 
 def _unfinished(runner) -> None:

@@ -255,3 +255,56 @@ def test_a_restart_with_other_prompts_removes_the_calls_of_the_first(tmp_path, c
     assert kept == {name: t for name, t in both.items() if name not in first}
     logged = (run_dir / "removed-caches.log").read_text()
     assert all(f"\tinputs/{folder.name}/{name}\t" in logged for name in first), logged
+
+
+def test_a_note_names_caches_of_another_statistics_version_so(tmp_path, monkeypatch, capsys):
+    """After STATS_VERSION changed (a new dit-compress), a rerun of a finished run said its run folder 'holds
+    … of caches of another teacher or calibration (calib/…); --restart removes them', of the same teacher
+    and calibration: now 'of caches measured with other statistics (dit-compress's statistics 3, now 4:
+    calib/…)', also for an earlier calibration's caches, whose run recorded its version too. A cache whose
+    version nothing records keeps the words it had; an older dit-compress's record holds its own
+    fingerprint's version in its calibration (`measured_under` reads it there)."""
+    import compress.calib_stats as calib_stats
+    from tests.runner_helpers import SIMPLE
+
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    text = SIMPLE.format(teacher=tmp_path / "teacher", passes="  - svd: {targets: [attention], ratio: 0.5, multiple: 2}\n")
+    run_dir = tmp_path / "run-r"
+    run_recipe(tmp_path, text, "r")
+    (first,) = _caches_by_fingerprint(run_dir)
+    reseeded = text.replace("heldout: 4}", "heldout: 4, seed: 3}")
+    run_recipe(tmp_path, reseeded, "r", overwrite=True)
+    said = " ".join(capsys.readouterr().err.split())
+    assert f" of caches of another teacher or calibration (calib/{first}); --restart removes them" in said, said
+    (second,) = set(_caches_by_fingerprint(run_dir)) - {first}
+    was = calib_stats.STATS_VERSION
+    monkeypatch.setattr(calib_stats, "STATS_VERSION", was + 1)
+    run_recipe(tmp_path, reseeded, "r", overwrite=True)
+    said = " ".join(capsys.readouterr().err.split())
+    both = ", ".join(sorted([f"calib/{first}", f"calib/{second}"]))
+    assert re.search(rf"holds [0-9.]+ KiB of caches measured with other statistics \(dit-compress's statistics {was}, "
+                     rf"now {was + 1}: {both}\); --restart removes them", said), said
+
+    from compress.runner_caches import MEASURED_UNDER, measured_under
+
+    (third,) = set(_caches_by_fingerprint(run_dir)) - {first, second}
+    record = run_dir / "stages" / "run.json"
+    assert json.loads(record.read_text())[MEASURED_UNDER] == {first: was, second: was, third: was + 1}
+    older = {k: v for k, v in json.loads(record.read_text()).items() if k != MEASURED_UNDER}
+    record.write_text(json.dumps(older))  # as an older dit-compress wrote it: its own version in its calibration
+    assert measured_under(run_dir) == {third: was + 1}
+    unknown = run_dir / "calib" / "0123456789abcdef"  # of a fingerprint no record names
+    unknown.mkdir()
+    (unknown / "x.pt").write_bytes(b"0" * 10)
+    monkeypatch.setattr(calib_stats, "STATS_VERSION", was + 2)
+    run_recipe(tmp_path, reseeded, "r", overwrite=True)
+    said = " ".join(capsys.readouterr().err.split())
+    rest = ", ".join(sorted([f"calib/{first}", f"calib/{second}", "calib/0123456789abcdef"]))
+    assert re.search(rf"holds [0-9.]+ KiB of caches measured with other statistics \(dit-compress's statistics "
+                     rf"{was + 1}, now {was + 2}: calib/{third}\) and [0-9.]+ KiB of caches of another teacher or "
+                     rf"calibration \({rest}\); --restart removes them", said), said
+
+
+def _caches_by_fingerprint(run_dir):
+    """The names of a run folder's calib/<fingerprint>/ folders."""
+    return sorted(p.name for p in (run_dir / "calib").iterdir())

@@ -320,8 +320,9 @@ def test_resume_after_changing_the_last_pass_keeps_the_earlier_ones(pixart, monk
     resumed = runner("run", "out-b", "passes.1.svd.ratio=0.4", resume=True).run()
     err = " ".join(capsys.readouterr().err.split())
     assert "resuming after pass 1/2 (remove_blocks)" in err
+    checkpoints = stale.parent
     assert ("the saved pass 2 was of another recipe (it differs in passes.1.svd.ratio): not kept; its distill "
-            "checkpoint is discarded too") in err
+            f"checkpoints are set aside ({checkpoints} moved to {checkpoints}.discarded, replacing any there)") in err
     assert not stale.exists()
     assert calls == []  # the first pass was not run again
     fresh = runner("run-fresh", "out-c", "passes.1.svd.ratio=0.4").run()

@@ -1,0 +1,65 @@
+"""compress.runner_stages: what --resume does with a distill checkpoint once an earlier pass changed
+(`_discard_passed_over`): set aside, not deleted, and taken back as its line says."""
+
+import pytest
+
+from compress.recipe import parse_recipe
+from compress.runner import Runner
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+DISTILL = "  - distill: {steps: 4, warmup_steps: 0, batch_size: 2, checkpoint_every: 1, progress: false}\n"
+
+
+def _files(folder):
+    """{relative path: bytes} of the files under `folder`."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_after_an_earlier_pass_changed_sets_the_distill_checkpoints_aside(pixart, monkeypatch, capsys):
+    """A run stopped in its distill pass (pass 3, a checkpoint at step 2), then --resume with pass 2's svd
+    ratio changed by mistake: it deleted RUN/distill/checkpoints ('its distill checkpoint is discarded too'),
+    hours of training on a real model. Now they are set aside as checkpoints.discarded (the latest only), in
+    words that say how to take them back (another --resume leaves them there); taken back so, --resume continues the training at step 2."""
+    from compress.passes import svd
+    from compress.passes.distill_trainer import StepLimitReached
+
+    tmp_path, _, _ = pixart
+    text = (tmp_path / "r.yaml").read_text() + DISTILL
+
+    def runner(*edits, **kw):
+        return Runner(parse_recipe(text, str(tmp_path / "r.yaml"), list(edits)), tmp_path / "out", tmp_path / "run",
+                      **kw)
+
+    with pytest.raises(StepLimitReached):
+        runner("passes.2.distill.max_steps_this_run=2").run()
+    checkpoints = tmp_path / "run" / "distill" / "checkpoints"
+    aside = checkpoints.with_name("checkpoints.discarded")
+    trained = _files(checkpoints)
+    assert "step-00000002/meta.json" in trained
+    capsys.readouterr()
+    real = svd.SVDPass.run
+
+    def stopped(self, model, ctx):
+        raise KeyboardInterrupt("simulated Ctrl-C during the svd pass run again")
+
+    monkeypatch.setattr(svd.SVDPass, "run", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        runner("passes.1.svd.ratio=0.4", resume=True).run()
+    said = " ".join(capsys.readouterr().err.split())
+    assert ("the saved pass 2 was of another recipe (it differs in passes.1.svd.ratio): not kept; its distill "
+            f"checkpoints are set aside ({checkpoints} moved to {aside}, replacing any there); to take them back, "
+            "stop the run before pass 2/3 (svd) ends, rename it to checkpoints, undo the change and rerun with "
+            "--resume") in said, said
+    assert not checkpoints.exists() and _files(aside) == trained  # byte for byte
+    with pytest.raises(KeyboardInterrupt):  # stopped again, with yet another ratio: nothing more to set aside
+        runner("passes.1.svd.ratio=0.3", resume=True).run()
+    assert _files(aside) == trained
+    monkeypatch.setattr(svd.SVDPass, "run", real)
+
+    aside.rename(checkpoints)  # taken back as the line says
+    runner(resume=True).run()
+    said = " ".join(capsys.readouterr().err.split())
+    assert "resuming after pass 1/3 (remove_blocks)" in said, said
+    assert "continuing from its checkpoint at step 2/4" in said, said
+    assert not checkpoints.exists() and not aside.exists()  # the pass's stage saved: both gone
