@@ -247,9 +247,11 @@ def dora_weights(student: nn.Module, names: dict[str, str], teacher,
 
 def _teacher_weights(student: nn.Module, source: str, config: str | None, names: list[str]) -> dict[str, torch.Tensor]:
     """The weights `names` of the teacher `source`, classified once here (io_source_config.checked): read alone
-    from a toy, a folder or a Hub id (_teacher_files), else (a single file, or a student that took LoRAs
-    before: the teacher with them) from the teacher io.load_teacher_of loads. A dit-compress output (its
-    config's compression section, or its weight file's header) is refused before any weights are read."""
+    from a toy, a folder or a Hub id of safetensors weights (_teacher_files), else (a single file, a folder
+    of .bin weights, or a student that took LoRAs before: the teacher with them) from the teacher
+    io.load_teacher_of loads. A dit-compress output (its config's compression section, or its weight
+    file's header) is refused before any weights are read."""
+    from compress.io_headers import pickled_folder
     from compress.io_source import output_record
     from compress.io_source_config import checked
 
@@ -257,7 +259,8 @@ def _teacher_weights(student: nn.Module, source: str, config: str | None, names:
     if record is not None:
         raise compressed_teacher(f"teacher {source}", record)
     src = checked(source, config)
-    loaded = src.kind == "file" or bool((getattr(student, "compression_meta", None) or {}).get("loras"))
+    loaded = src.kind == "file" or bool((getattr(student, "compression_meta", None) or {}).get("loras")) \
+        or pickled_folder(src) is not None  # .bin weights: read whole, as a single file is
     if src.kind == "hub":
         from compress.report import note
 

@@ -124,6 +124,32 @@ def test_a_doras_teacher_is_read_alone_from_a_toy_or_a_folder(tmp_path):
             assert torch.equal(weights[name], teacher.get_submodule(name).weight), (given, name)
 
 
+@pytest.mark.parametrize("options", [{}, {"max_shard_size": "40KB"}], ids=["one-file", "sharded"])
+def test_a_doras_teacher_of_bin_weights_is_read_whole(tmp_path, options, capsys):
+    """A transformer or pipeline folder whose weights are .bin (save_pretrained(safe_serialization=False),
+    which run, eval and bench load) gives a DoRA's norms as the teacher's own, recorded or given: read
+    whole, as a single file is, not refused with 'no diffusers weights ... convert ... stream'."""
+    import json
+
+    from compress.io import load_teacher
+    from compress.lora_teacher import dora_weights
+
+    teacher = load_teacher("toy:flux")
+    names = {n: n for n in ["transformer_blocks.0.attn.to_q", "single_transformer_blocks.0.proj_mlp"]}
+    folder = tmp_path / "pipe" / "transformer"
+    teacher.save_pretrained(folder, safe_serialization=False, **options)
+    assert not list(folder.glob("*.safetensors*"))
+    (tmp_path / "pipe" / "model_index.json").write_text(json.dumps({"transformer": ["diffusers", "x"]}))
+    student = copy.deepcopy(teacher)
+    student.compression_meta = {"teacher": str(folder)}
+    for given in [None, str(tmp_path / "pipe"), str(folder)]:
+        weights = dora_weights(student, names, given)
+        assert sorted(weights) == sorted(names)
+        for name in names:
+            assert torch.equal(weights[name], teacher.get_submodule(name).weight), (given, name)
+    assert "convert" not in capsys.readouterr().err
+
+
 @pytest.mark.filterwarnings("ignore:.*invalid shape")
 @pytest.mark.parametrize("sharded", [True, False], ids=["sharded", "one-file"])
 def test_a_hub_doras_teacher_downloads_only_the_shards_it_reads(tmp_path, monkeypatch, capsys, sharded):
