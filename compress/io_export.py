@@ -42,11 +42,17 @@ def student_config(model: nn.Module, extra: dict | None = None) -> dict:
     return config
 
 
+CLI_OVERWRITE = "--overwrite"  # how `run` is told to replace an existing output, as a refusal names it
+API_OVERWRITE = "overwrite=True"  # how a Python caller of save_compressed is
+
+
 def save_compressed(model: nn.Module, out, dtype: torch.dtype | str | None = None, extra: dict | None = None,
-                    files: dict[str, str] | None = None, overwrite: bool = False) -> Path:
+                    files: dict[str, str] | None = None, overwrite: bool = False,
+                    overwrite_flag: str = API_OVERWRITE) -> Path:
     """Write the output folder atomically (temp folder + rename). `dtype`: a floating torch dtype or
     its name ('bfloat16'), as load_transformer takes it; None keeps each tensor's. `files`: extra text
-    files. A torch.compile'd model is saved as the model it wraps (`unwrapped`)."""
+    files. A torch.compile'd model is saved as the model it wraps (`unwrapped`). `overwrite_flag`: how
+    the caller gives `overwrite`, as a refusal of an existing `out` names it (the run's --overwrite)."""
     from compress.io_output import as_dtype  # io_output imports this module
 
     dtype = as_dtype(dtype, "save_compressed")  # before anything is written
@@ -55,7 +61,7 @@ def save_compressed(model: nn.Module, out, dtype: torch.dtype | str | None = Non
         raise TypeError(f"save_compressed: model must be a diffusers transformer (its class from diffusers, "
                         f"with a config), got {type(model).__name__}")
     out = Path(out).expanduser()
-    with atomic_folder(out, overwrite) as tmp:
+    with atomic_folder(out, overwrite, overwrite_flag) as tmp:
         config = compressed_config(model, extra, dtype)
         sd = {k: export_cast(k, v, dtype).detach().contiguous() for k, v in model.state_dict().items()}
         save_file(sd, str(tmp / WEIGHTS), metadata=header_metadata(config))
@@ -164,11 +170,12 @@ def output_part(path: Path) -> bool:
         path.is_file() and not path.is_symlink()
 
 
-def check_replaceable(out: Path, overwrite: bool) -> None:
+def check_replaceable(out: Path, overwrite: bool, flag: str = CLI_OVERWRITE) -> None:
     """An existing `out` may be replaced (with `overwrite`) only if it is an earlier output (holding
     only the files an output consists of, `output_part`: the output replaces the folder as a whole,
     so another file there would go with it) or an empty folder, and never the current folder or
-    one above it; a UserError saying why otherwise."""
+    one above it; a UserError saying why otherwise. `flag`: how the caller gives `overwrite`, as the
+    UserError names it (run's --overwrite; a Python caller's overwrite=True, API_OVERWRITE)."""
     if not (out.exists() or out.is_symlink()):
         return
     here = Path.cwd().resolve()
@@ -184,7 +191,7 @@ def check_replaceable(out: Path, overwrite: bool) -> None:
         raise UserError(f"cannot read the output folder {out}: {e.strerror}") from None
     if entries and not is_output(out):
         raise UserError(f"output folder {out} exists and is not a dit-compress output (no config.json "
-                        "with a compression section); --overwrite replaces only an earlier output or an "
+                        f"with a compression section); {flag} replaces only an earlier output or an "
                         "empty folder: name a new folder")
     foreign = next((p for p in entries if not output_part(p)), None)
     if foreign is not None:
@@ -192,16 +199,16 @@ def check_replaceable(out: Path, overwrite: bool) -> None:
         raise UserError(f"output folder {out} holds {foreign.name}, which is {what}, and the output replaces its "
                         "folder as a whole; move it out, or name a new folder")
     if not overwrite:
-        raise UserError(f"output folder {out} exists; pass --overwrite to replace it")
+        raise UserError(f"output folder {out} exists; pass {flag} to replace it")
 
 
 @contextmanager
-def atomic_folder(out, overwrite: bool = False):
+def atomic_folder(out, overwrite: bool = False, flag: str = CLI_OVERWRITE):
     """Yields a temp folder beside `out` that replaces it on success and vanishes on any error or
     interrupt, so `out` is never half-written. An existing `out` is replaced only with `overwrite`,
-    and only where `check_replaceable` allows it."""
+    and only where `check_replaceable` allows it (`flag`: how the caller gives `overwrite`)."""
     out = Path(out).expanduser()
-    check_replaceable(out, overwrite)
+    check_replaceable(out, overwrite, flag)
     tmp = _temp_name(out)  # made inside the try: an interrupt just as it is made removes it too
     try:
         _make_temp(tmp, out)

@@ -36,8 +36,8 @@ from torch import nn
 from compress.errors import NumericError, UserError
 from compress.interrupts import interrupts_held
 from compress.io import INDEX, cast, config_model_class, from_config, read_config
-from compress.io_export import (atomic_folder, canonical_header, compressed_config, export_cast, header_metadata,
-                                write_texts)
+from compress.io_export import (CLI_OVERWRITE, atomic_folder, canonical_header, compressed_config, export_cast,
+                                header_metadata, write_texts)
 from compress.dtype_range import compute_beyond_words, largest_beyond
 from compress.io_tensors import nonfinite
 from compress.stream_files import by_file, opened, tensor_ends, weight_map
@@ -313,7 +313,7 @@ def shard_name(i: int, n: int) -> str:
 
 def save_streamed(model: nn.Module, loader: CheckpointBlocks, out, dtype: torch.dtype | None = None,
                   extra: dict | None = None, files: dict[str, str] | None = None,
-                  overwrite: bool = False) -> Path:
+                  overwrite: bool = False, overwrite_flag: str = CLI_OVERWRITE) -> Path:
     """The output folder of `save_compressed` for a streamed model, atomically: index shards of at
     most SHARD_BYTES, the top level (resident) first, then each block's tensors read from `loader`
     (a block never shares a shard with another), and the `.index.json` that `load_transformer`
@@ -325,7 +325,7 @@ def save_streamed(model: nn.Module, loader: CheckpointBlocks, out, dtype: torch.
     itemsize = dtype.itemsize if dtype else None
     shards = [(unit, keys) for unit in units for keys in pieces(unit, SHARD_BYTES, itemsize)]
     config = compressed_config(model, extra, dtype)
-    with atomic_folder(out, overwrite) as tmp:
+    with atomic_folder(out, overwrite, overwrite_flag) as tmp:
         weight_map, total = {}, 0
         for j, (unit, keys) in enumerate(_track(shards, f"write {Path(out).name}"), start=1):
             on_meta = [k for k in keys if unit[k].device.type == "meta"]

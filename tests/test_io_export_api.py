@@ -70,3 +70,18 @@ def test_a_model_save_compressed_cannot_write_or_no_folder_for_load_transformer_
     with pytest.raises(TypeError, match=r"^load_transformer: out must be the output folder \(a str or a path\), "
                                        r"got None$"):
         load_transformer(None)
+
+
+def test_an_existing_folder_is_refused_in_the_callers_words(tmp_path):
+    """save_compressed onto an existing output said 'output folder OUT exists; pass --overwrite to replace
+    it', the run's option, to a Python caller, who passes overwrite=True; so did its refusal of a folder
+    that is no output. Now a Python caller is told overwrite=True; the run (overwrite_flag) --overwrite."""
+    out = save_compressed(tiny_pixart(), tmp_path / "out")
+    with pytest.raises(UserError, match=rf"^output folder {out} exists; pass overwrite=True to replace it$"):
+        save_compressed(tiny_pixart(), out)
+    with pytest.raises(UserError, match=rf"^output folder {out} exists; pass --overwrite to replace it$"):
+        save_compressed(tiny_pixart(), out, overwrite_flag="--overwrite")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"section\); overwrite=True replaces only an earlier output or an empty "):
+        save_compressed(tiny_pixart(), tmp_path / "notes", overwrite=True)

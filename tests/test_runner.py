@@ -320,3 +320,14 @@ def test_a_run_checks_its_teacher_and_makes_its_passes_once(tmp_path, monkeypatc
     _run(tmp_path, text)
     assert checked == [str(tmp_path / "t")]
     assert made == ["RemoveBlocksPass", "SVDPass"]
+
+
+def test_an_output_written_during_the_run_is_refused_at_export_in_the_runs_words(setup):
+    """The run's export (save_compressed, a Python call) of an output folder written since the run began
+    says the run's option, --overwrite, not the Python caller's overwrite=True."""
+    family, teacher, tmp_path, text = setup
+    runner = Runner(parse_recipe(text, str(tmp_path / "r.yaml")), tmp_path / "out", tmp_path / "run")
+    runner.prepare()
+    runner.models.save(runner.teacher, tmp_path / "out")  # written by another run since this one's start
+    with pytest.raises(UserError, match="exists; pass --overwrite to replace it"):
+        runner.export(runner.teacher, 1)
