@@ -231,6 +231,7 @@ def set_override(data_node: yaml.MappingNode, dotted: str, value_text: str, path
     """Apply `--set a.b.c=value` (list items by index: passes.1.svd.ratio=0.4) to the node tree.
     Every node it adds is marked `--set a.b.c=value`, which errors about it name."""
     mark = yaml.Mark(f"--set {dotted}={value_text}", 0, 0, 0, None, None)
+    _check_top_key(data_node, dotted, path, mark)
     try:
         value_node = yaml.compose(value_text, Loader=RecipeLoader)
     except yaml.YAMLError as e:
@@ -244,6 +245,19 @@ def set_override(data_node: yaml.MappingNode, dotted: str, value_text: str, path
     remark(value_node, mark)
     _check_keys(value_node, path, dotted=dotted)
     place(data_node, dotted, value_text, value_node, mark)
+
+
+def _check_top_key(data_node: yaml.MappingNode, dotted: str, path: str, mark: yaml.Mark) -> None:
+    """`--set pases.1.svd.ratio=0.3`: a path below a top-level key the recipe knows not (nor its file
+    holds) is refused as that key, with the key meant ('unknown key 'pases'; did you mean 'passes'?'),
+    before the path is placed: placing it first said that the recipe had no pases list to index, whose
+    advice (`--set 'pases=[...]'`) only led to this refusal. A pass's name (`svd.ratio`) is left to
+    recipe_set's words, which name its index."""
+    first, dotted_below = dotted.split(".", 1)[0], "." in dotted
+    if not dotted_below or first in TOP_KEYS or first in PASSES or first in [k.value for k, _ in data_node.value]:
+        return
+    hint = MERGE_HINT if first == "<<" else did_you_mean(first, TOP_KEYS)
+    raise UserError(f"{path} ({mark.name}): unknown key '{first}'{hint}")
 
 
 def _is_null(node: yaml.Node) -> bool:

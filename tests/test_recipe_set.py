@@ -45,6 +45,23 @@ def test_an_index_into_a_list_the_recipe_lacks_asks_for_the_whole_list(override,
     assert str(e.value) == (f"--set {override.partition('=')[0]}: the recipe has no {there} to take item "
                             f"{index} of; give the whole list, e.g. --set '{there}=[...]'")
 
+
+@pytest.mark.parametrize("override, key, meant", [
+    ("pases.1.svd.ratio=0.3", "pases", "; did you mean 'passes'?"),
+    ("pases.1.svd.ratio=null", "pases", "; did you mean 'passes'?"),
+    ("calibratoin.prompts.0=a cat", "calibratoin", "; did you mean 'calibration'?"),
+    ("zzz.0=1", "zzz", ""),
+])
+def test_an_index_below_an_unknown_top_level_key_names_the_key_meant_first(override, key, meant):
+    """`--set pases.1.svd.ratio=0.3` said 'the recipe has no pases to take item 1 of; give the whole list,
+    e.g. --set 'pases=[...]'', and that --set then 'unknown key 'pases'; did you mean 'passes'?'. The
+    unknown key is said first, as the recipe's check says it; a pass's name keeps its own words."""
+    with pytest.raises(UserError) as e:
+        parse_recipe(RECIPE, "r.yaml", [override])
+    assert str(e.value) == f"r.yaml (--set {override}): unknown key '{key}'{meant}"
+    with pytest.raises(UserError, match=r"^--set svd.ratio: a pass's options are set by its index"):
+        parse_recipe(RECIPE, "r.yaml", ["svd.ratio=0.3"])
+
 ALIASED = """\
 model: pixart
 teacher: toy:pixart
