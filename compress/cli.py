@@ -302,16 +302,18 @@ def _interrupt_note(args, e: KeyboardInterrupt) -> str:
 
 
 def _this_recipe(args) -> tuple:
-    """(Recipe, passes) of `run`'s recipe, the one cmd_run loaded (not parsed again), which the run folder's
-    saved work is compared with; (None, []) (not compared) when the Ctrl-C came before cmd_run loaded it or
-    cut `run`'s imports short (building its passes would import torch now), or its passes cannot be built
-    (a rerun stops on that first)."""
-    recipe = getattr(args, "loaded_recipe", None)
-    if recipe is None or "compress.runner" not in sys.modules:
+    """(Recipe, passes) of `run`'s recipe, which the run folder's saved work is compared with: the one
+    cmd_run loaded (not parsed again), else (a Ctrl-C before cmd_run had it, in a process whose runner was
+    imported already; a stand-in for the run command) read here; (None, []) (not compared) when the Ctrl-C
+    cut `run`'s imports short (building its passes would import torch now), or the recipe cannot be read
+    or its passes built (a rerun stops on that first)."""
+    if "compress.runner" not in sys.modules:
         return None, []
     from compress.passes import build_passes
+    from compress.recipe import load_recipe
 
     try:
+        recipe = getattr(args, "loaded_recipe", None) or load_recipe(args.recipe, args.overrides)
         return recipe, build_passes(recipe)
     except UserError:
         return None, []
