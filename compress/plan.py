@@ -95,7 +95,8 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
         check_streaming(passes, recipe.passes, recipe.path)
     streamed = streamed_weights(model, adapter) if recipe.stream else None
     if recipe.device != "auto" and (why := unusable(torch.device(recipe.device))):  # the run refuses it (resolve_device)
-        note(f"{recipe.path}: device {recipe.device}, but {why}; this plan holds, its run needs a machine with that GPU")
+        note(f"{recipe_where(recipe, 'device', recipe.device)}: device {recipe.device}, but {why}; this plan holds, "
+             "its run needs a machine with that GPU")
     sampled = src.sampling or source_sampling(recipe.calibration, source)  # checked_sources': one read of a folder's
     inputs, toy, calib = _calibration(recipe, source, model, sampled)  # model_index.json a plan passes down
     walk = PassWalk(recipe, model, adapter, calib)

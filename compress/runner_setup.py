@@ -23,6 +23,7 @@ from compress.io_single import OtherFamily
 from compress.io_source_recipe import checked_sources, other_family_words
 from compress.io_tensors import nonfinite
 from compress.recipe import Recipe
+from compress.recipe_where import recipe_where
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -168,13 +169,14 @@ def load_checked_teacher(recipe: Recipe, teacher: str | None = None, config: str
 
 def resolve_device(recipe: Recipe) -> torch.device:
     """The recipe's device: auto is cuda when torch sees a GPU; a GPU asked for and not there is a
-    one-line error. Streamed runs read each block to the CPU and compute on this device too."""
+    one-line error naming the recipe's device: line (or its --set). Streamed runs read each block to the CPU
+    and compute on this device too."""
     name = recipe.device
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if why := unusable(device):  # bench --device's words (devices.unusable)
-        raise UserError(f"{recipe.path}: device {name}, but {why}"
+        raise UserError(f"{recipe_where(recipe, 'device', recipe.device)}: device {name}, but {why}"
                         + ("; set device: cpu or auto" if not torch.cuda.is_available() else ""))
     return device
 

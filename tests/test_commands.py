@@ -223,7 +223,7 @@ def test_plan_refuses_what_the_run_would_and_says_when_there_is_no_gpu(recipe, t
         cuda.write_text("device: cuda\n" + recipe.read_text())
         assert main(["plan", str(cuda)]) == 0
         err = " ".join(capsys.readouterr().err.split())
-        assert "torch sees no CUDA GPU here" in err and f"note: {cuda}: device cuda" in err
+        assert "torch sees no CUDA GPU here" in err and f"note: {cuda}:1: device cuda" in err
 
 
 def _strict_json(text: str):

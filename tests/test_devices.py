@@ -88,7 +88,7 @@ def test_a_gpu_torch_does_not_see_is_said_alike_by_a_run_and_by_bench(monkeypatc
     assert _bench_refusal(name) == f"--device {name}, but {why}{advice.get('bench', '')}"
     with pytest.raises(UserError) as e:
         resolve_device(parse_recipe(RECIPE.format(name), "r.yaml"))
-    assert str(e.value) == f"r.yaml: device {name}, but {why}{advice.get('run', '')}"
+    assert str(e.value) == f"r.yaml:1: device {name}, but {why}{advice.get('run', '')}"
 
 
 @pytest.mark.parametrize("count", [0, 1])
@@ -102,4 +102,20 @@ def test_plan_notes_a_gpu_torch_does_not_see_in_the_runs_words(monkeypatch, caps
     recipe = parse_recipe(RECIPE.format("cuda:3"), "r.yaml")
     make_plan(recipe)
     why = "torch sees 1 GPU: cuda:0" if count else "torch sees no CUDA GPU here"
-    assert f"note: r.yaml: device cuda:3, but {why}" in " ".join(capsys.readouterr().err.split())
+    assert f"note: r.yaml:1: device cuda:3, but {why}" in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("text, where", [
+    ("model: pixart\nteacher: toy:pixart\ndevice: cuda\npasses: [importance]\n", "e/dev.yaml:3"),
+    ("model: pixart\nteacher: toy:pixart\npasses: [importance]\n", "e/dev.yaml (--set device)")])
+def test_a_gpu_torch_does_not_see_names_the_recipes_device_line(monkeypatch, text, where):
+    """A recipe's `device: cuda` on a machine without a GPU was refused as 'e/dev.yaml: device cuda, but
+    torch sees no CUDA GPU here (...); set device: cpu or auto', without the key's line (a value no device
+    at all, `cuda:x`, names it: e/dev2.yaml:4:). Now the line, or the --set that gave it."""
+    from compress.runner_setup import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    overrides = [] if "device:" in text else ["device=cuda"]
+    with pytest.raises(UserError) as e:
+        resolve_device(parse_recipe(text, "e/dev.yaml", overrides))
+    assert str(e.value).startswith(f"{where}: device cuda, but torch sees no CUDA GPU here (torch ")
