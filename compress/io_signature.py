@@ -4,7 +4,10 @@ teacher (`teacher_signature`), so that eval and bench notice files replaced sinc
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import hashlib
+import itertools
 import json
 import re
 from pathlib import Path
@@ -82,6 +85,67 @@ def file_signature(path: Path) -> dict:
     return {"bytes": size, "sha256": h.hexdigest()}
 
 
+def tensors_digest(paths: list[Path]) -> str | None:
+    """A sha256 of the tensors safetensors files hold, whatever files they lie in (a folder re-saved
+    sharded otherwise, the same tensors, has the same): each tensor's name, dtype and shape, its first
+    and last END bytes, in name order, and CHUNKS evenly spaced CHUNK-byte pieces of their data laid
+    end to end in that order (all of it when smaller): file_signature's reads again, in the page
+    cache then. None where a file is no safetensors file or its header does not parse, or a name is
+    in two files (no digest: the files' signatures are compared alone). OSError where one cannot be read."""
+    entries = []  # (name, dtype, shape, path, begin, end): end - begin bytes from begin in the file
+    for path in paths:
+        if path.suffix != ".safetensors" or (found := header_entries(path)) is None:
+            return None
+        entries += found
+    entries.sort()
+    if len({e[0] for e in entries}) < len(entries):
+        return None
+    h = hashlib.sha256()
+    with contextlib.ExitStack() as stack:
+        opened = {p: stack.enter_context(open(p, "rb")) for p in paths}
+
+        def read(entry, offset: int, length: int) -> bytes:
+            f = opened[entry[3]]
+            f.seek(entry[4] + offset)
+            return f.read(length)
+        for e in entries:
+            size = e[5] - e[4]
+            h.update(json.dumps(e[:3]).encode())
+            for offset in sorted({0, max(0, size - END)}):
+                h.update(read(e, offset, min(END, size)))
+        total = sum(e[5] - e[4] for e in entries)
+        starts = [0] + list(itertools.accumulate(e[5] - e[4] for e in entries))
+        pieces = [(0, total)] if total <= CHUNKS * CHUNK else \
+            [(i * (total - CHUNK) // (CHUNKS - 1), CHUNK) for i in range(CHUNKS)]
+        for offset, length in pieces:  # a piece across tensors: each one's part of it
+            i = bisect.bisect_right(starts, offset) - 1
+            while length > 0 and i < len(entries):
+                part = min(length, starts[i + 1] - offset)
+                h.update(read(entries[i], offset - starts[i], part))
+                offset, length, i = offset + part, length - part, i + 1
+    return h.hexdigest()
+
+
+def header_entries(path: Path) -> list[tuple] | None:
+    """[(name, dtype, shape, path, begin, end)] of a safetensors file's tensors, their data's place in
+    the file; None where its header does not parse or a place lies outside the file."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        start = 8 + int.from_bytes(f.read(8), "little")
+        if size < start:
+            return None
+        header = f.read(start - 8)
+    try:
+        items = [(k, e["dtype"], e["shape"], e["data_offsets"]) for k, e in json.loads(header).items()
+                 if k != "__metadata__"]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    spans = [s for *_, s in items if isinstance(s, list) and len(s) == 2 and all(type(v) is int for v in s)]
+    if len(spans) < len(items) or any(not 0 <= a <= b <= size - start for a, b in spans):
+        return None
+    return [(k, dtype, shape, path, start + a, start + b) for k, dtype, shape, (a, b) in items]
+
+
 def tensor_spans(header: bytes, size: int | None = None) -> list[tuple[int, int]]:
     """The data offsets [(begin, end)] of a safetensors header's tensors, in file order, those that
     are two integers within the `size` bytes of data (where given); [] where the header does not
@@ -97,13 +161,16 @@ def tensor_spans(header: bytes, size: int | None = None) -> list[tuple[int, int]
 
 def teacher_signature(source: str) -> dict | None:
     """What a run records of its teacher's weight files ({"method": method_of(files), "files": {name:
-    file_signature}}), for eval and bench to notice files replaced since; None for a toy teacher or
-    a Hub id (nothing local of its own to read)."""
+    file_signature}, "tensors": tensors_digest, where they are safetensors files}), for eval and bench
+    to notice files replaced since; None for a toy teacher or a Hub id (nothing local of its own to read)."""
     files = weight_files(source)
     if not files:
         return None
     try:
-        return {"method": method_of(files), "files": {name: file_signature(p) for name, p in files.items()}}
+        record = {"method": method_of(files), "files": {name: file_signature(p) for name, p in files.items()}}
+        if (tensors := tensors_digest(list(files.values()))) is not None:
+            record["tensors"] = tensors
+        return record
     except (OSError, ValueError, OverflowError):  # the run loaded them: not to fail over a record
         return None
 
@@ -122,19 +189,23 @@ def comparable(*records) -> bool:
                for r in records)
 
 
-def signature_change(recorded, source: str, now: dict | None = None) -> str | None:
+def signature_change(recorded, source: str, signature: dict | None = None) -> str | None:
     """What differs between a recorded `teacher_signature` and the teacher `source`'s files now, in
     words ('NAME holds other bytes'), naming the first file that differs; None where nothing does, and
     where the record is missing or of another method (an output of an older or newer dit-compress) or
-    the files cannot be read now (the loader says why). `now`: the files' signatures read already
-    (teacher_signature's "files"), not read again."""
+    the files cannot be read now (the loader says why); None too where both record the same tensors
+    (tensors_digest: the files re-written otherwise, resharded, the tensors in them the same).
+    `signature`: teacher_signature(source) read already, not read again."""
     if not comparable(recorded):
         return None
     try:  # teacher_signature's None: no files, or one not read; its weight_files may raise OSError
-        now = now if now is not None else (teacher_signature(source) or {"files": {}})["files"]
+        signature = (signature if signature is not None else teacher_signature(source)) or {"files": {}}
     except (OSError, ValueError, OverflowError):
         return None
+    now = signature["files"]
     if not now:  # the teacher is gone, or is no teacher now: its loader says so
+        return None
+    if recorded.get("tensors") is not None and recorded.get("tensors") == signature.get("tensors"):
         return None
     before, differ = recorded["files"], []
     for name in sorted(before.keys() | now.keys()):

@@ -113,7 +113,7 @@ def other_files(source: str, took: str, took_files: dict | None, seen: dict | No
     now = fingerprint(source, seen)
     if now is None:  # no weight files, or not read now: the loader says why
         return None
-    return signature_change(took_signature(took, took_files, seen), source, now["files"])
+    return signature_change(took_signature(took, took_files, seen), source, now)
 
 
 def took_signature(took: str, took_files: dict | None, seen: dict | None) -> dict | None:
@@ -144,7 +144,7 @@ def _compared_files(source: str, took: str, took_files: dict | None, seen: dict 
     now = fingerprint(source, seen)
     if not comparable(recorded, now):
         return None
-    return signature_change(recorded, source, now["files"]) is not None
+    return signature_change(recorded, source, now) is not None
 
 
 def _teacher_base(teacher: nn.Module, source: str):

@@ -242,3 +242,53 @@ def test_a_pickles_record_says_what_was_hashed_of_it_and_an_older_record_still_c
     assert signature_change(older, str(pth)) is None and signature_change(pickled, str(pth)) is None
     pth.write_bytes(os.urandom(3 * CHUNK))
     assert signature_change(older, str(pth)) == "t.pth holds other bytes"
+
+
+def test_a_teacher_resaved_sharded_with_the_same_tensors_is_not_said_changed(output, capsys):
+    """The teacher's folder re-saved in shards, every tensor the same: eval warned 'teacher … changed
+    since … : diffusion_pytorch_model-00001-of-00003.safetensors is new (and 3 more)'. The record now
+    holds the tensors' digest (tensors_digest) too, which is the same: no warning. Shards of other
+    weights are still said changed."""
+    out, teacher = output
+    quiet = ["eval", str(out), "--json"]
+    shutil.rmtree(teacher)
+    tiny_flux().save_pretrained(teacher, max_shard_size="40KB")
+    assert len(list(teacher.glob("*-of-*"))) > 1
+    assert "warning" not in _eval(quiet, capsys)
+    assert signature_change(json.loads((out / "report.json").read_text())["teacher_files"], str(teacher)) is None
+    shutil.rmtree(teacher)
+    tiny_flux(seed=1).save_pretrained(teacher, max_shard_size="40KB")
+    assert "changed since" in _eval(quiet, capsys)
+
+
+def test_the_tensors_digest_is_of_the_tensors_whatever_files_hold_them(tmp_path):
+    """Other files, another order in them: the same digest. A byte changed in a piece it reads (one
+    across two tensors too), another dtype or name: another digest. A pickle: none."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from compress.io_signature import tensors_digest
+
+    rng = np.random.default_rng(0)
+    tensors = {f"t{i}": rng.standard_normal(100_003 + i, dtype=np.float32) for i in range(6)}  # 2.4 MB: pieces
+    save_file(tensors, tmp_path / "one.safetensors")
+    save_file({k: tensors[k] for k in ("t5", "t0", "t3")}, tmp_path / "a.safetensors")
+    save_file({k: tensors[k] for k in ("t2", "t4", "t1")}, tmp_path / "b.safetensors")
+    digest = tensors_digest([tmp_path / "one.safetensors"])
+    assert digest == tensors_digest([tmp_path / "b.safetensors", tmp_path / "a.safetensors"]) is not None
+    total = sum(t.nbytes for t in tensors.values())
+    ends = np.cumsum([tensors[f"t{i}"].nbytes for i in range(6)])
+    middle = (CHUNKS // 2) * (total - CHUNK) // (CHUNKS - 1)  # a piece's start, past the tensors' ends read
+    crossing = next(i * (total - CHUNK) // (CHUNKS - 1) for i in range(CHUNKS)
+                    if any(0 < e - i * (total - CHUNK) // (CHUNKS - 1) < CHUNK for e in ends))
+    for at in (middle, crossing + CHUNK - 1):
+        i = int(np.searchsorted(ends, at, side="right"))
+        changed = {k: v.copy() for k, v in tensors.items()}
+        changed[f"t{i}"].view(np.uint8)[at - (ends[i - 1] if i else 0)] ^= 1
+        save_file(changed, tmp_path / "c.safetensors")
+        assert tensors_digest([tmp_path / "c.safetensors"]) != digest, at
+    save_file(dict(tensors, t0=tensors["t0"].astype(np.float64)), tmp_path / "d.safetensors")
+    save_file(dict(tensors, t6=tensors.pop("t0")), tmp_path / "e.safetensors")
+    assert digest not in {tensors_digest([tmp_path / "d.safetensors"]), tensors_digest([tmp_path / "e.safetensors"])}
+    (tmp_path / "t.pth").write_bytes(b"")
+    assert tensors_digest([tmp_path / "a.safetensors", tmp_path / "t.pth"]) is None

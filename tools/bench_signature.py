@@ -1,4 +1,5 @@
-"""What the teacher-file signature eval and bench compare costs (`io_signature.file_signature`), and
+"""What the teacher-file signature eval and bench compare costs (`io_signature.file_signature`, and
+`tensors_digest`, the tensors' signature whatever files hold them, read after it), and
 the weights checksum a run takes once for --resume and its caches (`runner_teacher_id.weights_checksum`,
 every byte: resident, of the tensors in memory; streamed, of the files).
 
@@ -26,7 +27,7 @@ from safetensors.numpy import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from compress.io_signature import file_signature  # noqa: E402
+from compress.io_signature import file_signature, tensors_digest  # noqa: E402
 from compress.runner_teacher_id import weights_checksum  # noqa: E402
 from compress.runner_stream import ResidentModels, StreamedModels  # noqa: E402
 
@@ -68,11 +69,15 @@ def main() -> None:
         warm = min(timed(lambda: file_signature(path)) for _ in range(3))
         evict(path)
         cold = timed(lambda: file_signature(path))
+        tensors = min(timed(lambda: tensors_digest([path])) for _ in range(3))  # after file_signature: cached
+        evict(path)
+        tensors_cold = timed(lambda: tensors_digest([path]))
         full = timed(lambda: full_sha256(path))  # read whole, once
         size = path.stat().st_size / (1 << 30)
         load, resident, streamed = checksums(path, Path(folder))
     print(f"{size:.2f} GiB in {args.tensors} tensors: signature {warm * 1e3:.1f} ms warm, {cold * 1e3:.1f} ms cold; "
-          f"a full sha256 {full:.2f} s ({full / warm:.0f}x the warm signature, {full / cold:.0f}x the cold one)")
+          f"a full sha256 {full:.2f} s ({full / warm:.0f}x the warm signature, {full / cold:.0f}x the cold one); "
+          f"tensors digest {tensors * 1e3:.1f} ms warm, {tensors_cold * 1e3:.1f} ms cold")
     print(f"weights checksum (every byte): resident {resident / load:.2f}x, streamed (cold) {streamed / load:.2f}x "
           f"the time to load the file (cold: {size / load:.2f} GiB/s)")
 
