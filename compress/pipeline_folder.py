@@ -10,6 +10,7 @@ load_pipeline's base ask for it instead."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from compress.errors import UserError
@@ -112,6 +113,32 @@ def index_problem(folder: str, index: dict, passed: tuple[str, ...] = ("transfor
     if cls is None:  # a class whose packages are missing (diffusers' dummy): need_transformers says so
         return None if _dummy(index) else unknown_class(index)
     return parts_problem(folder, index, cls, passed, fetch)
+
+
+# a part's weight file, one or a shard: diffusers' diffusion_pytorch_model, transformers' model / pytorch_model,
+# plain or a variant's (save_pretrained(variant="fp16"): NAME[-00001-of-00002].fp16[-00001-of-00002].safetensors)
+_PART_WEIGHTS = r"(?:diffusion_pytorch_model|model|pytorch_model)(?:-\d+-of-\d+)?(?:\.(\w+))?(?:-\d+-of-\d+)?\.(?:safetensors|bin)"
+
+
+def parts_variant(folder: str, index: dict, passed: tuple[str, ...] = ("transformer",)) -> str | None:
+    """The weight variant (`fp16` ...) to give from_pretrained for the pipeline folder `folder`
+    (model_index.json `index`): the one its listed parts (but `passed`, given to from_pretrained) hold
+    where one holds only that variant's weights (save_pretrained(variant="fp16"), a download of
+    "*.fp16.*"), as io.weights_variant finds a transformer's; diffusers reads the plain weights of a
+    part without them. None where each holds plain weights; a UserError where they hold two variants
+    only (no one from_pretrained reads them all)."""
+    only = set()
+    for name in listed_parts(index):
+        part = Path(os.path.expanduser(folder)) / name
+        if name in passed or not part.is_dir():
+            continue
+        found = {m[1] for f in part.iterdir() if (m := re.fullmatch(_PART_WEIGHTS, f.name))}
+        if found and None not in found:
+            only |= found
+    if len(only) > 1:
+        raise UserError(f"{folder}'s parts hold the weight variants {', '.join(sorted(only))} only, and "
+                        "from_pretrained reads one; save them as one variant (or plain)")
+    return next(iter(only), None)
 
 
 def _dummy(index: dict) -> bool:
