@@ -106,7 +106,7 @@ def _prompt_lines(path: Path, name: str, where: str = "") -> list[str]:
     lines = lines_of(text)
     if not lines:
         raise UserError(f"{where}calibration.prompt_file {name} is empty: give one prompt per line")
-    _warn_if_hash_line(text, name)
+    _warn_if_hash_line(text, path)
     return lines
 
 
@@ -117,14 +117,18 @@ def _lines(text: str) -> list[str]:
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
-def _warn_if_hash_line(text: str, name: str) -> None:
+def _warn_if_hash_line(text: str, path: Path) -> None:
     """A warning at the first line starting with '#': it is a prompt (a prompt may start with '#'),
-    which a user who meant it as a comment would otherwise never learn. Once per file, not per line."""
+    which a user who meant it as a comment would otherwise never learn. Once per file, not per line.
+    The file is named as read (`path`: relative to the recipe's folder, not as the recipe wrote it),
+    relative to the working folder where it is below it (output_names.as_typed)."""
+    from compress.output_names import as_typed
     from compress.report import warn
 
     line = next((i for i, ln in enumerate(_lines(text), 1) if ln.strip().startswith("#")), None)
     if line is not None:
-        warn(f"{name}:{line} starts with '#': every non-empty line is a prompt (this file format has no comments)")
+        warn(f"{as_typed(Path(path))}:{line} starts with '#': every non-empty line is a prompt (this file format "
+             "has no comments)")
 
 
 def one_branch(family: str, toy: bool) -> bool:

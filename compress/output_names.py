@@ -270,7 +270,7 @@ def run_output(path: Path) -> Path | None:
     `inspect runs/NAME` meant. None where that is not there or no output."""
     recorded = _recorded_output(path)
     if recorded is not None and is_output(recorded):
-        return _as_typed(recorded)
+        return as_typed(recorded)
     runs = next((folder for folder in path.parents if folder.name == "runs"), None)
     if runs is None:
         return None
@@ -289,7 +289,7 @@ def _recorded_output(run_dir: Path) -> Path | None:
     return Path(out) if isinstance(out, str) and out else None
 
 
-def _as_typed(path: Path) -> Path:
+def as_typed(path: Path) -> Path:
     """`path` (absolute) relative to the working folder where it is below it: out/x, not /home/.../out/x."""
     try:
         return path.relative_to(Path.cwd())

@@ -1,5 +1,7 @@
 """Calibration prompts (compress/calib_pipeline.py read_prompts): prompt files, num_prompts, their recipe line."""
 
+from pathlib import Path
+
 import pytest
 
 from compress.calib_pipeline import read_prompts
@@ -84,10 +86,12 @@ def test_a_prompt_file_saved_with_a_byte_order_mark_reads_its_first_prompt_whole
     assert read_prompts(calib, tmp_path) == ["a cat", "snow"]
 
 
-def test_a_prompt_line_starting_with_hash_is_a_prompt_and_warned_about_once(tmp_path, capsys):
+def test_a_prompt_line_starting_with_hash_is_a_prompt_and_warned_about_once(tmp_path, capsys, monkeypatch):
     """A '#' line became a prompt silently (meant as a comment, it calibrated on its words). It stays
     a prompt, with one warning naming the file and the first such line."""
     from compress.recipe import CalibrationConfig
+
+    monkeypatch.chdir(tmp_path)
 
     (tmp_path / "p.txt").write_text("a cat\n  # a [red] fox\n#snow\n")
     calib = CalibrationConfig(source="pipeline", prompt_file="p.txt", num_prompts=None)
@@ -95,6 +99,29 @@ def test_a_prompt_line_starting_with_hash_is_a_prompt_and_warned_about_once(tmp_
     err = " ".join(capsys.readouterr().err.split())
     assert err == ("warning: p.txt:2 starts with '#': every non-empty line is a prompt (this file format has "
                    "no comments)")
+
+
+def test_the_hash_line_warning_names_the_file_read_not_as_the_recipe_wrote_it(tmp_path, capsys, monkeypatch):
+    """Run from the recipe's parent folder, the warning named 'p.txt:2' for the file pdir/p.txt (the
+    recipe's prompt_file: p.txt, read relative to the recipe's folder pdir). Now the file read, relative
+    to the working folder where it is below it, else as it is."""
+    from compress.recipe import CalibrationConfig
+
+    (tmp_path / "pdir").mkdir()
+    (tmp_path / "pdir" / "p.txt").write_text("a cat\n#snow\n")
+    calib = CalibrationConfig(source="pipeline", prompt_file="p.txt", num_prompts=None)
+    monkeypatch.chdir(tmp_path)
+    for recipe_dir, named in ((Path("pdir"), "pdir/p.txt"), (tmp_path / "pdir", "pdir/p.txt"),
+                              (Path("pdir/../pdir"), "pdir/../pdir/p.txt")):
+        read_prompts(calib, recipe_dir)
+        assert f"warning: {named}:2 starts with '#'" in " ".join(capsys.readouterr().err.split())
+    monkeypatch.chdir(tmp_path / "pdir")
+    read_prompts(calib, Path("."))
+    assert "warning: p.txt:2 starts with '#'" in capsys.readouterr().err
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    read_prompts(calib, tmp_path / "pdir")
+    assert f"warning: {tmp_path / 'pdir' / 'p.txt'}:2 starts with '#'" in " ".join(capsys.readouterr().err.split())
 
 
 def test_the_hash_line_warning_counts_lines_as_the_prompts_are_split(tmp_path, capsys):
