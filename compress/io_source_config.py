@@ -143,7 +143,30 @@ class TeacherSource:
 
             config = self.config  # its errors are said after `where` already: not twice
             family = prefixed(self.where, lambda: family_of_class(built_class(config)))
+            if self.kind == "folder":
+                self._check_weights_family(config)
         return family, get_adapter(family).class_name
+
+    def _check_weights_family(self, config: dict) -> None:
+        """A transformer folder whose safetensors weights (their header names: io_single.detect_family) are
+        another family's than its config.json describes is refused as such (io_single.check_config_family),
+        not as a teacher of the config's family ('set model: flux') nor, after that, as missing keys.
+        Nothing read of an output's, or of .bin weights; weights that do not tell, or do not open, are
+        left to check_weights and the load."""
+        from compress.io import transformer_folder
+        from compress.io_headers import safetensors_weights
+        from compress.io_single import check_config_family, detect_family
+        from compress.stream_files import weight_map
+
+        folder = transformer_folder(Path(self.source).expanduser())
+        if "compression" in config or not safetensors_weights(folder):
+            return
+        try:
+            family = detect_family(list(weight_map(folder)))
+        except UserError:
+            return
+        cfg = folder / "config.json"
+        prefixed(self.where, check_config_family, family, config, cfg, folder, str(cfg))
 
     def has_config(self) -> bool:
         """Whether a config is at hand to read: a single file's only with --teacher-config or beside it."""

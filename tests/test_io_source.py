@@ -168,6 +168,27 @@ def test_a_single_file_with_a_config_of_the_other_family_says_so_before_loading(
                                 f"its own transformer (--teacher-config)")
 
 
+@pytest.mark.parametrize("weights, config", [("flux", "pixart"), ("pixart", "flux")])
+def test_a_folder_whose_config_json_is_of_the_other_family_says_so_before_loading(tmp_path, weights, config):
+    """A folder of PixArt weights with a Flux config.json said 'model is pixart but the teacher t is a
+    FluxTransformer2DModel (flux); set model: flux', and with model: flux 'the weights do not match
+    config.json: missing ...': whichever model the recipe names, what the weights' headers and the
+    config each describe, as of a single file (sharded weights read from every shard's header)."""
+    import shutil
+
+    make = {"pixart": tiny_pixart, "flux": tiny_flux}
+    make[weights]().save_pretrained(tmp_path / "t", max_shard_size="40KB")
+    make[config]().save_config(tmp_path / "cfg")
+    shutil.copy(tmp_path / "cfg" / "config.json", tmp_path / "t" / "config.json")
+    for model in ("pixart", "flux"):
+        recipe = _recipe(tmp_path / model, teacher=str(tmp_path / "t"), model=model)
+        with pytest.raises(UserError) as e:
+            checked_sources(recipe)
+        assert str(e.value) == (f"{recipe.path}:2: {tmp_path}/t: the checkpoint's weights are a {weights} transformer "
+                                f"while the config in {tmp_path}/t describes a {config} one; give the config of its "
+                                f"own transformer ({tmp_path}/t/config.json)")
+
+
 def _counting(monkeypatch):
     """(sources checked, configs read) from here on: lists that grow with each call."""
     import compress.io
