@@ -5,29 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from compress.arch import get_adapter
 from compress.errors import UserError
-from compress.io import (cast, check_same_architecture, load_teacher, load_teacher_of, pipeline_without_transformer,
-                         read_config)
+from compress.eval_errors import teacher_relative, teacher_relative_streamed
+from compress.io import load_teacher, load_teacher_of, pipeline_without_transformer, read_config
 from compress.output_names import is_output, missing_output, output_usage, run_output
 from compress.io_output import load_transformer, output_folder
 from compress.io_source import check_source, looks_local, no_checkpoint_file, output_weights
-from compress.io_source_recipe import checked_sources
 from compress.measured_against import against, teacher_fields, teacher_loras
-from compress.progress import status
 from compress.recipe_where import option_where
-from compress.report import console, note, output_file, read_report, results, to_json
+from compress.report import console, note, output_file, results, to_json
 from compress.report_teacher import recorded_teacher, teacher_to_load, toy_base, warn_if_teacher_changed
-
-
-def _read_only_streams(recipe, device):
-    """A runner_stream.StreamedModels that writes nothing, in the recipe's compute dtype."""
-    from compress.runner import DTYPES
-    from compress.runner_stream import StreamedModels
-
-    return StreamedModels(None, DTYPES[recipe.compute_dtype], device)
 
 
 def _load_model(model: str, teacher_arg: str | None, config_arg: str | None = None,
@@ -67,7 +55,7 @@ def evaluate(args) -> int:
         _toy_options_only(grid, args.seed)
         warn_if_teacher_changed(streamed_out[0], streamed_out[1], "eval")
         named = teacher_fields(streamed_out[1], args.teacher)
-        return _print(_teacher_relative_streamed(*streamed_out, bool(args.teacher)), args.json, named, args.model)
+        return _print(teacher_relative_streamed(*streamed_out, bool(args.teacher)), args.json, named, args.model)
     model, (teacher_source, teacher_config), out = _load_model(name, args.teacher, args.teacher_config,
                                                                   grid, args.seed)
     if out is not None:
@@ -81,7 +69,7 @@ def evaluate(args) -> int:
     teacher = load_teacher_of(model, teacher_source, teacher_config, args.lora, where=where) if teacher_source else None
     named = teacher_fields(teacher_source, args.teacher, teacher_loras(model, args.lora)) if teacher_source else None
     if not toy:
-        return _print(_teacher_relative(model, teacher, teacher_source, out), args.json, named, args.model)
+        return _print(teacher_relative(model, teacher, teacher_source, out), args.json, named, args.model)
     from compress.toy.evaluate import evaluate as toy_evaluate
 
     what = "the model and its teacher" if teacher is not None else "the model"
@@ -253,124 +241,6 @@ def _took_loras(out: Path) -> bool:
     from compress.report_teacher import recorded_loras
 
     return bool(recorded_loras(out))
-
-
-def _heldout_pipeline(out: Path, source: str) -> str:
-    """The teacher source whose pipeline gives eval the output's held-out inputs (input_source):
-    `source` (--teacher, else the recorded teacher) where it is one (a folder with model_index.json,
-    a Hub id, a toy), so a pipeline moved since is sampled where it is now; else (a bare transformer
-    folder or a single file, in which nothing samples) the teacher the run recorded. A local path
-    absolute, as the run records it: the keys of its inputs cache hold it."""
-    from compress.report_teacher import absolute_source
-
-    path = Path(source).expanduser()
-    if path.exists() and not (path / "model_index.json").is_file():
-        source = recorded_teacher(out)[0] or source
-    return absolute_source(source)
-
-
-def _teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: str | None, flag: bool) -> dict:
-    """_teacher_relative with teacher and student streamed block by block (each on meta but for
-    its top level) on the recipe's device and in its compute dtype, as the run held them. `flag`:
-    --teacher gave `teacher_source` (else the output recorded it: its errors name it, without '--teacher: ')."""
-    from compress.inputs import input_source, moved
-    from compress.passes.base import predictions, relative_error
-    from compress.recipe import load_recipe
-    from compress.runner_setup import DTYPES, check_error, check_reference, load_checked_teacher, locate, resolve_device
-
-    recipe = load_recipe(out / "recipe.yaml")
-    device, dtype = resolve_device(recipe), DTYPES[recipe.compute_dtype]
-    models = _read_only_streams(recipe, device)
-    sources = checked_sources(recipe, teacher_source, teacher_config, sampled=False,  # held out in _heldout_pipeline
-                              flag=flag)
-    _, teacher = load_checked_teacher(recipe, teacher_source, teacher_config, models=models, sources=sources)
-    student = models.restore(out).requires_grad_(False).eval()
-    check_same_architecture(student, teacher, teacher_source)
-    adapter = get_adapter(teacher)
-    src = input_source(adapter.family, _heldout_pipeline(out, teacher_source), recipe.calibration, teacher)
-    report = read_report(out)
-    if report.get("inputs_cache") and hasattr(src, "cache_dir"):  # the run's sampled inputs
-        src.cache_dir = Path(report["inputs_cache"])
-    with models.forwards(teacher), status("eval: the teacher's held-out predictions, block by block"):
-        batches = [moved(b, device, dtype) for b in src.heldout()]
-        reference = predictions(teacher, adapter, batches)
-        check_reference(reference, recipe.compute_dtype, lambda b: locate(teacher, adapter, batches[b]))
-        guide = _teacher_guided(src, adapter, teacher, reference, device, dtype)
-    _note_computed_wider(out, recipe, report)
-    with models.forwards(student), status("eval: the student's, block by block"):
-        kept = [] if guide is not None else None
-        error = relative_error(student, reference, adapter, batches, kept=kept)
-        check_error(error, student, adapter, batches, recipe.compute_dtype)
-        guided = _guided_result(adapter, student, kept, guide)
-    return {"family": adapter.family, "pred_rel_error": error, **guided, "streamed": True}
-
-
-def _teacher_relative(model, teacher, source: str, out: Path) -> dict:
-    """Real models: teacher-relative error on the run's held-out prompts and seeds (check_measurable
-    first), both models in the recipe's compute dtype, as the run measured them (and as
-    _teacher_relative_streamed does: a bfloat16 run's error was measured again in float32)."""
-    from compress.inputs import input_source, moved
-    from compress.io_source_config import TeacherSource
-    from compress.recipe import load_recipe
-    from compress.passes.base import predictions, relative_error
-    from compress.runner_setup import DTYPES, check_error, check_finite, check_reference, locate
-
-    # as run checks it, naming the file that holds a NaN (streamed: load_checked_teacher)
-    check_finite(teacher, source=TeacherSource(source, check_source(source)))
-    recipe = load_recipe(out / "recipe.yaml")
-    adapter = get_adapter(teacher)
-    report = read_report(out)
-    src = input_source(adapter.family, _heldout_pipeline(out, source), recipe.calibration, teacher)
-    if report.get("inputs_cache") and hasattr(src, "cache_dir"):  # the run's sampled inputs
-        src.cache_dir = Path(report["inputs_cache"])
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    teacher = cast(teacher, device, DTYPES[recipe.compute_dtype])
-    with status("eval: the teacher's held-out predictions"):
-        batches = [moved(b, device, teacher.dtype) for b in src.heldout()]
-        reference = predictions(teacher, adapter, batches)
-        check_reference(reference, recipe.compute_dtype, lambda b: locate(teacher, adapter, batches[b]))
-        guide = _teacher_guided(src, adapter, teacher, reference, device, teacher.dtype)
-    model = cast(model, device, teacher.dtype)  # the export's dtype (often bf16) computed like the teacher
-    _note_computed_wider(out, recipe, report)
-    with status("eval: the model's"):
-        kept = [] if guide is not None else None
-        error = relative_error(model, reference, adapter, batches, kept=kept)
-        check_error(error, model, adapter, batches, recipe.compute_dtype)
-        guided = _guided_result(adapter, model, kept, guide)
-    return {"family": adapter.family, "pred_rel_error": error, **guided}
-
-
-def _teacher_guided(src, adapter, teacher, reference: list, device, dtype) -> tuple | None:
-    """Where the run's held-out inputs are guided as its check guides them (the source's heldout_guidance,
-    read after its heldout(): a pipeline sampling both CFG branches), (guided.HeldOutGuidance, the teacher's
-    guided predictions of them), as runner_heldout.guided_reference; else None."""
-    from compress.runner_heldout import guided_of, source_guidance
-
-    guidance = source_guidance(getattr(src, "heldout_guidance", lambda: None), device, dtype)
-    return None if guidance is None else (guidance, guided_of(adapter, teacher, reference, guidance))
-
-
-def _guided_result(adapter, model, kept: list | None, guide: tuple | None) -> dict:
-    """eval's figures beside pred_rel_error where the held-out inputs are guided (guide: _teacher_guided's):
-    guided_error, the run's check's guided error of the model (its `kept` predictions), and the guidance
-    scale it is at; {} where they are not."""
-    from compress.runner_heldout import guided_distance
-
-    if guide is None:
-        return {}
-    return {"guided_error": guided_distance(adapter, model, kept, guide), "guidance": guide[0].scale}
-
-
-def _note_computed_wider(out: Path, recipe, report: dict) -> None:
-    """A note where eval computes a float16 output in a wider compute dtype: a float16 overflow would not
-    show in its error (activation_range.computed_wider_words). Said, not changed: the error stays the one
-    the run measured (report.json export.relative_error), and CPUs compute float16 slowly or not at all."""
-    from compress.activation_range import computed_wider_words
-
-    export = report.get("export") if isinstance(report.get("export"), dict) else {}
-    text = computed_wider_words(out, recipe.export.dtype, recipe.compute_dtype, export.get("activation_max"))
-    if text:
-        note(text)
 
 
 def check_measurable(out: Path | None, teacher: str | None, name: str) -> None:

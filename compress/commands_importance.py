@@ -52,7 +52,7 @@ def _teacher_and_inputs(source: str, recipe, teacher_arg: str | None = None, con
     the recipe streams. `teacher_arg`, `config_arg`: --teacher, --teacher-config of a recipe, as
     plan and run take them."""
     from compress.arch import get_adapter
-    from compress.commands import _read_only_streams
+    from compress.eval_errors import read_only_streams
     from compress.inputs import check_pipeline_packages, input_source
     from compress.io import cast, load_teacher
     from compress.recipe import CalibrationConfig
@@ -63,7 +63,7 @@ def _teacher_and_inputs(source: str, recipe, teacher_arg: str | None = None, con
         check_pipeline_packages(recipe, teacher_arg)  # before a hub teacher downloads
         device = resolve_device(recipe)  # the scan runs where the recipe's passes would
         if recipe.stream:  # as its run would: the top level resident, blocks read as they run
-            models = _read_only_streams(recipe, device)
+            models = read_only_streams(recipe, device)
             teacher_source, teacher = load_checked_teacher(recipe, teacher_arg, config_arg, models=models)
             loader = models.loaders[id(teacher)]
         else:

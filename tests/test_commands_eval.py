@@ -178,7 +178,7 @@ def test_eval_of_a_pipeline_folder_holding_a_streamed_output_streams_it(tmp_path
 
 
 def test_eval_of_a_resident_output_samples_in_the_pipeline_of_the_teacher_it_is_given(tmp_path, capsys):
-    """_teacher_relative sampled the held-out inputs in the pipeline the run recorded, not the --teacher
+    """eval_errors.teacher_relative sampled the held-out inputs in the pipeline the run recorded, not the --teacher
     given: with the teacher moved and the run's inputs cache gone, eval failed at the old place."""
     import shutil
 

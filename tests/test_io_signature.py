@@ -133,7 +133,7 @@ def test_outputs_without_the_record_are_measured_without_a_warning(output, capsy
 
 
 def test_eval_of_a_streamed_output_warns_too(tmp_path, capsys):
-    """A stream: true output is evaluated block by block (commands._teacher_relative_streamed): the
+    """A stream: true output is evaluated block by block (eval_errors.teacher_relative_streamed): the
     same check, naming the shard that differs."""
     from tests.runner_helpers import run_recipe, streamed_teacher
 
