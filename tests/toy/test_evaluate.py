@@ -128,6 +128,37 @@ def test_evaluate_gives_the_guided_error_beside_pred_rel_error_where_it_samples_
     assert "guided_error" not in ev.evaluate(student, teacher=teacher, guidance_scale=1.0, **settings)
 
 
+def _nan_where(model, rows: tuple[int, ...], part: slice):
+    """`model` whose prediction of a batch of any of `rows` rows is NaN in `part` of them."""
+    forward = model.forward
+
+    def nan_in_part(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        if out.sample.shape[0] in rows:
+            out.sample[part] = float("nan")
+        return out
+    model.forward = nan_in_part
+    return model
+
+
+def test_a_guided_error_that_is_not_finite_is_warned_of(teachers, capsys):
+    """A toy student whose guided prediction held NaN/Inf (its empty prompt's branch) gave guided_error nan
+    (null in --json) without a word, where the run warns of it. Now warned of; one whose prediction itself
+    holds NaN/Inf is too, naming both errors; a finite one warns of nothing."""
+    teacher = teachers["pixart"]
+    settings = dict(family="pixart", seed=1, n_per_prompt=1, num_inference_steps=2, n_pred=16)
+    ev.evaluate(_scaled(teacher, 1.01), teacher=teacher, **settings)
+    assert "warning" not in capsys.readouterr().err
+    result = ev.evaluate(_nan_where(_scaled(teacher, 1.01), (32,), slice(0, 16)), teacher=teacher, **settings)
+    assert math.isfinite(result["pred_rel_error"]) and math.isnan(result["guided_error"])
+    assert " ".join(capsys.readouterr().err.split()) == (
+        "warning: eval: the model's guided prediction (with the empty prompt's branch) holds NaN/Inf on the 16 "
+        "held-out triples: its guided_error is not finite")
+    ev.evaluate(_nan_where(_scaled(teacher, 1.01), (16, 32), slice(None)), teacher=teacher, **settings)
+    assert "warning: eval: the model's prediction holds NaN/Inf on the 16 held-out triples: its pred_rel_error " \
+           "and guided_error are not finite" in " ".join(capsys.readouterr().err.split())
+
+
 def test_sample_grid_png(tmp_path, teachers):
     path = save_sample_grid(teachers["flux"], "flux", tmp_path / "grid.png", n_per_prompt=2, num_inference_steps=2)
     image = Image.open(path)
