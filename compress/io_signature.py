@@ -217,7 +217,14 @@ def signature_change(recorded, source: str, signature: dict | None = None) -> st
             resized = isinstance(size, int) and size != is_["bytes"]
             differ.append(f"{name} is {is_['bytes']:,} bytes, was {size:,}" if resized else f"{name} holds other bytes")
     more = f" (and {len(differ) - 1} more)" if len(differ) > 1 else ""
-    return differ[0] + more if differ else None
+    if not differ:
+        return None
+    return differ[0] + more + (REWRITTEN if "tensors" not in recorded and before.keys() != now.keys() else "")
+
+
+# where a record without tensors_digest (an output of an older dit-compress) names other files than there are now
+REWRITTEN = (": the weights were re-written into other files (as re-saving them sharded otherwise does), and where "
+             "their tensors are the same, so is the error measured against them")
 
 
 def lora_signature(source: str) -> dict | None:

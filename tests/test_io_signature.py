@@ -292,3 +292,27 @@ def test_the_tensors_digest_is_of_the_tensors_whatever_files_hold_them(tmp_path)
     assert digest not in {tensors_digest([tmp_path / "d.safetensors"]), tensors_digest([tmp_path / "e.safetensors"])}
     (tmp_path / "t.pth").write_bytes(b"")
     assert tensors_digest([tmp_path / "a.safetensors", tmp_path / "t.pth"]) is None
+
+
+def test_a_record_without_the_tensors_digest_says_resharded_files_may_hold_the_same_tensors(output, capsys):
+    """An output recorded before the tensors' digest, its teacher re-saved sharded with the same weights:
+    'teacher … changed since …: diffusion_pytorch_model-00001-of-00003.safetensors is new (and 3 more); eval
+    measures against it as it is now' said nothing of the files being only re-written. Now it says so."""
+    from compress.io_signature import REWRITTEN
+
+    out, teacher = output
+    for name, place in (("report.json", ()), ("config.json", ("compression",))):
+        data = json.loads((out / name).read_text())
+        record = data
+        for key in place:
+            record = record[key]
+        del record["teacher_files"]["tensors"]
+        (out / name).write_text(json.dumps(data))
+    shutil.rmtree(teacher)
+    tiny_flux().save_pretrained(teacher, max_shard_size="40KB")
+    err = _eval(["eval", str(out), "--json"], capsys)
+    assert f"was compressed from it: diffusion_pytorch_model-00001-of-" in err and " ".join(REWRITTEN.split()) in err
+    shutil.rmtree(teacher)
+    tiny_flux(seed=1).save_pretrained(teacher)  # the file it read, other bytes: not re-written elsewhere
+    err = _eval(["eval", str(out), "--json"], capsys)
+    assert "diffusion_pytorch_model.safetensors holds other bytes; eval" in err and "re-written" not in err
