@@ -311,7 +311,7 @@ def test_a_record_without_the_tensors_digest_says_resharded_files_may_hold_the_s
     shutil.rmtree(teacher)
     tiny_flux().save_pretrained(teacher, max_shard_size="40KB")
     err = _eval(["eval", str(out), "--json"], capsys)
-    assert f"was compressed from it: diffusion_pytorch_model-00001-of-" in err and " ".join(REWRITTEN.split()) in err
+    assert "was compressed from it: diffusion_pytorch_model-00001-of-" in err and " ".join(REWRITTEN.split()) in err
     shutil.rmtree(teacher)
     tiny_flux(seed=1).save_pretrained(teacher)  # the file it read, other bytes: not re-written elsewhere
     err = _eval(["eval", str(out), "--json"], capsys)
