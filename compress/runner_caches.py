@@ -24,13 +24,9 @@ import time
 from pathlib import Path
 
 from compress.runner_kept import fisher_folder, readers_of, samples_keys
-from compress.runner_resume import (FINISHED, SAMPLES_ABOUT, STATISTICS_OF, TEACHER_SAMPLES, recipe_changes,
-                                    run_record, statistics_version)
+from compress.runner_resume import FINISHED, SAMPLES_ABOUT, TEACHER_SAMPLES, recipe_changes
 
 REMOVED_LOG = "removed-caches.log"  # in the run folder: a line per cache removed (`log_removed`)
-# in RUN_RECORD (runner_stages.record_run): {fingerprint: the STATS_VERSION the run that keyed its caches
-# measured under}, each run's added to those recorded before (`measured_under`)
-MEASURED_UNDER = "statistics_of"
 CLOCK = ".clock-"  # in the run folder: `clock_ns`'s file, .clock-PID, removed at once
 
 
@@ -216,6 +212,7 @@ def remove_unread_caches(run_dir: Path, fingerprint: str | None, specs: list, pa
     (Runner.inputs_cache; [] none; None: not known, every one kept); `calls`: the files of its sampling
     calls there (Runner.sampled_calls; None: not known, every call kept)."""
     from compress.report import note
+    from compress.runner_caches_keyed import of_another_in_words  # (it imports this module: imported here, not above)
 
     if not fingerprint:
         return
@@ -239,54 +236,6 @@ def remove_unread_caches(run_dir: Path, fingerprint: str | None, specs: list, pa
     where = f"; the full list in {logged}" if logged is not None and cut else ""
     note(f"removed caches in {run_dir} that no run of this recipe reads ({in_words(named)}): "
          f"{bytes_in_words(sum(sizes))} freed{where}")
-
-
-def measured_under(run_dir: Path) -> dict[str, int]:
-    """{fingerprint: the STATS_VERSION its caches in `run_dir` were measured under}, as the runs that keyed
-    them recorded (MEASURED_UNDER in the run record; the record's own fingerprint by the version its
-    calibration record says, runner_measured.recorded_statistics, where an older record holds no
-    MEASURED_UNDER); {} where none is recorded."""
-    from compress.runner_measured import recorded_statistics  # (it imports this module: imported here, not above)
-
-    record = run_record(run_dir)
-    known = record.get(MEASURED_UNDER)
-    known = {k: v for k, v in known.items() if isinstance(v, int)} if isinstance(known, dict) else {}
-    fingerprint, version = record.get("fingerprint"), recorded_statistics(run_dir)
-    if isinstance(fingerprint, str) and version is not None:
-        known.setdefault(fingerprint, version)
-    return known
-
-
-def of_another_in_words(another: list[Path], run_dir: Path) -> str:
-    """`of_another`'s caches in words, their bytes and names: '1.2 MiB of caches measured with other statistics
-    (dit-compress's statistics 2, now 3: calib/a)' for those keyed by a fingerprint whose run recorded another
-    STATS_VERSION (`measured_under`: a new dit-compress, not another teacher or calibration, made them
-    unreadable), '... of caches of another teacher or calibration (calib/b)' for the others, both joined by 'and'."""
-    under, now = measured_under(run_dir), statistics_version()
-    versions = {p: under.get(keyed_by(p, run_dir), now) for p in another}
-    said = []
-    for was in sorted(set(versions.values()) - {now}) + [now]:
-        these = [p for p in another if versions[p] == was]
-        if not these:
-            continue
-        size, names = bytes_in_words(sum(size_of(p) for p in these)), names_of(these, run_dir)
-        said.append(f"{size} of caches of another teacher or calibration ({names})" if was == now else
-                    f"{size} of caches measured with other statistics ({STATISTICS_OF} {was}, now {now}: {names})")
-    return " and ".join(said)
-
-
-def keyed_by(path: Path, run_dir: Path) -> str | None:
-    """The fingerprint that keys the cache `path` of `of_another`'s: calib/<fingerprint>/'s name, a teacher
-    samples folder's about.json's; None for sampled inputs and calls (keyed by the teacher and prompts)."""
-    if path.parent == Path(run_dir) / "calib":
-        return path.name
-    if path.parent == Path(run_dir) / TEACHER_SAMPLES:
-        try:
-            about = json.loads((path / SAMPLES_ABOUT).read_text())
-        except (OSError, ValueError):
-            return None
-        return about.get("fingerprint") if isinstance(about, dict) else None
-    return None
 
 
 def log_removed(run_dir: Path, removed: list[Path], sizes: list[int]) -> Path | None:

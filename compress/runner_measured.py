@@ -66,10 +66,23 @@ def recorded_statistics(run_dir: Path) -> int | None:
     version it recorded says ('0.1.0 (statistics 2)': `calibration_keys`): what its stages were measured
     under where they record none (runner_resume.read_state: those of a dit-compress before they did);
     None where it recorded none."""
+    found = _recorded_versions(run_dir)
+    return int(found[2]) if found else None
+
+
+def recorded_version(run_dir: Path) -> str | None:
+    """The dit-compress version (compress.__version__) of the run that last started its passes in `run_dir`,
+    as `recorded_statistics` ('0.1.0' of '0.1.0 (statistics 2)'); None where it recorded none."""
+    found = _recorded_versions(run_dir)
+    return found[1] if found else None
+
+
+def _recorded_versions(run_dir: Path):
+    """The match of the run record's version ('0.1.0 (statistics 2)': `calibration_keys`): [1] dit-compress's,
+    [2] the statistics'; None where there is none."""
     recorded = run_record(run_dir).get(CALIBRATED)
     version = recorded.get("version") if isinstance(recorded, dict) else None
-    found = re.search(r"\(statistics (\d+)\)$", version) if isinstance(version, str) else None
-    return int(found[1]) if found else None
+    return re.search(r"^(.*) \(statistics (\d+)\)$", version) if isinstance(version, str) else None
 
 
 def calibration_change(before, now: dict) -> tuple[str, bool]:

@@ -22,7 +22,7 @@ from compress.passes.importance import write_atomically
 from compress.recipe_teacher_config import FLAG
 from compress.report import console, warn
 from compress.runner_pending import discard, read_record, restore_student, write_record
-from compress.runner_caches import MEASURED_UNDER, measured_under
+from compress.runner_caches_keyed import keyed_under, with_this_run
 from compress.runner_ranks import is_main_process
 from compress.runner_kept import (OF_IT_NOW, fisher_folder, mark_read_by, measured_by, measured_by_in_words,
                                   offered_files, read_back_at_end_in_words, read_back_in_words)
@@ -43,20 +43,20 @@ def restore(runner):
     """(first pass to run, student): with --resume from the latest completed stage saved for this
     recipe (as far as its passes go; later stages of another recipe are discarded), else fresh. The
     run's fingerprint is recorded then (`record_run`): what its passes measure is kept under it."""
-    measured = measured_under(runner.run_dir)  # (read first: a fresh start deletes stages/, the record in it)
+    before = keyed_under(runner.run_dir)  # (read first: a fresh start deletes stages/, the record in it)
     start, student = _restored(runner)
-    record_run(runner, measured)
+    record_run(runner, before)
     return start, student
 
 
-def record_run(runner, measured: dict | None = None) -> None:
+def record_run(runner, before: dict | None = None) -> None:
     """The run folder's stages/RUN_RECORD: the fingerprint of the run whose passes start now, which
     keys the caches they write (calib/<fingerprint>/, the teacher samples), so a rerun refused before
     its teacher loads names what this run measured, not a cache of another teacher (runner_folders).
     Written only once restored: a --resume refused (another teacher) leaves the earlier run's. Written
     atomically (a temp file beside it renamed over it: importance.write_atomically), as the followers of a
-    launch read it for the key of the caches: never half a record, which would key another. `measured`:
-    the runner_caches.measured_under of the folder before this run (None: read now), to which its own is added."""
+    launch read it for the key of the caches: never half a record, which would key another. `before`: the
+    runner_caches_keyed.keyed_under of the folder before this run (None: read now), to which its own is added."""
     fingerprint = getattr(getattr(runner, "ctx", None), "fingerprint", None)
     if not fingerprint or not is_main_process():
         return
@@ -64,9 +64,9 @@ def record_run(runner, measured: dict | None = None) -> None:
     stages.mkdir(parents=True, exist_ok=True)
     teacher = getattr(runner, "identity", None)  # what --resume of a distill checkpoint compares (no stage)
     record = {**WRITTEN_BY, "fingerprint": fingerprint, **({"teacher": teacher} if teacher else {})}
-    # the statistics version each fingerprint's caches were measured under: a note names them so (runner_caches)
-    record[MEASURED_UNDER] = {**(measured_under(runner.run_dir) if measured is None else measured),
-                              fingerprint: statistics_version()}
+    # the statistics and dit-compress versions each fingerprint's caches were measured under: a note names
+    # them so (runner_caches_keyed)
+    record.update(with_this_run(keyed_under(runner.run_dir) if before is None else before, fingerprint))
     if getattr(runner, "recipe", None) is not None:  # the passes it runs, which a refused rerun compares
         record[RAN] = runner.recipe.raw  # (runner_resume.unsaved_changes)
     if getattr(runner, "keyed_as", None):  # the teacher moved: the source keying its caches (runner_measured)

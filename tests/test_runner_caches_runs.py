@@ -285,7 +285,7 @@ def test_a_note_names_caches_of_another_statistics_version_so(tmp_path, monkeypa
     assert re.search(rf"holds [0-9.]+ KiB of caches measured with other statistics \(dit-compress's statistics {was}, "
                      rf"now {was + 1}: {both}\); --restart removes them", said), said
 
-    from compress.runner_caches import MEASURED_UNDER, measured_under
+    from compress.runner_caches_keyed import MEASURED_UNDER, measured_under
 
     (third,) = set(_caches_by_fingerprint(run_dir)) - {first, second}
     record = run_dir / "stages" / "run.json"
