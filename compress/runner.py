@@ -34,8 +34,8 @@ from compress.runner_ranks import (PeerLost, announce, hand_off, is_follower, is
 from compress.runner_ranks import peer_lost as peer_lost_in
 from compress.runner_setup import DTYPES, check_reference, locate, resolve_device, sigterm_as_interrupt
 from compress.runner_heldout import check_kept, check_stage
-from compress.runner_stages import (drop_checked, drop_refused, handed_over, restore, save_stage, say_read_back,
-                                    stage_dir)
+from compress.runner_read_back import say_read_back
+from compress.runner_stages import drop_checked, drop_refused, handed_over, restore, save_stage, stage_dir
 from compress.runner_failures import HELDOUT, disk_full_words, is_out_of_memory
 from compress.runner_memory import spill_short
 from compress.runner_stream import models_for, tidy_scratch

@@ -104,7 +104,7 @@ def measured_so_far(run_dir: Path, fingerprint: str | None, inputs: list[Path] |
     stats = sum(1 for cache in caches for _ in cache.glob("*.pt"))
     fishers = sum(1 for cache in caches for folder in fishers_read(to_run) for _ in cache.glob(f"{folder}/*.pt"))
     # the statistics and Fishers a pass reads are those its blocks' inputs, targets and ranks name, known only
-    # as it runs (its end line says how many: runner_stages.say_read_back_at_end): of those found, 'up to'
+    # as it runs (its end line says how many: runner_read_back.say_read_back_at_end): of those found, 'up to'
     kept = [f"{what} ({up_to}{counted(n, unit)})" for what, n, unit, up_to in [
         ("sampled inputs", calls, "sampling call", ""), ("block statistics", stats, "file", "up to "),
         ("output Fishers", fishers, "file", "up to ")] if n]

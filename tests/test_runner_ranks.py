@@ -104,14 +104,14 @@ def _run(tmp_path, name, processes):
 def test_two_processes_make_the_svd_student_of_one_and_distill_it_together(tmp_path):
     """Before, both ranks calibrated and factorized in the same run folder: a crash on a cache file's
     rename, or a student that differed from one process's (one rank reading the other's half-made
-    output Fishers as an earlier run's: the runner's line as an svd pass starts, runner_stages.say_read_back,
+    output Fishers as an earlier run's: the runner's line as an svd pass starts, runner_read_back.say_read_back,
     says what it reads back so, runner_kept.read_back_in_words)."""
     import inspect
 
-    from compress import runner_stages
+    from compress import runner_read_back
 
     read_back = " measured: it reads back"  # the runner's line (svd.py's own went in 6d81d0e), whoever measured
-    assert read_back in inspect.getsource(runner_stages.say_read_back)  # aimed at a line that is there
+    assert read_back in inspect.getsource(runner_read_back.say_read_back)  # aimed at a line that is there
     (tmp_path / "r.yaml").write_text(RECIPE)
     one = _run(tmp_path, "one", 1)
     two = _run(tmp_path, "two", 2)

@@ -29,8 +29,8 @@ class FisherMeasurement:
                             "per probe); with block weights streamed set svd.fisher: block (each "
                             "block's own output Fisher) or none")
         # those an interrupted run of this pass measured are read back (the runner's line as the pass
-        # starts says so with the statistics: runner_stages.say_read_back)
-        self.fishers_read = [i.name for i in chosen if i.name in self.roots]  # runner_stages counts them
+        # starts says so with the statistics: runner_read_back.say_read_back)
+        self.fishers_read = [i.name for i in chosen if i.name in self.roots]  # runner_read_back counts them
         chosen = [i for i in chosen if i.name not in self.roots]
         samples = sum(b["hidden_states"].shape[0] for b in batches)
         rows = self._fisher_rows(adapter, chosen, samples)
