@@ -315,3 +315,28 @@ def bytes_in_words(n: int) -> str:
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{n} byte{'' if n == 1 else 's'}"
+
+
+def stranded_checkpoints(run_dir: Path, passes) -> list[Path]:
+    """The distill checkpoints (distill*/checkpoints, and those --resume set aside, checkpoints.discarded) in
+    `run_dir` of a distill pass the recipe's `passes` do not have (the n-th distill pass trains in distill/, or
+    distill-n/ from the second: distill_trainer), which no pass of this run resumes nor removes once its stage is
+    saved: left by a --resume without that pass, they stay until a run without --resume starts over."""
+    from compress.passes.distill_resume import DISCARDED
+
+    n = sum(1 for p in passes if p.name == "distill")
+    own = {"distill" if k == 0 else f"distill-{k + 1}" for k in range(n)}
+    found = [c for name in ("checkpoints", DISCARDED) for c in Path(run_dir).glob(f"distill*/{name}")]
+    return sorted(c for c in found if c.parent.name not in own and c.is_dir() and any(c.iterdir()))
+
+
+def note_stranded_checkpoints(run_dir: Path, passes) -> None:
+    """`stranded_checkpoints` named in a note with their bytes, as a --resume keeps them (a --resume of a recipe
+    with that pass may take them back): 'RUN holds 1.2 MiB of distill checkpoints of a distill pass this recipe
+    does not have (distill/checkpoints); a run without --resume removes them'."""
+    from compress.report import note
+
+    found = stranded_checkpoints(run_dir, passes)
+    if found:
+        note(f"{run_dir} holds {bytes_in_words(sum(size_of(p) for p in found))} of distill checkpoints of a distill "
+             f"pass this recipe does not have ({names_of(found, run_dir)}); a run without --resume removes them")

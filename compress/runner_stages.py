@@ -22,6 +22,7 @@ from compress.passes.importance import write_atomically
 from compress.recipe_teacher_config import FLAG
 from compress.report import console, warn
 from compress.runner_pending import discard, read_record, restore_student, write_record
+from compress.runner_caches import note_stranded_checkpoints
 from compress.runner_caches_keyed import keyed_under, with_this_run
 from compress.runner_ranks import is_main_process
 from compress.runner_read_back import say_read_back_at_end
@@ -44,6 +45,8 @@ def restore(runner):
     run's fingerprint is recorded then (`record_run`): what its passes measure is kept under it."""
     before = keyed_under(runner.run_dir)  # (read first: a fresh start deletes stages/, the record in it)
     start, student = _restored(runner)
+    if runner.resume and is_main_process():  # (a start without --resume removed every distill checkpoint)
+        note_stranded_checkpoints(runner.run_dir, runner.passes)
     record_run(runner, before)
     return start, student
 

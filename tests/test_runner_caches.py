@@ -258,3 +258,20 @@ def test_files_of_one_folder_are_counted_in_it_and_logged_one_by_one(tmp_path, c
     assert "reads (2 files in calib/fp/m): 10 bytes freed; the full list in " in said, said
     logged = [line.split("\t")[1:] for line in (tmp_path / REMOVED_LOG).read_text().splitlines()]
     assert logged == [["calib/fp/m/blocks-0.pt", "5"], ["calib/fp/m/blocks-1.pt", "5"]]
+
+
+def test_distill_checkpoints_of_a_distill_pass_the_recipe_lacks_are_stranded(tmp_path):
+    """Of distill/, distill-2/, distill-3/ (the 1st, 2nd, 3rd distill pass's): with two distill passes,
+    distill-3's checkpoints and those set aside (checkpoints.discarded); with none, all; empty ones never."""
+    from compress.runner_caches import stranded_checkpoints
+
+    for folder in ("distill/checkpoints", "distill-2/checkpoints.discarded", "distill-3/checkpoints",
+                   "distill-3/checkpoints.discarded"):
+        (tmp_path / folder / "step-00000001").mkdir(parents=True)
+    (tmp_path / "distill-4" / "checkpoints").mkdir(parents=True)  # empty
+    distill = SimpleNamespace(name="distill")
+    assert stranded_checkpoints(tmp_path, [_svd(), distill, distill]) == [
+        tmp_path / "distill-3" / "checkpoints", tmp_path / "distill-3" / "checkpoints.discarded"]
+    assert stranded_checkpoints(tmp_path, [_svd()]) == sorted(
+        tmp_path / f for f in ("distill/checkpoints", "distill-2/checkpoints.discarded", "distill-3/checkpoints",
+                               "distill-3/checkpoints.discarded"))

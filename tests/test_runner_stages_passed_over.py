@@ -63,3 +63,40 @@ def test_resume_after_an_earlier_pass_changed_sets_the_distill_checkpoints_aside
     assert "resuming after pass 1/3 (remove_blocks)" in said, said
     assert "continuing from its checkpoint at step 2/4" in said, said
     assert not checkpoints.exists() and not aside.exists()  # the pass's stage saved: both gone
+
+
+def test_resume_without_the_distill_pass_notes_its_checkpoints_left(pixart, capsys):
+    """A run stopped in its distill pass, then --resume of the recipe without that pass: the run finished
+    without a word of RUN/distill/checkpoints (nor, set aside, of checkpoints.discarded), which no pass
+    resumes or removes: they stayed until a run without --resume. Now each --resume names them and their
+    bytes in a note (runner_caches.note_stranded_checkpoints), and leaves them for a --resume of the recipe
+    with the pass; a run without --resume removes them, as before."""
+    import re
+
+    from compress.passes.distill_trainer import StepLimitReached
+
+    tmp_path, _, _ = pixart
+    base = (tmp_path / "r.yaml").read_text()
+
+    def runner(text, *edits, **kw):
+        return Runner(parse_recipe(text, str(tmp_path / "r.yaml"), list(edits)), tmp_path / "out", tmp_path / "run",
+                      **kw)
+
+    with pytest.raises(StepLimitReached):
+        runner(base + DISTILL, "passes.2.distill.max_steps_this_run=2").run()
+    checkpoints = tmp_path / "run" / "distill" / "checkpoints"
+    trained = _files(checkpoints)
+    capsys.readouterr()
+    runner(base, resume=True).run()
+    said = " ".join(capsys.readouterr().err.split())
+    run = tmp_path / "run"
+    assert re.search(rf"note: {re.escape(str(run))} holds [0-9.]+ KiB of distill checkpoints of a distill pass this "
+                     r"recipe does not have \(distill/checkpoints\); a run without --resume removes them", said), said
+    assert _files(checkpoints) == trained
+    aside = checkpoints.with_name("checkpoints.discarded")
+    checkpoints.rename(aside)  # as --resume sets them aside
+    runner(base, resume=True, overwrite=True).run()
+    said = " ".join(capsys.readouterr().err.split())
+    assert "of distill checkpoints of a distill pass this recipe does not have (distill/checkpoints.discarded)" in said
+    runner(base, overwrite=True).run()  # without --resume: gone
+    assert "distill checkpoints" not in capsys.readouterr().err and not aside.exists()

@@ -119,7 +119,7 @@ class DistillPass(Pass):
         """The runner's stage now holds the trained student: the training checkpoints (model and
         optimizer state, several times the model) are no longer needed to resume, nor those --resume set
         aside (DISCARDED: once the stage is saved, a --resume with their keys passes over the stage and
-        deletes the checkpoints of its pass, runner_stages._discard_passed_over)."""
+        sets the checkpoints of its pass aside again, runner_stages._discard_passed_over)."""
         if getattr(self, "dir", None) is not None:
             for folder in ("checkpoints", DISCARDED):
                 shutil.rmtree(self.dir / folder, ignore_errors=True)
