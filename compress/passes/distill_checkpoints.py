@@ -98,30 +98,56 @@ class Checkpoints:
     def _discard_of_other_keys(self) -> None:
         """--resume where the newest checkpoint that reads was trained with other distill keys alone (a
         `--set passes.N.distill.lr=...` or steps, which the learning-rate schedule spans): its checkpoints
-        are set aside (renamed DISCARDED beside them, replacing those set aside before: a key changed by
-        mistake loses no training), said in one line with how to take them back, and the pass trains from
-        its start, as --resume trains a pass after a changed one; other differences are _load_latest's
-        refusal, a damaged checkpoint its warning."""
+        are set aside (renamed DISCARDED beside them: a key changed by mistake loses no training), said in
+        one line, and the pass trains from its start, as --resume trains a pass after a changed one. Where
+        those set aside were trained with these settings (the rerun going back to them), the two swap
+        (`_takes_back`): the pass resumes from them. Other differences are _load_latest's refusal, a
+        damaged checkpoint its warning."""
         root = self.dir / "checkpoints"
+        aside = root.with_name(DISCARDED)
         meta, path = newest_meta(root)
-        if meta is None or meta["fingerprint"] == self._fingerprint(meta):
+        if meta is None:
+            if not any(root.glob("step-*")):  # (none written since they were set aside)
+                self._takes_back(root, aside, None)
+            return
+        if meta["fingerprint"] == self._fingerprint(meta):
             return
         keys = {k for k in asdict(self.cfg) if k not in NOT_FINGERPRINTED}
         now = self._settings()
         if not of_other_keys(meta.get("settings"), now, keys):
             return
+        if self._takes_back(root, aside, setting_changes(meta, now)):
+            return
         if self.acc.is_main_process:
             from compress.report import console
 
-            aside = root.with_name(DISCARDED)
             console.print(f"distill: checkpoint {path} was trained with other settings ({setting_changes(meta, now)}): "
                           f"--resume moves {root} to {aside} (replacing any there) and trains this pass from its "
-                          f"start; to take it back before this pass ends, stop the run, rename it to {root.name} and "
-                          "rerun with --resume and the keys it was trained with", highlight=False, markup=False)
+                          "start; a --resume with the keys it was trained with takes it back, before this pass "
+                          "ends", highlight=False, markup=False)
         self.acc.wait_for_everyone()  # (every process has read its meta.json)
         if self.acc.is_main_process:
-            set_aside(root, root.with_name(DISCARDED))
+            set_aside(root, aside)
         self.acc.wait_for_everyone()
+
+    def _takes_back(self, root: Path, aside: Path, changes: str | None) -> bool:
+        """Whether the newest checkpoint in `aside` that reads was trained with these settings: then it
+        and `root` swap (the checkpoints of other keys, `changes` in words, set aside; None: `root` holds
+        none), said in one line, and the pass resumes from them."""
+        back, _ = newest_meta(aside)
+        if back is None or back["fingerprint"] != self._fingerprint(back):
+            return False
+        if self.acc.is_main_process:
+            from compress.report import console
+
+            rest = "" if changes is None else f", and sets {root}, trained with other settings ({changes}), aside"
+            console.print(f"distill: --resume takes back {aside}, trained with these settings (step {back['step']})"
+                          f"{rest}", highlight=False, markup=False)
+        self.acc.wait_for_everyone()  # (every process has read its meta.json)
+        if self.acc.is_main_process:
+            swap(root, aside)
+        self.acc.wait_for_everyone()
+        return True
 
     def _load_latest(self) -> None:
         """Load the newest checkpoint that reads whole; a damaged one (cut short by a full disk, a kill
@@ -199,6 +225,17 @@ def set_aside(root: Path, aside: Path) -> None:
     between leaves `root` as it was)."""
     shutil.rmtree(aside, ignore_errors=True)
     root.replace(aside)
+
+
+def swap(root: Path, aside: Path) -> None:
+    """The folders `root` and `aside` trade names (`root` need not be there)."""
+    between = root.with_name(f"{root.name}.swapping")
+    shutil.rmtree(between, ignore_errors=True)
+    if root.exists():
+        root.replace(between)
+    aside.replace(root)
+    if between.exists():
+        between.replace(aside)
 
 
 def _why(e: BaseException) -> str:

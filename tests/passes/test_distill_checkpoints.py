@@ -174,9 +174,8 @@ def test_resume_sets_aside_a_checkpoint_of_other_keys_the_latest_only(tmp_path, 
     with pytest.raises(StepLimitReached):
         distill(copy.deepcopy(student), teacher, run, resume=True, lr=2e-3, max_steps_this_run=2, **kw)
     said = capsys.readouterr().err.replace("\n", " ")
-    assert (f"--resume moves {root} to {aside} (replacing any there) and trains this pass from its start; to take "
-            f"it back before this pass ends, stop the run, rename it to checkpoints and rerun with --resume and the "
-            "keys it was trained with") in said, said
+    assert (f"--resume moves {root} to {aside} (replacing any there) and trains this pass from its start; a "
+            "--resume with the keys it was trained with takes it back, before this pass ends") in said, said
     assert {p.relative_to(aside): p.read_bytes() for p in aside.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in root.glob("step-*")) == ["step-00000001", "step-00000002"]  # trained anew
     with pytest.raises(StepLimitReached):
@@ -184,3 +183,31 @@ def test_resume_sets_aside_a_checkpoint_of_other_keys_the_latest_only(tmp_path, 
     assert sorted(p.name for p in aside.iterdir()) == ["step-00000001", "step-00000002"]  # the lr 2e-3 ones
     assert json.loads((aside / "step-00000002" / "meta.json").read_text())["settings"]["lr"] == 2e-3
     assert [p.name for p in (run / "distill").iterdir() if p.name.startswith("checkpoints")].count(aside.name) == 1
+
+
+def test_resume_with_the_original_keys_takes_back_the_checkpoints_set_aside(tmp_path, capsys):
+    """A run stopped at step 4/6 (lr 1e-3), a --resume at lr 2e-3 by mistake (its checkpoints set aside,
+    2 steps trained anew), then --resume at lr 1e-3 again: that set the lr-2e-3 checkpoints aside,
+    replacing the original ones, and trained from step 0 (the original training lost by the rerun the
+    line advised). Now the two swap: it continues from step 4 and ends as an uninterrupted run does."""
+    import json
+
+    torch.manual_seed(0)
+    teacher = tiny_pixart()
+    student = factorize(copy.deepcopy(teacher), rank=2)
+    run, kw = tmp_path / "run", dict(steps=6, checkpoint_every=1, keep_checkpoints=2)
+    whole, _ = distill(copy.deepcopy(student), teacher, tmp_path / "whole", **kw)
+    with pytest.raises(StepLimitReached):
+        distill(copy.deepcopy(student), teacher, run, max_steps_this_run=4, **kw)
+    with pytest.raises(StepLimitReached):
+        distill(copy.deepcopy(student), teacher, run, resume=True, lr=2e-3, max_steps_this_run=2, **kw)
+    root, aside = run / "distill" / "checkpoints", run / "distill" / "checkpoints.discarded"
+    capsys.readouterr()
+    back, _ = distill(copy.deepcopy(student), teacher, run, resume=True, max_steps_this_run=2, **kw)
+    said = capsys.readouterr().err.replace("\n", " ")
+    assert (f"distill: --resume takes back {aside}, trained with these settings (step 4), and sets {root}, trained "
+            "with other settings (distill.lr: 0.002 in the checkpoint, 0.001 now), aside") in said, said
+    assert f"continuing from its checkpoint at step 4/6 ({root / 'step-00000004'})" in said
+    assert json.loads((aside / "step-00000002" / "meta.json").read_text())["settings"]["lr"] == 2e-3
+    a, b = state(back), state(whole)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
