@@ -105,6 +105,9 @@ class Checkpoints:
         damaged checkpoint its warning."""
         root = self.dir / "checkpoints"
         aside = root.with_name(DISCARDED)
+        if self.acc.is_main_process:  # (a swap a kill interrupted: finished before either is read)
+            finish_swap(root, aside)
+        self.acc.wait_for_everyone()
         meta, path = newest_meta(root)
         if meta is None:
             if not any(root.glob("step-*")):  # (none written since they were set aside)
@@ -228,13 +231,32 @@ def set_aside(root: Path, aside: Path) -> None:
 
 
 def swap(root: Path, aside: Path) -> None:
-    """The folders `root` and `aside` trade names (`root` need not be there)."""
+    """The folders `root` and `aside` trade names (`root` need not be there), through ROOT.swapping:
+    interrupted anywhere, `finish_swap` completes it, and no set is lost."""
+    finish_swap(root, aside)
     between = root.with_name(f"{root.name}.swapping")
-    shutil.rmtree(between, ignore_errors=True)
+    if between.exists():  # (left beside both, finish_swap's last case: kept, this swap goes another way)
+        between = root.with_name(f"{root.name}.swapping-{time.time_ns()}")
     if root.exists():
         root.replace(between)
     aside.replace(root)
     if between.exists():
+        between.replace(aside)
+
+
+def finish_swap(root: Path, aside: Path) -> None:
+    """A `swap` interrupted between its renames finished: ROOT.swapping holds the old `root`, on its way
+    to `aside`. With `root` gone (stopped after the first rename), `aside` goes to `root` and it to
+    `aside`; with `aside` gone (after the second), it goes to `aside`. Beside both (no swap of this
+    kind leaves that), it is kept where it is, not deleted."""
+    between = root.with_name(f"{root.name}.swapping")
+    if not between.exists():
+        return
+    if not root.exists():
+        if aside.exists():
+            aside.replace(root)
+        between.replace(aside)
+    elif not aside.exists():
         between.replace(aside)
 
 

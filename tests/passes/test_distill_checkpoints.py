@@ -162,12 +162,7 @@ def test_resume_sets_aside_a_checkpoint_of_other_keys_the_latest_only(tmp_path, 
     and how to take them back, and a later such discard replaces the earlier one (the disk holds one)."""
     import json
 
-    torch.manual_seed(0)
-    teacher = tiny_pixart()
-    student = factorize(copy.deepcopy(teacher), rank=2)
-    run, kw = tmp_path / "run", dict(steps=6, checkpoint_every=1, keep_checkpoints=2)
-    with pytest.raises(StepLimitReached):
-        distill(copy.deepcopy(student), teacher, run, max_steps_this_run=4, **kw)
+    teacher, student, run, kw = _stopped_at_step_4(tmp_path)
     root, aside = run / "distill" / "checkpoints", run / "distill" / "checkpoints.discarded"
     before = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
     capsys.readouterr()
@@ -211,3 +206,80 @@ def test_resume_with_the_original_keys_takes_back_the_checkpoints_set_aside(tmp_
     assert json.loads((aside / "step-00000002" / "meta.json").read_text())["settings"]["lr"] == 2e-3
     a, b = state(back), state(whole)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _interrupted_at(monkeypatch, rename: int) -> None:
+    """distill_checkpoints.swap stopped (KeyboardInterrupt, as a Ctrl-C) at its `rename`-th rename, the
+    ones before done."""
+    from compress.passes import distill_checkpoints
+
+    swap, replace, calls = distill_checkpoints.swap, Path.replace, []
+
+    def stopping(self, target):
+        calls.append(self)
+        if len(calls) == rename:
+            raise KeyboardInterrupt
+        return replace(self, target)
+
+    def interrupted(root, aside):
+        with monkeypatch.context() as m:
+            m.setattr(Path, "replace", stopping)
+            swap(root, aside)
+
+    monkeypatch.setattr(distill_checkpoints, "swap", interrupted)
+
+
+def _stopped_at_step_4(tmp_path):
+    """(teacher, student, run folder, distill keys) of a 6-step distill stopped at step 4, a checkpoint
+    at each step, two kept."""
+    torch.manual_seed(0)
+    teacher = tiny_pixart()
+    student = factorize(copy.deepcopy(teacher), rank=2)
+    run, kw = tmp_path / "run", dict(steps=6, checkpoint_every=1, keep_checkpoints=2)
+    with pytest.raises(StepLimitReached):
+        distill(copy.deepcopy(student), teacher, run, max_steps_this_run=4, **kw)
+    return teacher, student, run, kw
+
+
+@pytest.mark.parametrize("rename", [2, 3], ids=["after the first rename", "after the second"])
+def test_a_swap_interrupted_between_its_renames_loses_no_set(tmp_path, monkeypatch, rename):
+    """swap exchanges checkpoints and checkpoints.discarded through checkpoints.swapping; stopped after
+    its first or second rename, one set was left in checkpoints.swapping, which the next swap deleted
+    first. Now the next one finishes the interrupted swap, then swaps: both sets are kept."""
+    from compress.passes import distill_checkpoints
+
+    swap = distill_checkpoints.swap
+    root, aside = tmp_path / "checkpoints", tmp_path / "checkpoints.discarded"
+    for folder in (root, aside):
+        folder.mkdir()
+        (folder / "which").write_text(folder.name)
+    _interrupted_at(monkeypatch, rename)
+    with pytest.raises(KeyboardInterrupt):
+        distill_checkpoints.swap(root, aside)
+    swap(root, aside)  # (the next one: the interrupted swap finished, then this one: back as they were)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "checkpoints.discarded"]
+    assert [(root / "which").read_text(), (aside / "which").read_text()] == ["checkpoints", "checkpoints.discarded"]
+
+
+def test_resume_after_a_take_back_interrupted_mid_swap_finishes_it(tmp_path, monkeypatch, capsys):
+    """The take-back of test_resume_with_the_original_keys_takes_back_the_checkpoints_set_aside stopped
+    at the swap's second rename (the lr-2e-3 checkpoints in checkpoints.swapping, the lr-1e-3 ones still
+    in checkpoints.discarded): the --resume after took those back, deleting checkpoints.swapping first,
+    the lr-2e-3 set lost. Now the interrupted swap is finished first: it is in checkpoints.discarded."""
+    import json
+
+    teacher, student, run, kw = _stopped_at_step_4(tmp_path)
+    with pytest.raises(StepLimitReached):
+        distill(copy.deepcopy(student), teacher, run, resume=True, lr=2e-3, max_steps_this_run=2, **kw)
+    root, aside = run / "distill" / "checkpoints", run / "distill" / "checkpoints.discarded"
+    with monkeypatch.context() as m:
+        _interrupted_at(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            distill(copy.deepcopy(student), teacher, run, resume=True, max_steps_this_run=2, **kw)
+    capsys.readouterr()
+    with pytest.raises(StepLimitReached):
+        distill(copy.deepcopy(student), teacher, run, resume=True, max_steps_this_run=1, **kw)
+    said = capsys.readouterr().err.replace("\n", " ")
+    assert f"continuing from its checkpoint at step 4/6 ({root / 'step-00000004'})" in said, said
+    assert not root.with_name("checkpoints.swapping").exists()
+    assert json.loads((aside / "step-00000002" / "meta.json").read_text())["settings"]["lr"] == 2e-3
