@@ -4,6 +4,7 @@ and the read-only streams eval and importance hold a streamed model in (`read_on
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -71,7 +72,7 @@ def teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: st
         kept = [] if guide is not None else None
         error = relative_error(student, reference, adapter, batches, kept=kept)
         check_error(error, student, adapter, batches, recipe.compute_dtype)
-        guided = _guided_result(adapter, student, kept, guide)
+        guided = _guided_result(adapter, student, kept, guide, batches)
     return {"family": adapter.family, "pred_rel_error": error, **guided, "streamed": True}
 
 
@@ -106,7 +107,7 @@ def teacher_relative(model, teacher, source: str, out: Path) -> dict:
         kept = [] if guide is not None else None
         error = relative_error(model, reference, adapter, batches, kept=kept)
         check_error(error, model, adapter, batches, recipe.compute_dtype)
-        guided = _guided_result(adapter, model, kept, guide)
+        guided = _guided_result(adapter, model, kept, guide, batches)
     return {"family": adapter.family, "pred_rel_error": error, **guided}
 
 
@@ -120,15 +121,35 @@ def _teacher_guided(src, adapter, teacher, reference: list, device, dtype) -> tu
     return None if guidance is None else (guidance, guided_of(adapter, teacher, reference, guidance))
 
 
-def _guided_result(adapter, model, kept: list | None, guide: tuple | None) -> dict:
+def _guided_result(adapter, model, kept: list | None, guide: tuple | None, batches: list) -> dict:
     """eval's figures beside pred_rel_error where the held-out inputs are guided (guide: _teacher_guided's):
-    guided_error, the run's check's guided error of the model (its `kept` predictions), and the guidance
-    scale it is at; {} where they are not."""
+    guided_error, the run's check's guided error of the model (its `kept` predictions of `batches`), and the
+    guidance scale it is at, a guided_error not finite warned of (warn_if_not_finite); {} where they are not."""
     from compress.runner_heldout import guided_distance
 
     if guide is None:
         return {}
-    return {"guided_error": guided_distance(adapter, model, kept, guide), "guidance": guide[0].scale}
+    result = {"guided_error": guided_distance(adapter, model, kept, guide), "guidance": guide[0].scale}
+    rows = sum(b["hidden_states"].shape[0] for b in batches)  # (as report.json's heldout.inputs counts them)
+    warn_if_not_finite(result, f"its run's {rows} held-out inputs")
+    return result
+
+
+def warn_if_not_finite(result: dict, held_out: str) -> None:
+    """A warning where eval's teacher-relative errors are NaN/Inf (printed nan, null in --json), as the run
+    warns of a guided error that is not (runner_heldout.guided_error): the model's guided prediction
+    holding NaN/Inf where its prompt's branch does not (its empty prompt's branch), or its prediction
+    itself (a toy's: a real model's is refused, runner_setup.check_error). `held_out`: what they are
+    measured on ('the 256 held-out triples', toy.evaluate; "its run's 8 held-out inputs")."""
+    from compress.report import warn
+
+    bad = [k for k in ("pred_rel_error", "guided_error") if k in result and not math.isfinite(result[k])]
+    if bad == ["guided_error"]:
+        warn(f"eval: the model's guided prediction (with the empty prompt's branch) holds NaN/Inf on {held_out}: "
+             "its guided_error is not finite")
+    elif bad:
+        warn(f"eval: the model's prediction holds NaN/Inf on {held_out}: its {' and '.join(bad)} "
+             f"{'is' if len(bad) == 1 else 'are'} not finite")
 
 
 def _note_computed_wider(out: Path, recipe, report: dict) -> None:

@@ -258,3 +258,30 @@ def test_eval_gives_the_guided_error_beside_the_conditional_where_the_runs_check
     capsys.readouterr()
     assert main(["eval", str(one), "--json"]) == 0
     assert not {"guided_error", "guidance"} & set(json.loads(capsys.readouterr().out))
+
+
+@pytest.mark.parametrize("stream", ["false", "true"])
+def test_a_real_models_guided_error_that_is_not_finite_is_warned_of(stream, tmp_path, capsys, monkeypatch):
+    """A real model's guided_error that was NaN/Inf (its empty prompt's branch) printed nan (null in --json)
+    without a word, where a toy's is warned of (9b0f245) and the run warns. Now the same warning (the
+    shared eval_errors.warn_if_not_finite), naming the run's held-out inputs; resident and streamed."""
+    import math
+
+    import compress.runner_heldout as runner_heldout
+    from tests.pipelines import RECIPE as PIPELINE_RECIPE
+    from tests.pipelines import pixart_pipeline
+    from tests.runner_helpers import run_recipe
+
+    pipe = pixart_pipeline(tmp_path / "pipe")
+    text = PIPELINE_RECIPE.replace("{teacher}", str(pipe)).replace("{family}", "pixart").replace("{size}", "")
+    out = run_recipe(tmp_path, text.format(stream=stream), "p")
+    rows = json.loads((out / "report.json").read_text())["heldout"]["inputs"]
+    capsys.readouterr()
+    assert main(["eval", str(out), "--json"]) == 0
+    assert "warning" not in capsys.readouterr().err  # (finite: no word)
+    monkeypatch.setattr(runner_heldout, "guided_distance", lambda *args: math.nan)
+    assert main(["eval", str(out), "--json"]) == 0
+    said = capsys.readouterr()
+    assert json.loads(said.out)["guided_error"] is None
+    assert ("warning: eval: the model's guided prediction (with the empty prompt's branch) holds NaN/Inf on its "
+            f"run's {rows} held-out inputs: its guided_error is not finite") in " ".join(said.err.split()), said.err

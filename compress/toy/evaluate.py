@@ -14,7 +14,6 @@ Samples are compared at 8×8 (2×2 mean-pooled), the resolution sklearn's digits
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 import torch
@@ -259,24 +258,10 @@ def evaluate(transformer, family: str, teacher=None, seed: int = 0, n_per_prompt
         if guidance_scale > 1:  # the pipeline guides (runner_heldout's guided error, on these triples)
             result["guided_error"] = guided_prediction_error(transformer, teacher, family, n=n_pred, seed=seed,
                                                              scale=guidance_scale)
-        warn_if_not_finite(result, n_pred)
+        from compress.eval_errors import warn_if_not_finite  # (shared with a real model's eval)
+
+        warn_if_not_finite(result, f"the {n_pred} held-out triples")
     return result
-
-
-def warn_if_not_finite(result: dict, n: int) -> None:
-    """A warning where `evaluate`'s teacher-relative errors are NaN/Inf (printed nan, null in --json), as
-    the run warns of a guided error that is not (runner_heldout.guided_error): the model's guided
-    prediction holding NaN/Inf where its prompt's branch does not (its empty prompt's branch), or its
-    prediction itself. `n`: the held-out triples they are measured on."""
-    from compress.report import warn
-
-    bad = [k for k in ("pred_rel_error", "guided_error") if k in result and not math.isfinite(result[k])]
-    if bad == ["guided_error"]:
-        warn(f"eval: the model's guided prediction (with the empty prompt's branch) holds NaN/Inf on the {n} "
-             "held-out triples: its guided_error is not finite")
-    elif bad:
-        warn(f"eval: the model's prediction holds NaN/Inf on the {n} held-out triples: its {' and '.join(bad)} "
-             f"{'is' if len(bad) == 1 else 'are'} not finite")
 
 
 def check_seed(seed) -> None:
