@@ -48,15 +48,16 @@ def stage_lines(report: dict, width: int | None) -> list:
     record = stages_record(report)
     if not record or not record["passes"]:
         return []
-    columns, rows, caption = stages_cells(record)
+    columns, rows, caption = stages_cells(record, report.get("heldout"))
     return [*fitted_rows(TITLE, caption, columns, rows, width, LEFT_OUT_FIRST, JSON_OR_WIDER),
             *export_lines(report)[1:]]
 
 
-def stages_cells(record: dict) -> tuple[list[tuple[str, str]], list[list[str]], str | None]:
+def stages_cells(record: dict, heldout=None) -> tuple[list[tuple[str, str]], list[list[str]], str | None]:
     """The columns, rows and caption of the stages of stages_record's `record`: the teacher's row, then a
     row per pass (a guided error's column where a pass recorded one, '-' where another did not); the
-    caption names the teacher and the chain's base the errors are against."""
+    caption names the teacher and the chain's base the errors are against, and the guided error's scale and
+    held-out inputs where report.json's `heldout` records them (_guided_words)."""
     bases = list(dict.fromkeys(p["kd_teacher"]["source"] for p in record["passes"] if "kd_teacher" in p))
     guided = any("guided_error" in p for p in record["passes"])
     columns = COLUMNS + [GUIDED] * guided + [BASE] * bool(bases)
@@ -71,9 +72,18 @@ def stages_cells(record: dict) -> tuple[list[tuple[str, str]], list[list[str]], 
             row.append(_error(p["kd_teacher"]["relative_error"]) if "kd_teacher" in p else "-")
     source = record["teacher"]["source"]
     said = ([f"the teacher: {source}"] if isinstance(source, str) else []) + (
-        ["guided error: of the classifier-free-guided prediction"] if guided else []) + (
+        [f"guided error: of the classifier-free-guided prediction{_guided_words(heldout)}"] if guided else []) + (
         [f"the chain's base: {', '.join(map(str, bases))} (distill.kd_teacher: base)"] if bases else [])
     return columns, rows, "; ".join(said) or None
+
+
+def _guided_words(heldout) -> str:
+    """Where report.json's `heldout` (runner_heldout.heldout_record) records them, the guided error's scale
+    and the held-out inputs (rows) it is measured on: ' at s = 3, on 64 held-out inputs'; else ''."""
+    heldout = heldout if isinstance(heldout, dict) else {}
+    scale, inputs = heldout.get("guidance_scale"), heldout.get("inputs")
+    return (f" at s = {scale:g}" if is_number(scale) else "") + (
+        f", on {inputs:,} held-out inputs" if is_number(inputs) else "")
 
 
 def _count(value) -> str:

@@ -182,3 +182,20 @@ def test_inspect_shows_the_guided_error_where_a_stage_recorded_one(tmp_path, cap
     assert [p.get("guided_error", "absent") for p in passes] == ["absent", 0.0913]
     plain = _inspected(tmp_path / "plain", capsys, REPORT)
     assert "guided" not in plain[plain.index("stages: "):]
+
+
+def test_the_guided_error_s_caption_says_its_scale_and_held_out_inputs(tmp_path, capsys):
+    """report.json's heldout (943316c) records the guided error's scale and the held-out inputs, but inspect's
+    stages table did not say them: its caption said 'guided error: of the classifier-free-guided prediction'
+    alone. Now it ends ' at s = 3, on 64 held-out inputs'; an older report without heldout as before."""
+    stages = [{"pass": "distill", "params": 160_000, "relative_error": 0.0652, "guided_error": 0.0913}]
+    report = {"teacher": "toy:pixart", "teacher_params": 200_000, "stages": stages,
+              "heldout": {"inputs": 64, "guidance_scale": 3.0}}
+    said = " ".join(_inspected(tmp_path, capsys, report).split())
+    assert "guided error: of the classifier-free-guided prediction at s = 3, on 64 held-out inputs" in said, said
+    report["heldout"] = {"inputs": 4, "guidance_scale": 4.5}
+    said = " ".join(_inspected(tmp_path / "b", capsys, report).split())
+    assert "classifier-free-guided prediction at s = 4.5, on 4 held-out inputs" in said, said
+    del report["heldout"]
+    said = " ".join(_inspected(tmp_path / "c", capsys, report).split())
+    assert said.endswith("guided error: of the classifier-free-guided prediction"), said
