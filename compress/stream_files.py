@@ -16,7 +16,7 @@ import torch
 
 from compress.errors import UserError
 from compress.io import (INDEX, WEIGHTS, SafetensorsError, read_config, read_json, transformer_folder,
-                         weights_variant)
+                         variant_weights, weights_variant)
 from compress.io_errors import broken_weights, shards_not_there
 from compress.io_hub import hub_folder
 from compress.io_source import looks_local
@@ -45,7 +45,7 @@ def weight_map(folder: Path) -> dict[str, Path]:
     if (folder / weights).is_file():
         return file_map(folder / weights)
     raise UserError(f"{folder} has neither {WEIGHTS} nor {INDEX}: no diffusers weights to read there"
-                    f"{holds_single_file(folder)}")
+                    f"{holds_pickled_weights(folder) or holds_single_file(folder)}")
 
 
 def check_links(folder: Path, names: list[str]) -> None:
@@ -90,6 +90,36 @@ def convertible_files(folder: Path) -> list[Path]:
     """The single files in `folder` to give `convert`: none where it holds diffusers' weight files
     (a shard or another variant's are no single file to convert; the folder is what stream reads)."""
     return [] if holds_diffusers_weights(folder) else single_files_in(folder)
+
+
+def holds_pickled_weights(folder: Path) -> str:
+    """'; it holds diffusers' .bin weights ...: write them once as safetensors with CMD, then stream
+    --teacher FOLDER', a command that does so, where the weights from_pretrained reads in `folder`
+    (io.variant_weights) are .bin (save_pretrained(safe_serialization=False)): one file, `convert` (which
+    reads the config.json beside it); shards, which convert cannot take one at a time, diffusers'
+    from_pretrained (use_safetensors=False: shards of .bin) and save_pretrained (safetensors by default).
+    '' where they are not (or config.json names no class)."""
+    variant = weights_variant(folder)
+    names = variant_weights([p.name for p in Path(folder).iterdir()], variant)
+    if not names or any(".safetensors" in n for n in names):
+        return ""
+    if len(names) == 1:
+        file = Path(folder) / names[0]
+        what, command = file, f"dit-compress convert {file} FOLDER"
+    else:
+        try:
+            config = read_json(Path(folder) / "config.json")
+        except UserError:  # (none, or unreadable: the old words)
+            return ""
+        cls = config.get("_class_name") if isinstance(config, dict) else None
+        if not (isinstance(cls, str) and cls.isidentifier()):
+            return ""
+        what = f"in {len(names) - 1} shards"
+        given = f", variant={variant!r}" if variant else ""
+        command = (f"python -c \"from diffusers import {cls}; {cls}.from_pretrained({str(folder)!r}{given}, "
+                   "use_safetensors=False).save_pretrained('FOLDER')\"")
+    return (f"; it holds diffusers' .bin weights ({what}), which stream: true does not read: write them once as "
+            f"safetensors with `{command}`, then stream --teacher FOLDER")
 
 
 def listed(files: list[Path], most: int = 3) -> str:

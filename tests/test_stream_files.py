@@ -134,3 +134,41 @@ def test_a_streamed_snapshot_whose_weights_link_to_a_gone_blob_says_so_as_the_re
     with pytest.raises(UserError) as e:
         checkpoint_of(str(folder))
     assert str(e.value) == said
+
+
+@pytest.mark.parametrize("shard", [None, "30KB"], ids=["one file", "sharded"])
+def test_a_folder_of_bin_weights_is_advised_a_command_that_writes_a_streamable_folder(tmp_path, monkeypatch,
+                                                                                     capsys, shard):
+    """stream: true with a teacher folder saved with save_pretrained(safe_serialization=False) said 'it holds
+    the single file …/diffusion_pytorch_model.bin: write it once as a folder with `dit-compress convert …`',
+    and, sharded, named a shard to convert (a part of the weights). Now it names diffusers' .bin weights and a
+    command that works (convert for one file, which reads the config.json beside it; shards: diffusers'
+    from_pretrained and save_pretrained): run as advised, it writes a folder that streams the same tensors."""
+    import shlex
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from compress.cli import main
+
+    model = tiny_pixart()
+    model.save_pretrained(tmp_path / "t", safe_serialization=False, **({"max_shard_size": shard} if shard else {}))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as refused:
+        checkpoint_of("t")
+    said = str(refused.value)
+    assert "it holds diffusers' .bin weights (" in said and "which stream: true does not read: write them once " \
+           "as safetensors with `" in said and said.endswith("`, then stream --teacher FOLDER"), said
+    command = shlex.split(re.search(r"`(.*)`", said).group(1).replace("FOLDER", "new"))
+    if command[0] == "dit-compress":
+        capsys.readouterr()
+        assert main(command[1:]) == 0, capsys.readouterr().err
+    else:
+        assert command[0] == "python" and shard
+        subprocess.run([sys.executable, *command[1:]], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    config, files = checkpoint_of("new")
+    assert config["_class_name"] == type(model).__name__
+    streamed = {k: v for f in set(files.values()) for k, v in load_file(f).items()}
+    expected = model.state_dict()
+    assert streamed.keys() == expected.keys() and all(streamed[k].equal(expected[k]) for k in expected)
