@@ -14,8 +14,8 @@ def decided_later(p, step: dict, model, adapter) -> dict:
     """An svd pass whose ranks are decided after calibration (allocation global or energy): its
     undecided targets (left dense on the meta model), their roles and dense parameters, and for
     `global` the kept-parameter budget it spends them on (at most: alloc.global_greedy never
-    exceeds it), alloc.budget_for_ratio of the same targets as the run."""
-    from compress.alloc import budget_for_ratio
+    exceeds it), alloc.global_budget of the same targets as the run."""
+    from compress.alloc import budget_for_ratio, global_budget, trust_ranges
     from compress.passes.svd_targets import shape_spec
 
     names = {name for name, rank in step["ranks"].items() if rank == LATER}
@@ -26,7 +26,10 @@ def decided_later(p, step: dict, model, adapter) -> dict:
              "layers": sorted(names), "dense_params": sum(s.params(None) for s in specs),
              "blocks": adapter.block_counts(model)}
     if step.get("allocation") == "global":
-        entry["budget_params"] = budget_for_ratio(specs, p.config.ratio)
+        c = p.config
+        ranges = trust_ranges(specs, c.ratio, c.multiple, c.trust_region) if c.trust_region else None
+        entry["budget_params"] = (global_budget(specs, c.ratio, c.multiple, ranges, c.trust_region)
+                                  or budget_for_ratio(specs, c.ratio))
         entry["ratio"] = p.config.ratio
     return entry
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 import statistics
 
-from compress.alloc import (DENSE, budget_for_ratio, error_vs_uniform, global_greedy, idle_budget, measurement_rank,
-                            min_budget, ratio_rank, sensitivity_weight, trust_ranges, uniform)
+from compress.alloc import (DENSE, budget_for_ratio, error_vs_uniform, global_budget, global_greedy, idle_budget,
+                            measurement_rank, min_budget, ratio_rank, ratio_that_fits, sensitivity_weight, trust_ranges, uniform)
 from compress.arch.base import LinearInfo
 from compress.calib import BlockCalibration
 from compress.calib_stats import Stats
@@ -93,18 +93,27 @@ GLOBAL_BUDGET_READS = ("targets", "ignore", "allocation", "ranks", "multiple", "
 
 
 def check_global_budget(targets: list[LinearInfo], c) -> None:
-    """The budget must cover every free target at its lowest allowed rank (known from shapes alone):
-    else a BadValue at svd.ratio, with the keys it read (GLOBAL_BUDGET_READS)."""
+    """The budget must cover every free target at its lowest allowed rank (known from shapes alone),
+    up to the rounding of those ranks to svd.multiple (`global_budget`): else a BadValue at svd.ratio,
+    with the keys it read (GLOBAL_BUDGET_READS), advising a higher ratio only where one below 1 fits."""
     fixed = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
     specs = [shape_spec(i) for i in targets if i.name not in fixed]
-    budget, floor = budget_for_ratio(specs, c.ratio), min_budget(specs, c.multiple, trust_ranges_for(specs, c))
-    if specs and budget < floor:
+    ranges = trust_ranges_for(specs, c)
+    if specs and global_budget(specs, c.ratio, c.multiple, ranges, c.trust_region) is None:
         dense = sum(s.params(DENSE) for s in specs)
+        floor = min_budget(specs, c.multiple, ranges)
+        fits = ratio_that_fits(specs, c.multiple, c.trust_region)
         trust = f", within trust_region {c.trust_region}× of uniform" if c.trust_region else ""
+        ways = ([f"raise svd.ratio (to at least {math.ceil(fits * 1000) / 1000:.3f})"] if fits else []) \
+            + ["lower svd.multiple"] + (["widen svd.trust_region"] if c.trust_region else [])
         raise BadValue("ratio", f"svd.ratio {c.ratio} is below what global allocation can keep: every target at "
                                 f"its lowest allowed rank (multiple {c.multiple}{trust}) keeps {floor / dense:.3f} "
-                                "of the parameters; raise svd.ratio, lower svd.multiple"
-                                + (" or widen svd.trust_region" if c.trust_region else ""), reads=GLOBAL_BUDGET_READS)
+                                f"of the parameters; {counted_or(ways)}", reads=GLOBAL_BUDGET_READS)
+
+
+def counted_or(ways: list[str]) -> str:
+    """'a', 'a or b', 'a, b or c'."""
+    return ways[0] if len(ways) == 1 else f"{', '.join(ways[:-1])} or {ways[-1]}"
 
 
 class GlobalAllocation:
@@ -126,8 +135,10 @@ class GlobalAllocation:
         if weights:  # layers not measured (no saving, or no measurable loss in range): the median weight
             median = statistics.median(weights.values())
             weights = {s.name: weights.get(s.name, median) for s in specs}
-        budget = budget_for_ratio(specs, c.ratio)
         ranges = trust_ranges_for(specs, c)
+        budget = global_budget(specs, c.ratio, c.multiple, ranges, c.trust_region)
+        if budget is None:  # plan's check_global_budget refused it on shapes; curves only lower floors
+            budget = budget_for_ratio(specs, c.ratio)
         alloc = global_greedy(specs, budget, c.multiple, weights or None, ranges)
         said = unspent_words(specs, alloc, c, ranges)
         if said:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from compress.alloc import DENSE, budget_for_ratio, rank_options
+from compress.alloc import DENSE, budget_for_ratio, global_budget, rank_options
 from compress.errors import BadValue
 from compress.passes.removed_blocks import PLANNED_ATTR
 from compress.passes.svd_global import trust_ranges_for
@@ -50,7 +50,8 @@ def mark_planned(model: nn.Module, c, targets, fixed: dict) -> None:
     # every `maybe` target dense, the others at their lowest rank, would spend more than the budget
     least = sum(s.params(int(ranks[0]) if is_sure else DENSE)
                 for s, (ranks, _), is_sure in zip(specs, options, sure))
-    some = c.allocation == "global" and any(maybe) and least > budget_for_ratio(specs, c.ratio)
+    budget = global_budget(specs, c.ratio, c.multiple, ranges, c.trust_region) if c.allocation == "global" else None
+    some = c.allocation == "global" and any(maybe) and least > (budget or budget_for_ratio(specs, c.ratio))
     planned = Planned(c.allocation, c.ratio, sum(maybe), some)
     for info, is_sure, is_maybe in zip(free, sure, maybe):
         if is_sure or is_maybe:

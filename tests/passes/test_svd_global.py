@@ -202,3 +202,53 @@ def test_a_global_allocation_that_leaves_its_budget_unspent_says_so(tmp_path, ca
     assert n == len(ctx.report["svd"]["layers"]) and err.count("had calibration data spanning fewer") == 1
     assert f"svd: {n} of this pass's {n} targets had calibration data spanning fewer directions than the " \
            "layer is wide (the widest, transformer_blocks.0.ff.net.0.proj 128×32, 8 of 32)" in err, err
+
+
+def _global_refusal(infos, **cfg) -> str | None:
+    """check_global_budget's words for the targets `infos` under SVDConfig(**cfg), None if it accepts."""
+    from compress.errors import BadValue
+    from compress.passes.svd import SVDConfig
+    from compress.passes.svd_global import check_global_budget
+
+    try:
+        check_global_budget(list(infos), SVDConfig(allocation="global", **cfg))
+    except BadValue as e:
+        return str(e)
+    return None
+
+
+def test_trust_region_1_gives_every_layer_its_uniform_rank_where_rounding_keeps_more_than_the_ratio(tmp_path):
+    """At trust_region 1 each range is the uniform rank rounded to the multiple; rounding up made the
+    lowest total exceed ratio × dense, and the budget check refused ('svd.ratio 0.6 is below what global
+    allocation can keep ... keeps 0.627 ...; raise svd.ratio', and again at 0.7: 'keeps 0.728'). Now the
+    budget is that lowest total where it is over only by rounding: global at factor 1 is uniform."""
+    from compress.alloc import DENSE, budget_for_ratio, ratio_rank
+    from compress.passes.svd_targets import shape_spec
+
+    infos = [i for i in get_adapter(tiny_pixart()).linears(tiny_pixart()) if i.role == "mlp"]
+    specs = [shape_spec(i) for i in infos]
+    for ratio in (0.55, 0.6):  # 64×16: exact ranks 7.04 and 7.68, both rounded up to 8 at multiple 4
+        uni = sum(s.params(ratio_rank(s, ratio, 4)) for s in specs)
+        assert uni > budget_for_ratio(specs, ratio)  # the rounding goes up: the case refused
+        assert _global_refusal(infos, ratio=ratio, multiple=4, trust_region=1, targets=["mlp"]) is None
+    _, report, infos = run_svd("pixart", tmp_path, allocation="global", targets=["mlp"], ratio=0.6, multiple=4,
+                               trust_region=1, compensate=False)
+    for name, rank in report["layers"].items():
+        want = ratio_rank(shape_spec(infos[name]), 0.6, 4)
+        assert rank["rank"] == ("dense" if want is DENSE else want), name
+
+
+def test_a_ratio_too_low_before_rounding_is_still_refused_advising_a_ratio_that_fits():
+    """Every target at one multiple keeps more than the ratio asks, not by rounding: refused, with the
+    lowest ratio the check accepts; 'raise svd.ratio' is not advised where no ratio below 1 fits."""
+    from compress.passes.svd_targets import shape_spec
+
+    infos = [i for i in get_adapter(tiny_pixart()).linears(tiny_pixart()) if i.role == "mlp"]
+    said = _global_refusal(infos, ratio=0.05, multiple=4, trust_region=1, targets=["mlp"])
+    assert said and "svd.ratio 0.05 is below what global allocation can keep" in said, said
+    fits = float(re.search(r"raise svd.ratio \(to at least ([0-9.]+)\)", said).group(1))
+    assert _global_refusal(infos, ratio=fits, multiple=4, trust_region=1, targets=["mlp"]) is None
+    assert _global_refusal(infos, ratio=fits - 0.002, multiple=4, trust_region=1, targets=["mlp"]) is not None
+    wide = max(min(shape_spec(i).out_features, shape_spec(i).in_features) for i in infos)
+    said = _global_refusal(infos, ratio=0.5, multiple=wide, trust_region=None, targets=["mlp"])
+    assert said and "raise svd.ratio" not in said and said.endswith("lower svd.multiple"), said
