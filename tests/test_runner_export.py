@@ -231,3 +231,28 @@ before: no guided reference computed); the model card's guided error line names 
     assert ("the pipeline samples with, s = 3." in card) is guided and ("Guided error" in card) is guided
     again = run_recipe(tmp_path, TOY.format(family="pixart", cfg=cfg), "r", resume=True, overwrite=True)
     assert json.loads((again / "report.json").read_text())["heldout"] == report["heldout"]  # its stages kept
+
+
+def test_an_export_rounded_to_bfloat16_records_its_guided_error_beside_the_conditional(tmp_path, capsys):
+    """A float16/bfloat16 export recorded its conditional error after the rounding (export.relative_error,
+    'exported in bfloat16: teacher-relative error 0.19') but no guided error, which the stages record: now
+    export.guided_error is the rounded weights' (as computed directly from the output), said on that line;
+    a float32 export's is its last stage's; without cfg_branches there is none."""
+    import json
+
+    import torch
+
+    from tests.test_runner_heldout import TOY, _direct_guided_error
+
+    out = run_recipe(tmp_path, TOY.format(family="pixart", cfg="true") + "export: {dtype: bfloat16}\n", "r")
+    report = json.loads((out / "report.json").read_text())
+    export, stage = report["export"], report["stages"][-1]
+    assert export["guided_error"] == pytest.approx(_direct_guided_error("pixart", out, torch.float32), rel=1e-4)
+    assert export["guided_error"] != stage["guided_error"]  # the rounding moved it
+    said = "".join(capsys.readouterr())
+    assert (f"exported in bfloat16: teacher-relative error {export['relative_error']:.4g} "
+            f"(guided {export['guided_error']:.4g})") in said, said
+    f32 = json.loads((run_recipe(tmp_path, TOY.format(family="pixart", cfg="true"), "f") / "report.json").read_text())
+    assert f32["export"]["guided_error"] == f32["stages"][-1]["guided_error"]
+    plain = run_recipe(tmp_path, TOY.format(family="pixart", cfg="false") + "export: {dtype: bfloat16}\n", "p")
+    assert "guided_error" not in json.loads((plain / "report.json").read_text())["export"]

@@ -109,9 +109,10 @@ TOY = ("model: {family}\nteacher: toy:{family}\n"
        "passes:\n  - svd: {{targets: [mlp], ratio: 0.5, multiple: 8, fisher: none}}\n")
 
 
-def _direct_guided_error(family: str, out) -> float:
+def _direct_guided_error(family: str, out, dtype=None) -> float:
     """||guided(student) − guided(teacher)|| / ||guided(teacher)|| on the toy source's 6 held-out inputs
-    (seed 1), each model's prediction of [empty prompt; prompt] guided as the toy pipeline guides (scale 3)."""
+    (seed 1), each model's prediction of [empty prompt; prompt] guided as the toy pipeline guides (scale 3);
+    the student `out` loaded in `dtype` (None: the one it holds)."""
     from compress.arch import get_adapter
     from compress import load_transformer
     from compress.toy.data import model_inputs
@@ -119,7 +120,7 @@ def _direct_guided_error(family: str, out) -> float:
     from compress.toy.weights import load_toy_teacher
 
     kwargs = model_inputs(family, 6, seed=1, split="heldout", cfg=True)  # (12, ...): [uncond; cond]
-    teacher, student = load_toy_teacher(family), load_transformer(out)
+    teacher, student = load_toy_teacher(family), load_transformer(out, **({} if dtype is None else {'dtype': dtype}))
     adapter = get_adapter(teacher)
     with torch.no_grad():
         t, s = (guide(adapter.predict(m, kwargs).double(), DEFAULT_GUIDANCE) for m in (teacher, student))
