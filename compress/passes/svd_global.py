@@ -105,10 +105,18 @@ def check_global_budget(targets: list[LinearInfo], c) -> None:
         fits = ratio_that_fits(specs, c.multiple, c.trust_region)
         trust = f", within trust_region {c.trust_region}× of uniform" if c.trust_region else ""
         ways = ([f"raise svd.ratio (to at least {math.ceil(fits * 1000) / 1000:.3f})"] if fits else []) \
-            + ["lower svd.multiple"] + (["widen svd.trust_region"] if c.trust_region else [])
+            + ["lower svd.multiple"] + (["widen svd.trust_region"] if c.trust_region and widening_lowers(specs, c, floor)
+                                        else [])
         raise BadValue("ratio", f"svd.ratio {c.ratio} is below what global allocation can keep: every target at "
                                 f"its lowest allowed rank (multiple {c.multiple}{trust}) keeps {floor / dense:.3f} "
                                 f"of the parameters; {counted_or(ways)}", reads=GLOBAL_BUDGET_READS)
+
+
+def widening_lowers(specs, c, floor: int) -> bool:
+    """Whether a wider trust region could keep fewer parameters than `floor` (every target at the lowest
+    rank its trust range allows): not where each is already at its lowest rank without a range (one
+    multiple, or dense where that saves nothing)."""
+    return min_budget(specs, c.multiple, None) < floor
 
 
 def counted_or(ways: list[str]) -> str:

@@ -252,3 +252,20 @@ def test_a_ratio_too_low_before_rounding_is_still_refused_advising_a_ratio_that_
     wide = max(min(shape_spec(i).out_features, shape_spec(i).in_features) for i in infos)
     said = _global_refusal(infos, ratio=0.5, multiple=wide, trust_region=None, targets=["mlp"])
     assert said and "raise svd.ratio" not in said and said.endswith("lower svd.multiple"), said
+
+
+def test_widening_the_trust_region_is_advised_only_where_it_lowers_what_is_kept():
+    """Where every target's range already starts at one multiple (a ratio far below it), a wider trust
+    region keeps as much: not advised; where the ranges' floors are above one multiple, it is."""
+    infos = [i for i in get_adapter(tiny_pixart()).linears(tiny_pixart()) if i.role == "mlp"]
+    said = _global_refusal(infos, ratio=0.01, multiple=4, trust_region=2, targets=["mlp"])
+    assert said and "widen svd.trust_region" not in said and said.endswith("or lower svd.multiple"), said
+    from types import SimpleNamespace
+
+    from compress.alloc import min_budget
+    from compress.passes.svd_global import widening_lowers
+    from compress.passes.svd_targets import shape_spec
+
+    specs, c = [shape_spec(i) for i in infos], SimpleNamespace(multiple=4)
+    least = min_budget(specs, 4, None)  # every target at one multiple: no trust region keeps less
+    assert widening_lowers(specs, c, least + 1) and not widening_lowers(specs, c, least)
