@@ -63,12 +63,14 @@ def exported_error(runner, student) -> dict:
     run, whose blocks it does not hold (eval measures it), or where the run's held-out reference is unknown.
     Where measured, `activation_max`: the largest |activation| of each block (and top-level linear) on those
     inputs, warned of where float16 cannot hold it (activation_range: float32 compute never overflows);
-    streamed, those its last pass's held-out check recorded (the final student before the export's rounding)."""
+    streamed, those its last pass's held-out check recorded (the final student before the export's rounding).
+    Where the last stage records a guided error, `guided_error`: the rounded weights' too (a --resume that kept
+    every stage computes the teacher's guided reference for it: runner_heldout.guided_reference)."""
     from compress.activation_range import block_names, checked_maxima, recording_maxima, streamed_maxima
     from compress.dtype_range import DTYPES
     from compress.io_export import round_to_export
     from compress.passes.base import relative_error
-    from compress.runner_heldout import guided_words
+    from compress.runner_heldout import guided_reference, guided_words
 
     dtype, stages = DTYPES[runner.recipe.export.dtype], runner.ctx.report.get("stages") or [{}]
     record = {"dtype": runner.recipe.export.dtype, "computed_in": runner.recipe.compute_dtype}
@@ -82,7 +84,8 @@ def exported_error(runner, student) -> dict:
     if held is None:
         return {**record, "relative_error": None}
     round_to_export(student, dtype)
-    guide = getattr(runner, "held_out_guided", None)  # where the stages measured a guided error: their reference
+    # where the stages measured a guided error: their reference (computed now by a --resume that checked no stage)
+    guide = guided_reference(runner, held[1]) if "guided_error" in stages[-1] else None
     predictions = [] if guide is not None else None
     with runner.models.forwards(student):
         with recording_maxima(student, runner.adapter) as maxima:

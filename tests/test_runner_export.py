@@ -256,3 +256,28 @@ def test_an_export_rounded_to_bfloat16_records_its_guided_error_beside_the_condi
     assert f32["export"]["guided_error"] == f32["stages"][-1]["guided_error"]
     plain = run_recipe(tmp_path, TOY.format(family="pixart", cfg="false") + "export: {dtype: bfloat16}\n", "p")
     assert "guided_error" not in json.loads((plain / "report.json").read_text())["export"]
+
+
+def test_a_resume_that_keeps_every_stage_records_the_exports_guided_error(tmp_path, capsys):
+    """--resume of a finished run, every stage kept, with export.dtype: bfloat16 wrote export.guided_error null
+    and the line '  exported in bfloat16: teacher-relative error 0.06345' without its guided error, though the
+    stages record one: the teacher's guided reference was computed by the stages' checks alone. Now the export
+    computes it: equal to that computed directly from the output, said on the line; back to float32, the last
+    stage's, as a run that trains does."""
+    import json
+
+    import torch
+
+    from tests.test_runner_heldout import TOY, _direct_guided_error
+
+    text = TOY.format(family="pixart", cfg="true")
+    run_recipe(tmp_path, text, "r")
+    capsys.readouterr()
+    out = run_recipe(tmp_path, text + "export: {dtype: bfloat16}\n", "r", resume=True, overwrite=True)
+    export = json.loads((out / "report.json").read_text())["export"]
+    assert export["guided_error"] == pytest.approx(_direct_guided_error("pixart", out, torch.float32), rel=1e-4)
+    said = "".join(capsys.readouterr())
+    assert (f"exported in bfloat16: teacher-relative error {export['relative_error']:.4g} "
+            f"(guided {export['guided_error']:.4g})") in said, said
+    report = json.loads((run_recipe(tmp_path, text, "r", resume=True, overwrite=True) / "report.json").read_text())
+    assert report["export"]["guided_error"] == report["stages"][-1]["guided_error"]
