@@ -4,10 +4,10 @@ calibration caches) and one output folder serve one run at a time. Imports no to
 A lock is an exclusive, non-blocking `flock` (tried again for moments: `_take`) on a small file,
 RUN_DIR/.dit-compress.lock for the run folder and .<name>.dit-compress.lock beside the output (never
 inside it: the output replaces its folder as a whole), which also says who holds it (pid, host, start
-time, command line) for the message a second run gets. The OS releases a flock when its process dies, so a killed run leaves no
-stale lock (its file may stay: the next run takes it over). A released lock's file is removed, and
-so are the folders made for it while they hold nothing else, so a run refused by a later check
-leaves no folders behind."""
+time, command line) for the message a second run gets. The OS releases a flock when its process
+dies, so a killed run leaves no stale lock (its file may stay: the next run takes it over). A
+released lock's file is removed, and so are the folders made for it while they hold nothing else, so
+a run refused by a later check leaves no folders behind."""
 
 from __future__ import annotations
 

@@ -64,7 +64,7 @@ from compress.passes.svd_fisher_measure import FisherMeasurement
 from compress.passes.svd_global import GlobalAllocation
 from compress.passes.svd_layer import replace_linear
 from compress.passes.svd_notes import (allocated_note, dense_ranks_note, floored_note, no_saving_rank_note,
-                                       unchanged_note)
+                                       unchanged_note, whole_budget_note)
 from compress.passes.svd_planned import mark_planned, planned_notes
 from compress.passes.svd_stages import Stages
 from compress.passes.svd_targets import Resolved, renumbered_pattern_notes, shape_spec, uses_output_gram
@@ -128,7 +128,8 @@ class SVDPass(GlobalAllocation, FisherMeasurement, Pass):
         if not targets:
             return out
         if len(ranks) < len(targets):  # budgeted (energy, global)
-            return out + [n for n in [no_saving_rank_note(c, targets, ranks), dense_ranks_note(c, targets)] if n]
+            said = no_saving_rank_note(c, targets, ranks) or whole_budget_note(c, targets, ranks)
+            return out + [n for n in [said, dense_ranks_note(c, targets)] if n]
         if any(r is not DENSE for r in ranks.values()):  # ranks floored at multiple spend more than asked
             return out + [n for n in [floored_note(c, targets, ranks)] if n]
         return out + [unchanged_note(c, targets)]
@@ -232,7 +233,8 @@ class SVDPass(GlobalAllocation, FisherMeasurement, Pass):
     def _warn_if_unchanged(self, targets: list[LinearInfo], fixed: dict, records: dict) -> None:
         """A budgeted allocation (energy, global) that left every target dense: the run would write the
         model as it found it and say nothing (`notes` warned before compute where the ranks known before
-        calibration, `fixed`, told it)."""
+        calibration, `fixed`, told it; where a ratio or energy of 1 was warned of as changing little or
+        nothing, this says which)."""
         if len(fixed) == len(targets) or no_saving_rank_note(self.config, targets, fixed):
             return
         note = allocated_note(self.config, records)

@@ -1,7 +1,8 @@
 """The svd pass's notes before it runs (plan and run's checks) and after it allocates: a pass whose
-ranks leave every target dense, explicit ranks at or above break-even, ranks floored at svd.multiple,
-an allocation that kept everything dense; each as (recipe key, message, the other keys it read) for
-its line (Pass.notes: a --set of a key it did not read is not named with it)."""
+ranks leave every target dense, a budget of every parameter (global at ratio 1, energy 1), explicit
+ranks at or above break-even, ranks floored at svd.multiple, an allocation that kept everything
+dense; each as (recipe key, message, the other keys it read) for its line (Pass.notes: a --set of a
+key it did not read is not named with it)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,28 @@ def no_saving_rank_note(c, targets, ranks: dict) -> tuple[str, str, tuple] | Non
         f"svd: every one of its {len(targets)} targets stays dense (ranks in multiples of {c.multiple} save no "
         f"parameters at these widths, whatever the {c.allocation} allocation finds), so this pass changes "
         "nothing; lower svd.multiple"), (*TARGETS, "allocation", "ranks")
+
+
+def whole_budget_note(c, targets, ranks: dict) -> tuple[str, str, tuple] | None:
+    """(key, note, keys read) for a budgeted pass asked to keep everything: global at svd.ratio 1 (a budget
+    of every parameter) or energy at svd.energy 1 keeps a target dense unless its calibration spans so
+    few directions that a factorization keeps all its objective measures, so the pass changes little or
+    nothing, which plan said nothing of (uniform at ratio 1: `unchanged_note`). `ranks`: the fixed
+    (explicit) ranks: a pass whose explicit ranks factorize some target changes those.
+    None otherwise."""
+    key = {"global": "ratio", "energy": "energy"}.get(c.allocation)
+    if key is None or getattr(c, key) < 1:
+        return None
+    free = [i for i in targets if i.name not in ranks]
+    asked = ("gives the global allocation a budget of every parameter" if key == "ratio"
+             else "keeps all of each target's energy in its objective")
+    which = f"its {len(free)} targets" + (" without an explicit rank (svd.ranks)" if ranks else "")
+    changed = [n for n, r in ranks.items() if r is not DENSE]
+    so = "this pass changes little or nothing" + (" but the targets svd.ranks factorizes" if changed else "")
+    return cause_key(c, [key]), (
+        f"svd.{key} {getattr(c, key)} {asked}, so it leaves {which} dense except where the calibration spans "
+        f"so few of a target's directions that a factorization keeps all of them with fewer parameters: {so}; "
+        f"lower svd.{key}"), (*TARGETS, "allocation", "ranks")
 
 
 def allocated_note(c, records: dict[str, dict]) -> str | None:

@@ -164,3 +164,46 @@ def test_a_pass_left_dense_by_a_set_ratio_is_warned_at_that_set(capsys):
     assert said[0].startswith("warning: p1.yaml (--set passes.0.svd.multiple=256): svd: every one of"), said
     said = _pixart_warnings(capsys, [], mlp.replace("ratio: 0.5", "ratio: 0.99"), **WIDTH_28)  # 22.2 -> 24 at 8
     assert said[0].startswith("warning: p1.yaml:8: svd: every one of its 6 targets stays dense (ranks rounded"), said
+
+
+@pytest.mark.parametrize("allocation, key", [("global", "ratio"), ("energy", "energy")])
+def test_a_budgeted_pass_asked_to_keep_everything_is_warned_before_it_runs(capsys, tmp_path,
+                                                                         allocation, key):
+    """global at ratio 1 (a budget of every parameter) and energy 1 planned without a word, where uniform's
+    ratio 1 is warned; the run said it only after calibrating ('the global allocation left every one of its
+    30 targets dense'). Plan's checks (the run's too) now say it at the line; after allocating, the run
+    says what came of it, as before; a ratio below 1 is not warned of."""
+    from tests.passes.svd_helpers import run_svd
+
+    text = PIXART.replace("ratio: 0.5", f"allocation: {allocation}")
+    said = _pixart_warnings(capsys, [f"passes.0.svd.{key}=1"], text)
+    asked = ("gives the global allocation a budget of every parameter" if key == "ratio"
+             else "keeps all of each target's energy in its objective")
+    assert said == [f"warning: p1.yaml (--set passes.0.svd.{key}=1): svd.{key} 1.0 {asked}, so it leaves its "
+                    "18 targets dense except where the calibration spans so few of a target's directions that a "
+                    "factorization keeps all of them with fewer parameters: this pass changes little or nothing; "
+                    f"lower svd.{key}"], said
+    assert _pixart_warnings(capsys, [f"passes.0.svd.{key}=0.9"], text) == []
+    _, report, _ = run_svd("pixart", tmp_path, targets=["attention", "mlp"], allocation=allocation, **{key: 1.0},
+                           compensate=False)
+    assert {r["rank"] for r in report["layers"].values()} == {"dense"}
+    err = " ".join(capsys.readouterr().err.split())  # after it allocates, the run says which: nothing
+    assert err.count("warning: ") == 1 and "allocation left every one of its 18 targets dense" in err, err
+
+
+def test_a_budget_of_every_parameter_factorizes_only_what_the_calibration_spans_in_fewer_directions(tmp_path):
+    """What the warning says 'except where': one caption token per row lets cross-attention's k/v read
+    4 directions of 16, and global at ratio 1 (energy 1 alike) factorizes them at rank 4 with no loss."""
+    from compress.passes.base import RunContext
+    from compress.passes.svd import SVDConfig, SVDPass
+    from tests.conftest import tiny_pixart
+    from tests.passes.test_svd_global import one_token_captions
+
+    model = tiny_pixart()
+    batches = one_token_captions(model)
+    ctx = RunContext(adapter=get_adapter(model), family="pixart", teacher=model, run_dir=tmp_path,
+                     calibration_inputs=lambda: batches, fingerprint="fp")
+    SVDPass(SVDConfig(targets=["cross_attention"], allocation="global", ratio=1.0, multiple=2, compensate=False,
+                      progress=False)).run(model, ctx)
+    ranks = {n: r["rank"] for n, r in ctx.report["svd"]["layers"].items()}
+    assert ranks["transformer_blocks.0.attn2.to_k"] == 4 and ranks["transformer_blocks.0.attn2.to_q"] == "dense"
