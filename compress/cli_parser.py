@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 import compress
-from compress.errors import did_you_mean
+from compress.errors import closest
 
 
 OUT_HELP = "output folder of `dit-compress run`, or the Hub id (ORG/NAME) of one in the Hugging Face cache"
@@ -61,7 +61,16 @@ class _CommandParser(argparse.ArgumentParser):
         place = [a.dest for a in self._actions if not a.option_strings]
         if (name := option.lstrip("-").replace("-", "_")) in place:
             return f"; {name} is given by its place, without {option} ({self.prog} {' '.join(place)})"
-        return did_you_mean(option, [s for a in self._actions for s in a.option_strings])
+        return meant_option(option, [s for a in self._actions for s in a.option_strings])
+
+
+def meant_option(option: str, options: list[str]) -> str:
+    """"; did you mean '--out'?" for the option of `options` whose name is close to `option`'s (as
+    recipe keys are matched: errors.closest), compared without their leading dashes, which every option
+    shares (--bogus was told '--out', the dashes alone making them close); '' where none is."""
+    names = {o.lstrip("-"): o for o in options}
+    best = closest(option.lstrip("-"), names)
+    return f"; did you mean '{names[best]}'?" if best is not None else ""
 
 
 def set_meant(tokens: list[str], extras: list[str]) -> str | None:
@@ -186,8 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--json", action="store_true", help="print the measurements as JSON")
 
-    p = sub.add_parser("convert", help="a single-file checkpoint as a diffusers transformer folder (for stream: true)")
-    p.add_argument("file", help="single-file checkpoint: BFL Flux, original PixArt-Σ .pth, or diffusers keys")
+    p = sub.add_parser("convert", help="a single-file checkpoint (or a folder of .bin weights) as a diffusers "
+                       "transformer folder (for stream: true)")
+    p.add_argument("file", help="single-file checkpoint: BFL Flux, original PixArt-Σ .pth, or diffusers keys; or a "
+                   "folder of .bin weights, one file or shards (save_pretrained(safe_serialization=False))")
     p.add_argument("out", help="the folder to write (must not exist): config.json and safetensors shards")
     p.add_argument("--teacher-config", help="diffusers config (folder or config.json) of the file's transformer "
                    "(default: the config.json beside the file)")

@@ -215,6 +215,28 @@ def test_an_unknown_argument_of_a_command_prints_that_command_s_usage(capsys, ar
     assert e.value.code == 2 and err.startswith(usage) and err.strip().splitlines()[-1] == said
 
 
+COMMAND_ARGS = {"run": ["r.yaml"], "plan": ["r.yaml"], "importance": ["r.yaml"], "inspect": ["out"],
+                "eval": ["out"], "bench": ["out"], "convert": ["f.safetensors", "o"], "lora": ["out", "l", "new"]}
+TYPOS = {"run": ("--tacher", "--teacher"), "plan": ("--rundir", "--run-dir"), "importance": ("--pngg", "--png"),
+         "inspect": ("--plt", "--plot"), "eval": ("--sed", "--seed"), "bench": ("--batchs", "--batch"),
+         "convert": ("--teacher-confg", "--teacher-config"), "lora": ("--scael", "--scale")}
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_ARGS))
+def test_an_unknown_option_is_told_only_a_close_option(capsys, command):
+    """`run R --bogus` said "did you mean '--out'?" and `importance R --bogus` '--buckets': the options
+    were compared with their dashes, which every one shares (--bogus and --out: 0.67, over 0.6). Now
+    their names are (as recipe keys'): no suggestion for a word close to none, the option for a typo."""
+    said = {}
+    for option in ("--bogus", "-x", TYPOS[command][0]):
+        with pytest.raises(SystemExit):
+            cli.main([command, *COMMAND_ARGS[command], option])
+        said[option] = capsys.readouterr().err.strip().splitlines()[-1]
+    start = f"dit-compress {command}: error: unrecognized arguments: "
+    typo, meant = TYPOS[command]
+    assert said == {"--bogus": f"{start}--bogus", "-x": f"{start}-x", typo: f"{start}{typo}; did you mean '{meant}'?"}
+
+
 def test_resume_and_restart_are_one_or_the_other_in_run_s_usage(capsys):
     """`run --help` showed [--resume] [--restart] as independent, and both together were refused only
     once the run began. Now they are a mutually exclusive group: usage [--resume | --restart], and
