@@ -17,7 +17,7 @@ import math
 import os
 import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -68,7 +68,6 @@ class ImportanceResult:
     spearman: float  # proxy vs scan, over all blocks
     block_evaluations: int
     naive_block_evaluations: int
-    extra: dict = field(default_factory=dict)
 
     def ranked(self, criterion: str = "scan", group: str | None = None) -> list[BlockScore]:
         """Least important first."""

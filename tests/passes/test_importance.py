@@ -123,6 +123,19 @@ def test_pass_records_report_json_and_heatmap(tmp_path):
     assert table.row_count == 5 and len(table.columns) == 3 + 3 + 1
 
 
+def test_the_record_holds_no_always_empty_extra_and_an_older_one_with_it_still_reads():
+    """report.json's importance (and importance.json, importance --json) held `extra: {}` in every run:
+    nothing ever filled or read it. It is gone; a record written before, with it, reads as before."""
+    from compress.passes.importance import ImportanceResult
+
+    model = tiny_pixart()
+    result = scan(model, get_adapter(model), batches_for(model, n=1), progress=False, skips=False)
+    record = result.to_dict()
+    assert "extra" not in record
+    older = ImportanceResult.from_dict(dict(record, extra={}))
+    assert older.to_dict() == record
+
+
 def test_heatmap_with_empty_bucket_and_bad_config(tmp_path):
     model = tiny_pixart()
     result = scan(model, get_adapter(model), [model_inputs(model, batch=1)], buckets=4, progress=False)
