@@ -86,44 +86,94 @@ def file_signature(path: Path) -> dict:
 
 
 def tensors_digest(paths: list[Path]) -> str | None:
-    """A sha256 of the tensors safetensors files hold, whatever files they lie in (a folder re-saved
-    sharded otherwise, the same tensors, has the same): each tensor's name, dtype and shape, its first
-    and last END bytes, in name order, and CHUNKS evenly spaced CHUNK-byte pieces of their data laid
-    end to end in that order (all of it when smaller): file_signature's reads again, in the page
-    cache then. None where a file is no safetensors file or its header does not parse, or a name is
-    in two files (no digest: the files' signatures are compared alone). OSError where one cannot be read."""
-    entries = []  # (name, dtype, shape, path, begin, end): end - begin bytes from begin in the file
-    for path in paths:
-        if path.suffix != ".safetensors" or (found := header_entries(path)) is None:
-            return None
-        entries += found
-    entries.sort()
-    if len({e[0] for e in entries}) < len(entries):
-        return None
-    h = hashlib.sha256()
+    """A sha256 of the tensors weight files hold, whatever files they lie in (a folder re-saved
+    sharded otherwise, the same tensors, has the same; so has a .bin folder written again as
+    safetensors): each tensor's name, dtype (safetensors' name) and shape, its first and last END
+    bytes, in name order, and CHUNKS evenly spaced CHUNK-byte pieces of their data laid end to end in
+    that order (all of it when smaller): file_signature's reads again, in the page cache then. A
+    safetensors file's tensors are read at their place in it (header_entries), a pickle's (.bin, .pth:
+    torch.save's zip) mapped (pickled_entries). None where a file is neither (torch.save's legacy
+    format, a header that does not parse), or a name is in two files (no digest: the files' signatures
+    are compared alone). OSError where one cannot be read."""
     with contextlib.ExitStack() as stack:
-        opened = {p: stack.enter_context(open(p, "rb")) for p in paths}
-
-        def read(entry, offset: int, length: int) -> bytes:
-            f = opened[entry[3]]
-            f.seek(entry[4] + offset)
-            return f.read(length)
-        for e in entries:
-            size = e[5] - e[4]
-            h.update(json.dumps(e[:3]).encode())
+        entries = []  # (name, dtype, shape, bytes, read): read(offset, length), of that tensor's data
+        for path in paths:
+            found = file_entries(path, stack)
+            if found is None:
+                return None
+            entries += found
+        entries.sort(key=lambda e: e[0])
+        if len({e[0] for e in entries}) < len(entries):
+            return None
+        h = hashlib.sha256()
+        for name, dtype, shape, size, read in entries:
+            h.update(json.dumps([name, dtype, shape]).encode())
             for offset in sorted({0, max(0, size - END)}):
-                h.update(read(e, offset, min(END, size)))
-        total = sum(e[5] - e[4] for e in entries)
-        starts = [0] + list(itertools.accumulate(e[5] - e[4] for e in entries))
+                h.update(read(offset, min(END, size)))
+        starts = [0] + list(itertools.accumulate(e[3] for e in entries))
+        total = starts[-1]
         pieces = [(0, total)] if total <= CHUNKS * CHUNK else \
             [(i * (total - CHUNK) // (CHUNKS - 1), CHUNK) for i in range(CHUNKS)]
         for offset, length in pieces:  # a piece across tensors: each one's part of it
             i = bisect.bisect_right(starts, offset) - 1
             while length > 0 and i < len(entries):
                 part = min(length, starts[i + 1] - offset)
-                h.update(read(entries[i], offset - starts[i], part))
+                h.update(entries[i][4](offset - starts[i], part))
                 offset, length, i = offset + part, length - part, i + 1
     return h.hexdigest()
+
+
+def file_entries(path: Path, stack: contextlib.ExitStack) -> list[tuple] | None:
+    """tensors_digest's entries [(name, dtype, shape, bytes, read)] of one weight file (its files
+    opened on `stack`); None where it has none to give."""
+    if path.suffix != ".safetensors":
+        return pickled_entries(path)
+    if (found := header_entries(path)) is None:
+        return None
+    f = stack.enter_context(open(path, "rb"))
+
+    def reader(begin: int):
+        def read(offset: int, length: int) -> bytes:
+            f.seek(begin + offset)
+            return f.read(length)
+        return read
+    return [(k, dtype, shape, end - begin, reader(begin)) for k, dtype, shape, _, begin, end in found]
+
+
+# torch dtypes by safetensors' names (its header's), so that a pickle's tensors digest as their safetensors copy's
+DTYPE_NAMES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+               "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+               "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}
+
+
+def pickled_entries(path: Path) -> list[tuple] | None:
+    """tensors_digest's entries of a pickle's tensors (the dict a single-file teacher's load reads: a
+    training checkpoint's state_dict, else model, module), mapped (torch.load(mmap=True)), so only
+    the bytes asked for are read: each one's data as safetensors would hold it (row-major,
+    little-endian). None where the file is no torch.save zip (the legacy format cannot be mapped: read
+    whole it is no cheap signature) or holds no dict of tensors."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            return None
+    import torch
+
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unpickling errors have many types: no digest, the files are compared
+        return None
+    for key in ("state_dict", "model", "module"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                     for k, v in sd.items()):
+        return None
+
+    def reader(t):
+        def read(offset: int, length: int) -> bytes:
+            return t.reshape(-1).view(torch.uint8)[offset:offset + length].numpy().tobytes()
+        return read
+    return [(k, DTYPE_NAMES.get(str(v.dtype).removeprefix("torch."), str(v.dtype)), list(v.shape),
+             v.numel() * v.element_size(), reader(v)) for k, v in sd.items()]
 
 
 def header_entries(path: Path) -> list[tuple] | None:
@@ -161,18 +211,46 @@ def tensor_spans(header: bytes, size: int | None = None) -> list[tuple[int, int]
 
 def teacher_signature(source: str) -> dict | None:
     """What a run records of its teacher's weight files ({"method": method_of(files), "files": {name:
-    file_signature}, "tensors": tensors_digest, where they are safetensors files}), for eval and bench
-    to notice files replaced since; None for a toy teacher or a Hub id (nothing local of its own to read)."""
+    file_signature}, "tensors": tensors_digest, where it has one}), for eval and bench to notice files
+    replaced since; None for a toy teacher or a Hub id (nothing local of its own to read)."""
+    return signature_against(None, source)
+
+
+def signature_against(recorded, source: str, same=None) -> dict | None:
+    """teacher_signature(source) to compare with the record `recorded` (teacher_signature's; None: the
+    whole signature), its tensors digest read only where it can change what the comparison concludes:
+    the record holds one and `same(now, recorded)` (default `same_named_files`: each file, by name, of the
+    same signature) is false. Where the files' signatures say the same, so does the comparison, with
+    the digest or without (it tells resharded files of the same tensors apart from other tensors), and
+    the digest's reads are spared (tools/bench_signature.py --compare)."""
     files = weight_files(source)
     if not files:
         return None
     try:
         record = {"method": method_of(files), "files": {name: file_signature(p) for name, p in files.items()}}
+        if recorded is not None and (not isinstance(recorded, dict) or recorded.get("tensors") is None
+                                     or (same or same_named_files)(record, recorded)):
+            return record
         if (tensors := tensors_digest(list(files.values()))) is not None:
             record["tensors"] = tensors
         return record
     except (OSError, ValueError, OverflowError):  # the run loaded them: not to fail over a record
         return None
+
+
+def same_named_files(now: dict, recorded: dict) -> bool:
+    """Whether two teacher_signature records name the same files holding the same (signature_change's
+    'nothing differs')."""
+    return bool(now.get("files")) and now.get("files") == recorded.get("files")
+
+
+def same_contents(now: dict, recorded: dict) -> bool:
+    """Whether two teacher_signature records hold files of the same signatures, whatever their names
+    (a single file renamed, a folder moved)."""
+    def contents(signature: dict) -> list:
+        files = signature.get("files")
+        return sorted(json.dumps(f, sort_keys=True) for f in files.values()) if isinstance(files, dict) else []
+    return bool(contents(now)) and contents(now) == contents(recorded)
 
 
 def method_of(files: dict[str, Path]) -> str:
@@ -199,7 +277,7 @@ def signature_change(recorded, source: str, signature: dict | None = None) -> st
     if not comparable(recorded):
         return None
     try:  # teacher_signature's None: no files, or one not read; its weight_files may raise OSError
-        signature = (signature if signature is not None else teacher_signature(source)) or {"files": {}}
+        signature = (signature if signature is not None else signature_against(recorded, source)) or {"files": {}}
     except (OSError, ValueError, OverflowError):
         return None
     now = signature["files"]

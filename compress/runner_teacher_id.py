@@ -94,7 +94,8 @@ def same_weights(before: dict, now: dict) -> bool | None:
     both) and the same weights: by the checksum of every byte where both record it (the loaded teacher's:
     every run takes it once, so comparing it costs nothing more), else (before it loads) by the signature
     of its weight files (FILES: size, safetensors header, each tensor's ends and 16 chunks of each file,
-    about 1 MiB read per file), recorded by the run against that of the files named now (`same_files`).
+    about 1 MiB read per file, and their tensors' digest), recorded by the run against that of the files
+    named now (`same_files`).
     None where that cannot be told: another config, an older record without them, a toy or a Hub id."""
     if before.get(CONFIG_SUM) is None or before.get(CONFIG_SUM) != now.get(CONFIG_SUM):
         return None
@@ -104,18 +105,20 @@ def same_weights(before: dict, now: dict) -> bool | None:
 
 
 def same_files(recorded, source) -> bool | None:
-    """Whether the weight files of the local teacher `source` hold what a recorded signature (FILES) says,
-    whatever their names (a single file renamed); None where either is missing or of another method."""
-    from compress.io_signature import comparable, teacher_signature
+    """Whether the weight files of the local teacher `source` hold what a recorded signature (FILES) says:
+    files of the same signatures, whatever their names (a single file renamed, a folder moved), else the
+    same tensors (io_signature.tensors_digest, where both have it: the teacher resharded, or its .bin
+    written again as safetensors); None where either is missing or of another method. The digest is read
+    only where the files' signatures differ (io_signature.signature_against)."""
+    from compress.io_signature import comparable, same_contents, signature_against
 
     if not (comparable(recorded) and isinstance(source, str)):
         return None
-    now = teacher_signature(source)
-
-    def contents(signature: dict) -> list:
-        files = signature.get("files")
-        return sorted(json.dumps(f, sort_keys=True) for f in files.values()) if isinstance(files, dict) else []
-    return None if now is None else bool(contents(now)) and contents(now) == contents(recorded)
+    now = signature_against(recorded, source, same_contents)
+    if now is None:
+        return None
+    return same_contents(now, recorded) or (recorded.get("tensors") is not None
+                                            and recorded.get("tensors") == now.get("tensors"))
 
 
 def teacher_moved(before: dict, now: dict) -> str | None:

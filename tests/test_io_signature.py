@@ -316,3 +316,55 @@ def test_a_record_without_the_tensors_digest_says_resharded_files_may_hold_the_s
     tiny_flux(seed=1).save_pretrained(teacher)  # the file it read, other bytes: not re-written elsewhere
     err = _eval(["eval", str(out), "--json"], capsys)
     assert "diffusion_pytorch_model.safetensors holds other bytes; eval" in err and "re-written" not in err
+
+
+def test_a_pickles_tensors_digest_is_that_of_the_same_tensors_in_any_files(tmp_path):
+    """A .bin teacher's record held no tensors digest (safetensors only), so its folder re-saved sharded, or
+    written again as safetensors (convert), was 'diffusion_pytorch_model.bin is gone (and 3 more)'. Now a
+    pickle's tensors (torch.save's zip, mapped) digest as the same tensors do in safetensors files: one .bin,
+    .bin shards and safetensors agree, other weights do not; torch.save's legacy format (which cannot be
+    mapped) has none."""
+    import torch
+
+    from tests.conftest import tiny_pixart
+
+    model = tiny_pixart()
+    model.save_pretrained(tmp_path / "bin", safe_serialization=False)
+    model.save_pretrained(tmp_path / "shards", safe_serialization=False, max_shard_size="30KB")
+    model.save_pretrained(tmp_path / "st", max_shard_size="30KB")
+    tiny_pixart(seed=1).save_pretrained(tmp_path / "other", safe_serialization=False, max_shard_size="30KB")
+    assert len(list((tmp_path / "shards").glob("*.bin"))) > 1
+    record = teacher_signature(str(tmp_path / "bin"))
+    assert record["tensors"] is not None
+    assert teacher_signature(str(tmp_path / "shards"))["tensors"] == record["tensors"]
+    assert teacher_signature(str(tmp_path / "st"))["tensors"] == record["tensors"]
+    assert teacher_signature(str(tmp_path / "other"))["tensors"] != record["tensors"]
+    assert signature_change(record, str(tmp_path / "shards")) is None
+    assert signature_change(record, str(tmp_path / "other")).startswith("diffusion_pytorch_model-0000")
+    torch.save({"w": torch.ones(3)}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    torch.save({"state_dict": {"w": torch.ones(3)}, "step": 3}, tmp_path / "zip.pth")
+    assert "tensors" not in teacher_signature(str(tmp_path / "legacy.pth"))
+    assert teacher_signature(str(tmp_path / "zip.pth"))["tensors"] is not None
+
+
+def test_the_tensors_digest_is_read_only_where_the_files_signatures_differ(tmp_path, monkeypatch):
+    """--resume's check of a teacher named at another path (runner_teacher_id.same_files) and eval's
+    (signature_change) read the tensors digest again where the files' signatures already said the same
+    (measured in tools/bench_signature.py): now only where they differ, where it tells a resharded teacher
+    (the same) from other tensors (not)."""
+    import compress.io_signature as io_signature
+    from compress.runner_teacher_id import same_files
+    from tests.conftest import tiny_pixart
+
+    tiny_pixart().save_pretrained(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")
+    tiny_pixart().save_pretrained(tmp_path / "shards", max_shard_size="30KB")
+    tiny_pixart(seed=1).save_pretrained(tmp_path / "other", max_shard_size="30KB")
+    record = teacher_signature(str(tmp_path / "a"))
+    read, digest = [], io_signature.tensors_digest
+    monkeypatch.setattr(io_signature, "tensors_digest", lambda paths: (read.append(paths), digest(paths))[1])
+    assert same_files(record, str(tmp_path / "copy")) is True and signature_change(record, str(tmp_path / "a")) is None
+    assert read == []
+    assert same_files(record, str(tmp_path / "shards")) is True and len(read) == 1
+    assert same_files(record, str(tmp_path / "other")) is False and len(read) == 2
+    assert teacher_signature(str(tmp_path / "a"))["tensors"] == record["tensors"]  # the run's record: whole

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from compress.cli import main
 from compress.runner_config_sum import CONFIG_SUM, config_read
 from compress.runner_teacher_id import (FILES, as_compared, named_teacher, older_checksum, other_weights, same_teacher,
@@ -151,6 +153,41 @@ def test_a_copy_holding_other_weights_is_another_teacher(interrupted, capsys):
     assert f"measured with another teacher (was {run.parent / 'teacher'}, now {other} (the same config, other weights);" \
         in said, said
     assert loads == []
+
+
+@pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
+def test_a_resharded_copy_of_the_teacher_is_that_teacher_and_other_tensors_are_not(interrupted, monkeypatch, capsys,
+                                                                                     safe):
+    """The teacher folder moved and re-saved in shards, every tensor the same: --resume refused it before it
+    loaded ('measured with another teacher (was A, now B (the same config, other weights))'), its files'
+    signatures (by file) differing. Now the tensors' digest (io_signature.tensors_digest, of .bin files too)
+    tells it is that teacher: a note says it moved and what the run measured is read back. Shards of other
+    tensors are still another teacher."""
+    run, args, loads = interrupted
+    if not safe:  # the run's teacher one .bin file, interrupted alike; moved, resharded as .bin
+        shutil.rmtree(run.parent / "teacher")
+        tiny_pixart().save_pretrained(run.parent / "teacher", safe_serialization=False)
+        with monkeypatch.context() as m:
+            _ctrl_c_at_first_stats_save(m)
+            assert main([*args, "--restart"]) == 130
+        capsys.readouterr()
+    other = run.parent / "other"
+    tiny_pixart(seed=1).save_pretrained(other, max_shard_size="30KB", safe_serialization=safe)
+    said = _refused([*args, "--teacher", str(other), "--resume"], capsys)
+    assert "another teacher" in said and "(the same config, other weights)" in said, said
+    moved = run.parent / "moved"
+    tiny_pixart().save_pretrained(moved, max_shard_size="30KB", safe_serialization=safe)
+    assert len(list(moved.glob("*-of-*"))) > 1
+    assert main([*args, "--teacher", str(moved), "--resume"]) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"note: the teacher moved from {run.parent / 'teacher'} to {moved} (its config and weights the same)" \
+        in said, said
+    assert "another teacher" not in said
+
+
+def _refused(args, capsys) -> str:
+    assert main(args) == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_a_copy_of_the_teacher_resumes_its_saved_passes(pixart, monkeypatch, capsys):

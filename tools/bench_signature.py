@@ -1,7 +1,9 @@
 """What the teacher-file signature eval and bench compare costs (`io_signature.file_signature`, and
 `tensors_digest`, the tensors' signature whatever files hold them, read after it), and
 the weights checksum a run takes once for --resume and its caches (`runner_teacher_id.weights_checksum`,
-every byte: resident, of the tensors in memory; streamed, of the files).
+every byte: resident, of the tensors in memory; streamed, of the files); and --resume's check of a
+teacher whose files are unchanged (`runner_teacher_id.same_files`), which skips the digest there, against
+the whole signature it read before (the files' and the digest).
 
 Writes a safetensors file of --gib GiB in --tensors float32 tensors (780: about Flux.1-dev's
 transformer count) to a temp folder, then times its signature with the file in the page cache
@@ -27,8 +29,8 @@ from safetensors.numpy import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from compress.io_signature import file_signature, tensors_digest  # noqa: E402
-from compress.runner_teacher_id import weights_checksum  # noqa: E402
+from compress.io_signature import file_signature, teacher_signature, tensors_digest  # noqa: E402
+from compress.runner_teacher_id import same_files, weights_checksum  # noqa: E402
 from compress.runner_stream import ResidentModels, StreamedModels  # noqa: E402
 
 
@@ -72,12 +74,17 @@ def main() -> None:
         tensors = min(timed(lambda: tensors_digest([path])) for _ in range(3))  # after file_signature: cached
         evict(path)
         tensors_cold = timed(lambda: tensors_digest([path]))
+        record = teacher_signature(str(path))  # as the run recorded it; the file in the page cache again
+        skipped = min(timed(lambda: same_files(record, str(path))) for _ in range(5))
+        whole = min(timed(lambda: teacher_signature(str(path))) for _ in range(5))  # what same_files read before
         full = timed(lambda: full_sha256(path))  # read whole, once
         size = path.stat().st_size / (1 << 30)
         load, resident, streamed = checksums(path, Path(folder))
     print(f"{size:.2f} GiB in {args.tensors} tensors: signature {warm * 1e3:.1f} ms warm, {cold * 1e3:.1f} ms cold; "
           f"a full sha256 {full:.2f} s ({full / warm:.0f}x the warm signature, {full / cold:.0f}x the cold one); "
           f"tensors digest {tensors * 1e3:.1f} ms warm, {tensors_cold * 1e3:.1f} ms cold")
+    print(f"--resume's check of the unchanged file (warm): {skipped * 1e3:.2f} ms, the digest skipped; "
+          f"{whole * 1e3:.2f} ms with it ({whole / skipped:.2f}x)")
     print(f"weights checksum (every byte): resident {resident / load:.2f}x, streamed (cold) {streamed / load:.2f}x "
           f"the time to load the file (cold: {size / load:.2f} GiB/s)")
 
