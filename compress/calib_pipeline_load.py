@@ -18,7 +18,8 @@ def load_pipeline_for(teacher: torch.nn.Module, source: str):
         from compress.toy import load_toy_pipeline
 
         return _beside(load_toy_pipeline(source[4:], transformer=teacher), teacher)
-    from compress.pipeline_folder import check_pipeline_path, family_problem, folder_index, index_problem, parts_variant
+    from compress.pipeline_folder import (cached_variant, check_pipeline_path, family_problem, folder_index,
+                                          index_problem, parts_variant)
 
     check_pipeline_path(source, "calibration pipeline")  # a path not there: not read as a Hub id
     what = f"cannot load calibration pipeline '{source}': "
@@ -35,9 +36,10 @@ def load_pipeline_for(teacher: torch.nn.Module, source: str):
     if index is not None and (problem := family_problem(index, "", "", type(teacher).__name__, source)):
         raise UserError(f"{what}{problem}")  # another family's: its sampling would fail inside diffusers
     parts = {"variant": v} if index is not None and (v := parts_variant(source, index)) else {}  # fp16 parts
-    try:  # a Hub id: offline, unreachable or stopped answering, from the cache; the error says why
+    try:  # a Hub id: offline, unreachable or stopped answering, from the cache (its fp16 parts too); the error says why
         pipe = hub_or_cache(source, "calibration pipeline", lambda **cached: DiffusionPipeline.from_pretrained(
-            os.path.expanduser(source), transformer=teacher, **pipeline_dtype(teacher.dtype), **parts, **cached))  # ~/pipe
+            os.path.expanduser(source), transformer=teacher, **pipeline_dtype(teacher.dtype),
+            **(parts or cached_variant(source, cached)), **cached))  # ~/pipe
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - hub/IO errors come in many types

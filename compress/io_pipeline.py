@@ -29,7 +29,8 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
     whole pipeline (default: the dtype the transformer was exported in, so all parts agree), or
     diffusers' `torch_dtype` as in load_transformer; `variant`: the output's weight variant to load
     (the base pipeline's parts are read as they are: of the variant a folder's hold alone, fp16 ones
-    of save_pretrained(variant="fp16") too: pipeline_folder.parts_variant)."""
+    of save_pretrained(variant="fp16") too: pipeline_folder.parts_variant; a Hub id's read from the
+    cache alike: pipeline_folder.cached_variant)."""
     dtype = one_dtype(dtype, torch_dtype, "load_pipeline")
     transformer = load_transformer(out, dtype=dtype, variant=variant)
     folder = output_folder(out)
@@ -59,7 +60,7 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
     from compress.io import pipeline_dtype
     from compress.io_hub_pipeline import hub_answer_words, hub_or_cache
     from compress.io_hub_requests import timed_out
-    from compress.pipeline_folder import parts_variant
+    from compress.pipeline_folder import cached_variant, parts_variant
 
     need_transformers(get_adapter(transformer).family, f"the base pipeline '{base}'")
     parts = {"variant": v} if index is not None and (v := parts_variant(base, index)) else {}  # fp16 parts
@@ -67,7 +68,8 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
     def load(**cached):  # cached: a Hub id read from the cache (offline, unreachable, stopped answering)
         _check_base(transformer, base, **cached)
         return DiffusionPipeline.from_pretrained(os.path.expanduser(base), transformer=transformer,
-                                                 **pipeline_dtype(dtype or transformer.dtype), **parts, **cached)
+                                                 **pipeline_dtype(dtype or transformer.dtype),
+                                                 **(parts or cached_variant(base, cached)), **cached)
     try:
         pipe = hub_or_cache(base, "base pipeline", load)  # the cache's copy said where it lacks it
     except AttributeError as e:  # diffusers' getattr of the pipeline class model_index.json names

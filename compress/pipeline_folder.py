@@ -141,6 +141,22 @@ def parts_variant(folder: str, index: dict, passed: tuple[str, ...] = ("transfor
     return next(iter(only), None)
 
 
+def cached_variant(source: str, cached: dict) -> dict:
+    """{"variant": V} where the Hub pipeline `source` loads from the Hugging Face cache (`cached`: the
+    from_pretrained keywords io_hub_pipeline.hub_or_cache gives, local_files_only) and the cache's
+    snapshot (pipeline_cache.cached_index, the one diffusers reads) holds parts of V's weights alone
+    (parts_variant: `hf download ID --include '*.fp16.*' …`); diffusers read their plain weights and
+    found none. {} otherwise: online the Hub's files are diffusers' to pick; a local folder's parts_variant
+    is given apart."""
+    if not cached.get("local_files_only"):
+        return {}
+    from compress.pipeline_cache import cached_index
+
+    found = cached_index(source)
+    variant = parts_variant(str(found[0]), found[1]) if found is not None else None
+    return {"variant": variant} if variant else {}
+
+
 def _dummy(index: dict) -> bool:
     """Whether diffusers holds the class model_index.json names as a placeholder for want of a
     package (transformers, on a core install)."""

@@ -70,3 +70,34 @@ def test_parts_variant_is_the_one_variant_a_part_holds_alone(tmp_path):
         pipe16 / "vae" / "diffusion_pytorch_model.bf16.safetensors")
     with pytest.raises(UserError, match=r"parts hold the weight variants bf16, fp16 only"):
         parts_variant(str(pipe16), read_json(pipe16 / "model_index.json"))
+
+
+def test_a_cached_hub_pipeline_of_fp16_parts_loads_offline_as_calibration_pipeline_and_as_base(tmp_path, monkeypatch):
+    """The same folder as the Hugging Face cache's snapshot of a Hub id (`hf download ID --include '*.fp16.*'`),
+    read offline: 'cannot load calibration pipeline 'acme/pix16': Error no file named diffusion_pytorch_model.bin
+    found in directory …/snapshots/…/vae' (parts_variant read local folders alone), and load_pipeline's base
+    alike. Now both load its fp16 parts (pipeline_folder.cached_variant), as does the snapshot folder given."""
+    from diffusers import DiffusionPipeline
+    from huggingface_hub import constants
+
+    from compress.calib_pipeline_load import load_pipeline_for
+    from tests.pipelines import hub_cache
+
+    plain, pipe16, mixed = _fp16_folders(tmp_path)
+    hub_cache(tmp_path / "hub", "acme/pix16", pipe16)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    snapshot = tmp_path / "hub" / "models--acme--pix16" / "snapshots" / ("0" * 40)
+    teacher = load_teacher(str(pipe16))
+    out = save_compressed(factorize(load_teacher(str(pipe16)), ["transformer_blocks.0.ff.net.2"], rank=4),
+                          tmp_path / "out", extra={"teacher": "acme/pix16"})
+    with diffusers_log() as logged:
+        calib = load_pipeline_for(teacher, "acme/pix16")
+        base = load_pipeline(out, dtype=torch.float32)  # the base the output records: acme/pix16
+        local = load_pipeline(out, base=str(snapshot), dtype=torch.float32)
+    assert logged == []
+    fp16 = DiffusionPipeline.from_pretrained(pipe16, variant="fp16").to(torch.float32)
+    for pipe in (calib, base, local):
+        for got, want in [(pipe.text_encoder, fp16.text_encoder), (pipe.vae, fp16.vae)]:
+            got, want = got.state_dict(), want.state_dict()
+            assert all(torch.equal(got[k], want[k]) for k in want), pipe
