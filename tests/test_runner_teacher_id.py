@@ -4,6 +4,7 @@ a --teacher-config by what it holds, else by the file it names, and the differen
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -167,8 +168,15 @@ def test_a_resharded_copy_of_the_teacher_is_that_teacher_and_other_tensors_are_n
     if not safe:  # the run's teacher one .bin file, interrupted alike; moved, resharded as .bin
         shutil.rmtree(run.parent / "teacher")
         tiny_pixart().save_pretrained(run.parent / "teacher", safe_serialization=False)
+        from compress.calib_stats import StatsCache
+
+        real = StatsCache.save
+
+        def stopped(self, name, stats):  # as `interrupted`'s: the first block statistics saved, then Ctrl-C
+            real(self, name, stats)
+            raise KeyboardInterrupt
         with monkeypatch.context() as m:
-            _ctrl_c_at_first_stats_save(m)
+            m.setattr(StatsCache, "save", stopped)
             assert main([*args, "--restart"]) == 130
         capsys.readouterr()
     other = run.parent / "other"
@@ -182,6 +190,8 @@ def test_a_resharded_copy_of_the_teacher_is_that_teacher_and_other_tensors_are_n
     said = " ".join(capsys.readouterr().err.split())
     assert f"note: the teacher moved from {run.parent / 'teacher'} to {moved} (its config and weights the same)" \
         in said, said
+    assert re.search(r"pass 1 \(svd\) finds block statistics \(\d files?\) that an earlier run measured: it reads "
+                     "back", said), said
     assert "another teacher" not in said
 
 
