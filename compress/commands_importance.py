@@ -243,7 +243,11 @@ def _noise_levels(recipe, teacher_arg: str | None) -> tuple[int, str]:
 
 def _default_png(family: str) -> Path:
     """importance-<family>.png in the working folder, where the heatmap goes without --png; checked
-    before the teacher loads, an error naming that file and --png (the user gave no --png)."""
+    before the teacher loads, an error naming that file and --png (the user gave no --png), its folder
+    by its full path. Said as run says its default out/NAME, relative to the working folder (it said
+    'wrote /home/.../importance-pixart.png', where a --png is said as given)."""
+    from compress.output_names import as_typed
+
     name = f"importance-{family}.png"
-    return output_file(Path.cwd() / name, f"the heatmap {name} (the default; --png PATH writes it elsewhere)",
-                       figure=True)
+    return as_typed(output_file(Path.cwd() / name, f"the heatmap {name} (the default; --png PATH writes it "
+                                                   "elsewhere)", figure=True))

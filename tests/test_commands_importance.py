@@ -204,3 +204,15 @@ def test_importance_refuses_buckets_beyond_one_noise_level_in_the_singular(tmp_p
         (["importance", str(recipe), "--buckets", "2", "--png", str(tmp_path / "imp.png")],
          "--buckets 2: more buckets than the 1 noise level the calibration inputs hold (calibration.num_prompts "
          "× timesteps: 1 × 1 inputs); pass --buckets 1, or more calibration inputs (--set)")])
+
+
+def test_importance_says_its_default_heatmap_relative_to_the_working_folder_as_it_says_a_png_given(
+        tmp_path, capsys, monkeypatch):
+    """Without --png it said 'wrote /home/.../importance-pixart.png', with --png sub/h 'wrote sub/h.png':
+    the default is now said as run says its default out/NAME, relative to the working folder."""
+    monkeypatch.chdir(tmp_path)
+    Path("r.yaml").write_text(TOY_IMPORTANCE)
+    for png, said in (([], "importance-pixart.png"), (["--png", "sub/h"], "sub/h.png")):
+        assert main(["importance", "r.yaml", *png]) == 0
+        assert capsys.readouterr().err.strip().splitlines()[-1] == f"wrote {said}"
+        assert (tmp_path / said).is_file()
