@@ -326,7 +326,8 @@ def stranded_checkpoints(run_dir: Path, passes) -> list[Path]:
 
     n = sum(1 for p in passes if p.name == "distill")
     own = {"distill" if k == 0 else f"distill-{k + 1}" for k in range(n)}
-    found = [c for name in ("checkpoints", DISCARDED) for c in Path(run_dir).glob(f"distill*/{name}")]
+    found = [c for name in ("checkpoints", DISCARDED, "checkpoints.swapping*")  # (the last: an older swap's, stopped)
+             for c in Path(run_dir).glob(f"distill*/{name}")]
     return sorted(c for c in found if c.parent.name not in own and c.is_dir() and any(c.iterdir()))
 
 

@@ -16,7 +16,7 @@ from rich.markup import escape
 from compress.calib_prompts import prompts_in_words
 from compress.errors import UserError
 from compress.interrupts import interrupts_held
-from compress.passes.distill_checkpoints import set_aside
+from compress.passes.distill_checkpoints import aside_as, distill_folders, finish_swap, remove_checkpoints, set_aside
 from compress.passes.distill_resume import DISCARDED
 from compress.passes.importance import write_atomically
 from compress.recipe_teacher_config import FLAG
@@ -92,9 +92,8 @@ def _restored(runner):
         if is_main_process():
             if not runner.finished_stages:
                 shutil.rmtree(stages, ignore_errors=True)
-            for name in ("checkpoints", DISCARDED):  # (DISCARDED: those a --resume set aside)
-                for checkpoints in runner.run_dir.glob(f"distill*/{name}"):
-                    shutil.rmtree(checkpoints, ignore_errors=True)
+            for folder in distill_folders(runner.run_dir):  # (with those a --resume set aside)
+                remove_checkpoints(folder)
             discard(runner.run_dir)
         runner.started_over = True
         return 0, runner.models.fresh_student(runner.teacher)
@@ -233,9 +232,13 @@ def resumable(runner) -> tuple[list, int | None, list]:
 
 def _discard_passed_over(runner, k: int, stages: list[Path], skipped: list) -> None:
     """Stages saved for another recipe after the one resumed (pass k's) are deleted: what follows runs
-    again. A distill checkpoint, whose pass now starts from another student, is set aside (renamed
-    DISCARDED beside it, replacing any there, as Checkpoints._discard_of_other_keys does: an earlier
-    pass's key changed by mistake loses no training), said with how to take it back."""
+    again. A distill checkpoint, whose pass now starts from another student, is set aside (in DISCARDED
+    beside it, by its fingerprint, as Checkpoints._discard_of_other_keys does: an earlier pass's key
+    changed by mistake loses no training), said with how to take it back; what an interrupted setting
+    aside left is filed there first (finish_swap)."""
+    if is_main_process():
+        for folder in distill_folders(runner.run_dir):
+            finish_swap(folder / "checkpoints", folder / DISCARDED)
     checkpoints = [c for c in runner.run_dir.glob("distill*/checkpoints") if any(c.iterdir())]
     console.print(f"  {passed_over_in_words(skipped)}{set_aside_in_words(checkpoints, k + 1, runner.recipe.passes)}",
                   highlight=False)
@@ -247,19 +250,19 @@ def _discard_passed_over(runner, k: int, stages: list[Path], skipped: list) -> N
 
 
 def set_aside_in_words(checkpoints: list[Path], first: int, passes) -> str:
-    """'; its distill checkpoints are set aside (RUN/distill/checkpoints moved to RUN/distill/checkpoints.discarded,
-    replacing any there); to take them back, stop the run before pass 2/3 (svd) ends, ...' for the distill
-    `checkpoints` folders --resume sets aside, passes from index `first` (of `passes`) on running again; ''
-    where there are none. Taken back before that pass saves its stage, they resume: a --resume of the
-    recipe they were trained after runs it again from the same stage, making the student they trained;
-    once saved, that --resume passes its stage over and sets them aside again."""
+    """'; its distill checkpoints are set aside (RUN/distill/checkpoints moved to
+    RUN/distill/checkpoints.discarded/FINGERPRINT); to take them back, stop this run before pass 3/3 (distill)
+    ends, undo the change and rerun with --resume' for the distill `checkpoints` folders --resume sets aside,
+    passes from index `first` (of `passes`) on running again (the first distill pass among them named: its
+    saved stage removes those set aside); '' where there are none. That --resume runs the passes again,
+    making the student they were trained from, and its distill pass takes back the set trained from it."""
     if not checkpoints:
         return ""
-    moved = ", ".join(f"{c} moved to {c.with_name(DISCARDED)}" for c in checkpoints)
-    each = "it" if len(checkpoints) == 1 else "each"
-    return (f"; its distill checkpoints are set aside ({moved}, replacing any there); to take them back, stop the "
-            f"run before pass {first + 1}/{len(passes)} ({passes[first].name}) ends, rename {each} to checkpoints, "
-            "undo the change and rerun with --resume")
+    moved = ", ".join(f"{c} moved to {aside_as(c, c.with_name(DISCARDED))}" for c in checkpoints)
+    at = next((i for i in range(first, len(passes)) if passes[i].name == "distill"), None)
+    before = "" if at is None else f"stop this run before pass {at + 1}/{len(passes)} (distill) ends, "
+    return f"; its distill checkpoints are set aside ({moved}); to take them back, {before}undo the change and " \
+        "rerun with --resume"
 
 
 def _unfinished(runner) -> None:

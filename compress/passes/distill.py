@@ -25,8 +25,6 @@ SIGINT/SIGTERM/SIGHUP (or `max_steps_this_run`) write a checkpoint and raise `Tr
 
 from __future__ import annotations
 
-import shutil
-
 from compress.distill_folder import check_folder
 from compress.distill_utils import warmup_length, will_have_factors
 from compress.errors import BadValue, UserError
@@ -34,7 +32,8 @@ from compress.passes.base import Pass, RunContext
 from compress.passes.distill_config import DistillConfig
 from compress.passes.distill_kd_teacher import base_chain, kd_target, kd_words
 from compress.passes.distill_notes import distills_the_teacher, error_rose
-from compress.passes.distill_resume import DISCARDED, NOT_FINGERPRINTED
+from compress.passes.distill_checkpoints import remove_checkpoints
+from compress.passes.distill_resume import NOT_FINGERPRINTED
 from compress.passes.distill_trainer import _Trainer
 
 
@@ -119,10 +118,10 @@ class DistillPass(Pass):
         """The runner's stage now holds the trained student: the training checkpoints (model and
         optimizer state, several times the model) are no longer needed to resume, nor those --resume set
         aside (DISCARDED: once the stage is saved, a --resume with their keys passes over the stage and
-        sets the checkpoints of its pass aside again, runner_stages._discard_passed_over)."""
+        sets the checkpoints of its pass aside again, runner_stages._discard_passed_over), nor what a swap
+        an older dit-compress stopped left (distill_checkpoints.remove_checkpoints)."""
         if getattr(self, "dir", None) is not None:
-            for folder in ("checkpoints", DISCARDED):
-                shutil.rmtree(self.dir / folder, ignore_errors=True)
+            remove_checkpoints(self.dir)
 
 
 def _shortened(steps: int, warmup: int) -> str:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 import time
 from dataclasses import asdict
@@ -21,9 +22,12 @@ from safetensors import SafetensorError
 from compress.calib_store import disk_is_full
 from compress.distill_utils import write_curves
 from compress.errors import UserError
-from compress.passes.distill_resume import (DISCARDED, NOT_FINGERPRINTED, ONCE_FINGERPRINTED, calibration_settings,
-                                            from_its_start, newest_meta, of_other_keys, older_defaults,
-                                            setting_changes)
+from compress.passes.distill_resume import (DISCARDED, KEPT_ASIDE, NOT_FINGERPRINTED, ONCE_FINGERPRINTED,
+                                            calibration_settings, from_its_start, newest_meta, of_other_keys,
+                                            older_defaults, setting_changes)
+
+_FINGERPRINT = re.compile(r"[0-9a-f]{16}")  # a set aside's name (Checkpoints._fingerprint)
+_STEP = re.compile(r"(tmp-)?step-\d+")  # a checkpoint's folder (Checkpoints._save)
 
 
 class Checkpoints:
@@ -98,14 +102,14 @@ class Checkpoints:
     def _discard_of_other_keys(self) -> None:
         """--resume where the newest checkpoint that reads was trained with other distill keys alone (a
         `--set passes.N.distill.lr=...` or steps, which the learning-rate schedule spans): its checkpoints
-        are set aside (renamed DISCARDED beside them: a key changed by mistake loses no training), said in
-        one line, and the pass trains from its start, as --resume trains a pass after a changed one. Where
-        those set aside were trained with these settings (the rerun going back to them), the two swap
-        (`_takes_back`): the pass resumes from them. Other differences are _load_latest's refusal, a
-        damaged checkpoint its warning."""
+        are set aside (in DISCARDED beside them, `set_aside`: a key changed by mistake loses no training),
+        said in one line, and the pass trains from its start, as --resume trains a pass after a changed one.
+        Where a set aside was trained with these settings (the rerun going back to them), it is taken back
+        (`_takes_back`): the pass resumes from it. Other differences are _load_latest's refusal, a damaged
+        checkpoint its warning."""
         root = self.dir / "checkpoints"
         aside = root.with_name(DISCARDED)
-        if self.acc.is_main_process:  # (a swap a kill interrupted: finished before either is read)
+        if self.acc.is_main_process:  # (what an interrupted setting aside left: filed before any is read)
             finish_swap(root, aside)
         self.acc.wait_for_everyone()
         meta, path = newest_meta(root)
@@ -125,30 +129,39 @@ class Checkpoints:
             from compress.report import console
 
             console.print(f"distill: checkpoint {path} was trained with other settings ({setting_changes(meta, now)}): "
-                          f"--resume moves {root} to {aside} (replacing any there) and trains this pass from its "
-                          "start; a --resume with the keys it was trained with takes it back, before this pass "
-                          "ends", highlight=False, markup=False)
+                          f"--resume moves {root} to {aside_as(root, aside)} and trains this pass from its start; "
+                          "a --resume with the keys it was trained with takes it back, before this pass ends",
+                          highlight=False, markup=False)
         self.acc.wait_for_everyone()  # (every process has read its meta.json)
         if self.acc.is_main_process:
             set_aside(root, aside)
         self.acc.wait_for_everyone()
 
     def _takes_back(self, root: Path, aside: Path, changes: str | None) -> bool:
-        """Whether the newest checkpoint in `aside` that reads was trained with these settings: then it
-        and `root` swap (the checkpoints of other keys, `changes` in words, set aside; None: `root` holds
-        none), said in one line, and the pass resumes from them."""
-        back, _ = newest_meta(aside)
-        if back is None or back["fingerprint"] != self._fingerprint(back):
+        """Whether a set in `aside` was trained with these settings (its newest checkpoint that reads: the
+        fingerprint, incoming student included): then `root`'s are set aside (`changes`: how they differ, in
+        words; None: `root` holds none) and that set goes to `root`, said in one line, and the pass resumes from
+        it. Stopped between the two renames, `root` is gone and both are in `aside`: the next --resume takes
+        it back so."""
+        for back in sets_aside(aside):
+            meta, _ = newest_meta(back)
+            if meta is not None and meta["fingerprint"] == self._fingerprint(meta):
+                break
+        else:
             return False
         if self.acc.is_main_process:
             from compress.report import console
 
-            rest = "" if changes is None else f", and sets {root}, trained with other settings ({changes}), aside"
-            console.print(f"distill: --resume takes back {aside}, trained with these settings (step {back['step']})"
+            rest = ("" if changes is None else
+                    f", and sets {root}, trained with other settings ({changes}), aside ({aside_as(root, aside)})")
+            console.print(f"distill: --resume takes back {back}, trained with these settings (step {meta['step']})"
                           f"{rest}", highlight=False, markup=False)
         self.acc.wait_for_everyone()  # (every process has read its meta.json)
         if self.acc.is_main_process:
-            swap(root, aside)
+            if changes is not None:
+                set_aside(root, aside, spare=back)
+            shutil.rmtree(root, ignore_errors=True)  # (one without a checkpoint: a tmp-step-N a kill left)
+            back.replace(root)
         self.acc.wait_for_everyone()
         return True
 
@@ -223,41 +236,95 @@ class Checkpoints:
         return None if first is None else f"process {rank}: {first}"
 
 
-def set_aside(root: Path, aside: Path) -> None:
-    """The folder `root` renamed `aside`, which it replaces (the earlier one deleted first: a Ctrl-C
-    between leaves `root` as it was)."""
-    shutil.rmtree(aside, ignore_errors=True)
-    root.replace(aside)
+def aside_as(root: Path, aside: Path) -> Path:
+    """Where `set_aside` puts `root`'s checkpoints: ASIDE/<the fingerprint its newest checkpoint records>
+    ('unrecorded' where none records one), '-2', '-3', ... added where a set there has that name."""
+    meta, _ = newest_meta(root)
+    fingerprint = meta.get("fingerprint") if meta else None
+    name = fingerprint if isinstance(fingerprint, str) and _FINGERPRINT.fullmatch(fingerprint) else "unrecorded"
+    target, n = aside / name, 1
+    while target.exists():
+        n += 1
+        target = aside / f"{name}-{n}"
+    return target
 
 
-def swap(root: Path, aside: Path) -> None:
-    """The folders `root` and `aside` trade names (`root` need not be there), through ROOT.swapping:
-    interrupted anywhere, `finish_swap` completes it, and no set is lost."""
+def set_aside(root: Path, aside: Path, spare: Path | None = None) -> Path:
+    """`root`'s checkpoints moved into `aside` as one set (`aside_as`), what an interrupted one left filed
+    first (`finish_swap`); where `aside` then holds more than KEPT_ASIDE sets, the ones trained longest ago
+    are removed, each said in a line (never this one nor `spare`). Returns where it went."""
     finish_swap(root, aside)
-    between = root.with_name(f"{root.name}.swapping")
-    if between.exists():  # (left beside both, finish_swap's last case: kept, this swap goes another way)
-        between = root.with_name(f"{root.name}.swapping-{time.time_ns()}")
-    if root.exists():
-        root.replace(between)
-    aside.replace(root)
-    if between.exists():
-        between.replace(aside)
+    return _moved_aside(root, aside, spare)
+
+
+def _moved_aside(folder: Path, aside: Path, spare: Path | None = None) -> Path:
+    """`set_aside`'s move: one rename (a Ctrl-C before or after it leaves every set whole, each in one place)."""
+    target = aside_as(folder, aside)
+    aside.mkdir(parents=True, exist_ok=True)
+    folder.replace(target)
+    _drop_oldest(aside, {target, spare})
+    return target
+
+
+def sets_aside(aside: Path) -> list[Path]:
+    """The sets of checkpoints in `aside`, the one trained last first."""
+    sets = [p for p in aside.iterdir() if p.is_dir()] if aside.is_dir() else []
+    return sorted(sets, key=_trained_at, reverse=True)
+
+
+def _trained_at(folder: Path) -> float:
+    """When `folder`'s newest checkpoint was written (its meta.json's time; the folder's where none has one)."""
+    return max((m.stat().st_mtime for m in folder.glob("step-*/meta.json")), default=folder.stat().st_mtime)
+
+
+def _drop_oldest(aside: Path, kept: set) -> None:
+    """Past KEPT_ASIDE sets in `aside`, those trained longest ago removed (never those in `kept`), each said."""
+    from compress.report import console
+
+    sets = sets_aside(aside)
+    room = max(0, KEPT_ASIDE - sum(1 for s in sets if s in kept))
+    for old in [s for s in sets if s not in kept][room:]:
+        meta, _ = newest_meta(old)
+        step = f" (step {meta['step']})" if meta and "step" in meta else ""
+        console.print(f"distill: removed {old}{step}, the oldest of the checkpoints set aside: {KEPT_ASIDE} sets "
+                      "are kept", highlight=False, markup=False)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def finish_swap(root: Path, aside: Path) -> None:
-    """A `swap` interrupted between its renames finished: ROOT.swapping holds the old `root`, on its way
-    to `aside`. With `root` gone (stopped after the first rename), `aside` goes to `root` and it to
-    `aside`; with `aside` gone (after the second), it goes to `aside`. Beside both (no swap of this
-    kind leaves that), it is kept where it is, not deleted."""
-    between = root.with_name(f"{root.name}.swapping")
-    if not between.exists():
-        return
-    if not root.exists():
-        if aside.exists():
-            aside.replace(root)
-        between.replace(aside)
-    elif not aside.exists():
-        between.replace(aside)
+    """What an older dit-compress left where it set checkpoints aside, filed into `aside` as sets
+    (`aside_as`), so that none is lost or read in the wrong place: its swap stopped between two renames
+    (ROOT.swapping, or ROOT.swapping-N: checkpoints on their way to `aside`), and its `aside` holding one
+    set's step-N folders directly. A pass whose `root` is then gone takes back the set trained with its
+    settings, as after any setting aside (Checkpoints._takes_back). Every path that writes these folders
+    calls it first (or removes them all: `remove_checkpoints`)."""
+    flat = [p for p in aside.glob("*step-*") if _STEP.fullmatch(p.name)] if aside.is_dir() else []
+    if flat:  # (one rename each, into the same set: stopped midway, the next call moves the rest)
+        meta, _ = newest_meta(aside)
+        target = aside / (meta["fingerprint"] if _FINGERPRINT.fullmatch(str(meta and meta["fingerprint"]))
+                          else "unrecorded")
+        target.mkdir(exist_ok=True)
+        for step in flat:
+            step.replace(target / step.name)
+    for between in sorted(root.parent.glob(f"{root.name}.swapping*")):
+        if between.is_dir() and any(between.iterdir()):
+            _moved_aside(between, aside)
+        else:
+            shutil.rmtree(between, ignore_errors=True)
+
+
+def distill_folders(run_dir: Path) -> list[Path]:
+    """The distill passes' folders in `run_dir` (distill, distill-2, ...: distill_trainer)."""
+    return sorted(d for d in Path(run_dir).glob("distill*") if d.is_dir())
+
+
+def remove_checkpoints(folder: Path) -> None:
+    """A distill pass's `folder` (RUN/distill) without its checkpoints, those set aside, or what a swap an
+    older dit-compress stopped left (ROOT.swapping*)."""
+    for name in ("checkpoints", DISCARDED):
+        shutil.rmtree(folder / name, ignore_errors=True)
+    for between in folder.glob("checkpoints.swapping*"):
+        shutil.rmtree(between, ignore_errors=True)
 
 
 def _why(e: BaseException) -> str:

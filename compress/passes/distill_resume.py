@@ -21,9 +21,11 @@ NOT_FINGERPRINTED = ("max_steps_this_run", "checkpoint_every", "keep_checkpoints
 # puts back the value its meta.json records, so that it keeps resuming)
 ONCE_FINGERPRINTED = ("gradient_checkpointing",)
 _SETTING_NAMES = {"seed": "calibration.seed", "processes": "process count"}
-# beside a pass's checkpoints/: those --resume set aside as trained with other keys of the pass (the latest
-# only; Checkpoints._discard_of_other_keys), until the pass's stage is saved or the run starts over
+# beside a pass's checkpoints/: those --resume set aside (trained with other keys of the pass, or after a
+# changed earlier pass), each set in a folder named by its fingerprint, until the pass's stage is saved or
+# the run starts over (distill_checkpoints.set_aside), the KEPT_ASIDE trained last
 DISCARDED = "checkpoints.discarded"
+KEPT_ASIDE = 3
 
 
 def calibration_settings(calib, fingerprint: str) -> dict:

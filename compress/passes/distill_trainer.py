@@ -24,7 +24,7 @@ from compress.inputs import moved
 from compress.io import cast
 from compress.io_tensors import nonfinite
 from compress.passes.base import RunContext
-from compress.passes.distill_checkpoints import Checkpoints
+from compress.passes.distill_checkpoints import Checkpoints, finish_swap
 from compress.passes.distill_progress import TERMS, fmt_terms, weights_of
 from compress.passes.distill_resume import DISCARDED, checksum, lower_lr, resume_keeps, trains_again
 from compress.progress import WORDS, bar as progress_bar
@@ -74,6 +74,8 @@ class _Trainer(Checkpoints):
         self.block_map = resolve_block_map(self.adapter, model, self.target, self.target_map)
         self.incoming = checksum(model)  # checkpoints resume only the training of this student
         if not self.ctx.resume:  # a fresh run: checkpoints left by an earlier run are not its own
+            if self.acc.is_main_process:  # (those set aside kept: what an interrupted swap left filed there)
+                finish_swap(self.dir / "checkpoints", self.dir / DISCARDED)
             shutil.rmtree(self.dir / "checkpoints", ignore_errors=True)
         else:  # those of other distill keys: trained again from the start
             self._discard_of_other_keys()
@@ -274,7 +276,7 @@ class _Trainer(Checkpoints):
     def _diverged(self, what: str, culprit: str) -> NumericError:
         """The one line of a student that diverged: `what` (at which step), `culprit` (': the first of its
         weights or layers to hold NaN/Inf', or ''), what to change, and what --resume then does: a
-        checkpoint resumes only at the lr it was trained with, so at another it is set aside (renamed
+        checkpoint resumes only at the lr it was trained with, so at another it is set aside (moved into
         DISCARDED, Checkpoints._discard_of_other_keys)."""
         cfg, root = self.cfg, self.dir / "checkpoints"
         kept = resume_keeps(cfg, self.index)
@@ -283,7 +285,7 @@ class _Trainer(Checkpoints):
             return NumericError(f"{change}{f' (it keeps {kept})' if kept else ''}; no checkpoint was written")
         # (its checkpoints' weights are finite, _save; at this lr a resumed run takes the same steps again)
         return NumericError(f"{change} ({trains_again(cfg, self.index)}: it moves {root}, trained at these "
-                            f"settings, to {root.with_name(DISCARDED)}, replacing any there)")
+                            f"settings, into {root.with_name(DISCARDED)})")
 
     def _student_trouble(self, kwargs: dict) -> str:
         """': the first weight, else layer output, of the student to hold NaN/Inf' on the step's inputs."""

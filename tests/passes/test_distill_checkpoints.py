@@ -156,12 +156,24 @@ def test_two_processes_fall_back_to_the_same_checkpoint(tmp_path):
     assert f"continuing from its checkpoint at step 1/4 ({checkpoints / 'step-00000001'})" in proc.stderr
 
 
-def test_resume_sets_aside_a_checkpoint_of_other_keys_the_latest_only(tmp_path, capsys):
-    """--resume with another distill.lr deleted the pass's checkpoints (shutil.rmtree: hours of training
-    gone where the key was changed by mistake). It moves them to distill/checkpoints.discarded, says where
-    and how to take them back, and a later such discard replaces the earlier one (the disk holds one)."""
+def _set_of(aside: Path, step: int) -> Path:
+    """The folder under `aside` (or `aside`) holding the set whose newest checkpoint is step `step`."""
+    (folder,) = {meta.parent.parent for meta in aside.rglob(f"step-{step:08d}/meta.json")}
+    return folder
+
+
+def _lr_of(folder: Path) -> float:
+    """The lr the newest checkpoint in `folder` was trained with."""
     import json
 
+    return json.loads(sorted(folder.glob("step-*/meta.json"))[-1].read_text())["settings"]["lr"]
+
+
+def test_resume_sets_aside_each_set_of_other_keys_by_its_fingerprint(tmp_path, capsys):
+    """--resume with another distill.lr sets the pass's checkpoints aside (in distill/checkpoints.discarded),
+    saying where and how to take them back; a later such discard replaced the earlier one (the disk held the
+    latest only): at lr 2e-3 then 3e-3 by mistake, the original lr-1e-3 training was gone. Now each set is kept
+    in a folder named by its fingerprint, and --resume at lr 1e-3 takes back the original, step 4."""
     teacher, student, run, kw = _stopped_at_step_4(tmp_path)
     root, aside = run / "distill" / "checkpoints", run / "distill" / "checkpoints.discarded"
     before = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
@@ -169,24 +181,27 @@ def test_resume_sets_aside_a_checkpoint_of_other_keys_the_latest_only(tmp_path, 
     with pytest.raises(StepLimitReached):
         distill(copy.deepcopy(student), teacher, run, resume=True, lr=2e-3, max_steps_this_run=2, **kw)
     said = capsys.readouterr().err.replace("\n", " ")
-    assert (f"--resume moves {root} to {aside} (replacing any there) and trains this pass from its start; a "
-            "--resume with the keys it was trained with takes it back, before this pass ends") in said, said
-    assert {p.relative_to(aside): p.read_bytes() for p in aside.rglob("*") if p.is_file()} == before
+    first = _set_of(aside, 4)
+    assert (f"--resume moves {root} to {first} and trains this pass from its start; a --resume with the keys it was "
+            "trained with takes it back, before this pass ends") in said, said
+    assert {p.relative_to(first): p.read_bytes() for p in first.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in root.glob("step-*")) == ["step-00000001", "step-00000002"]  # trained anew
     with pytest.raises(StepLimitReached):
         distill(copy.deepcopy(student), teacher, run, resume=True, lr=3e-3, max_steps_this_run=1, **kw)
-    assert sorted(p.name for p in aside.iterdir()) == ["step-00000001", "step-00000002"]  # the lr 2e-3 ones
-    assert json.loads((aside / "step-00000002" / "meta.json").read_text())["settings"]["lr"] == 2e-3
-    assert [p.name for p in (run / "distill").iterdir() if p.name.startswith("checkpoints")].count(aside.name) == 1
+    assert [_lr_of(_set_of(aside, 4)), _lr_of(_set_of(aside, 2))] == [1e-3, 2e-3]
+    capsys.readouterr()
+    with pytest.raises(StepLimitReached):
+        distill(copy.deepcopy(student), teacher, run, resume=True, max_steps_this_run=1, **kw)
+    said = capsys.readouterr().err.replace("\n", " ")
+    assert f"continuing from its checkpoint at step 4/6 ({root / 'step-00000004'})" in said, said
+    assert sorted(_lr_of(s) for s in aside.iterdir()) == [2e-3, 3e-3]
 
 
 def test_resume_with_the_original_keys_takes_back_the_checkpoints_set_aside(tmp_path, capsys):
     """A run stopped at step 4/6 (lr 1e-3), a --resume at lr 2e-3 by mistake (its checkpoints set aside,
     2 steps trained anew), then --resume at lr 1e-3 again: that set the lr-2e-3 checkpoints aside,
     replacing the original ones, and trained from step 0 (the original training lost by the rerun the
-    line advised). Now the two swap: it continues from step 4 and ends as an uninterrupted run does."""
-    import json
-
+    line advised). Now it takes them back: it continues from step 4 and ends as an uninterrupted run does."""
     torch.manual_seed(0)
     teacher = tiny_pixart()
     student = factorize(copy.deepcopy(teacher), rank=2)
@@ -197,23 +212,22 @@ def test_resume_with_the_original_keys_takes_back_the_checkpoints_set_aside(tmp_
     with pytest.raises(StepLimitReached):
         distill(copy.deepcopy(student), teacher, run, resume=True, lr=2e-3, max_steps_this_run=2, **kw)
     root, aside = run / "distill" / "checkpoints", run / "distill" / "checkpoints.discarded"
+    first = _set_of(aside, 4)
     capsys.readouterr()
     back, _ = distill(copy.deepcopy(student), teacher, run, resume=True, max_steps_this_run=2, **kw)
     said = capsys.readouterr().err.replace("\n", " ")
-    assert (f"distill: --resume takes back {aside}, trained with these settings (step 4), and sets {root}, trained "
-            "with other settings (distill.lr: 0.002 in the checkpoint, 0.001 now), aside") in said, said
+    (other,) = aside.iterdir()
+    assert (f"distill: --resume takes back {first}, trained with these settings (step 4), and sets {root}, trained "
+            f"with other settings (distill.lr: 0.002 in the checkpoint, 0.001 now), aside ({other})") in said, said
     assert f"continuing from its checkpoint at step 4/6 ({root / 'step-00000004'})" in said
-    assert json.loads((aside / "step-00000002" / "meta.json").read_text())["settings"]["lr"] == 2e-3
+    assert _lr_of(other) == 2e-3
     a, b = state(back), state(whole)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _interrupted_at(monkeypatch, rename: int) -> None:
-    """distill_checkpoints.swap stopped (KeyboardInterrupt, as a Ctrl-C) at its `rename`-th rename, the
-    ones before done."""
-    from compress.passes import distill_checkpoints
-
-    swap, replace, calls = distill_checkpoints.swap, Path.replace, []
+    """Path.replace stopped (KeyboardInterrupt, as a Ctrl-C) at its `rename`-th call, the ones before done."""
+    replace, calls = Path.replace, []
 
     def stopping(self, target):
         calls.append(self)
@@ -221,12 +235,7 @@ def _interrupted_at(monkeypatch, rename: int) -> None:
             raise KeyboardInterrupt
         return replace(self, target)
 
-    def interrupted(root, aside):
-        with monkeypatch.context() as m:
-            m.setattr(Path, "replace", stopping)
-            swap(root, aside)
-
-    monkeypatch.setattr(distill_checkpoints, "swap", interrupted)
+    monkeypatch.setattr(Path, "replace", stopping)
 
 
 def _stopped_at_step_4(tmp_path):
@@ -241,33 +250,65 @@ def _stopped_at_step_4(tmp_path):
     return teacher, student, run, kw
 
 
-@pytest.mark.parametrize("rename", [2, 3], ids=["after the first rename", "after the second"])
-def test_a_swap_interrupted_between_its_renames_loses_no_set(tmp_path, monkeypatch, rename):
-    """swap exchanges checkpoints and checkpoints.discarded through checkpoints.swapping; stopped after
-    its first or second rename, one set was left in checkpoints.swapping, which the next swap deleted
-    first. Now the next one finishes the interrupted swap, then swaps: both sets are kept."""
-    from compress.passes import distill_checkpoints
-
-    swap = distill_checkpoints.swap
-    root, aside = tmp_path / "checkpoints", tmp_path / "checkpoints.discarded"
-    for folder in (root, aside):
-        folder.mkdir()
-        (folder / "which").write_text(folder.name)
-    _interrupted_at(monkeypatch, rename)
-    with pytest.raises(KeyboardInterrupt):
-        distill_checkpoints.swap(root, aside)
-    swap(root, aside)  # (the next one: the interrupted swap finished, then this one: back as they were)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "checkpoints.discarded"]
-    assert [(root / "which").read_text(), (aside / "which").read_text()] == ["checkpoints", "checkpoints.discarded"]
-
-
-def test_resume_after_a_take_back_interrupted_mid_swap_finishes_it(tmp_path, monkeypatch, capsys):
-    """The take-back of test_resume_with_the_original_keys_takes_back_the_checkpoints_set_aside stopped
-    at the swap's second rename (the lr-2e-3 checkpoints in checkpoints.swapping, the lr-1e-3 ones still
-    in checkpoints.discarded): the --resume after took those back, deleting checkpoints.swapping first,
-    the lr-2e-3 set lost. Now the interrupted swap is finished first: it is in checkpoints.discarded."""
+def _fake_set(folder: Path, fingerprint: str, step: int, trained_at: float) -> Path:
+    """A set of checkpoints as _save writes them: step-N/meta.json recording `fingerprint` and `step`, written at
+    `trained_at` (seconds since the epoch)."""
     import json
+    import os
 
+    meta = folder / f"step-{step:08d}" / "meta.json"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"fingerprint": fingerprint, "step": step, "processes": 1}))
+    os.utime(meta, (trained_at, trained_at))
+    return folder
+
+
+@pytest.mark.parametrize("stopped", ["after the first rename", "after the second"])
+def test_what_an_older_swap_left_is_filed_as_sets_by_their_fingerprints(tmp_path, stopped):
+    """An older dit-compress swapped checkpoints and checkpoints.discarded (one set, step-N inside) through
+    checkpoints.swapping; stopped between its renames it left one set there. Now finish_swap files each set
+    into checkpoints.discarded/<fingerprint> (the swap's own set of the pass's settings is taken back from
+    there by its --resume), none lost; an empty leftover is removed."""
+    from compress.passes.distill_checkpoints import finish_swap
+
+    root, aside = tmp_path / "checkpoints", tmp_path / "checkpoints.discarded"
+    between = _fake_set(tmp_path / "checkpoints.swapping", "b" * 16, 2, 2e9)  # the old root, on its way aside
+    if stopped == "after the first rename":  # (the set being taken back still in the old layout's aside)
+        _fake_set(aside, "a" * 16, 4, 1e9)
+    else:  # (taken back: in root)
+        _fake_set(root, "a" * 16, 4, 1e9)
+    (tmp_path / "checkpoints.swapping-1").mkdir()  # (an empty one: removed)
+    finish_swap(root, aside)
+    filed = {p.name: sorted(q.name for q in p.iterdir()) for p in aside.iterdir()}
+    expected = {"b" * 16: ["step-00000002"]}
+    if stopped == "after the first rename":
+        expected["a" * 16] = ["step-00000004"]
+    assert filed == expected and not between.exists() and not (tmp_path / "checkpoints.swapping-1").exists()
+    assert root.exists() == (stopped == "after the second")
+    finish_swap(root, aside)  # (nothing left to do)
+    assert {p.name for p in aside.iterdir()} == set(expected)
+
+
+def test_no_more_than_three_sets_are_kept_aside_the_oldest_removed_with_a_line(tmp_path, capsys):
+    """Sets aside are kept by fingerprint: past KEPT_ASIDE (3), the one trained longest ago is removed, said
+    in a line; the one set aside now never."""
+    from compress.passes.distill_checkpoints import set_aside
+
+    aside = tmp_path / "checkpoints.discarded"
+    for n, fingerprint in enumerate(("1" * 16, "2" * 16, "3" * 16)):
+        _fake_set(aside / fingerprint, fingerprint, n + 1, 1e9 + n)
+    moved = set_aside(_fake_set(tmp_path / "checkpoints", "0" * 16, 7, 5e8), aside)  # trained before them all
+    assert moved == aside / ("0" * 16)
+    assert sorted(p.name for p in aside.iterdir()) == ["0" * 16, "2" * 16, "3" * 16]
+    said = " ".join(capsys.readouterr().err.split())
+    assert (f"distill: removed {aside / ('1' * 16)} (step 1), the oldest of the checkpoints set aside: 3 sets are "
+            "kept") in said, said
+
+
+def test_a_take_back_stopped_between_its_renames_is_taken_back_by_the_next_resume(tmp_path, monkeypatch, capsys):
+    """The take-back of test_resume_with_the_original_keys_takes_back_the_checkpoints_set_aside stopped between
+    its two renames (the lr-2e-3 checkpoints set aside, the lr-1e-3 ones not yet in checkpoints): the next
+    --resume takes them back, the lr-2e-3 ones kept."""
     teacher, student, run, kw = _stopped_at_step_4(tmp_path)
     with pytest.raises(StepLimitReached):
         distill(copy.deepcopy(student), teacher, run, resume=True, lr=2e-3, max_steps_this_run=2, **kw)
@@ -276,10 +317,24 @@ def test_resume_after_a_take_back_interrupted_mid_swap_finishes_it(tmp_path, mon
         _interrupted_at(m, 2)
         with pytest.raises(KeyboardInterrupt):
             distill(copy.deepcopy(student), teacher, run, resume=True, max_steps_this_run=2, **kw)
+    assert not root.exists() and len(list(aside.iterdir())) == 2
     capsys.readouterr()
     with pytest.raises(StepLimitReached):
         distill(copy.deepcopy(student), teacher, run, resume=True, max_steps_this_run=1, **kw)
     said = capsys.readouterr().err.replace("\n", " ")
     assert f"continuing from its checkpoint at step 4/6 ({root / 'step-00000004'})" in said, said
-    assert not root.with_name("checkpoints.swapping").exists()
-    assert json.loads((aside / "step-00000002" / "meta.json").read_text())["settings"]["lr"] == 2e-3
+    assert [_lr_of(p) for p in aside.iterdir()] == [2e-3]
+
+
+def test_the_stage_saved_removes_what_an_older_swap_left_too(tmp_path):
+    """DistillPass.stage_saved removed checkpoints and checkpoints.discarded but not checkpoints.swapping, a
+    set an older dit-compress's stopped swap left (several times the model): now it goes too."""
+    from types import SimpleNamespace
+
+    from compress.passes.distill import DistillPass
+
+    folder = tmp_path / "distill"
+    for name in ("checkpoints", "checkpoints.discarded/" + "a" * 16, "checkpoints.swapping", "checkpoints.swapping-7"):
+        _fake_set(folder / name, "a" * 16, 1, 1e9)
+    DistillPass.stage_saved(SimpleNamespace(dir=folder))
+    assert list(folder.iterdir()) == []

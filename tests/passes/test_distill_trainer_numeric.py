@@ -38,8 +38,8 @@ def test_a_gradient_that_is_not_finite_stops_before_the_step_and_its_checkpoints
     assert words.startswith("distill: non-finite gradient at step 2 (loss "), words
     assert "trained weights hold NaN/Inf, the first pos_embed.proj.weight; lower distill.lr (3) or set " \
            "distill.grad_clip (0 now: no clipping) and rerun with --resume (it trains this pass from its start: " \
-           f"it moves {tmp_path / 'distill' / 'checkpoints'}, trained at these settings, to " \
-           f"{tmp_path / 'distill' / 'checkpoints.discarded'}, replacing any there)" in words, words
+           f"it moves {tmp_path / 'distill' / 'checkpoints'}, trained at these settings, into " \
+           f"{tmp_path / 'distill' / 'checkpoints.discarded'})" in words, words
     saved = _checkpoint_weights(tmp_path)
     assert list(saved) == ["step-00000001"]
     assert all(torch.isfinite(t).all() for t in saved["step-00000001"].values())
@@ -114,13 +114,14 @@ def test_after_the_refusal_its_words_resume_at_a_lower_lr(tmp_path):
                 checkpoint_every=1)
     assert list(_checkpoint_weights(tmp_path)) == ["step-00000001"]
     before = (tmp_path / "distill" / "checkpoints" / "step-00000001" / "model.safetensors").read_bytes()
-    moved = re.search(r"it moves (\S+), trained at these settings, to (\S+), replacing any there\)$", str(e.value))
+    moved = re.search(r"it moves (\S+), trained at these settings, into (\S+)\)$", str(e.value))
     assert moved and moved[1] == str(tmp_path / "distill" / "checkpoints"), str(e.value)
     out, ctx = distill(student, teacher, tmp_path, lr=1e-3, grad_clip=0, warmup_steps=0, steps=3,
                        checkpoint_every=1, resume=True)
     assert ctx.report["distill"]["steps_done"] == 3 and ctx.report["distill"]["resumed"] == 0  # from its start
     assert all(torch.isfinite(p).all() for p in out.parameters())
-    assert (Path(moved[2]) / "step-00000001" / "model.safetensors").read_bytes() == before
+    (kept,) = Path(moved[2]).iterdir()  # (the set, named by its fingerprint)
+    assert (kept / "step-00000001" / "model.safetensors").read_bytes() == before
 
 
 @pytest.mark.parametrize("index, data, checkpoint, said", [
@@ -129,13 +130,13 @@ def test_after_the_refusal_its_words_resume_at_a_lower_lr(tmp_path):
                       "checkpoint was written"),
     (0, "teacher_samples", True, "lower passes.0.distill.lr (1) and rerun with --resume (it keeps the teacher "
                                  "samples, and trains this pass from its start: it moves {root}, trained at "
-                                 "these settings, to {aside}, replacing any there)"),
+                                 "these settings, into {aside})"),
     (1, "teacher_samples", True, "lower passes.1.distill.lr (1) and rerun with --resume (it keeps the passes before "
                                  "it and the teacher samples, and trains this pass from its start: it moves "
-                                 "{root}, trained at these settings, to {aside}, replacing any there)"),
+                                 "{root}, trained at these settings, into {aside})"),
     (3, "folder", True, "lower passes.3.distill.lr (1) and rerun with --resume (it keeps the passes before it, and "
-                        "trains this pass from its start: it moves {root}, trained at these settings, to {aside}, "
-                        "replacing any there)"),
+                        "trains this pass from its start: it moves {root}, trained at these settings, into "
+                        "{aside})"),
 ])
 def test_the_divergence_words_name_the_passs_key_and_only_what_resume_keeps(tmp_path, index, data, checkpoint, said):
     """'lower distill.lr (1e+30) and rerun with --resume (it keeps the passes before it and the teacher
