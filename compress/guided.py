@@ -5,7 +5,7 @@ held-out guided error of a student against its teacher (runner_heldout's second 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
@@ -65,8 +65,9 @@ def guided_predictions(predictions: list[torch.Tensor], guidance: HeldOutGuidanc
     return out
 
 
-def relative_distance(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> float:
-    """||s − t|| / ||t|| over every tensor of the two lists together (float64 sums)."""
+def relative_distance(student: Iterable[torch.Tensor], teacher: list[torch.Tensor]) -> float:
+    """||s − t|| / ||t|| over every tensor of the two together (float64 sums); `student` may be a generator
+    (passes.base.relative_error's: one prediction held at a time)."""
     num = sum((s.double() - t.double()).pow(2).sum().item() for s, t in zip(student, teacher))
     den = sum(t.double().pow(2).sum().item() for t in teacher)
     return (num / max(den, 1e-300)) ** 0.5

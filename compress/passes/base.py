@@ -18,6 +18,7 @@ from torch import nn
 
 from compress.arch.base import Adapter
 from compress.errors import UserError
+from compress.guided import relative_distance
 from compress.replay import Prefix, replaying
 
 
@@ -30,19 +31,18 @@ def predictions(model: nn.Module, adapter: Adapter, batches: list[dict]) -> list
 @torch.no_grad()
 def relative_error(student: nn.Module, reference: list[torch.Tensor], adapter: Adapter,
                    batches: list[dict], prefix: Prefix | None = None, kept: list | None = None) -> float:
-    """||student - teacher|| / ||teacher|| of the final prediction over the batches, against the
-    teacher's `predictions` on them (computed once). prefix: a `replay.Prefix` over these batches
-    (the forwards then run only its blocks from `start` on). kept: a list each batch's prediction
-    (float64) is appended to (the held-out guided error's, runner_heldout)."""
-    num = den = 0.0
-    for b, (kw, t) in enumerate(zip(batches, reference)):
-        with replaying(prefix, b):
-            s = adapter.predict(student, kw).double()
-        if kept is not None:
-            kept.append(s)
-        num += (s - t).pow(2).sum().item()
-        den += t.pow(2).sum().item()
-    return (num / max(den, 1e-300)) ** 0.5
+    """||student - teacher|| / ||teacher|| of the final prediction over the batches (guided.relative_distance,
+    one batch's prediction at a time), against the teacher's `predictions` on them (computed once). prefix: a
+    `replay.Prefix` over these batches (the forwards then run only its blocks from `start` on). kept: a list
+    each batch's prediction (float64) is appended to (the held-out guided error's, runner_heldout)."""
+    def predicted():
+        for b, (kw, _) in enumerate(zip(batches, reference)):  # pairs only: no forward past the reference
+            with replaying(prefix, b):
+                s = adapter.predict(student, kw).double()
+            if kept is not None:
+                kept.append(s)
+            yield s
+    return relative_distance(predicted(), reference)
 
 
 @dataclass
