@@ -201,18 +201,19 @@ def budget_for_ratio(layers: Sequence[LayerSpec], ratio: float) -> int:
 
 def exact_floor(layers: Sequence[LayerSpec], ratio: float, multiple: int, ranges: Mapping | None,
                 factor: float | None) -> float:
-    """`min_budget` before rounding: a layer with a trust range at its uniform rank's exact parameters
+    """`min_budget` before rounding: a target with a trust range at its uniform rank's exact parameters
     / `factor` (ratio·dense/factor; the range's bottom is that rank rounded to a multiple) but at least
-    one multiple's (no rank is lower), the others at their lowest allowed rank. At factor 1 the ranged
-    layers sum to the ratio's budget itself where no exact rank is below one multiple: their lowest
-    ranks are uniform's, above the budget only by rounding to the nearest multiple."""
+    one multiple's (no rank is lower: a real floor, as under uniform), the others at their lowest allowed
+    rank (one multiple; dense where none saves). Each target's floor less ratio × its dense parameters
+    falls as the ratio rises (a range's floor rises by 1/factor of what the ratio adds; a target leaves
+    the ranges, its uniform rank dense, for one multiple), so the ratios it fits are [lowest, 1]."""
     ranges = ranges or {}
     total = 0.0
     for s in layers:
-        ranks, _ = rank_options(s, multiple, ranges.get(s.name))
+        ranks, _ = rank_options(s, multiple, None)
         least = s.params(int(ranks[0]) if ranks.size else DENSE)
         if s.name in ranges and factor:
-            least = min(least, max(s.params(multiple), ratio * s.params(DENSE) / factor))
+            least = max(least, ratio * s.params(DENSE) / factor)
         total += least
     return total
 
@@ -220,31 +221,31 @@ def exact_floor(layers: Sequence[LayerSpec], ratio: float, multiple: int, ranges
 def global_budget(layers: Sequence[LayerSpec], ratio: float, multiple: int, ranges: Mapping | None,
                   factor: float | None) -> int | None:
     """The budget `global_greedy` spends at `ratio`: `budget_for_ratio`, or, where every target at its
-    lowest allowed rank keeps more than that only because the ranks round to the nearest `multiple`
-    (`exact_floor` within the ratio's parameters), that lowest total (at trust factor 1: uniform's
-    ranks, which keep what uniform keeps). None where the floor is above the budget before rounding:
-    the ratio is too low."""
-    budget, least = budget_for_ratio(layers, ratio), min_budget(layers, multiple, ranges)
-    if least <= budget:
-        return budget
-    exact = exact_floor(layers, ratio, multiple, ranges, factor)
-    return least if exact <= ratio * dense_params(layers) * (1 + 1e-9) else None
+    lowest allowed rank keeps more only because the ranks round to the nearest `multiple`, that lowest
+    total (`min_budget`; at trust factor 1: at most uniform's count). None where `exact_floor` (before
+    rounding) is above the ratio's parameters: the ratio is too low. Rounding neither refuses a ratio
+    nor rescues one, so every ratio above an accepted one is accepted."""
+    if exact_floor(layers, ratio, multiple, ranges, factor) > ratio * dense_params(layers) * (1 + 1e-9):
+        return None
+    return max(budget_for_ratio(layers, ratio), min_budget(layers, multiple, ranges))
 
 
 def ratio_that_fits(layers: Sequence[LayerSpec], multiple: int, factor: float | None) -> float | None:
-    """About the lowest ratio (to 1e-4) that `global_budget` accepts with trust ranges of `factor`
-    (their floors rise with the ratio), None where none below 1 does."""
-    def fits(ratio: float) -> bool:
+    """The lowest ratio in steps of 0.001 that `global_budget` accepts with trust ranges of `factor`
+    (their floors rise with the ratio; the ratios accepted are an interval up to 1), None where none
+    below 1 is."""
+    def fits(k: int) -> bool:
+        ratio = k / 1000
         ranges = trust_ranges(layers, ratio, multiple, factor) if factor else None
         return global_budget(layers, ratio, multiple, ranges, factor) is not None
 
-    low, high = 0.0, 0.9999
+    low, high = 0, 999  # fits(high) where any k does; never fits(low)
     if not fits(high):
         return None
-    while high - low > 1e-4:
-        mid = (low + high) / 2
+    while high - low > 1:
+        mid = (low + high) // 2
         low, high = (low, mid) if fits(mid) else (mid, high)
-    return high
+    return high / 1000
 
 
 def _weight(spec: LayerSpec, weights: Mapping[str, float] | None) -> float:

@@ -273,3 +273,47 @@ def test_idle_budget_is_what_a_stalled_greedy_left_though_moves_fit():
     decaying = [LayerSpec(f"l{i}", 64, 64, torch.linspace(1, 0, 65), bias=False) for i in range(3)]
     full = global_greedy(decaying, budget, multiple=4)
     assert idle_budget(decaying, full, 4) == 0  # what is left buys no move
+
+
+# shapes (out, in) of the targets the budget checks below scan: a small target's one-multiple floor
+# beside a wide one (R1's two layers), toy PixArt's block shapes, odd sizes whose break-even rank is a few
+# multiples, and a target no rank of 16 or more saves on (dense at every ratio) beside one that saves
+BUDGET_SHAPES = [[(64, 64), (1152, 1152)], [(128, 128), (128, 128), (512, 128), (128, 512)],
+                 [(40, 40), (96, 32), (24, 48), (256, 64)], [(16, 16384), (512, 512)]]
+
+
+def _global_accepts(layers, ratio: float, multiple: int, factor) -> bool:
+    ranges = A.trust_ranges(layers, ratio, multiple, factor) if factor else None
+    return A.global_budget(layers, ratio, multiple, ranges, factor) is not None
+
+
+@pytest.mark.parametrize("factor", [1, 1.1, 2, None])
+@pytest.mark.parametrize("multiple", [4, 8, 16, 64])
+@pytest.mark.parametrize("shapes", BUDGET_SHAPES)
+def test_the_ratios_the_global_budget_accepts_are_an_interval_up_to_1(shapes, multiple, factor):
+    """The check accepted where every target at its lowest rank fit the ratio's budget or where its floor
+    before rounding did, giving credit for ranks rounded down: not monotone in the ratio (64×64 beside
+    1152×1152, multiple 8, factor 1: 0.02 accepted, higher ratios refused, and ratio_that_fits, bisecting
+    as if monotone, said 0.26). Now: the ratios accepted are those from ratio_that_fits up to 1; it is the
+    lowest in steps of 0.001, above every ratio refused; the budget is never above what the ratio or
+    uniform keeps; at factor 1, where every target's one multiple keeps no more than the ratio of its
+    parameters and saves (uniform's ranks are then above the ratio by rounding alone), it is accepted."""
+    layers = [A.LayerSpec(f"t{i}", m, n, [0.0] * (min(m, n) + 1)) for i, (m, n) in enumerate(shapes)]
+    ratios = [k / 1000 for k in range(10, 995, 5)]
+    ok = [_global_accepts(layers, r, multiple, factor) for r in ratios]
+    first = ok.index(True) if True in ok else len(ok)
+    assert ok == [False] * first + [True] * (len(ok) - first), [r for r, a in zip(ratios, ok) if a][:5]
+    assert _global_accepts(layers, 1.0, multiple, factor)
+    fits = A.ratio_that_fits(layers, multiple, factor)
+    if fits is None:
+        assert not any(_global_accepts(layers, k / 1000, multiple, factor) for k in range(1, 1000))
+    else:
+        assert _global_accepts(layers, fits, multiple, factor) and fits > max(ratios[:first], default=0)
+        assert fits == 0.001 or not _global_accepts(layers, round(fits - 0.001, 3), multiple, factor)
+    for r, accepted in zip(ratios, ok):
+        if accepted:
+            ranges = A.trust_ranges(layers, r, multiple, factor) if factor else None
+            budget = A.global_budget(layers, r, multiple, ranges, factor)
+            assert budget <= max(A.budget_for_ratio(layers, r), A.uniform(layers, r, multiple).spent)
+        elif factor == 1:  # some target's one multiple keeps more than the ratio of it, or none saves
+            assert not all(s.params(multiple) <= r * s.params(A.DENSE) and multiple < s.breakeven for s in layers), r

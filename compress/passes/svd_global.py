@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 import statistics
 
-from compress.alloc import (DENSE, budget_for_ratio, error_vs_uniform, global_budget, global_greedy, idle_budget,
-                            measurement_rank, min_budget, ratio_rank, ratio_that_fits, sensitivity_weight, trust_ranges, uniform)
+from compress.alloc import (DENSE, budget_for_ratio, error_vs_uniform, exact_floor, global_budget, global_greedy,
+                            idle_budget, measurement_rank, ratio_rank, ratio_that_fits, sensitivity_weight,
+                            trust_ranges, uniform)
 from compress.arch.base import LinearInfo
 from compress.calib import BlockCalibration
 from compress.calib_stats import Stats
@@ -93,30 +94,32 @@ GLOBAL_BUDGET_READS = ("targets", "ignore", "allocation", "ranks", "multiple", "
 
 
 def check_global_budget(targets: list[LinearInfo], c) -> None:
-    """The budget must cover every free target at its lowest allowed rank (known from shapes alone),
-    up to the rounding of those ranks to svd.multiple (`global_budget`): else a BadValue at svd.ratio,
-    with the keys it read (GLOBAL_BUDGET_READS), advising a higher ratio only where one below 1 fits."""
+    """The budget must cover every free target at its lowest allowed rank (known from shapes alone)
+    before the rounding of those ranks to svd.multiple (`global_budget`): else a BadValue at svd.ratio
+    that says what they keep then (ceiled: above the ratio), with the keys it read (GLOBAL_BUDGET_READS),
+    advising the lowest ratio that fits where one below 1 does, and a wider trust region where one does."""
     fixed = fixed_ranks(targets, c.allocation, c.ratio, c.ratios, c.ranks, c.multiple)
     specs = [shape_spec(i) for i in targets if i.name not in fixed]
     ranges = trust_ranges_for(specs, c)
     if specs and global_budget(specs, c.ratio, c.multiple, ranges, c.trust_region) is None:
         dense = sum(s.params(DENSE) for s in specs)
-        floor = min_budget(specs, c.multiple, ranges)
+        floor = exact_floor(specs, c.ratio, c.multiple, ranges, c.trust_region)
         fits = ratio_that_fits(specs, c.multiple, c.trust_region)
         trust = f", within trust_region {c.trust_region}× of uniform" if c.trust_region else ""
-        ways = ([f"raise svd.ratio (to at least {math.ceil(fits * 1000) / 1000:.3f})"] if fits else []) \
-            + ["lower svd.multiple"] + (["widen svd.trust_region"] if c.trust_region and widening_lowers(specs, c, floor)
-                                        else [])
+        exact = " before rounding to the multiple" if c.trust_region else ""  # a range's bottom is rounded
+        ways = ([f"raise svd.ratio (to at least {fits:.3f})"] if fits else []) + ["lower svd.multiple"] \
+            + (["widen svd.trust_region"] if c.trust_region and widening_fits(specs, c) else [])
         raise BadValue("ratio", f"svd.ratio {c.ratio} is below what global allocation can keep: every target at "
-                                f"its lowest allowed rank (multiple {c.multiple}{trust}) keeps {floor / dense:.3f} "
-                                f"of the parameters; {counted_or(ways)}", reads=GLOBAL_BUDGET_READS)
+                                f"its lowest allowed rank (multiple {c.multiple}{trust}) keeps "
+                                f"{math.ceil(floor / dense * 1000 - 1e-9) / 1000:.3f} of the parameters{exact}; "
+                                f"{counted_or(ways)}", reads=GLOBAL_BUDGET_READS)
 
 
-def widening_lowers(specs, c, floor: int) -> bool:
-    """Whether a wider trust region could keep fewer parameters than `floor` (every target at the lowest
-    rank its trust range allows): not where each is already at its lowest rank without a range (one
-    multiple, or dense where that saves nothing)."""
-    return min_budget(specs, c.multiple, None) < floor
+def widening_fits(specs, c) -> bool:
+    """Whether a wide enough trust region fits svd.ratio: the check without ranges (every target at one
+    multiple, or dense where that saves nothing: the floor a widening range approaches, and reaches)
+    accepts it. A wider region that keeps less, but still too much, is no way out."""
+    return global_budget(specs, c.ratio, c.multiple, None, None) is not None
 
 
 def counted_or(ways: list[str]) -> str:

@@ -254,18 +254,41 @@ def test_a_ratio_too_low_before_rounding_is_still_refused_advising_a_ratio_that_
     assert said and "raise svd.ratio" not in said and said.endswith("lower svd.multiple"), said
 
 
-def test_widening_the_trust_region_is_advised_only_where_it_lowers_what_is_kept():
-    """Where every target's range already starts at one multiple (a ratio far below it), a wider trust
-    region keeps as much: not advised; where the ranges' floors are above one multiple, it is."""
+def test_widening_the_trust_region_is_advised_only_where_a_wide_enough_one_fits():
+    """'widen svd.trust_region' was advised wherever a wider region kept fewer parameters, though none
+    kept few enough: a 512×512 target beside a 16×16384 one that no rank of 16 saves on (dense: 0.5 of
+    the parameters whatever the ratio) at ratio 0.45 (no region fits below 0.532: each target at one
+    multiple). Now only where the check without ranges (the floor a widening region reaches) accepts the
+    ratio; where every range already starts at one multiple (ratio 0.01) it is not advised either."""
+    from compress.arch.base import LinearInfo
+
     infos = [i for i in get_adapter(tiny_pixart()).linears(tiny_pixart()) if i.role == "mlp"]
     said = _global_refusal(infos, ratio=0.01, multiple=4, trust_region=2, targets=["mlp"])
     assert said and "widen svd.trust_region" not in said and said.endswith("or lower svd.multiple"), said
-    from types import SimpleNamespace
+    pair = [LinearInfo("wide", "mlp", "in", None, None, 16384, 16, "x"),
+            LinearInfo("square", "mlp", "in", None, None, 512, 512, "y")]
+    said = _global_refusal(pair, ratio=0.45, multiple=16, trust_region=2, targets=["mlp"])
+    assert said and said.endswith("raise svd.ratio (to at least 0.667) or lower svd.multiple"), said
+    assert _global_refusal(pair, ratio=0.45, multiple=16, trust_region=None, targets=["mlp"])  # no region fits
+    said = _global_refusal(pair, ratio=0.55, multiple=16, trust_region=2, targets=["mlp"])
+    assert said and said.endswith("lower svd.multiple or widen svd.trust_region"), said
+    assert _global_refusal(pair, ratio=0.55, multiple=16, trust_region=None, targets=["mlp"]) is None
 
-    from compress.alloc import min_budget
-    from compress.passes.svd_global import widening_lowers
-    from compress.passes.svd_targets import shape_spec
 
-    specs, c = [shape_spec(i) for i in infos], SimpleNamespace(multiple=4)
-    least = min_budget(specs, 4, None)  # every target at one multiple: no trust region keeps less
-    assert widening_lowers(specs, c, least + 1) and not widening_lowers(specs, c, least)
+def test_the_advice_never_names_a_ratio_below_the_one_refused():
+    """R1 (toy PixArt's block linears, multiple 8, trust_region 1.1): 0.12 was refused advising 'raise
+    svd.ratio (to at least 0.108)', which planned, as did 0.11 and 0.125: rounded-down ranks earned
+    credit against other targets' one-multiple floors, so acceptance came and went with the ratio. Now
+    the ratios accepted are those from the one advised up: every one refused below it, none above."""
+    from compress.toy.weights import load_toy_teacher
+
+    model = load_toy_teacher("pixart")
+    model = model[0] if isinstance(model, tuple) else model
+    roles = ["attention", "cross_attention", "mlp"]
+    infos = [i for i in get_adapter(model).linears(model) if i.role in roles]
+    said = _global_refusal(infos, ratio=0.12, multiple=8, trust_region=1.1, targets=roles)
+    fits = float(re.search(r"raise svd.ratio \(to at least ([0-9.]+)\)", said).group(1))
+    assert fits > 0.12
+    for k in range(100, 160, 3):
+        refused = _global_refusal(infos, ratio=k / 1000, multiple=8, trust_region=1.1, targets=roles)
+        assert (refused is None) == (k / 1000 >= fits), (k, refused)
