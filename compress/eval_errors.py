@@ -44,10 +44,9 @@ def teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: st
     """teacher_relative with teacher and student streamed block by block (each on meta but for
     its top level) on the recipe's device and in its compute dtype, as the run held them. `flag`:
     --teacher gave `teacher_source` (else the output recorded it: its errors name it, without '--teacher: ')."""
-    from compress.inputs import input_source, moved
-    from compress.passes.base import predictions, relative_error
+    from compress.inputs import input_source
     from compress.recipe import load_recipe
-    from compress.runner_setup import DTYPES, check_error, check_reference, load_checked_teacher, locate, resolve_device
+    from compress.runner_setup import DTYPES, load_checked_teacher, resolve_device
 
     recipe = load_recipe(out / "recipe.yaml")
     device, dtype = resolve_device(recipe), DTYPES[recipe.compute_dtype]
@@ -63,28 +62,21 @@ def teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: st
     if report.get("inputs_cache") and hasattr(src, "cache_dir"):  # the run's sampled inputs
         src.cache_dir = Path(report["inputs_cache"])
     with models.forwards(teacher), status("eval: the teacher's held-out predictions, block by block"):
-        batches = [moved(b, device, dtype) for b in src.heldout()]
-        reference = predictions(teacher, adapter, batches)
-        check_reference(reference, recipe.compute_dtype, lambda b: locate(teacher, adapter, batches[b]))
-        guide = _teacher_guided(src, adapter, teacher, reference, device, dtype)
+        held = _teacher_side(src, adapter, teacher, device, dtype, recipe.compute_dtype)
     _note_computed_wider(out, recipe, report)
     with models.forwards(student), status("eval: the student's, block by block"):
-        kept = [] if guide is not None else None
-        error = relative_error(student, reference, adapter, batches, kept=kept)
-        check_error(error, student, adapter, batches, recipe.compute_dtype)
-        guided = _guided_result(adapter, student, kept, guide, batches)
-    return {"family": adapter.family, "pred_rel_error": error, **guided, "streamed": True}
+        errors = _errors(adapter, student, held, recipe.compute_dtype)
+    return {"family": adapter.family, **errors, "streamed": True}
 
 
 def teacher_relative(model, teacher, source: str, out: Path) -> dict:
     """Real models: teacher-relative error on the run's held-out prompts and seeds (check_measurable
     first), both models in the recipe's compute dtype, as the run measured them (and as
     teacher_relative_streamed does: a bfloat16 run's error was measured again in float32)."""
-    from compress.inputs import input_source, moved
+    from compress.inputs import input_source
     from compress.io_source_config import TeacherSource
     from compress.recipe import load_recipe
-    from compress.passes.base import predictions, relative_error
-    from compress.runner_setup import DTYPES, check_error, check_finite, check_reference, locate
+    from compress.runner_setup import DTYPES, check_finite
 
     # as run checks it, naming the file that holds a NaN (streamed: load_checked_teacher)
     check_finite(teacher, source=TeacherSource(source, check_source(source)))
@@ -97,18 +89,38 @@ def teacher_relative(model, teacher, source: str, out: Path) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teacher = cast(teacher, device, DTYPES[recipe.compute_dtype])
     with status("eval: the teacher's held-out predictions"):
-        batches = [moved(b, device, teacher.dtype) for b in src.heldout()]
-        reference = predictions(teacher, adapter, batches)
-        check_reference(reference, recipe.compute_dtype, lambda b: locate(teacher, adapter, batches[b]))
-        guide = _teacher_guided(src, adapter, teacher, reference, device, teacher.dtype)
+        held = _teacher_side(src, adapter, teacher, device, teacher.dtype, recipe.compute_dtype)
     model = cast(model, device, teacher.dtype)  # the export's dtype (often bf16) computed like the teacher
     _note_computed_wider(out, recipe, report)
     with status("eval: the model's"):
-        kept = [] if guide is not None else None
-        error = relative_error(model, reference, adapter, batches, kept=kept)
-        check_error(error, model, adapter, batches, recipe.compute_dtype)
-        guided = _guided_result(adapter, model, kept, guide, batches)
-    return {"family": adapter.family, "pred_rel_error": error, **guided}
+        errors = _errors(adapter, model, held, recipe.compute_dtype)
+    return {"family": adapter.family, **errors}
+
+
+def _teacher_side(src, adapter, teacher, device, dtype, compute_dtype: str) -> tuple:
+    """(held-out batches on `device` in `dtype`, the teacher's predictions of them, checked as the run
+    checks them, _teacher_guided's guide)."""
+    from compress.inputs import moved
+    from compress.passes.base import predictions
+    from compress.runner_setup import check_reference, locate
+
+    batches = [moved(b, device, dtype) for b in src.heldout()]
+    reference = predictions(teacher, adapter, batches)
+    check_reference(reference, compute_dtype, lambda b: locate(teacher, adapter, batches[b]))
+    return batches, reference, _teacher_guided(src, adapter, teacher, reference, device, dtype)
+
+
+def _errors(adapter, model, held: tuple, compute_dtype: str) -> dict:
+    """{pred_rel_error, and _guided_result's figures} of `model` on _teacher_side's `held`, its error
+    checked as the run checks it (runner_setup.check_error)."""
+    from compress.passes.base import relative_error
+    from compress.runner_setup import check_error
+
+    batches, reference, guide = held
+    kept = [] if guide is not None else None
+    error = relative_error(model, reference, adapter, batches, kept=kept)
+    check_error(error, model, adapter, batches, compute_dtype)
+    return {"pred_rel_error": error, **_guided_result(adapter, model, kept, guide, batches)}
 
 
 def _teacher_guided(src, adapter, teacher, reference: list, device, dtype) -> tuple | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -15,7 +14,7 @@ import compress
 from compress.io_source import looks_local
 from compress.io_export import ranks_of
 from compress.recipe_dump import dump_recipe
-from compress.report import console, param_count, warn
+from compress.report import console, param_count
 from compress.report_card import model_card
 from compress.report_teacher import CONFIG_CHECKSUM
 from compress.runner_config_sum import CONFIG_SUM
@@ -70,7 +69,7 @@ def exported_error(runner, student) -> dict:
     from compress.dtype_range import DTYPES
     from compress.io_export import round_to_export
     from compress.passes.base import relative_error
-    from compress.runner_heldout import guided_reference, guided_words
+    from compress.runner_heldout import finite_guided, guided_reference, guided_words
 
     dtype, stages = DTYPES[runner.recipe.export.dtype], runner.ctx.report.get("stages") or [{}]
     record = {"dtype": runner.recipe.export.dtype, "computed_in": runner.recipe.compute_dtype}
@@ -90,23 +89,12 @@ def exported_error(runner, student) -> dict:
     with runner.models.forwards(student):
         with recording_maxima(student, runner.adapter) as maxima:
             error = relative_error(student, held[1], runner.adapter, held[0], kept=predictions)
-        guided = {} if guide is None else {"guided_error": exported_guided(runner, student, predictions, guide)}
+        guided = {} if guide is None else {  # the stages' measure
+            "guided_error": finite_guided(runner.adapter, student, predictions, guide, lambda: "export: the exported model")}
     console.print(f"  exported in {record['dtype']}: teacher-relative error {error:.4g}{guided_words(guided)}",
                   highlight=False)
     largest = checked_maxima(maxima, dtype, block_names(student, runner.adapter))  # float16's range: warned
     return {**record, "relative_error": error, **guided, "activation_max": largest}
-
-
-def exported_guided(runner, student, predictions: list, guide: tuple) -> float | None:
-    """The exported weights' guided error on the held-out inputs (runner_heldout.guided_distance, the
-    stages' measure); None where it is not finite (its empty prompt's branch: NaN/Inf), warned of."""
-    from compress.runner_heldout import guided_distance
-
-    err = guided_distance(runner.adapter, student, predictions, guide)
-    if math.isfinite(err):
-        return err
-    warn("export: the exported model's guided prediction (with the empty prompt's branch) holds NaN/Inf")
-    return None
 
 
 def output_files(runner, student, report: dict) -> dict[str, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import replace
+from typing import Callable
 
 import torch
 
@@ -93,11 +94,18 @@ def guided_error(runner, student, predictions: list, guide: tuple) -> dict:
     """{"guided_error": ||guided(student) − guided(teacher)|| / ||guided(teacher)||} over the held-out batches
     (guide: guided_reference's), the student's guided from its `predictions`; null, warned of, where its
     guided prediction holds NaN/Inf (its empty prompt's branch: the prompt's is checked finite first)."""
-    err = guided_distance(runner.adapter, student, predictions, guide)
+    whose = lambda: f"{runner._doing_words()}: the student"  # noqa: E731 (said only where not finite)
+    return {"guided_error": finite_guided(runner.adapter, student, predictions, guide, whose)}
+
+
+def finite_guided(adapter, student, predictions: list, guide: tuple, whose: Callable[[], str]) -> float | None:
+    """guided_distance where it is finite; else None, warned of: '{whose()}'s guided prediction (with the
+    empty prompt's branch) holds NaN/Inf' (the run's check, guided_error, and its export's)."""
+    err = guided_distance(adapter, student, predictions, guide)
     if math.isfinite(err):
-        return {"guided_error": err}
-    warn(f"{runner._doing_words()}: the student's guided prediction (with the empty prompt's branch) holds NaN/Inf")
-    return {"guided_error": None}
+        return err
+    warn(f"{whose()}'s guided prediction (with the empty prompt's branch) holds NaN/Inf")
+    return None
 
 
 def heldout_record(runner) -> dict:

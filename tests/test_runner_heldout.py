@@ -162,3 +162,46 @@ def test_a_kept_stage_recorded_before_the_guided_error_resumes_with_none(tmp_pat
     out = run_recipe(tmp_path, two.replace("modulation: 8", "modulation: 4"), "r", resume=True, overwrite=True)
     stages = json.loads((out / "report.json").read_text())["stages"]
     assert "guided_error" not in stages[0] and stages[1]["guided_error"] > 0
+
+
+
+def _guided_error_of(export: bool):
+    """() -> the guided error the run's check (guided_error, of pass 2/3 at r.yaml:6) or its bfloat16 export
+    (runner_export.exported_error) records for a tiny PixArt, with a runner of what they read."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from compress.arch import get_adapter
+    from compress.passes.base import predictions
+    from compress.runner_export import exported_error
+    from compress.runner_heldout import guided_error
+    from tests.conftest import pixart_inputs
+
+    model = tiny_pixart()
+    batches = [pixart_inputs(model)]
+    recipe = SimpleNamespace(export=SimpleNamespace(dtype="bfloat16"), compute_dtype="float32", stream=False)
+    runner = SimpleNamespace(adapter=get_adapter(model), _doing_words=lambda: "r.yaml:6: pass 2/3 (svd)",
+                             recipe=recipe, ctx=SimpleNamespace(report={"stages": [{"guided_error": 0.1}]}),
+                             held_out=(batches, predictions(model, get_adapter(model), batches)),
+                             held_out_guided=(None, []), models=SimpleNamespace(forwards=lambda m: nullcontext()))
+    if export:
+        return lambda: exported_error(runner, model)["guided_error"]
+    return lambda: guided_error(runner, model, [], runner.held_out_guided)["guided_error"]
+
+
+@pytest.mark.parametrize("export", [False, True], ids=["stage", "export"])
+def test_a_guided_error_not_finite_is_null_and_warned_naming_whose(monkeypatch, capsys, export):
+    """The run's check (guided_error) and its export (runner_export.exported_error) record null where the
+    guided prediction holds NaN/Inf, in one warning each (runner_heldout.finite_guided); finite, no word."""
+    import math
+
+    import compress.runner_heldout as heldout
+
+    check = _guided_error_of(export)
+    whose = "export: the exported model" if export else "r.yaml:6: pass 2/3 (svd): the student"
+    monkeypatch.setattr(heldout, "guided_distance", lambda *args: 0.25)
+    assert check() == 0.25 and "NaN" not in "".join(capsys.readouterr())
+    monkeypatch.setattr(heldout, "guided_distance", lambda *args: math.nan)
+    assert check() is None
+    said = " ".join("".join(capsys.readouterr()).split())
+    assert f"warning: {whose}'s guided prediction (with the empty prompt's branch) holds NaN/Inf" in said, said
