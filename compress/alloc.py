@@ -210,8 +210,7 @@ def exact_floor(layers: Sequence[LayerSpec], ratio: float, multiple: int, ranges
     ranges = ranges or {}
     total = 0.0
     for s in layers:
-        ranks, _ = rank_options(s, multiple, None)
-        least = s.params(int(ranks[0]) if ranks.size else DENSE)
+        least = lowest_params(s, multiple)
         if s.name in ranges and factor:
             least = max(least, ratio * s.params(DENSE) / factor)
         total += least
@@ -268,11 +267,14 @@ def min_budget(layers: Sequence[LayerSpec], multiple: int = 16, ranges: Mapping 
     """The smallest budget `global_greedy` accepts: every target at its lowest allowed rank
     (`multiple`, or the bottom of its range; dense where no low rank saves). Needs no curves."""
     ranges = ranges or {}
-    total = 0
-    for s in layers:
-        ranks, _ = rank_options(s, multiple, ranges.get(s.name))
-        total += s.params(int(ranks[0]) if ranks.size else DENSE)
-    return total
+    return sum(lowest_params(s, multiple, ranges.get(s.name)) for s in layers)
+
+
+def lowest_params(spec: LayerSpec, multiple: int, bounds: tuple[int, int] | None = None) -> int:
+    """A layer's parameters at its lowest allowed rank (`multiple`, or the bottom of `bounds`); dense
+    where no low rank saves."""
+    ranks, _ = rank_options(spec, multiple, bounds)
+    return spec.params(int(ranks[0]) if ranks.size else DENSE)
 
 
 class _Layer:
