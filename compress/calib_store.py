@@ -5,7 +5,9 @@ resident by default, `compress.stream.CheckpointBlocks` streams them from a chec
 `Unchanged` for a walk that changes no block. `Spilled`: per-batch activations on disk
 (`calibration.spill_activations`), so one batch is resident at a time; `SpilledMap`: the same by
 name, for what a pass measures per target; `NamedFiles`: by name too, kept for a rerun. `save`:
-torch.save that leaves no partial file and says a full disk as an OSError.
+torch.save that leaves no partial file and says a full disk as an OSError. Each store knows what it
+wrote (in memory): a file of it gone from the disk meanwhile is a `Vanished` error naming it, never
+an item silently left out.
 """
 
 from __future__ import annotations
@@ -19,15 +21,39 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from compress.errors import UserError
+
 
 FULL = 1 << 20  # bytes free under which a failed write is taken for a full disk
+
+
+class Vanished(UserError):
+    """A file (or folder) the run wrote and still needs is gone from the disk: removed by something
+    else while the run went on. The runner adds what was running and what the run folder keeps."""
+
+    exit_code = 1
+
+
+def vanished(path: Path, what: str = "file") -> Vanished:
+    """'the run folder's file PATH vanished during the run (removed by another program?)' (`what`:
+    file or folder)."""
+    return Vanished(f"the run folder's {what} {path} vanished during the run (removed by another program?)")
+
+
+def load(path: Path, **kwargs):
+    """torch.load of a file this run wrote (weights only); gone: `Vanished` naming it."""
+    try:
+        return torch.load(path, weights_only=True, **kwargs)
+    except FileNotFoundError:
+        raise vanished(path) from None
 
 
 def save(item, path: Path, atomic: bool = True) -> None:
     """torch.save `item` to `path`, through PATH.tmp renamed on success where `atomic` (an interrupted
     write leaves no half file). A failed write removes what it wrote; where the disk is full after it,
     the error is an OSError(ENOSPC) naming `path`: torch's zip writer says only "unexpected pos" or
-    "iostream error", which would otherwise be a traceback (runner_failures.disk_full_words)."""
+    "iostream error", which would otherwise be a traceback (runner_failures.disk_full_words). Its
+    folder gone meanwhile (before the write or before the rename): `Vanished` naming it."""
     written = path.with_suffix(".tmp") if atomic else path
     try:
         torch.save(item, written)
@@ -36,9 +62,14 @@ def save(item, path: Path, atomic: bool = True) -> None:
         written.unlink(missing_ok=True)
         if full:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+        if isinstance(e, (RuntimeError, OSError)) and not written.parent.is_dir():
+            raise vanished(written.parent, "folder") from None
         raise
     if atomic:
-        written.replace(path)
+        try:
+            written.replace(path)
+        except FileNotFoundError:
+            raise (vanished(written) if written.parent.is_dir() else vanished(written.parent, "folder")) from None
 
 
 def disk_is_full(folder: Path) -> bool:
@@ -76,7 +107,7 @@ class Spilled:
         return len(self.paths)
 
     def __getitem__(self, b: int):
-        return torch.load(self.paths[b], weights_only=True)
+        return load(self.paths[b])
 
     def __iter__(self):
         return (self[b] for b in range(len(self)))
@@ -158,34 +189,42 @@ class NamedFiles:
     """name -> tensor, one torch.save file each under `folder`, written atomically (an interrupted
     write leaves no half file) and kept after the object goes: what a pass measures per target
     and can reuse when it is run again on the same model and inputs (the output Fishers).
+    The names are those on disk when it is made (what an earlier run left) and those written since,
+    kept in memory: a file of them gone meanwhile is `Vanished` when read, not a name left out.
     `clear()` deletes them."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
+        found = self.folder.glob("*.pt") if self.folder.is_dir() else ()
+        self.names = {p.name[:-3] for p in found}
 
     def _path(self, name: str) -> Path:
         return self.folder / f"{name}.pt"  # module names are safe file names
 
     def __setitem__(self, name: str, item) -> None:
+        if self.names and not self.folder.is_dir():  # what it held went with the folder
+            raise vanished(self.folder, "folder")
         self.folder.mkdir(parents=True, exist_ok=True)
         save(item, self._path(name))
+        self.names.add(name)
 
     def __getitem__(self, name: str):
         if name not in self:
             raise KeyError(name)
-        return torch.load(self._path(name), weights_only=True)
+        return load(self._path(name))
 
     def __contains__(self, name) -> bool:
-        return self._path(name).is_file()
+        return name in self.names
 
     def __iter__(self):
-        return iter(sorted(p.name[:-3] for p in self.folder.glob("*.pt")) if self.folder.is_dir() else ())
+        return iter(sorted(self.names))
 
     def __len__(self) -> int:
-        return sum(1 for _ in self)
+        return len(self.names)
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+        self.names.clear()
 
 
 class BlockLoader:

@@ -27,7 +27,8 @@ from compress.runner_folders import interrupt_note
 from compress.runner_export import mark_finished, output_files, output_report, recorded_teacher
 from compress.runner_answers import (PREPARED, answer, check_followers, check_same_run, ended, follower_ended,
                                      following, wait_for_followers)
-from compress.runner_stop_words import AGAIN, EXPORT, disk_full, doing_words, kept_note, out_of_memory, peer_lost
+from compress.runner_stop_words import (AGAIN, EXPORT, RUN_AGAIN, disk_full, doing_words, kept_note, out_of_memory,
+                                        peer_lost)
 from compress.runner_prepare import prepare
 from compress.runner_ranks import (PeerLost, announce, hand_off, is_follower, is_main_process, leading,
                                    several_processes, wait_for_hand_off)
@@ -40,6 +41,7 @@ from compress.runner_failures import HELDOUT, disk_full_words, is_out_of_memory
 from compress.runner_memory import spill_short
 from compress.runner_stream import models_for, tidy_scratch
 from compress.stream_files import WeightsChanged
+from compress.calib_store import Vanished
 
 
 class Runner:
@@ -104,6 +106,8 @@ class Runner:
             except Exception as e:
                 if isinstance(e, WeightsChanged):  # the work so far is kept: say so, as for a full disk
                     raise WeightsChanged(f"{self._doing_words()}: {e}{self._kept()}") from None
+                if isinstance(e, Vanished):  # a file of the run folder removed meanwhile: what is left
+                    raise Vanished(f"{self._doing_words()}: {e}{self._kept(RUN_AGAIN)}") from None
                 if is_out_of_memory(e):
                     raise out_of_memory(e, self.recipe, getattr(self, "passes", []), self.doing, self._kept(),
                                         spill_short(getattr(self, "activation_bytes", None), self.run_dir)) from None

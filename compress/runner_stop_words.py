@@ -15,6 +15,7 @@ from compress.runner_failures import DiskFull, OutOfMemory, disk_full_line, memo
 EXPORT = "the export"  # `Runner.doing` while rank 0 writes the output (a full disk there names --out)
 LOADING = "loading the teacher"  # `Runner.doing` while the teacher loads
 AGAIN = "; start the launch again with --resume"  # a lost peer's stop where the run folder keeps nothing
+RUN_AGAIN = "; run again"  # a run folder's file removed meanwhile (calib_store.Vanished), where nothing is kept
 
 
 def doing_words(recipe, doing) -> str:

@@ -51,8 +51,8 @@ def test_named_files_round_trip_and_outlive_the_object_until_cleared(tmp_path):
     assert not list((tmp_path / "f").glob("*.tmp"))
     with pytest.raises(KeyError):
         again["missing"]
-    again.clear()
-    assert not (tmp_path / "f").exists() and list(store) == []
+    again.clear()  # another object's clear: this one still knows what it wrote, now gone
+    assert not (tmp_path / "f").exists() and list(again) == [] and len(store) == 2
 
 
 def test_roots_keep_fishers_for_a_rerun_only_when_asked(tmp_path):
@@ -133,3 +133,74 @@ def test_a_ctrl_c_leaves_no_spill_files_while_its_traceback_lives(tmp_path, hold
             raise KeyboardInterrupt
     assert caught.value.__traceback__ is not None and len(store) == 0  # still referenced, yet empty
     assert sorted(tmp_path.iterdir()) == [live] and live.read_bytes() == b"live"
+
+
+def test_named_files_know_what_they_wrote_and_a_file_gone_is_named_not_left_out(tmp_path):
+    """The store listed the disk: a run folder deleted during a run (rm -rf) left it empty, so the
+    output Fishers measured were silently not used (compensation skipped, another model, rc 0), or
+    a KeyError traceback. It knows its names in memory; reading one whose file is gone, or writing
+    after its folder went, is one line naming the file or folder."""
+    import re
+    import shutil
+
+    from compress.calib_store import NamedFiles, Vanished
+
+    store = NamedFiles(tmp_path / "run" / "f")
+    store["a.b"] = torch.ones(2)
+    store["c.d"] = torch.zeros(2)
+    (tmp_path / "run" / "f" / "c.d.pt").unlink()
+    assert list(store) == ["a.b", "c.d"] and "c.d" in store and len(store) == 2
+    words = "the run folder's file {} vanished during the run (removed by another program?)"
+    with pytest.raises(Vanished, match="^" + re.escape(words.format(tmp_path / "run" / "f" / "c.d.pt")) + "$"):
+        store["c.d"]
+    shutil.rmtree(tmp_path / "run")
+    with pytest.raises(Vanished, match=re.escape(words.replace("file", "folder").format(tmp_path / "run" / "f"))):
+        store["e.f"] = torch.ones(2)  # not a new folder quietly missing a.b
+    assert not (tmp_path / "run").exists()
+
+
+def test_roots_whose_fisher_files_went_say_so_instead_of_dropping_the_targets(tmp_path):
+    """Roots iterated and tested names on the disk: with the folder gone, `only` kept no target and
+    a pair asked for was a KeyError. Now every target measured stays; its pair is a Vanished error."""
+    import shutil
+
+    from compress.calib_store import Vanished
+    from compress.passes.svd_fisher import Roots
+
+    roots = Roots(tmp_path / "f", 1e-3, 1e9)
+    for name in ("l0", "l1"):
+        roots.add(name, torch.eye(3, dtype=torch.float64))
+    shutil.rmtree(tmp_path / "f")
+    view = roots.only(["l1", "l2"])
+    assert list(roots) == ["l0", "l1"] and list(view) == ["l1"] and "l1" in view
+    with pytest.raises(Vanished, match=r"l1\.pt vanished during the run"):
+        view["l1"]
+
+
+def test_a_save_whose_folder_goes_before_the_rename_names_it(tmp_path, monkeypatch):
+    """The folder removed between the write and the rename was a FileNotFoundError traceback ('... .tmp
+    -> ... .pt'); a spill into a folder gone, torch's 'Parent directory ... does not exist'."""
+    import shutil
+
+    from compress import calib_store
+    from compress.calib_store import Spilled, Vanished, save
+
+    real = calib_store.torch.save
+
+    def then_gone(item, path):
+        real(item, path)
+        shutil.rmtree(path.parent)
+
+    monkeypatch.setattr(calib_store.torch, "save", then_gone)
+    with pytest.raises(Vanished, match=f"folder {tmp_path / 'f'} vanished"):
+        (tmp_path / "f").mkdir()
+        save(torch.ones(2), tmp_path / "f" / "x.pt")
+    monkeypatch.setattr(calib_store.torch, "save", real)
+    spill = Spilled(tmp_path / "spill")
+    spill.append(torch.ones(2))
+    spill.paths[0].unlink()
+    with pytest.raises(Vanished, match=f"file {spill.paths[0]} vanished"):
+        spill[0]
+    shutil.rmtree(tmp_path / "spill")
+    with pytest.raises(Vanished, match=f"folder {tmp_path / 'spill'} vanished"):
+        spill.append(torch.ones(2))

@@ -305,3 +305,27 @@ def test_running_out_of_memory_in_distill_says_which_change_keeps_its_checkpoint
     hints = memory_hints(recipe, [None, DistillPass(DistillConfig())], 1)
     assert hints == ("a smaller passes.1.distill.batch_size (which trains the pass from its start) or "
                      "passes.1.distill.gradient_checkpointing: true (which keeps its checkpoints)")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_run_folders_fishers_removed_during_the_run_stop_it_in_one_line(tmp_path, monkeypatch, capsys):
+    """The output Fishers deleted under a running svd pass (rm -rf of the run folder or its calib/)
+    gave rc 0 with another model: the Fisher store listed the disk, so the targets whose files were
+    gone were fitted without output weighting and left out of compensation. Now one line naming the
+    file, what ran and what the run folder keeps."""
+    import shutil
+
+    from compress.passes.svd import SVDPass
+
+    real = SVDPass._measure_fishers
+
+    def then_removed(self, *args):
+        real(self, *args)
+        shutil.rmtree(self.roots.folder)
+
+    monkeypatch.setattr(SVDPass, "_measure_fishers", then_removed)
+    err = _cli_run(tmp_path, monkeypatch, capsys)[-1]
+    fishers = re.escape(str(tmp_path / "run" / "calib"))
+    assert re.fullmatch(rf"dit-compress: error: {re.escape(str(tmp_path / 'r.yaml'))}:6: pass 2/2 \(svd\): the run "
+                        rf"folder's file {fishers}/\S+\.pt vanished during the run \(removed by another program\?\); "
+                        rf".* keeps its work \(1 of 2 passes done.*", err), err
