@@ -186,6 +186,7 @@ class PipelineSource:
         self._pipe = None
         self._left = {"calibration", "heldout"}  # the pipeline (text encoders: GBs) goes after both
         self.cache_dir: Path | None = None  # the runner's: each sampling call's records, on disk
+        self.read_only = False  # eval's: reads a run's records that are there and valid, writes none
         self._uncond: dict | None = None  # the negative prompt's row (calibration records, CFG)
         self._held_pairs: list | None = None  # per held-out batch, its branches' rows (heldout_guidance)
 
@@ -231,15 +232,27 @@ class PipelineSource:
         """The records of one sampling call, from the cache or sampled (and then cached)."""
         c, path = self.calib, self._cached(chunk, seed)
         if path is not None and path.is_file():
-            return torch.load(path, map_location="cpu", weights_only=True)
+            kept = self._read(path)
+            if kept is not None:
+                return kept
         got = capture(self._loaded(), self.teacher, chunk, c.sample_steps, min(c.timesteps, c.sample_steps),
                       self.guidance(), seed, c.prompts_per_call, self.size, self.pipeline)
-        if path is not None:
+        if path is not None and not self.read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp-{os.getpid()}")  # the ranks of a launch may sample the same call
             save(got, tmp, atomic=False)  # (a full disk: ENOSPC naming it, no half file)
             tmp.replace(path)  # atomic: never half a file
         return got
+
+    def _read(self, path: Path) -> list[dict] | None:
+        """The records of a cached call; where `read_only` (eval of another run's folder), None for a
+        file that cannot be read (sampled again in memory instead)."""
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            if not self.read_only:
+                raise
+            return None
 
     def _loaded(self):
         """The pipeline, loaded on its first use (a run whose calls are all read back loads none)."""

@@ -59,8 +59,7 @@ def teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: st
     adapter = get_adapter(teacher)
     src = input_source(adapter.family, _heldout_pipeline(out, teacher_source), recipe.calibration, teacher)
     report = read_report(out)
-    if report.get("inputs_cache") and hasattr(src, "cache_dir"):  # the run's sampled inputs
-        src.cache_dir = Path(report["inputs_cache"])
+    read_recorded_inputs(src, report)
     with models.forwards(teacher), status("eval: the teacher's held-out predictions, block by block"):
         held = _teacher_side(src, adapter, teacher, device, dtype, recipe.compute_dtype)
     _note_computed_wider(out, recipe, report)
@@ -84,8 +83,7 @@ def teacher_relative(model, teacher, source: str, out: Path) -> dict:
     adapter = get_adapter(teacher)
     report = read_report(out)
     src = input_source(adapter.family, _heldout_pipeline(out, source), recipe.calibration, teacher)
-    if report.get("inputs_cache") and hasattr(src, "cache_dir"):  # the run's sampled inputs
-        src.cache_dir = Path(report["inputs_cache"])
+    read_recorded_inputs(src, report)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teacher = cast(teacher, device, DTYPES[recipe.compute_dtype])
     with status("eval: the teacher's held-out predictions"):
@@ -95,6 +93,20 @@ def teacher_relative(model, teacher, source: str, out: Path) -> dict:
     with status("eval: the model's"):
         errors = _errors(adapter, model, held, recipe.compute_dtype)
     return {"family": adapter.family, **errors}
+
+
+def read_recorded_inputs(src, report: dict) -> None:
+    """The run's sampled inputs (report.json's inputs_cache) read back where they are there and valid,
+    never written: eval writes nothing outside the output folder it is given (the run folder may be
+    moved, read-only or full). Gone: one note, and the held-out inputs are sampled in memory."""
+    from compress.report import note
+
+    if not report.get("inputs_cache") or not hasattr(src, "cache_dir"):
+        return
+    src.cache_dir, src.read_only = Path(report["inputs_cache"]), True
+    if not src.cache_dir.is_dir():
+        note(f"eval: the run's sampled inputs ({src.cache_dir}, report.json's inputs_cache) are gone: "
+             "the held-out inputs are sampled again, in memory")
 
 
 def _teacher_side(src, adapter, teacher, device, dtype, compute_dtype: str) -> tuple:
