@@ -60,9 +60,9 @@ def num_prompts_cut(calib) -> int | None:
 
 
 def prompt_path(calib, recipe_dir: Path | None) -> Path:
-    """The file calibration.prompt_file names: relative to the recipe's folder `recipe_dir` (None:
-    as given)."""
-    path = Path(calib.prompt_file)
+    """The file calibration.prompt_file names (`~` expanded): relative to the recipe's folder
+    `recipe_dir` (None: as given)."""
+    path = Path(calib.prompt_file).expanduser()
     return recipe_dir / path if not path.is_absolute() and recipe_dir is not None else path
 
 
@@ -99,7 +99,13 @@ def _where(calib, key: str, value, because: tuple = ()) -> str:
 def _prompt_lines(path: Path, name: str, where: str = "") -> list[str]:
     """The non-blank lines of a UTF-8 prompt file, stripped; UserError if unreadable, not text or empty
     (`where`: 'PATH:LINE: ' of the recipe's prompt_file), split by `_lines`."""
-    text = read_utf8(path, f"{where}calibration.prompt_file {name}", "give one prompt per line, saved as UTF-8")
+    label = f"{where}calibration.prompt_file {name}"
+    try:
+        text = read_utf8(path, label, "give one prompt per line, saved as UTF-8")
+    except UserError as e:
+        if str(path) != name and str(e).startswith(f"{label}: "):  # not read: the path it looked in
+            raise UserError(f"{e} ({path})") from None
+        raise
     if "\x00" in text:
         raise UserError(f"{where}calibration.prompt_file {name}: a binary file (NUL bytes), not one prompt "
                         "per line")

@@ -38,9 +38,10 @@ def warn_unused_calibration(recipe, kind: str) -> None:
 
 
 def check_prompt_file(recipe, kind: str) -> None:
-    """A pipeline calibration's `prompt_file` is a file (taken from the recipe's folder); the
-    message names its line, the path looked for and that rule. kind: inputs.source_kind's of the
-    recipe's calibration and teacher."""
+    """A pipeline calibration's `prompt_file` is a file (taken from the recipe's folder, `~` expanded);
+    the message names its line, the path looked for and that rule, and where a file of that name is
+    that a user may have meant (`elsewhere`). kind: inputs.source_kind's of the recipe's calibration
+    and teacher."""
     name = recipe.calibration.prompt_file
     if not name or kind != "pipeline":
         return
@@ -48,7 +49,21 @@ def check_prompt_file(recipe, kind: str) -> None:
     looked = Path(os.path.abspath(Path(recipe.path).parent / path))
     if looked.is_file():
         return
-    rule = "" if path.is_absolute() else " (a relative prompt_file is taken from the recipe's folder)"
+    rule = "" if path.is_absolute() else \
+        f" (a relative prompt_file is taken from the recipe's folder{elsewhere(recipe, path, looked)})"
     what = "is a folder, not a file of prompts" if looked.is_dir() else "not found"
     raise UserError(f"{recipe_where(recipe, 'calibration.prompt_file', name)}: calibration.prompt_file {name} "
                     f"{what}: {looked}{rule}")
+
+
+def elsewhere(recipe, path: Path, looked: Path) -> str:
+    """": the link L's, not its target's, where T is: give that path instead' where the recipe was named
+    through a link L and its target's folder holds the relative prompt_file `path`; ', not the current
+    folder, where C is: ...' where the current folder does (as io_source.not_found's teacher); else ''."""
+    target = Path(os.path.realpath(recipe.path)).parent / path
+    if target != looked and target.is_file():
+        return f": the link {recipe.path}'s, not its target's, where {target} is: give that path instead"
+    here = Path(os.path.abspath(path))
+    if here != looked and here.is_file():
+        return f", not the current folder, where {here} is: give that path instead"
+    return ""

@@ -41,3 +41,20 @@ def test_the_prompts_are_named_by_the_keys_the_recipe_reads_them_from(keys, word
 
     recipe = parse_recipe(f"model: pixart\nteacher: x\ncalibration: {{{keys}}}\npasses: [svd]\n", "r.yaml")
     assert prompts_in_words(recipe.calibration) == words
+
+
+def test_a_prompt_file_under_home_is_read_and_one_not_read_names_the_path_read(tmp_path, monkeypatch):
+    """prompt_file: ~/p.txt passed the check (which expands ~) and then failed, 'calibration.prompt_file
+    ~/p.txt: No such file or directory', naming no path: the reader did not expand it."""
+    from compress.errors import UserError
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "p.txt").write_text("a cat\na dog\n")
+    recipe = parse_recipe("model: pixart\nteacher: x\ncalibration: {prompt_file: ~/p.txt}\npasses: [svd]\n",
+                          str(tmp_path / "r.yaml"))
+    assert read_prompts(recipe.calibration, tmp_path / "recipes") == ["a cat", "a dog"]
+    recipe.calibration.prompt_file = "gone.txt"
+    with pytest.raises(UserError, match=rf"calibration.prompt_file gone.txt: No such file or directory "
+                                        rf"\({tmp_path}/recipes/gone.txt\)$"):
+        read_prompts(recipe.calibration, tmp_path / "recipes")

@@ -95,6 +95,30 @@ def test_a_missing_prompt_file_names_its_line_and_where_it_was_looked_for(tmp_pa
         checked_sources(recipe)
     assert str(e.value) == (f"{recipe.path}:3: calibration.prompt_file nope.txt not found: {tmp_path}/sub/nope.txt "
                             "(a relative prompt_file is taken from the recipe's folder)")
+
+
+def test_a_missing_prompt_file_points_at_the_one_beside_the_links_target_or_in_the_current_folder(tmp_path,
+                                                                                                  monkeypatch):
+    """A recipe reached through a link looks beside the link (the rule stays); the prompt file beside its
+    target, or one a --set named in the current folder, was not pointed at (the teacher's words do so)."""
+    real = _recipe(tmp_path / "real")  # prompts.txt beside it
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "r.yaml").symlink_to(real.path)
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    with pytest.raises(UserError) as e:
+        checked_sources(load_recipe(tmp_path / "links" / "r.yaml"))
+    assert str(e.value) == (f"{tmp_path}/links/r.yaml:3: calibration.prompt_file prompts.txt not found: "
+                            f"{tmp_path}/links/prompts.txt (a relative prompt_file is taken from the recipe's "
+                            f"folder: the link {tmp_path}/links/r.yaml's, not its target's, where "
+                            f"{tmp_path}/real/prompts.txt is: give that path instead)")
+    (tmp_path / "here" / "mine.txt").write_text("a dog\n")
+    with pytest.raises(UserError) as e:
+        checked_sources(load_recipe(real.path, ["calibration.prompt_file=mine.txt"]))
+    assert str(e.value) == (f"{real.path} (--set calibration.prompt_file): calibration.prompt_file mine.txt not "
+                            f"found: {tmp_path}/real/mine.txt (a relative prompt_file is taken from the recipe's "
+                            f"folder, not the current folder, where {tmp_path}/here/mine.txt is: give that path "
+                            "instead)")
     assert checked_sources(_recipe(tmp_path / "sub")).source == "toy:pixart"  # prompts.txt beside the recipe
 
 
