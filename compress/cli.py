@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -9,7 +10,7 @@ from importlib import import_module
 from pathlib import Path
 
 from compress.cli_parser import build_parser, empty_path
-from compress.errors import NumericError, UserError, not_at_least_one
+from compress.errors import NumericError, UserError, not_at_least_one, too_long
 from compress.interrupts import forget_stops, interrupts_held, stop_status
 
 
@@ -54,6 +55,7 @@ def held_imports(*needs: str) -> list:
 def cmd_run(args, load_recipe) -> int:
     from compress.output_names import saved_in_output
     from compress.report import console, note, notes_from_rank_zero
+    from compress.runner_folders import check_clear_of_teacher
     from compress.runner_lock import refuse_held
     from compress.runner_ranks import one_process_note
 
@@ -66,6 +68,8 @@ def cmd_run(args, load_recipe) -> int:
     if not (args.out and args.run_dir) and (saved := saved_in_output(args.recipe)) is not None:
         note(_defaults_note(args, saved, out, run_dir))
     refuse_held(run_dir, out)  # folders another run holds, as the Runner's locks say it: no torch either
+    # an output or run folder in the teacher's (through a link too): refused before the locks make anything there
+    check_clear_of_teacher(out, args.teacher or recipe.teacher, None, run_dir)
     [Runner] = held_imports("compress.runner:Runner")
     runner = Runner(recipe, out, run_dir, teacher=args.teacher, teacher_config=args.teacher_config,
                     resume=args.resume, overwrite=args.overwrite, restart=args.restart)
@@ -93,12 +97,23 @@ def cmd_plan(args, load_recipe) -> int:
     make_plan, print_plan, to_json = held_imports(
         "compress.plan:make_plan", "compress.plan_words:print_plan", "compress.report:to_json")
     run_dir = _run_dir(args) if args.run_dir else None  # None: run's default, which the refusal says it measured
+    if run_dir is not None:
+        _warn_unwritable(run_dir)
     plan = make_plan(recipe, teacher=args.teacher, teacher_config=args.teacher_config, run_dir=run_dir)
     if args.json:
         print(to_json(plan))
     else:
         print_plan(plan)
     return 0
+
+
+def _warn_unwritable(run_dir: Path) -> None:
+    """plan's warning of a --run-dir that run would refuse as not writable, in run's words (runner_folders)."""
+    from compress.report import warn
+    from compress.runner_folders import unwritable
+
+    if (words := unwritable(run_dir, f"run folder {run_dir}")) is not None:
+        warn(f"{words}; `dit-compress run` would refuse this before it loads the teacher")
 
 
 @imports_held("compress.inspect:inspect_output")
@@ -215,6 +230,41 @@ def _out_of_memory(command: str, e: BaseException) -> UserError | None:
     return OutOfMemory(f"`dit-compress {command}` ran out of {memory}; try {hint}")
 
 
+# what each command writes where the user names it, and the option (or argument) that names it
+WRITTEN = {"importance": ("png", "--png"), "eval": ("grid", "--grid"), "inspect": ("plot", "--plot"),
+           "lora": ("new", "an output folder")}
+
+
+def _cannot_write(args, e: BaseException) -> UserError | None:
+    """The one-line error of a write that failed for want of space, quota, a writable file system or
+    a file-size limit (runner_failures.disk_full_line) in a command other than run (whose Runner says
+    it with what its run folder keeps), naming the file (else what the command was writing) and the
+    option that puts it elsewhere; None for another error, or another command's (convert says its own)."""
+    if args.command not in WRITTEN:
+        return None
+    from compress.runner_failures import DiskFull, disk_full_line, disk_full_words  # (torch: only for an error)
+
+    if disk_full_words(e) is None:
+        return None
+    name, flag = WRITTEN[args.command]
+    given = getattr(args, name, None)
+    named = getattr(e, "filename", None)
+    json = getattr(args, "json", None) if args.command == "importance" else None
+    if json and json != "-" and named and Path(named).absolute() == Path(json).expanduser().absolute():
+        given, flag = json, "--json"
+    if named and not (given and _within(Path(named), Path(given).expanduser())):
+        flag = None  # a file the command writes elsewhere (a cache): no option of its moves it
+    return DiskFull(disk_full_line(e, f"dit-compress {args.command}", Path(named or given or "."), flag))
+
+
+def _within(path: Path, given: Path) -> bool:
+    """Whether `path` is the path `given` or lies inside it, or inside the temp folder it is written as
+    (io_export.atomic_folder's .NAME.tmp-XXXXXXXX beside it)."""
+    path, given = path.absolute(), given.absolute()
+    temp = [p for p in (path, *path.parents) if p.parent == given.parent and p.name.startswith(f".{given.name}.tmp-")]
+    return path == given or given in path.parents or bool(temp)
+
+
 def main(argv: list[str] | None = None) -> int:
     forget_stops()  # the exit status of a stop is that of the signal that stopped this command
     args = build_parser().parse_args(argv)
@@ -226,8 +276,11 @@ def main(argv: list[str] | None = None) -> int:
         _check_paths_there(args)
         try:
             return COMMANDS[args.command](args)
-        except (RuntimeError, MemoryError) as e:
-            error = _out_of_memory(args.command, e)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - re-raised where it is neither
+            memory = _out_of_memory(args.command, e) if isinstance(e, (RuntimeError, MemoryError)) else None
+            error = memory or _cannot_write(args, e)
             if error is None:
                 raise
             raise error from None
@@ -241,6 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `dit-compress inspect OUT --json | head`: the reader has gone
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
         return 0
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG or not e.filename:  # a name or path over the system's limit
+            raise
+        print(f"{_who()}: error: {too_long(e.filename)}", file=sys.stderr)
+        return UserError.exit_code
     except KeyboardInterrupt as e:
         if not _follower():  # what the run folder keeps: rank 0, which writes it, says it
             print(f"dit-compress: interrupted{_rerun_note(args, e)}", file=sys.stderr)

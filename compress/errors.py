@@ -122,3 +122,25 @@ def not_one_of(what: str, value, choices, hint: str = "", forms=()) -> str:
 def must_be_one_of(what: str, choices) -> str:
     """'distill.train must be one of all, factors, non_factors': not_one_of's words, before the value."""
     return f"{what} must be one of {', '.join(map(str, choices))}"
+
+
+NAME_MAX, PATH_MAX = 255, 4096  # Linux's limits, in bytes, of one name and of a whole path
+
+
+def too_long(path) -> str:
+    """What is too long in `path` (an OSError's ENAMETOOLONG): its first name over the file system's
+    NAME_MAX bytes (shown cut, with its length), else the whole path over PATH_MAX; with what to do."""
+    import os
+
+    text = os.fsdecode(path)
+    long = next((n for n in text.split("/") if len(os.fsencode(n)) > NAME_MAX), None)
+    if long is not None:
+        return f"the name {cut_middle(long)} ({len(os.fsencode(long))} bytes) is longer than a file system allows " \
+               f"(at most {NAME_MAX} bytes a name); name a shorter one"
+    return f"the path {cut_middle(text)} ({len(os.fsencode(text))} bytes) is longer than the system allows (at most " \
+           f"{PATH_MAX} bytes a path); name a shorter one"
+
+
+def cut_middle(text: str) -> str:
+    """`text`, its middle left out where it is long: 'aaaa…aaaa'."""
+    return text if len(text) <= 60 else f"{text[:40]}…{text[-16:]}"

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from compress.errors import NumericError, UserError
+from compress.errors import NAME_MAX, NumericError, UserError, cut_middle
 from compress.io import FORMAT, INDEX, WEIGHTS, taken_keys
 from compress.io_tensors import nonfinite
 from compress.lowrank import LowRankLinear
@@ -175,16 +175,22 @@ def check_replaceable(out: Path, overwrite: bool, flag: str = CLI_OVERWRITE) -> 
     only the files an output consists of, `output_part`: the output replaces the folder as a whole,
     so another file there would go with it) or an empty folder, and never the current folder or
     one above it; a UserError saying why otherwise. `flag`: how the caller gives `overwrite`, as the
-    UserError names it (run's --overwrite; a Python caller's overwrite=True, API_OVERWRITE)."""
+    UserError names it (run's --overwrite; a Python caller's overwrite=True, API_OVERWRITE). A name too
+    long for the temp folder beside it (`_temp_name`) is refused too, before the work, not at the export."""
+    check_name_fits(out)
     if not (out.exists() or out.is_symlink()):
         return
     here = Path.cwd().resolve()
     if out.resolve() == here or out.resolve() in here.parents:
         raise UserError(f"output folder {out} is the current folder or one above it, and the output "
                         "replaces its folder as a whole; name a new folder")
-    if out.is_symlink() or not out.is_dir():
-        raise UserError(f"output folder {out} exists and is a {'link' if out.is_symlink() else 'file'}, "
-                        "not a folder; name a new folder")
+    if out.is_symlink():  # (its target, which the output would not replace, named: it may be the one meant)
+        raise UserError(f"output folder {out} exists and is a link (to {os.readlink(out)}), not a folder; name a "
+                        "new folder")
+    if not out.is_dir():
+        raise UserError(f"output folder {out} exists and is a file, not a folder; name a new folder")
+    if os.path.ismount(out):
+        raise UserError(mount_point(out))
     try:
         entries = sorted(out.iterdir())
     except OSError as e:
@@ -200,6 +206,28 @@ def check_replaceable(out: Path, overwrite: bool, flag: str = CLI_OVERWRITE) -> 
                         "folder as a whole; move it out, or name a new folder")
     if not overwrite:
         raise UserError(f"output folder {out} exists; pass {flag} to replace it")
+
+
+def check_name_fits(out: Path) -> None:
+    """The output is written as `.NAME.tmp-XXXXXXXX` beside `out` (`_temp_name`), 14 bytes longer than
+    its NAME, and a name may have NAME_MAX bytes: a longer NAME, legal itself, would fail at the export,
+    after the whole run."""
+    size = len(os.fsencode(out.name))
+    if NAME_MAX - 14 < size <= NAME_MAX:  # longer: the OS's ENAMETOOLONG, said by the cli (errors.too_long)
+        raise UserError(f"output folder {cut_middle(str(out))}: its name has {size} bytes, and the output is written "
+                        f"beside it first as .NAME.tmp-XXXXXXXX, which a file system allows for names of at most "
+                        f"{NAME_MAX - 14} bytes; name a shorter folder")
+
+
+def mount_point(out: Path) -> str:
+    """Why the mount point `out` (a Docker volume, a USB disk) cannot be an output folder: the output is
+    written beside it and renamed onto it, which no mount point takes (EBUSY, after the whole run); a
+    folder inside it can be, where it is writable."""
+    if not os.access(out, os.W_OK):
+        return f"output folder {out} is a mount point that cannot be written (read-only, or not yours); name a " \
+               "folder on a writable disk"
+    return f"output folder {out} is a mount point, which an output cannot replace (it is written beside its " \
+           f"folder, then renamed onto it); name a folder inside it, e.g. {out / 'NAME'}"
 
 
 @contextmanager

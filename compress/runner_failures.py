@@ -55,10 +55,13 @@ class DiskFull(UserError):
     label = "cannot write: "
 
 
+TOO_LARGE = "the file is larger than this file system or the file-size limit allows (FAT32: 4 GiB; ulimit -f)"
 _DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is used up",
-                errno.EROFS: "the file system is read-only"}
+                errno.EROFS: "the file system is read-only", errno.EFBIG: TOO_LARGE}
 _DISK_TEXTS = {"No space left on device": _DISK_ERRNOS[errno.ENOSPC], "os error 28": _DISK_ERRNOS[errno.ENOSPC],
-               "Disk quota exceeded": _DISK_ERRNOS[errno.EDQUOT], "Read-only file system": _DISK_ERRNOS[errno.EROFS]}
+               "Disk quota exceeded": _DISK_ERRNOS[errno.EDQUOT], "os error 122": _DISK_ERRNOS[errno.EDQUOT],
+               "Read-only file system": _DISK_ERRNOS[errno.EROFS], "os error 30": _DISK_ERRNOS[errno.EROFS],
+               "File too large": TOO_LARGE, "os error 27": TOO_LARGE}
 
 
 def disk_full_words(e: BaseException) -> str | None:
@@ -79,13 +82,24 @@ def _disk_full(e: BaseException) -> tuple[str, str | None] | None:
     return next(((words, None) for key, words in _DISK_TEXTS.items() if key in text), None)
 
 
-def disk_full_line(e: BaseException, doing: str, folder: Path, flag: str) -> str:
+def disk_full_line(e: BaseException, doing: str, folder: Path, flag: str | None) -> str:
     """'PATH: no space left on the device, during DOING; free space there, or give FLAG on another
     disk' for a failed write `e` (`disk_full_words`): PATH is the file `e` names, else `folder`, where
     the run was writing (safetensors' "os error 28" names no file); FLAG, the option that moves it."""
     why, path = _disk_full(e)
+    return f"{path or folder}: {why}, during {doing}; {disk_fix(why, flag)}"
+
+
+def disk_fix(why: str, flag: str | None) -> str:
+    """What to do about a failed write `why` (`_DISK_ERRNOS`' words): FLAG names the place elsewhere
+    (run's '--out', a command's 'an output folder'; None: no option moves it)."""
+    if why == TOO_LARGE:  # more space changes nothing
+        return "raise ulimit -f, or use a file system that takes larger files" if flag is None else \
+            f"give {flag} on a file system that takes larger files (not FAT32), or raise ulimit -f"
+    if flag is None:
+        return "make it writable" if "read-only" in why else "free space there"
     fix = "give" if "read-only" in why else "free space there, or give"
-    return f"{path or folder}: {why}, during {doing}; {fix} {flag} on another disk"
+    return f"{fix} {flag} on another disk"
 
 
 HELDOUT = "the teacher's held-out predictions"  # the runner's phase of that name

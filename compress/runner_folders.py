@@ -122,6 +122,19 @@ def check_writable(folder: Path, what: str) -> None:
                 pass
 
 
+def unwritable(folder: Path, what: str) -> str | None:
+    """`check_writable`'s words where `folder` (or the nearest folder above it that is there) cannot be
+    written, found without writing anything (plan's warning: a read-only file system, no permission);
+    None where it looks writable."""
+    there = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if there is None or not there.is_dir():
+        return None  # check_writable says what (a file where a folder is)
+    if os.access(there, os.W_OK | os.X_OK):
+        return None
+    read_only = hasattr(os, "statvfs") and os.statvfs(there).f_flag & getattr(os, "ST_RDONLY", 1)
+    return f"{what}: cannot write in {there}: {'Read-only file system' if read_only else 'Permission denied'}"
+
+
 def check_run_folder(run_dir: Path, now: dict, passes, teacher: dict | None = None, recipe=None,
                      named: tuple[str, str] = FLAG) -> None:
     """A run folder holding an interrupted run's saved work (completed stages, a distill checkpoint)

@@ -12,6 +12,7 @@ a run refused by a later check leaves no folders behind."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shlex
@@ -22,7 +23,7 @@ from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from compress.errors import UserError
+from compress.errors import NAME_MAX, UserError
 
 try:
     import fcntl
@@ -133,8 +134,16 @@ def _output_refusal(out: Path):
 
 
 def _output_lock(out: Path) -> Path:
-    """The lock file of the output folder `out`: beside it, never inside (the export replaces the folder)."""
-    return out.parent / f".{out.name}{LOCK}"
+    """The lock file of the output folder `out`: beside it, never inside (the export replaces the folder).
+    Where .NAME.dit-compress.lock would be longer than a name may be (NAME_MAX bytes: a 245-character
+    NAME is legal, its lock's name not), NAME is cut to fit and a hash of the whole NAME added."""
+    name = f".{out.name}{LOCK}"
+    if len(os.fsencode(name)) <= NAME_MAX:
+        return out.parent / name
+    digest = hashlib.sha256(os.fsencode(out.name)).hexdigest()[:16]
+    room = NAME_MAX - len(f"..-{digest}{LOCK}")
+    cut = os.fsencode(out.name)[:room].decode("utf-8", errors="ignore")  # whole characters only
+    return out.parent / f".{cut}.-{digest}{LOCK}"
 
 
 @contextmanager

@@ -410,3 +410,38 @@ def test_weights_rounded_to_the_export_are_those_the_output_holds(tmp_path):
         model.proj_out.weight[0, 0] = 1e6
     with pytest.raises(NumericError, match="export: proj_out.weight holds values up to 1e\\+06, beyond the range of float16"):
         round_to_export(model, torch.float16)
+
+
+@pytest.mark.parametrize("writable, said", [
+    (True, "output folder {out} is a mount point, which an output cannot replace (it is written beside its folder, "
+           "then renamed onto it); name a folder inside it, e.g. {out}/NAME"),
+    (False, "output folder {out} is a mount point that cannot be written (read-only, or not yours); name a folder "
+            "on a writable disk"),
+])
+@pytest.mark.parametrize("held", ["empty", "output"])
+def test_a_mount_point_as_the_output_is_refused_before_any_work(tmp_path, monkeypatch, capsys, writable, said, held):
+    """An empty mount point as --out (a Docker volume) was refused 'exists; pass --overwrite'; with
+    --overwrite the run ran every pass, then the rename onto it failed: a traceback 'OSError: [Errno 16]
+    Device or resource busy' (io_export.exchange), the temp output written on the parent's disk. Now
+    refused before the teacher loads, leading where it works: a folder inside it, where writable."""
+    from compress.cli import main
+    from tests.runner_helpers import pixart_runner
+
+    _, _, loads = pixart_runner(tmp_path, monkeypatch)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if held == "output":
+        save_compressed(tiny_pixart(), mnt / "o")
+        for f in (mnt / "o").iterdir():
+            f.rename(mnt / f.name)
+        (mnt / "o").rmdir()
+    real_mount, real_access = os.path.ismount, os.access
+    monkeypatch.setattr(os.path, "ismount", lambda p: str(p) == str(mnt) or real_mount(p))
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: (writable if str(p) == str(mnt) and mode == os.W_OK
+                                                             else real_access(p, mode, **kw)))
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(mnt), "--run-dir", str(tmp_path / "run")]
+    for extra in ([], ["--overwrite"]):
+        capsys.readouterr()
+        assert main(argv + extra) == 2
+        assert capsys.readouterr().err == f"dit-compress: error: {said.format(out=mnt)}\n"
+    assert loads == [] and not [p for p in tmp_path.iterdir() if p.name.startswith(".mnt.")]

@@ -237,15 +237,18 @@ def write_atomically(path, write) -> Path:
     then renamed onto `path`, as the run's other files are written: an interrupt (Ctrl-C) or an error
     mid-write leaves the old file, or none, never a cut-off one under the final name. A `path` that
     is a symlink is written at its target (the temp file beside the target, one filesystem for the
-    rename), so the link stays a link."""
+    rename), so the link stays a link. A failed write's OSError names `path` (not the temp file, which
+    is gone; PIL's names none), as the one-line errors of a full disk say it (runner_failures)."""
     path = Path(path)
     target = path.resolve()  # a link's file, wherever it is; `path` itself when no link
     tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")
     try:
         write(tmp)
         tmp.replace(target)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename in (None, str(tmp)):
+            e.filename, e.filename2 = str(path), None
         raise
     return path
 
