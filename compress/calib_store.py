@@ -51,17 +51,18 @@ def load(path: Path, **kwargs):
 def save(item, path: Path, atomic: bool = True) -> None:
     """torch.save `item` to `path`, through PATH.tmp renamed on success where `atomic` (an interrupted
     write leaves no half file). A failed write removes what it wrote; where the disk is full after it,
-    the error is an OSError(ENOSPC) naming `path`: torch's zip writer says only "unexpected pos" or
+    or the file reached the file-size limit, the error is an OSError(ENOSPC, EFBIG: `write_stopped`)
+    naming `path`: torch's zip writer says only "unexpected pos" or
     "iostream error", which would otherwise be a traceback (runner_failures.disk_full_words). Its
     folder gone meanwhile (before the write or before the rename): `Vanished` naming it."""
     written = path.with_suffix(".tmp") if atomic else path
     try:
         torch.save(item, written)
     except BaseException as e:
-        full = isinstance(e, RuntimeError) and disk_is_full(written.parent)  # before the unlink frees it
+        stopped = write_stopped(written.parent, [written]) if isinstance(e, RuntimeError) else None  # before the unlink
         written.unlink(missing_ok=True)
-        if full:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+        if stopped is not None:
+            raise OSError(stopped, os.strerror(stopped), str(path)) from e
         if isinstance(e, (RuntimeError, OSError)) and not written.parent.is_dir():
             raise vanished(written.parent, "folder") from None
         raise
@@ -70,6 +71,29 @@ def save(item, path: Path, atomic: bool = True) -> None:
             written.replace(path)
         except FileNotFoundError:
             raise (vanished(written) if written.parent.is_dir() else vanished(written.parent, "folder")) from None
+
+
+def write_stopped(folder: Path, written=()) -> int | None:
+    """Why a write into `folder` failed where the writer does not say it (torch's zip writer: "unexpected
+    pos"): ENOSPC where the disk is full (`disk_is_full`), EFBIG where a file of `written` reached the
+    file-size limit (ulimit -f: `file_size_limit`); None otherwise. Asked before the half files go."""
+    if disk_is_full(folder):
+        return errno.ENOSPC
+    limit = file_size_limit()
+    if limit is not None and any(p.is_file() and p.stat().st_size >= limit for p in written):
+        return errno.EFBIG
+    return None
+
+
+def file_size_limit() -> int | None:
+    """The largest file this process may write, in bytes (RLIMIT_FSIZE, `ulimit -f`); None where unlimited
+    or unknown (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def disk_is_full(folder: Path) -> bool:

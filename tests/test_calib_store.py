@@ -99,6 +99,24 @@ def test_a_save_on_a_full_disk_is_an_enospc_naming_the_file_and_leaves_nothing(t
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("limit", [100, 101])
+def test_a_save_that_reaches_the_file_size_limit_is_an_efbig_naming_the_file(tmp_path, monkeypatch, limit):
+    """ulimit -f (RLIMIT_FSIZE): torch's zip writer says 'unexpected pos' as on a full disk, but with room
+    on the disk that stayed a traceback; now an OSError(EFBIG) naming the file (the run's one-line
+    'the file is larger than ... the file-size limit allows'), where the half file reached the limit."""
+    import errno
+
+    from compress import calib_store
+
+    _half_written(monkeypatch, free=1 << 30)  # 100 bytes written
+    monkeypatch.setattr(calib_store, "file_size_limit", lambda: limit)
+    with pytest.raises(OSError if limit == 100 else RuntimeError) as e:
+        calib_store.save({"a": torch.ones(3)}, tmp_path / "blocks-x.pt")
+    if limit == 100:
+        assert e.value.errno == errno.EFBIG and e.value.filename == str(tmp_path / "blocks-x.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_failed_save_with_room_on_the_disk_keeps_its_own_error(tmp_path, monkeypatch):
     """Another failure of torch.save (the disk not full) is not said to be a full disk."""
     from compress.calib_store import Spilled, save

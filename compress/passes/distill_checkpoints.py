@@ -1,11 +1,10 @@
 """The checkpoints of the `distill` pass's training loop (`Checkpoints`, which
 `compress.passes.distill_trainer._Trainer` builds on): what the training depends on and its fingerprint,
-writing a checkpoint (whole or not at all; a full disk said as ENOSPC), and loading the newest one that
+writing a checkpoint (whole or not at all; a full disk said as ENOSPC, a file-size limit as EFBIG), and loading the newest one that
 reads whole where a run resumes (whether its settings allow that: `compress.passes.distill_resume`)."""
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from compress.calib_store import disk_is_full
+from compress.calib_store import write_stopped
 from compress.distill_utils import write_curves
 from compress.errors import UserError
 from compress.passes.distill_resume import (DISCARDED, KEPT_ASIDE, NOT_FINGERPRINTED, ONCE_FINGERPRINTED,
@@ -82,11 +81,12 @@ class Checkpoints:
                         "before": self.before, "seconds": self.seconds_before + time.perf_counter() - self.t0,
                         "resumed": self.resumed},
                        tmp / f"train_state_{acc.process_index}.pt")
-        except RuntimeError as e:  # torch's zip writer on a full disk: "unexpected pos", not ENOSPC
-            if not disk_is_full(tmp):
+        except RuntimeError as e:  # torch's zip writer on a full disk or at ulimit -f: "unexpected pos"
+            stopped = write_stopped(tmp, list(tmp.rglob("*")))
+            if stopped is None:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp)) from e
+            raise OSError(stopped, os.strerror(stopped), str(tmp)) from e
         acc.wait_for_everyone()
         if acc.is_main_process:
             (tmp / "meta.json").write_text(json.dumps({"fingerprint": self._fingerprint(), "step": self.step,

@@ -25,13 +25,14 @@ HERE = Path(__file__).parent
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("full", [True, False], ids=["disk full", "room left"])
+@pytest.mark.parametrize("full", [True, "size limit", False], ids=["disk full", "size limit", "room left"])
 def test_a_checkpoint_on_a_full_disk_is_enospc_naming_it_and_leaves_no_half_checkpoint(tmp_path, monkeypatch, full):
     """torch's zip writer says 'unexpected pos' when the disk fills: a traceback, where the run's one-line
-    disk-full error reads ENOSPC. With room left the error is not called a full disk."""
+    disk-full error reads ENOSPC. With room left the error is not called a full disk. A file that reached
+    the file-size limit (ulimit -f: its 4 bytes here) was a traceback too: EFBIG."""
     import errno
 
-    from compress.passes import distill_checkpoints
+    from compress import calib_store
 
     def cut_short(obj, f, *args, **kwargs):
         Path(f).write_bytes(b"half")
@@ -40,12 +41,13 @@ def test_a_checkpoint_on_a_full_disk_is_enospc_naming_it_and_leaves_no_half_chec
     teacher = tiny_pixart()
     student = factorize(copy.deepcopy(teacher))
     monkeypatch.setattr(torch, "save", cut_short)
-    monkeypatch.setattr(distill_checkpoints, "disk_is_full", lambda folder: full)
+    monkeypatch.setattr(calib_store, "disk_is_full", lambda folder: full is True)
+    monkeypatch.setattr(calib_store, "file_size_limit", lambda: 4 if full == "size limit" else None)
     with pytest.raises(OSError if full else RuntimeError) as caught:
         distill(student, teacher, tmp_path, steps=2, checkpoint_every=1)
     checkpoints = tmp_path / "distill" / "checkpoints"
     if full:
-        assert caught.value.errno == errno.ENOSPC
+        assert caught.value.errno == (errno.ENOSPC if full is True else errno.EFBIG)
         assert caught.value.filename == str(checkpoints / "tmp-step-00000001")
         assert list(checkpoints.iterdir()) == []
     else:
