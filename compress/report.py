@@ -276,7 +276,7 @@ def output_dir(path, what: str) -> Path:
     """A folder a command will write into, made (with its parents) before the work."""
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():  # mkdir's words: 'cannot make the folder P (File exists)'
-        raise UserError(f"{what} {path} is a file, not a folder; name a folder")
+        raise UserError(f"{what}: cannot make the folder {p}: a file of that name is there")
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:

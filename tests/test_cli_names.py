@@ -102,7 +102,7 @@ def test_inspect_plot_into_a_file_says_it_is_a_file(tmp_path, capsys):
     (tmp_path / "afile.txt").write_text("x")
     with pytest.raises(UserError) as e:
         output_dir(tmp_path / "afile.txt", "--plot")
-    assert str(e.value) == f"--plot {tmp_path / 'afile.txt'} is a file, not a folder; name a folder"
+    assert str(e.value) == f"--plot: cannot make the folder {tmp_path / 'afile.txt'}: a file of that name is there"
 
 
 def test_an_output_inside_the_teacher_through_a_link_is_refused_before_any_lock_is_made(pixart, capsys, monkeypatch):
