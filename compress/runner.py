@@ -12,6 +12,7 @@ from pathlib import Path
 
 import compress
 from compress.errors import NumericError, UserError
+from compress.interrupts import interrupts_held
 from compress.io_export import CLI_OVERWRITE
 from compress.io_source import check_teacher_options
 from compress.recipe_teacher_config import config_by, teacher_config_of
@@ -331,7 +332,9 @@ class Runner:
         out = self.models.save(student, self.out, dtype=DTYPES[self.recipe.export.dtype],
                                extra=extra, files=output_files(self, student, report), overwrite=self.overwrite,
                                overwrite_flag=CLI_OVERWRITE)
-        self.written = out  # complete, in place
-        # the run's result, on stdout (`run ... > log` keeps it); its progress and notes are on stderr
-        results.print(f"[bold green]wrote[/] {out}  ({wrote_words(report, self.source)})")
+        line = f"[bold green]wrote[/] {out}  ({wrote_words(report, self.source)})"
+        with interrupts_held():  # a Ctrl-C (SIGTERM) from here is raised once the line is said: said once
+            self.written = out  # complete, in place
+            # the run's result, on stdout (`run ... > log` keeps it); its progress and notes are on stderr
+            results.print(line)
         return out

@@ -100,7 +100,7 @@ def _restored(runner):
     saved, k, skipped = getattr(runner, "resumes_from", None) or resumable(runner)
     pending = _finishable(runner, saved)
     if pending is not None:
-        return _finish(runner, *pending)
+        return _cleared(runner, *_finish(runner, *pending))
     if is_main_process():  # the files it names may be spilled over from now on
         discard(runner.run_dir)
     if k is None:
@@ -124,7 +124,25 @@ def _restored(runner):
     runner.student_stage = d
     student = runner.models.restore(d)
     _finish_adopting(runner, k, student, d)
-    return k + 1, student
+    return _cleared(runner, k + 1, student)
+
+
+def _cleared(runner, start: int, student):
+    """(start, student), once the training checkpoints of the distill passes before `start` (kept) are
+    removed, with those set aside and an older swap's (as DistillPass.stage_saved removes them once the
+    pass's stage is saved): a run stopped (or killed) between that save and that removal left them, several
+    times the model, and no later step would remove them. One line names what went."""
+    if not is_main_process():
+        return start, student
+    names = [s.name for s in runner.recipe.passes]
+    distills = [i for i, name in enumerate(names) if name == "distill"]  # the n-th's folder: distill_trainer's
+    for n, i in enumerate(distills[:sum(i < start for i in distills)], 1):
+        removed = remove_checkpoints(runner.run_dir / ("distill" if n == 1 else f"distill-{n}"))
+        if removed:
+            console.print(f"  removed {escape(' and '.join(map(str, removed)))}: the training checkpoints of pass "
+                          f"{i + 1}/{len(names)} (distill, kept), whose saved stage holds the trained student",
+                          highlight=False)
+    return start, student
 
 
 def resuming_words(done: int, names: list[str], written: bool) -> str:

@@ -229,6 +229,31 @@ def test_a_ctrl_c_once_the_output_is_written_stops_nothing(tmp_path, monkeypatch
     assert not (tmp_path / "run" / runner_lock.LOCK).exists() and not (tmp_path / f".out{runner_lock.LOCK}").exists()
 
 
+def test_a_ctrl_c_as_the_output_is_said_written_still_says_it_once(tmp_path, monkeypatch, capsys):
+    """A Ctrl-C just after the output's rename, before 'wrote OUT (...)' was printed: status 0 and the
+    note on stderr, but stdout empty (the run's result lost: T1, 1 of 2 tries). Now the line is said
+    exactly once, then the note."""
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    import compress.runner as runner_module
+    from tests.runner_helpers import pixart_runner
+
+    pixart_runner(tmp_path, monkeypatch)
+    out = tmp_path / "out"
+    real = runner_module.results.print
+
+    def stopped_then_print(*args, **kw):
+        os.kill(os.getpid(), signal.SIGINT)  # the Ctrl-C lands as the line is about to be printed
+        real(*args, **kw)
+    monkeypatch.setattr(runner_module, "results", SimpleNamespace(print=stopped_then_print))
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(out), "--run-dir", str(tmp_path / "run")]) == 0
+    said = capsys.readouterr()
+    assert said.out.startswith(f"wrote {out}") and said.out.count("wrote ") == 1
+    assert said.err.splitlines()[-1] == f"note: interrupted after the output was written: {out} is complete"
+
+
 def _cli_run(tmp_path, monkeypatch, capsys) -> list[str]:
     """`run` of the tiny PixArt recipe (runner_helpers.pixart_runner) that exits 1: its stderr lines."""
     from tests.runner_helpers import pixart_runner

@@ -67,3 +67,66 @@ def test_a_resume_after_a_stop_during_the_export_writes_the_output_not_again(tmp
     assert (tmp_path / "out" / "config.json").is_file()
     # a finished run resumed: its output was written, and is written again
     assert resumed() == ["all 2 passes were done (remove_blocks, svd): writing the output again"]
+
+
+DISTILL = "  - distill: {steps: 2, warmup_steps: 0, batch_size: 2, checkpoint_every: 1, progress: false}\n"
+
+
+def test_a_resume_that_keeps_a_distill_stage_removes_the_checkpoints_a_stop_left(pixart, monkeypatch, capsys):
+    """A run stopped once its distill pass's stage was saved, before DistillPass.stage_saved removed the
+    training checkpoints (T1: kill -9 as RUN/stages/2-distill appeared): --resume kept the stage, measured
+    its error and wrote the output, but RUN/distill/checkpoints (model and optimizer state, several times the
+    model) stayed for good, said nowhere. Now that --resume removes them, with those set aside (as the
+    saved stage would have), in one line."""
+    from compress.passes.distill import DistillPass
+    from compress.recipe import parse_recipe
+
+    tmp_path, _, _ = pixart
+    text = (tmp_path / "r.yaml").read_text() + DISTILL
+
+    def runner(**kw):
+        return Runner(parse_recipe(text, str(tmp_path / "r.yaml")), tmp_path / "out", tmp_path / "run", **kw)
+
+    def stop(self):
+        raise KeyboardInterrupt("simulated stop once the stage was saved")
+    with monkeypatch.context() as m:
+        m.setattr(DistillPass, "stage_saved", stop)
+        with pytest.raises(KeyboardInterrupt):
+            runner().run()
+    folder = tmp_path / "run" / "distill"
+    assert any((folder / "checkpoints").glob("step-*")) and (tmp_path / "run" / "stages" / "2-distill").is_dir()
+    (folder / "checkpoints.discarded" / ("a" * 16)).mkdir(parents=True)  # a set --resume had set aside
+    capsys.readouterr()
+    runner(resume=True).run()
+    said = capsys.readouterr()
+    said = (said.out + said.err).replace("\n", " ")
+    assert "pass 3/3 (distill, kept) was stopped during its held-out check: measuring it now" in said
+    assert (f"removed {folder / 'checkpoints'} and {folder / 'checkpoints.discarded'}: the training checkpoints "
+            f"of pass 3/3 (distill, kept), whose saved stage holds the trained student") in said
+    assert (tmp_path / "out" / "config.json").is_file()
+    assert not [p.name for p in folder.iterdir() if p.name.startswith("checkpoints")]
+
+
+def test_a_ctrl_c_as_the_checkpoints_are_removed_is_held_until_all_are_gone(tmp_path, monkeypatch):
+    """A Ctrl-C landing in DistillPass.stage_saved's removal left a half-removed set (T1: a step-N holding
+    only scheduler.bin); now it is raised once all are removed."""
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    import compress.passes.distill_checkpoints as distill_checkpoints
+    from compress.passes.distill import DistillPass
+
+    folder = tmp_path / "distill"
+    for name in ("checkpoints/step-00000002", "checkpoints.discarded/" + "a" * 16 + "/step-00000001"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "scheduler.bin").write_bytes(b"0")
+    real = distill_checkpoints.shutil.rmtree
+
+    def removed_then_stopped(path, **kw):
+        real(path, **kw)
+        os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C after the first folder went
+    monkeypatch.setattr(distill_checkpoints.shutil, "rmtree", removed_then_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        DistillPass.stage_saved(SimpleNamespace(dir=folder))
+    assert list(folder.iterdir()) == []

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from compress.calib_store import write_stopped
 from compress.distill_utils import write_curves
 from compress.errors import UserError
+from compress.interrupts import interrupts_held
 from compress.passes.distill_resume import (DISCARDED, KEPT_ASIDE, NOT_FINGERPRINTED, ONCE_FINGERPRINTED,
                                             calibration_settings, from_its_start, newest_meta, of_other_keys,
                                             older_defaults, setting_changes)
@@ -318,13 +319,17 @@ def distill_folders(run_dir: Path) -> list[Path]:
     return sorted(d for d in Path(run_dir).glob("distill*") if d.is_dir())
 
 
-def remove_checkpoints(folder: Path) -> None:
+def remove_checkpoints(folder: Path) -> list[Path]:
     """A distill pass's `folder` (RUN/distill) without its checkpoints, those set aside, or what a swap an
-    older dit-compress stopped left (ROOT.swapping*)."""
-    for name in ("checkpoints", DISCARDED):
-        shutil.rmtree(folder / name, ignore_errors=True)
-    for between in folder.glob("checkpoints.swapping*"):
-        shutil.rmtree(between, ignore_errors=True)
+    older dit-compress stopped left (ROOT.swapping*); the folders removed, returned. A Ctrl-C (SIGTERM) is
+    held until all are gone (a half-removed step-N left a checkpoint no resume could read); a kill
+    leaves the rest to the next --resume that keeps the pass's stage (runner_stages._cleared)."""
+    found = [d for d in (folder / "checkpoints", folder / DISCARDED, *sorted(folder.glob("checkpoints.swapping*")))
+             if d.exists()]
+    with interrupts_held():  # (seconds: the files of a few checkpoints)
+        for d in found:
+            shutil.rmtree(d, ignore_errors=True)
+    return found
 
 
 def _why(e: BaseException) -> str:
