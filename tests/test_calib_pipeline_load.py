@@ -90,7 +90,7 @@ def test_the_pipeline_loads_before_the_sampling_bar_starts(tmp_path, monkeypatch
     source = PipelineSource.__new__(PipelineSource)  # no checks of a real pipeline: only _run's order
     source.calib, source.pipeline, source._pipe, source.size = calib, "acme/pix", None, {}
     source.teacher = type("Teacher", (), {"dtype": torch.float32})()
-    source.cache_dir = tmp_path / "inputs"
+    source.cache_dir, source.read_only = tmp_path / "inputs", False
     monkeypatch.setattr(PipelineSource, "guidance", lambda self: 1.0)
     source._run(["a", "b"], 0)
     assert events == ["load", "bar"]
