@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from safetensors import SafetensorError as SafetensorsError
+from safetensors import SafetensorError
 
 from compress.errors import UserError
 from compress.io import WEIGHTS, variant_weights, weights_variant
@@ -175,7 +175,7 @@ def check_safetensors_dir(path: Path) -> None:
 
             with safe_open(str(f), "pt") as h:
                 h.keys()
-        except (SafetensorsError, OSError, ValueError) as e:
+        except (SafetensorError, OSError, ValueError) as e:
             raise unreadable(f, e) from None
 
 

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError as SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from compress.errors import UserError
@@ -82,7 +82,7 @@ def read_state_dict(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
-        except (SafetensorsError, OSError, ValueError) as e:
+        except (SafetensorError, OSError, ValueError) as e:
             raise unreadable(path, e) from None
     try:
         sd = _torch_load(path, mmap)
