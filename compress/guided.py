@@ -71,3 +71,43 @@ def relative_distance(student: Iterable[torch.Tensor], teacher: list[torch.Tenso
     num = sum((s.double() - t.double()).pow(2).sum().item() for s, t in zip(student, teacher))
     den = sum(t.double().pow(2).sum().item() for t in teacher)
     return (num / max(den, 1e-300)) ** 0.5
+
+
+@dataclass(frozen=True)
+class CalibrationGuidance:
+    """How each calibration batch's prediction becomes the guided one (svd.objective: guided): `scale`
+    the source's guidance scale, `pairs` per calibration batch its (empty prompt's rows, prompt's rows)."""
+
+    scale: float
+    pairs: list[tuple[torch.Tensor, torch.Tensor]]
+
+    def of(self, pred: torch.Tensor, b: int) -> torch.Tensor:
+        """The guided prediction (B/2, ...) of batch `b`'s prediction `pred` (B, ...)."""
+        uncond, cond = self.pairs[b]
+        return guided(pred[uncond.to(pred.device)], pred[cond.to(pred.device)], self.scale)
+
+    def shared(self, x: torch.Tensor, b: int) -> bool:
+        """Whether a layer's input `x` (B, ..., in) on batch `b` is the same in both rows of every pair (a
+        modulation linear on the timestep alone, a first block's self-attention): its error d is then one for
+        the pair, reaching the guided prediction as ((1 − s) J_u + s J_c) d, so the pair is one row of its
+        output Fisher (the rows' gradients summed), not two."""
+        uncond, cond = self.pairs[b]
+        return x.shape[0] == 2 * len(uncond) and torch.equal(x[uncond.to(x.device)], x[cond.to(x.device)])
+
+
+def calibration_pairs(batch: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(empty prompt's rows, prompt's rows) of a calibration batch whose rows are inputs' two CFG branches,
+    each input's two rows the only ones with its noisy latents and timestep, the empty prompt's first (the
+    toy source's interleaved rows, inputs.interleave_branches; a pipeline's records [empty × k; prompt × k]);
+    None where some input has not exactly two rows."""
+    latents, steps = batch["hidden_states"], batch.get("timestep")
+    groups: dict[bytes, list[int]] = {}
+    for row in range(latents.shape[0]):
+        key = latents[row].detach().double().cpu().numpy().tobytes()  # bf16 has no numpy type
+        if torch.is_tensor(steps) and steps.dim() > 0:
+            key += steps[row].detach().double().cpu().numpy().tobytes()
+        groups.setdefault(key, []).append(row)
+    if not groups or any(len(rows) != 2 for rows in groups.values()):
+        return None
+    firsts = sorted(groups.values())
+    return torch.tensor([r[0] for r in firsts]), torch.tensor([r[1] for r in firsts])

@@ -20,9 +20,12 @@ KEPT_FISHERS = ("all", "modulation")  # svd.fisher settings whose output Fishers
 def fisher_folder(config) -> str | None:
     """The folder of an svd pass's stats cache that holds the output Fishers it measures (`config`: its
     SVDConfig), kept there while the pass is unfinished (deleted once it finishes): fisher-<N>probes, N
-    its fisher_probes (an estimate of other probes is another); None where it keeps none there
-    (fisher: block or none)."""
-    return f"fisher-{config.fisher_probes}probes" if config.fisher in KEPT_FISHERS else None
+    its fisher_probes (an estimate of other probes is another), fisher-guided-<N>probes where they are the
+    guided prediction's (svd.objective); None where it keeps none there (fisher: block or none)."""
+    from compress.passes.svd_objective import PARTS
+
+    guided = "guided-" if "fisher" in PARTS[getattr(config, "objective", "branches")] else ""
+    return f"fisher-{guided}{config.fisher_probes}probes" if config.fisher in KEPT_FISHERS else None
 
 
 def saved_in_words(info: dict) -> str:

@@ -4,7 +4,8 @@ joined in one batch, and the relative distance of guided predictions."""
 import pytest
 import torch
 
-from compress.guided import HeldOutGuidance, branch_pairs, guided, guided_predictions, relative_distance, same_inputs
+from compress.guided import (CalibrationGuidance, HeldOutGuidance, branch_pairs, calibration_pairs, guided,
+                             guided_predictions, relative_distance, same_inputs)
 
 
 def test_guided_is_the_pipelines_combination():
@@ -52,3 +53,41 @@ def test_relative_distance_over_all_batches():
     student = [torch.tensor([3.0, 1.0]), torch.tensor([[0.0, 4.0]])]
     assert relative_distance(student, teacher) == pytest.approx(1 / 5)
     assert relative_distance(teacher, teacher) == 0.0
+
+
+def _two_branches(inputs: int = 3, seed: int = 0) -> dict:
+    """A toy calibration batch's layout (inputs.interleave_branches): empty prompt, prompt, empty prompt, …"""
+    g = torch.Generator().manual_seed(seed)
+    latents, t = torch.randn(inputs, 4, 2, 2, generator=g), torch.arange(inputs) * 100
+    text = torch.randn(inputs, 5, 8, generator=g)
+    rows = torch.arange(inputs).repeat_interleave(2)  # (2n,)
+    empty = torch.zeros(2 * inputs, 1, 1, dtype=torch.bool)
+    empty[0::2] = True
+    return {"hidden_states": latents[rows], "timestep": t[rows],
+            "encoder_hidden_states": torch.where(empty, torch.zeros(()), text[rows])}
+
+
+def test_calibration_pairs_find_each_inputs_two_branches_the_empty_prompts_first():
+    """Interleaved (the toy source's) and [empty × k; prompt × k] (a pipeline record's) rows are paired; a
+    batch where some input has one row, or three, has no pairs."""
+    batch = _two_branches()
+    uncond, cond = calibration_pairs(batch)
+    assert uncond.tolist() == [0, 2, 4] and cond.tolist() == [1, 3, 5]
+    record = {k: torch.cat([v[0::2], v[1::2]]) for k, v in batch.items()}
+    uncond, cond = calibration_pairs(record)
+    assert uncond.tolist() == [0, 1, 2] and cond.tolist() == [3, 4, 5]
+    assert calibration_pairs({k: v[:5] for k, v in batch.items()}) is None  # input 2's prompt row cut off
+    assert calibration_pairs({k: torch.cat([v, v[:1]]) for k, v in batch.items()}) is None  # input 0 thrice
+    same_latents = dict(batch, timestep=torch.arange(6))  # one latent, but another timestep per row
+    assert calibration_pairs(same_latents) is None
+
+
+def test_calibration_guidance_guides_each_batchs_pairs_and_finds_the_layers_whose_input_a_pair_shares():
+    batch = _two_branches()
+    guide = CalibrationGuidance(3.0, [calibration_pairs(batch)])
+    pred = torch.randn(6, 2)
+    torch.testing.assert_close(guide.of(pred, 0), pred[0::2] + 3.0 * (pred[1::2] - pred[0::2]))
+    timestep_only = batch["timestep"].float()[:, None].repeat(1, 4)  # (6, 4): the same in each pair
+    text = batch["encoder_hidden_states"]  # (6, 5, 8): the empty prompt's and the prompt's
+    assert guide.shared(timestep_only, 0) and not guide.shared(text, 0)
+    assert not guide.shared(timestep_only[:4], 0)  # not this batch's rows

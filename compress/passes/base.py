@@ -30,19 +30,22 @@ def predictions(model: nn.Module, adapter: Adapter, batches: list[dict]) -> list
 
 @torch.no_grad()
 def relative_error(student: nn.Module, reference: list[torch.Tensor], adapter: Adapter,
-                   batches: list[dict], prefix: Prefix | None = None, kept: list | None = None) -> float:
+                   batches: list[dict], prefix: Prefix | None = None, kept: list | None = None,
+                   guide=None) -> float:
     """||student - teacher|| / ||teacher|| of the final prediction over the batches (guided.relative_distance,
     one batch's prediction at a time), against the teacher's `predictions` on them (computed once). prefix: a
     `replay.Prefix` over these batches (the forwards then run only its blocks from `start` on). kept: a list
-    each batch's prediction (float64) is appended to (the held-out guided error's, runner_heldout)."""
+    each batch's prediction (float64) is appended to (the held-out guided error's, runner_heldout). guide: a
+    guided.CalibrationGuidance: the error of the batches' guided predictions instead."""
     def predicted():
         for b, (kw, _) in enumerate(zip(batches, reference)):  # pairs only: no forward past the reference
             with replaying(prefix, b):
                 s = adapter.predict(student, kw).double()
             if kept is not None:
                 kept.append(s)
-            yield s
-    return relative_distance(predicted(), reference)
+            yield s if guide is None else guide.of(s, b)
+    target = reference if guide is None else [guide.of(t, b) for b, t in enumerate(reference)]
+    return relative_distance(predicted(), target)
 
 
 @dataclass

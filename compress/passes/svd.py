@@ -61,6 +61,7 @@ from compress.passes.svd_decisions import (NOT_FITTED, calibrates_sequentially, 
 from compress.passes.svd_fisher import Roots, checkpointed
 from compress.passes.svd_fisher_budget import fisher_budget, fisher_plan
 from compress.passes.svd_fisher_measure import FisherMeasurement
+from compress.passes.svd_objective import calibration_guidance, guide_for
 from compress.passes.svd_global import GlobalAllocation
 from compress.passes.svd_layer import replace_linear
 from compress.passes.svd_notes import (allocated_note, dense_ranks_note, floored_note, no_saving_rank_note,
@@ -210,6 +211,8 @@ class SVDPass(GlobalAllocation, FisherMeasurement, Pass):
         self.roots = Roots(fishers, c.fisher_damping, self.budget, reuse=reusable,  # one block's pairs held
                            groups={i.name: (i.group, i.block) for i in targets},
                            revisit=c.allocation == "global" and c.fisher != "block")  # global walks twice
+        self.guide = calibration_guidance(c.objective, ctx.heldout_guidance, batches,  # None: each row's own
+                                          getattr(ctx.calibration, "guidance_scale", None))
         compensation: dict = {}
         finished = False
         try:
@@ -291,6 +294,10 @@ class SVDPass(GlobalAllocation, FisherMeasurement, Pass):
             return centered_asymmetric_step(weight, stats.gram, stats.cross, stats.total, stats.ref_total,
                                             stats.rows, damping, name=info.name)
         return asymmetric_step(weight, stats.gram, stats.cross, damping, name=info.name), None
+
+    def guide_for(self, part: str):
+        """The calibration guidance `part` ("fisher", "compensation") weighs errors by (svd_objective), or None."""
+        return guide_for(self.config.objective, getattr(self, "guide", None), part)
 
     def _compensation_roots(self, targets: list[LinearInfo]) -> Roots:
         """name -> (L, L⁻¹) of the targets compensation applies to: whitened, with an output Fisher

@@ -77,7 +77,8 @@ GRAM_DAMPING = 1e-2  # ridge on G, relative to its mean eigenvalue (1e-3 … 1e-
 
 def newton_steps(model: nn.Module, adapter, batches: list[dict], refs: list[torch.Tensor],
                  pairs: list[tuple[LinearInfo, Stats]], roots: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
-                 probes: int, share: float = 1.0, prefix: Prefix | None = None) -> dict[str, torch.Tensor]:
+                 probes: int, share: float = 1.0, prefix: Prefix | None = None,
+                 guide=None) -> dict[str, torch.Tensor]:
     """name -> Δ (out, in) for the targets that have an output Fisher (`roots`, a dict or
     svd_fisher.Roots: name -> (L, L⁻¹), L² = F + λI with F summed over `probes` probes and every
     calibration row) and an input Gram.
@@ -87,7 +88,7 @@ def newton_steps(model: nn.Module, adapter, batches: list[dict], refs: list[torc
     eligible = [(info, stats) for info, stats in pairs if info.name in roots]
     if not eligible:
         return {}
-    grads = prediction_gradients(model, adapter, batches, refs, [i.name for i, _ in eligible], prefix)
+    grads = prediction_gradients(model, adapter, batches, refs, [i.name for i, _ in eligible], prefix, guide)
     steps = {}
     for info, stats in eligible:
         moment, rows = grads[info.name]  # (out, in) on the model's device

@@ -56,6 +56,10 @@ class SVDConfig:
     # (one re-run of the block per level of stats keys, in forward order; svd_walk.in_order): true | false |
     # auto (where block targets are fitted asymmetrically: there it measured 0.85-0.96x the error)
     sequential: bool | str = "auto"
+    # the prediction the output Fisher and compensation weigh errors by: each calibration row's own (branches:
+    # the prompt's and the empty prompt's), or the guided one of each row pair, u + s·(c − u), s the source's
+    # guidance scale (guided; guided_fisher / guided_compensation: that part alone)
+    objective: str = "branches"
     progress: bool = True
     CHOICES = CHOICES  # the string keys' choices (svd_values): refused at recipe load naming them
 

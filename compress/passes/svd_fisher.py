@@ -97,9 +97,10 @@ def checkpointed(model: nn.Module, on: bool = True):
 
 
 @contextlib.contextmanager
-def tapped(model: nn.Module, names: list[str], keep_inputs: bool = False):
+def tapped(model: nn.Module, names: list[str], keep_inputs=False):
     """Forward hooks on the named linears for the duration: yields (inputs, outputs), name -> the
-    layer's last input (detached; only with `keep_inputs`, else inputs stays empty) and a zero tensor
+    layer's last input (detached; only with `keep_inputs`, else inputs stays empty; a callable
+    `keep_inputs`: what it returns of the input, which is then not kept) and a zero tensor
     added to its output, whose gradient is ∂/∂y (the graph stays whole, so chained linears each get
     their full Jacobian). While a backward runs (gradient checkpointing's rerun of a block's forward)
     the hooks add a zero of their own and keep it nowhere: the rerun must save the tensors the
@@ -111,8 +112,9 @@ def tapped(model: nn.Module, names: list[str], keep_inputs: bool = False):
         def hook(mod, args, out):
             if in_backward():  # the rerun builds the forward's graph again: untapped, its own zero
                 return out + torch.zeros_like(out, requires_grad=True)
-            if keep_inputs:
-                inputs[name] = args[0].detach()
+            if keep_inputs:  # a callable keeps what it makes of the input instead (not the input)
+                x = args[0].detach()
+                inputs[name] = keep_inputs(x) if callable(keep_inputs) else x
             z = torch.zeros_like(out, requires_grad=True)
             outputs[name] = z
             return out + z
@@ -132,21 +134,30 @@ def in_backward() -> bool:
 
 
 def output_fisher(model: nn.Module, adapter, batches: list[dict], names: list[str], probes: int = 4,
-                  seed: int = 0, tick=lambda: None) -> dict[str, torch.Tensor]:
+                  seed: int = 0, tick=lambda: None, guide=None) -> dict[str, torch.Tensor]:
     """name -> F = Σ over samples and probes of gᵀg, g = ∂<v, pred>/∂y, as measured (`FisherSum`:
-    F (out, out) float64 or its rows; `dense_fisher` gives F). `tick` after each batch."""
+    F (out, out) float64 or its rows; `dense_fisher` gives F). `tick` after each batch. guide: a
+    guided.CalibrationGuidance: pred is then each batch's guided prediction (its rows' pairs combined)."""
     fisher: dict[str, FisherSum] = {}
     gen = torch.Generator().manual_seed(seed)
-    with tapped(model, names) as (_, outputs):
-        for batch in batches:
+    at = [0]  # the batch the forward runs
+    shared = (lambda x: guide.shared(x, at[0])) if guide is not None else False  # noqa: E731
+    with tapped(model, names, keep_inputs=shared) as (same, outputs):  # name -> whether each pair's input is one
+        for b, batch in enumerate(batches):
+            at[0] = b
             with torch.enable_grad():
-                _probe([adapter.predict(model, batch)], names, outputs, probes, gen, fisher)
+                pred = adapter.predict(model, batch)
+                if guide is None:
+                    _probe([pred], names, outputs, probes, gen, fisher)
+                else:  # a pair's rows of a layer whose input is the pair's one: one row (CalibrationGuidance.shared)
+                    merged = {n: guide.pairs[b] for n in names if same.get(n)}
+                    _probe([guide.of(pred, b)], names, outputs, probes, gen, fisher, merged)
             tick()
     return {n: f.value() for n, f in fisher.items()}
 
 
 def sweeps(model: nn.Module, adapter, batches: list[dict], chunks: list[list[str]], probes: int,
-           roots: "Roots", progress: bool = True) -> None:
+           roots: "Roots", progress: bool = True, guide=None) -> None:
     """The output Fishers of each chunk of target names (`fisher_chunks`), one backward sweep over
     the batches per chunk, into `roots`; a progress bar over the sweeps and their batches."""
     from compress.progress import bar as progress_bar
@@ -156,13 +167,16 @@ def sweeps(model: nn.Module, adapter, batches: list[dict], chunks: list[list[str
         for k, names in enumerate(chunks, 1):
             bar.update(task, description=f"output Fishers (sweep {k} of {len(chunks)}):")
             tick = lambda: bar.advance(task)  # noqa: E731
-            for name, fisher in output_fisher(model, adapter, batches, names, probes, seed=0, tick=tick).items():
+            for name, fisher in output_fisher(model, adapter, batches, names, probes, seed=0, tick=tick,
+                                              guide=guide).items():
                 roots.add(name, fisher, next(model.parameters()).dtype)
 
 
 def _probe(ends: list[torch.Tensor], names: list[str], outputs: dict, probes: int, gen: torch.Generator,
-           fisher: dict[str, FisherSum]) -> None:
-    """Add the rows g = ∂ Σ<v, end>/∂y of each probe v ~ N(0, I) to fisher[name] for each tapped y."""
+           fisher: dict[str, FisherSum], merged: dict | None = None) -> None:
+    """Add the rows g = ∂ Σ<v, end>/∂y of each probe v ~ N(0, I) to fisher[name] for each tapped y.
+    merged: name -> (rows u, rows c) whose gradients are summed into one row each (g[u] + g[c])."""
+    merged = merged or {}
     ys = [outputs[n] for n in names]
     for p in range(probes):
         total = sum((e * torch.randn(e.shape, generator=gen).to(e.device, e.dtype)).sum() for e in ends)
@@ -170,6 +184,8 @@ def _probe(ends: list[torch.Tensor], names: list[str], outputs: dict, probes: in
         for n, g in zip(names, grads):
             if g is None:
                 raise RuntimeError(f"'{n}' does not reach the probed output")
+            if n in merged:
+                g = g[merged[n][0].to(g.device)] + g[merged[n][1].to(g.device)]  # (pairs, ..., out)
             fisher.setdefault(n, FisherSum()).add(g)  # (samples, out) rows
         grads = g = None  # not held while the next probe's backward runs
 
@@ -193,18 +209,22 @@ def block_fisher(model: nn.Module, adapter, block: nn.Module, inputs: list, name
 
 
 def prediction_gradients(model: nn.Module, adapter, batches: list[dict], references: list[torch.Tensor],
-                         names: list[str], prefix: Prefix | None = None) -> dict[str, tuple[torch.Tensor, int]]:
+                         names: list[str], prefix: Prefix | None = None,
+                         guide=None) -> dict[str, tuple[torch.Tensor, int]]:
     """name -> (M (out, in) float64, rows): M = Σ_rows g xᵀ, the gradient of ½ Σ ||pred − ref||² over
     the batches with respect to the linear's weight, where g = ∂/∂y at its output and x its input.
     With `references` the predictions of the model before compression, M says how the layer can undo
     the error that the already compressed layers left in the prediction (first order).
-    prefix: a `replay.Prefix` over these batches starting at or before the named linears' block."""
+    prefix: a `replay.Prefix` over these batches starting at or before the named linears' block.
+    guide: a guided.CalibrationGuidance: pred and ref are then each batch's guided predictions."""
     moments: dict[str, torch.Tensor] = {}
     rows: dict[str, int] = {}
     with tapped(model, names, keep_inputs=True) as (inputs, outputs):
         for b, (batch, ref) in enumerate(zip(batches, references)):
             with torch.enable_grad(), replaying(prefix, b):
                 pred = adapter.predict(model, batch)
+                if guide is not None:
+                    pred, ref = guide.of(pred, b), guide.of(ref, b)
                 loss = 0.5 * (pred.double() - ref.double()).square().sum()
                 grads = torch.autograd.grad(loss, [outputs[n] for n in names])
             for n, g in zip(names, grads):

@@ -35,7 +35,7 @@ class FisherMeasurement:
         samples = sum(b["hidden_states"].shape[0] for b in batches)
         rows = self._fisher_rows(adapter, chosen, samples)
         chunks = sweep_chunks(model, adapter, batches, chosen, self.budget, rows)  # taps counted too
-        sweeps(model, adapter, batches, chunks, c.fisher_probes, self.roots, c.progress)
+        sweeps(model, adapter, batches, chunks, c.fisher_probes, self.roots, c.progress, self.guide_for("fisher"))
 
     def _fisher_rows(self, adapter: Adapter, infos: list[LinearInfo], samples: int | None) -> dict[str, int]:
         """name -> gradient rows one sweep gives the Fisher of each target that reads one row per

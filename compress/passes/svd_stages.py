@@ -68,14 +68,16 @@ class Stages:
         """pairs: (info, stats) of one stage; with compensation each target is factorized at
         W + β·Δ for the β the line search measures best on `few` (its search under `label`)."""
         c, refs, few = self.p.config, self.refs, self.few
+        guide = self.p.guide_for("compensation")
         steps = newton_steps(self.model, self.adapter, few, refs, pairs, self.compensated, c.fisher_probes,
-                             self.share, prefix) if self.compensated else {}
+                             self.share, prefix, guide) if self.compensated else {}
         if not steps:
             return any([self.visit(info, stats) for info, stats in pairs])
         near = next((s["step"] for s in reversed(self.summary.values()) if s["step"]), None) \
             if c.compensate_search == "walk" else None
         chosen, search = line_search(self.model, pairs, steps, self.factorize,
-                                     lambda: relative_error(self.model, refs, self.adapter, few, prefix), near)
+                                     lambda: relative_error(self.model, refs, self.adapter, few, prefix, guide=guide),
+                                     near)
         self.summary[label if label not in self.summary else f"{label} ({len(self.summary) + 1})"] = search
         return any([self.commit(info, dict(chosen[info.name], compensation_step=search["step"]
                                            if info.name in steps else None)) for info, _ in pairs])

@@ -9,14 +9,18 @@ import dataclasses
 import re
 
 from compress.errors import BadValue, as_yaml, did_you_mean, not_one_of
+from compress.passes.svd_objective import PARTS
 from compress.recipe_names import METHODS, ROLES
 from compress.recipe_yaml import spelling_hint
 
 ALLOCATIONS = ("uniform", "per_role", "energy", "global")
 FISHER = ("all", "block", "modulation", "none")
+# the prediction the Fisher and compensation read: each calibration row's own (branches) or each CFG pair's guided one
+OBJECTIVES = tuple(PARTS)
 # SVDConfig's string keys' choices (SVDConfig.CHOICES: refused at recipe load naming them, and in check_values)
 CHOICES = {"method": METHODS, "allocation": ALLOCATIONS, "activations": ("student", "teacher"), "fisher": FISHER,
-           "compensate_toward": ("teacher", "input"), "compensate_search": ("walk", "ladder")}
+           "compensate_toward": ("teacher", "input"), "compensate_search": ("walk", "ladder"),
+           "objective": OBJECTIVES}
 ENERGY_DEFAULT = 0.99  # SVDConfig.energy's default: another value asks for allocation: energy
 CENTER_DEFAULT = ["modulation"]  # SVDConfig.center's default: left alone where no modulation is targeted
 
@@ -52,12 +56,25 @@ def check_values(c) -> None:
     _check_allocation_keys(c)
 
 
+def _check_objective(c) -> None:
+    """svd.objective guided (or a part of it) where the part it guides is not done: it would do nothing."""
+    parts = PARTS.get(c.objective, ())
+    if parts and c.fisher not in ("all", "modulation"):
+        raise _bad("objective", f"svd.objective: {c.objective} needs the prediction's Fisher (fisher: all or "
+                                f"modulation); this pass has fisher: {c.fisher}, where it would do nothing", "fisher")
+    if parts == ("compensation",) and (c.compensate is False or c.method != "whitened"):
+        raise _bad("objective", f"svd.objective: {c.objective} needs compensation (method: whitened, compensate not "
+                                f"false); this pass has method: {c.method}, compensate: {as_yaml(c.compensate)}, where "
+                                "it would do nothing", "method", "compensate")
+
+
 def _check_numbers(c) -> None:
     _true_false_or_auto(c, "asymmetric")
     if c.compensate is True and (c.method != "whitened" or c.fisher not in ("all", "modulation")):
         raise _bad("compensate", "svd.compensate: true needs method: whitened and the prediction's "
                                      f"Fisher (fisher: all or modulation); this pass has method: {c.method}, "
                                      f"fisher: {c.fisher}, where it would do nothing", "method", "fisher")
+    _check_objective(c)
     if c.asymmetric is True and (c.method != "whitened" or c.activations != "student"):
         raise _bad("asymmetric", "svd.asymmetric: true needs method: whitened and activations: student",
                        "method", "activations")

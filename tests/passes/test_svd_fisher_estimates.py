@@ -7,6 +7,7 @@ import torch
 from compress.arch import get_adapter
 from compress.calib import BlockCalibration
 from tests.conftest import model_inputs, tiny_pixart
+from tests.passes.svd_helpers import two_branches
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,3 +54,50 @@ def test_block_fisher_is_unbiased_for_the_blocks_own_jacobian():
     jac = jac.reshape(-1, y_shape.numel() // y_shape[-1], y_shape[-1])  # (outputs, rows, out)
     exact = torch.einsum("krd,kre->de", jac, jac)  # Σ_r J_rᵀ J_r
     assert float((estimate - exact).norm() / exact.norm()) < 0.1
+
+
+def _guided_jacobian_fisher(model, adapter, batch, guide, name, merged: bool) -> torch.Tensor:
+    """Σ over rows of JᵀJ, J = ∂(guided prediction)/∂(row of y), y the linear's output; merged: a pair's two
+    rows take one perturbation (its row of the pair's Fisher)."""
+    shapes = []
+    handle = model.get_submodule(name).register_forward_hook(lambda m, a, y: shapes.append(y.shape))
+    with torch.no_grad():
+        adapter.predict(model, batch)
+    handle.remove()
+    y_rows, *rest = shapes[0]  # (rows, ..., out)
+    pairs = torch.arange(y_rows) // 2  # interleaved: rows 2p, 2p + 1 are pair p
+
+    def guided_of(z):  # z (rows or pairs, out) added to the linear's output
+        add = z[pairs] if merged else z
+        handle = model.get_submodule(name).register_forward_hook(lambda m, a, y: y + add)
+        try:
+            return guide.of(adapter.predict(model, batch), 0)
+        finally:
+            handle.remove()
+
+    z = torch.zeros(y_rows // 2 if merged else y_rows, *rest)
+    jac = torch.autograd.functional.jacobian(guided_of, z).double().reshape(-1, z.numel() // rest[-1], rest[-1])
+    return torch.einsum("krd,kre->de", jac, jac)
+
+
+def test_the_guided_output_fisher_is_unbiased_for_the_guided_predictions_jacobian():
+    """svd.objective guided: the probes go back from each pair's guided prediction u + s (c − u). The
+    modulation linear reads the timestep alone, the same in a pair's two rows, so its error d is one for the
+    pair and the pair is one row, J = (1 − s) J_u + s J_c (the two rows' gradients summed); the cross-attention
+    key reads the prompt, so its rows stay two."""
+    from compress.guided import CalibrationGuidance, calibration_pairs
+    from compress.passes.svd_fisher import dense_fisher, output_fisher
+
+    model = tiny_pixart()
+    adapter = get_adapter(model)
+    batch = two_branches(model)
+    guide = CalibrationGuidance(3.0, [calibration_pairs(batch)])
+    probes = 2000
+    names = ["adaln_single.linear", "transformer_blocks.0.attn2.to_k"]
+    estimate = output_fisher(model, adapter, [batch], names, probes=probes, seed=0, guide=guide)
+    for name, merged in zip(names, (True, False)):
+        exact = _guided_jacobian_fisher(model, adapter, batch, guide, name, merged)
+        got = dense_fisher(estimate[name]) / probes
+        assert float((got - exact).norm() / exact.norm()) < 0.1, name
+    rows = _guided_jacobian_fisher(model, adapter, batch, guide, names[0], merged=False)  # each row its own
+    assert float((dense_fisher(estimate[names[0]]) / probes - rows).norm() / rows.norm()) > 0.2

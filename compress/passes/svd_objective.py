@@ -1,0 +1,48 @@
+"""svd.objective: the prediction the svd pass's output Fishers and compensation weigh errors by. `branches`
+(the default): each calibration row's own, the prompt's branch and the empty prompt's alike; `guided`: the
+prediction a user samples with, u + s·(c − u) of each input's two classifier-free-guidance rows (s the
+source's guidance scale, the held-out guided error's); `guided_fisher` / `guided_compensation`: that part
+alone. The guided Fisher's probes go back from each pair's guided prediction; a layer whose input a pair
+shares (a modulation linear on the timestep) has one error for the pair, so the pair is one of its Fisher's
+rows (guided.CalibrationGuidance.shared). Compensation fits toward the teacher's guided prediction and its
+line search measures the guided calibration error.
+
+Measured on the toy recipes (both svd passes set; held-out conditional / guided error, branches → this):
+- guided_compensation, seeds 0-2: after the svd passes the guided error 0.69-0.84x, the conditional 1.13-1.47x
+  (PixArt seed 0: 0.1717 / 0.2249 → 0.1946 / 0.1618); after distill both lower: PixArt 0.93-0.97x, Flux
+  0.95-0.995x (PixArt seed 0: 0.06519 / 0.1089 → 0.06065 / 0.1024; Flux: 0.08019 / 0.1545 → 0.07914 / 0.1537).
+  The svd passes took 0.92-1.04x the time.
+- guided_fisher, seed 0: PixArt 0.1611 / 0.2224 after the svd passes, 0.06374 / 0.1084 after distill; Flux
+  worse than branches (0.1565 / 0.2748, 0.08074 / 0.1556). guided: PixArt 0.1884 / 0.1789, 0.06279 / 0.1055;
+  Flux 0.2193 / 0.2098, 0.0782 / 0.1537."""
+
+from __future__ import annotations
+
+from compress.errors import UserError
+
+PARTS = {"branches": (), "guided": ("fisher", "compensation"), "guided_fisher": ("fisher",),
+         "guided_compensation": ("compensation",)}
+
+
+def calibration_guidance(objective: str, heldout_guidance, batches: list[dict], scale: float | None = None):
+    """guided.CalibrationGuidance of the calibration `batches` (each batch's CFG row pairs, at the scale of the
+    source's `heldout_guidance()`, or `scale` (a pipeline's calibration.guidance_scale) before its held-out
+    inputs are read), or None for objective branches. A UserError where the inputs hold no such pairs (no CFG
+    branches, a source that samples one branch)."""
+    if not PARTS[objective]:
+        return None
+    from compress.guided import CalibrationGuidance, calibration_pairs
+
+    held = heldout_guidance()
+    scale = held.scale if held is not None else scale
+    pairs = [calibration_pairs(b) for b in batches]
+    if scale is None or any(p is None for p in pairs):
+        raise UserError(f"svd.objective {objective} needs calibration inputs holding both classifier-free-guidance "
+                        "branches of each input (calibration.cfg_branches: true, a source that samples with "
+                        "guidance); set svd.objective: branches")
+    return CalibrationGuidance(scale, pairs)
+
+
+def guide_for(objective: str, guide, part: str):
+    """`guide` where svd.objective guides `part` ("fisher", "compensation"), else None (each row's own)."""
+    return guide if part in PARTS[objective] else None

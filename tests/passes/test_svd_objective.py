@@ -1,0 +1,82 @@
+"""svd.objective (compress.passes.svd_objective): the guided prediction of each calibration input's two CFG
+rows as what the output Fishers and compensation weigh errors by, refused where the inputs hold no pairs."""
+
+import re
+
+import pytest
+
+from compress.errors import BadValue, UserError
+from compress.guided import CalibrationGuidance, HeldOutGuidance, calibration_pairs
+from compress.passes.base import RunContext, predictions, relative_error
+from compress.passes.svd import SVDConfig, SVDPass
+from compress.runner_kept import fisher_folder
+from tests.conftest import model_inputs, tiny_pixart
+from tests.passes.svd_helpers import two_branches
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _run(tmp_path, batches, objective):
+    from compress.arch import get_adapter
+
+    model = tiny_pixart()
+    ctx = RunContext(adapter=get_adapter(model), family="pixart", teacher=tiny_pixart(), run_dir=tmp_path,
+                     calibration_inputs=lambda: batches, fingerprint=objective,
+                     heldout_guidance=lambda: HeldOutGuidance(3.0))
+    SVDPass(SVDConfig(targets=["attention", "mlp"], ratio=0.5, multiple=2, progress=False,
+                      objective=objective)).run(model, ctx)
+    return model, ctx
+
+
+@pytest.mark.parametrize("objective", ["branches", "guided", "guided_compensation"])
+def test_compensation_measures_the_objectives_calibration_error(tmp_path, objective):
+    """Each compensated stage's line search keeps the β of the least calibration error of the objective's
+    prediction: after the last stage, the student's guided error (guided) or each row's (branches)."""
+    model = tiny_pixart()
+    batches = [two_branches(model, seed=s) for s in range(2)]
+    student, ctx = _run(tmp_path, batches, objective)
+    last = list(ctx.report["svd"]["compensation"].values())[-1]
+    guide = CalibrationGuidance(3.0, [calibration_pairs(b) for b in batches])
+    refs = predictions(ctx.teacher, ctx.adapter, batches)
+    measured = relative_error(student, refs, ctx.adapter, batches, guide=None if objective == "branches" else guide)
+    assert last["calibration_error"] == pytest.approx(measured, rel=1e-9)
+
+
+def test_a_guided_objective_without_both_branches_of_each_input_is_refused(tmp_path):
+    model = tiny_pixart()
+    with pytest.raises(UserError, match=r"^svd.objective guided needs calibration inputs holding both "
+                                        r"classifier-free-guidance branches .*; set svd.objective: branches$"):
+        _run(tmp_path, [model_inputs(model, seed=0)], "guided")
+
+
+def test_the_guided_fishers_are_kept_apart_from_each_rows_and_a_wrong_objective_is_refused():
+    assert fisher_folder(SVDConfig(objective="guided")) == "fisher-guided-4probes"
+    assert fisher_folder(SVDConfig(objective="guided_fisher")) == "fisher-guided-4probes"
+    assert fisher_folder(SVDConfig(objective="guided_compensation")) == "fisher-4probes"
+    assert fisher_folder(SVDConfig()) == "fisher-4probes"
+    with pytest.raises(BadValue, match="objective"):
+        SVDConfig(objective="guide").validate()
+
+
+@pytest.mark.parametrize("keys, words", [
+    ({"objective": "guided", "fisher": "block"}, "svd.objective: guided needs the prediction's Fisher "
+                                                 "(fisher: all or modulation); this pass has fisher: block"),
+    ({"objective": "guided_compensation", "compensate": False}, "svd.objective: guided_compensation needs "
+                                                                "compensation (method: whitened, compensate not false)"),
+])
+def test_a_guided_objective_where_it_would_do_nothing_is_refused(keys, words):
+    with pytest.raises(BadValue, match=f"^{re.escape(words)}.*where it would do nothing$"):
+        SVDConfig(**keys).validate()
+    SVDConfig(objective="guided_fisher", compensate=False).validate()  # the Fisher is still guided
+
+
+def test_the_guidance_scale_is_the_held_out_guidances_or_before_it_is_read_the_pipelines():
+    from compress.passes.svd_objective import calibration_guidance
+
+    batches = [two_branches(tiny_pixart(), seed=0)]
+    assert calibration_guidance("branches", lambda: None, batches) is None
+    assert calibration_guidance("guided", lambda: HeldOutGuidance(3.0), batches, 4.5).scale == 3.0
+    got = calibration_guidance("guided_compensation", lambda: None, batches, 4.5)  # a pipeline's, held out later
+    assert got.scale == 4.5 and got.pairs[0][0].tolist() == [0, 2]
+    with pytest.raises(UserError, match="needs calibration inputs holding both"):
+        calibration_guidance("guided", lambda: None, batches)  # no scale known: no guided prediction
