@@ -19,7 +19,7 @@ from compress.arch import get_adapter
 from compress.calib_footprint import backward_bytes, footprint
 from compress.inputs import Sampling, source_sampling
 from compress.calib_pipeline import check_size
-from compress.calib_prompts import read_prompts
+from compress.calib_prompts import one_branch, read_prompts
 from compress.devices import unusable
 from compress.errors import UserError
 from compress.io import config_model_class, from_config
@@ -100,8 +100,9 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     sampled = src.sampling or source_sampling(recipe.calibration, source)  # checked_sources': one read of a folder's
     inputs, toy, calib = _calibration(recipe, source, model, sampled)  # model_index.json a plan passes down
     walk = PassWalk(recipe, model, adapter, calib)
-    for p, spec in checked_in_order(passes, recipe.passes, model, adapter, inputs, recipe.calibration):  # then applied
-        walk.add(p, spec)
+    single = one_branch(recipe.model, toy)  # a pipeline source's FluxPipeline: one branch (svd.objective guided)
+    for p, spec in checked_in_order(passes, recipe.passes, model, adapter, inputs, recipe.calibration, single):
+        walk.add(p, spec)  # then applied
     steps, later, unplaced, uneven = walk.steps, walk.later, walk.unplaced, walk.uneven
     after_rows, after = layer_rows(model), param_count(model)
     after_roles = by_key(after_rows, "role")

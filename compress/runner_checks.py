@@ -22,12 +22,14 @@ from compress.passes.base import STUDENT_CHANGED
 from compress.passes.remove_blocks_budget import counts_after, spreads
 from compress.passes.removed_blocks import (AfterRemoval, forget_taken, possible_counts, stamp_counts, stamp_line,
                                             taken_unplaced)
+from compress.passes.svd_objective import PARTS, no_pairs
 from compress.passes.svd_planned import stamp_planned
 from compress.recipe_convert import concerned, with_sets
 from compress.report import warn
 
 
-def checked_in_order(passes, specs, model, adapter, inputs: str | None = None, calibration=None):
+def checked_in_order(passes, specs, model, adapter, inputs: str | None = None, calibration=None,
+                     single: bool = False):
     """Each pass's config checked in recipe order against `model`, which takes each pass's planned
     changes (`apply_planned`) in turn, and records on it the block counts per group the run may have
     after each removal (removed_blocks.possible_counts); yields (pass, spec) after the pass is checked
@@ -35,13 +37,16 @@ def checked_in_order(passes, specs, model, adapter, inputs: str | None = None, c
     (or the --set) of the key they are about (`PassSpec.where`), and those about blocks earlier
     passes removed say which (`removal_note`). `inputs`: the calibration source's kind
     (inputs.source_kind: toy, pipeline, synthetic), for `check_data`; None: not checked. `calibration`:
-    the recipe's CalibrationConfig, for `Pass.calibration_notes` (with `inputs`); None: not said."""
+    the recipe's CalibrationConfig, for `Pass.calibration_notes` (with `inputs`); None: not said; with
+    `inputs`, for `check_objective` too, as `single` (a pipeline source's pipeline runs one branch,
+    calib_prompts.one_branch)."""
     teacher, removed, spread = adapter.block_counts(model), [], SpreadRemovals()
     for p, spec in zip(passes, specs):
         counts = adapter.block_counts(model)
         with _named(spec, counts, teacher, removed):
             p.check(model, adapter)
             check_data(p, spec, inputs)
+            check_objective(p, spec, inputs, calibration, single)
             _warn_notes(p, spec, model, adapter, calibration, inputs)
             spread.check(p, spec, model, adapter)
         yield p, spec
@@ -74,11 +79,12 @@ def recipe_reads(reads) -> list[str]:
     return [k for k in reads or () if k.startswith("calibration.")]
 
 
-def check_passes(passes, specs, model, adapter, inputs: str | None = None, calibration=None) -> None:
+def check_passes(passes, specs, model, adapter, inputs: str | None = None, calibration=None,
+                 single: bool = False) -> None:
     """Every pass's config checked in recipe order against a meta copy of `model` (checked_in_order;
     `inputs`: the calibration source's kind, for `check_data`; `calibration`: the recipe's, for
-    `Pass.calibration_notes`)."""
-    for _ in checked_in_order(passes, specs, meta_clone(model), adapter, inputs, calibration):
+    `Pass.calibration_notes` and, with `single`, `check_objective`)."""
+    for _ in checked_in_order(passes, specs, meta_clone(model), adapter, inputs, calibration, single):
         pass
 
 
@@ -101,6 +107,23 @@ def check_data(p, spec, inputs: str | None) -> None:
                "latents and text embeddings, not on the toy's digits nor on images (a smoke test): set "
                f"{spec.name}.data to 'teacher_samples' or 'folder' to train on samples")
     warn(f"{spec.where(BadValue('data', message, reads=SOURCE), *SOURCE)}: {message}")
+
+
+def check_objective(p, spec, inputs: str | None, calibration, single: bool) -> None:
+    """An svd pass whose svd.objective guides by each input's two CFG rows, where the recipe tells that its
+    calibration inputs hold none (svd_objective.no_pairs: `inputs` the source's kind, `calibration` its
+    CalibrationConfig, `single` a pipeline that runs one branch): refused here, before any pass runs, not
+    when the pass starts after the passes before it (hours on a real model). A pass --resume runs past is not."""
+    objective = getattr(p.config, "objective", "branches")
+    if not PARTS.get(objective) or inputs is None or calibration is None or p.resumed_past:
+        return
+    found = no_pairs(calibration, inputs, single)
+    if found is not None:
+        why, fix, reads = found
+        instead = f"set {fix}, or {spec.name}.objective: branches" if fix else f"set {spec.name}.objective: branches"
+        raise BadValue("objective", f"{spec.name}.objective {objective} needs calibration inputs holding both "
+                                    f"classifier-free-guidance branches of each input, and {why}: {instead}",
+                       reads=reads)
 
 
 def _warn_notes(p, spec, model, adapter, calibration=None, inputs: str | None = None) -> None:

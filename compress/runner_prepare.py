@@ -9,6 +9,7 @@ from pathlib import Path
 
 from compress.arch import get_adapter
 from compress.calib_footprint import footprint
+from compress.calib_prompts import one_branch
 from compress.inputs import check_pipeline_packages, input_source, moved
 from compress.io_export import warn_if_beyond_export_range, warn_if_export_wider
 from compress.io_source_recipe import checked_sources
@@ -50,7 +51,8 @@ def prepare(runner) -> None:
     for i, p in enumerate(runner.passes):  # what only a pass that runs needs is not asked of them (kd_teacher: base)
         p.resumed_past = done is not None and i <= done
     check_passes(runner.passes, runner.recipe.passes, runner.teacher, runner.adapter,  # distill's data: toy,
-                 src.sampling.kind, runner.recipe.calibration)  # buckets; the check's (checked_sources)
+                 src.sampling.kind, runner.recipe.calibration,  # buckets, svd.objective; the check's (checked_sources)
+                 one_branch(runner.recipe.model, src.sampling.toy))
     if runner.recipe.stream:
         check_streaming(runner.passes, runner.recipe.passes, runner.recipe.path)
     runner.models.warn_if_short_of_disk(runner.passes, runner.recipe.passes, runner.teacher, runner.adapter)

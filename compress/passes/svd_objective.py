@@ -43,6 +43,26 @@ def calibration_guidance(objective: str, heldout_guidance, batches: list[dict], 
     return CalibrationGuidance(scale, pairs)
 
 
+def no_pairs(calib, kind: str, single: bool) -> tuple[str, str, tuple[str, ...]] | None:
+    """(why, what to set, the calibration keys read) where the recipe alone tells that its calibration
+    inputs hold no CFG pair of any input (`calib`: its CalibrationConfig; `kind`: its source's,
+    inputs.source_kind; `single`: a pipeline source's pipeline runs one branch, calib_prompts.one_branch),
+    as the sources draw them (inputs.ToySource, calib_pipeline.PipelineSource.guidance); None where the
+    sampled records alone can tell (then calibration_guidance refuses when the pass starts)."""
+    if kind == "synthetic":
+        return "calibration.source synthetic draws random inputs, no such pairs", "", ("calibration.source",)
+    if kind == "pipeline" and single:
+        return ("FluxPipeline runs one branch per step (FLUX.1-dev takes guidance as an input, FLUX.1-schnell "
+                "samples unguided)", "", ("calibration.source",))
+    if not calib.cfg_branches:
+        return ("calibration.cfg_branches is false (the inputs hold the prompt's branch alone)",
+                "calibration.cfg_branches: true", ("calibration.cfg_branches",))
+    if kind == "pipeline" and calib.guidance_scale <= 1:
+        return (f"calibration.guidance_scale {calib.guidance_scale:g} turns classifier-free guidance off",
+                "calibration.guidance_scale above 1", ("calibration.guidance_scale",))
+    return None
+
+
 def guide_for(objective: str, guide, part: str):
     """`guide` where svd.objective guides `part` ("fisher", "compensation"), else None (each row's own)."""
     return guide if part in PARTS[objective] else None
