@@ -9,7 +9,7 @@ from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.eval_errors import teacher_relative, teacher_relative_streamed
 from compress.io import load_teacher, load_teacher_of, pipeline_without_transformer, read_config
-from compress.output_names import is_output, missing_output, output_usage, run_output
+from compress.output_names import is_output, lost_output, missing_output, output_usage, run_output
 from compress.io_output import load_transformer, output_folder
 from compress.io_source import check_source, looks_local, no_checkpoint_file, output_weights
 from compress.measured_against import against, teacher_fields, teacher_loras
@@ -70,7 +70,7 @@ def evaluate(args) -> int:
     named = teacher_fields(teacher_source, args.teacher, teacher_loras(model, args.lora)) if teacher_source else None
     if not toy:
         return _print(teacher_relative(model, teacher, teacher_source, out), args.json, named, args.model)
-    from compress.toy.evaluate import evaluate as toy_evaluate
+    from compress.toy.evaluate import evaluate as toy_evaluate, unguided_run_note
 
     what = "the model and its teacher" if teacher is not None else "the model"
     seed = 0 if args.seed is None else args.seed
@@ -78,6 +78,8 @@ def evaluate(args) -> int:
     console.print(f"eval: sampling 200 toy digits with {what} (20 steps each) and scoring them",
                   highlight=False, markup=False)
     result = toy_evaluate(model, family, teacher=teacher, seed=seed, progress=True)  # a bar per model's sampling
+    if out is not None and (said := unguided_run_note(out, result)) is not None:
+        note(said)
     if grid:
         from compress.toy.grid import save_sample_grid
 
@@ -135,14 +137,17 @@ def given_output(given: str | Path, command: str) -> Path:
 
 def _not_a_run_folder(given: str, command: str) -> None:
     """A UserError where `given` is a run folder runs/NAME (no output) whose run's output out/NAME is
-    there (output_names.run_output): that output is named, with the command that reads it; or the folder
-    of a run that has not finished (`_unfinished_run`): said so, with how to finish it."""
+    there (output_names.run_output): that output is named, with the command that reads it; a finished
+    run's whose output is gone (output_names.lost_output), or the folder of a run that has not finished
+    (`_unfinished_run`): said so, with how to get or finish it."""
     folder = Path(given).expanduser()
     if not folder.is_dir() or is_output(output_folder(folder)):
         return
     if (output := run_output(folder)) is not None:
         raise UserError(f"{given} is a run folder (a run's caches and checkpoints), not an output; the output "
                         f"of that run is {output}: dit-compress {command} {output}")
+    if (lost := lost_output(folder, given, command)) is not None:
+        raise UserError(lost)
     if (saved := _unfinished_run(folder)) is not None:
         run_dir = "" if folder.parent.name == "runs" else f" --run-dir {given}"  # runs/NAME: run's own default
         raise UserError(f"{given} is the run folder of a run that has not finished ({saved}): it wrote no output "
@@ -261,9 +266,10 @@ def check_measurable(out: Path | None, teacher: str | None, name: str) -> None:
 
 
 def convert(args) -> int:
-    """A single-file teacher as a diffusers transformer folder (config.json, safetensors shards), in
-    the file's own dtypes, tensor by tensor (compress.io_convert): what `stream: true` reads."""
-    from compress.io_convert import convert_file
+    """A single-file teacher, or a folder of .bin weights (io_convert.pickled_folder), as a diffusers
+    transformer folder (config.json, safetensors shards), in the file's own dtypes, tensor by tensor
+    (compress.io_convert): what `stream: true` reads."""
+    from compress.io_convert import convert_file, pickled_folder
     from compress.runner import sigterm_as_interrupt
 
     for what, given in (("checkpoint", args.file), ("output", args.out)):
@@ -272,7 +278,7 @@ def convert(args) -> int:
     source, out = Path(args.file).expanduser(), Path(args.out).expanduser()
     if (missing := no_checkpoint_file(args.file)) is not None:  # (cli.main says it before torch's import)
         raise UserError(missing)
-    if not source.is_file():
+    if not source.is_file() and not pickled_folder(source):  # a folder of .bin weights converts whole
         raise not_a_file(args.file, source)
     if out.exists() or out.is_symlink():
         raise UserError(f"{args.out} exists; convert writes a new folder")

@@ -1,5 +1,6 @@
-"""`dit-compress convert`: a single-file teacher checkpoint written as a diffusers transformer folder
-(config.json + safetensors shards + index), what `stream: true` reads, tensor by tensor.
+"""`dit-compress convert`: a single-file teacher checkpoint, or a folder of pickled (.bin) weights
+(`pickled_folder`: save_pretrained(safe_serialization=False)'s one file or shards), written as a diffusers
+transformer folder (config.json + safetensors shards + index), what `stream: true` reads, tensor by tensor.
 
 Loading the whole file and calling `save_pretrained` would hold Flux.1-dev's 24 GB of tensors and,
 while a shard is serialized, another copy of it (diffusers' shards are 10 GB): a machine needs
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -34,13 +36,15 @@ SHARD = "diffusion_pytorch_model-{:05d}-of-{:05d}.safetensors"
 
 
 def convert_file(path: Path, out: Path, config: str | None = None, shard_bytes: int = SHARD_BYTES) -> dict:
-    """Writes `out`; returns {"class", "dtypes", "shards", "tensors"}. A write that fails for want of
-    space (or quota, or on a read-only disk) is a DiskFull naming `out`, never safetensors' traceback."""
+    """Writes `out` from the file `path`, or the folder of .bin weights `path` (pickled_folder);
+    returns {"class", "dtypes", "shards", "tensors"}. A write that fails for want of space (or quota,
+    or on a read-only disk) is a DiskFull naming `out`, never safetensors' traceback."""
     from compress.io_source import check_suffix
     from compress.runner_failures import DiskFull, disk_full_line, disk_full_words
 
-    check_suffix(path, "convert reads a single-file checkpoint")
-    check_not_output(path, config)
+    if not Path(path).is_dir():
+        check_suffix(path, "convert reads a single-file checkpoint")
+        check_not_output(path, config)
     out = Path(out).expanduser()
     made = missing_parents(out)  # atomic_folder makes them for its temp folder: removed again on a failure
     try:
@@ -59,17 +63,18 @@ def convert_file(path: Path, out: Path, config: str | None = None, shard_bytes: 
 
 def _convert(path: Path, out: Path, config: str | None, shard_bytes: int) -> dict:
     """convert_file's work: checked against the config's empty model first, then written."""
-    with lazy_tensors(path) as (keys, get):
+    files = pickled_folder(path) if path.is_dir() else [path]
+    with lazy_tensors(files) as (keys, get):
         prefix = transformer_prefix(keys)
         names = [k[len(prefix):] for k in keys if k.startswith(prefix)]  # the transformer's, prefix removed
         family = checked_family(path, names, None)
-        cfg = config_file(path, config)
+        cfg = config_file(files[0], config)  # a folder's: its config.json
         model = empty_model(family, cfg, path)  # errors name the checkpoint, as load_teacher's
         if family == "flux":
             check_flux_blocks(path, dict.fromkeys(names), model, cfg)
         convert_key = key_converter(family, names, model)
         expected = {k: (tuple(v.shape)) for k, v in model.state_dict().items()}
-        warn_if_short_of_disk(path, out)
+        warn_if_short_of_disk(path, out, sum(f.stat().st_size for f in files))
         # the output's lock, as a run's: a run's start clears temp folders beside an output no one holds
         with hold_output(out), atomic_folder(out) as tmp, progress_bar(True) as bar:
             model.save_config(tmp)
@@ -134,17 +139,17 @@ def remove_empty(folders: list[Path]) -> None:
             return
 
 
-def warn_if_short_of_disk(path: Path, out: Path) -> None:
-    """The folder takes about the file's size (its own dtypes): say so before writing if the disk
-    of `out` has less free, as `run` does (runner_memory.warn_if_short_of_disk). The warning names
-    the folder measured: `out`'s parent, or the nearest one above it that exists."""
+def warn_if_short_of_disk(path: Path, out: Path, need: int | None = None) -> None:
+    """The folder takes about the file's size (`need`: a folder's files' together; its own dtypes): say
+    so before writing if the disk of `out` has less free, as `run` does (runner_memory.warn_if_short_of_disk).
+    The warning names the folder measured: `out`'s parent, or the nearest one above it that exists."""
     from compress.calib_footprint import human_sizes
     from compress.report import warn
     from compress.runner_memory import free_bytes
 
     missing = missing_parents(out)
     measured = missing[-1].parent if missing else out.parent
-    need, have = path.stat().st_size, free_bytes(measured)
+    need, have = path.stat().st_size if need is None else need, free_bytes(measured)
     if have is not None and need > have:
         need_words, have_words = human_sizes(need, have)
         warn(f"the converted folder takes about {need_words} (the size of {path.name}) and "
@@ -152,8 +157,13 @@ def warn_if_short_of_disk(path: Path, out: Path) -> None:
 
 
 @contextlib.contextmanager
-def lazy_tensors(path: Path) -> Iterator[tuple[list[str], Callable[[str], torch.Tensor]]]:
-    """(tensor names, name -> tensor) of a checkpoint file, reading each tensor when asked."""
+def lazy_tensors(files: list[Path]) -> Iterator[tuple[list[str], Callable[[str], torch.Tensor]]]:
+    """(tensor names, name -> tensor) of a checkpoint file, or of a folder's pickled shards (names file
+    by file), reading each tensor when asked."""
+    if len(files) > 1:
+        yield from _shards_tensors(files)
+        return
+    path = files[0]
     if path.suffix != ".safetensors":
         sd = read_state_dict(path, mmap=True)
         yield list(sd), sd.__getitem__
@@ -166,6 +176,65 @@ def lazy_tensors(path: Path) -> Iterator[tuple[list[str], Callable[[str], torch.
     except (SafetensorsError, OSError) as e:
         raise unreadable(path, e) from None
     yield keys, f.get_tensor
+
+
+def _shards_tensors(files: list[Path]) -> Iterator[tuple[list[str], Callable[[str], torch.Tensor]]]:
+    """lazy_tensors of pickled shards: each shard's names read once (mapped), then its tensors with one
+    shard's dict held at a time (the names come shard by shard). A name in two shards is one line."""
+    where: dict[str, Path] = {}
+    for f in files:
+        for k in read_state_dict(f, mmap=True):
+            if k in where:
+                raise UserError(f"{f.parent}: {where[k].name} and {f.name} both hold tensor {k}")
+            where[k] = f
+    held: dict[Path, dict] = {}
+
+    def get(name: str) -> torch.Tensor:
+        if where[name] not in held:
+            held.clear()
+            held[where[name]] = read_state_dict(where[name], mmap=True)
+        return held[where[name]][name]
+    yield list(where), get
+
+
+_BIN_SHARD = re.compile(r"(.+)-(\d+)-of-(\d+)\.bin")
+
+
+def pickled_folder(folder: Path) -> list[Path]:
+    """The .bin weight files of a folder convert writes as safetensors: where from_pretrained reads .bin
+    there (io.variant_weights: save_pretrained(safe_serialization=False)), the one file or the shards its
+    index lists; else the shards another .bin index lists (transformers' pytorch_model.bin.index.json), or
+    NAME-0000i-of-0000N.bin shards of one NAME and N without an index. [] where the folder holds none of
+    these (a single file in it: commands.not_a_file names it); a UserError naming the shards it lacks."""
+    from compress.io import read_json, variant_weights, weights_variant
+    from compress.io_errors import shards_not_there
+
+    folder = Path(folder)
+    names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    read = variant_weights(names, weights_variant(folder))
+    if read and not any(n.endswith(".bin") for n in read):
+        return []  # safetensors: what stream: true reads already
+    index = [n for n in read if n.endswith(".json")] if read else [n for n in names if n.endswith(".bin.index.json")]
+    if read and not index:
+        return [folder / read[0]]
+    if len(index) == 1:
+        data = read_json(folder / index[0])
+        listed = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(listed, dict) or not listed:
+            raise UserError(f"{folder / index[0]} has no weight_map")
+        shards = sorted(set(map(str, listed.values())))
+        if missing := [s for s in shards if not (folder / s).is_file()]:
+            raise UserError(shards_not_there(folder / index[0], folder, missing))
+        return [folder / s for s in shards]
+    groups = {(m[1], m[3]) for n in names if (m := _BIN_SHARD.fullmatch(n))}
+    if len(groups) != 1 or index:
+        return []
+    (name, of), = groups
+    shards = [f"{name}-{i:0{len(of)}d}-of-{of}.bin" for i in range(1, int(of) + 1)]
+    if missing := [s for s in shards if s not in names]:
+        raise UserError(f"{folder} holds shards {name}-…-of-{of}.bin without an index, and lacks {len(missing)} of them: "
+                        f"{', '.join(missing[:3])}{' …' if len(missing) > 3 else ''} (an incomplete download?)")
+    return [folder / s for s in shards]
 
 
 def _write_shards(folder: Path, path: Path, names: list[str], get, convert_key, expected: dict,

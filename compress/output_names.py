@@ -5,7 +5,8 @@ output's own recipe.yaml takes that output's name: `default_name`), what an outp
 about to replace was made of (`replaced_note`), what a rerun after a stop needs where the output is
 there (`rerun_needs_overwrite`), what the rerun of an output's recipe.yaml leaves out where the output took
 a LoRA since (`lora_rerun_note`), and what a command that reads an output says of a local path that is not
-there (`missing_output`: no such folder, the name meant; of a run folder runs/NAME, its output: `run_output`)."""
+there (`missing_output`: no such folder, the name meant; of a run folder runs/NAME, its output: `run_output`;
+a finished run's whose output is gone: `lost_output`)."""
 
 from __future__ import annotations
 
@@ -276,6 +277,32 @@ def run_output(path: Path) -> Path | None:
         return None
     output = runs.parent / "out" / path.relative_to(runs)
     return output if is_output(output) else None
+
+
+def lost_output(folder: Path, given: str, command: str) -> str | None:
+    """The words for `command` (inspect, eval, bench) given the run folder `folder` (as `given`) of a
+    finished run (stages/finished.json) whose output is gone (`run_output` found none): which output that
+    was (the one it recorded, else out/NAME for runs/NAME) and how to get it back: --resume of its recipe,
+    unchanged, writes it again from its last stage, computing nothing (with --out where it went elsewhere
+    than out/NAME, --run-dir where the folder is no runs/NAME, as run reads them); where the run kept no
+    stage, a plain rerun makes it again. None for another folder."""
+    from compress.runner_resume import FINISHED, stage_dirs
+
+    if not (folder / "stages" / FINISHED).is_file():
+        return None
+    recorded, default = _recorded_output(folder), Path("out") / folder.name
+    runs = folder.parent.name == "runs"  # runs/NAME: run's default run folder for a recipe NAME.yaml
+    out = as_typed(recorded) if recorded is not None else default if runs else None
+    gone = ("its output is not there" if out is None else f"its output {out} is gone" if not out.exists()
+            else f"its output folder {out} holds no output now")
+    flags = (f" --out {out}" if out is not None and not (runs and out == default) else "") \
+        + ("" if runs else f" --run-dir {given}")
+    then = f", then dit-compress {command} {out or 'its output'}"
+    if not stage_dirs(folder):
+        return f"{given} is the run folder of a finished run, but {gone} and the run kept no stage: " \
+               f"rerun its recipe to make it again (dit-compress run RECIPE{flags}){then}"
+    return (f"{given} is the run folder of a finished run, but {gone}: rerun its recipe, unchanged, with --resume "
+            f"to write it again from the stages the run kept (dit-compress run RECIPE --resume{flags}){then}")
 
 
 def _recorded_output(run_dir: Path) -> Path | None:

@@ -94,32 +94,20 @@ def convertible_files(folder: Path) -> list[Path]:
 
 def holds_pickled_weights(folder: Path) -> str:
     """'; it holds diffusers' .bin weights ...: write them once as safetensors with CMD, then stream
-    --teacher FOLDER', a command that does so, where the weights from_pretrained reads in `folder`
-    (io.variant_weights) are .bin (save_pretrained(safe_serialization=False)): one file, `convert` (which
-    reads the config.json beside it); shards, which convert cannot take one at a time, diffusers'
-    from_pretrained (use_safetensors=False: shards of .bin) and save_pretrained (safetensors by default).
-    '' where they are not (or config.json names no class)."""
+    --teacher FOLDER', where the weights from_pretrained reads in `folder` (io.variant_weights) are .bin
+    (save_pretrained(safe_serialization=False)): `convert` of the one file (which reads the config.json
+    beside it), or of the folder, whose shards it converts whole (io_convert.pickled_folder). '' where
+    they are not."""
     variant = weights_variant(folder)
     names = variant_weights([p.name for p in Path(folder).iterdir()], variant)
     if not names or any(".safetensors" in n for n in names):
         return ""
     if len(names) == 1:
-        file = Path(folder) / names[0]
-        what, command = file, f"dit-compress convert {file} FOLDER"
+        what = given = Path(folder) / names[0]
     else:
-        try:
-            config = read_json(Path(folder) / "config.json")
-        except UserError:  # (none, or unreadable: the old words)
-            return ""
-        cls = config.get("_class_name") if isinstance(config, dict) else None
-        if not (isinstance(cls, str) and cls.isidentifier()):
-            return ""
-        what = f"in {len(names) - 1} shards"
-        given = f", variant={variant!r}" if variant else ""
-        command = (f"python -c \"from diffusers import {cls}; {cls}.from_pretrained({str(folder)!r}{given}, "
-                   "use_safetensors=False).save_pretrained('FOLDER')\"")
+        what, given = f"in {len(names) - 1} shards", folder
     return (f"; it holds diffusers' .bin weights ({what}), which stream: true does not read: write them once as "
-            f"safetensors with `{command}`, then stream --teacher FOLDER")
+            f"safetensors with `dit-compress convert {given} FOLDER`, then stream --teacher FOLDER")
 
 
 def listed(files: list[Path], most: int = 3) -> str:

@@ -187,3 +187,35 @@ def test_the_folder_of_a_run_not_finished_says_so_and_how_to_finish_it(tmp_path,
             f"then dit-compress {command} its output\n")
     assert main([command, "plain/x"]) == 2
     assert "run folder" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["inspect", "eval", "bench"])
+def test_the_folder_of_a_finished_run_whose_output_is_gone_says_so_and_how_to_write_it_again(tmp_path, capsys,
+                                                                                             monkeypatch, command):
+    """`inspect runs/r` of a finished run whose output out/r was deleted said 'runs/r is not a dit-compress
+    output folder (needs config.json and ...)'. Now it names the output that is gone and how to get it
+    back: --resume of the recipe writes it again from the stages the run kept (checked: 'its only pass
+    (svd) was done: writing the output again', the same weights), with --out and --run-dir where the run
+    had them; a run that kept no stage is to be rerun."""
+    monkeypatch.chdir(tmp_path)
+    for run_dir, out, stage in (("runs/r1", "out/r1", True), ("work/r5", "elsewhere/x", True),
+                                ("runs/r6", "out/r6", False), ("runs/r7", "out/plain", True)):
+        (tmp_path / run_dir / "stages").mkdir(parents=True)
+        (tmp_path / run_dir / "stages" / "finished.json").write_text(json.dumps({"out": str(tmp_path / out)}))
+        if stage:
+            (tmp_path / run_dir / "stages" / "0-svd").mkdir()
+            (tmp_path / run_dir / "stages" / "0-svd" / "state.json").write_text("{}")
+    (tmp_path / "out" / "plain").mkdir(parents=True)  # there, no output
+    resume = "rerun its recipe, unchanged, with --resume to write it again from the stages the run kept"
+    said = {"runs/r1": f"its output out/r1 is gone: {resume} (dit-compress run RECIPE --resume), then "
+                       f"dit-compress {command} out/r1",
+            "work/r5": f"its output elsewhere/x is gone: {resume} (dit-compress run RECIPE --resume --out elsewhere/x "
+                       f"--run-dir work/r5), then dit-compress {command} elsewhere/x",
+            "runs/r6": "its output out/r6 is gone and the run kept no stage: rerun its recipe to make it again "
+                       f"(dit-compress run RECIPE), then dit-compress {command} out/r6",
+            "runs/r7": f"its output folder out/plain holds no output now: {resume} (dit-compress run RECIPE --resume "
+                       f"--out out/plain), then dit-compress {command} out/plain"}
+    for given, words in said.items():
+        assert main([command, given]) == 2
+        assert capsys.readouterr().err == f"dit-compress: error: {given} is the run folder of a finished run, but " \
+                                          f"{words}\n"

@@ -285,3 +285,30 @@ def test_a_real_models_guided_error_that_is_not_finite_is_warned_of(stream, tmp_
     assert json.loads(said.out)["guided_error"] is None
     assert ("warning: eval: the model's guided prediction (with the empty prompt's branch) holds NaN/Inf on its "
             f"run's {rows} held-out inputs: its guided_error is not finite") in " ".join(said.err.split()), said.err
+
+
+def test_a_toy_outputs_guided_error_says_its_guidance_where_its_run_calibrated_one_branch(tmp_path, capsys,
+                                                                                          monkeypatch):
+    """A toy output whose recipe had calibration.cfg_branches: false got guided_error (at 3, the guidance
+    eval samples the digits with) with no word that its run calibrated and checked the prompt's branch
+    alone (a real model's eval gives none there: the run's pipeline sampled one branch). The figure
+    stays, as the toy digits eval scores are sampled guided; a note says its guidance and the run's."""
+    import compress.toy.evaluate
+    from compress.io_export import save_compressed
+    from compress.toy import load_toy_teacher
+
+    monkeypatch.setattr(compress.toy.evaluate, "evaluate", lambda *a, **k: {"guidance": 3.0, "pred_rel_error": 0.1,
+                                                                            "guided_error": 0.2})
+    said = {}
+    for name, calibration in (("one", "calibration: {cfg_branches: false}\n"), ("both", "calibration: {}\n"),
+                              ("none", "")):
+        out = save_compressed(load_toy_teacher("pixart"), tmp_path / name, extra={"teacher": "toy:pixart"},
+                              files={"recipe.yaml": f"model: pixart\nteacher: toy:pixart\n{calibration}"
+                                                    "passes: [{svd: {targets: [mlp]}}]\n"})
+        assert main(["eval", str(out), "--json"]) == 0
+        said[name] = " ".join(capsys.readouterr().err.split()).split("note: ")[1:]
+        assert said[name] == [] or name == "one", said
+    assert said["one"] == [f"guided_error is at guidance 3, the toy pipeline's, which eval samples the digits with; "
+                           f"the run of {tmp_path / 'one'} calibrated without the empty prompt's branch that guided "
+                           "sampling reads (its recipe.yaml's calibration.cfg_branches: false), and measured no "
+                           "guided error of its own"]

@@ -383,3 +383,43 @@ def test_an_output_saved_again_with_save_pretrained_is_refused_before_its_config
                                         r"output .*already a diffusers folder"):
         convert_file(tmp_path / "alone" / weights.name, tmp_path / "new", config=str(tmp_path / "saved"))
     assert not (tmp_path / "new").exists() and "config attributes" not in caplog.text  # diffusers logs its page
+
+
+@pytest.mark.parametrize("layout", ["one file", "sharded", "transformers' names", "no index"])
+def test_a_folder_of_bin_weights_converts_whole(tmp_path, capsys, layout):
+    """`convert FOLDER` of a save_pretrained(safe_serialization=False) folder in shards said 'a folder;
+    convert reads a single-file checkpoint: give one of the files in it (…-00001-of-00005.bin, …)', and a
+    shard given is a part of the weights. Now the folder converts whole: every shard its index lists
+    (diffusers' or transformers' pytorch_model.bin.index.json), or NAME-0000i-of-0000N.bin shards without an
+    index, into a folder that streams the model's tensors; a shard missing is named."""
+    from compress.cli import main
+    from compress.stream_files import checkpoint_of
+
+    model = tiny_pixart()
+    folder = tmp_path / "t"
+    model.save_pretrained(folder, safe_serialization=False, **({} if layout == "one file" else {"max_shard_size": "30KB"}))
+    index = folder / "diffusion_pytorch_model.bin.index.json"
+    if layout == "transformers' names":
+        data = json.loads(index.read_text())
+        data["weight_map"] = {k: v.replace("diffusion_pytorch_model", "pytorch_model") for k, v in data["weight_map"].items()}
+        index.unlink()
+        (folder / "pytorch_model.bin.index.json").write_text(json.dumps(data))
+        for shard in folder.glob("diffusion_pytorch_model-*.bin"):
+            shard.rename(folder / shard.name.replace("diffusion_pytorch_model", "pytorch_model"))
+    elif layout == "no index":
+        index.unlink()
+    shards = sorted(folder.glob("*.bin"))
+    assert len(shards) == 1 if layout == "one file" else len(shards) > 2
+    assert main(["convert", str(folder), str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'out'}: a diffusers PixArtTransformer2DModel folder "
+                                              "(78 tensors, float32, 1 shard)")
+    config, files = checkpoint_of(str(tmp_path / "out"))
+    streamed = {k: v for f in set(files.values()) for k, v in load_file(f).items()}
+    expected = model.state_dict()
+    assert config["_class_name"] == "PixArtTransformer2DModel"
+    assert streamed.keys() == expected.keys() and all(streamed[k].equal(expected[k]) for k in expected)
+    if layout != "one file":
+        shards[1].unlink()
+        assert main(["convert", str(folder), str(tmp_path / "out2")]) == 2
+        said = capsys.readouterr().err
+        assert shards[1].name in said and "(an incomplete download?)" in said and not (tmp_path / "out2").exists(), said

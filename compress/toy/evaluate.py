@@ -6,7 +6,8 @@
   held-out real digits, in a PCA space fit on the train split; `*_floor` = the same between an equally
   large train subsample and held-out (real vs real).
 - with a teacher: psnr_vs_teacher (same prompts and seeds), pred_rel_error (`prediction_error`) and the
-  guided prediction's error at the sampling guidance, guided_error (`guided_prediction_error`).
+  guided prediction's error at the sampling guidance, guided_error (`guided_prediction_error`); of an
+  output whose run calibrated without the empty prompt's branch, a note saying so (`unguided_run_note`).
 
 Samples are compared at 8×8 (2×2 mean-pooled), the resolution sklearn's digits come in.
 """
@@ -14,6 +15,7 @@ Samples are compared at 8×8 (2×2 mean-pooled), the resolution sklearn's digits
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -262,6 +264,27 @@ def evaluate(transformer, family: str, teacher=None, seed: int = 0, n_per_prompt
 
         warn_if_not_finite(result, f"the {n_pred} held-out triples")
     return result
+
+
+def unguided_run_note(out, result: dict) -> str | None:
+    """The note for `result` (evaluate's, with its teacher) of the output folder `out` whose recipe.yaml
+    calibrated without the empty prompt's branch (calibration.cfg_branches: false): its guided_error is
+    at the guidance eval samples with (the toy pipeline's), a branch that run neither calibrated nor
+    checked (its held-out check measured no guided error). None otherwise, or where recipe.yaml is
+    missing or unreadable."""
+    import yaml
+
+    if "guided_error" not in result:
+        return None
+    try:
+        calibration = (yaml.safe_load((Path(out) / "recipe.yaml").read_text()) or {}).get("calibration") or {}
+    except (OSError, ValueError, yaml.YAMLError, AttributeError):
+        return None
+    if not isinstance(calibration, dict) or calibration.get("cfg_branches") is not False:
+        return None
+    return (f"guided_error is at guidance {result['guidance']:g}, the toy pipeline's, which eval samples the "
+            f"digits with; the run of {out} calibrated without the empty prompt's branch that guided sampling "
+            "reads (its recipe.yaml's calibration.cfg_branches: false), and measured no guided error of its own")
 
 
 def check_seed(seed) -> None:
