@@ -105,7 +105,8 @@ def guarded_words(records: dict[str, dict], shown: int = 3) -> str | None:
             "that did not (report.json: svd.layers.<name>.guard)")
 
 
-SETTINGS = ("method", "allocation", "activations", "fisher", "fisher_probes", "fisher_damping")  # in its summary
+SETTINGS = ("method", "allocation", "activations", "fisher", "fisher_probes", "fisher_damping",
+            "objective")  # in its summary
 
 
 def summary(records: dict[str, dict], c) -> dict:
@@ -116,7 +117,7 @@ def summary(records: dict[str, dict], c) -> dict:
     weighted = c.fisher != "none"  # the Fisher's estimate: probes and damping (None where none is read)
     return {"method": c.method, "allocation": c.allocation, "activations": c.activations, "fisher": c.fisher,
             **{k: getattr(c, k) if weighted else None for k in ("fisher_probes", "fisher_damping")},
-            "params_before": before, "params_after": after,
+            "objective": c.objective, "params_before": before, "params_after": after,
             "kept_ratio": after / before if before else 1.0,
             "dense": sorted(n for n, r in records.items() if r["rank"] == "dense"),
             "clamped_grams": sorted(n for n, r in records.items() if r.get("clamped")),

@@ -115,7 +115,7 @@ def test_two_svd_passes_summary_names_each_passes_setting_where_they_differ():
 
     def config(allocation):
         return SimpleNamespace(method="whitened", allocation=allocation, activations="student", fisher="all",
-                               fisher_probes=4, fisher_damping=1e-3)
+                               fisher_probes=4, fisher_damping=1e-3, objective="branches")
 
     report = {}
     for allocation, records in (("global", {"a": layer(40)}), ("uniform", {"m": layer(10)})):
@@ -142,3 +142,12 @@ def test_a_pass_whose_compensation_refused_a_step_is_warned_in_one_line_naming_t
                            "their plain relative output error above 2 (a zero output's: 1; b 351x at step 0.0625, "
                            "d 81.4x at step 0.25, e 3x at step 0.0625 and 1 more)"), said
     assert "\n" not in said and "svd.layers.<name>.guard" in said
+
+
+def test_the_summary_records_each_passes_svd_objective():
+    """report.json never said which svd.objective a run used (branches, or guided, which weighs the errors by
+    the guided prediction). Now the summary's `objective`, each pass's where they differ."""
+    report = _merged({}, {"a": _record()}, SVDConfig(objective="guided"))
+    assert report["objective"] == "guided" and report["passes"][0]["objective"] == "guided"
+    _merged(report, {"b": _record()}, SVDConfig(targets=["modulation"]))
+    assert report["objective"] == ["guided", "branches"]
