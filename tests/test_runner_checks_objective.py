@@ -90,3 +90,17 @@ def test_a_pipeline_that_runs_one_branch_is_refused_and_the_sets_are_named():
 def test_both_branches_or_the_default_objective_plan(capsys):
     assert make_plan(_recipe("{}"))["passes"][1]["pass"] == "svd"
     assert make_plan(_recipe("{cfg_branches: false}", "branches"))["passes"][1]["pass"] == "svd"
+
+
+def test_an_odd_toy_batch_size_that_splits_the_pairs_is_refused_by_plan():
+    """calibration.batch_size 5 with cfg_branches: true passed plan; the run refused at the svd pass, after the
+    passes before it, telling the user to set calibration.cfg_branches: true, which was set: the toy source cuts
+    its interleaved rows u0, c0, u1, c1, … into batches of 5, splitting an input's two branches."""
+    with pytest.raises(UserError) as e:
+        make_plan(_recipe("{num_prompts: 6, timesteps: 2, batch_size: 5}"))
+    assert str(e.value) == ("rec/o.yaml:9: " + NEEDS.format(objective="guided_compensation")
+                            + "calibration.batch_size 5 is odd (a batch would split an input's two branches): set "
+                              "an even calibration.batch_size, or svd.objective: branches")
+    assert make_plan(_recipe("{num_prompts: 6, timesteps: 2, batch_size: 4}"))["passes"][1]["pass"] == "svd"
+    assert make_plan(_recipe("{num_prompts: 1, timesteps: 2, batch_size: 5}"))["passes"][1]["pass"] == "svd"
+    assert make_plan(_recipe("{num_prompts: 6, timesteps: 2, batch_size: 5}", "branches"))

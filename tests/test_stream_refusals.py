@@ -67,3 +67,20 @@ def test_the_cli_prints_every_refusal_without_a_traceback(capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err and "4 things in" in err
     assert "passes.2.svd.fisher" in err and "passes.3.svd.fisher" in err and "distill" in err
+
+
+def test_a_guided_objective_is_refused_with_its_fisher_and_branches_offered():
+    """`plan recipes/toy-pixart-stream.yaml --set passes.1.svd.objective=guided` said to set fisher: all or
+    modulation, and with it stream: true refused the Fisher: no streamed value of either was offered. Now
+    the objective is refused with the Fisher, with branches offered, and the recipe-load words offer it too."""
+    with pytest.raises(UserError) as e:
+        SVDPass(SVDConfig(fisher="modulation", objective="guided")).check_streaming()
+    assert "svd.fisher: modulation needs" in str(e.value)
+    assert ("svd.objective: guided weighs by the prediction's Fisher, which needs the whole model in memory; with "
+            "stream: true set svd.objective to branches (each calibration row's own prediction)") in str(e.value)
+    path = RECIPES / "toy-pixart-stream.yaml"
+    with pytest.raises(UserError, match=r"fisher: block, where it would do nothing: set svd.fisher: all or "
+                                       r"modulation, or svd.objective: branches$"):
+        load_recipe(str(path), ["passes.1.svd.objective=guided"])
+    said = _refusal(load_recipe(str(path), ["passes.1.svd.objective=guided", "passes.1.svd.fisher=modulation"]))
+    assert "set passes.1.svd.objective to branches" in said and "set passes.1.svd.fisher to block" in said

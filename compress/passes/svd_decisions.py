@@ -23,11 +23,15 @@ NOT_FITTED = {
 
 def streaming_refusals(c) -> list[Refusal]:
     """What of an svd config needs whole-model forwards, which block weights streamed cannot run: the
-    prediction's Fisher (and with it compensation), global allocation's measured sensitivities."""
+    prediction's Fisher (and with it compensation and a guided svd.objective, which weighs by it),
+    global allocation's measured sensitivities."""
     out = []
     if c.fisher in ("all", "modulation"):
         out.append(Refusal("fisher", c.fisher, "needs the whole model in memory (one forward and backward per "
                            "probe)", "block (each block's own output Fisher) or none"))
+    if c.objective != "branches":
+        out.append(Refusal("objective", c.objective, "weighs by the prediction's Fisher, which needs the whole model "
+                           "in memory", "branches (each calibration row's own prediction)"))
     if c.allocation == "global" and c.sensitivity is not False:
         shown = "true" if c.sensitivity else "on with allocation: global"
         out.append(Refusal("sensitivity", shown, "needs the whole model in memory (one forward per layer)",

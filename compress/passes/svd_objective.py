@@ -36,6 +36,13 @@ def calibration_guidance(objective: str, heldout_guidance, batches: list[dict], 
     held = heldout_guidance()
     scale = held.scale if held is not None else scale
     pairs = [calibration_pairs(b) for b in batches]
+    split = [i for i, (p, b) in enumerate(zip(pairs, batches)) if p is None and b["hidden_states"].shape[0] % 2]
+    if scale is not None and split:  # an odd row count: some input's other branch is in another batch
+        rows = batches[split[0]]["hidden_states"].shape[0]
+        raise UserError(f"svd.objective {objective} needs both classifier-free-guidance branches of each input in "
+                        f"one calibration batch, and calibration batch {split[0] + 1} holds {rows} rows (an odd "
+                        "calibration.batch_size splits an input's two branches across batches); set an even "
+                        "calibration.batch_size, or svd.objective: branches")
     if scale is None or any(p is None for p in pairs):
         raise UserError(f"svd.objective {objective} needs calibration inputs holding both classifier-free-guidance "
                         "branches of each input (calibration.cfg_branches: true, a source that samples with "
@@ -45,7 +52,8 @@ def calibration_guidance(objective: str, heldout_guidance, batches: list[dict], 
 
 def no_pairs(calib, kind: str, single: bool) -> tuple[str, str, tuple[str, ...]] | None:
     """(why, what to set, the calibration keys read) where the recipe alone tells that its calibration
-    inputs hold no CFG pair of any input (`calib`: its CalibrationConfig; `kind`: its source's,
+    inputs hold no CFG pair of any input, or a toy source's odd batch_size splits some (ToySource.calibration
+    chunks the interleaved rows u0, c0, u1, c1, … by it) (`calib`: its CalibrationConfig; `kind`: its source's,
     inputs.source_kind; `single`: a pipeline source's pipeline runs one branch, calib_prompts.one_branch),
     as the sources draw them (inputs.ToySource, calib_pipeline.PipelineSource.guidance); None where the
     sampled records alone can tell (then calibration_guidance refuses when the pass starts)."""
@@ -57,6 +65,9 @@ def no_pairs(calib, kind: str, single: bool) -> tuple[str, str, tuple[str, ...]]
     if not calib.cfg_branches:
         return ("calibration.cfg_branches is false (the inputs hold the prompt's branch alone)",
                 "calibration.cfg_branches: true", ("calibration.cfg_branches",))
+    if kind == "toy" and calib.batch_size % 2 and calib.batch_size < 2 * calib.num_prompts * calib.timesteps:
+        return (f"calibration.batch_size {calib.batch_size} is odd (a batch would split an input's two branches)",
+                "an even calibration.batch_size", ("calibration.batch_size",))
     if kind == "pipeline" and calib.guidance_scale <= 1:
         return (f"calibration.guidance_scale {calib.guidance_scale:g} turns classifier-free guidance off",
                 "calibration.guidance_scale above 1", ("calibration.guidance_scale",))

@@ -61,11 +61,13 @@ def _check_objective(c) -> None:
     parts = PARTS.get(c.objective, ())
     if parts and c.fisher not in ("all", "modulation"):
         raise _bad("objective", f"svd.objective: {c.objective} needs the prediction's Fisher (fisher: all or "
-                                f"modulation); this pass has fisher: {c.fisher}, where it would do nothing", "fisher")
+                                f"modulation); this pass has fisher: {c.fisher}, where it would do nothing: set "
+                                "svd.fisher: all or modulation, or svd.objective: branches", "fisher")
     if parts == ("compensation",) and (c.compensate is False or c.method != "whitened"):
         raise _bad("objective", f"svd.objective: {c.objective} needs compensation (method: whitened, compensate not "
                                 f"false); this pass has method: {c.method}, compensate: {as_yaml(c.compensate)}, where "
-                                "it would do nothing", "method", "compensate")
+                                "it would do nothing: set svd.method: whitened with svd.compensate not false, or "
+                                "svd.objective: branches", "method", "compensate")
 
 
 def _check_numbers(c) -> None:

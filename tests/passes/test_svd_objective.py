@@ -65,7 +65,8 @@ def test_the_guided_fishers_are_kept_apart_from_each_rows_and_a_wrong_objective_
                                                                 "compensation (method: whitened, compensate not false)"),
 ])
 def test_a_guided_objective_where_it_would_do_nothing_is_refused(keys, words):
-    with pytest.raises(BadValue, match=f"^{re.escape(words)}.*where it would do nothing$"):
+    with pytest.raises(BadValue, match=f"^{re.escape(words)}.*where it would do nothing: set .*, or svd.objective: "
+                                       "branches$"):
         SVDConfig(**keys).validate()
     SVDConfig(objective="guided_fisher", compensate=False).validate()  # the Fisher is still guided
 
@@ -80,3 +81,23 @@ def test_the_guidance_scale_is_the_held_out_guidances_or_before_it_is_read_the_p
     assert got.scale == 4.5 and got.pairs[0][0].tolist() == [0, 2]
     with pytest.raises(UserError, match="needs calibration inputs holding both"):
         calibration_guidance("guided", lambda: None, batches)  # no scale known: no guided prediction
+
+
+def test_pass_time_words_say_an_odd_batch_split_the_pairs():
+    """Batches cut from the interleaved rows at an odd size: the pass told the user to set
+    calibration.cfg_branches: true, which was set. Now it says the batch size split the pairs."""
+    import torch
+
+    from compress.passes.svd_objective import calibration_guidance
+
+    both = two_branches(tiny_pixart(), inputs=3, seed=0)  # 6 rows u0, c0, u1, c1, u2, c2
+    rows = both["hidden_states"].shape[0]
+    cut = lambda a, b: {k: (v[a:b] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == rows  # noqa: E731
+                            and k not in ("img_ids", "txt_ids") else v) for k, v in both.items()}
+    with pytest.raises(UserError) as e:
+        calibration_guidance("guided", lambda: HeldOutGuidance(3.0), [cut(0, 5), cut(5, 6)])
+    assert str(e.value) == ("svd.objective guided needs both classifier-free-guidance branches of each input in one "
+                            "calibration batch, and calibration batch 1 holds 5 rows (an odd calibration.batch_size "
+                            "splits an input's two branches across batches); set an even calibration.batch_size, or "
+                            "svd.objective: branches")
+    assert calibration_guidance("guided", lambda: HeldOutGuidance(3.0), [cut(0, 4), cut(4, 6)]).scale == 3.0
