@@ -80,11 +80,12 @@ def evaluate(args) -> int:
     result = toy_evaluate(model, family, teacher=teacher, seed=seed, progress=True)  # a bar per model's sampling
     if out is not None and (said := unguided_run_note(out, result)) is not None:
         note(said)
+    code = _print(result, args.json, named, args.model)  # the scores first: a grid that cannot be written loses none
     if grid:
         from compress.toy.grid import save_sample_grid
 
         console.print(f"wrote {save_sample_grid(model, family, grid, seed=seed)}")
-    return _print(result, args.json, named, args.model)
+    return code
 
 
 def _cached_output(model: str) -> str:

@@ -103,3 +103,21 @@ def test_a_command_that_cannot_write_a_file_it_was_not_told_where_says_so_withou
                                                                                    "mnt/.lo.tmp-0a1b2c3d/w"))
     assert str(said).endswith("during dit-compress lora; give an output folder on a file system that takes larger "
                               "files (not FAT32), or raise ulimit -f")
+
+
+def test_eval_whose_grid_cannot_be_written_prints_its_scores_first(tmp_path, capsys, monkeypatch):
+    """`eval OUT --grid mnt/g.png` on a full disk: after ~90 s of sampling, a traceback at toy/grid.py:30
+    and no scores; the scores are printed first, then one line for the grid."""
+    import compress.toy.evaluate
+
+    monkeypatch.setattr(compress.toy.evaluate, "evaluate", lambda *a, **k: {"adherence": 1.0})
+    sample = compress.toy.evaluate.sample  # the grid's samples, in 2 denoising steps of the default 20
+    monkeypatch.setattr(compress.toy.evaluate, "sample", lambda *a, **k: sample(*a, **{**k, "num_inference_steps": 2}))
+    _failing_rename(monkeypatch, "g.png", errno.ENOSPC)
+    grid = tmp_path / "g.png"
+    assert main(["eval", "toy:flux", "--grid", str(grid)]) == 1
+    printed = capsys.readouterr()
+    assert "adherence: 1" in printed.out and "Traceback" not in printed.err
+    assert printed.err.strip().splitlines()[-1] == (f"dit-compress: cannot write: {grid}: no space left on the device, "
+                                                    "during dit-compress eval; free space there, or give --grid on "
+                                                    "another disk")
