@@ -189,7 +189,7 @@ def check_replaceable(out: Path, overwrite: bool, flag: str = CLI_OVERWRITE) -> 
                         "new folder")
     if not out.is_dir():
         raise UserError(f"output folder {out} exists and is a file, not a folder; name a new folder")
-    if os.path.ismount(out):
+    if is_mount_point(out):
         raise UserError(mount_point(out))
     try:
         entries = sorted(out.iterdir())
@@ -219,6 +219,48 @@ def check_name_fits(out: Path) -> None:
                         f"{NAME_MAX - 14} bytes; name a shorter folder")
 
 
+MOUNTINFO = Path("/proc/self/mountinfo")  # Linux: this process's mounts, one a line, the 5th field its mount point
+
+
+def is_mount_point(path: Path) -> bool:
+    """Whether `path` is a mount point: os.path.ismount's (another device, or the folder's parent its own
+    inode), or one MOUNTINFO lists, which ismount misses for a bind mount on the same file system
+    (`mount --bind src dst`, a Docker volume of a host folder)."""
+    return os.path.ismount(path) or os.fsencode(os.path.realpath(path)) in listed_mount_points()
+
+
+def listed_mount_points() -> set[bytes]:
+    """The mount points MOUNTINFO lists (its 5th field, `unescape_mount`ed), as bytes; none where it is
+    not there or cannot be read (not Linux)."""
+    try:
+        lines = MOUNTINFO.read_bytes().splitlines()
+    except OSError:
+        return set()
+    return {unescape_mount(fields[4]) for fields in (line.split(b" ") for line in lines) if len(fields) > 4}
+
+
+def unescape_mount(field: bytes) -> bytes:
+    """A mountinfo path field with its octal escapes decoded (the kernel writes a space, tab, newline
+    and backslash as \\040, \\011, \\012, \\134)."""
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
+
+
+class OutputBusy(UserError):
+    """The export's final rename onto the output folder refused (EBUSY, EXDEV): a mount point
+    `is_mount_point` did not know; the runner adds what the run folder keeps (`--resume --out`)."""
+
+    def __init__(self, message: str, inside: Path):
+        super().__init__(message)
+        self.inside = inside  # a folder inside it that a rerun may name
+
+
+def busy_output(out: Path, e: OSError) -> OutputBusy:
+    """One line for the rename onto `out` refused with `e` (EBUSY, EXDEV), naming a folder inside it."""
+    return OutputBusy(f"output folder {out} could not be replaced ({e.strerror or e}): it is a mount point, which an "
+                      f"output cannot replace (it is written beside its folder, then renamed onto it); name a folder "
+                      f"inside it, e.g. {out / 'NAME'}", out / "NAME")
+
+
 def mount_point(out: Path) -> str:
     """Why the mount point `out` (a Docker volume, a USB disk) cannot be an output folder: the output is
     written beside it and renamed onto it, which no mount point takes (EBUSY, after the whole run); a
@@ -242,7 +284,12 @@ def atomic_folder(out, overwrite: bool = False, flag: str = CLI_OVERWRITE):
         _make_temp(tmp, out)
         yield tmp
         as_umask_allows(tmp)
-        _swap_in(tmp, out)
+        try:
+            _swap_in(tmp, out)
+        except OSError as e:  # a mount point is_mount_point missed: refused only here, after the work
+            if e.errno not in (errno.EBUSY, errno.EXDEV):
+                raise
+            raise busy_output(out, e) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -13,7 +13,7 @@ from pathlib import Path
 import compress
 from compress.errors import NumericError, UserError
 from compress.interrupts import interrupts_held
-from compress.io_export import CLI_OVERWRITE
+from compress.io_export import CLI_OVERWRITE, OutputBusy
 from compress.io_source import check_teacher_options
 from compress.recipe_teacher_config import config_by, teacher_config_of
 from compress.passes import build_passes
@@ -112,6 +112,8 @@ class Runner:
                 if is_out_of_memory(e):
                     raise out_of_memory(e, self.recipe, getattr(self, "passes", []), self.doing, self._kept(),
                                         spill_short(getattr(self, "activation_bytes", None), self.run_dir)) from None
+                if isinstance(e, OutputBusy):  # a mount point as --out: the passes are saved, another --out takes them
+                    raise OutputBusy(f"{e}{self._kept(elsewhere=e.inside)}", e.inside) from None
                 if disk_full_words(e) is not None:
                     raise disk_full(e, self.recipe, self.doing, self.out, self.run_dir, self._kept()) from None
                 if several_processes() and peer_lost_in(e):
@@ -256,14 +258,17 @@ class Runner:
         """The recipe line and pass running now ('r.yaml:12: pass 2/3 (svd)'), or the phase."""
         return doing_words(self.recipe, self.doing)
 
-    def _kept(self, none_kept: str = "") -> str:
+    def _kept(self, none_kept: str = "", elsewhere: Path | None = None) -> str:
         """'; RUN_DIR keeps its work (...): rerun with --resume' where this run's work is there, else
         `none_kept` (a lost peer's AGAIN); where the output folder is there (an earlier output this run's
         --overwrite had not replaced yet), that the rerun needs --overwrite too, as Ctrl-C's note says
-        (output_names.rerun_needs_overwrite)."""
+        (output_names.rerun_needs_overwrite); for a rerun that names the output folder `elsewhere`
+        instead, that folder ('... --resume only writes the output (with --out DIR/NAME)')."""
         note = kept_note(self.run_dir, self.recipe, getattr(self, "passes", []), self.doing, self.resume,
                          is_main_process(), getattr(getattr(self, "ctx", None), "fingerprint", None),
                          getattr(self, "sampled_calls", None))  # as interrupt_note: what a rerun reads back
+        if elsewhere is not None:
+            return f"{note} (with --out {elsewhere})" if note else none_kept
         return rerun_needs_overwrite(self.out, note or none_kept)
 
     def _stage(self, i: int, student, reference, heldout, teacher_params: int):

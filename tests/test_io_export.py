@@ -1,5 +1,6 @@
 import errno
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -445,3 +446,82 @@ def test_a_mount_point_as_the_output_is_refused_before_any_work(tmp_path, monkey
         assert main(argv + extra) == 2
         assert capsys.readouterr().err == f"dit-compress: error: {said.format(out=mnt)}\n"
     assert loads == [] and not [p for p in tmp_path.iterdir() if p.name.startswith(".mnt.")]
+
+
+def test_a_bind_mount_listed_in_mountinfo_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """An empty bind mount as --out (`mount --bind src dst`, on the same file system) is no mount point to
+    os.path.ismount: it was refused 'exists; pass --overwrite', and with --overwrite every pass ran, then
+    the rename onto it failed with a traceback (EBUSY, io_export.exchange). Now /proc/self/mountinfo's
+    listing of it (its 5th field, a space written \\040) refuses it before the teacher loads."""
+    import compress.io_export as io_export
+    from compress.cli import main
+    from tests.runner_helpers import pixart_runner
+
+    _, _, loads = pixart_runner(tmp_path, monkeypatch)
+    mnt = tmp_path / "my mnt"
+    mnt.mkdir()
+    listed = str(mnt.resolve()).replace(" ", "\\040").encode()
+    info = tmp_path / "mountinfo"
+    info.write_bytes(b"22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+                     b"40 22 8:1 /src " + listed + b" rw,relatime shared:1 - ext4 /dev/sda1 rw\n")
+    monkeypatch.setattr(io_export, "MOUNTINFO", info)
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(mnt), "--run-dir", str(tmp_path / "run")]
+    for extra in ([], ["--overwrite"]):
+        capsys.readouterr()
+        assert main(argv + extra) == 2
+        assert capsys.readouterr().err == (f"dit-compress: error: output folder {mnt} is a mount point, which an output "
+                                           "cannot replace (it is written beside its folder, then renamed onto it); "
+                                           f"name a folder inside it, e.g. {mnt}/NAME\n")
+    assert loads == []
+    assert not io_export.is_mount_point(tmp_path) and not io_export.is_mount_point(tmp_path / "my")
+    monkeypatch.setattr(io_export, "MOUNTINFO", tmp_path / "none")  # not Linux: ismount's answer alone
+    assert not io_export.is_mount_point(mnt)
+
+
+def test_unescape_mount_decodes_the_kernels_octal_escapes():
+    from compress.io_export import unescape_mount
+
+    assert unescape_mount(b"/mnt/a\\040b\\011c\\012d\\134e") == b"/mnt/a b\tc\nd\\e"
+    assert unescape_mount(b"/mnt/\xc3\xa9") == b"/mnt/\xc3\xa9"
+
+
+@pytest.mark.parametrize("err", [errno.EBUSY, errno.EXDEV])
+def test_a_rename_onto_the_output_refused_at_the_export_is_one_line_and_resume_writes_it_inside(
+        tmp_path, monkeypatch, capsys, err):
+    """A mount point is_mount_point does not know (EBUSY, or EXDEV, from the final rename) failed the
+    export with a traceback after every pass. Now one line naming the folder and one inside it, and
+    what the run folder keeps: `--resume --out DIR/NAME` writes the output, running no pass again."""
+    import compress.io_export as io_export
+    from compress.cli import main
+    from compress.runner import Runner
+    from tests.runner_helpers import pixart_runner
+
+    _, _, loads = pixart_runner(tmp_path, monkeypatch)
+    out, run = tmp_path / "mnt", tmp_path / "run"
+    out.mkdir()
+
+    def refused(a, b):
+        raise OSError(err, os.strerror(err), str(a), None, str(b))
+    monkeypatch.setattr(io_export, "exchange", refused)
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: refused(a, b) if Path(a) == out or Path(b) == out
+                        else real_replace(a, b))
+    ran = []
+    real_pass = Runner._run_pass
+    monkeypatch.setattr(Runner, "_run_pass", lambda self, i, s: (ran.append(i), real_pass(self, i, s))[1])
+    argv = ["run", str(tmp_path / "r.yaml"), "--run-dir", str(run)]
+    assert main(argv + ["--out", str(out), "--overwrite"]) == 2
+    err_text = capsys.readouterr().err
+    assert "Traceback" not in err_text
+    err_text = err_text.splitlines(keepends=True)[-1]  # (the passes' progress before it)
+    assert err_text.startswith(f"dit-compress: error: output folder {out} could not be replaced ({os.strerror(err)}): "
+                               "it is a mount point, which an output cannot replace (it is written beside its "
+                               f"folder, then renamed onto it); name a folder inside it, e.g. {out}/NAME; {run} "
+                               "keeps its work (")
+    assert err_text.endswith("passes done): --resume only writes the output (with --out "
+                             f"{out}/NAME)\n"), err_text
+    assert list(out.iterdir()) == [] and not [p for p in tmp_path.iterdir() if p.name.startswith(".mnt.")]
+    done = list(ran)
+    assert done
+    assert main(argv + ["--resume", "--out", str(out / "NAME")]) == 0
+    assert ran == done and (out / "NAME" / "config.json").is_file()
