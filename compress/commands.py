@@ -3,6 +3,7 @@ commands_lora's)."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from compress.arch import get_adapter
@@ -287,7 +288,7 @@ def convert(args) -> int:
         done = convert_file(source, out, config=args.teacher_config)
     shards = f"{done['shards']} shard{'s' if done['shards'] != 1 else ''}"
     results.print(f"wrote {out}: a diffusers {done['class']} folder ({done['tensors']} tensors, "
-                  f"{', '.join(done['dtypes'])}, {shards}); stream it with --teacher {out}")
+                  f"{', '.join(done['dtypes'])}, {shards}); stream it with --teacher {shlex.quote(str(out))}")
     return 0
 
 

@@ -358,3 +358,22 @@ def test_inspect_shows_an_output_with_a_nan_and_warns(tmp_path, capsys):
     assert main(["inspect", str(out)]) == 0
     captured = capsys.readouterr()
     assert "proj_out.weight has 1 NaN/Inf" in captured.err and "rank budget" in captured.out
+
+
+
+
+def test_convert_says_the_teacher_to_stream_quoted_as_a_shell_takes_it(tmp_path, capsys, monkeypatch):
+    """'stream it with --teacher ../wé ird dir/cönv out': a path with spaces, pasted, is three arguments."""
+    import shlex
+
+    from safetensors.torch import save_file
+
+    model = tiny_flux()
+    save_file(model.state_dict(), str(tmp_path / "f.safetensors"))
+    model.save_config(tmp_path)  # config.json beside the file
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["convert", "f.safetensors", "wé ird dir/cönv out"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert said.endswith("; stream it with --teacher 'wé ird dir/cönv out'"), said
+    assert shlex.split(said.rsplit("--teacher ", 1)[1]) == ["wé ird dir/cönv out"]
