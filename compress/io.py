@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError as SafetensorsError
+from safetensors import SafetensorError
 from torch import nn
 
 from compress.arch import family_of_class, get_adapter
@@ -303,7 +303,7 @@ def safetensors_dtypes(path: Path) -> set[str]:
     try:
         with safe_open(str(path), "pt") as f:
             return {f.get_slice(k).get_dtype() for k in f.keys()}
-    except (SafetensorsError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError) as e:
         raise unreadable(path, e) from None
 
 

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+from safetensors import SafetensorError
 
 from compress.errors import UserError
-from compress.io import INDEX, WEIGHTS, SafetensorsError
+from compress.io import INDEX, WEIGHTS
 from compress.io_export import atomic_folder
 from compress.runner_lock import hold_output
 from compress.io_single import (check_flux_blocks, checked_family, config_file, empty_model, key_converter,
@@ -173,7 +174,7 @@ def lazy_tensors(files: list[Path]) -> Iterator[tuple[list[str], Callable[[str],
     try:
         f = safe_open(str(path), framework="pt")
         keys = list(f.keys())
-    except (SafetensorsError, OSError) as e:
+    except (SafetensorError, OSError) as e:
         raise unreadable(path, e) from None
     yield keys, f.get_tensor
 

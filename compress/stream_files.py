@@ -13,9 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from compress.errors import UserError
-from compress.io import (INDEX, WEIGHTS, SafetensorsError, read_config, read_json, transformer_folder,
+from compress.io import (INDEX, WEIGHTS, read_config, read_json, transformer_folder,
                          variant_weights, weights_variant)
 from compress.io_errors import broken_weights, shards_not_there
 from compress.io_hub import hub_folder
@@ -132,7 +133,7 @@ def file_map(path: Path) -> dict[str, Path]:
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict.fromkeys(f.keys(), Path(path))
-    except (SafetensorsError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError) as e:
         raise unreadable(path, e) from None
 
 
@@ -155,7 +156,7 @@ def opened(path: Path, mapped: bool = False) -> Iterator:
     try:
         with safe_open(str(path), framework="pt") as f:
             yield f
-    except (SafetensorsError, OSError) as e:
+    except (SafetensorError, OSError) as e:
         raise (changed(path, e) if mapped else unreadable(path, e)) from None
 
 
