@@ -284,15 +284,21 @@ def atomic_folder(out, overwrite: bool = False, flag: str = CLI_OVERWRITE):
         _make_temp(tmp, out)
         yield tmp
         as_umask_allows(tmp)
-        try:
-            _swap_in(tmp, out)
-        except OSError as e:  # a mount point is_mount_point missed: refused only here, after the work
-            if e.errno not in (errno.EBUSY, errno.EXDEV):
-                raise
-            raise busy_output(out, e) from None
+        _swap_in_or_busy(tmp, out)  # no try statement of its own here: an interrupt at its line is this one's
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_in_or_busy(tmp: Path, out: Path) -> None:
+    """`_swap_in`, where the system refuses the rename onto `out` (EBUSY, EXDEV: a mount point
+    `is_mount_point` missed, refused only here, after the work) the one-line `busy_output`."""
+    try:
+        _swap_in(tmp, out)
+    except OSError as e:
+        if e.errno not in (errno.EBUSY, errno.EXDEV):
+            raise
+        raise busy_output(out, e) from None
 
 
 def _swap_in(tmp: Path, out: Path) -> None:
