@@ -206,3 +206,14 @@ def on_the_cpu(embedding):
     def wrapped(timesteps, *args, **kwargs):
         return embedding(timesteps.cpu(), *args, **kwargs).to(timesteps.device)
     return wrapped
+
+
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raising KeyboardInterrupt, as in a terminal, for a test that sends itself one: a background
+    job (a CI under nohup) starts with SIGINT ignored, where os.kill(SIGINT) would do nothing."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

@@ -228,16 +228,6 @@ def test_a_ctrl_c_once_the_output_is_written_stops_nothing(tmp_path, monkeypatch
     assert load_transformer(out) is not None and (tmp_path / "run" / "stages" / FINISHED).is_file()
     assert not (tmp_path / "run" / runner_lock.LOCK).exists() and not (tmp_path / f".out{runner_lock.LOCK}").exists()
 
-@pytest.fixture
-def ctrl_c_raises():
-    """SIGINT raising KeyboardInterrupt, as in a terminal: a background job (a CI under nohup) starts
-    with it ignored, where the os.kill below would do nothing."""
-    import signal
-
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
-
 
 def test_a_ctrl_c_as_the_output_is_said_written_still_says_it_once(tmp_path, monkeypatch, capsys, ctrl_c_raises):
     """A Ctrl-C just after the output's rename, before 'wrote OUT (...)' was printed: status 0 and the

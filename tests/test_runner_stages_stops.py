@@ -106,16 +106,6 @@ def test_a_resume_that_keeps_a_distill_stage_removes_the_checkpoints_a_stop_left
     assert (tmp_path / "out" / "config.json").is_file()
     assert not [p.name for p in folder.iterdir() if p.name.startswith("checkpoints")]
 
-@pytest.fixture
-def ctrl_c_raises():
-    """SIGINT raising KeyboardInterrupt, as in a terminal: a background job (a CI under nohup) starts
-    with it ignored, where the os.kill below would do nothing."""
-    import signal
-
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
-
 
 def test_a_ctrl_c_as_the_checkpoints_are_removed_is_held_until_all_are_gone(tmp_path, monkeypatch, ctrl_c_raises):
     """A Ctrl-C landing in DistillPass.stage_saved's removal left a half-removed set (T1: a step-N holding
