@@ -313,13 +313,21 @@ def _probes(svd: dict) -> str:
         "random probes (svd.fisher_probes)"
 
 
+def weighting(record: dict) -> str | None:
+    """What a layer's record says its factorization loss weighs output errors by (`output-weighted`,
+    `calibration output`): its `weighting`, or in a report.json written before that key its `objective`
+    (the name the summary's svd.objective setting shares, which finished runs on disk still carry); None
+    where it records neither (a dense layer, older reports)."""
+    return record.get("weighting", record.get("objective"))
+
+
 def _weighted(svd: dict) -> int:
-    return sum(1 for r in (svd.get("layers") or {}).values() if r.get("objective") == "output-weighted")
+    return sum(1 for r in (svd.get("layers") or {}).values() if weighting(r) == "output-weighted")
 
 
 def _recorded(svd: dict) -> bool:
-    """Whether the layers record their objective (reports before it did: no words on it)."""
-    return any("objective" in r for r in (svd.get("layers") or {}).values())
+    """Whether the layers record their objective's weighting (reports before it did: no words on it)."""
+    return any(weighting(r) is not None for r in (svd.get("layers") or {}).values())
 
 
 def optimum_words(svd: dict) -> str:
@@ -343,7 +351,7 @@ def metric_words(svd: dict, names: tuple[str, str] = CARD_NAMES) -> list[str]:
     names: what the two sentences call the columns. [] for a report whose layers do not record their objective."""
     if not _recorded(svd):
         return []
-    layers = [r for r in (svd.get("layers") or {}).values() if "objective" in r]  # factorized, not dense
+    layers = [r for r in (svd.get("layers") or {}).values() if weighting(r) is not None]  # factorized, not dense
     weighted, stepped = _weighted(svd), sum(1 for r in layers if r.get("compensation_step"))
     fitted = sum(1 for r in layers if r.get("asymmetric"))
     kinds = " or ".join(dict.fromkeys(FISHER_OF[f] for f in _setting(svd, "fisher") if f in FISHER_OF))

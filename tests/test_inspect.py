@@ -271,14 +271,16 @@ def test_inspect_reads_a_sharded_output(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["layers"] == whole
 
 
-def test_inspect_says_which_metric_each_column_is_in_and_whose_optimum_the_ratio_is_against(tmp_path, capsys):
+@pytest.mark.parametrize("key", ["weighting", "objective"])  # objective: a report.json written before weighting
+def test_inspect_says_which_metric_each_column_is_in_and_whose_optimum_the_ratio_is_against(tmp_path, capsys, key):
     """energy, loss and optimal are in the Fisher-weighted metric of W + βΔ under the defaults while rel err
     is the plain error against W (energy 1.0000, loss 0 and rel err 0.0557 on one layer read as a
     contradiction), and 'max 1.000000' read as the exact Fisher's optimum: lines under the table now say
-    which metric each column is in and that the optimum is of the Fisher estimated from 4 probes."""
+    which metric each column is in and that the optimum is of the Fisher estimated from 4 probes. The same
+    of a report whose layers name their weighting `objective` (finished runs' report.json before weighting)."""
     name = "transformer_blocks.0.attn1.to_q"
     record = {"rank": 2, "method": "whitened", "loss": 0.0, "optimal_loss": 0.0, "loss_ratio": 1.0,
-              "energy_kept": 1.0, "rel_output_error": 0.0557, "time_s": 0.5, "objective": "output-weighted",
+              "energy_kept": 1.0, "rel_output_error": 0.0557, "time_s": 0.5, key: "output-weighted",
               "compensation_step": 0.25}
     report = {"svd": {"method": "whitened", "fisher": "all", "fisher_probes": 4, "layers": {name: record}}}
     out = save_compressed(factorize(tiny_pixart(), [name], rank=2), tmp_path / "out",

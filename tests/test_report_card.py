@@ -166,7 +166,7 @@ def test_the_model_card_says_which_metric_each_number_is_in_and_whose_optimum_it
     Fisher-weighted W + βΔ while the relative output error is the plain one against W. A line now says it."""
     from compress.report_card import _svd_lines
 
-    rec = {"rank": 4, "loss_ratio": 1.0, "objective": "output-weighted"}
+    rec = {"rank": 4, "loss_ratio": 1.0, "weighting": "output-weighted"}
     layers = {"a": dict(rec, compensation_step=0.5), "b": dict(rec, compensation_step=0.0),
               "c": {"rank": "dense", "compensation_step": 0.5}}
     text = " ".join(_svd_lines({"fisher": "all", "fisher_probes": 4, "layers": layers}))
@@ -177,11 +177,30 @@ def test_the_model_card_says_which_metric_each_number_is_in_and_whose_optimum_it
     assert "The relative output error is each layer's plain output error" in text
     assert ("The closed-form optimum is the optimum of each layer's objective with its output Fisher estimated "
             "from 4 random probes (svd.fisher_probes) and damped (svd.fisher_damping), not of the exact Fisher.") in text
-    plain = {"a": {"rank": 4, "loss_ratio": 1.0, "objective": "calibration output", "asymmetric": True}}
+    plain = {"a": {"rank": 4, "loss_ratio": 1.0, "weighting": "calibration output", "asymmetric": True}}
     text = " ".join(_svd_lines({"fisher": "none", "layers": plain}))
     assert "Fisher F" not in text and "inputs: of W + Δ, for 1 layer fitted asymmetrically (its fit" in text, text
     assert "The closed-form optimum is the exact optimum of each layer's calibration output error." in text
     assert "objective" not in " ".join(_svd_lines({"layers": {"a": {"rank": 4, "loss_ratio": 1.0}}}))  # older reports
+
+
+def test_a_report_whose_layers_name_their_weighting_objective_reads_as_before():
+    """Each layer's svd.layers.<name>.objective (output-weighted, calibration output) is now `weighting`,
+    apart from the summary's svd.objective; report.json files of finished runs still carry the old key, and
+    the card (and inspect, through metric_words / optimum_words) says the same of them as of a new one."""
+    from compress.report_card import _svd_lines, metric_words, optimum_words
+
+    def svd(key: str, fisher: str, value: str) -> dict:
+        layers = {"a": {"rank": 4, "loss_ratio": 1.0, key: value, "compensation_step": 0.5},
+                  "b": {"rank": "dense"}}
+        return {"fisher": fisher, "fisher_probes": 4, "objective": "guided_compensation", "layers": layers}
+
+    for fisher, value in (("all", "output-weighted"), ("none", "calibration output")):
+        old, new = svd("objective", fisher, value), svd("weighting", fisher, value)
+        assert metric_words(new) and optimum_words(new), new
+        assert (metric_words(old), optimum_words(old), _svd_lines(old)) == \
+            (metric_words(new), optimum_words(new), _svd_lines(new))
+    assert "weighted, for 1 layer, by" in " ".join(metric_words(svd("weighting", "all", "output-weighted")))
 
 
 def test_the_cards_counts_take_the_singular_for_one_and_the_plural_otherwise():
@@ -190,7 +209,7 @@ def test_the_cards_counts_take_the_singular_for_one_and_the_plural_otherwise():
     from compress.report_card import _removal_lines, _svd_lines
 
     def card(n: int, probes: int) -> str:
-        rec = {"rank": 4, "loss_ratio": 1.0, "objective": "output-weighted", "compensation_step": 0.5,
+        rec = {"rank": 4, "loss_ratio": 1.0, "weighting": "output-weighted", "compensation_step": 0.5,
                "asymmetric": True, "fit_gap": 1e-3}
         stage = {"calibration_error": 0.1, "uncompensated_error": 0.2}
         svd = {"fisher": "all", "fisher_probes": probes, "layers": {f"l{i}": dict(rec) for i in range(n)},

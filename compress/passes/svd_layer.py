@@ -147,7 +147,9 @@ def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: 
                 # (None where that energy is 0: a zero Gram keeps no share of nothing)
                 energy_kept=1.0 - loss / target if target > 0 else None,
                 rel_output_error=error,
-                objective="output-weighted" if out_root is not None else "calibration output",
+                # what its loss weighs output errors by (older reports named it `objective`, the name of
+                # svd.objective's setting in the summary: report_card.weighting reads both)
+                weighting="output-weighted" if out_root is not None else "calibration output",
                 spectrum=[float(e) for e in dec.energies[:512]],  # for `inspect --plot`
                 # directions the calibration data excites above round-off; the rest of the Gram's
                 # eigenvalues were clamped to zero (singular / ill-conditioned Gram), not inverted

@@ -273,3 +273,20 @@ def test_energy_kept_is_of_the_weight_factorized_as_the_energy_allocation_reads_
     target = 4 * float(((step @ stats.gram) * step).sum())  # tr((W + Δ) G (W + Δ)ᵀ)
     assert rec["energy_kept"] == pytest.approx(1 - rec["loss"] / target, rel=1e-9)
     assert rec["energy_kept"] >= 0.9
+
+
+def test_a_layers_record_names_its_weighting_apart_from_svd_objective():
+    """report.json's svd.objective (branches, guided, ...) and each layer's svd.layers.<name>.objective
+    (output-weighted, calibration output) shared a name for two different things. The layer's is now
+    `weighting`; no layer record holds `objective`."""
+    from compress.arch.base import LinearInfo
+    from compress.calib_stats import Stats
+    from compress.passes.svd_layer import compress_layer
+
+    torch.manual_seed(0)
+    net, stats = torch.nn.Sequential(torch.nn.Linear(16, 16)), Stats.zeros(16)
+    stats.add(torch.randn(64, 16, dtype=F64))
+    info = LinearInfo("0", "mlp", "in", None, None, 16, 16, "x")
+    rec = compress_layer(net, info, stats, method="whitened", alpha=0.5, center=False, gram_is_output=False,
+                         choose_rank=lambda dec: 4)
+    assert rec["weighting"] == "calibration output" and "objective" not in rec, rec

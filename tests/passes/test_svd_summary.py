@@ -21,15 +21,15 @@ def test_the_summary_records_the_fishers_estimate_and_what_max_loss_ratio_is_aga
     """max_loss_ratio (1.000000) held against the Fisher estimated from fisher_probes random probes,
     not the exact Fisher (1.10x median, 1.37x worst there on toy PixArt at 4 probes), and report.json
     recorded neither the probe count nor what the ratio is against. Now both, each pass's where they differ."""
-    report = _merged({}, {"a": _record(objective="output-weighted")}, SVDConfig(fisher_probes=64))
+    report = _merged({}, {"a": _record(weighting="output-weighted")}, SVDConfig(fisher_probes=64))
     assert report["fisher_probes"] == 64 and report["fisher_damping"] == 1e-3
     assert report["max_loss_ratio_of"] == ("the optimum of each layer's objective with its output Fisher estimated "
                                            "from 64 random probes (svd.fisher_probes) and damped "
                                            "(svd.fisher_damping), not of the exact Fisher")
-    _merged(report, {"b": _record(objective="output-weighted")}, SVDConfig(targets=["modulation"]))
+    _merged(report, {"b": _record(weighting="output-weighted")}, SVDConfig(targets=["modulation"]))
     assert report["fisher_probes"] == [64, 4]
     assert "estimated from 64, 4 random probes (svd.fisher_probes of each svd pass) and" in report["max_loss_ratio_of"]
-    plain = _merged({}, {"a": _record(objective="calibration output")}, SVDConfig(fisher="none"))
+    plain = _merged({}, {"a": _record(weighting="calibration output")}, SVDConfig(fisher="none"))
     assert plain["fisher_probes"] is None and plain["fisher_damping"] is None
     assert plain["max_loss_ratio_of"] == "the exact optimum of each layer's calibration output error"
 
