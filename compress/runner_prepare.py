@@ -42,6 +42,7 @@ def prepare(runner) -> None:
     """Everything before the passes, on `runner` (a Runner): its passes, source, teacher, adapter,
     prompts, inputs_id, identity, teacher_files, inputs_cache (sampled_calls) and ctx."""
     src = _checked_before_loading(runner)
+    kind = src.sampling.kind  # the calibration source's: toy, pipeline, synthetic
     runner.doing = LOADING
     runner.source, runner.teacher = load_checked_teacher(runner.recipe, runner.teacher_arg, runner.teacher_config,
                                                          runner.models, sources=src)  # finite, checked
@@ -51,7 +52,7 @@ def prepare(runner) -> None:
     for i, p in enumerate(runner.passes):  # what only a pass that runs needs is not asked of them (kd_teacher: base)
         p.resumed_past = done is not None and i <= done
     check_passes(runner.passes, runner.recipe.passes, runner.teacher, runner.adapter,  # distill's data: toy,
-                 src.sampling.kind, runner.recipe.calibration,  # buckets, svd.objective; the check's (checked_sources)
+                 kind, runner.recipe.calibration,  # buckets, svd.objective; the check's (checked_sources)
                  one_branch(runner.recipe.model, src.sampling.toy))
     if runner.recipe.stream:
         check_streaming(runner.passes, runner.recipe.passes, runner.recipe.path)
@@ -83,6 +84,7 @@ def prepare(runner) -> None:
         heldout_guidance=getattr(src, "heldout_guidance", lambda: None),  # (after eval_inputs: runner_heldout)
         train_batch=src.train_batch, task_loss=getattr(src, "task_loss", None),
         calibration=runner.recipe.calibration,
+        source_kind=kind,  # (svd.objective's words where its batches pair no branches)
         scheduler_config=getattr(src, "scheduler_config", lambda: None),
         unconditional=getattr(src, "unconditional", None),
         fingerprint=teacher_id,

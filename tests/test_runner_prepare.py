@@ -34,6 +34,7 @@ def test_prepare_sets_the_cache_keys_and_the_context(tmp_path, teacher):
     runner = _prepared(tmp_path, teacher, "  - svd: {ratio: 0.5}\n")
     assert [p.name for p in runner.passes] == ["svd"]
     assert runner.ctx.fingerprint and runner.ctx.teacher is runner.teacher and runner.ctx.adapter is runner.adapter
+    assert runner.ctx.source_kind == "synthetic"  # (svd.objective's words for a source whose batches pair none)
     assert runner.inputs_cache is None and runner.inputs_id is None  # synthetic inputs: nothing sampled
     assert (tmp_path / "run").is_dir() and not (tmp_path / "out").exists()
     batches = runner.ctx.eval_inputs()

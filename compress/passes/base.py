@@ -69,6 +69,7 @@ class RunContext:
     # objective; None means the adapter's (the real model's) objective
     task_loss: Callable | None = None
     calibration: Any = None  # the recipe's calibration config (CalibrationConfig)
+    source_kind: str | None = None  # its source's kind (inputs.source_kind: toy, pipeline, synthetic)
     # () -> the teacher's pipeline's scheduler config (teacher samples are drawn as it samples), or
     # None (toy and synthetic sources: the family's default sampler)
     scheduler_config: Callable[[], dict | None] = lambda: None

@@ -212,7 +212,7 @@ class SVDPass(GlobalAllocation, FisherMeasurement, Pass):
                            groups={i.name: (i.group, i.block) for i in targets},
                            revisit=c.allocation == "global" and c.fisher != "block")  # global walks twice
         self.guide = calibration_guidance(c.objective, ctx.heldout_guidance, batches,  # None: each row's own
-                                          getattr(ctx.calibration, "guidance_scale", None))
+                                          getattr(ctx.calibration, "guidance_scale", None), ctx.source_kind)
         compensation: dict = {}
         finished = False
         try:

@@ -7,14 +7,9 @@ shares (a modulation linear on the timestep) has one error for the pair, so the 
 rows (guided.CalibrationGuidance.shared). Compensation fits toward the teacher's guided prediction and its
 line search measures the guided calibration error.
 
-Measured on the toy recipes (both svd passes set; held-out conditional / guided error, branches → this):
-- guided_compensation, seeds 0-2: after the svd passes the guided error 0.69-0.84x, the conditional 1.13-1.47x
-  (PixArt seed 0: 0.1717 / 0.2249 → 0.1946 / 0.1618); after distill both lower: PixArt 0.93-0.97x, Flux
-  0.95-0.995x (PixArt seed 0: 0.06519 / 0.1089 → 0.06065 / 0.1024; Flux: 0.08019 / 0.1545 → 0.07914 / 0.1537).
-  The svd passes took 0.92-1.04x the time.
-- guided_fisher, seed 0: PixArt 0.1611 / 0.2224 after the svd passes, 0.06374 / 0.1084 after distill; Flux
-  worse than branches (0.1565 / 0.2748, 0.08074 / 0.1556). guided: PixArt 0.1884 / 0.1789, 0.06279 / 0.1055;
-  Flux 0.2193 / 0.2098, 0.0782 / 0.1537."""
+On the embedded default, `python tools/bench_objective.py --family pixart|flux [--seed N] [--objectives ...]`
+runs the recipe once per objective (both svd passes set) and prints the held-out conditional / guided error
+after the svd passes and after distill, the svd passes' seconds, and each objective's over branches'."""
 
 from __future__ import annotations
 
@@ -24,11 +19,13 @@ PARTS = {"branches": (), "guided": ("fisher", "compensation"), "guided_fisher": 
          "guided_compensation": ("compensation",)}
 
 
-def calibration_guidance(objective: str, heldout_guidance, batches: list[dict], scale: float | None = None):
+def calibration_guidance(objective: str, heldout_guidance, batches: list[dict], scale: float | None = None,
+                         source: str | None = None):
     """guided.CalibrationGuidance of the calibration `batches` (each batch's CFG row pairs, at the scale of the
     source's `heldout_guidance()`, or `scale` (a pipeline's calibration.guidance_scale) before its held-out
     inputs are read), or None for objective branches. A UserError where the inputs hold no such pairs (no CFG
-    branches, a source that samples one branch)."""
+    branches, a source that samples one branch), in words for the source's kind `source` (inputs.source_kind:
+    a pipeline's batches are whole transformer calls, the toy's cut from its interleaved rows)."""
     if not PARTS[objective]:
         return None
     from compress.guided import CalibrationGuidance, calibration_pairs
@@ -36,18 +33,34 @@ def calibration_guidance(objective: str, heldout_guidance, batches: list[dict], 
     held = heldout_guidance()
     scale = held.scale if held is not None else scale
     pairs = [calibration_pairs(b) for b in batches]
-    split = [i for i, (p, b) in enumerate(zip(pairs, batches)) if p is None and b["hidden_states"].shape[0] % 2]
+    unpaired = [i for i, p in enumerate(pairs) if p is None]
+    if scale is not None and unpaired and source == "pipeline":
+        raise UserError(_pipeline_words(objective, unpaired[0], batches[unpaired[0]]["hidden_states"].shape[0]))
+    split = [i for i in unpaired if batches[i]["hidden_states"].shape[0] % 2]
     if scale is not None and split:  # an odd row count: some input's other branch is in another batch
         rows = batches[split[0]]["hidden_states"].shape[0]
         raise UserError(f"svd.objective {objective} needs both classifier-free-guidance branches of each input in "
                         f"one calibration batch, and calibration batch {split[0] + 1} holds {rows} rows (an odd "
                         "calibration.batch_size splits an input's two branches across batches); set an even "
                         "calibration.batch_size, or svd.objective: branches")
-    if scale is None or any(p is None for p in pairs):
+    if scale is None or unpaired:
         raise UserError(f"svd.objective {objective} needs calibration inputs holding both classifier-free-guidance "
                         "branches of each input (calibration.cfg_branches: true, a source that samples with "
                         "guidance); set svd.objective: branches")
     return CalibrationGuidance(scale, pairs)
+
+
+def _pipeline_words(objective: str, b: int, rows: int) -> str:
+    """Why a pipeline source's calibration batch `b` (0-based) of `rows` rows pairs no branches: rebatch joins
+    whole records, one per transformer call, so the pipeline's calls do not hold each input's two branches
+    ([empty prompt × k; prompt × k], as diffusers' CFG pipelines batch them); no batch size would pair them."""
+    what = "an odd number of rows" if rows % 2 else "rows that are not each input's two branches"
+    return (f"svd.objective {objective} needs both classifier-free-guidance branches of each input in one "
+            f"calibration batch, and calibration batch {b + 1} ({rows} rows, whole calls of the calibration pipeline "
+            f"to its transformer) holds {what}: the pipeline does not run each input's empty-prompt and prompt "
+            "branches in one transformer call (it runs them in calls of their own, or one branch alone); calibrate "
+            "through a pipeline that batches both (as diffusers' PixArtSigmaPipeline does), or set svd.objective: "
+            "branches")
 
 
 def no_pairs(calib, kind: str, single: bool) -> tuple[str, str, tuple[str, ...]] | None:

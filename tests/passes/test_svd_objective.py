@@ -16,13 +16,13 @@ from tests.passes.svd_helpers import two_branches
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _run(tmp_path, batches, objective):
+def _run(tmp_path, batches, objective, source=None):
     from compress.arch import get_adapter
 
     model = tiny_pixart()
     ctx = RunContext(adapter=get_adapter(model), family="pixart", teacher=tiny_pixart(), run_dir=tmp_path,
                      calibration_inputs=lambda: batches, fingerprint=objective,
-                     heldout_guidance=lambda: HeldOutGuidance(3.0))
+                     heldout_guidance=lambda: HeldOutGuidance(3.0), source_kind=source)
     SVDPass(SVDConfig(targets=["attention", "mlp"], ratio=0.5, multiple=2, progress=False,
                       objective=objective)).run(model, ctx)
     return model, ctx
@@ -101,3 +101,46 @@ def test_pass_time_words_say_an_odd_batch_split_the_pairs():
                             "splits an input's two branches across batches); set an even calibration.batch_size, or "
                             "svd.objective: branches")
     assert calibration_guidance("guided", lambda: HeldOutGuidance(3.0), [cut(0, 4), cut(4, 6)]).scale == 3.0
+
+
+def _calls_of_one_branch(inputs: int = 3) -> list[dict]:
+    """The records of a pipeline that calls its transformer once per CFG branch: one row each (u0, c0, u1, …)."""
+    import torch
+
+    both = two_branches(tiny_pixart(), inputs=inputs, seed=0)
+    rows = both["hidden_states"].shape[0]
+    row = lambda i: {k: (v[i:i + 1] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == rows  # noqa: E731
+                         and k not in ("img_ids", "txt_ids") else v) for k, v in both.items()}
+    return [row(i) for i in range(rows)]
+
+
+@pytest.mark.parametrize("batch_size, what", [(3, "an odd number of rows"),
+                                              (2, "rows that are not each input's two branches")])
+def test_a_pipeline_whose_calls_hold_one_branch_each_is_told_so_not_to_change_its_batch_size(batch_size, what):
+    """A pipeline source's batches are whole transformer calls (calib_pipeline.rebatch): one whose pipeline runs
+    each CFG branch in a call of its own, 3 calls a batch, was told 'an odd calibration.batch_size splits an
+    input's two branches across batches; set an even calibration.batch_size', and at an even size that it needs
+    calibration.cfg_branches: true, which it had: neither helps. Now the words say the pipeline's calls do not
+    hold both branches."""
+    from compress.calib_pipeline import rebatch
+    from compress.passes.svd_objective import calibration_guidance
+
+    batches = rebatch(_calls_of_one_branch(), batch_size, seed=0)
+    with pytest.raises(UserError) as e:
+        calibration_guidance("guided", lambda: None, batches, 4.5, "pipeline")
+    words = str(e.value)
+    assert re.fullmatch(r"svd.objective guided needs both classifier-free-guidance branches of each input in one "
+                        rf"calibration batch, and calibration batch \d \({batch_size} rows, whole calls of the "
+                        rf"calibration pipeline to its transformer\) holds {re.escape(what)}: the pipeline does not "
+                        r"run each input's empty-prompt and prompt branches in one transformer call \(it runs them "
+                        r"in calls of their own, or one branch alone\); calibrate through a pipeline that batches "
+                        r"both \(as diffusers' PixArtSigmaPipeline does\), or set svd.objective: branches", words), words
+    assert "batch_size" not in words and "cfg_branches" not in words
+
+
+def test_the_svd_pass_words_its_refusal_for_the_runs_source(tmp_path):
+    """The pass passes its run's source kind (RunContext.source_kind) to the refusal: a pipeline's words."""
+    from compress.calib_pipeline import rebatch
+
+    with pytest.raises(UserError, match=r"\(3 rows, whole calls of the calibration pipeline to its transformer\)"):
+        _run(tmp_path, rebatch(_calls_of_one_branch(), 3, seed=0), "guided", source="pipeline")
