@@ -16,8 +16,11 @@ from compress.errors import UserError
 
 SIGNATURE = ("size, sha256 of the safetensors header, each tensor's first and last 4 KiB and 16 evenly "
              "spaced 64 KiB chunks")  # the method's name: a record of another method is not compared
-PICKLED = "size, sha256 of 16 evenly spaced 64 KiB chunks (not a safetensors file: no header or tensors read)"
-METHODS = (SIGNATURE, PICKLED)  # one hashing: a record says the words of its files' kind (older ones SIGNATURE)
+PICKLED = ("size, sha256 of 16 evenly spaced 64 KiB chunks (not a safetensors file: no header or tensor ends hashed; "
+           "its tensors, mapped, make the tensors digest where there is one)")
+# PICKLED's words before the tensors digest read a pickle's tensors too (stop 49), the same hashing of the files
+PICKLED_49 = "size, sha256 of 16 evenly spaced 64 KiB chunks (not a safetensors file: no header or tensors read)"
+METHODS = (SIGNATURE, PICKLED, PICKLED_49)  # one hashing: a record says its files' kind's words (older: SIGNATURE)
 CHUNKS, CHUNK, END = 16, 1 << 16, 1 << 12
 SHARD = r"-\d+-of-\d+"
 
@@ -219,23 +222,44 @@ def teacher_signature(source: str) -> dict | None:
 def signature_against(recorded, source: str, same=None) -> dict | None:
     """teacher_signature(source) to compare with the record `recorded` (teacher_signature's; None: the
     whole signature), its tensors digest read only where it can change what the comparison concludes:
-    the record holds one and `same(now, recorded)` (default `same_named_files`: each file, by name, of the
-    same signature) is false. Where the files' signatures say the same, so does the comparison, with
-    the digest or without (it tells resharded files of the same tensors apart from other tensors), and
-    the digest's reads are spared (tools/bench_signature.py --compare)."""
+    the record holds one, `same(now, recorded)` (default `same_named_files`: each file, by name, of the
+    same signature) is false and the files differ only where `renamed` allows the digest a say. Where
+    the files' signatures say the same, so does the comparison, with the digest or without (it tells
+    resharded files of the same tensors apart from other tensors), and the digest's reads are spared
+    (tools/bench_signature.py --compare); so they are where a file of one name holds other bytes."""
     files = weight_files(source)
     if not files:
         return None
     try:
         record = {"method": method_of(files), "files": {name: file_signature(p) for name, p in files.items()}}
         if recorded is not None and (not isinstance(recorded, dict) or recorded.get("tensors") is None
-                                     or (same or same_named_files)(record, recorded)):
+                                     or (same or same_named_files)(record, recorded)
+                                     or not renamed(record, recorded)):
             return record
         if (tensors := tensors_digest(list(files.values()))) is not None:
             record["tensors"] = tensors
         return record
     except (OSError, ValueError, OverflowError):  # the run loaded them: not to fail over a record
         return None
+
+
+def renamed(now: dict, recorded: dict) -> bool:
+    """Whether two teacher_signature records differ only in which files there are (files gone, files
+    new: a folder resharded, its .bin written as safetensors, a single file renamed), no file of one
+    name in both holding other bytes: where the tensors digest may say they hold the same tensors.
+    A file of one name whose bytes changed is a change whatever the digest says: it samples the
+    tensors (each one's ends and 16 pieces of them all) at other places than the file's signature
+    does, so a byte changed in a piece the signature read, and the digest did not, escaped it."""
+    before, files = recorded.get("files"), now.get("files")
+    return isinstance(before, dict) and isinstance(files, dict) and \
+        all(before[name] == files[name] for name in before.keys() & files.keys())
+
+
+def tensors_say_same(now: dict, recorded: dict) -> bool:
+    """Whether two teacher_signature records whose files differ hold the same tensors: both record
+    the tensors digest, equal, and their files differ only by name (`renamed`)."""
+    return recorded.get("tensors") is not None and recorded.get("tensors") == now.get("tensors") \
+        and renamed(now, recorded)
 
 
 def same_named_files(now: dict, recorded: dict) -> bool:
@@ -272,7 +296,8 @@ def signature_change(recorded, source: str, signature: dict | None = None) -> st
     words ('NAME holds other bytes'), naming the first file that differs; None where nothing does, and
     where the record is missing or of another method (an output of an older or newer dit-compress) or
     the files cannot be read now (the loader says why); None too where both record the same tensors
-    (tensors_digest: the files re-written otherwise, resharded, the tensors in them the same).
+    (tensors_digest: the files re-written otherwise, resharded, the tensors in them the same) and no
+    file of one name holds other bytes (`tensors_say_same`).
     `signature`: teacher_signature(source) read already, not read again."""
     if not comparable(recorded):
         return None
@@ -283,7 +308,7 @@ def signature_change(recorded, source: str, signature: dict | None = None) -> st
     now = signature["files"]
     if not now:  # the teacher is gone, or is no teacher now: its loader says so
         return None
-    if recorded.get("tensors") is not None and recorded.get("tensors") == signature.get("tensors"):
+    if tensors_say_same(signature, recorded):
         return None
     before, differ = recorded["files"], []
     for name in sorted(before.keys() | now.keys()):

@@ -108,17 +108,18 @@ def same_files(recorded, source) -> bool | None:
     """Whether the weight files of the local teacher `source` hold what a recorded signature (FILES) says:
     files of the same signatures, whatever their names (a single file renamed, a folder moved), else the
     same tensors (io_signature.tensors_digest, where both have it: the teacher resharded, or its .bin
-    written again as safetensors); None where either is missing or of another method. The digest is read
-    only where the files' signatures differ (io_signature.signature_against)."""
-    from compress.io_signature import comparable, same_contents, signature_against
+    written again as safetensors) in files that differ only by name (io_signature.tensors_say_same: a
+    file of one name holding other bytes is other weights, which the sampled digest may miss); None
+    where either is missing or of another method. The digest is read only where it can say the same
+    (io_signature.signature_against)."""
+    from compress.io_signature import comparable, same_contents, signature_against, tensors_say_same
 
     if not (comparable(recorded) and isinstance(source, str)):
         return None
     now = signature_against(recorded, source, same_contents)
     if now is None:
         return None
-    return same_contents(now, recorded) or (recorded.get("tensors") is not None
-                                            and recorded.get("tensors") == now.get("tensors"))
+    return same_contents(now, recorded) or tensors_say_same(now, recorded)
 
 
 def teacher_moved(before: dict, now: dict) -> str | None:

@@ -227,8 +227,8 @@ def test_only_records_of_this_method_naming_their_files_compare():
 def test_a_pickles_record_says_what_was_hashed_of_it_and_an_older_record_still_compares(tmp_path):
     """A .pth teacher has no safetensors header nor tensor ends to hash: its record's method words say
     the size and 16 chunks were (T7 F4: they named the header and each tensor's 4 KiB ends); a
-    .safetensors file's as before; a .pth record of an older run (the safetensors words, the same hashing)
-    still compares, a change in it found."""
+    .safetensors file's as before; a .pth record of an older run (the safetensors words, or stop 49's
+    'no header or tensors read': the same hashing) still compares, a change in it found."""
     from compress.io_signature import SIGNATURE
 
     pth, st = tmp_path / "t.pth", tmp_path / "t.safetensors"
@@ -236,12 +236,29 @@ def test_a_pickles_record_says_what_was_hashed_of_it_and_an_older_record_still_c
     _safetensors(st, os.urandom(3 * CHUNK))
     pickled = teacher_signature(str(pth))
     assert pickled["method"] == ("size, sha256 of 16 evenly spaced 64 KiB chunks (not a safetensors file: no "
-                                 "header or tensors read)")
+                                 "header or tensor ends hashed; its tensors, mapped, make the tensors digest where "
+                                 "there is one)")
     assert teacher_signature(str(st))["method"] == SIGNATURE
     older = dict(pickled, method=SIGNATURE)
-    assert signature_change(older, str(pth)) is None and signature_change(pickled, str(pth)) is None
+    stop_49 = dict(pickled, method="size, sha256 of 16 evenly spaced 64 KiB chunks (not a safetensors file: no "
+                                   "header or tensors read)")
+    for record in (older, pickled, stop_49):
+        assert signature_change(record, str(pth)) is None
     pth.write_bytes(os.urandom(3 * CHUNK))
-    assert signature_change(older, str(pth)) == "t.pth holds other bytes"
+    for record in (older, stop_49):
+        assert signature_change(record, str(pth)) == "t.pth holds other bytes"
+
+
+def test_a_bins_record_does_not_say_its_tensors_were_not_read(tmp_path):
+    """Stop 49's tensors digest reads a pickle's tensors (mapped: each one's ends and 16 pieces), and a
+    .bin teacher's record said beside it 'not a safetensors file: no header or tensors read'. Its words
+    now say its tensors make the digest."""
+    from tests.conftest import tiny_pixart
+
+    tiny_pixart().save_pretrained(tmp_path / "bin", safe_serialization=False)
+    record = teacher_signature(str(tmp_path / "bin"))
+    assert record["tensors"] is not None and "tensors read" not in record["method"]
+    assert "its tensors, mapped, make the tensors digest" in record["method"]
 
 
 def test_a_teacher_resaved_sharded_with_the_same_tensors_is_not_said_changed(output, capsys):
@@ -368,3 +385,51 @@ def test_the_tensors_digest_is_read_only_where_the_files_signatures_differ(tmp_p
     assert same_files(record, str(tmp_path / "shards")) is True and len(read) == 1
     assert same_files(record, str(tmp_path / "other")) is False and len(read) == 2
     assert teacher_signature(str(tmp_path / "a"))["tensors"] == record["tensors"]  # the run's record: whole
+
+
+def test_a_byte_changed_where_the_files_signature_reads_and_the_digest_does_not_is_a_change(tmp_path):
+    """R1 (stop 49): the tensors digest samples the tensors laid end to end in name order, the file's
+    signature each file; a byte of a shard changed where the file's signature reads and the digest does
+    not: the signature differed, the digest was equal, and signature_change (eval and bench's 'files
+    replaced' note) and runner_teacher_id.same_files (--resume before the teacher loads) took the
+    digest's word: None, True. The digest now excuses only files that differ by name (resharded,
+    renamed): 'NAME holds other bytes', False; the same tensors resharded are still the same."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from compress.io_signature import END, tensors_digest
+    from compress.runner_teacher_id import same_files
+
+    n = 1 << 18  # float32s: 1 MiB a tensor, four of them in two shards
+    tensors = {f"t{i}": np.random.default_rng(i).standard_normal(n, dtype=np.float32) for i in range(4)}
+    teacher = tmp_path / "t"
+    teacher.mkdir()
+    (teacher / "config.json").write_text("{}")
+    shards = [teacher / f"diffusion_pytorch_model-0000{i}-of-00002.safetensors" for i in (1, 2)]
+    save_file({k: tensors[k] for k in ("t0", "t1")}, shards[0])
+    save_file({k: tensors[k] for k in ("t2", "t3")}, shards[1])
+    recorded = teacher_signature(str(teacher))
+    total, rest = 4 * 4 * n, 2 * 4 * n  # the digest's bytes (all tensors), the second shard's data
+
+    def digest_reads(at: int) -> bool:  # `at`: an offset into the tensors laid end to end
+        pieces = [i * (total - CHUNK) // (CHUNKS - 1) for i in range(CHUNKS)]
+        return any(p <= at < p + CHUNK for p in pieces) or at % (4 * n) < END or at % (4 * n) >= 4 * n - END
+
+    middles = [rest + i * (rest - CHUNK) // (CHUNKS - 1) + CHUNK // 2 for i in range(CHUNKS)]  # of shard 2's pieces
+    at = next(m for m in middles if not digest_reads(m))
+    name = f"t{at // (4 * n)}"
+    changed = dict(tensors, **{name: tensors[name].copy()})
+    changed[name].view(np.uint8)[at % (4 * n)] ^= 1
+    copy = tmp_path / "copy"  # a copy elsewhere, as --resume --teacher COPY names it
+    shutil.copytree(teacher, copy)
+    for folder in (teacher, copy):
+        save_file({k: changed[k] for k in ("t2", "t3")}, folder / shards[1].name)
+    assert file_signature(shards[1]) != recorded["files"][shards[1].name]
+    assert tensors_digest(shards) == recorded["tensors"]  # what the digest reads: the same
+    assert signature_change(recorded, str(teacher)) == f"{shards[1].name} holds other bytes"
+    assert same_files(recorded, str(copy)) is False
+    resharded = tmp_path / "resharded"  # the tensors recorded, in one file: the same
+    resharded.mkdir()
+    (resharded / "config.json").write_text("{}")
+    save_file(tensors, resharded / "diffusion_pytorch_model.safetensors")
+    assert same_files(recorded, str(resharded)) is True

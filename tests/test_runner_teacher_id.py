@@ -252,3 +252,19 @@ def test_teacher_change_names_the_recipes_teacher_config_where_it_gave_the_confi
     edited = named_teacher("/t.safetensors", str(tmp_path / "a"))
     assert teacher_change(was, edited, key) == \
         f"teacher_config {tmp_path / 'a'} (r.yaml:3) changed since the run (its contents differ)"
+
+
+def test_a_copy_whose_files_pass_for_the_teachers_is_still_refused_once_loaded(interrupted, monkeypatch, capsys):
+    """The files' signature and tensors digest are samples, read before the teacher loads: where they
+    miss a change (a byte flipped where neither reads: io_signature's test of it), --resume still
+    compares the checksum of every byte of the teacher loaded (teacher_identity's), and refuses it:
+    same_files saying the same of other weights costs a load, never a resume from them."""
+    import compress.runner_teacher_id as runner_teacher_id
+
+    run, args, loads = interrupted
+    other = run.parent / "other"
+    tiny_pixart(seed=1).save_pretrained(other)
+    monkeypatch.setattr(runner_teacher_id, "same_files", lambda recorded, source: True)  # a miss before it loads
+    said = _refused([*args, "--teacher", str(other), "--resume"], capsys)
+    assert "another teacher" in said and "(the same config, other weights)" in said, said
+    assert len(loads) == 1  # refused once loaded, by the checksum
