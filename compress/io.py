@@ -26,8 +26,11 @@ from compress.io_tensors import one_line, read_state_dict, unreadable
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 INDEX = WEIGHTS + ".index.json"  # sharded checkpoints (save_pretrained's layout)
 FORMAT = 1
-# diffusion_pytorch_model.fp16.safetensors, its shards ...-00001-of-00002.fp16.safetensors and index
-VARIANT_FILE = r"diffusion_pytorch_model(?:\.safetensors\.index)?(?:-\d+-of-\d+)?\.(\w+)\.(?:safetensors|json)"
+# diffusion_pytorch_model.fp16.safetensors, its shards (...fp16-00001-of-00002.safetensors as diffusers' save_pretrained
+# names them, ...-00001-of-00002.fp16.safetensors as older ones did) and their index (...safetensors.index.fp16.json,
+# older ...safetensors.fp16.index.json, which diffusers still reads); .bin alike (EXT). The variant: the group matched
+VARIANT_FILE = (r"diffusion_pytorch_model(?:(?:-\d+-of-\d+)?\.(\w+)(?:-\d+-of-\d+)?\.EXT"
+                r"|\.EXT(?:\.index\.(\w+)|\.(\w+)\.index)\.json)")
 
 
 # ---- teachers ---------------------------------------------------------------------------------
@@ -246,14 +249,19 @@ def weights_variant(path: Path) -> str | None:
 
 
 def variant_of(names: list[str], where) -> str | None:
-    """weights_variant of the file names in a folder (`where`, a local folder or a Hub repo's)."""
-    if WEIGHTS in names or INDEX in names:
-        return None
-    found = sorted({m.group(1) for f in names if (m := re.fullmatch(VARIANT_FILE, f))})
-    if len(found) > 1:
-        raise UserError(f"{where} holds the weight variants {', '.join(found)} and no plain "
-                        f"{WEIGHTS}; keep the one to compress")
-    return found[0] if found else None
+    """weights_variant of the file names in a folder (`where`, a local folder or a Hub repo's), as
+    variant_weights ranks them: safetensors first (plain, else one variant's), then .bin alike."""
+    for ext in ("safetensors", "bin"):
+        if f"diffusion_pytorch_model.{ext}" in names or f"diffusion_pytorch_model.{ext}.index.json" in names:
+            return None
+        pattern = VARIANT_FILE.replace("EXT", ext)
+        found = sorted({m[1] or m[2] or m[3] for f in names if (m := re.fullmatch(pattern, f))})
+        if len(found) > 1:
+            raise UserError(f"{where} holds the weight variants {', '.join(found)} and no plain "
+                            f"diffusion_pytorch_model.{ext}; keep the one to compress")
+        if found:
+            return found[0]
+    return None
 
 
 def variant_weights(names: list[str], variant: str | None) -> list[str]:
@@ -262,7 +270,7 @@ def variant_weights(names: list[str], variant: str | None) -> list[str]:
     v = re.escape(f".{variant}") if variant else ""
     shard = r"-\d+-of-\d+"  # before the variant's name (diffusers' save_pretrained) or after it
     for ext in ("safetensors", "bin"):
-        index = [n for n in names if re.fullmatch(rf"diffusion_pytorch_model\.{ext}\.index{v}\.json", n)]
+        index = [n for n in names if re.fullmatch(rf"diffusion_pytorch_model\.{ext}(?:\.index{v}|{v}\.index)\.json", n)]
         if index:  # from_pretrained reads the index and its shards, not a single file beside them
             return sorted(index + [n for n in names if re.fullmatch(
                 rf"diffusion_pytorch_model(?:{shard}{v}|{v}{shard})\.{ext}", n)])
@@ -331,7 +339,7 @@ def _load_folder(path: Path, dtype) -> nn.Module:
         # the weights that do not fill the model: check_loading_info's one line; a sharded one's bar: none
         with quiet_diffusers(), no_library_bars():
             model, info = cls.from_pretrained(path, torch_dtype=dtype, variant=variant, output_loading_info=True,
-                                              use_safetensors=not files[0].endswith(".bin"))
+                                              use_safetensors=not any(f.endswith(".bin") for f in files))
     except (OSError, ValueError, RuntimeError, TypeError) as e:
         raise not_loaded(cls, path, e) from None
     check_loading_info(path, info)

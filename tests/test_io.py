@@ -219,6 +219,42 @@ def test_more_teacher_layouts(tmp_path, make):
         load_teacher(str(tmp_path / "fp16"))
 
 
+def _legacy_shard_names(folder, ext):
+    """diffusers' older naming of a variant's shards, which it still reads: NAME-00001-of-0000N.fp16.EXT
+    and NAME.EXT.fp16.index.json (its save_pretrained writes NAME.fp16-00001-of-0000N.EXT, NAME.EXT.index.fp16.json)."""
+    index = folder / f"diffusion_pytorch_model.{ext}.index.fp16.json"
+    held = json.loads(index.read_text())
+    renamed = {v: v.replace(".fp16-", "-").replace(f".{ext}", f".fp16.{ext}") for v in held["weight_map"].values()}
+    for old, new in renamed.items():
+        (folder / old).rename(folder / new)
+    held["weight_map"] = {k: renamed[v] for k, v in held["weight_map"].items()}
+    (folder / f"diffusion_pytorch_model.{ext}.fp16.index.json").write_text(json.dumps(held))
+    index.unlink()
+
+
+def test_a_folder_of_one_bin_variant_loads_as_a_safetensors_one_does(tmp_path):
+    """save_pretrained(variant="fp16", safe_serialization=False) writes diffusion_pytorch_model.fp16.bin, or
+    diffusion_pytorch_model.bin.index.fp16.json and its .fp16-0000N-of-0000M.bin shards: 'has config.json but
+    no weights' (io.weights_variant knew the safetensors names alone). Now they load, as do the older names
+    of a variant's shards and index that diffusers still reads; a plain .bin beside a variant's is read."""
+    from compress.io import weights_variant
+
+    model = tiny_flux()
+    inputs = model_inputs(model)
+    ref = forward(model, inputs)
+    model.save_pretrained(tmp_path / "one", variant="fp16", safe_serialization=False)
+    model.save_pretrained(tmp_path / "shards", variant="fp16", safe_serialization=False, max_shard_size="40KB")
+    for ext, safe in (("bin", False), ("safetensors", True)):
+        model.save_pretrained(tmp_path / f"old_{ext}", variant="fp16", safe_serialization=safe, max_shard_size="40KB")
+        _legacy_shard_names(tmp_path / f"old_{ext}", ext)
+    for src in ("one", "shards", "old_bin", "old_safetensors"):
+        assert weights_variant(tmp_path / src) == "fp16", src
+        torch.testing.assert_close(forward(load_teacher(str(tmp_path / src)), inputs), ref, rtol=1e-5, atol=1e-5)
+    tiny_flux(seed=1).save_pretrained(tmp_path / "one", safe_serialization=False)  # plain .bin beside: read
+    assert weights_variant(tmp_path / "one") is None
+    torch.testing.assert_close(forward(load_teacher(str(tmp_path / "one")), inputs), forward(tiny_flux(seed=1), inputs))
+
+
 def test_the_teacher_to_compare_with_is_checked_once(tmp_path, monkeypatch):
     """eval and bench: the family from its config, then its weights, without checking it again."""
     from compress.io import load_teacher_of
