@@ -39,7 +39,7 @@ def load_pipeline_for(teacher: torch.nn.Module, source: str):
     try:  # a Hub id: offline, unreachable or stopped answering, from the cache (its fp16 parts too); the error says why
         pipe = hub_or_cache(source, "calibration pipeline", lambda **cached: DiffusionPipeline.from_pretrained(
             os.path.expanduser(source), transformer=teacher, **pipeline_dtype(teacher.dtype),
-            **(parts or cached_variant(source, cached)), **cached))  # ~/pipe
+            **(parts or cached_variant(source)), **cached))  # ~/pipe
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - hub/IO errors come in many types

@@ -69,7 +69,7 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
         _check_base(transformer, base, **cached)
         return DiffusionPipeline.from_pretrained(os.path.expanduser(base), transformer=transformer,
                                                  **pipeline_dtype(dtype or transformer.dtype),
-                                                 **(parts or cached_variant(base, cached)), **cached)
+                                                 **(parts or cached_variant(base)), **cached)
     try:
         pipe = hub_or_cache(base, "base pipeline", load)  # the cache's copy said where it lacks it
     except AttributeError as e:  # diffusers' getattr of the pipeline class model_index.json names

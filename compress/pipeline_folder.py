@@ -141,15 +141,14 @@ def parts_variant(folder: str, index: dict, passed: tuple[str, ...] = ("transfor
     return next(iter(only), None)
 
 
-def cached_variant(source: str, cached: dict) -> dict:
-    """{"variant": V} where the Hub pipeline `source` loads from the Hugging Face cache (`cached`: the
-    from_pretrained keywords io_hub_pipeline.hub_or_cache gives, local_files_only) and the cache's
-    snapshot (pipeline_cache.cached_index, the one diffusers reads) holds parts of V's weights alone
-    (parts_variant: `hf download ID --include '*.fp16.*' …`); diffusers read their plain weights and
-    found none. {} otherwise: online the Hub's files are diffusers' to pick; a local folder's parts_variant
-    is given apart."""
-    if not cached.get("local_files_only"):
-        return {}
+def cached_variant(source: str) -> dict:
+    """{"variant": V} where the Hugging Face cache's snapshot of the Hub pipeline `source`
+    (pipeline_cache.cached_index: refs/main's, the one diffusers reads offline) holds parts of V's
+    weights alone (parts_variant: `hf download ID --include '*.fp16.*' …`), whether the load reads the
+    cache (io_hub_pipeline.hub_or_cache's local_files_only: diffusers read their plain weights and found
+    none) or the Hub: online diffusers fetched the plain weights the download left out (GBs of a text
+    encoder) and sampled with other parts than the same run offline. {} otherwise (nothing cached: the
+    Hub's files are diffusers' to pick); a local folder's parts_variant is given apart."""
     from compress.pipeline_cache import cached_index
 
     found = cached_index(source)

@@ -101,3 +101,39 @@ def test_a_cached_hub_pipeline_of_fp16_parts_loads_offline_as_calibration_pipeli
         for got, want in [(pipe.text_encoder, fp16.text_encoder), (pipe.vae, fp16.vae)]:
             got, want = got.state_dict(), want.state_dict()
             assert all(torch.equal(got[k], want[k]) for k in want), pipe
+
+
+def test_a_cached_hub_pipeline_of_fp16_parts_is_given_its_variant_online_too(tmp_path, monkeypatch):
+    """Online (the Hub answers), the same cache: diffusers was given no variant, and fetched the plain
+    weights the `--include '*.fp16.*'` download left out (GBs of a text encoder), sampling with other
+    parts than the same run offline. Now from_pretrained is given the cached snapshot's variant online
+    too (pipeline_folder.cached_variant), as calibration pipeline and as load_pipeline's base; the
+    Hub's answer stands in for diffusers' own fetch here: its cached files (no request leaves the test)."""
+    from diffusers import DiffusionPipeline
+    from huggingface_hub import constants
+
+    from compress.calib_pipeline_load import load_pipeline_for
+    from tests.pipelines import hub_cache
+
+    plain, pipe16, mixed = _fp16_folders(tmp_path)
+    hub_cache(tmp_path / "hub", "acme/pix16", pipe16)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    snapshot = tmp_path / "hub" / "models--acme--pix16" / "snapshots" / ("0" * 40)
+    given, real = [], DiffusionPipeline.from_pretrained
+
+    def online(source, **keywords):  # diffusers' online load of the Hub id: the cached snapshot's files
+        given.append((source, keywords))
+        assert source == "acme/pix16" and "local_files_only" not in keywords
+        return real(snapshot, **keywords)
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", online)
+    teacher = load_teacher(str(pipe16))
+    out = save_compressed(factorize(load_teacher(str(pipe16)), ["transformer_blocks.0.ff.net.2"], rank=4),
+                          tmp_path / "out", extra={"teacher": "acme/pix16"})
+    calib = load_pipeline_for(teacher, "acme/pix16")
+    base = load_pipeline(out, dtype=torch.float32)
+    assert [keywords.get("variant") for _, keywords in given] == ["fp16", "fp16"]
+    fp16 = real(pipe16, variant="fp16").to(torch.float32)
+    for pipe in (calib, base):
+        got, want = pipe.text_encoder.state_dict(), fp16.text_encoder.state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want), pipe
