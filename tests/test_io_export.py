@@ -525,3 +525,25 @@ def test_a_rename_onto_the_output_refused_at_the_export_is_one_line_and_resume_w
     assert done
     assert main(argv + ["--resume", "--out", str(out / "NAME")]) == 0
     assert ran == done and (out / "NAME" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("size", [241, 242])
+def test_the_longest_name_accepted_is_the_longest_whose_temp_folder_can_be_made(tmp_path, size):
+    """check_name_fits's bound is the temp folder's: at 241 bytes `.NAME.tmp-XXXXXXXX` can be made and the
+    name passes, at 242 it cannot and the name is refused up front (R1 stop 50: a bound one byte off
+    passed the 241 / 245 tests)."""
+    from compress.io_export import _temp_name, check_name_fits
+
+    out = tmp_path / ("n" * size)
+    try:
+        _temp_name(out).mkdir()
+        made = True
+    except OSError as e:
+        assert e.errno == errno.ENAMETOOLONG
+        made = False
+    if made:
+        check_name_fits(out)
+    else:
+        with pytest.raises(UserError, match=f"its name has {size} bytes"):
+            check_name_fits(out)
+    assert made == (size == 241)
