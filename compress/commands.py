@@ -10,7 +10,7 @@ from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.eval_errors import teacher_relative, teacher_relative_streamed
 from compress.io import load_teacher, load_teacher_of, pipeline_without_transformer, read_config
-from compress.output_names import is_output, lost_output, missing_output, output_usage, run_output
+from compress.output_names import is_output, lost_output, missing_output, new_folder_taken, output_usage, run_output
 from compress.io_output import load_transformer, output_folder
 from compress.io_source import check_source, looks_local, no_checkpoint_file, output_weights
 from compress.measured_against import against, teacher_fields, teacher_loras
@@ -282,8 +282,8 @@ def convert(args) -> int:
         raise UserError(missing)
     if not source.is_file() and not pickled_folder(source):  # a folder of .bin weights converts whole
         raise not_a_file(args.file, source)
-    if out.exists() or out.is_symlink():
-        raise UserError(f"{args.out} exists; convert writes a new folder")
+    if (taken := new_folder_taken(out, args.out, "convert writes a new folder")) is not None:
+        raise UserError(taken)
     with sigterm_as_interrupt():  # a killed convert leaves no hidden partial folder, as Ctrl-C
         done = convert_file(source, out, config=args.teacher_config)
     shards = f"{done['shards']} shard{'s' if done['shards'] != 1 else ''}"

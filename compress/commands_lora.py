@@ -57,11 +57,12 @@ def lora(args) -> int:
     from compress.io_output import hub_output
     from compress.lora import merge_lora
     from compress.lora_teacher import check_given
+    from compress.output_names import new_folder_taken
     from compress.runner_lock import hold_output
 
     source, new = Path(args.out).expanduser(), Path(args.new).expanduser()
-    if new.exists() or new.is_symlink():
-        raise UserError(f"{args.new} exists; lora writes a new output folder")
+    if (taken := new_folder_taken(new, args.new, "lora writes a new output folder")) is not None:
+        raise UserError(taken)
     if not isinstance(args.scale, (int, float)):  # `--scale=--`: argparse hands over []
         raise UserError("--scale needs a number (the LoRA's strength, e.g. --scale 0.8)")
     if not math.isfinite(args.scale):

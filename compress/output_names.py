@@ -6,7 +6,8 @@ about to replace was made of (`replaced_note`), what a rerun after a stop needs 
 there (`rerun_needs_overwrite`), what the rerun of an output's recipe.yaml leaves out where the output took
 a LoRA since (`lora_rerun_note`), and what a command that reads an output says of a local path that is not
 there (`missing_output`: no such folder, the name meant; of a run folder runs/NAME, its output: `run_output`;
-a finished run's whose output is gone: `lost_output`)."""
+a finished run's whose output is gone: `lost_output`), and why a folder cannot be the new one lora or convert
+writes (`new_folder_taken`)."""
 
 from __future__ import annotations
 
@@ -120,6 +121,19 @@ def _merged_at(scale):
 
     good = isinstance(scale, numbers.Real) and not isinstance(scale, bool) and math.isfinite(scale) and scale != 0
     return scale if good else None
+
+
+def new_folder_taken(out: Path, given: str, writes: str) -> str | None:
+    """Why `out` (`given`, as typed) cannot be the new folder `lora` or `convert` writes (`writes`: 'convert
+    writes a new folder'): it exists; a mount point (a Docker volume, a bind mount) in run's words
+    (io_export.mount_point: no output can replace one, a folder inside it can be one). None where it is not there."""
+    if not (out.exists() or out.is_symlink()):
+        return None
+    from compress.io_export import is_mount_point, mount_point
+
+    if out.is_dir() and not out.is_symlink() and is_mount_point(out):
+        return mount_point(out)
+    return f"{given} exists; {writes}"
 
 
 def default_name(recipe: str | Path) -> str:

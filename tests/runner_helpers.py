@@ -1,5 +1,5 @@
 """Shared by the runner tests: their recipes, one named run, a sharded teacher for streamed runs and
-a tiny PixArt teacher with a Runner factory."""
+a tiny PixArt teacher with a Runner factory, folders taken for mount points."""
 
 from __future__ import annotations
 
@@ -68,3 +68,24 @@ def pixart_runner(tmp_path, monkeypatch):
         recipe = parse_recipe(text, str(tmp_path / "r.yaml"))
         return Runner(recipe, out, run_dir or tmp_path / "run", **kw)
     return tmp_path, make, loads
+
+
+MOUNT_REFUSAL = ("output folder {out} is a mount point, which an output cannot replace (it is written beside its "
+                 "folder, then renamed onto it); name a folder inside it, e.g. {out}/NAME")  # io_export.mount_point's
+
+
+def mount_points(tmp_path, monkeypatch):
+    """(mnt, bound): two empty folders in tmp_path taken for mount points, `mnt` by os.path.ismount (a Docker
+    volume), `bound` by io_export.MOUNTINFO's listing alone (a bind mount on the same file system)."""
+    import os
+
+    import compress.io_export as io_export
+
+    mnt, bound = tmp_path / "mnt", tmp_path / "bound"
+    mnt.mkdir(), bound.mkdir()
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: str(p) == str(mnt) or real(p))
+    listed = str(bound.resolve()).encode()
+    (tmp_path / "mountinfo").write_bytes(b"40 22 8:1 /src " + listed + b" rw - ext4 /dev/sda1 rw\n")
+    monkeypatch.setattr(io_export, "MOUNTINFO", tmp_path / "mountinfo")
+    return mnt, bound

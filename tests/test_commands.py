@@ -362,6 +362,29 @@ def test_inspect_shows_an_output_with_a_nan_and_warns(tmp_path, capsys):
 
 
 
+def test_convert_into_a_mount_point_says_so_in_runs_words(tmp_path, monkeypatch, capsys):
+    """`convert FILE OUT` with OUT a mount point (a Docker volume, a bind mount) said 'OUT exists; convert writes
+    a new folder', where run's --out says what a mount point takes (e9afcd6, c2ee7e1): now run's words, before
+    the file is read; a bind mount known from /proc/self/mountinfo alone too, a read-only one as run says it."""
+    import os
+
+    from tests.runner_helpers import MOUNT_REFUSAL, mount_points
+
+    (tmp_path / "f.safetensors").write_bytes(b"not read")
+    mnt, bound = mount_points(tmp_path, monkeypatch)
+    for new in (mnt, bound):
+        capsys.readouterr()
+        assert main(["convert", str(tmp_path / "f.safetensors"), str(new)]) == 2
+        assert capsys.readouterr().err == f"dit-compress: error: {MOUNT_REFUSAL.format(out=new)}\n"
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: mode != os.W_OK if str(p) == str(mnt) else
+                        real_access(p, mode, **kw))
+    assert main(["convert", str(tmp_path / "f.safetensors"), str(mnt)]) == 2
+    assert capsys.readouterr().err == (f"dit-compress: error: output folder {mnt} is a mount point that cannot be "
+                                       "written (read-only, or not yours); name a folder on a writable disk\n")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_convert_says_the_teacher_to_stream_quoted_as_a_shell_takes_it(tmp_path, capsys, monkeypatch):
     """'stream it with --teacher ../wé ird dir/cönv out': a path with spaces, pasted, is three arguments."""
     import shlex

@@ -144,3 +144,20 @@ def test_a_lora_on_an_output_whose_config_records_its_dtype_damaged_is_one_line(
                        "floating dtype (float32, float16, bfloat16): a damaged config.json; remove that key (lora "
                        "then keeps the dtype its weights load in)\n"), err
         assert not (tmp_path / "new").exists()
+
+
+def test_lora_into_a_mount_point_says_so_in_runs_words(tmp_path, monkeypatch, capsys):
+    """`lora OUT LORA NEW` with NEW a mount point (a Docker volume, a bind mount) said 'NEW exists; lora writes a
+    new output folder', where run's --out says what a mount point takes (e9afcd6, c2ee7e1): now run's words,
+    before anything loads; a bind mount known from /proc/self/mountinfo alone too."""
+    from tests.runner_helpers import MOUNT_REFUSAL, mount_points
+
+    (tmp_path / "out").mkdir()  # (an output not there is refused first)
+    for new in mount_points(tmp_path, monkeypatch):
+        capsys.readouterr()
+        assert main(["lora", str(tmp_path / "out"), str(tmp_path / "lora"), str(new)]) == 2
+        assert capsys.readouterr().err == f"dit-compress: error: {MOUNT_REFUSAL.format(out=new)}\n"
+    (tmp_path / "plain").mkdir()
+    assert main(["lora", str(tmp_path / "out"), str(tmp_path / "lora"), str(tmp_path / "plain")]) == 2
+    said = capsys.readouterr().err
+    assert said == f"dit-compress: error: {tmp_path / 'plain'} exists; lora writes a new output folder\n"
