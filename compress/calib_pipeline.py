@@ -15,7 +15,7 @@ import torch
 
 from compress.calib_pipeline_load import load_pipeline_for, need_transformers, scheduler_config
 from compress.calib_prompts import _where, calibration_prompts, one_branch, read_prompts
-from compress.calib_store import save
+from compress.calib_store import load_cached, save
 from compress.errors import UserError
 from compress.pipeline_folder import toy_pipeline
 from compress.progress import read_back_label
@@ -167,6 +167,8 @@ def run_label(what: str, read_back: int, prompts: int) -> str:
 class PipelineSource:
     """Calibration and held-out batches from real sampling runs (prompts split 80/20)."""
 
+    damaged: tuple[Path, ...] = ()  # the cached calls found damaged, sampled again (one note says the first)
+
     def __init__(self, family: str, calib, teacher, pipeline: str, recipe_dir: Path | None = None):
         self.family, self.calib, self.teacher, self.pipeline = family, calib, teacher, pipeline
         self.prompts = read_prompts(calib, recipe_dir)
@@ -245,13 +247,16 @@ class PipelineSource:
         return got
 
     def _read(self, path: Path) -> list[dict] | None:
-        """The records of a cached call; where `read_only` (eval of another run's folder), None for a
-        file that cannot be read (sampled again in memory instead)."""
+        """The records of a cached call; None for a file that cannot be read: where `read_only` (eval of
+        another run's folder) any such file, quietly (sampled again in memory instead); else a damaged
+        one, with a note (calib_store.load_cached: sampled again and written over it)."""
+        if not self.read_only:
+            kept = load_cached(path, "sampled again", bool(self.damaged), map_location="cpu")
+            self.damaged += (path,) if kept is None else ()
+            return kept
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception:
-            if not self.read_only:
-                raise
             return None
 
     def _loaded(self):

@@ -276,6 +276,7 @@ class StatsCache:
         self.directory = Path(directory) if directory else None
         self.device = torch.device(device)
         self.hits: list[str] = []
+        self.damaged: list[str] = []  # names whose file was damaged (calib_store.load_cached), computed again
 
     def _path(self, name: str) -> Path:
         return self.directory / f"{name}.pt"
@@ -283,8 +284,10 @@ class StatsCache:
     def load(self, name: str) -> dict[str, Stats] | None:
         if self.directory is None or not self._path(name).is_file():
             return None
-        raw = torch.load(self._path(name), map_location=self.device, weights_only=True)
-        if not all(Stats.complete(v) for v in raw.values()):  # older code's file: computed again
+        raw = calib_store.load_cached(self._path(name), "computed again", bool(self.damaged), map_location=self.device)
+        if raw is None:  # damaged: computed again (and saved over it)
+            self.damaged.append(name)
+        if not isinstance(raw, dict) or not all(Stats.complete(v) for v in raw.values()):  # older code's file too
             return None
         self.hits.append(name)
         return {k: Stats.from_dict(v) for k, v in raw.items()}

@@ -5,7 +5,8 @@ resident by default, `compress.stream.CheckpointBlocks` streams them from a chec
 `Unchanged` for a walk that changes no block. `Spilled`: per-batch activations on disk
 (`calibration.spill_activations`), so one batch is resident at a time; `SpilledMap`: the same by
 name, for what a pass measures per target; `NamedFiles`: by name too, kept for a rerun. `save`:
-torch.save that leaves no partial file and says a full disk as an OSError. Each store knows what it
+torch.save that leaves no partial file and says a full disk as an OSError; `load_cached`: a cache file
+read back, None (and a note) where it is damaged, for its caller to compute again. Each store knows what it
 wrote (in memory): a file of it gone from the disk meanwhile is a `Vanished` error naming it, never
 an item silently left out.
 """
@@ -46,6 +47,41 @@ def load(path: Path, **kwargs):
         return torch.load(path, weights_only=True, **kwargs)
     except FileNotFoundError:
         raise vanished(path) from None
+
+
+def load_cached(path: Path, again: str, damaged_before: bool = False, **kwargs):
+    """torch.load of a cache file an earlier run left in the run folder (weights only), or None where it
+    is damaged (`damaged`: empty, cut short, overwritten), its caller computing what it held `again`
+    ('sampled again', 'computed again') and writing it anew: said in a note naming it, unless its caller
+    found one damaged before (`damaged_before`: one line, however many are). Gone meanwhile: `Vanished`;
+    other trouble reading it (no permission, an I/O error, out of memory) is raised as it is."""
+    try:
+        return torch.load(path, weights_only=True, **kwargs)
+    except FileNotFoundError:
+        raise vanished(path) from None
+    except Exception as e:
+        if not damaged(e):
+            raise
+        if not damaged_before:
+            from compress.report import note
+
+            why = "empty" if isinstance(e, EOFError) else "not as torch.save wrote it"
+            note(f"the run folder's file {path} is damaged ({why}: cut short or overwritten since?): {again}, as "
+                 "is any other damaged file in its folder")
+        return None
+
+
+def damaged(e: Exception) -> bool:
+    """Whether torch.load's `e` says the file's bytes are not what torch.save writes: an empty file
+    (EOFError), garbage (UnpicklingError), a file cut short (a RuntimeError of the zip reader, or its
+    OSError EINVAL); not a failed read (EACCES, EIO) or allocation."""
+    from pickle import UnpicklingError
+
+    from compress.runner_failures import is_out_of_memory
+
+    if isinstance(e, OSError):
+        return e.errno == errno.EINVAL
+    return isinstance(e, (EOFError, UnpicklingError, RuntimeError)) and not is_out_of_memory(e)
 
 
 def save(item, path: Path, atomic: bool = True) -> None:

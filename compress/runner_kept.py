@@ -207,13 +207,18 @@ def offered_files(cache: Path, fishers: str | None = "fisher-*") -> tuple[set[st
     return stats, ({p.stem for p in Path(cache).glob(f"{fishers}/*.pt")} if fishers else set())
 
 
-def read_back_at_end_in_words(read: int, offered: int, by: str = "an earlier run") -> str:
+def read_back_at_end_in_words(read: int, offered: int, by: str = "an earlier run", damaged: int = 0) -> str:
     """'read back 1 of the 5 files an earlier run measured (the others are not of its targets, blocks, inputs
     and ranks as they are now)': what an svd pass read of the `offered` files `read_back_in_words` counted;
-    `by`: who measured them (`measured_by_in_words`)."""
+    `by`: who measured them (`measured_by_in_words`); `damaged`: how many of them were damaged, and computed
+    again (calib_store.load_cached): 'read back 3 of the 5 ...: 1 is damaged (computed again), 1 is not of ...'."""
     files = f"file{'' if offered == 1 else 's'} {by} measured"
     if read == offered:
         return f"read back {'the' if offered == 1 else f'all {offered}'} {files}"
+    if damaged:
+        why = [f"{n} {'is' if n == 1 else 'are'} {what}" for n, what in
+               ((damaged, "damaged (computed again)"), (offered - read - damaged, f"not {OF_IT_NOW}")) if n]
+        return f"read back {read or 'none'} of the {offered} {files}: {', '.join(why)}"
     why = f"not {OF_IT_NOW}"
     if not read:
         return f"read back none of the {offered} {files}: {'it is' if offered == 1 else 'they are'} {why}"

@@ -50,8 +50,9 @@ def say_read_back_at_end(runner, i: int) -> None:
     if start != i or not (stats or fishers):
         return
     p = runner.passes[i]
-    read = len(stats & set(getattr(getattr(p, "cache", None), "hits", ()))) + \
-        len(fishers & set(getattr(p, "fishers_read", ())))
+    cache = getattr(p, "cache", None)
+    read = len(stats & set(getattr(cache, "hits", ()))) + len(fishers & set(getattr(p, "fishers_read", ())))
+    damaged = len(stats & set(getattr(cache, "damaged", ())))
     by = getattr(runner, "offered_by", "an earlier run")
-    console.print(f"  pass {i + 1} (svd) {read_back_at_end_in_words(read, len(stats) + len(fishers), by)}",
+    console.print(f"  pass {i + 1} (svd) {read_back_at_end_in_words(read, len(stats) + len(fishers), by, damaged)}",
                   highlight=False, markup=False)

@@ -2,6 +2,7 @@
 sampled or read back from the inputs folder a run wrote before (a resumed or repeated run)."""
 
 import pytest
+import torch
 
 from compress.calib_pipeline import PipelineSource
 from compress.io import load_teacher
@@ -58,3 +59,37 @@ def test_held_out_records_read_back_say_so_in_their_progress_lines(tmp_path, cap
     files[0].unlink()
     assert heldout_lines() == ["sample held-out prompts (1 read back) 1/2",
                                "sample held-out prompts (1 read back) 2/2"]
+
+
+def test_a_resumed_run_samples_a_damaged_call_again_in_one_note(tmp_path, capsys):
+    """A sampled-inputs file of the run folder cut short or overwritten (RUN/inputs/<name>/<hash>.pt) was a
+    traceback in `run --resume` (UnpicklingError 'Weights only load failed ...', OSError '[Errno 22] Invalid
+    argument'); eval samples such a call again, in memory. run samples it again too, writes it anew, and
+    says so in one note; the output is the one an undamaged run folder gives."""
+    import json
+    import shutil
+
+    from compress.cli import main
+    from tests.pipelines import RECIPE
+
+    pipe = pixart_pipeline(tmp_path / "pipe")
+    text = RECIPE.replace("{teacher}", str(pipe)).replace("{family}", "pixart").replace("{size}", "")
+    (tmp_path / "r.yaml").write_text(text.format(stream="false"))
+    run = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    assert main(run) == 0
+    error = json.loads((tmp_path / "out" / "report.json").read_text())["heldout"]
+    calls = sorted((tmp_path / "run" / "inputs").rglob("*.pt"))
+    whole = {c: c.read_bytes() for c in calls}
+    for damage in (lambda b: b"not a torch file", lambda b: b[:len(b) // 2]):
+        for c in calls:
+            c.write_bytes(damage(whole[c]))
+        shutil.rmtree(tmp_path / "out")
+        capsys.readouterr()
+        assert main(run + ["--resume"]) == 0
+        err = " ".join(capsys.readouterr().err.split())
+        assert err.count("note: the run folder's file ") == 1 and "Traceback" not in err, err
+        assert f"note: the run folder's file {calls[0].parent}/" in err and \
+            "is damaged (not as torch.save wrote it: cut short or overwritten since?): sampled again" in err, err
+        assert json.loads((tmp_path / "out" / "report.json").read_text())["heldout"] == error
+        again = [c for c in calls if c.read_bytes() != damage(whole[c])]  # the held-out call: written anew
+        assert again and all(isinstance(torch.load(c, weights_only=True), list) for c in again)

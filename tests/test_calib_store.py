@@ -222,3 +222,45 @@ def test_a_save_whose_folder_goes_before_the_rename_names_it(tmp_path, monkeypat
     shutil.rmtree(tmp_path / "spill")
     with pytest.raises(Vanished, match=f"folder {tmp_path / 'spill'} vanished"):
         spill.append(torch.ones(2))
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "cut short"])
+def test_a_damaged_cache_file_reads_as_none_with_a_note(tmp_path, capsys, damage):
+    """A cache file of the run folder cut short or overwritten (a torch.save file: the sampled inputs'
+    calls, the block statistics) was a traceback in a rerun (UnpicklingError 'Weights only load failed ...',
+    OSError '[Errno 22] Invalid argument', EOFError): now None, for its caller to compute it again, and a
+    note naming it (the first its caller finds)."""
+    from compress.calib_store import load_cached
+
+    for name in ("a", "b"):
+        torch.save([{"x": torch.randn(64, 64)}], tmp_path / f"{name}.pt")
+    whole = (tmp_path / "a.pt").read_bytes()
+    bad = {"empty": b"", "garbage": b"not a torch file", "cut short": whole[:len(whole) // 2]}[damage]
+    (tmp_path / "c.pt").write_bytes(whole)
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.pt").write_bytes(bad)
+    capsys.readouterr()
+    assert load_cached(tmp_path / "a.pt", "sampled again") is None
+    assert load_cached(tmp_path / "b.pt", "sampled again", damaged_before=True) is None  # said once
+    assert torch.equal(load_cached(tmp_path / "c.pt", "sampled again")[0]["x"], torch.load(tmp_path / "c.pt")[0]["x"])
+    said = " ".join(capsys.readouterr().err.split())
+    why = "empty" if damage == "empty" else "not as torch.save wrote it"
+    assert said == (f"note: the run folder's file {tmp_path / 'a.pt'} is damaged ({why}: cut short or overwritten "
+                    "since?): sampled again, as is any other damaged file in its folder"), said
+
+
+def test_a_cache_file_that_cannot_be_read_for_another_reason_is_not_taken_for_damaged(tmp_path, monkeypatch):
+    """No permission, an I/O error, an allocation that fails: raised as they are (a file computed again and
+    written over would hide them); a file gone meanwhile: Vanished, naming it."""
+    import errno
+
+    from compress.calib_store import Vanished, load_cached
+
+    with pytest.raises(Vanished, match="the run folder's file .*gone.pt vanished during the run"):
+        load_cached(tmp_path / "gone.pt", "computed again")
+    torch.save([1], tmp_path / "a.pt")
+    for e in (PermissionError(errno.EACCES, "Permission denied"), OSError(errno.EIO, "Input/output error"),
+              RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes")):
+        monkeypatch.setattr(torch, "load", lambda *a, e=e, **k: (_ for _ in ()).throw(e))
+        with pytest.raises(type(e)):
+            load_cached(tmp_path / "a.pt", "computed again")
