@@ -144,3 +144,63 @@ def test_the_svd_pass_words_its_refusal_for_the_runs_source(tmp_path):
 
     with pytest.raises(UserError, match=r"\(3 rows, whole calls of the calibration pipeline to its transformer\)"):
         _run(tmp_path, rebatch(_calls_of_one_branch(), 3, seed=0), "guided", source="pipeline")
+
+
+def _guide_of(fn, a, k):
+    """The `guide` argument a call of `fn` got (positional or keyword), None where left out."""
+    import inspect
+
+    return inspect.signature(fn).bind(*a, **k).arguments.get("guide")
+
+
+@pytest.mark.parametrize("objective", ["branches", "guided", "guided_fisher", "guided_compensation"])
+def test_the_pass_guides_the_parts_its_objective_names(tmp_path, monkeypatch, objective):
+    """The Fisher sweeps and compensation's gradients are handed the guide exactly where PARTS[objective]
+    names their part (R1 stop 50: handing either None passed every test on 462ba24, the line search's
+    guided error alone checked)."""
+    import compress.passes.svd_compensate as comp
+    import compress.passes.svd_fisher_measure as measure
+    from compress.passes.svd_objective import PARTS
+
+    seen = {"fisher": [], "compensation": []}
+    sweeps, gradients = measure.sweeps, comp.prediction_gradients
+
+    def spy_sweeps(*a, **k):
+        seen["fisher"].append(_guide_of(sweeps, a, k))
+        return sweeps(*a, **k)
+
+    def spy_gradients(*a, **k):
+        seen["compensation"].append(_guide_of(gradients, a, k))
+        return gradients(*a, **k)
+    monkeypatch.setattr(measure, "sweeps", spy_sweeps)
+    monkeypatch.setattr(comp, "prediction_gradients", spy_gradients)
+    _run(tmp_path, [two_branches(tiny_pixart(), seed=s) for s in range(2)], objective)
+    for part, guides in seen.items():
+        assert guides, part
+        assert all((g is not None) == (part in PARTS[objective]) for g in guides), (part, guides)
+
+
+def test_guided_prediction_gradients_are_the_guided_losss_weight_gradient():
+    """prediction_gradients(guide=...) is the gradient of ½ Σ ||guided(pred) − guided(ref)||² with respect to
+    each linear's weight (R1 stop 50: dropping its guide.of line passed every test on 462ba24)."""
+    import torch
+
+    from compress.arch import get_adapter
+    from compress.passes.svd_fisher import prediction_gradients
+
+    teacher, model = tiny_pixart(), tiny_pixart()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    adapter = get_adapter(model)
+    batches = [two_branches(teacher, seed=s) for s in range(2)]
+    refs = predictions(teacher, adapter, batches)
+    guide = CalibrationGuidance(3.0, [calibration_pairs(b) for b in batches])
+    names = [i.name for i in adapter.linears(model)][:3]
+    got = prediction_gradients(model, adapter, batches, refs, names, guide=guide)
+    weights = [model.get_submodule(n).weight for n in names]
+    loss = sum(0.5 * (guide.of(adapter.predict(model, b), k).double() - guide.of(r, k).double()).square().sum()
+               for k, (b, r) in enumerate(zip(batches, refs)))
+    for n, g in zip(names, torch.autograd.grad(loss, weights)):
+        torch.testing.assert_close(got[n][0], g.double(), rtol=1e-3, atol=1e-4 * float(g.abs().max()))
