@@ -41,9 +41,11 @@ def predicted_vs_uniform(specs, ranks, weights, c, ranges) -> dict:
             "predicted_error_vs_uniform_equal_params": equal}
 
 
-def sensitivities(model, adapter, batches, factors, progress, targets) -> dict[str, float]:
+def sensitivities(model, adapter, batches, factors, progress, targets, guide=None) -> dict[str, float]:
     """Per measured layer: the squared relative final-prediction error with only that layer factorized
-    (at its `alloc.measurement_rank`), per unit of its normalized loss there (alloc.sensitivity_weight).
+    (at its `alloc.measurement_rank`), per unit of its normalized loss there (alloc.sensitivity_weight); the
+    error of the guided prediction of each input's two rows under a guided svd.objective (`guide`, the pass's
+    guided.CalibrationGuidance, its batches the first of these), else each row's own.
     factors: name -> (up, down, normalized loss[, bias shift]), the shift a centered target's mean error
     (svd_layer.approximation), added to its bias for the measurement as compress_layer adds it. The forwards of
     a block's layers start at that block (its input recorded once, `replay.Prefix`)."""
@@ -60,7 +62,7 @@ def sensitivities(model, adapter, batches, factors, progress, targets) -> dict[s
             if start[name] != prefix.start:
                 prefix = Prefix(model, adapter, batches, start[name])
             with swapped_weight(model, name, up @ down, shift[0] if shift else None):
-                rel = relative_error(model, ref, adapter, batches, prefix)
+                rel = relative_error(model, ref, adapter, batches, prefix, guide=guide)
             if not math.isfinite(rel):
                 raise NumericError(f"{name}: the prediction error with this layer alone factorized "
                                    f"is {rel} (global allocation's sensitivity)")
@@ -186,6 +188,6 @@ class GlobalAllocation:
             cal = BlockCalibration(model, adapter, batches, "teacher", self.cache, Unchanged(self.loader),
                                    c.progress, spill=self.spill, sampler=self.sampler, block_map=self.block_map)
             self._walk(cal, targets, visit, [])
-            weights = sensitivities(model, adapter, batches[: c.sensitivity_batches], factors,
-                                    c.progress, targets) if sensitivity else {}
+            weights = sensitivities(model, adapter, batches[: c.sensitivity_batches], factors,  # guided
+                                    c.progress, targets, getattr(self, "guide", None)) if sensitivity else {}
         return curves, weights, lower

@@ -50,9 +50,9 @@ def test_global_measures_a_centered_targets_sensitivity_with_its_mean_shift(tmp_
                                                  modulation_grid=16)
     captured = {}
 
-    def spy(model, adapter, batches, factors, progress, targets):
+    def spy(model, adapter, batches, factors, progress, targets, guide=None):
         captured.update(batches=batches, loss=factors[name][2])
-        return real(model, adapter, batches, factors, progress, targets)
+        return real(model, adapter, batches, factors, progress, targets, guide)
 
     real = svd_global.sensitivities
     svd_global.sensitivities = spy
@@ -97,7 +97,7 @@ def test_a_ctrl_c_in_global_allocation_leaves_no_sensitivity_scratch(tmp_path, m
     live.write_bytes(b"live")
     spilled = []
 
-    def interrupted(model, adapter, batches, factors, progress, targets):
+    def interrupted(model, adapter, batches, factors, progress, targets, guide=None):
         spilled.extend(scratch.glob(f"{os.getpid()}-*.pt"))
         raise KeyboardInterrupt
     monkeypatch.setattr(svd_global, "sensitivities", interrupted)
@@ -133,9 +133,9 @@ def test_a_layer_that_loses_only_round_off_at_uniform_is_weighed_where_it_loses_
                                                       compensate=False, progress=False)
     captured = {}
 
-    def spy(model, adapter, batches, factors, progress, targets):
+    def spy(model, adapter, batches, factors, progress, targets, guide=None):
         captured.update(batches=batches, rank=factors[name][0].shape[1])  # up: (out, rank)
-        return real(model, adapter, batches, factors, progress, targets)
+        return real(model, adapter, batches, factors, progress, targets, guide)
 
     def run(folder, **more):
         model = tiny_pixart()
@@ -292,3 +292,40 @@ def test_the_advice_never_names_a_ratio_below_the_one_refused():
     for k in range(100, 160, 3):
         refused = _global_refusal(infos, ratio=k / 1000, multiple=8, trust_region=1.1, targets=roles)
         assert (refused is None) == (k / 1000 >= fits), (k, refused)
+
+
+def test_a_guided_objective_measures_each_layers_sensitivity_on_the_guided_prediction(tmp_path, monkeypatch):
+    """Under a guided svd.objective the Fishers or compensation weighed the guided prediction's errors while
+    global allocation's sensitivities still measured each calibration row's own prediction. Now they measure
+    the guided one (the pass's CalibrationGuidance); `branches` keeps each row's."""
+    from compress.guided import CalibrationGuidance, HeldOutGuidance, calibration_pairs
+    from compress.passes import svd_global
+    from compress.passes.base import RunContext
+    from compress.passes.svd import SVDConfig, SVDPass
+    from tests.passes.svd_helpers import two_branches
+
+    model = tiny_pixart()
+    adapter = get_adapter(model)
+    batches = [two_branches(model, seed=s) for s in range(2)]
+    guide = CalibrationGuidance(3.0, [calibration_pairs(b) for b in batches])
+    name = "transformer_blocks.0.attn1.to_q"
+    w = model.get_submodule(name).weight
+    gen = torch.Generator().manual_seed(0)
+    factors = {name: (0.1 * torch.randn(w.shape[0], 2, generator=gen), torch.randn(2, w.shape[1], generator=gen), 0.5)}
+    got = sensitivities(model, adapter, batches, factors, False, adapter.linears(model), guide)
+    ref = predictions(model, adapter, batches)
+    with swapped_weight(model, name, factors[name][0] @ factors[name][1]):
+        guided = relative_error(model, ref, adapter, batches, guide=guide)
+        own = relative_error(model, ref, adapter, batches)
+    assert got[name] == pytest.approx(sensitivity_weight(guided, 0.5), rel=1e-5) and guided != pytest.approx(own)
+
+    seen = []
+    real = svd_global.sensitivities
+    monkeypatch.setattr(svd_global, "sensitivities", lambda *a: seen.append(a[-1]) or real(*a))
+    for objective in ("guided_compensation", "branches"):
+        ctx = RunContext(adapter=adapter, family="pixart", teacher=tiny_pixart(), run_dir=tmp_path / objective,
+                         calibration_inputs=lambda: batches, fingerprint=objective,
+                         heldout_guidance=lambda: HeldOutGuidance(3.0))
+        SVDPass(SVDConfig(targets=["attention"], allocation="global", ratio=0.5, multiple=2, progress=False,
+                          objective=objective)).run(tiny_pixart(), ctx)
+    assert isinstance(seen[0], CalibrationGuidance) and seen[0].scale == 3.0 and seen[1] is None, seen

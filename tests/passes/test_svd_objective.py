@@ -134,7 +134,8 @@ def test_a_pipeline_whose_calls_hold_one_branch_each_is_told_so_not_to_change_it
                         rf"calibration pipeline to its transformer\) holds {re.escape(what)}: the pipeline does not "
                         r"run each input's empty-prompt and prompt branches in one transformer call \(it runs them "
                         r"in calls of their own, or one branch alone\); calibrate through a pipeline that batches "
-                        r"both \(as diffusers' PixArtSigmaPipeline does\), or set svd.objective: branches", words), words
+                        r"both \(as diffusers' PixArtSigmaPipeline does\), or set svd.objective: branches",
+                        words), words
     assert "batch_size" not in words and "cfg_branches" not in words
 
 
