@@ -17,6 +17,7 @@ import errno
 import itertools
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import torch
@@ -63,12 +64,17 @@ def load_cached(path: Path, again: str, damaged_before: bool = False, **kwargs):
         if not damaged(e):
             raise
         if not damaged_before:
-            from compress.report import note
-
-            why = "empty" if isinstance(e, EOFError) else "not as torch.save wrote it"
-            note(f"the run folder's file {path} is damaged ({why}: cut short or overwritten since?): {again}, as "
-                 "is any other damaged file in its folder")
+            say_damaged(path, "empty" if isinstance(e, EOFError) else "not as torch.save wrote it", again)
         return None
+
+
+def say_damaged(path: Path, why: str, again: str) -> None:
+    """The note of a damaged cache file `path` of the run folder (`load_cached`, `NamedFiles`): `why`,
+    and that what it held is `again` (and written anew), as any other damaged file of its folder."""
+    from compress.report import note
+
+    note(f"the run folder's file {path} is damaged ({why}: cut short or overwritten since?): {again}, as is any "
+         "other damaged file in its folder")
 
 
 def damaged(e: Exception) -> bool:
@@ -249,14 +255,25 @@ class NamedFiles:
     """name -> tensor, one torch.save file each under `folder`, written atomically (an interrupted
     write leaves no half file) and kept after the object goes: what a pass measures per target
     and can reuse when it is run again on the same model and inputs (the output Fishers).
-    The names are those on disk when it is made (what an earlier run left) and those written since,
-    kept in memory: a file of them gone meanwhile is `Vanished` when read, not a name left out.
+    The names are those on disk when it is made (what an earlier run left; a damaged file, no zip archive
+    as torch.save writes, is left out with a note: measured again) and those written since, kept in
+    memory: a file of them gone meanwhile is `Vanished` when read, not a name left out.
     `clear()` deletes them."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        found = self.folder.glob("*.pt") if self.folder.is_dir() else ()
-        self.names = {p.name[:-3] for p in found}
+        found = sorted(self.folder.glob("*.pt")) if self.folder.is_dir() else []
+        whole = [p for p in found if zipfile.is_zipfile(p)]  # torch.save's zip, its end there: not cut short
+        self.names = {p.name[:-3] for p in whole}
+        # the first damaged file (measured again, written over it), said where the names are first asked for
+        self.unsaid = next((p for p in found if p not in whole), None)  # (not where clear() comes first)
+
+    def _said(self) -> set[str]:
+        """The names, once the note of a damaged file left out of them (`unsaid`) is said."""
+        if self.unsaid is not None:
+            say_damaged(self.unsaid, "not as torch.save wrote it", "measured again")
+            self.unsaid = None
+        return self.names
 
     def _path(self, name: str) -> Path:
         return self.folder / f"{name}.pt"  # module names are safe file names
@@ -274,17 +291,18 @@ class NamedFiles:
         return load(self._path(name))
 
     def __contains__(self, name) -> bool:
-        return name in self.names
+        return name in self._said()
 
     def __iter__(self):
-        return iter(sorted(self.names))
+        return iter(sorted(self._said()))
 
     def __len__(self) -> int:
-        return len(self.names)
+        return len(self._said())
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
         self.names.clear()
+        self.unsaid = None
 
 
 class BlockLoader:

@@ -264,3 +264,31 @@ def test_a_cache_file_that_cannot_be_read_for_another_reason_is_not_taken_for_da
         monkeypatch.setattr(torch, "load", lambda *a, e=e, **k: (_ for _ in ()).throw(e))
         with pytest.raises(type(e)):
             load_cached(tmp_path / "a.pt", "computed again")
+
+
+def test_named_files_leave_a_damaged_file_out_to_be_measured_again(tmp_path, capsys):
+    """An output Fisher an interrupted run left (RUN/calib/.../fisher-Nprobes/<name>.pt) cut short or
+    overwritten was a traceback in --resume (torch.load of it: 'PytorchStreamReader failed reading zip archive',
+    'Invalid argument'); now it is left out of the names (no zip archive as torch.save writes), measured again
+    and written over it, said in one note as the names are first asked for (not where clear() comes first)."""
+    from compress.calib_store import NamedFiles
+
+    folder = tmp_path / "fisher-4probes"
+    files = NamedFiles(folder)
+    for name in ("a", "b", "c"):
+        files[name] = torch.full((2, 2), float(ord(name)))
+    whole = (folder / "a.pt").read_bytes()
+    (folder / "a.pt").write_bytes(whole[:len(whole) // 2])
+    (folder / "b.pt").write_bytes(b"not a torch file")
+    capsys.readouterr()
+    again = NamedFiles(folder)
+    assert capsys.readouterr().err == ""
+    assert "a" not in again and list(again) == ["c"] and len(again) == 1 and again["c"][0, 0] == ord("c")
+    said = " ".join(capsys.readouterr().err.split())
+    assert said == (f"note: the run folder's file {folder / 'a.pt'} is damaged (not as torch.save wrote it: cut short "
+                    "or overwritten since?): measured again, as is any other damaged file in its folder"), said
+    again["a"], again["b"] = torch.zeros(2, 2), torch.ones(2, 2)  # measured again: written over them
+    assert sorted(NamedFiles(folder)) == ["a", "b", "c"] and capsys.readouterr().err == ""
+    (folder / "a.pt").write_bytes(b"")
+    NamedFiles(folder).clear()  # a pass that does not reuse them: nothing said
+    assert capsys.readouterr().err == "" and not folder.exists()
