@@ -16,7 +16,8 @@ from rich.markup import escape
 from compress.calib_prompts import prompts_in_words
 from compress.errors import UserError
 from compress.interrupts import interrupts_held
-from compress.passes.distill_checkpoints import aside_as, distill_folders, finish_swap, remove_checkpoints, set_aside
+from compress.passes.distill_checkpoints import (aside_as, distill_folders, finish_swap, remove_checkpoints,
+                                                remove_whole, set_aside, whole_checkpoints)
 from compress.passes.distill_resume import DISCARDED
 from compress.passes.importance import write_atomically
 from compress.recipe_teacher_config import FLAG
@@ -129,15 +130,16 @@ def _restored(runner):
 
 def _cleared(runner, start: int, student):
     """(start, student), once the training checkpoints of the distill passes before `start` (kept) are
-    removed, with those set aside and an older swap's (as DistillPass.stage_saved removes them once the
-    pass's stage is saved): a run stopped (or killed) between that save and that removal left them, several
-    times the model, and no later step would remove them. One line names what went."""
+    removed, with an older swap's (as DistillPass.stage_saved removes them once the pass's stage is saved):
+    a run stopped (or killed) between that save and that removal left them, several times the model, and no
+    later step would remove them. One line names what went. Those set aside are left to stage_saved's rule
+    (kept past the pass's first stage saved since, for a --resume that undoes the change to take back)."""
     if not is_main_process():
         return start, student
     names = [s.name for s in runner.recipe.passes]
     distills = [i for i, name in enumerate(names) if name == "distill"]  # the n-th's folder: distill_trainer's
     for n, i in enumerate(distills[:sum(i < start for i in distills)], 1):
-        removed = remove_checkpoints(runner.run_dir / ("distill" if n == 1 else f"distill-{n}"))
+        removed = remove_checkpoints(runner.run_dir / ("distill" if n == 1 else f"distill-{n}"), aside=False)
         if removed:
             console.print(f"  removed {escape(' and '.join(map(str, removed)))}: the training checkpoints of pass "
                           f"{i + 1}/{len(names)} (distill, kept), whose saved stage holds the trained student",
@@ -253,34 +255,44 @@ def _discard_passed_over(runner, k: int, stages: list[Path], skipped: list) -> N
     again. A distill checkpoint, whose pass now starts from another student, is set aside (in DISCARDED
     beside it, by its fingerprint, as Checkpoints._discard_of_other_keys does: an earlier pass's key
     changed by mistake loses no training), said with how to take it back; what an interrupted setting
-    aside left is filed there first (finish_swap)."""
+    aside left is filed there first (finish_swap). Checkpoints none of which reads whole (a removal a kill
+    stopped: remove_whole; only one being written) are removed, not set aside: no --resume could take
+    them back. Each stage goes state.json first (delete_stage: a kill midway leaves none that reads as whole)."""
+    from compress.runner_stream import delete_stage
+
     if is_main_process():
         for folder in distill_folders(runner.run_dir):
             finish_swap(folder / "checkpoints", folder / DISCARDED)
-    checkpoints = [c for c in runner.run_dir.glob("distill*/checkpoints") if any(c.iterdir())]
+    found = list(runner.run_dir.glob("distill*/checkpoints"))
+    checkpoints = [c for c in found if whole_checkpoints(c)]
     console.print(f"  {passed_over_in_words(skipped)}{set_aside_in_words(checkpoints, k + 1, runner.recipe.passes)}",
                   highlight=False)
     if is_main_process():
         for folder in stages:
-            shutil.rmtree(folder, ignore_errors=True)
-        for folder in checkpoints:
-            set_aside(folder, folder.with_name(DISCARDED))
+            delete_stage(folder)
+        for folder in found:
+            if folder in checkpoints:
+                set_aside(folder, folder.with_name(DISCARDED))
+            else:
+                remove_whole(folder)
 
 
 def set_aside_in_words(checkpoints: list[Path], first: int, passes) -> str:
     """'; its distill checkpoints are set aside (RUN/distill/checkpoints moved to
-    RUN/distill/checkpoints.discarded/FINGERPRINT); to take them back, stop this run before pass 3/3 (distill)
-    ends, undo the change and rerun with --resume' for the distill `checkpoints` folders --resume sets aside,
-    passes from index `first` (of `passes`) on running again (the first distill pass among them named: its
-    saved stage removes those set aside); '' where there are none. That --resume runs the passes again,
+    RUN/distill/checkpoints.discarded/FINGERPRINT); to take them back, undo the change and rerun with --resume
+    (they are kept past this run's pass 3/3 (distill), until a later one with other settings ends)' for the
+    distill `checkpoints` folders --resume sets aside, passes from index `first` (of `passes`) on running again
+    (the first distill pass among them named: the second of its stages saved with other settings removes
+    them, distill_checkpoints.stage_saved); '' where there are none. That --resume runs the passes again,
     making the student they were trained from, and its distill pass takes back the set trained from it."""
     if not checkpoints:
         return ""
     moved = ", ".join(f"{c} moved to {aside_as(c, c.with_name(DISCARDED))}" for c in checkpoints)
     at = next((i for i in range(first, len(passes)) if passes[i].name == "distill"), None)
-    before = "" if at is None else f"stop this run before pass {at + 1}/{len(passes)} (distill) ends, "
-    return f"; its distill checkpoints are set aside ({moved}); to take them back, {before}undo the change and " \
-        "rerun with --resume"
+    kept = "" if at is None else (f" (they are kept past this run's pass {at + 1}/{len(passes)} (distill), until a "
+                                  "later one with other settings ends)")
+    return f"; its distill checkpoints are set aside ({moved}); to take them back, undo the change and rerun with " \
+        f"--resume{kept}"
 
 
 def _unfinished(runner) -> None:

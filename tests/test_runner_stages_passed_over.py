@@ -62,8 +62,9 @@ def test_resume_after_an_earlier_pass_changed_sets_the_distill_checkpoints_aside
     said = " ".join(capsys.readouterr().err.split())
     kept = _set_of(aside)  # (named by the fingerprint its checkpoints record)
     assert ("the saved pass 2 was of another recipe (it differs in passes.1.svd.ratio): not kept; its distill "
-            f"checkpoints are set aside ({checkpoints} moved to {kept}); to take them back, stop this run before "
-            "pass 3/3 (distill) ends, undo the change and rerun with --resume") in said, said
+            f"checkpoints are set aside ({checkpoints} moved to {kept}); to take them back, undo the change and "
+            "rerun with --resume (they are kept past this run's pass 3/3 (distill), until a later one with other "
+            "settings ends)") in said, said
     assert not checkpoints.exists() and _files(kept) == trained  # byte for byte
     with pytest.raises(KeyboardInterrupt):  # stopped again, with yet another ratio: nothing more to set aside
         runner("passes.1.svd.ratio=0.3", resume=True).run()
@@ -152,3 +153,123 @@ def test_a_fresh_run_removes_what_an_older_swap_left(pixart):
         (folder / name / "meta.json").write_text("{}")
     make(tmp_path / "out").run()
     assert list(folder.iterdir()) == []
+
+
+class _Killed(BaseException):
+    """kill -9: nothing holds it, nothing after it runs."""
+
+
+def test_checkpoints_a_kill_left_half_removed_are_neither_set_aside_nor_taken_back(pixart, monkeypatch, capsys):
+    """kill -9 as the distill pass's saved stage removed its checkpoints (the removal past their weights,
+    not yet at each step's meta.json), then --resume with pass 2's ratio changed: the half-removed folder
+    was set aside as a set of checkpoints ('its distill checkpoints are set aside'), for a --resume undoing
+    the change to take back and fail to read. Now each meta.json goes first: what the kill leaves reads as
+    no checkpoint, is removed, not set aside, and the --resume that undoes the change trains the pass anew."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import compress.passes.distill_checkpoints as distill_checkpoints
+    from compress.passes import svd
+
+    tmp_path, _, _ = pixart
+    text = (tmp_path / "r.yaml").read_text() + DISTILL
+
+    def runner(*edits, **kw):
+        return Runner(parse_recipe(text, str(tmp_path / "r.yaml"), list(edits)), tmp_path / "out", tmp_path / "run",
+                      **kw)
+
+    real = distill_checkpoints.shutil.rmtree
+
+    def killed_midway(folder, ignore_errors=False):
+        folder = Path(folder)
+        if folder.name != "checkpoints" or not folder.exists():  # (the training's own removals)
+            return real(folder, ignore_errors=ignore_errors)
+        for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "meta.json"):
+            file.unlink()  # the kill lands before the removal reaches the meta.json files
+        raise _Killed
+
+    with monkeypatch.context() as m, pytest.raises(_Killed):
+        m.setattr(distill_checkpoints, "shutil", SimpleNamespace(rmtree=killed_midway))
+        runner().run()
+    checkpoints = tmp_path / "run" / "distill" / "checkpoints"
+    assert any(checkpoints.glob("step-*"))  # half removed
+    capsys.readouterr()
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(svd.SVDPass, "run", lambda self, model, ctx: (_ for _ in ()).throw(KeyboardInterrupt()))
+        runner("passes.1.svd.ratio=0.4", resume=True).run()
+    said = " ".join(capsys.readouterr().err.split())
+    assert "the saved passes 2, 3 were of another recipe (it differs in passes.1.svd.ratio): not kept" in said, said
+    assert "set aside" not in said, said
+    assert not checkpoints.exists() and not checkpoints.with_name("checkpoints.discarded").exists()
+
+    runner(resume=True).run()  # the change undone: the pass trains from its start
+    said = " ".join(capsys.readouterr().err.split())
+    assert "takes back" not in said and "damaged" not in said and "continuing from" not in said, said
+    assert (tmp_path / "out" / "config.json").is_file()
+
+
+def test_a_stage_a_kill_left_half_removed_is_not_resumed_from(pixart, monkeypatch, capsys):
+    """kill -9 as --resume (pass 2's ratio changed) removed the stages it passed over, in the last one's
+    files, not yet at its state.json; --resume with the change undone took that stage as saved ('resuming
+    after pass 3/3') and failed to read its student ('RUN/stages/2-distill is not a dit-compress output
+    folder (needs config.json and ...)'). Now its state.json goes first: what the kill leaves is
+    no stage, and the rerun resumes after pass 1."""
+    import shutil
+    from pathlib import Path
+
+    tmp_path, _, _ = pixart
+    text = (tmp_path / "r.yaml").read_text() + DISTILL
+
+    def runner(*edits, **kw):
+        return Runner(parse_recipe(text, str(tmp_path / "r.yaml"), list(edits)), tmp_path / "out", tmp_path / "run",
+                      **kw)
+
+    runner().run()
+    real = shutil.rmtree
+
+    def killed_midway(folder, *args, **kw):
+        folder = Path(folder)
+        if folder.name != "2-distill" or folder.parent.name != "stages":
+            return real(folder, *args, **kw)
+        for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "state.json"):
+            file.unlink()  # the kill lands before the removal reaches state.json
+        raise _Killed
+
+    with monkeypatch.context() as m, pytest.raises(_Killed):
+        m.setattr(shutil, "rmtree", killed_midway)
+        runner("passes.1.svd.ratio=0.4", resume=True, overwrite=True).run()
+    capsys.readouterr()
+    runner(resume=True, overwrite=True).run()  # the change undone
+    said = " ".join(capsys.readouterr().err.split())
+    assert "resuming after pass 1/3 (remove_blocks)" in said, said
+    assert (tmp_path / "out" / "config.json").is_file()
+
+
+def test_the_checkpoints_set_aside_outlive_the_mistaken_runs_distill_stage(pixart, capsys):
+    """Stopped at distill step 2; --resume with pass 2's ratio changed by mistake ran to its end: the distill
+    pass's saved stage removed the checkpoints set aside, so the --resume that undid the change then trained
+    the pass from step 0. Now they are kept past that stage (said in a line, with their size) and taken back;
+    the stage of a third ratio, saved after, removes them."""
+    runner, checkpoints, aside, trained = _stopped_at_step_2(pixart)
+    runner("passes.1.svd.ratio=0.25", resume=True).run()  # the mistake, run to its end
+    said = " ".join(capsys.readouterr().err.split())
+    kept = _set_of(aside)
+    assert (f"distill: keeps the checkpoints set aside ({kept}; ") in said, said
+    assert ("past this saved stage: a --resume that undoes the change that set them aside takes them back; this "
+            "pass's next stage saved with other settings removes them, as does a run that starts over") in said, said
+    assert {k: v for k, v in _files(kept).items() if k in trained} == trained  # byte for byte (and its mark)
+    runner(resume=True, overwrite=True).run()  # the change undone
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"distill: --resume takes back {kept}, trained with these settings (step 2)" in said, said
+    assert "continuing from its checkpoint at step 2/4" in said, said
+    assert not checkpoints.exists() and not aside.exists()
+
+
+def test_a_second_distill_stage_of_other_settings_removes_the_checkpoints_set_aside(pixart, capsys):
+    """The sets aside kept past the mistaken run's distill stage go with the next one saved with other
+    settings (a third ratio), as their line says."""
+    runner, checkpoints, aside, _ = _stopped_at_step_2(pixart)
+    runner("passes.1.svd.ratio=0.25", resume=True).run()
+    assert _set_of(aside).is_dir()
+    runner("passes.1.svd.ratio=0.75", resume=True, overwrite=True).run()
+    assert not checkpoints.exists() and not aside.exists()

@@ -32,7 +32,7 @@ from compress.passes.base import Pass, RunContext
 from compress.passes.distill_config import DistillConfig
 from compress.passes.distill_kd_teacher import base_chain, kd_target, kd_words
 from compress.passes.distill_notes import distills_the_teacher, error_rose
-from compress.passes.distill_checkpoints import remove_checkpoints
+from compress.passes.distill_checkpoints import stage_saved
 from compress.passes.distill_resume import NOT_FINGERPRINTED
 from compress.passes.distill_trainer import _Trainer
 
@@ -96,6 +96,7 @@ class DistillPass(Pass):
         trainer = _Trainer(self.config, ctx, kd, self.index)
         self.dir = trainer.dir
         model = trainer.fit(model)
+        self.fingerprint = trainer._fingerprint()  # (of the training done: what its saved stage keeps sets by)
         record = ctx.report["distill"]
         after = record.get("pred_rel_error_after")  # (None on the other processes of a launch)
         self.base_error = None if kd is None or after is None else {"source": kd.source, "relative_error": after}
@@ -116,12 +117,23 @@ class DistillPass(Pass):
 
     def stage_saved(self) -> None:
         """The runner's stage now holds the trained student: the training checkpoints (model and
-        optimizer state, several times the model) are no longer needed to resume, nor those --resume set
-        aside (DISCARDED: once the stage is saved, a --resume with their keys passes over the stage and
-        sets the checkpoints of its pass aside again, runner_stages._discard_passed_over), nor what a swap
-        an older dit-compress stopped left (distill_checkpoints.remove_checkpoints)."""
-        if getattr(self, "dir", None) is not None:
-            remove_checkpoints(self.dir)
+        optimizer state, several times the model) are no longer needed to resume, nor what a swap an older
+        dit-compress stopped left. Those --resume set aside (DISCARDED) are kept past this first stage saved
+        since (said in a line, with their size): a --resume that undoes the change that set them aside passes
+        over this stage and takes them back; the pass's next stage saved with other settings removes them
+        (distill_checkpoints.stage_saved)."""
+        if getattr(self, "dir", None) is None:
+            return
+        kept = stage_saved(self.dir, self.fingerprint)
+        if kept:
+            from compress.calib_footprint import human_size
+            from compress.report import console
+
+            size = sum(f.stat().st_size for s in kept for f in s.rglob("*") if f.is_file())
+            console.print(f"distill: keeps the checkpoints set aside ({', '.join(map(str, kept))}; {human_size(size)}) "
+                          "past this saved stage: a --resume that undoes the change that set them aside takes them "
+                          "back; this pass's next stage saved with other settings removes them, as does a run that "
+                          "starts over", highlight=False, markup=False)
 
 
 def _shortened(steps: int, warmup: int) -> str:

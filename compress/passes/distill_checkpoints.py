@@ -22,7 +22,7 @@ from compress.calib_store import write_stopped
 from compress.distill_utils import write_curves
 from compress.errors import UserError
 from compress.interrupts import interrupts_held
-from compress.passes.distill_resume import (DISCARDED, KEPT_ASIDE, NOT_FINGERPRINTED, ONCE_FINGERPRINTED,
+from compress.passes.distill_resume import (DISCARDED, KEPT_ASIDE, KEPT_PAST, NOT_FINGERPRINTED, ONCE_FINGERPRINTED,
                                             calibration_settings, from_its_start, newest_meta, of_other_keys,
                                             older_defaults, setting_changes)
 
@@ -93,10 +93,10 @@ class Checkpoints:
             (tmp / "meta.json").write_text(json.dumps({"fingerprint": self._fingerprint(), "step": self.step,
                                                        "processes": acc.num_processes,
                                                        "settings": self._settings()}, default=str))
-            shutil.rmtree(final, ignore_errors=True)
+            remove_whole(final)
             tmp.replace(final)
             for old in sorted(root.glob("step-*"))[:-max(1, self.cfg.keep_checkpoints)]:
-                shutil.rmtree(old, ignore_errors=True)
+                remove_whole(old)
             write_curves(self.history, self.dir / "loss.csv")
         acc.wait_for_everyone()
 
@@ -131,8 +131,8 @@ class Checkpoints:
 
             console.print(f"distill: checkpoint {path} was trained with other settings ({setting_changes(meta, now)}): "
                           f"--resume moves {root} to {aside_as(root, aside)} and trains this pass from its start; "
-                          "a --resume with the keys it was trained with takes it back, before this pass ends",
-                          highlight=False, markup=False)
+                          "a --resume with the keys it was trained with takes it back (it is kept past this pass, "
+                          "until a later one with other settings ends)", highlight=False, markup=False)
         self.acc.wait_for_everyone()  # (every process has read its meta.json)
         if self.acc.is_main_process:
             set_aside(root, aside)
@@ -161,8 +161,9 @@ class Checkpoints:
         if self.acc.is_main_process:
             if changes is not None:
                 set_aside(root, aside, spare=back)
-            shutil.rmtree(root, ignore_errors=True)  # (one without a checkpoint: a tmp-step-N a kill left)
+            remove_whole(root)  # (one without a checkpoint: a tmp-step-N a kill left)
             back.replace(root)
+            (root / KEPT_PAST).unlink(missing_ok=True)  # (the pass's own again: set aside anew if need be)
         self.acc.wait_for_everyone()
         return True
 
@@ -289,7 +290,7 @@ def _drop_oldest(aside: Path, kept: set) -> None:
         step = f" (step {meta['step']})" if meta and "step" in meta else ""
         console.print(f"distill: removed {old}{step}, the oldest of the checkpoints set aside: {KEPT_ASIDE} sets "
                       "are kept", highlight=False, markup=False)
-        shutil.rmtree(old, ignore_errors=True)
+        remove_whole(old)
 
 
 def finish_swap(root: Path, aside: Path) -> None:
@@ -319,17 +320,75 @@ def distill_folders(run_dir: Path) -> list[Path]:
     return sorted(d for d in Path(run_dir).glob("distill*") if d.is_dir())
 
 
-def remove_checkpoints(folder: Path) -> list[Path]:
-    """A distill pass's `folder` (RUN/distill) without its checkpoints, those set aside, or what a swap an
-    older dit-compress stopped left (ROOT.swapping*); the folders removed, returned. A Ctrl-C (SIGTERM) is
-    held until all are gone (a half-removed step-N left a checkpoint no resume could read); a kill
-    leaves the rest to the next --resume that keeps the pass's stage (runner_stages._cleared)."""
-    found = [d for d in (folder / "checkpoints", folder / DISCARDED, *sorted(folder.glob("checkpoints.swapping*")))
-             if d.exists()]
+def remove_checkpoints(folder: Path, aside: bool = True) -> list[Path]:
+    """A distill pass's `folder` (RUN/distill) without its checkpoints, those set aside (not with `aside`
+    False: runner_stages._cleared, which finishes a removal `stage_saved` began, leaves them to its rule), or
+    what a swap an older dit-compress stopped left (ROOT.swapping*); the folders removed, returned. A Ctrl-C
+    (SIGTERM) is held until all are gone (a half-removed step-N left a checkpoint no resume could read); a
+    kill leaves the rest to the next --resume that keeps the pass's stage (runner_stages._cleared), none of
+    it read as a checkpoint (`remove_whole`)."""
+    kinds = (folder / "checkpoints", *([folder / DISCARDED] if aside else []),
+             *sorted(folder.glob("checkpoints.swapping*")))
+    found = [d for d in kinds if d.exists()]
     with interrupts_held():  # (seconds: the files of a few checkpoints)
         for d in found:
-            shutil.rmtree(d, ignore_errors=True)
+            remove_whole(d)
     return found
+
+
+def stage_saved(folder: Path, fingerprint: str) -> list[Path]:
+    """Once the stage of the distill pass whose folder is `folder` (trained with `fingerprint`) is saved:
+    its checkpoints removed (the trained student is in the stage), with what an older swap left (filed
+    first, finish_swap); of the sets aside (DISCARDED), those a stage saved earlier with another fingerprint
+    kept (KEPT_PAST) removed too, the others kept past this stage, marked with `fingerprint`: a --resume that
+    undoes the change that set them aside (this stage of the mistaken settings then passed over) takes them
+    back. A Ctrl-C (SIGTERM) is held until done. Returns the sets kept."""
+    root, aside = folder / "checkpoints", folder / DISCARDED
+    kept = []
+    with interrupts_held():  # (seconds: the files of a few checkpoints)
+        finish_swap(root, aside)
+        remove_whole(root)
+        for old in sets_aside(aside):
+            by = kept_past(old)
+            if by is not None and by != fingerprint:
+                remove_whole(old)
+                continue
+            if by is None:
+                (old / KEPT_PAST).write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+            kept.append(old)
+        if aside.is_dir() and not any(aside.iterdir()):
+            aside.rmdir()
+    return kept
+
+
+def kept_past(folder: Path) -> str | None:
+    """The fingerprint of the distill training whose saved stage kept the set aside in `folder` (KEPT_PAST);
+    None where none did (or its record does not read: kept once more, never removed early)."""
+    try:
+        fingerprint = json.loads((folder / KEPT_PAST).read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return fingerprint if isinstance(fingerprint, str) else None
+
+
+def remove_whole(folder: Path) -> None:
+    """A checkpoint's folder (step-N), or a folder of them (a pass's checkpoints, a set aside, DISCARDED),
+    deleted so that a kill midway (kill -9: nothing holds it) leaves no checkpoint that reads as whole: every
+    meta.json in it first (newest_meta, and so setting aside and taking back, pass over a step-N without one;
+    `whole_checkpoints`), then the rest."""
+    for meta in [folder / "meta.json", *folder.rglob("step-*/meta.json")]:
+        try:
+            meta.unlink(missing_ok=True)
+        except OSError:  # (not a file): rmtree's to remove
+            pass
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def whole_checkpoints(root: Path) -> bool:
+    """Whether `root` holds a complete checkpoint (a step-N with its meta.json, written last; as
+    runner_resume.distill_checkpoints counts them): a folder a kill left half removed (`remove_whole`: each
+    meta.json goes first), or holding only a checkpoint being written (tmp-step-N), holds none."""
+    return any((step / "meta.json").is_file() for step in root.glob("step-*"))
 
 
 def _why(e: BaseException) -> str:

@@ -6,7 +6,6 @@ writing a checkpoint."""
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -24,7 +23,7 @@ from compress.inputs import moved
 from compress.io import cast
 from compress.io_tensors import nonfinite
 from compress.passes.base import RunContext
-from compress.passes.distill_checkpoints import Checkpoints, finish_swap
+from compress.passes.distill_checkpoints import Checkpoints, finish_swap, remove_whole
 from compress.passes.distill_progress import TERMS, fmt_terms, weights_of
 from compress.passes.distill_resume import DISCARDED, checksum, lower_lr, resume_keeps, trains_again
 from compress.progress import WORDS, bar as progress_bar
@@ -76,7 +75,7 @@ class _Trainer(Checkpoints):
         if not self.ctx.resume:  # a fresh run: checkpoints left by an earlier run are not its own
             if self.acc.is_main_process:  # (those set aside kept: what an interrupted swap left filed there)
                 finish_swap(self.dir / "checkpoints", self.dir / DISCARDED)
-            shutil.rmtree(self.dir / "checkpoints", ignore_errors=True)
+            remove_whole(self.dir / "checkpoints")
         else:  # those of other distill keys: trained again from the start
             self._discard_of_other_keys()
         first = next(model.parameters())

@@ -185,7 +185,8 @@ def test_resume_sets_aside_each_set_of_other_keys_by_its_fingerprint(tmp_path, c
     said = capsys.readouterr().err.replace("\n", " ")
     first = _set_of(aside, 4)
     assert (f"--resume moves {root} to {first} and trains this pass from its start; a --resume with the keys it was "
-            "trained with takes it back, before this pass ends") in said, said
+            "trained with takes it back (it is kept past this pass, until a later one with other settings ends)") \
+        in said, said
     assert {p.relative_to(first): p.read_bytes() for p in first.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in root.glob("step-*")) == ["step-00000001", "step-00000002"]  # trained anew
     with pytest.raises(StepLimitReached):
@@ -328,15 +329,30 @@ def test_a_take_back_stopped_between_its_renames_is_taken_back_by_the_next_resum
     assert [_lr_of(p) for p in aside.iterdir()] == [2e-3]
 
 
-def test_the_stage_saved_removes_what_an_older_swap_left_too(tmp_path):
+def test_the_stage_saved_removes_the_checkpoints_and_keeps_the_sets_aside_once(tmp_path, capsys):
     """DistillPass.stage_saved removed checkpoints and checkpoints.discarded but not checkpoints.swapping, a
-    set an older dit-compress's stopped swap left (several times the model): now it goes too."""
+    set an older dit-compress's stopped swap left (several times the model): it goes too, filed as a set. Once
+    removed with the checkpoints, the sets aside are now kept past the first stage saved (the mistaken run's: a
+    --resume that undoes the mistake takes them back), marked with its fingerprint, said with their size, and
+    removed by the next stage saved with another (the same one again keeps them)."""
     from types import SimpleNamespace
 
     from compress.passes.distill import DistillPass
+    from compress.passes.distill_checkpoints import kept_past
 
     folder = tmp_path / "distill"
     for name in ("checkpoints", "checkpoints.discarded/" + "a" * 16, "checkpoints.swapping", "checkpoints.swapping-7"):
         _fake_set(folder / name, "a" * 16, 1, 1e9)
-    DistillPass.stage_saved(SimpleNamespace(dir=folder))
+    DistillPass.stage_saved(SimpleNamespace(dir=folder, fingerprint="b" * 16))
+    aside = folder / "checkpoints.discarded"
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoints.discarded"]
+    sets = sorted(aside.iterdir())
+    assert [p.name for p in sets] == ["a" * 16, "a" * 16 + "-2", "a" * 16 + "-3"]
+    assert [kept_past(p) for p in sets] == ["b" * 16] * 3
+    said = " ".join(capsys.readouterr().err.split())
+    assert said.startswith("distill: keeps the checkpoints set aside (") and all(str(p) in said for p in sets), said
+    assert " bytes) past this saved stage: a --resume that undoes the change" in said, said
+    DistillPass.stage_saved(SimpleNamespace(dir=folder, fingerprint="b" * 16))  # the same training's stage again
+    assert sorted(aside.iterdir()) == sets
+    DistillPass.stage_saved(SimpleNamespace(dir=folder, fingerprint="c" * 16))
     assert list(folder.iterdir()) == []
