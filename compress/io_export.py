@@ -14,6 +14,7 @@ import re
 import secrets
 import shutil
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from compress.errors import NAME_MAX, NumericError, UserError, cut_middle
+from compress.interrupts import interrupts_held
 from compress.io import FORMAT, INDEX, WEIGHTS, taken_keys
 from compress.io_tensors import nonfinite
 from compress.lowrank import LowRankLinear
@@ -48,11 +50,12 @@ API_OVERWRITE = "overwrite=True"  # how a Python caller of save_compressed is
 
 def save_compressed(model: nn.Module, out, dtype: torch.dtype | str | None = None, extra: dict | None = None,
                     files: dict[str, str] | None = None, overwrite: bool = False,
-                    overwrite_flag: str = API_OVERWRITE) -> Path:
+                    overwrite_flag: str = API_OVERWRITE, on_written: Callable[[Path], None] | None = None) -> Path:
     """Write the output folder atomically (temp folder + rename). `dtype`: a floating torch dtype or
     its name ('bfloat16'), as load_transformer takes it; None keeps each tensor's. `files`: extra text
     files. A torch.compile'd model is saved as the model it wraps (`unwrapped`). `overwrite_flag`: how
-    the caller gives `overwrite`, as a refusal of an existing `out` names it (the run's --overwrite)."""
+    the caller gives `overwrite`, as a refusal of an existing `out` names it (the run's --overwrite).
+    `on_written`: called with `out` once it is in place, one step with the rename (`atomic_folder`)."""
     from compress.io_output import as_dtype  # io_output imports this module
 
     dtype = as_dtype(dtype, "save_compressed")  # before anything is written
@@ -61,7 +64,7 @@ def save_compressed(model: nn.Module, out, dtype: torch.dtype | str | None = Non
         raise TypeError(f"save_compressed: model must be a diffusers transformer (its class from diffusers, "
                         f"with a config), got {type(model).__name__}")
     out = Path(out).expanduser()
-    with atomic_folder(out, overwrite, overwrite_flag) as tmp:
+    with atomic_folder(out, overwrite, overwrite_flag, on_written) as tmp:
         config = compressed_config(model, extra, dtype)
         sd = {k: export_cast(k, v, dtype).detach().contiguous() for k, v in model.state_dict().items()}
         save_file(sd, str(tmp / WEIGHTS), metadata=header_metadata(config))
@@ -273,10 +276,15 @@ def mount_point(out: Path) -> str:
 
 
 @contextmanager
-def atomic_folder(out, overwrite: bool = False, flag: str = CLI_OVERWRITE):
+def atomic_folder(out, overwrite: bool = False, flag: str = CLI_OVERWRITE,
+                  on_written: Callable[[Path], None] | None = None):
     """Yields a temp folder beside `out` that replaces it on success and vanishes on any error or
     interrupt, so `out` is never half-written. An existing `out` is replaced only with `overwrite`,
-    and only where `check_replaceable` allows it (`flag`: how the caller gives `overwrite`)."""
+    and only where `check_replaceable` allows it (`flag`: how the caller gives `overwrite`).
+    `on_written(out)`: the caller's record that `out` is complete (the run's `written`), made with the
+    rename as one step: a Ctrl-C (SIGTERM) from the rename to its end is held until both are done, so
+    none lands between an output in place and its record (it is raised after them, for the caller to
+    take as a stop once the output was written)."""
     out = Path(out).expanduser()
     check_replaceable(out, overwrite, flag)
     tmp = _temp_name(out)  # made inside the try: an interrupt just as it is made removes it too
@@ -284,7 +292,10 @@ def atomic_folder(out, overwrite: bool = False, flag: str = CLI_OVERWRITE):
         _make_temp(tmp, out)
         yield tmp
         as_umask_allows(tmp)
-        _swap_in_or_busy(tmp, out)  # no try statement of its own here: an interrupt at its line is this one's
+        with interrupts_held():  # the rename and its record: one step
+            _swap_in_or_busy(tmp, out)  # no try statement of its own here: an interrupt at its line is this one's
+            if on_written is not None:
+                on_written(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -313,11 +313,13 @@ def shard_name(i: int, n: int) -> str:
 
 def save_streamed(model: nn.Module, loader: CheckpointBlocks, out, dtype: torch.dtype | None = None,
                   extra: dict | None = None, files: dict[str, str] | None = None,
-                  overwrite: bool = False, overwrite_flag: str = CLI_OVERWRITE) -> Path:
+                  overwrite: bool = False, overwrite_flag: str = CLI_OVERWRITE,
+                  on_written: Callable[[Path], None] | None = None) -> Path:
     """The output folder of `save_compressed` for a streamed model, atomically: index shards of at
     most SHARD_BYTES, the top level (resident) first, then each block's tensors read from `loader`
     (a block never shares a shard with another), and the `.index.json` that `load_transformer`
-    and diffusers' `from_pretrained` read. At most one shard's tensors are in memory at a time."""
+    and diffusers' `from_pretrained` read. At most one shard's tensors are in memory at a time.
+    `on_written`: as save_compressed's (called once the folder is in place, one step with its rename)."""
     state = model.state_dict()  # names and shapes; block tensors are on meta
     prefixes = loader.block_prefixes()
     units = [{k: v for k, v in state.items() if not k.startswith(prefixes)}]
@@ -325,7 +327,7 @@ def save_streamed(model: nn.Module, loader: CheckpointBlocks, out, dtype: torch.
     itemsize = dtype.itemsize if dtype else None
     shards = [(unit, keys) for unit in units for keys in pieces(unit, SHARD_BYTES, itemsize)]
     config = compressed_config(model, extra, dtype)
-    with atomic_folder(out, overwrite, overwrite_flag) as tmp:
+    with atomic_folder(out, overwrite, overwrite_flag, on_written) as tmp:
         weight_map, total = {}, 0
         for j, (unit, keys) in enumerate(_track(shards, f"write {Path(out).name}"), start=1):
             on_meta = [k for k in keys if unit[k].device.type == "meta"]

@@ -22,19 +22,27 @@ def test_save_compressed_takes_a_dtypes_name_as_load_transformer_does(tmp_path, 
     assert load_transformer(out).dtype == getattr(torch, name.removeprefix("torch."))
 
 
-def _interrupted_at_line(call, n: int) -> int:
-    """`call()` with a KeyboardInterrupt raised once, at the n-th line io_export runs; the lines it ran."""
+def _raise_interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+def interrupted_at_line(call, n: int, files=("io_export.py",), after: str | None = None,
+                        stop=_raise_interrupt) -> int:
+    """`call()` with `stop()` (a KeyboardInterrupt raised) once, at the n-th line run in modules named
+    `files`, counted from the call of their function named `after` on, where given; the lines counted."""
     import sys
 
-    count = [0]
+    count = [0 if after is None else -1]
 
     def trace(frame, event, arg):
-        if not frame.f_code.co_filename.endswith("io_export.py"):
+        if not frame.f_code.co_filename.endswith(files):
             return None
-        if event == "line":
+        if event == "call" and frame.f_code.co_name == after:
+            count[0] = max(count[0], 0)
+        if event == "line" and count[0] >= 0:
             count[0] += 1
             if count[0] == n:
-                raise KeyboardInterrupt
+                stop()
         return trace
 
     sys.settrace(trace)
@@ -51,10 +59,10 @@ def test_an_interrupt_at_any_line_of_save_compressed_leaves_the_output_whole_or_
     """An interrupt just after the temp folder was made, before the try that removes it, left a stray
     .out.tmp-XXXXXXXX beside the output."""
     model = tiny_pixart()
-    lines = _interrupted_at_line(lambda: save_compressed(model, tmp_path / "whole" / "out"), 0)
+    lines = interrupted_at_line(lambda: save_compressed(model, tmp_path / "whole" / "out"), 0)
     for n in range(1, lines + 1):
         folder = tmp_path / str(n)
-        _interrupted_at_line(lambda: save_compressed(model, folder / "out"), n)
+        interrupted_at_line(lambda: save_compressed(model, folder / "out"), n)
         left = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
         assert left in ([], ["out"]), (n, left)
         if left:
