@@ -4,8 +4,10 @@ in a diffusers pipeline (compress.io_pipeline). The output folder is DESIGN.md's
 
 from __future__ import annotations
 
+import copy
 import os
 import re
+import weakref
 from pathlib import Path
 
 import torch
@@ -297,7 +299,8 @@ def _same_place(dev: torch.device) -> tuple[str, int]:
 
 def load_transformer(out, dtype: torch.dtype | None = None, device: str | None = None,
                      torch_dtype: torch.dtype | None = None, nonfinite: str = "error", variant: str | None = None,
-                     device_map=None, low_cpu_mem_usage: bool | None = None) -> nn.Module:
+                     device_map=None, low_cpu_mem_usage: bool | None = None,
+                     subfolder: str | None = None) -> nn.Module:
     """The ordinary diffusers class, with LowRankLinear where factorized; bit-identical to the
     model that was saved (same dtype unless `dtype`, or diffusers' `torch_dtype`, is given: a torch
     dtype or its name, 'float16'), on `device` (default cpu; one this machine has). One weight file
@@ -309,7 +312,8 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
     finite one `dtype` cannot hold (float16 stops at 65504), a UserError naming it: never Inf from the cast.
     As diffusers' from_pretrained: `variant` picks a weight variant ('fp16'); `device_map` may name
     one device (as `device`; 'auto' or a per-module map: a UserError); `low_cpu_mem_usage` is
-    accepted and changes nothing: the model is always built empty and takes the file's tensors."""
+    accepted and changes nothing: the model is always built empty and takes the file's tensors;
+    `subfolder` is a folder in `out` to read (a pipeline folder's is found without it)."""
     if nonfinite not in ("error", "warn"):
         raise ValueError(f"load_transformer: nonfinite must be 'error' or 'warn', got {nonfinite!r}")
     if low_cpu_mem_usage not in (None, True, False):
@@ -318,6 +322,8 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
     device = as_device(one_device(device, device_map))
     if not isinstance(out, (str, os.PathLike)):
         raise TypeError(f"load_transformer: out must be the output folder (a str or a path), got {out!r}")
+    if subfolder:  # as diffusers' from_pretrained(dir, subfolder="transformer")
+        out = os.path.join(out, subfolder)
     missing = missing_folder(out)
     hub = missing or hub_output(out, "load_transformer")
     if hub is not None:
@@ -354,9 +360,36 @@ def missing_folder(out) -> UserError | None:
 
 
 def register_compression(model: nn.Module) -> None:
-    """The compression section (its ranks as they are now, what the run recorded) in the model's
-    diffusers config: its own save_pretrained (and a pipeline's) then writes an output that loads back."""
-    model.register_to_config(compression={"format": FORMAT, "ranks": ranks_of(model), **model.compression_meta})
+    """The compression section (its ranks, what the run recorded) in the model's diffusers config: its
+    own save_pretrained (and a pipeline's) then writes an output that loads back, with the ranks its
+    layers have when it is saved (`LiveSection`), not those they had at load."""
+    section = {"format": FORMAT, "ranks": ranks_of(model), **model.compression_meta}
+    model.register_to_config(compression=LiveSection(section, model))
+
+
+class LiveSection(dict):
+    """config.compression of a loaded output: the section as registered, whose `to_dict()` (diffusers'
+    save_config calls it on each config value that has one) gives the ranks of the model's layers as
+    they are then: a layer swapped for another rank, or made dense, after loading is saved as it is.
+    The model is held by a weak reference (no reference cycle); a deepcopy refers to the model's copy,
+    a pickle is a plain dict (the ranks when pickled)."""
+
+    def __init__(self, section: dict, model: nn.Module):
+        super().__init__(section)
+        self.model = weakref.ref(model)
+
+    def to_dict(self) -> dict:
+        model = self.model()
+        return {**self, "ranks": ranks_of(model)} if model is not None else dict(self)
+
+    def __deepcopy__(self, memo):
+        model = self.model()
+        twin = memo.get(id(model)) if model is not None else None  # the model's copy, where it is being copied
+        section = copy.deepcopy(self.to_dict(), memo)
+        return LiveSection(section, twin) if twin is not None else section
+
+    def __reduce__(self):
+        return dict, (self.to_dict(),)
 
 
 def _swap_lowrank(model: nn.Module, name: str, rank, out: Path) -> None:
