@@ -48,11 +48,12 @@ CLI_OVERWRITE = "--overwrite"  # how `run` is told to replace an existing output
 API_OVERWRITE = "overwrite=True"  # how a Python caller of save_compressed is
 
 
-def save_compressed(model: nn.Module, out, dtype: torch.dtype | str | None = None, extra: dict | None = None,
+def save_compressed(model: nn.Module, out, dtype: torch.dtype | str | None = None, *, extra: dict | None = None,
                     files: dict[str, str] | None = None, overwrite: bool = False,
                     overwrite_flag: str = API_OVERWRITE, on_written: Callable[[Path], None] | None = None) -> Path:
     """Write the output folder atomically (temp folder + rename). `dtype`: a floating torch dtype or
-    its name ('bfloat16'), as load_transformer takes it; None keeps each tensor's. `files`: extra text
+    its name ('bfloat16'), as load_transformer takes it; None keeps each tensor's. The rest are keyword-only
+    (docs/OUTPUTS.md gives `overwrite=`; a fourth positional argument was `extra`). `files`: extra text
     files. A torch.compile'd model is saved as the model it wraps (`unwrapped`). `overwrite_flag`: how
     the caller gives `overwrite`, as a refusal of an existing `out` names it (the run's --overwrite).
     `on_written`: called with `out` once it is in place, one step with the rename (`atomic_folder`)."""
@@ -63,6 +64,9 @@ def save_compressed(model: nn.Module, out, dtype: torch.dtype | str | None = Non
     if not isinstance(model, nn.Module) or not hasattr(model, "config"):
         raise TypeError(f"save_compressed: model must be a diffusers transformer (its class from diffusers, "
                         f"with a config), got {type(model).__name__}")
+    if any(t.is_meta for t in model.state_dict().values()):
+        raise UserError("save_compressed: the model holds no weights (its tensors are on the meta device, as "
+                        "load_transformer(out, device='meta') gives them); load it on a real device to save it")
     out = Path(out).expanduser()
     with atomic_folder(out, overwrite, overwrite_flag, on_written) as tmp:
         config = compressed_config(model, extra, dtype)
