@@ -275,6 +275,19 @@ def _sqrt_pair_of_rows(rows: torch.Tensor, damping: float) -> tuple[torch.Tensor
             eye / small + (vecs * (1 / root - 1 / small)) @ vecs.T)
 
 
+def zero_fisher_words(names: list[str], total: int, shown: int = 3) -> str:
+    """The warning for the targets `names` whose output Fisher is zero, of `total` weighted ones: one
+    names its layer; more are counted, the first `shown` named (T1's Flux teacher whose modulation
+    weights are zero, every block's gates zero: 41 of its 41 targets)."""
+    if len(names) == 1:
+        return (f"layer '{names[0]}': its output Fisher is zero (the prediction does not change with its output "
+                "on the calibration inputs, or the gradients underflowed); it is fitted without output weighting")
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return (f"svd: {len(names)} of {total} weighted targets have a zero output Fisher ({', '.join(names[:shown])}"
+            f"{more}): the prediction does not change with their outputs on the calibration inputs (as in blocks "
+            "whose modulation gates are zero), or the gradients underflowed; they are fitted without output weighting")
+
+
 class Roots:
     """name -> (L, L⁻¹) of each weighted target's output Fisher (sqrt_pair), computed when asked
     from the Fishers kept on disk under `folder` (calib_store.NamedFiles; in memory when folder is
@@ -300,6 +313,16 @@ class Roots:
             NamedFiles(folder) if folder is not None else {}, {})
         if shared is None and not reuse:
             self.store.clear()
+        self.zero: list[str] = []  # the targets added with a zero Fisher, not yet said (say_zero)
+
+    def say_zero(self) -> None:
+        """One warning for the targets added with a zero output Fisher since it was last said
+        (zero_fisher_words), then none."""
+        if self.zero:
+            from compress.report import warn
+
+            warn(zero_fisher_words(self.zero, len(self)))
+            self.zero = []
 
     def add(self, name: str, fisher: torch.Tensor, dtype: torch.dtype = torch.float16) -> None:
         """The output Fisher of layer `name`, measured by a backward in compute dtype `dtype` (what its
@@ -308,10 +331,7 @@ class Roots:
             raise NumericError(f"layer '{name}': its output Fisher (the prediction's gradients) holds "
                                f"NaN/Inf; the backward overflowed ({overflow_hint(dtype)})")
         if not bool(fisher.detach().abs().amax() > 0):
-            from compress.report import warn
-
-            warn(f"layer '{name}': its output Fisher is zero (the prediction does not change with its output on "
-                 "the calibration inputs, or the gradients underflowed); it is fitted without output weighting")
+            self.zero.append(name)  # said together (say_zero): a teacher with zero gates has dozens
         self.store[name] = fisher  # read back on the device it was measured on
         self.recent.pop(name, None)
 
@@ -366,8 +386,10 @@ class Roots:
             del self.recent[next(n for n in self.recent if n != newest)]
 
     def close(self, keep: bool = False) -> None:
-        """Drops the pairs held; deletes the Fishers on disk unless `keep` (an interrupted pass
-        leaves them for the next run)."""
+        """Says the zero Fishers not yet said (fisher: block measures them as the walk goes); drops the
+        pairs held; deletes the Fishers on disk unless `keep` (an interrupted pass leaves them for the
+        next run)."""
+        self.say_zero()
         self.recent.clear()
         if not keep:
             self.store.clear()

@@ -36,6 +36,7 @@ class FisherMeasurement:
         rows = self._fisher_rows(adapter, chosen, samples)
         chunks = sweep_chunks(model, adapter, batches, chosen, self.budget, rows)  # taps counted too
         sweeps(model, adapter, batches, chunks, c.fisher_probes, self.roots, c.progress, self.guide_for("fisher"))
+        self.roots.say_zero()  # those of zero Fisher, in one line (fisher: block's, as the pass ends)
 
     def _fisher_rows(self, adapter: Adapter, infos: list[LinearInfo], samples: int | None) -> dict[str, int]:
         """name -> gradient rows one sweep gives the Fisher of each target that reads one row per

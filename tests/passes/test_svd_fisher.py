@@ -88,10 +88,30 @@ def test_a_zero_fisher_is_said_naming_its_layer(capsys):
     unweighted (L = I): said, not silent."""
     roots = Roots(None, 1e-3, 1e12)
     roots.add("blocks.0.ff", torch.zeros(4, 4, dtype=torch.float64))
+    roots.say_zero()  # as the pass's measuring ends
     assert "layer 'blocks.0.ff': its output Fisher is zero" in " ".join("".join(capsys.readouterr()).split())
     torch.testing.assert_close(roots["blocks.0.ff"][0], torch.eye(4, dtype=torch.float64))
     roots.add("blocks.1.ff", _fishers()["l0"])
+    roots.close()
     assert "Fisher is zero" not in "".join(capsys.readouterr())
+
+
+def test_zero_fishers_are_said_in_one_line_counting_them(capsys):
+    """T1's Flux teacher with every block's modulation weights zero: 41 separate 'its output Fisher is
+    zero' warnings. Now one line, said when the pass's Fishers are measured (say_zero) or as it ends
+    (close: fisher: block measures them as the walk goes): the count of the weighted targets, the
+    first three named, what it means."""
+    roots = Roots(None, 1e-3, 1e12)
+    for i in range(5):
+        roots.add(f"blocks.{i}.ff", torch.zeros(4, 4, dtype=torch.float64))
+    roots.add("blocks.9.ff", _fishers()["l0"])
+    roots.close()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(lines) == 1, lines
+    said = lines[0]
+    assert ("svd: 5 of 6 weighted targets have a zero output Fisher (blocks.0.ff, blocks.1.ff, blocks.2.ff "
+            "and 2 more): the prediction does not change with their outputs") in said
+    assert "fitted without output weighting" in said
 
 
 def test_roots_with_groups_hold_the_pairs_of_the_group_asked_for_last_only():

@@ -245,3 +245,28 @@ def test_a_global_allocation_decomposes_each_targets_fisher_once_with_the_same_f
     assert sorted(decomposed) == sorted(2 * dense + 2 * grams)
     assert fishers.keys() == twice_fishers.keys() and all(torch.equal(fishers[n], twice_fishers[n]) for n in fishers)
     assert weights.keys() == twice_weights.keys() and all(torch.equal(weights[k], twice_weights[k]) for k in weights)
+
+
+@pytest.mark.parametrize("fisher", ["all", "block"])
+def test_a_teacher_whose_modulation_is_zero_gets_one_zero_fisher_line(tmp_path, capsys, fisher):
+    """T1's Flux teacher with every block's norm*.linear zero (its gates zero: no block output reaches
+    the prediction) printed a warning per target whose output Fisher is zero (41 lines); now one line
+    for the pass, counting them, whether the Fishers are the prediction's or each block's own."""
+    from compress.arch import get_adapter
+    from compress.passes.base import RunContext
+    from compress.passes.svd import SVDConfig, SVDPass
+    from tests.conftest import model_inputs
+
+    model = tiny_flux()
+    for block in [*model.transformer_blocks, *model.single_transformer_blocks]:
+        for name, module in block.named_modules():
+            if name.startswith("norm") and isinstance(module, torch.nn.Linear):
+                module.weight.data.zero_(), module.bias.data.zero_()
+    batches = [model_inputs(model, seed=i) for i in range(2)]
+    ctx = RunContext(adapter=get_adapter(model), family="flux", teacher=model, run_dir=tmp_path,
+                     calibration_inputs=lambda: batches, fingerprint="fp")
+    cfg = SVDConfig(targets=["attention", "mlp"], ratio=0.5, multiple=2, progress=False, fisher=fisher)
+    SVDPass(cfg).run(model, ctx)
+    said = [line for line in capsys.readouterr().err.splitlines() if "output Fisher" in line]
+    assert len(said) == 1 and " weighted targets have a zero output Fisher (" in said[0], said
+    assert "more): the prediction does not change with their outputs" in said[0]
