@@ -15,7 +15,7 @@ from compress.io_output import load_transformer, output_folder
 from compress.io_source import check_source, looks_local, no_checkpoint_file, output_weights
 from compress.measured_against import against, teacher_fields, teacher_loras
 from compress.recipe_where import option_where
-from compress.report import console, note, output_file, results, to_json
+from compress.report import console, note, output_file, results, to_json, warn
 from compress.report_teacher import recorded_teacher, teacher_to_load, toy_base, warn_if_teacher_changed
 
 
@@ -183,15 +183,26 @@ def _toy_options_only(grid: Path | None, seed: int | None) -> None:
 def _print(result: dict, as_json: bool, named: dict | None = None, given: str | None = None) -> int:
     """eval's result, as --json or a line per key; `named` (measured_against.teacher_fields): the
     teacher it was measured against, keys in --json and a line above the others ('OUT' records it,
-    OUT as the user `given` it: a Hub id, not the cache's snapshot)."""
+    OUT as the user `given` it: a Hub id, not the cache's snapshot); a pred_rel_error above 1 warned of."""
     if as_json:
         print(to_json({**(named or {}), **result}))
-        return 0
-    if named:
-        results.print(f"measured {against(named, given)}", markup=False, highlight=False)
-    for key, value in result.items():
-        results.print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
+    else:
+        if named:
+            results.print(f"measured {against(named, given)}", markup=False, highlight=False)
+        for key, value in result.items():
+            results.print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
+    _warn_above_one(result)
     return 0
+
+
+def _warn_above_one(result: dict) -> None:
+    """A warning where eval's pred_rel_error is above 1, in the words the run's check warns of a stage's
+    (runner_heldout.above_one_words)."""
+    from compress.runner_heldout import above_one_words
+
+    err = result.get("pred_rel_error")
+    if isinstance(err, (int, float)) and (said := above_one_words(err, "the model")) is not None:
+        warn(f"eval: pred_rel_error: {said}")
 
 
 def _not_a_recipe(model: str) -> None:

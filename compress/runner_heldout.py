@@ -47,8 +47,16 @@ def check_stage(runner, student, record: dict, reference, heldout, teacher_param
     console.print(f"  params {record['params']:,} / {teacher_params:,}   teacher-relative error {err:.4g}"
                   f"{guided_words(record)}{against_base_words(record)}")
     if err > 1:
-        warn(f"{runner._doing_words()}: the student's teacher-relative error {err:.4g} is above 1: a model "
-             "predicting zeros would be closer to the teacher; check this pass's settings")
+        warn(f"{runner._doing_words()}: {above_one_words(err, 'the student')}; check this pass's settings")
+
+
+def above_one_words(err: float, whose: str) -> str | None:
+    """What a teacher-relative error `err` above 1 of the model `whose` means (the run's check says it of
+    each stage, eval of the model it measures); None where it is at most 1 (or NaN)."""
+    if not err > 1:
+        return None
+    return (f"{whose}'s teacher-relative error {err:.4g} is above 1: a model predicting zeros would be closer "
+            "to the teacher")
 
 
 def guided_reference(runner, reference: list) -> tuple | None:

@@ -1,6 +1,7 @@
 """`eval` (compress/commands.py) refuses to report a teacher-relative error of nan, as `run` does: a
 teacher holding NaN/Inf weights names the weight, a teacher whose finite weights overflow names the
-layer, and a model (an output) predicting NaN/Inf names its first non-finite layer, resident or streamed."""
+layer, and a model (an output) predicting NaN/Inf names its first non-finite layer, resident or streamed;
+a model farther from its teacher than zeros is warned of, as the run warns of a stage."""
 
 import pytest
 import torch
@@ -83,3 +84,21 @@ def test_eval_of_an_output_whose_finite_weights_overflow_names_its_layer(output,
     assert "the model's prediction holds NaN/Inf on held-out batch 1 of " in err, err
     assert f"{downs[0].removesuffix('.weight')}'s output is the first past 1.84e+19" in err, err
     assert "the output may be damaged (rerun the recipe that wrote it)" in err, err
+
+
+def test_eval_of_a_model_farther_from_its_teacher_than_zeros_says_so(output, capsys):
+    """T1: eval printed 'pred_rel_error: 1.4' without a word where the run warned 'the student's
+    teacher-relative error 1.4 is above 1: a model predicting zeros would be closer to the teacher'.
+    Now eval warns in those words (runner_heldout.above_one_words), with --json too (on stderr); an
+    error under 1 says nothing. Against a teacher whose proj_out is negated: the error is about 2."""
+    tmp, out = output
+    teacher = _teacher(tmp, "negated_teacher", lambda m: m.proj_out.weight.neg_())
+    for json_flag in ([], ["--json"]):
+        capsys.readouterr()
+        assert main(["eval", str(out), "--teacher", teacher, *json_flag]) == 0
+        said = capsys.readouterr()
+        err = " ".join(said.err.split())
+        assert "warning: eval: pred_rel_error: the model's teacher-relative error " in err, said.err
+        assert " is above 1: a model predicting zeros would be closer to the teacher" in err, said.err
+    assert main(["eval", str(out), "--teacher", str(tmp / "teacher")]) == 0
+    assert "predicting zeros" not in capsys.readouterr().err
