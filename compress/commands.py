@@ -15,7 +15,7 @@ from compress.io_output import load_transformer, output_folder
 from compress.io_source import check_source, looks_local, no_checkpoint_file, output_weights
 from compress.measured_against import against, teacher_fields, teacher_loras
 from compress.recipe_where import option_where
-from compress.report import console, note, output_file, results, to_json, warn
+from compress.report import console, note, output_file, read_report, results, to_json, warn
 from compress.report_teacher import recorded_teacher, teacher_to_load, toy_base, warn_if_teacher_changed
 
 
@@ -71,7 +71,7 @@ def evaluate(args) -> int:
     named = teacher_fields(teacher_source, args.teacher, teacher_loras(model, args.lora)) if teacher_source else None
     if not toy:
         return _print(teacher_relative(model, teacher, teacher_source, out), args.json, named, args.model)
-    from compress.toy.evaluate import evaluate as toy_evaluate, unguided_run_note
+    from compress.toy.evaluate import evaluate as toy_evaluate, measured_on_line, unguided_run_note
 
     what = "the model and its teacher" if teacher is not None else "the model"
     seed = 0 if args.seed is None else args.seed
@@ -81,7 +81,9 @@ def evaluate(args) -> int:
     result = toy_evaluate(model, family, teacher=teacher, seed=seed, progress=True)  # a bar per model's sampling
     if out is not None and (said := unguided_run_note(out, result)) is not None:
         note(said)
-    code = _print(result, args.json, named, args.model)  # the scores first: a grid that cannot be written loses none
+    report = read_report(out) if out is not None and not args.teacher else {}  # its figures: against its own teacher
+    beside = measured_on_line(result, report)
+    code = _print(result, args.json, named, args.model, beside)  # the scores first: a grid that cannot be written loses none
     if grid:
         from compress.toy.grid import save_sample_grid
 
@@ -180,10 +182,13 @@ def _toy_options_only(grid: Path | None, seed: int | None) -> None:
                         "held-out inputs (calibration.seed of its recipe.yaml)")
 
 
-def _print(result: dict, as_json: bool, named: dict | None = None, given: str | None = None) -> int:
+def _print(result: dict, as_json: bool, named: dict | None = None, given: str | None = None,
+           beside: str | None = None) -> int:
     """eval's result, as --json or a line per key; `named` (measured_against.teacher_fields): the
     teacher it was measured against, keys in --json and a line above the others ('OUT' records it,
-    OUT as the user `given` it: a Hub id, not the cache's snapshot); a pred_rel_error above 1 warned of."""
+    OUT as the user `given` it: a Hub id, not the cache's snapshot); `beside`: a line below the figures
+    (a toy's: the inputs they are measured on, toy.evaluate.measured_on_line), not in --json; a
+    pred_rel_error above 1 warned of."""
     if as_json:
         print(to_json({**(named or {}), **result}))
     else:
@@ -191,6 +196,8 @@ def _print(result: dict, as_json: bool, named: dict | None = None, given: str | 
             results.print(f"measured {against(named, given)}", markup=False, highlight=False)
         for key, value in result.items():
             results.print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
+        if beside:
+            results.print(beside, markup=False, highlight=False)
     _warn_above_one(result)
     return 0
 

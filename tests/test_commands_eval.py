@@ -312,3 +312,34 @@ def test_a_toy_outputs_guided_error_says_its_guidance_where_its_run_calibrated_o
                            f"the run of {tmp_path / 'one'} calibrated without the empty prompt's branch that guided "
                            "sampling reads (its recipe.yaml's calibration.cfg_branches: false), and measured no "
                            "guided error of its own"]
+
+
+def test_a_toy_outputs_eval_says_its_figures_inputs_and_gives_the_runs_beside(tmp_path, capsys, monkeypatch):
+    """A toy output's eval printed pred_rel_error / guided_error measured on the toy's 256 held-out triples
+    (T3: pixart default, 0.0487 / 0.0825) with no word of it, while report.json's export, the card and inspect
+    give the run's, on its 64 held-out inputs (0.0652 / 0.1089). Now a line below the figures says their inputs
+    and gives the run's beside; not in --json (its keys unchanged), and the run's not against --teacher."""
+    import compress.toy.evaluate
+    from compress.io_export import save_compressed
+    from compress.toy import load_toy_teacher
+
+    monkeypatch.setattr(compress.toy.evaluate, "evaluate", lambda *a, **k: {"seed": 0, "pred_rel_error": 0.0487,
+                                                                            "guided_error": 0.0825})
+    report = {"teacher": "toy:pixart", "heldout": {"inputs": 64, "guidance_scale": 3.0},
+              "export": {"dtype": "float32", "computed_in": "float32", "exact": True, "relative_error": 0.0652,
+                         "guided_error": 0.1089}}
+    files = {"recipe.yaml": "model: pixart\nteacher: toy:pixart\npasses: [{svd: {targets: [mlp]}}]\n"}
+    with_report = save_compressed(load_toy_teacher("pixart"), tmp_path / "r", extra={"teacher": "toy:pixart"},
+                                  files={**files, "report.json": json.dumps(report)})
+    without = save_compressed(load_toy_teacher("pixart"), tmp_path / "n", extra={"teacher": "toy:pixart"},
+                              files=files)
+    on = "pred_rel_error / guided_error: on the toy's 256 held-out triples (seed 0), not the run's inputs"
+    said = {}
+    for name, args in (("report", [str(with_report)]), ("none", [str(without)]),
+                       ("given", [str(with_report), "--teacher", "toy:pixart"]), ("json", [str(with_report), "--json"])):
+        assert main(["eval", *args]) == 0
+        said[name] = [line.strip() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("(")]
+    assert said["report"] == [f"({on}; the run measured 0.0652 / 0.1089 on its 64 held-out inputs: report.json "
+                              "export)"], said
+    assert said["none"] == said["given"] == [f"({on})"], said
+    assert said["json"] == [], said

@@ -8,6 +8,8 @@
 - with a teacher: psnr_vs_teacher (same prompts and seeds), pred_rel_error (`prediction_error`) and the
   guided prediction's error at the sampling guidance, guided_error (`guided_prediction_error`); of an
   output whose run calibrated without the empty prompt's branch, a note saying so (`unguided_run_note`).
+  Both are on the toy's own held-out triples, not the run's inputs: eval's line below them says so, with the
+  run's figures from report.json beside (`measured_on_line`).
 
 Samples are compared at 8×8 (2×2 mean-pooled), the resolution sklearn's digits come in.
 """
@@ -285,6 +287,28 @@ def unguided_run_note(out, result: dict) -> str | None:
     return (f"guided_error is at guidance {result['guidance']:g}, the toy pipeline's, which eval samples the "
             f"digits with; the run of {out} calibrated without the empty prompt's branch that guided sampling "
             "reads (its recipe.yaml's calibration.cfg_branches: false), and measured no guided error of its own")
+
+
+def measured_on_line(result: dict, report: dict, n_pred: int = 256) -> str | None:
+    """eval's line below a toy model's pred_rel_error (and guided_error), `result` (evaluate's, with a teacher):
+    the inputs they are measured on, the toy's `n_pred` held-out triples, not the run's; and where `report`
+    (the output's report.json, {} for none) holds the run's figures of the exported weights (its `export`),
+    those beside, on its `heldout.inputs` held-out inputs. None without pred_rel_error. Not where the output
+    took LoRAs after its run: its export's figures are of the weights before the merge."""
+    from compress.report import is_number
+
+    names = [k for k in ("pred_rel_error", "guided_error") if k in result]
+    if "pred_rel_error" not in names:
+        return None
+    on = f"{' / '.join(names)}: on the toy's {n_pred} held-out triples (seed {result.get('seed', 0)}), not the run's inputs"
+    export = report.get("export") if isinstance(report.get("export"), dict) else {}
+    keys = {"pred_rel_error": "relative_error", "guided_error": "guided_error"}
+    figures = [export.get(keys[k]) for k in names]
+    if report.get("loras") or not all(is_number(f) for f in figures):
+        return f"({on})"
+    inputs = (report.get("heldout") or {}).get("inputs") if isinstance(report.get("heldout"), dict) else None
+    its = f"its {inputs:,} held-out inputs" if is_number(inputs) else "its held-out inputs"
+    return f"({on}; the run measured {' / '.join(f'{f:.4g}' for f in figures)} on {its}: report.json export)"
 
 
 def check_seed(seed) -> None:
