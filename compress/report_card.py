@@ -257,7 +257,7 @@ def _svd_lines(svd: dict, ranks: dict | None = None) -> list[str]:
         first, last = stages[0], stages[-1]
         lines.append(f"Compensation in {counted(len(stages), 'stage')}: calibration prediction error after "
                      f"the last one {last['calibration_error']:.4g} (plain factorization there: "
-                     f"{last['uncompensated_error']:.4g}; first stage {first['uncompensated_error']:.4g} → "
+                     f"{last['uncompensated_error']:.4g}; first compensated stage {first['uncompensated_error']:.4g} → "
                      f"{first['calibration_error']:.4g}).")
     return lines
 

@@ -323,3 +323,16 @@ def test_the_model_card_gives_each_stages_guided_error_where_the_run_recorded_on
     plain = _card({"stages": [stages[1]]}).splitlines()
     assert "| stage | params | teacher-relative error | seconds |" in plain and "| svd | 50 | 0.05 | 2.5 |" in plain
     assert not any(r.startswith("Guided error") for r in plain)
+
+
+def test_the_card_names_the_first_compensated_stage_not_the_first_stage():
+    """'first stage 0.1653 → 0.154' (T3's out_v1 card) named svd.compensation's first record: the first stage
+    compensated, not the walk's first stage (one factorized uncompensated is in neither svd.compensation nor
+    the card). Now 'first compensated stage'."""
+    from compress.report_card import _svd_lines
+
+    stages = {"double 1 mlp": {"calibration_error": 0.154, "uncompensated_error": 0.1653},
+              "double 2 mlp": {"calibration_error": 0.0781, "uncompensated_error": 0.08456}}
+    said = " ".join(_svd_lines({"compensation": stages}))
+    assert ("Compensation in 2 stages: calibration prediction error after the last one 0.0781 (plain factorization "
+            "there: 0.08456; first compensated stage 0.1653 → 0.154).") in said, said
