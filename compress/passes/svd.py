@@ -68,7 +68,8 @@ from compress.passes.svd_notes import (allocated_note, dense_ranks_note, floored
                                        unchanged_note, whole_budget_note)
 from compress.passes.svd_planned import mark_planned, planned_notes
 from compress.passes.svd_stages import Stages
-from compress.passes.svd_targets import Resolved, renumbered_pattern_notes, shape_spec, uses_output_gram
+from compress.passes.svd_targets import (Resolved, idle_ignore_notes, renumbered_pattern_notes, shape_spec,
+                                         uses_output_gram)
 from compress.passes.svd_walk import walk
 from compress.report import console, warn
 from compress.stream_refusals import NotStreamable
@@ -117,12 +118,14 @@ class SVDPass(GlobalAllocation, FisherMeasurement, Pass):
     def notes(self, model: nn.Module, adapter: Adapter) -> list[tuple[str, str, tuple]]:
         """A pass whose ranks, known before calibration, leave every target dense changes nothing (ranks
         decided after calibration: where no rank at svd.multiple saves; the run warns of the rest); a
-        module name whose block index earlier removals renumbered names another teacher block."""
+        module name whose block index earlier removals renumbered names another teacher block; an ignore
+        pattern naming none of the layers svd.targets matches leaves nothing out."""
         c = self.config
         infos, targets = self.resolved.targets(model, adapter)
         named = [(f"{key}.{n}", p) for key in ("targets", "ignore", "center") for n, p in enumerate(getattr(c, key))]
         out = renumbered_pattern_notes(named + [(f"ranks.{p}", p) for p in c.ranks or {}], infos,
                                planned_blocks(model, adapter))
+        out += idle_ignore_notes(infos, c.targets, c.ignore)  # an ignore that leaves nothing out
         out += shadow_notes(targets, c.ranks or {}, c.__dict__.get("_set_keys"), c.__dict__.get("_set_added"))
         out += planned_notes(targets, model)  # an earlier pass's ranks decided after calibration
         ranks = self.resolved.ranks(model, adapter)

@@ -191,6 +191,22 @@ def untargeted(pattern: str, infos: Sequence[LinearInfo], targets: Sequence[Line
             f"{'it' if len(named) == 1 else 'them'} to svd.targets or remove the pattern from svd.{key}")
 
 
+def idle_ignore_notes(infos: Sequence[LinearInfo], targets: Sequence[str],
+                      ignore: Sequence[str]) -> list[tuple[str, str, tuple]]:
+    """(key, note, keys read) per svd.ignore pattern that names none of the layers svd.targets matches
+    (`ignore: [modulation]` with `targets: [attention, mlp]`): it leaves nothing out, where one naming no
+    layer of the model at all is an error (check_pattern)."""
+    out, targeted = [], [i for i in infos if any(matches(p, i) for p in targets)]
+    for n, pattern in enumerate(ignore):
+        if any(matches(pattern, i) for i in targeted):
+            continue
+        named = [i.name for i in infos if matches(pattern, i)]
+        out.append((f"ignore.{n}", f"svd.ignore: pattern {pattern!r} names {', '.join(named[:3])}"
+                                   f"{' …' if len(named) > 3 else ''}, none of which svd.targets targets, so it "
+                                   "leaves nothing out; remove it, or add its layers to svd.targets", ("targets",)))
+    return out
+
+
 def check_explicit_ranks(infos: Sequence[LinearInfo], targets: Sequence[LinearInfo],
                          ranks: dict[str, int]) -> None:
     """Every `ranks` pattern names some of the pass's `targets` (of the model's linears `infos`),

@@ -204,7 +204,7 @@ def test_targets_an_earlier_budgeted_pass_may_factorize_are_warned(first):
 def test_a_second_pass_over_some_of_a_global_pass_s_targets_is_warned_not_refused():
     """The budget factorizes some of the first pass's targets, not necessarily the one named again."""
     notes = _planned_then_checked({"allocation": "global", "ratio": 0.5},
-                                  {"targets": ["transformer_blocks.0.norm1.linear"]})
+                                  {"targets": ["transformer_blocks.0.norm1.linear"], "ignore": []})
     assert len(notes) == 1 and notes[0][1].startswith("svd: transformer_blocks.0.norm1.linear is factorized by")
 
 

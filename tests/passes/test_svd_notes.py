@@ -207,3 +207,19 @@ def test_a_budget_of_every_parameter_factorizes_only_what_the_calibration_spans_
                       progress=False)).run(model, ctx)
     ranks = {n: r["rank"] for n, r in ctx.report["svd"]["layers"].items()}
     assert ranks["transformer_blocks.0.attn2.to_k"] == 4 and ranks["transformer_blocks.0.attn2.to_q"] == "dense"
+
+
+def test_an_ignore_pattern_naming_none_of_the_targets_is_warned_of_at_its_line(capsys):
+    """`ignore: [modulation]` with `targets: [attention, mlp]` left nothing out and was accepted silently (T3),
+    while an ignore pattern naming no layer of the model is an error: now a warning at its line; an ignore
+    pattern naming some target (re:to_q) is not warned of."""
+    text = FLUX.replace("targets: [modulation]", "targets: [attention, mlp]\n      ignore: [re:to_q, modulation]")
+    recipe = parse_recipe(text.replace("{ranks}", "{}"), "r.yaml", [])
+    teacher = tiny_flux()
+    check_passes(build_passes(recipe), recipe.passes, teacher, get_adapter(teacher))
+    said = " ".join((capsys.readouterr().err + capsys.readouterr().out).split())
+    warned = [w.strip() for w in re.findall(r"warning: .*?(?= warning: |$)", said.strip())]
+    assert [w for w in warned if "svd.ignore" in w] == [
+        "warning: r.yaml:9: svd.ignore: pattern 'modulation' names transformer_blocks.0.norm1.linear, "
+        "transformer_blocks.0.norm1_context.linear, transformer_blocks.1.norm1.linear …, none of which "
+        "svd.targets targets, so it leaves nothing out; remove it, or add its layers to svd.targets"], warned
