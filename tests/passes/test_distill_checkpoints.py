@@ -308,6 +308,23 @@ def test_no_more_than_three_sets_are_kept_aside_the_oldest_removed_with_a_line(t
             "kept") in said, said
 
 
+def test_the_set_being_taken_back_is_never_the_oldest_removed(tmp_path, capsys):
+    """A take-back sets the pass's checkpoints aside with `spare` the set it takes back: where that set is the
+    oldest of KEPT_ASIDE (3), another goes, never it (R1 stop 50: dropping spare= passed every test, and the
+    take-back's rename would then fail, that training lost)."""
+    from compress.passes.distill_checkpoints import set_aside
+
+    aside = tmp_path / "checkpoints.discarded"
+    for n, fingerprint in enumerate(("1" * 16, "2" * 16, "3" * 16)):
+        _fake_set(aside / fingerprint, fingerprint, n + 1, 1e9 + n)
+    back = aside / ("1" * 16)  # trained longest ago
+    set_aside(_fake_set(tmp_path / "checkpoints", "0" * 16, 7, 2e9), aside, spare=back)
+    assert back.is_dir() and (back / "step-00000001").is_dir()
+    assert sorted(p.name for p in aside.iterdir()) == ["0" * 16, "1" * 16, "3" * 16]
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"distill: removed {aside / ('2' * 16)} (step 2)" in said, said
+
+
 def test_a_take_back_stopped_between_its_renames_is_taken_back_by_the_next_resume(tmp_path, monkeypatch, capsys):
     """The take-back of test_resume_with_the_original_keys_takes_back_the_checkpoints_set_aside stopped between
     its two renames (the lr-2e-3 checkpoints set aside, the lr-1e-3 ones not yet in checkpoints): the next
