@@ -9,8 +9,22 @@ whole run's, then each later objective's figures over the first's.
     python tools/bench_objective.py --family pixart [--seed 0] [--objectives branches guided_compensation]
                                     [--no-distill] [--set KEY.PATH=VALUE ...]
 
-Measured on a 2-core machine shared with other jobs, seed 0 (branches -> guided_compensation, conditional /
-guided): see README's paragraph on guided_compensation.
+Measured (toy recipes as shipped, 2-core machine shared with other jobs at load 5-7; the errors repeat to the
+last digit, the seconds do not), guided_compensation over branches, conditional / guided:
+  seed  family  after the svd passes   after distill     svd passes' seconds (guided_compensation ran second)
+  0     PixArt  1.133 / 0.719          0.930 / 0.940     0.49
+  1     PixArt  1.449 / 0.841          0.969 / 0.966     0.65 (ran first)
+  2     PixArt  1.274 / 0.829          0.956 / 0.951     0.57
+  0     Flux    1.470 / 0.799          0.987 / 0.995     0.54
+  1     Flux    1.384 / 0.686          0.970 / 0.953     1.87 (ran first)
+  2     Flux    1.471 / 0.755          0.981 / 0.975     0.82
+(seed 0: PixArt branches 0.1717 / 0.2249 -> 0.06519 / 0.1089, guided_compensation 0.1946 / 0.1618 -> 0.06065 /
+0.1024; Flux branches 0.1473 / 0.2611 -> 0.08019 / 0.1545, guided_compensation 0.2165 / 0.2087 -> 0.07914 /
+0.1537, README's figures; seed 1 with `--objectives guided_compensation branches`: PixArt 0.1066 / 0.1435 ->
+0.03702 / 0.06474 and 0.1544 / 0.1207 -> 0.03589 / 0.06252, Flux 0.1654 / 0.3117 -> 0.08897 / 0.1681 and
+0.2289 / 0.2137 -> 0.08630 / 0.1602.) Over seeds 0-2 README's ranges hold (after the svd passes guided 0.69-0.84x,
+conditional 1.13-1.47x; after distill PixArt 0.93-0.97x, Flux 0.95-0.995x); the seconds' ratio followed the
+machine's load (0.49-1.87x), not the objective.
 """
 
 from __future__ import annotations
