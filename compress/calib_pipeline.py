@@ -218,22 +218,24 @@ class PipelineSource:
         c, records = self.calib, []
         starts = range(0, len(prompts), c.prompts_per_call)
         kept = [self._cached(prompts[s:s + c.prompts_per_call], seed + s) for s in starts]
-        if not all(p is not None and p.is_file() for p in kept):
+        # the cached calls read back first (None: none, or damaged: sampled again), so the label counts those read
+        kept = [self._read(p) if p is not None and p.is_file() else None for p in kept]
+        if not all(k is not None for k in kept):
             self._loaded()  # before the bar: a Hub's waits are not sampling time
         with progress_bar(True) as bar:
-            read_back = sum(len(prompts[s:s + c.prompts_per_call]) for s, p in zip(starts, kept)
-                            if p is not None and p.is_file())
+            read_back = sum(len(prompts[s:s + c.prompts_per_call]) for s, k in zip(starts, kept) if k is not None)
             task = bar.add_task(run_label(what, read_back, len(prompts)), total=len(prompts))
-            for start in starts:
+            for start, k in zip(starts, kept):
                 chunk = prompts[start:start + c.prompts_per_call]
-                records += self._call(chunk, seed + start)
+                records += k if k is not None else self._call(chunk, seed + start)
                 bar.advance(task, len(chunk))
         return records
 
     def _call(self, chunk: list[str], seed: int) -> list[dict]:
-        """The records of one sampling call, from the cache or sampled (and then cached)."""
+        """The records of one sampling call, from the cache (where another rank of a launch wrote it since
+        `_run` looked: not one found damaged) or sampled (and then cached)."""
         c, path = self.calib, self._cached(chunk, seed)
-        if path is not None and path.is_file():
+        if path is not None and path.is_file() and path not in self.damaged:
             kept = self._read(path)
             if kept is not None:
                 return kept

@@ -17,7 +17,6 @@ import errno
 import itertools
 import os
 import shutil
-import zipfile
 from pathlib import Path
 
 import torch
@@ -64,7 +63,8 @@ def load_cached(path: Path, again: str, damaged_before: bool = False, **kwargs):
         if not damaged(e):
             raise
         if not damaged_before:
-            say_damaged(path, "empty" if isinstance(e, EOFError) else "not as torch.save wrote it", again)
+            empty = isinstance(e, EOFError) and path.stat().st_size == 0  # (an overwrite can end the pickle too)
+            say_damaged(path, "empty" if empty else "not as torch.save wrote it", again)
         return None
 
 
@@ -78,16 +78,28 @@ def say_damaged(path: Path, why: str, again: str) -> None:
 
 
 def damaged(e: Exception) -> bool:
-    """Whether torch.load's `e` says the file's bytes are not what torch.save writes: an empty file
-    (EOFError), garbage (UnpicklingError), a file cut short (a RuntimeError of the zip reader, or its
-    OSError EINVAL); not a failed read (EACCES, EIO) or allocation."""
-    from pickle import UnpicklingError
-
+    """Whether torch.load's `e` (weights only: it runs none of our code) says the file's bytes are not
+    what torch.save writes: an empty file (EOFError), garbage (UnpicklingError), a file cut short (a
+    RuntimeError of the zip reader, or its OSError EINVAL), one overwritten (whatever the unpickler
+    meets: UnicodeDecodeError, ValueError, IndexError, KeyError, struct.error ...); not a failed read
+    (an OSError: EACCES, EIO) or allocation (MemoryError, out of memory)."""
     from compress.runner_failures import is_out_of_memory
 
     if isinstance(e, OSError):
         return e.errno == errno.EINVAL
-    return isinstance(e, (EOFError, UnpicklingError, RuntimeError)) and not is_out_of_memory(e)
+    return not isinstance(e, MemoryError) and not is_out_of_memory(e)
+
+
+def reads_back(path: Path) -> bool:
+    """Whether torch.save's file `path` reads back (weights only, its tensors mapped, not read: an output
+    Fisher may be GBs); False where it is `damaged`; other trouble reading it (EACCES, EIO) is raised."""
+    try:
+        torch.load(path, weights_only=True, mmap=True, map_location="cpu")
+    except Exception as e:
+        if not damaged(e):
+            raise
+        return False
+    return True
 
 
 def save(item, path: Path, atomic: bool = True) -> None:
@@ -255,15 +267,15 @@ class NamedFiles:
     """name -> tensor, one torch.save file each under `folder`, written atomically (an interrupted
     write leaves no half file) and kept after the object goes: what a pass measures per target
     and can reuse when it is run again on the same model and inputs (the output Fishers).
-    The names are those on disk when it is made (what an earlier run left; a damaged file, no zip archive
-    as torch.save writes, is left out with a note: measured again) and those written since, kept in
-    memory: a file of them gone meanwhile is `Vanished` when read, not a name left out.
+    The names are those on disk when it is made (what an earlier run left; a damaged file, one that does
+    not read back as torch.save wrote it (`reads_back`), is left out with a note: measured again) and those
+    written since, kept in memory: a file of them gone meanwhile is `Vanished` when read, not a name left out.
     `clear()` deletes them."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         found = sorted(self.folder.glob("*.pt")) if self.folder.is_dir() else []
-        whole = [p for p in found if zipfile.is_zipfile(p)]  # torch.save's zip, its end there: not cut short
+        whole = [p for p in found if reads_back(p)]  # not cut short or overwritten (in what a load reads)
         self.names = {p.name[:-3] for p in whole}
         # the first damaged file (measured again, written over it), said where the names are first asked for
         self.unsaid = next((p for p in found if p not in whole), None)  # (not where clear() comes first)
@@ -286,9 +298,21 @@ class NamedFiles:
         self.names.add(name)
 
     def __getitem__(self, name: str):
+        """The tensor of `name`; its file gone meanwhile: `Vanished`; damaged since it was found (its tensor's
+        bytes, which `reads_back` does not read): removed, and a one-line error naming it (measured again
+        by the next run)."""
         if name not in self:
             raise KeyError(name)
-        return load(self._path(name))
+        path = self._path(name)
+        try:
+            return load(path)
+        except Exception as e:
+            if isinstance(e, Vanished) or not damaged(e):
+                raise
+        path.unlink(missing_ok=True)
+        self.names.discard(name)
+        raise UserError(f"the run folder's file {path} is damaged (not as torch.save wrote it: overwritten since "
+                        "the run began?): removed, to be measured again by the next run")
 
     def __contains__(self, name) -> bool:
         return name in self._said()

@@ -35,20 +35,31 @@ def test_a_sampling_bar_read_back_in_part_is_whole_at_80_columns():
         assert len(line) <= 80 and "…" not in line, line
 
 
-def test_held_out_records_read_back_say_so_in_their_progress_lines(tmp_path, capsys):
-    """A resumed run read its held-out records back from runs/.../inputs/ (their files unchanged)
-    and its progress lines said 'sample held-out prompts 1/2 ... 2/2', as if it sampled them."""
+def heldout_sampler(tmp_path, capsys):
+    """A function sampling the held-out records of a tiny PixArt pipeline (2 calls of 1 prompt) with the
+    inputs folder tmp_path/inputs, returning the lines it wrote on stderr."""
     pipe = pixart_pipeline(tmp_path / "pipe")
     teacher = load_teacher(str(pipe / "transformer"))
     calib = CalibrationConfig(source="pipeline", prompts=[f"a {i}" for i in range(10)], heldout=None,  # 2 held out
                               prompts_per_call=1, sample_steps=2, timesteps=1)
 
-    def heldout_lines() -> list[str]:
+    def heldout_err() -> list[str]:
         source = PipelineSource("pixart", calib, teacher, str(pipe))
         source.cache_dir = tmp_path / "inputs"
         capsys.readouterr()
         source.heldout()
-        lines = capsys.readouterr().err.splitlines()  # also the pipeline's loading bars
+        return capsys.readouterr().err.splitlines()
+
+    return heldout_err
+
+
+def test_held_out_records_read_back_say_so_in_their_progress_lines(tmp_path, capsys):
+    """A resumed run read its held-out records back from runs/.../inputs/ (their files unchanged)
+    and its progress lines said 'sample held-out prompts 1/2 ... 2/2', as if it sampled them."""
+    heldout_err = heldout_sampler(tmp_path, capsys)
+
+    def heldout_lines() -> list[str]:
+        lines = heldout_err()  # also the pipeline's loading bars
         return [line.rsplit(" (", 1)[0] for line in lines if "held-out prompts" in line]  # less the elapsed time
 
     assert heldout_lines() == ["sample held-out prompts 1/2", "sample held-out prompts 2/2"]
@@ -93,3 +104,18 @@ def test_a_resumed_run_samples_a_damaged_call_again_in_one_note(tmp_path, capsys
         assert json.loads((tmp_path / "out" / "report.json").read_text())["heldout"] == error
         again = [c for c in calls if c.read_bytes() != damage(whole[c])]  # the held-out call: written anew
         assert again and all(isinstance(torch.load(c, weights_only=True), list) for c in again)
+
+
+def test_a_damaged_cached_call_is_not_counted_as_read_back(tmp_path, capsys):
+    """A held-out call's file overwritten: its note said 'sampled again' while the progress label counted
+    it as read back ('held-out prompts (read back) 1/2', from the file being there); now the label counts
+    the calls that read back: 'sample held-out prompts (1 read back)'."""
+    heldout_err = heldout_sampler(tmp_path, capsys)
+    heldout_err()
+    files = sorted((tmp_path / "inputs").glob("*.pt"))
+    files[0].write_bytes(b"not a torch file")
+    lines = heldout_err()
+    bars = [line.rsplit(" (", 1)[0] for line in lines if "held-out prompts" in line]
+    assert bars == ["sample held-out prompts (1 read back) 1/2", "sample held-out prompts (1 read back) 2/2"], lines
+    assert sum("is damaged (not as torch.save wrote it" in line for line in lines) == 1, lines
+    assert isinstance(torch.load(files[0], weights_only=True), list)  # sampled again, written anew
