@@ -219,14 +219,17 @@ def teacher_signature(source: str) -> dict | None:
     return signature_against(None, source)
 
 
-def signature_against(recorded, source: str, same=None) -> dict | None:
+def signature_against(recorded, source: str, same=None, renames_only: bool = True) -> dict | None:
     """teacher_signature(source) to compare with the record `recorded` (teacher_signature's; None: the
     whole signature), its tensors digest read only where it can change what the comparison concludes:
     the record holds one, `same(now, recorded)` (default `same_named_files`: each file, by name, of the
-    same signature) is false and the files differ only where `renamed` allows the digest a say. Where
-    the files' signatures say the same, so does the comparison, with the digest or without (it tells
-    resharded files of the same tensors apart from other tensors), and the digest's reads are spared
-    (tools/bench_signature.py --compare); so they are where a file of one name holds other bytes."""
+    same signature) is false and, where `renames_only`, the files differ only where `renamed` allows the
+    digest a say. Where the files' signatures say the same, so does the comparison, with the digest or
+    without (it tells resharded files of the same tensors apart from other tensors), and the digest's
+    reads are spared (tools/bench_signature.py --compare); so they are, where `renames_only` (eval and
+    bench's signature_change), where a file of one name holds other bytes. Not `renames_only` (--resume
+    before the teacher loads, runner_teacher_id.same_files): read there too, where equal digests say
+    only the loaded teacher's checksum can tell (a copy re-saved with other metadata or tensor order)."""
     files = weight_files(source)
     if not files:
         return None
@@ -234,7 +237,7 @@ def signature_against(recorded, source: str, same=None) -> dict | None:
         record = {"method": method_of(files), "files": {name: file_signature(p) for name, p in files.items()}}
         if recorded is not None and (not isinstance(recorded, dict) or recorded.get("tensors") is None
                                      or (same or same_named_files)(record, recorded)
-                                     or not renamed(record, recorded)):
+                                     or (renames_only and not renamed(record, recorded))):
             return record
         if (tensors := tensors_digest(list(files.values()))) is not None:
             record["tensors"] = tensors
@@ -257,9 +260,16 @@ def renamed(now: dict, recorded: dict) -> bool:
 
 def tensors_say_same(now: dict, recorded: dict) -> bool:
     """Whether two teacher_signature records whose files differ hold the same tensors: both record
-    the tensors digest, equal, and their files differ only by name (`renamed`)."""
-    return recorded.get("tensors") is not None and recorded.get("tensors") == now.get("tensors") \
-        and renamed(now, recorded)
+    the tensors digest, equal (`same_digest`), and their files differ only by name (`renamed`)."""
+    return same_digest(now, recorded) and renamed(now, recorded)
+
+
+def same_digest(now: dict, recorded: dict) -> bool:
+    """Whether two teacher_signature records both record the tensors digest, equal: the same tensors
+    where their files differ only by name (`tensors_say_same`); where a file of one name holds other
+    bytes, a copy re-saved otherwise (other metadata, tensor order or split) or a byte changed where the
+    digest does not sample, which only a checksum of every byte tells apart."""
+    return recorded.get("tensors") is not None and recorded.get("tensors") == now.get("tensors")
 
 
 def same_named_files(now: dict, recorded: dict) -> bool:

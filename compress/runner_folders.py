@@ -23,7 +23,7 @@ from compress.runner_ranks import HANDOFF
 from compress.runner_config_sum import config_target
 from compress.runner_resume import (distill_checkpoints, finished_and_reusable, interrupted_run, of_other_statistics,
                                     read_state, recorded_teacher, stage_dirs, unsaved_changes)
-from compress.runner_teacher_id import named_now, resume_advice, same_teacher, teacher_change
+from compress.runner_teacher_id import named_now, resume_advice, same_before_loading, teacher_change
 from compress.runner_written import check_own_run_folder
 from compress.words import counted
 
@@ -186,15 +186,16 @@ def other_teacher(run_dir: Path, teacher: dict, given: tuple[str, str] = FLAG) -
     them) where the latest stage saved
     in `run_dir` (with none, the run that last started its passes: recorded_teacher) recorded another
     teacher source or config than `teacher` (named_teacher's: the --teacher-config and what the config
-    file holds, as teacher_identity records them); None where they are the same or it recorded none.
-    The weights are not compared: the teacher is not loaded yet. `given`: how its config was given
-    (teacher_change's `config_by`)."""
+    file holds, as teacher_identity records them); None where they are the same or it recorded none,
+    and where only the loaded teacher's checksum can tell (runner_teacher_id.same_before_loading: --resume
+    compares it once loaded). The weights are compared by their files' signature: the teacher is not
+    loaded yet. `given`: how its config was given (teacher_change's `config_by`)."""
     stages = stage_dirs(run_dir)
     before = (read_state(stages[-1][1]) or {}).get("teacher") if stages else recorded_teacher(run_dir)
     if not isinstance(before, dict) or "source" not in before:
         return None
     named = named_of(before)
-    if same_teacher(named, teacher):
+    if same_before_loading(named, teacher):  # or only its loaded checksum can tell: --resume compares it then
         return None  # (a config compared by what it holds, or by the file it names)
     return teacher_change(named, teacher, given), resume_advice(named, teacher, resume=False)
 

@@ -22,7 +22,8 @@ from compress.runner_config_sum import CONFIG_SUM
 from compress.runner_kept import measured_so_far
 from compress.runner_resume import (SAMPLES_ABOUT, TEACHER_SAMPLES, inputs_change, recorded_fingerprint,
                                     recorded_teacher, result_bearing, run_record, statistics_version)
-from compress.runner_teacher_id import FILES, older_checksum, put_back, same_teacher, teacher_change
+from compress.runner_teacher_id import (FILES, older_checksum, put_back, same_before_loading, same_teacher,
+                                        teacher_change)
 
 KEYED_AS = "keyed_as"  # in RUN_RECORD: the teacher source keying its caches where not its own (`keyed_source`)
 CALIBRATED = "calibration"  # in RUN_RECORD: what else keys them (`calibration_keys`; older runs: none)
@@ -125,7 +126,7 @@ def check_measured_for_another_teacher(run_dir: Path, teacher: dict, passes, res
     if fingerprint is None or before is None or finished_run(run_dir):
         return
     named = named_of(before)
-    if same_teacher(named, teacher):
+    if same_before_loading(named, teacher):  # or only its loaded checksum can tell: compared once loaded
         return
     measured = measured_so_far(run_dir, fingerprint, None, list(passes))
     if measured:

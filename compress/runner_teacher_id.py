@@ -105,21 +105,53 @@ def same_weights(before: dict, now: dict) -> bool | None:
 
 
 def same_files(recorded, source) -> bool | None:
-    """Whether the weight files of the local teacher `source` hold what a recorded signature (FILES) says:
-    files of the same signatures, whatever their names (a single file renamed, a folder moved), else the
-    same tensors (io_signature.tensors_digest, where both have it: the teacher resharded, or its .bin
-    written again as safetensors) in files that differ only by name (io_signature.tensors_say_same: a
-    file of one name holding other bytes is other weights, which the sampled digest may miss); None
-    where either is missing or of another method. The digest is read only where it can say the same
+    """Whether the weight files of the local teacher `source` hold what a recorded signature (FILES) says
+    (`files_say`): True where they do, False where they hold other tensors; None where either is
+    missing or of another method, and where only the loaded teacher's checksum can tell (UNTOLD)."""
+    return {SAME: True, OTHER: False}.get(files_say(recorded, source))
+
+
+SAME, OTHER, UNTOLD = "same", "other", "untold before it loads"  # files_say's words
+
+
+def files_say(recorded, source) -> str | None:
+    """What the weight files of the local teacher `source` say of a recorded signature (FILES): SAME where
+    they are files of the same signatures, whatever their names (a single file renamed, a folder moved),
+    or hold the same tensors (io_signature.tensors_digest, where both have it: the teacher resharded, or
+    its .bin written again as safetensors) in files that differ only by name (io_signature.tensors_say_same);
+    UNTOLD where the tensors digests are equal but a file of one name holds other bytes: a copy re-saved
+    with other metadata, tensor order or split, or a byte changed where the sampled digest does not read,
+    which only the checksum of every byte of the loaded teacher tells apart; OTHER otherwise; None where
+    either is missing or of another method. The digest is read only where the files' signatures differ
     (io_signature.signature_against)."""
-    from compress.io_signature import comparable, same_contents, signature_against, tensors_say_same
+    from compress.io_signature import comparable, same_contents, same_digest, signature_against, tensors_say_same
 
     if not (comparable(recorded) and isinstance(source, str)):
         return None
-    now = signature_against(recorded, source, same_contents)
+    now = signature_against(recorded, source, same_contents, renames_only=False)
     if now is None:
         return None
-    return same_contents(now, recorded) or tensors_say_same(now, recorded)
+    if same_contents(now, recorded) or tensors_say_same(now, recorded):
+        return SAME
+    return UNTOLD if same_digest(now, recorded) else OTHER
+
+
+def same_before_loading(before: dict, now: dict) -> bool:
+    """same_teacher as the checks made before the teacher loads ask it (`now`: named_teacher's, `before`
+    named_of's): the same teacher, or one whose copy at another path only its loaded checksum can tell
+    (`untold_before_loading`), which --resume compares once it has loaded (runner_stages, runner_measured):
+    a copy re-saved otherwise resumes, other weights are refused there."""
+    return same_teacher(before, now) or untold_before_loading(before, now)
+
+
+def untold_before_loading(before: dict, now: dict) -> bool:
+    """Whether the teacher `now` names at another path than `before`, its config holding the same (CONFIG_SUM
+    known in both) and all else the same, has weight files of which only the loaded checksum can tell
+    whether they hold `before`'s weights (files_say's UNTOLD)."""
+    if before.get("source") == now.get("source") or ("checksum" in before and "checksum" in now) \
+            or before.get(CONFIG_SUM) is None or not same_teacher(before, {**now, "source": before.get("source")}):
+        return False
+    return files_say(before.get(FILES), now.get("source")) == UNTOLD
 
 
 def teacher_moved(before: dict, now: dict) -> str | None:

@@ -427,9 +427,60 @@ def test_a_byte_changed_where_the_files_signature_reads_and_the_digest_does_not_
     assert file_signature(shards[1]) != recorded["files"][shards[1].name]
     assert tensors_digest(shards) == recorded["tensors"]  # what the digest reads: the same
     assert signature_change(recorded, str(teacher)) == f"{shards[1].name} holds other bytes"
-    assert same_files(recorded, str(copy)) is False
+    assert same_files(recorded, str(copy)) is None  # never the same: only the loaded checksum can tell (R2)
     resharded = tmp_path / "resharded"  # the tensors recorded, in one file: the same
     resharded.mkdir()
     (resharded / "config.json").write_text("{}")
     save_file(tensors, resharded / "diffusion_pytorch_model.safetensors")
     assert same_files(recorded, str(resharded)) is True
+
+
+def _resaved_copy(tmp_path):
+    """(record of folder a, folder b): b holds a's tensors in a file of a's name re-saved with other
+    safetensors metadata (other bytes, the same tensors: the tensors digests equal)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    tensors = {f"w{i}": np.random.default_rng(i).standard_normal((64, 64), dtype=np.float32) for i in range(4)}
+    for name, meta in (("a", {"format": "pt"}), ("b", {"format": "pt", "saved_by": "another tool"})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+        save_file(tensors, tmp_path / name / "diffusion_pytorch_model.safetensors", metadata=meta)
+    return teacher_signature(str(tmp_path / "a")), tmp_path / "b"
+
+
+def test_eval_does_not_read_the_digest_where_a_file_of_one_name_holds_other_bytes(tmp_path, monkeypatch):
+    """signature_change (eval, bench) says a file of one name holding other bytes whatever the tensors
+    digest says, so it does not read the digest there (signature_against's `renamed` guard: a guard, passes
+    on b249b92, fails without it)."""
+    import compress.io_signature as io_signature
+
+    record, copy = _resaved_copy(tmp_path)
+    read, digest = [], io_signature.tensors_digest
+    monkeypatch.setattr(io_signature, "tensors_digest", lambda paths: (read.append(paths), digest(paths))[1])
+    assert signature_change(record, str(copy)).startswith("diffusion_pytorch_model.safetensors is ")
+    assert read == []
+
+
+def test_resume_reads_the_digest_where_a_file_of_one_name_holds_other_bytes(tmp_path, monkeypatch):
+    """--resume's check before the teacher loads (runner_teacher_id.same_files) reads it there: equal digests
+    leave it to the loaded checksum (None, R2 of stop 50: was False, 'another teacher')."""
+    import compress.io_signature as io_signature
+    from compress.runner_teacher_id import same_files
+
+    record, copy = _resaved_copy(tmp_path)
+    read, digest = [], io_signature.tensors_digest
+    monkeypatch.setattr(io_signature, "tensors_digest", lambda paths: (read.append(paths), digest(paths))[1])
+    assert same_files(record, str(copy)) is None and len(read) == 1
+
+
+def test_the_digest_read_already_does_not_excuse_a_file_of_one_name_holding_other_bytes(tmp_path):
+    """tensors_say_same's `renamed` guard: given a signature whose tensors digest was read (the run's whole
+    teacher_signature), equal to the record's, a file of one name holding other bytes is still said
+    (eval) and is not 'the same tensors' (a guard: passes on b249b92, fails without it)."""
+    from compress.io_signature import tensors_say_same
+
+    record, copy = _resaved_copy(tmp_path)
+    whole = teacher_signature(str(copy))
+    assert whole["tensors"] == record["tensors"] and not tensors_say_same(whole, record)
+    assert signature_change(record, str(copy), whole).startswith("diffusion_pytorch_model.safetensors is ")

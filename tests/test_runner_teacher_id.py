@@ -268,3 +268,62 @@ def test_a_copy_whose_files_pass_for_the_teachers_is_still_refused_once_loaded(i
     said = _refused([*args, "--teacher", str(other), "--resume"], capsys)
     assert "another teacher" in said and "(the same config, other weights)" in said, said
     assert len(loads) == 1  # refused once loaded, by the checksum
+
+
+def _resaved(teacher, copy, **metadata) -> None:
+    """`teacher` (a folder of one safetensors file) copied to `copy`, its file re-saved under its name with
+    other safetensors metadata: other bytes, the same tensors."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(teacher, copy)
+    weights = copy / "diffusion_pytorch_model.safetensors"
+    save_file(load_file(weights), weights, metadata={"format": "pt", **metadata})
+
+
+def test_a_copy_resaved_under_the_same_name_is_that_teacher_once_loaded(interrupted, capsys):
+    """R2 (stop 50): the teacher copied elsewhere and its file re-saved under its name (other metadata, the
+    same tensors): the tensors digests equal, a file of one name holding other bytes, and since b249b92
+    --resume refused it before it loaded as 'another teacher'. Now only the loaded checksum can tell
+    (runner_teacher_id.files_say's UNTOLD): it loads once, and the checksum of every byte says it moved."""
+    run, args, loads = interrupted
+    copy = run.parent / "copy"
+    _resaved(run.parent / "teacher", copy, saved_by="another tool")
+    assert main([*args, "--teacher", str(copy), "--resume"]) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"note: the teacher moved from {run.parent / 'teacher'} to {copy} (its config and weights the same)" \
+        in said, said
+    assert "another teacher" not in said and len(loads) == 1
+
+
+def test_a_plain_rerun_over_saved_passes_offers_resume_to_a_resaved_copy(pixart, monkeypatch, capsys):
+    """A plain rerun naming that re-saved copy over a saved pass said 'for another teacher ... add --restart'
+    (other_teacher, before it loads); now it offers --resume, which resumes once the checksum says the same."""
+    from compress.runner_folders import other_teacher
+
+    tmp_path, run, args = _interrupted(pixart, monkeypatch, capsys)
+    copy = tmp_path / "copy"
+    _resaved(tmp_path / "teacher", copy, saved_by="another tool")
+    assert other_teacher(run, named_teacher(str(copy), None)) is None
+    said = _refused([*args, "--teacher", str(copy)], capsys)
+    assert said.endswith("add --resume to continue, or --restart to start over"), said
+    assert main([*args, "--teacher", str(copy), "--resume"]) == 0
+    assert "the teacher moved from" in capsys.readouterr().err
+
+
+def test_only_a_copy_elsewhere_whose_files_cannot_tell_is_left_to_the_loaded_checksum(tmp_path):
+    """same_before_loading passes on (to the check once loaded) only a copy at another path of the same config
+    whose files say UNTOLD: not one of another config, nor the source named in place, nor other tensors."""
+    from compress.io_signature import teacher_signature
+    from compress.runner_teacher_id import files_say, same_before_loading, same_files, untold_before_loading
+
+    tiny_pixart().save_pretrained(tmp_path / "a")
+    _resaved(tmp_path / "a", tmp_path / "b", saved_by="another tool")
+    tiny_pixart(seed=1).save_pretrained(tmp_path / "other")
+    before = {**named_teacher(str(tmp_path / "a"), None), FILES: teacher_signature(str(tmp_path / "a"))}
+    copy, other = named_teacher(str(tmp_path / "b"), None), named_teacher(str(tmp_path / "other"), None)
+    assert files_say(before[FILES], copy["source"]) == "untold before it loads"
+    assert same_files(before[FILES], copy["source"]) is None  # never "the same"
+    assert not same_teacher(before, copy) and same_before_loading(before, copy)
+    assert not same_before_loading(before, other) and same_files(before[FILES], other["source"]) is False
+    assert not untold_before_loading(before, {**copy, CONFIG_SUM: "another config"})
+    assert not untold_before_loading({**before, "checksum": "w"}, {**copy, "checksum": "x"})  # loaded: by checksum
