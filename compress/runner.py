@@ -24,7 +24,7 @@ from compress.report import console, param_count, results
 from compress.report_teacher import blocks_before
 from compress.runner_caches import clock_ns, finished_run, remove_unread_caches, unread_files
 from compress.runner_checks import removal_note, warn_ran_notes
-from compress.runner_folders import interrupt_note
+from compress.runner_folders import check_clear_of_teacher, interrupt_note
 from compress.runner_export import mark_finished, output_files, output_report, recorded_teacher
 from compress.runner_answers import (PREPARED, answer, check_followers, check_same_run, ended, follower_ended,
                                      following, wait_for_followers)
@@ -99,6 +99,10 @@ class Runner:
     def _held_run(self) -> Path:
         from compress.runner_lock import hold_run, nested
 
+        # an output or run folder in the teacher's refused before the locks make anything there, or clear
+        # what killed runs left (.OUT.old-* put back), as the CLI refuses it (check_folders says it again)
+        check_clear_of_teacher(self.out, self.teacher_arg or self.recipe.teacher, self.teacher_config, self.run_dir,
+                               self.config_by)
         # the run and output folders held by this run alone (a second run refused before any check
         # or load), from the first step to the export's rename
         with sigterm_as_interrupt(), hold_run(self.run_dir, self.out), self._leading(nested):

@@ -166,3 +166,26 @@ def test_a_run_folder_whose_lock_hand_off_answer_or_clock_file_is_the_teacher_is
         check_clear_of_teacher(Path("out"), f"ckpt/{name}", run_dir=Path("ckpt"))
     (tmp_path / "ckpt" / f"{name}x.safetensors").write_bytes(b"")  # another name: clear of what a run writes
     check_clear_of_teacher(Path("out"), f"ckpt/{name}x.safetensors", run_dir=Path("ckpt"))
+
+
+def test_runner_run_refuses_a_folder_in_the_teachers_before_its_locks(pixart, monkeypatch):
+    """Runner.run() (the Python API) took its locks before prepare's check_folders refused an --out or
+    --run-dir in the teacher's folder (the CLI checks first): a lock file made in the teacher's folder, and
+    what looked like a killed export's leftovers beside the output handled there (teacher/.o.old-* put back
+    as teacher/o), before the refusal. Now it refuses first: no lock taken, the teacher's folder unchanged."""
+    from compress import runner_lock
+
+    tmp_path, make, loads = pixart
+    teacher = tmp_path / "teacher"
+    (teacher / ".o.old-abcdefgh").mkdir()
+    (teacher / ".o.old-abcdefgh" / "notes.txt").write_text("the user's")
+    before = sorted((p.relative_to(teacher), p.is_dir()) for p in teacher.rglob("*"))
+    taken = []
+    real = runner_lock._locked
+    monkeypatch.setattr(runner_lock, "_locked", lambda path, *a: (taken.append(path), real(path, *a))[1])
+    for out, run_dir, words in [(teacher / "o", tmp_path / "run", "--out .* lies inside the teacher's folder"),
+                                (tmp_path / "out", teacher, "--run-dir .* is the teacher's folder")]:
+        with pytest.raises(UserError, match=words):
+            make(out, run_dir, overwrite=True).run()
+    assert sorted((p.relative_to(teacher), p.is_dir()) for p in teacher.rglob("*")) == before
+    assert not taken and not loads and not (tmp_path / "run").exists() and not (tmp_path / "out").exists()
