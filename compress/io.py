@@ -168,7 +168,7 @@ def cast(model: nn.Module, *args) -> nn.Module:
 def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError; nesting
         raise UserError(f"cannot read {path}: {e}") from None
 
 

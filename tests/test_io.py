@@ -417,3 +417,13 @@ def test_a_model_index_beside_a_config_reads_that_config_for_a_teacher_as_for_an
     torch.testing.assert_close(forward(load_teacher(str(tmp_path / "t")), inputs), forward(model, inputs))
     torch.testing.assert_close(forward(load_teacher(str(tmp_path / "o")), inputs),
                                forward(load_transformer(tmp_path / "o"), inputs))
+
+
+def test_a_json_file_nested_past_pythons_recursion_limit_is_one_line(tmp_path):
+    """report.json nested 100,000 brackets deep: inspect / eval said a RecursionError traceback (F2 stop 50)."""
+    from compress.io import read_json
+
+    path = tmp_path / "report.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserError, match=f"cannot read {path}: maximum recursion depth"):
+        read_json(path)
