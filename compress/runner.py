@@ -12,7 +12,6 @@ from pathlib import Path
 
 import compress
 from compress.errors import NumericError, UserError
-from compress.interrupts import interrupts_held
 from compress.io_export import CLI_OVERWRITE, OutputBusy
 from compress.io_source import check_teacher_options
 from compress.recipe_teacher_config import config_by, teacher_config_of
@@ -338,12 +337,15 @@ class Runner:
         extra = {**recorded, "block_map": self.ctx.block_map}
         if self.ctx.block_map and (before := blocks_before(report)):  # the block map says only "at least"
             extra["teacher_blocks"] = before
-        out = self.models.save(student, self.out, dtype=DTYPES[self.recipe.export.dtype],
-                               extra=extra, files=output_files(self, student, report), overwrite=self.overwrite,
-                               overwrite_flag=CLI_OVERWRITE)
-        line = f"[bold green]wrote[/] {out}  ({wrote_words(report, self.source)})"
-        with interrupts_held():  # a Ctrl-C (SIGTERM) from here is raised once the line is said: said once
-            self.written = out  # complete, in place
-            # the run's result, on stdout (`run ... > log` keeps it); its progress and notes are on stderr
-            results.print(line)
-        return out
+        words = wrote_words(report, self.source)
+        return self.models.save(student, self.out, dtype=DTYPES[self.recipe.export.dtype],
+                                extra=extra, files=output_files(self, student, report), overwrite=self.overwrite,
+                                overwrite_flag=CLI_OVERWRITE, on_written=lambda out: self._wrote(out, words))
+
+    def _wrote(self, out: Path, words: str) -> None:
+        """The output `out` complete, in place: recorded (`written`: a Ctrl-C from now on stops nothing)
+        and said once, in one step with its rename (io_export.atomic_folder holds a Ctrl-C, SIGTERM, over
+        the three: one that lands there is raised once the line is said)."""
+        self.written = out
+        # the run's result, on stdout (`run ... > log` keeps it); its progress and notes are on stderr
+        results.print(f"[bold green]wrote[/] {out}  ({words})")

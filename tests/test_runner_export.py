@@ -281,3 +281,51 @@ def test_a_resume_that_keeps_every_stage_records_the_exports_guided_error(tmp_pa
             f"(guided {export['guided_error']:.4g})") in said, said
     report = json.loads((run_recipe(tmp_path, text, "r", resume=True, overwrite=True) / "report.json").read_text())
     assert report["export"]["guided_error"] == report["stages"][-1]["guided_error"]
+
+
+def _ctrl_c_at_line(call, n: int) -> int:
+    """`call()` with a Ctrl-C (a real SIGINT) sent at the n-th line run in io_export, stream, runner_stream
+    or runner from the output's rename on (io_export._swap_in called); the lines run there, counted."""
+    import os
+    import signal
+
+    from tests.test_io_export_api import interrupted_at_line
+
+    return interrupted_at_line(call, n, ("io_export.py", "stream.py", "runner_stream.py", "runner.py"), "_swap_in",
+                               lambda: os.kill(os.getpid(), signal.SIGINT))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["resident", "streamed"])
+def test_a_ctrl_c_at_any_line_from_the_outputs_rename_to_its_record_leaves_the_two_agreeing(
+        tmp_path, monkeypatch, capsys, ctrl_c_raises, stream):
+    """A Ctrl-C between atomic_folder's rename and the runner's `written = out` was taken as a stop during
+    the export: the output whole in place, yet the run said it was interrupted there (a --resume writing
+    it again), not 'interrupted after the output was written'. Now the rename and its record are one step
+    (the Ctrl-C held over both): at every line from the rename on, the output is in place exactly where
+    the run records it written, said written once, with nothing left beside it."""
+    from compress import load_transformer
+    from compress.recipe import parse_recipe
+    from compress.runner import Runner
+    from tests.runner_helpers import streamed_teacher
+
+    text = streamed_teacher(tmp_path, "pixart").format(stream=str(stream).lower())
+    runner = Runner(parse_recipe(text, str(tmp_path / "r.yaml")), tmp_path / "out", tmp_path / "run")
+    real, exported = runner.export, []
+    monkeypatch.setattr(runner, "export", lambda *args: (exported.append(args), real(*args))[1])
+    runner.run()
+    capsys.readouterr()
+
+    def export_to(folder):
+        runner.out, runner.written = folder / "out", None
+        return lambda: real(*exported[0])
+    lines = _ctrl_c_at_line(export_to(tmp_path / "whole"), 0)
+    assert lines > 5
+    for n in range(1, lines + 1):
+        folder = tmp_path / str(n)
+        _ctrl_c_at_line(export_to(folder), n)
+        left = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+        assert left in ([], ["out"]), (n, left)
+        assert (runner.written == folder / "out") == bool(left), (n, left, runner.written)
+        assert capsys.readouterr().out.count(f"wrote {folder / 'out'}") == len(left), n
+        if left:
+            load_transformer(folder / "out")
