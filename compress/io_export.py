@@ -291,44 +291,52 @@ def atomic_folder(out, overwrite: bool = False, flag: str = CLI_OVERWRITE,
     take as a stop once the output was written)."""
     out = Path(out).expanduser()
     check_replaceable(out, overwrite, flag)
-    tmp = _temp_name(out)  # made inside the try: an interrupt just as it is made removes it too
+    tmp, old = _temp_name(out), None  # tmp made inside the try: an interrupt just as it is made removes it too
     try:
         _make_temp(tmp, out)
         yield tmp
         as_umask_allows(tmp)
         with interrupts_held():  # the rename and its record: one step
-            _swap_in_or_busy(tmp, out)  # no try statement of its own here: an interrupt at its line is this one's
+            old = _swap_in_or_busy(tmp, out)  # (no try statement of its own: an interrupt at its line is held)
             if on_written is not None:
                 on_written(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _removed(old)  # the earlier output, after the hold: a slow removal holds no Ctrl-C (a second press is
+    except BaseException:  # raised at once), and one cut short is removed here, or by the next run's clear_leftovers
+        _removed(tmp)
+        _removed(old)
         raise
 
 
-def _swap_in_or_busy(tmp: Path, out: Path) -> None:
+def _removed(folder: Path | None) -> None:
+    """`folder` removed (what is left of it where that fails), where there is one."""
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _swap_in_or_busy(tmp: Path, out: Path) -> Path | None:
     """`_swap_in`, where the system refuses the rename onto `out` (EBUSY, EXDEV: a mount point
     `is_mount_point` missed, refused only here, after the work) the one-line `busy_output`."""
     try:
-        _swap_in(tmp, out)
+        return _swap_in(tmp, out)
     except OSError as e:
         if e.errno not in (errno.EBUSY, errno.EXDEV):
             raise
         raise busy_output(out, e) from None
 
 
-def _swap_in(tmp: Path, out: Path) -> None:
-    """`tmp` renamed to `out`. An existing `out` is swapped with `tmp` in one step where the system
-    can (`exchange`), then removed, so a kill at any moment leaves the old output or the new one.
-    Elsewhere it is first renamed aside (`.NAME.old-*`) and removed only once the new one is in place,
+def _swap_in(tmp: Path, out: Path) -> Path | None:
+    """`tmp` renamed to `out`; returns the folder holding the old output, for the caller to remove (None
+    where there was none). An existing `out` is swapped with `tmp` in one step where the system can
+    (`exchange`: the old output is then `tmp`), so a kill at any moment leaves the old output or the new
+    one. Elsewhere it is first renamed aside (`.NAME.old-*`, returned once the new one is in place),
     and put back if the rename fails or is interrupted (SIGTERM comes as KeyboardInterrupt,
     runner.sigterm_as_interrupt); a kill between the two renames leaves it aside, where the next run
-    on `out` puts it back (runner_leftovers.clear_leftovers)."""
+    on `out` puts it back (runner_leftovers.clear_leftovers; beside a whole `out` it removes it)."""
     if not out.exists():
         os.replace(tmp, out)
-        return
+        return None
     if exchange(tmp, out):
-        shutil.rmtree(tmp, ignore_errors=True)  # the old output now
-        return
+        return tmp  # the old output now
     aside = _temp_beside(out, "old")  # an empty folder, named as runner_leftovers.LEFTOVER knows
     try:
         os.replace(out, aside)  # onto the empty folder
@@ -339,7 +347,7 @@ def _swap_in(tmp: Path, out: Path) -> None:
         else:
             _put_back_aside(aside, out)
         raise
-    shutil.rmtree(aside, ignore_errors=True)
+    return aside
 
 
 def _put_back_aside(aside: Path, out: Path) -> None:

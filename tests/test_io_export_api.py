@@ -1,5 +1,7 @@
 """save_compressed as called from Python: its arguments refused in load_transformer's words."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -93,3 +95,39 @@ def test_an_existing_folder_is_refused_in_the_callers_words(tmp_path):
     (tmp_path / "notes" / "a.txt").write_text("mine")
     with pytest.raises(UserError, match=r"section\); overwrite=True replaces only an earlier output or an empty "):
         save_compressed(tiny_pixart(), tmp_path / "notes", overwrite=True)
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchanged", "set aside"])
+def test_a_ctrl_c_during_the_earlier_outputs_removal_comes_after_the_new_one_is_recorded(tmp_path, monkeypatch,
+                                                                                          exchange):
+    """--overwrite of a large output: its removal can take long, and a second Ctrl-C is raised at once (the first
+    held): it must land after the new output is in place and recorded (on_written), the earlier one removed even
+    so (R3 stop 50: the removal ran inside the hold, before on_written, so such a press left the output whole
+    yet unrecorded: the run said 'interrupted ... --resume')."""
+    import shutil
+
+    import compress.io_export as io_export
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text('{"compression": {"format": 1}}')
+    (out / "README.md").write_text("old")
+    real, pressed = shutil.rmtree, []
+
+    def pressed_during(path, *args, **kwargs):
+        readme = Path(path) / "README.md"
+        if not pressed and readme.is_file() and readme.read_text() == "old":
+            pressed.append(path)
+            raise KeyboardInterrupt  # (a second press: not held)
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(io_export.shutil, "rmtree", pressed_during)
+    if not exchange:
+        monkeypatch.setattr(io_export, "exchange", lambda a, b: False)
+    written = []
+    with pytest.raises(KeyboardInterrupt):
+        with io_export.atomic_folder(out, overwrite=True, on_written=written.append) as tmp:
+            (tmp / "config.json").write_text('{"compression": {"format": 1}}')
+            (tmp / "README.md").write_text("new")
+    assert pressed and written == [out]
+    assert (out / "README.md").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the earlier output removed all the same
