@@ -24,7 +24,7 @@ def output_config(folder: Path) -> dict | None:
     None where `folder` is not an output."""
     try:
         config = json.loads((Path(folder) / "config.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # (RecursionError: nested past Python's limit)
         return None
     return config if isinstance(config, dict) and "compression" in config else None
 

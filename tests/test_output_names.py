@@ -233,3 +233,17 @@ def test_the_rerun_note_of_a_lora_recorded_without_its_scale_gives_no_scale_flag
     assert lora_rerun_note(state, Path("o")).endswith(
         "compress.merge_lora of o with the same LoRA state dict at the scale it was merged at (config.json records "
         "none), saved as NEW (it was merged from a state dict through the Python API: no command names it)")
+
+
+@pytest.mark.parametrize("command", ["inspect", "eval"])
+def test_a_config_nested_past_pythons_recursion_limit_is_no_output_in_one_line(tmp_path, capsys, command):
+    """DIR/config.json nested 100,000 brackets deep: `inspect DIR` / `eval DIR` ended in a RecursionError
+    traceback (R3 stop 50: output_config caught OSError and ValueError only)."""
+    from compress.cli import main
+    from compress.output_names import output_config
+
+    (tmp_path / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert output_config(tmp_path) is None
+    assert main([command, str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
