@@ -24,7 +24,10 @@ last digit, the seconds do not), guided_compensation over branches, conditional 
 0.03702 / 0.06474 and 0.1544 / 0.1207 -> 0.03589 / 0.06252, Flux 0.1654 / 0.3117 -> 0.08897 / 0.1681 and
 0.2289 / 0.2137 -> 0.08630 / 0.1602.) Over seeds 0-2 README's ranges hold (after the svd passes guided 0.69-0.84x,
 conditional 1.13-1.47x; after distill PixArt 0.93-0.97x, Flux 0.95-0.995x); the seconds' ratio followed the
-machine's load (0.49-1.87x), not the objective.
+machine's load (0.49-1.87x), not the objective. Those runs predate global allocation's sensitivity weighing
+the guided prediction under a guided objective (b691456); after it, seed 0 with `--objectives guided_compensation`:
+PixArt 0.1971 / 0.1606 -> 0.06111 / 0.1034 (881,168 params), Flux 0.2168 / 0.2084 -> 0.07867 / 0.1533
+(1,015,120), i.e. over branches after distill 0.937 / 0.949 and 0.981 / 0.992 (branches' runs unchanged).
 """
 
 from __future__ import annotations
