@@ -101,10 +101,12 @@ def test_a_resume_that_keeps_a_distill_stage_removes_the_checkpoints_a_stop_left
     said = capsys.readouterr()
     said = (said.out + said.err).replace("\n", " ")
     assert "pass 3/3 (distill, kept) was stopped during its held-out check: measuring it now" in said
-    assert (f"removed {folder / 'checkpoints'} and {folder / 'checkpoints.discarded'}: the training checkpoints "
-            f"of pass 3/3 (distill, kept), whose saved stage holds the trained student") in said
+    assert (f"removed {folder / 'checkpoints'}: the training checkpoints of pass 3/3 (distill, kept), whose saved "
+            "stage holds the trained student") in said
     assert (tmp_path / "out" / "config.json").is_file()
-    assert not [p.name for p in folder.iterdir() if p.name.startswith("checkpoints")]
+    # the set aside is left to stage_saved's rule (a002237: kept past the pass's first stage saved since)
+    assert [p.name for p in folder.iterdir() if p.name.startswith("checkpoints")] == ["checkpoints.discarded"]
+    assert (folder / "checkpoints.discarded" / ("a" * 16)).is_dir()
 
 
 def test_a_ctrl_c_as_the_checkpoints_are_removed_is_held_until_all_are_gone(tmp_path, monkeypatch, ctrl_c_raises):
@@ -121,6 +123,9 @@ def test_a_ctrl_c_as_the_checkpoints_are_removed_is_held_until_all_are_gone(tmp_
     for name in ("checkpoints/step-00000002", "checkpoints.discarded/" + "a" * 16 + "/step-00000001"):
         (folder / name).mkdir(parents=True)
         (folder / name / "scheduler.bin").write_bytes(b"0")
+    # a set aside that a stage of other settings kept already: this stage removes it (a002237's rule)
+    (folder / "checkpoints.discarded" / ("a" * 16) / distill_checkpoints.KEPT_PAST).write_text('{"fingerprint": "%s"}'
+                                                                                            % ("c" * 16))
     real = distill_checkpoints.shutil.rmtree
 
     def removed_then_stopped(path, **kw):
@@ -128,5 +133,5 @@ def test_a_ctrl_c_as_the_checkpoints_are_removed_is_held_until_all_are_gone(tmp_
         os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C after the first folder went
     monkeypatch.setattr(distill_checkpoints.shutil, "rmtree", removed_then_stopped)
     with pytest.raises(KeyboardInterrupt):
-        DistillPass.stage_saved(SimpleNamespace(dir=folder))
+        DistillPass.stage_saved(SimpleNamespace(dir=folder, fingerprint="b" * 16))
     assert list(folder.iterdir()) == []
