@@ -33,6 +33,7 @@ from compress.toy.weights import load_toy_pipeline
 PCA_DIM = 16
 N_PER_PROMPT = 20
 SEED_LIMIT = 2**32  # numpy's default_rng takes no negative seed, torch's none past 2**64 (seed·100003 + j)
+N_PRED = 256  # held-out (latent, timestep, prompt) triples eval's teacher-relative errors are measured on
 
 
 # ---- feature space -------------------------------------------------------------------------------
@@ -209,7 +210,7 @@ def real_floor(n: int, seed: int = 0) -> dict:
 
 
 @torch.no_grad()
-def prediction_error(student, teacher, family: str, n: int = 256, seed: int = 0, cfg: bool = False) -> float:
+def prediction_error(student, teacher, family: str, n: int = N_PRED, seed: int = 0, cfg: bool = False) -> float:
     """||student_pred − teacher_pred|| / ||teacher_pred|| (Frobenius, over the whole batch) on n held-out
     (noised latent, timestep, prompt) triples from `model_inputs`: one batched forward each, no sampling."""
     kwargs = model_inputs(family, n, seed=seed, split="heldout", cfg=cfg)
@@ -223,7 +224,7 @@ def prediction_error(student, teacher, family: str, n: int = 256, seed: int = 0,
 
 
 @torch.no_grad()
-def guided_prediction_error(student, teacher, family: str, n: int = 256, seed: int = 0,
+def guided_prediction_error(student, teacher, family: str, n: int = N_PRED, seed: int = 0,
                             scale: float = DEFAULT_GUIDANCE) -> float:
     """||g(student) − g(teacher)|| / ||g(teacher)|| of the guided prediction g = uncond + scale · (cond − uncond)
     the toy pipeline samples with, on prediction_error's n held-out triples (`model_inputs` with cfg: each
@@ -242,7 +243,7 @@ def guided_prediction_error(student, teacher, family: str, n: int = 256, seed: i
 
 def evaluate(transformer, family: str, teacher=None, seed: int = 0, n_per_prompt: int = N_PER_PROMPT,
              num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE,
-             n_pred: int = 256, progress: bool = False) -> dict:
+             n_pred: int = N_PRED, progress: bool = False) -> dict:
     """All scores of `transformer` (a toy-family diffusers model, compressed or not) as a flat JSON-able dict:
     family, n_samples, steps, guidance, adherence, fd, mmd, fd_floor, mmd_floor, classifier_heldout_accuracy,
     and with `teacher`: psnr_vs_teacher, pred_rel_error and (guidance above 1) guided_error. Deterministic for a given seed. `progress`: a bar
@@ -289,7 +290,7 @@ def unguided_run_note(out, result: dict) -> str | None:
             "reads (its recipe.yaml's calibration.cfg_branches: false), and measured no guided error of its own")
 
 
-def measured_on_line(result: dict, report: dict, n_pred: int = 256) -> str | None:
+def measured_on_line(result: dict, report: dict, n_pred: int = N_PRED) -> str | None:
     """eval's line below a toy model's pred_rel_error (and guided_error), `result` (evaluate's, with a teacher):
     the inputs they are measured on, the toy's `n_pred` held-out triples, not the run's; and where `report`
     (the output's report.json, {} for none) holds the run's figures of the exported weights (its `export`),
