@@ -17,6 +17,7 @@ import errno
 import itertools
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import torch
@@ -54,13 +55,14 @@ def load_cached(path: Path, again: str, damaged_before: bool = False, **kwargs):
     is damaged (`damaged`: empty, cut short, overwritten), its caller computing what it held `again`
     ('sampled again', 'computed again') and writing it anew: said in a note naming it, unless its caller
     found one damaged before (`damaged_before`: one line, however many are). Gone meanwhile: `Vanished`;
-    other trouble reading it (no permission, an I/O error, out of memory) is raised as it is."""
+    other trouble reading it (no permission, an I/O error, out of memory, an error of a file whose bytes are
+    whole: `damaged_file`) is raised as it is."""
     try:
         return torch.load(path, weights_only=True, **kwargs)
     except FileNotFoundError:
         raise vanished(path) from None
     except Exception as e:
-        if not damaged(e):
+        if not damaged_file(path, e):
             raise
         if not damaged_before:
             empty = isinstance(e, EOFError) and path.stat().st_size == 0  # (an overwrite can end the pickle too)
@@ -88,6 +90,26 @@ def damaged(e: Exception) -> bool:
     if isinstance(e, OSError):
         return e.errno == errno.EINVAL
     return not isinstance(e, MemoryError) and not is_out_of_memory(e)
+
+
+def damaged_file(path: Path, e: Exception) -> bool:
+    """Whether torch.load's `e` of the file `path` is its bytes damaged: an error of the kind damage raises
+    (`damaged`) and the file no longer the bytes torch.save wrote (not `intact`). An error of a whole file
+    (torch's, a MemoryError's kin) is no damage: the file is kept and the error raised as it is."""
+    return damaged(e) and not intact(path)
+
+
+def intact(path: Path) -> bool:
+    """Whether torch.save's file `path` holds the bytes it wrote: its zip archive reads and every record's
+    CRC-32 checks (the whole file is read: asked only where a load failed). An archive that does not
+    read is not intact; other trouble reading it (EACCES, EIO) is raised."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except Exception as e:
+        if not damaged(e):
+            raise
+        return False
 
 
 def reads_back(path: Path) -> bool:
@@ -299,15 +321,15 @@ class NamedFiles:
 
     def __getitem__(self, name: str):
         """The tensor of `name`; its file gone meanwhile: `Vanished`; damaged since it was found (its tensor's
-        bytes, which `reads_back` does not read): removed, and a one-line error naming it (measured again
-        by the next run)."""
+        bytes, which `reads_back` does not read; `damaged_file`): removed, and a one-line error naming it
+        (measured again by the next run); any other error is raised as it is, the file kept."""
         if name not in self:
             raise KeyError(name)
         path = self._path(name)
         try:
             return load(path)
         except Exception as e:
-            if isinstance(e, Vanished) or not damaged(e):
+            if isinstance(e, Vanished) or not damaged_file(path, e):
                 raise
         path.unlink(missing_ok=True)
         self.names.discard(name)

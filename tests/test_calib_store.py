@@ -361,3 +361,24 @@ def test_named_files_say_a_file_whose_tensor_bytes_are_damaged_in_one_line_and_r
     with pytest.raises(UserError, match=f"file {folder / 'a.pt'} is damaged .*: removed, to be measured again"):
         files["a"]
     assert "a" not in files and not (folder / "a.pt").exists()
+
+
+@pytest.mark.parametrize("error", [RuntimeError("an error of torch's, not of the file"), ValueError("a bug's"),
+                                   KeyError("a mocked loader's")], ids=lambda e: type(e).__name__)
+def test_a_whole_file_whose_read_raises_another_error_is_kept_and_the_error_raised(tmp_path, monkeypatch, error):
+    """An error reading a cache file whose bytes are as torch.save wrote them (its zip's CRC-32s check) is no
+    damage: NamedFiles[name] deleted a good output Fisher on any error but an OSError, MemoryError or out of
+    memory, and load_cached took the file for damaged (computed again, the error hidden); now the error is
+    raised as it is and the file kept."""
+    from compress.calib_store import NamedFiles, load_cached
+
+    folder = tmp_path / "fisher"
+    files = NamedFiles(folder)
+    files["a"] = torch.ones(2)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (_ for _ in ()).throw(error))
+    with pytest.raises(type(error)):
+        files["a"]
+    with pytest.raises(type(error)):
+        load_cached(folder / "a.pt", "computed again")
+    monkeypatch.undo()
+    assert "a" in files and torch.equal(files["a"], torch.ones(2))
