@@ -61,7 +61,7 @@ from compress.passes.svd_decisions import (NOT_FITTED, calibrates_sequentially, 
 from compress.passes.svd_fisher import Roots, checkpointed
 from compress.passes.svd_fisher_budget import fisher_budget, fisher_plan
 from compress.passes.svd_fisher_measure import FisherMeasurement
-from compress.passes.svd_objective import calibration_guidance, guide_for
+from compress.passes.svd_objective import PARTS, calibration_guidance, guide_for
 from compress.passes.svd_global import GlobalAllocation
 from compress.passes.svd_layer import replace_linear
 from compress.passes.svd_notes import (allocated_note, dense_ranks_note, floored_note, no_saving_rank_note,
@@ -213,7 +213,8 @@ class SVDPass(GlobalAllocation, FisherMeasurement, Pass):
             console.print(f"  fisher_memory_gb: auto, {self.budget / 2**30:.1f} GiB per sweep on {ctx.device}")
         self.roots = Roots(fishers, c.fisher_damping, self.budget, reuse=reusable,  # one block's pairs held
                            groups={i.name: (i.group, i.block) for i in targets},
-                           revisit=c.allocation == "global" and c.fisher != "block")  # global walks twice
+                           revisit=c.allocation == "global" and c.fisher != "block",  # global walks twice
+                           measured=(c.fisher, "fisher" in PARTS[c.objective]))  # what its words say
         self.guide = calibration_guidance(c.objective, ctx.heldout_guidance, batches,  # None: each row's own
                                           getattr(ctx.calibration, "guidance_scale", None), ctx.source_kind)
         compensation: dict = {}

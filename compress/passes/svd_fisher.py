@@ -275,17 +275,37 @@ def _sqrt_pair_of_rows(rows: torch.Tensor, damping: float) -> tuple[torch.Tensor
             eye / small + (vecs * (1 / root - 1 / small)) @ vecs.T)
 
 
-def zero_fisher_words(names: list[str], total: int, shown: int = 3) -> str:
+def zero_fisher_words(names: list[str], total: int, fisher: str = "all", guided: bool = False,
+                      shown: int = 3) -> str:
     """The warning for the targets `names` whose output Fisher is zero, of `total` weighted ones: one
     names its layer; more are counted, the first `shown` named (T1's Flux teacher whose modulation
-    weights are zero, every block's gates zero: 41 of its 41 targets)."""
-    if len(names) == 1:
-        return (f"layer '{names[0]}': its output Fisher is zero (the prediction does not change with its output "
-                "on the calibration inputs, or the gradients underflowed); it is fitted without output weighting")
+    weights are zero, every block's gates zero: 41 of its 41 targets). Its words say what svd.fisher
+    measured (`fisher`, `guided`: its sweeps probe the guided prediction): fisher_measured_words."""
+    one = len(names) == 1
+    said = fisher_measured_words(fisher, guided, one)
+    if one:
+        return (f"layer '{names[0]}': its output Fisher is zero ({said}, or the gradients underflowed); it is "
+                "fitted without output weighting")
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return (f"svd: {len(names)} of {total} weighted targets have a zero output Fisher ({', '.join(names[:shown])}"
-            f"{more}): the prediction does not change with their outputs on the calibration inputs (as in blocks "
-            "whose modulation gates are zero), or the gradients underflowed; they are fitted without output weighting")
+    weighted = "weighted modulation targets" if fisher == "modulation" else "weighted targets"
+    return (f"svd: {len(names)} of {total} {weighted} have a zero output Fisher ({', '.join(names[:shown])}"
+            f"{more}): {said}, or the gradients underflowed; they are fitted without output weighting")
+
+
+def fisher_measured_words(fisher: str, guided: bool = False, one: bool = True) -> str:
+    """What a zero output Fisher under svd.fisher `fisher` means, of one target or (`one` false) several:
+    `all` / `modulation` probe the final prediction (the guided one where `guided`), `block` each block's
+    own output. Zero modulation gates cut a block's attention and MLP outputs off from both; not a
+    modulation linear's (its gate rows), so `modulation`'s words give no such example."""
+    outputs = "its output" if one else "their outputs"
+    if fisher == "block":
+        whose = "its block's output" if one else "their blocks' outputs"
+        what = (f"{whose} (fisher: block measures each block's own, not the prediction's) "
+                f"{'does' if one else 'do'} not change with {outputs}")
+    else:
+        what = f"{'the guided prediction' if guided else 'the prediction'} does not change with {outputs}"
+    example = "" if one or fisher == "modulation" else " (as in blocks whose modulation gates are zero)"
+    return f"{what} on the calibration inputs{example}"
 
 
 class Roots:
@@ -301,11 +321,14 @@ class Roots:
     interrupted pass left there are kept (and not measured again); else they are deleted first.
     revisit: a later walk asks for the pairs again (allocation: global's two walks), so a Fisher kept
     as F is replaced where it is kept by its eigendecomposition (`eigen`, as many bytes) when its pair
-    is first asked for: each F is decomposed once, a pair asked for again costs two products."""
+    is first asked for: each F is decomposed once, a pair asked for again costs two products.
+    measured: (svd.fisher, whether its sweeps probe the guided prediction), what its words say was measured."""
 
     def __init__(self, folder: Path | None, damping: float, keep_bytes: float, reuse: bool = False,
-                 names=None, shared=None, groups: dict | None = None, revisit: bool = False):
+                 names=None, shared=None, groups: dict | None = None, revisit: bool = False,
+                 measured: tuple[str, bool] = ("all", False)):
         self.folder, self.damping, self.keep_bytes, self.revisit = folder, damping, keep_bytes, revisit
+        self.measured = measured
         self.groups = groups or {}  # name -> the key of the targets visited together (None: one group)
         self.names = names  # a view's subset (only())
         # name -> Fisher (on disk); name -> (L, L⁻¹) asked for last; both shared with views
@@ -321,14 +344,15 @@ class Roots:
         if self.zero:
             from compress.report import warn
 
-            warn(zero_fisher_words(self.zero, len(self)))
+            warn(zero_fisher_words(self.zero, len(self), *self.measured))
             self.zero = []
 
     def add(self, name: str, fisher: torch.Tensor, dtype: torch.dtype = torch.float16) -> None:
         """The output Fisher of layer `name`, measured by a backward in compute dtype `dtype` (what its
         error suggests; float16 where the caller does not say)."""
         if nonfinite(fisher):
-            raise NumericError(f"layer '{name}': its output Fisher (the prediction's gradients) holds "
+            whose = "its block output's" if self.measured[0] == "block" else "the prediction's"
+            raise NumericError(f"layer '{name}': its output Fisher ({whose} gradients) holds "
                                f"NaN/Inf; the backward overflowed ({overflow_hint(dtype)})")
         if not bool(fisher.detach().abs().amax() > 0):
             self.zero.append(name)  # said together (say_zero): a teacher with zero gates has dozens
@@ -338,7 +362,8 @@ class Roots:
     def only(self, names) -> "Roots":
         """A view on the targets named (sharing the stored Fishers)."""
         return Roots(self.folder, self.damping, self.keep_bytes, names=set(names) & set(self),
-                     shared=(self.store, self.recent), groups=self.groups, revisit=self.revisit)
+                     shared=(self.store, self.recent), groups=self.groups, revisit=self.revisit,
+                     measured=self.measured)
 
     def __iter__(self):
         return iter(n for n in self.store if self.names is None or n in self.names)

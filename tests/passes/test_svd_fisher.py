@@ -114,6 +114,49 @@ def test_zero_fishers_are_said_in_one_line_counting_them(capsys):
     assert "fitted without output weighting" in said
 
 
+@pytest.mark.parametrize("measured, one, many", [
+    (("all", False), "(the prediction does not change with its output on the calibration inputs, or the gradients",
+     "the prediction does not change with their outputs on the calibration inputs (as in blocks whose modulation "
+     "gates are zero), or"),
+    (("all", True), "(the guided prediction does not change with its output on the calibration inputs, or",
+     "the guided prediction does not change with their outputs on the calibration inputs (as in blocks"),
+    (("block", False), "(its block's output (fisher: block measures each block's own, not the prediction's) does "
+     "not change with its output on the calibration inputs, or the gradients underflowed)",
+     "their blocks' outputs (fisher: block measures each block's own, not the prediction's) do not change with "
+     "their outputs on the calibration inputs (as in blocks whose modulation gates are zero), or"),
+    (("modulation", False), "(the prediction does not change with its output on the calibration inputs, or",
+     "5 of 6 weighted modulation targets have a zero output Fisher (blocks.0.ff, blocks.1.ff, blocks.2.ff and 2 "
+     "more): the prediction does not change with their outputs on the calibration inputs, or the gradients"),
+], ids=["all", "guided", "block", "modulation"])
+def test_the_zero_fisher_words_say_what_each_fisher_measured(capsys, measured, one, many):
+    """fisher: block's zero Fishers were said as 'the prediction does not change with their outputs',
+    though it measures each block's own output: each svd.fisher's words say what it measured (the guided
+    prediction where the sweeps probe it), of one layer and of several; modulation's give no zero-gates
+    example (a modulation linear's gate rows see its block's output whatever its gates)."""
+    def said(count: int) -> str:
+        roots = Roots(None, 1e-3, 1e12, measured=measured)
+        for i in range(count):
+            roots.add(f"blocks.{i}.ff", torch.zeros(4, 4, dtype=torch.float64))
+        roots.add("blocks.9.ff", _fishers()["l0"])
+        roots.close()
+        return " ".join(capsys.readouterr().err.split())
+
+    assert one in said(1), said(1)
+    text = said(5)
+    assert many in text, text
+    assert ("prediction" in text.replace("not the prediction's", "")) == (measured[0] != "block"), text
+    assert ("modulation gates" in text) == (measured[0] != "modulation"), text
+
+
+@pytest.mark.parametrize("fisher, whose", [("all", "the prediction's"), ("block", "its block output's")])
+def test_a_nonfinite_fisher_is_said_as_the_gradients_it_measured(fisher, whose):
+    """A NaN/Inf output Fisher named 'the prediction's gradients' under fisher: block too."""
+    from compress.errors import NumericError
+
+    with pytest.raises(NumericError, match=rf"its output Fisher \({whose} gradients\) holds NaN/Inf"):
+        Roots(None, 1e-3, 1e12, measured=(fisher, False)).add("blocks.0.ff", torch.full((4, 4), float("nan")))
+
+
 def test_roots_with_groups_hold_the_pairs_of_the_group_asked_for_last_only():
     fishers = _fishers(4)
     groups = {"l0": ("a", 0), "l1": ("a", 0), "l2": ("b", 1), "l3": ("b", 1)}
