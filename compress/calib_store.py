@@ -114,11 +114,18 @@ def intact(path: Path) -> bool:
 
 def reads_back(path: Path) -> bool:
     """Whether torch.save's file `path` reads back (weights only, its tensors mapped, not read: an output
-    Fisher may be GBs); False where it is `damaged`; other trouble reading it (EACCES, EIO) is raised."""
+    Fisher may be GBs; read where the mapped load fails, as where the file system cannot map it: some FUSE
+    and network mounts); False where it is damaged (`damaged_file`); other trouble reading it (EACCES, EIO)
+    is raised."""
     try:
         torch.load(path, weights_only=True, mmap=True, map_location="cpu")
+        return True
+    except Exception:  # damaged, or the map itself failed ('unable to mmap ... No such device'): read it
+        pass
+    try:
+        torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:
-        if not damaged(e):
+        if not damaged_file(path, e):
             raise
         return False
     return True

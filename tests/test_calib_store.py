@@ -382,3 +382,25 @@ def test_a_whole_file_whose_read_raises_another_error_is_kept_and_the_error_rais
         load_cached(folder / "a.pt", "computed again")
     monkeypatch.undo()
     assert "a" in files and torch.equal(files["a"], torch.ones(2))
+
+
+@pytest.mark.parametrize("error", [RuntimeError("unable to mmap 1472 bytes from file <F>: No such device (19)"),
+                                   OSError(19, "No such device"), ValueError("mmap length is greater than file size")],
+                         ids=lambda e: type(e).__name__)
+def test_named_files_read_their_files_where_the_file_system_cannot_map_them(tmp_path, monkeypatch, error):
+    """NamedFiles checks the files an earlier run left with a mapped load (torch.load(mmap=True): a Fisher's
+    tensors are not read); on a file system that cannot map (some FUSE and network mounts) the map's error
+    judged every file damaged ('is damaged (not as torch.save wrote it', measured again) or, an OSError, was a
+    traceback; now such a file is read instead, and one damaged is still left out."""
+    from compress.calib_store import NamedFiles
+
+    folder = tmp_path / "fisher"
+    folder.mkdir()
+    for name in ("a", "b"):
+        torch.save(torch.full((4, 4), float(ord(name))), folder / f"{name}.pt")
+    (folder / "c.pt").write_bytes((folder / "a.pt").read_bytes()[:100])
+    monkeypatch.setattr(torch.UntypedStorage, "from_file", lambda *a, **k: (_ for _ in ()).throw(error))
+    with pytest.raises(type(error)):
+        torch.load(folder / "a.pt", weights_only=True, mmap=True)  # (the map is what failed)
+    files = NamedFiles(folder)
+    assert list(files) == ["a", "b"] and files["b"][0, 0] == ord("b")
