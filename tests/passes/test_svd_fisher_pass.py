@@ -249,12 +249,15 @@ def test_a_global_allocation_decomposes_each_targets_fisher_once_with_the_same_f
 
 # what each svd.fisher's zero-Fisher line says was measured: the prediction's, or each block's own output
 ZERO_FISHER_WORDS = {
-    "all": ("svd: 39 of 39 weighted targets have a zero output Fisher (", "more): the prediction does not change with "
-            "their outputs on the calibration inputs (as in blocks whose modulation gates are zero)"),
-    "block": ("svd: 39 of 39 weighted targets have a zero output Fisher (", "more): their blocks' outputs (fisher: block "
-              "measures each block's own, not the prediction's) do not change with their outputs on the "
-              "calibration inputs (as in blocks whose modulation gates are zero)"),
-    "modulation": ("svd: 7 of 8 weighted modulation targets have a zero output Fisher (transformer_blocks.0.norm1.linear, ",
+    "all": ("svd: 39 of 39 weighted targets have a zero output Fisher (",
+            "more): the prediction does not change with their outputs on the calibration inputs (as in blocks "
+            "whose modulation gates are zero)"),
+    "block": ("svd: 39 of 39 weighted targets have a zero output Fisher (",
+              "more): their blocks' outputs (fisher: block measures each block's own, not the prediction's) do "
+              "not change with their outputs on the calibration inputs (as in blocks whose modulation gates are "
+              "zero)"),
+    "modulation": ("svd: 7 of 8 weighted modulation targets have a zero output Fisher "
+                   "(transformer_blocks.0.norm1.linear, ",
                    "more): the prediction does not change with their outputs on the calibration inputs, or the "
                    "gradients underflowed"),
 }
