@@ -160,20 +160,26 @@ def test_the_pass_guides_the_parts_its_objective_names(tmp_path, monkeypatch, ob
     names their part (R1 stop 50: handing either None passed every test on 462ba24, the line search's
     guided error alone checked)."""
     import compress.passes.svd_compensate as comp
+    import compress.passes.svd_fisher as fisher
     import compress.passes.svd_fisher_measure as measure
     from compress.passes.svd_objective import PARTS
 
     seen = {"fisher": [], "compensation": []}
-    sweeps, gradients = measure.sweeps, comp.prediction_gradients
+    sweeps, output_fisher, gradients = measure.sweeps, fisher.output_fisher, comp.prediction_gradients
 
     def spy_sweeps(*a, **k):
         seen["fisher"].append(_guide_of(sweeps, a, k))
         return sweeps(*a, **k)
 
+    def spy_output_fisher(*a, **k):  # the call sweeps' guide must reach (R1 stop 51: guide=None there passed)
+        seen["fisher"].append(_guide_of(output_fisher, a, k))
+        return output_fisher(*a, **k)
+
     def spy_gradients(*a, **k):
         seen["compensation"].append(_guide_of(gradients, a, k))
         return gradients(*a, **k)
     monkeypatch.setattr(measure, "sweeps", spy_sweeps)
+    monkeypatch.setattr(fisher, "output_fisher", spy_output_fisher)
     monkeypatch.setattr(comp, "prediction_gradients", spy_gradients)
     _run(tmp_path, [two_branches(tiny_pixart(), seed=s) for s in range(2)], objective)
     for part, guides in seen.items():
