@@ -188,7 +188,7 @@ def _print(result: dict, as_json: bool, named: dict | None = None, given: str | 
     teacher it was measured against, keys in --json and a line above the others ('OUT' records it,
     OUT as the user `given` it: a Hub id, not the cache's snapshot); `beside`: a line below the figures
     (a toy's: the inputs they are measured on, toy.evaluate.measured_on_line), not in --json; a
-    pred_rel_error above 1 warned of."""
+    pred_rel_error or guided_error above 1 warned of."""
     if as_json:
         print(to_json({**(named or {}), **result}))
     else:
@@ -203,13 +203,14 @@ def _print(result: dict, as_json: bool, named: dict | None = None, given: str | 
 
 
 def _warn_above_one(result: dict) -> None:
-    """A warning where eval's pred_rel_error is above 1, in the words the run's check warns of a stage's
-    (runner_heldout.above_one_words)."""
+    """A warning where eval's pred_rel_error or guided_error is above 1, in the words the run's check warns
+    of a stage's (runner_heldout.above_one_words)."""
     from compress.runner_heldout import above_one_words
 
-    err = result.get("pred_rel_error")
-    if isinstance(err, (int, float)) and (said := above_one_words(err, "the model")) is not None:
-        warn(f"eval: pred_rel_error: {said}")
+    for key in ("pred_rel_error", "guided_error"):
+        err = result.get(key)
+        if isinstance(err, (int, float)) and (said := above_one_words(err, "the model", key == "guided_error")):
+            warn(f"eval: {key}: {said}")
 
 
 def _not_a_recipe(model: str) -> None:

@@ -50,13 +50,15 @@ def check_stage(runner, student, record: dict, reference, heldout, teacher_param
         warn(f"{runner._doing_words()}: {above_one_words(err, 'the student')}; check this pass's settings")
 
 
-def above_one_words(err: float, whose: str) -> str | None:
+def above_one_words(err: float, whose: str, guided: bool = False) -> str | None:
     """What a teacher-relative error `err` above 1 of the model `whose` means (the run's check says it of
-    each stage, eval of the model it measures); None where it is at most 1 (or NaN)."""
+    each stage, eval of the model it measures); `guided`: of its guided prediction (guided_error), against
+    the teacher's. None where it is at most 1 (or NaN)."""
     if not err > 1:
         return None
-    return (f"{whose}'s teacher-relative error {err:.4g} is above 1: a model predicting zeros would be closer "
-            "to the teacher")
+    what, of = ("guided error", "the teacher's guided prediction") if guided else (
+        "teacher-relative error", "the teacher")
+    return f"{whose}'s {what} {err:.4g} is above 1: a model predicting zeros would be closer to {of}"
 
 
 def guided_reference(runner, reference: list) -> tuple | None:

@@ -102,3 +102,24 @@ def test_eval_of_a_model_farther_from_its_teacher_than_zeros_says_so(output, cap
         assert " is above 1: a model predicting zeros would be closer to the teacher" in err, said.err
     assert main(["eval", str(out), "--teacher", str(tmp / "teacher")]) == 0
     assert "predicting zeros" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["table", "json"])
+def test_eval_of_a_guided_error_above_one_says_so(capsys, as_json):
+    """eval warned of a pred_rel_error above 1 (7da3230) but printed 'guided_error: 1.3' without a word. Now
+    the guided error is warned of in the same style, against the teacher's guided prediction, with --json
+    too (on stderr); at most 1, or not finite (warned of as such: eval_errors.warn_if_not_finite), nothing."""
+    from compress.commands import _print
+
+    assert _print({"pred_rel_error": 0.5, "guided_error": 1.3, "guidance": 3.0}, as_json) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert err == ("warning: eval: guided_error: the model's guided error 1.3 is above 1: a model predicting "
+                   "zeros would be closer to the teacher's guided prediction"), err
+    _print({"pred_rel_error": 1.4, "guided_error": 2.5, "guidance": 3.0}, as_json)
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("warning: eval: ") == 2, err
+    assert "eval: pred_rel_error: the model's teacher-relative error 1.4 is above 1: a model predicting zeros " \
+           "would be closer to the teacher warning: eval: guided_error: the model's guided error 2.5" in err, err
+    for guided in (1.0, 0.3, float("nan")):
+        _print({"pred_rel_error": 0.5, "guided_error": guided, "guidance": 3.0}, as_json)
+        assert "above 1" not in capsys.readouterr().err
