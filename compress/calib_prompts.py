@@ -30,10 +30,11 @@ def read_prompts(calib, recipe_dir: Path | None = None) -> list[str]:
     if n and n != listed:
         from compress.report import console
 
-        console.print(f"note: calibration.num_prompts is {n}: the first {n} of the {listed} prompts are "
+        at = _where(calib, "num_prompts", n, ("prompts", "prompt_file"))  # 'r.yaml:7: ', with their --sets
+        console.print(f"note: {at}calibration.num_prompts is {n}: the first {n} of the {listed} prompts are "
                       "used" if n < listed else
-                      f"note: calibration.num_prompts is {n} but there {'is' if listed == 1 else 'are'} only "
-                      f"{counted(listed, 'prompt')}")
+                      f"note: {at}calibration.num_prompts is {n} but there {'is' if listed == 1 else 'are'} only "
+                      f"{counted(listed, 'prompt')}", markup=False, highlight=False)
     prompts = chosen_prompts(calib, lines)
     if len(prompts) == 1:
         from compress.report import note

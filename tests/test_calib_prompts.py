@@ -15,7 +15,25 @@ def test_num_prompts_beyond_the_prompts_counts_them_in_words(prompts, words, cap
     recipe = parse_recipe(f"model: pixart\nteacher: x\ncalibration: {{prompts: {prompts}, num_prompts: 5}}\n"
                           "passes: [svd]\n", "r.yaml")
     read_prompts(recipe.calibration)
-    assert f"note: calibration.num_prompts is 5 but {words}\n" in " ".join(capsys.readouterr().err.split(" "))
+    assert f"note: r.yaml:3: calibration.num_prompts is 5 but {words}\n" in " ".join(capsys.readouterr().err.split(" "))
+
+
+@pytest.mark.parametrize("calibration, sets, words", [
+    ("{prompts: [a, b, c], num_prompts: 10}", [],
+     "note: r.yaml:3: calibration.num_prompts is 10 but there are only 3 prompts"),
+    ("{prompts: [a, b, c], num_prompts: 2}", [],
+     "note: r.yaml:3: calibration.num_prompts is 2: the first 2 of the 3 prompts are used"),
+    ("{prompts: [a, b, c]}", ["calibration.num_prompts=5"],
+     "note: r.yaml (--set calibration.num_prompts): calibration.num_prompts is 5 but there are only 3 prompts"),
+    ("{prompts: [a], num_prompts: 2}", ["calibration.prompts=[a, b, c]"],
+     "note: r.yaml:3 (with --set calibration.prompts=[a, b, c]): calibration.num_prompts is 2: the first 2"),
+])
+def test_the_num_prompts_notes_name_the_recipe_line_or_set(calibration, sets, words, capsys):
+    """'note: calibration.num_prompts is 10 but there are only 3 prompts' named no recipe line: now
+    num_prompts' line (or its --set), with the --sets of the prompts it counted."""
+    recipe = parse_recipe(f"model: pixart\nteacher: x\ncalibration: {calibration}\npasses: [svd]\n", "r.yaml", sets)
+    read_prompts(recipe.calibration)
+    assert words in " ".join(capsys.readouterr().err.split())
 
 
 @pytest.mark.parametrize("prompts, noted", [('["a 3"]', True), ('["a 3", "a 4"]', False)])
