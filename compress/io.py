@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -337,13 +338,35 @@ def _load_folder(path: Path, dtype) -> nn.Module:
         dtype = stored_dtype(path, variant)
     try:
         # the weights that do not fill the model: check_loading_info's one line; a sharded one's bar: none
-        with quiet_diffusers(), no_library_bars():
+        with quiet_diffusers(), no_library_bars(), warnings.catch_warnings():
+            # diffusers' FutureWarning (its file:line and source line too) on an index of the older name:
+            # older_index_note says it in one line
+            warnings.filterwarnings("ignore", message="This serialization format is now deprecated",
+                                    category=FutureWarning)
             model, info = cls.from_pretrained(path, torch_dtype=dtype, variant=variant, output_loading_info=True,
                                               use_safetensors=not any(f.endswith(".bin") for f in files))
     except (OSError, ValueError, RuntimeError, TypeError) as e:
         raise not_loaded(cls, path, e) from None
     check_loading_info(path, info)
+    older_index_note(path, files, variant)
     return model.eval()
+
+
+# diffusers' older name of a variant's index, NAME.EXT.fp16.index.json (now NAME.EXT.index.fp16.json)
+OLDER_INDEX = r"diffusion_pytorch_model\.(?:safetensors|bin)\.\w+\.index\.json"
+
+
+def older_index_note(path: Path, files: list[str], variant: str | None) -> None:
+    """A note where the variant's index `files` read is of diffusers' older name (NAME.EXT.fp16.index.json,
+    which its from_pretrained reads with a FutureWarning, silenced in _load_folder)."""
+    older = next((f for f in files if re.fullmatch(OLDER_INDEX, f)), None)
+    if older is not None:
+        from compress.report import note
+
+        ext = older.split(".")[1]
+        note(f"{path} indexes its {variant} weights by diffusers' older name ({older}, now "
+             f"diffusion_pytorch_model.{ext}.index.{variant}.json), which diffusers will stop reading in its 1.0: "
+             f"read as it is (save_pretrained(variant={variant!r}) of the loaded model writes the current names)")
 
 
 @contextlib.contextmanager

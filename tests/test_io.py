@@ -255,6 +255,40 @@ def test_a_folder_of_one_bin_variant_loads_as_a_safetensors_one_does(tmp_path):
     torch.testing.assert_close(forward(load_teacher(str(tmp_path / "one")), inputs), forward(tiny_flux(seed=1), inputs))
 
 
+@pytest.mark.parametrize("ext", ["bin"])
+def test_a_run_of_a_variant_indexed_by_the_older_name_says_so_once_and_not_diffusers(tmp_path, capsys, ext):
+    """A teacher whose fp16 shards are indexed by diffusers' older name (NAME.EXT.fp16.index.json, which
+    7778a49 made load) gave the run diffusers' own FutureWarning ('This serialization format is now
+    deprecated ...', two lines with its file:line and source line). Now that warning is silenced where
+    the teacher loads (a filter of its message, not a global one) and the run says one note of its own,
+    once; a teacher of today's names gets neither."""
+    import warnings
+
+    from compress.cli import main
+    from tests.test_commands import RECIPE
+
+    tiny_flux().save_pretrained(tmp_path / "teacher", variant="fp16", safe_serialization=ext == "safetensors",
+                                max_shard_size="40KB")
+    _legacy_shard_names(tmp_path / "teacher", ext)
+    (tmp_path / "r.yaml").write_text(RECIPE.format(teacher=tmp_path / "teacher"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"),
+                     "--run-dir", str(tmp_path / "run")]) == 0
+        left = [f for f in warnings.filters if "serialization format" in str(getattr(f[1], "pattern", ""))]
+    assert not left, left  # the filter held only while the teacher loaded
+    assert not [w for w in caught if "serialization format" in str(w.message)], [str(w.message) for w in caught]
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
+    err = " ".join(capsys.readouterr().err.split())
+    said = (f"note: {tmp_path / 'teacher'} indexes its fp16 weights by diffusers' older name "
+            f"(diffusion_pytorch_model.{ext}.fp16.index.json, now diffusion_pytorch_model.{ext}.index.fp16.json), "
+            "which diffusers will stop reading in its 1.0")
+    assert err.count(said) == 1 and err.count("older name") == 1, err
+    assert "FutureWarning" not in err and "serialization format" not in err, err
+    load_teacher(str(tmp_path / "out"))  # an output (today's names): no note
+    assert "older name" not in capsys.readouterr().err
+
+
 def test_the_teacher_to_compare_with_is_checked_once(tmp_path, monkeypatch):
     """eval and bench: the family from its config, then its weights, without checking it again."""
     from compress.io import load_teacher_of
