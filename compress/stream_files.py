@@ -30,6 +30,9 @@ def weight_map(folder: Path) -> dict[str, Path]:
     variant = weights_variant(folder) if folder.is_dir() else None
     index, weights = (INDEX, WEIGHTS) if variant is None else \
         (INDEX.replace(".json", f".{variant}.json"), WEIGHTS.replace(".safetensors", f".{variant}.safetensors"))
+    older = WEIGHTS + f".{variant}.index.json"  # a variant's index by diffusers' older name, which it still reads
+    if variant is not None and not (folder / index).is_file() and (folder / older).is_file():
+        index = older
     check_links(folder, [index, weights])
     if (folder / index).is_file():
         data = read_json(folder / index)

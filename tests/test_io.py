@@ -255,7 +255,7 @@ def test_a_folder_of_one_bin_variant_loads_as_a_safetensors_one_does(tmp_path):
     torch.testing.assert_close(forward(load_teacher(str(tmp_path / "one")), inputs), forward(tiny_flux(seed=1), inputs))
 
 
-@pytest.mark.parametrize("ext", ["bin"])
+@pytest.mark.parametrize("ext", ["bin", "safetensors"])
 def test_a_run_of_a_variant_indexed_by_the_older_name_says_so_once_and_not_diffusers(tmp_path, capsys, ext):
     """A teacher whose fp16 shards are indexed by diffusers' older name (NAME.EXT.fp16.index.json, which
     7778a49 made load) gave the run diffusers' own FutureWarning ('This serialization format is now
