@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 
+from compress.output_names import without_refusal
+
 PLAIN = (bool, int, float, str)  # the values an attribute a config key sets is compared by
 
 
 def config_differences(mine: dict, theirs: dict, class_name: str) -> list[tuple[str, object, object]]:
     """(key, theirs, mine) of each key where the diffusers configs `mine` (the model's) and `theirs` (its
     teacher's) differ as the class `class_name` builds models from them, sorted; keys starting with '_',
-    the block counts and the compression section are not compared."""
+    the block counts, the compression section and an output's refusal of plain diffusers are not compared."""
     from compress.arch import get_adapter
     from compress.io import model_class, taken_keys
 
@@ -34,7 +36,8 @@ def shown_differences(differ: list[tuple[str, object, object]]) -> str:
 
 
 def _compared(config: dict, counts: set[str]) -> dict:
-    config = {k: v for k, v in config.items() if not k.startswith("_") and k not in counts and k != "compression"}
+    config = {k: v for k, v in without_refusal(config).items()
+              if not k.startswith("_") and k not in counts and k != "compression"}
     return json.loads(json.dumps(config, default=str))  # tuples as lists, as a saved config
 
 
@@ -54,7 +57,7 @@ def built_values(config: dict, class_name: str, keys: list[str]) -> dict:
 
     from compress.io import model_class, quiet_diffusers
 
-    plain = {k: v for k, v in config.items() if not k.startswith("_") and k != "compression"}
+    plain = {k: v for k, v in without_refusal(config).items() if not k.startswith("_") and k != "compression"}
     try:
         with init_empty_weights(), quiet_diffusers():
             model = model_class(class_name).from_config(plain)

@@ -27,7 +27,7 @@ from compress.interrupts import interrupts_held
 from compress.io import FORMAT, INDEX, WEIGHTS, taken_keys
 from compress.io_tensors import nonfinite
 from compress.lowrank import LowRankLinear
-from compress.output_names import is_output
+from compress.output_names import REFUSAL, REFUSAL_KEY, is_output, without_refusal
 
 
 def ranks_of(model: nn.Module) -> dict[str, int]:
@@ -35,13 +35,29 @@ def ranks_of(model: nn.Module) -> dict[str, int]:
 
 
 def student_config(model: nn.Module, extra: dict | None = None) -> dict:
-    config = {k: v for k, v in taken_keys(type(model), dict(model.config)).items()  # not an older PixArt repo's
+    own = without_refusal(dict(model.config))  # a loaded output's refusal: written again below where it has factors
+    config = {k: v for k, v in taken_keys(type(model), own).items()  # not an older PixArt repo's
               if not k.startswith(("_use_default", "_name_or_path"))}
     config = json.loads(json.dumps(config, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
     config["_class_name"] = type(model).__name__
     extra = getattr(model, "compression_meta", None) if extra is None else extra  # a loaded output's
     config["compression"] = {"format": FORMAT, "ranks": ranks_of(model), **(extra or {})}
+    if config["compression"]["ranks"]:  # blocks removed alone: plain from_pretrained loads it
+        config[REFUSAL_KEY] = dict(REFUSAL)
     return config
+
+
+def check_materialized(model: nn.Module, what: str, every: bool = False) -> None:
+    """A UserError naming the first tensor of `model` on the meta device (one `what`, e.g. save_compressed,
+    cannot write): load_transformer(out, device='meta') leaves every weight there. `every`: only where every
+    tensor is there (not a model taking some on meta: peft's adapter layers as load_lora_weights makes them)."""
+    saved = [(f"{at}.{n}" if at else n, t) for at, m in model.named_modules()  # what state_dict() holds
+             for n, t in [*m._parameters.items(), *m._buffers.items()]
+             if t is not None and n not in m._non_persistent_buffers_set]
+    meta = [n for n, t in saved if t.is_meta]
+    if meta and (not every or len(meta) == len(saved)):
+        raise UserError(f"{what}: the model holds no weights ({meta[0]} is on the meta device, not materialized, as "
+                        "load_transformer(out, device='meta') leaves them); load it on a real device to save it")
 
 
 CLI_OVERWRITE = "--overwrite"  # how `run` is told to replace an existing output, as a refusal names it
@@ -64,9 +80,7 @@ def save_compressed(model: nn.Module, out, dtype: torch.dtype | str | None = Non
     if not isinstance(model, nn.Module) or not hasattr(model, "config"):
         raise TypeError(f"save_compressed: model must be a diffusers transformer (its class from diffusers, "
                         f"with a config), got {type(model).__name__}")
-    if any(t.is_meta for t in model.state_dict().values()):
-        raise UserError("save_compressed: the model holds no weights (its tensors are on the meta device, as "
-                        "load_transformer(out, device='meta') gives them); load it on a real device to save it")
+    check_materialized(model, "save_compressed")
     out = Path(out).expanduser()
     with atomic_folder(out, overwrite, overwrite_flag, on_written) as tmp:
         config = compressed_config(model, extra, dtype)

@@ -4,10 +4,8 @@ in a diffusers pipeline (compress.io_pipeline). The output folder is DESIGN.md's
 
 from __future__ import annotations
 
-import copy
 import os
 import re
-import weakref
 from pathlib import Path
 
 import torch
@@ -19,8 +17,9 @@ from compress.fuse import fuse_gelu
 from compress.io import (FORMAT, INDEX, WEIGHTS, cast, config_model_class, from_config, pipeline_without_transformer,
                          read_config, read_json, transformer_place)
 from compress.io_errors import load_error
-from compress.io_export import OUTPUT_SHARD, ranks_of
-from compress.output_names import is_output, missing_folder_words
+from compress.io_export import OUTPUT_SHARD
+from compress.io_live import register_compression
+from compress.output_names import is_output, missing_folder_words, without_refusal
 from compress.io_fused import without_fused_projections
 from compress.io_tensors import read_state_dict
 from compress.lowrank import LowRankLinear
@@ -198,6 +197,7 @@ def empty_compressed(out) -> nn.Module:
         raise UserError(f"{out} is a plain diffusers model, not a dit-compress output (its config.json "
                         "has no compression section)")
     compression = config.pop("compression")
+    config = without_refusal(config)  # (from_config would ignore it; register_compression gives it the model's)
     if isinstance(compression, dict):
         check_format(compression.get("format", FORMAT), out)
     ranks = compression.get("ranks", {}) if isinstance(compression, dict) else None
@@ -348,6 +348,10 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
     register_compression(model)
     if dtype is not None:
         model = cast(model, dtype)
+    if device.type != "meta" and any(p.is_meta for p in model.parameters()):  # (torch's .to: a traceback)
+        raise UserError("load_transformer: the weights were put on the meta device as they were taken (accelerate's "
+                        "init_empty_weights around the call?); load_transformer builds the model empty itself: call "
+                        "it outside, or pass device='meta' for a model without weights")
     return model.to(device).eval()
 
 
@@ -357,39 +361,6 @@ def missing_folder(out) -> UserError | None:
     None where it is there, or reads as a Hub id (`hub_output`)."""
     said = missing_folder_words(out)
     return None if said is None else UserError(said)
-
-
-def register_compression(model: nn.Module) -> None:
-    """The compression section (its ranks, what the run recorded) in the model's diffusers config: its
-    own save_pretrained (and a pipeline's) then writes an output that loads back, with the ranks its
-    layers have when it is saved (`LiveSection`), not those they had at load."""
-    section = {"format": FORMAT, "ranks": ranks_of(model), **model.compression_meta}
-    model.register_to_config(compression=LiveSection(section, model))
-
-
-class LiveSection(dict):
-    """config.compression of a loaded output: the section as registered, whose `to_dict()` (diffusers'
-    save_config calls it on each config value that has one) gives the ranks of the model's layers as
-    they are then: a layer swapped for another rank, or made dense, after loading is saved as it is.
-    The model is held by a weak reference (no reference cycle); a deepcopy refers to the model's copy,
-    a pickle is a plain dict (the ranks when pickled)."""
-
-    def __init__(self, section: dict, model: nn.Module):
-        super().__init__(section)
-        self.model = weakref.ref(model)
-
-    def to_dict(self) -> dict:
-        model = self.model()
-        return {**self, "ranks": ranks_of(model)} if model is not None else dict(self)
-
-    def __deepcopy__(self, memo):
-        model = self.model()
-        twin = memo.get(id(model)) if model is not None else None  # the model's copy, where it is being copied
-        section = copy.deepcopy(self.to_dict(), memo)
-        return LiveSection(section, twin) if twin is not None else section
-
-    def __reduce__(self):
-        return dict, (self.to_dict(),)
 
 
 def _swap_lowrank(model: nn.Module, name: str, rank, out: Path) -> None:

@@ -6,8 +6,8 @@ about to replace was made of (`replaced_note`), what a rerun after a stop needs 
 there (`rerun_needs_overwrite`), what the rerun of an output's recipe.yaml leaves out where the output took
 a LoRA since (`lora_rerun_note`), and what a command that reads an output says of a local path that is not
 there (`missing_output`: no such folder, the name meant; of a run folder runs/NAME, its output: `run_output`;
-a finished run's whose output is gone: `lost_output`), and why a folder cannot be the new one lora or convert
-writes (`new_folder_taken`)."""
+a finished run's whose output is gone: `lost_output`), why a folder cannot be the new one lora or convert
+writes (`new_folder_taken`), and the refusal of plain diffusers an output's config.json carries (`REFUSAL`)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,26 @@ def compression_section(config: dict | None) -> dict:
     no mapping (a damaged config.json: null, a list, text): what reads it asks it for keys."""
     section = config.get("compression") if isinstance(config, dict) else None
     return section if isinstance(section, dict) else {}
+
+
+# config.json's quantization_config where an output has factorized layers: diffusers' from_pretrained reads it and
+# refuses a quant_method it does not know, in one line quoting it ('Unknown quantization type, got dit-compress (a
+# low-rank output, ...) - supported types are: [...]'), where it would load those layers without weights; from_config
+# ignores it. io_export writes it, a loaded output's save_pretrained too (io_live); what reads an output's config
+# as a diffusers config leaves it out (`without_refusal`)
+REFUSAL_KEY = "quantization_config"
+REFUSAL = {"quant_method": "dit-compress (a low-rank output, not quantized: load it with compress.load_transformer)"}
+
+
+def is_refusal(value) -> bool:
+    """Whether `value`, a config's quantization_config, is an output's REFUSAL (of this or another wording)."""
+    return isinstance(value, dict) and str(value.get("quant_method")).startswith("dit-compress")
+
+
+def without_refusal(config: dict) -> dict:
+    """`config` without an output's REFUSAL of plain diffusers (or the null a loaded output with no factorized
+    layer saves in its place); a real quantization_config kept."""
+    return {k: v for k, v in config.items() if k != REFUSAL_KEY or not (v is None or is_refusal(v))}
 
 
 def is_output(folder: Path) -> bool:

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from compress.output_names import without_refusal
 from compress.recipe_teacher_config import FLAG, reads_no_config
 from compress.runner_config_sum import CONFIG_SUM, config_checksum, config_read, config_target
 
@@ -57,7 +58,8 @@ def teacher_identity(source: str, config: str | None, teacher: torch.nn.Module, 
     checksum of the config file it reads (named_teacher), the model config and `weights_checksum`; and
     FILES, the signature of a local teacher's weight files (`files`: io_signature.teacher_signature, where
     given), which tells a copy of it elsewhere before it loads (`copied`)."""
-    h = hashlib.sha256(json.dumps({k: v for k, v in dict(teacher.config).items() if not k.startswith("_")},
+    loaded = without_refusal(dict(teacher.config))  # an output's (a run recorded before it: the same teacher)
+    h = hashlib.sha256(json.dumps({k: v for k, v in loaded.items() if not k.startswith("_")},
                                   sort_keys=True, default=str).encode())
     h.update(weights.encode())
     identity = {**named_teacher(source, config), "checksum": h.hexdigest()[:16], "checksum_of": CHECKSUM_OF}

@@ -126,6 +126,22 @@ def test_a_loaded_teacher_elsewhere_is_the_same_where_its_config_and_weights_are
     assert not _copied({**at_a, CONFIG_SUM: None}, **{CONFIG_SUM: None})  # a Hub id or toy: by its name
 
 
+def test_an_outputs_refusal_of_plain_diffusers_is_no_part_of_its_identity(tmp_path):
+    """A teacher that is an output (a chain) loads with quantization_config in its config (io_live); a run
+    recorded before outputs carried it holds the checksum of its config without it: --resume takes it."""
+    from diffusers.configuration_utils import FrozenDict
+
+    from compress import load_transformer, save_compressed
+    from compress.runner_teacher_id import teacher_identity
+    from tests.conftest import factorize
+
+    out = save_compressed(factorize(tiny_pixart(), ["transformer_blocks.0.attn1.to_q"], rank=4), tmp_path / "out")
+    model = load_transformer(out)
+    now = teacher_identity(str(out), None, model, "w")
+    model._internal_dict = FrozenDict({k: v for k, v in model.config.items() if k != "quantization_config"})
+    assert teacher_identity(str(out), None, model, "w") == now
+
+
 def test_a_byte_identical_copy_of_the_teacher_is_that_teacher(interrupted, capsys):
     """The tester's run: the teacher folder copied elsewhere, byte for byte, and named with --teacher over a
     run that saved no pass: refused as 'another teacher (was A, now B)', folders being compared by path. Now

@@ -1,0 +1,128 @@
+"""A loaded output's diffusers config (io_live.register_compression) and what its writer puts there: plain
+diffusers' from_pretrained refuses a folder with factorized layers in one line naming load_transformer (it
+loaded those layers without weights: on meta, or random with low_cpu_mem_usage=False, giving NaN with no
+error); a model whose weights are on the meta device is refused by save_pretrained in one line."""
+
+import copy
+import json
+import pickle
+
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+
+from compress import load_transformer, save_compressed
+from compress.config_compare import config_differences
+from compress.errors import UserError
+from tests.conftest import factorize, forward, model_inputs
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LAYER = {"PixArtTransformer2DModel": "transformer_blocks.0.attn1.to_q",
+         "FluxTransformer2DModel": "single_transformer_blocks.0.proj_mlp"}
+REFUSAL_KEY = "quantization_config"  # what diffusers reads; its quant_method is what diffusers' refusal quotes
+REFUSAL = {"quant_method": "dit-compress (a low-rank output, not quantized: load it with compress.load_transformer)"}
+REFUSED = r"^Unknown quantization type, got dit-compress \(a low-rank output, not quantized: load it with " \
+          r"compress\.load_transformer\) - supported types are: \["
+
+
+@pytest.fixture
+def out(tiny_model, tmp_path):
+    return save_compressed(factorize(tiny_model, [LAYER[type(tiny_model).__name__]], rank=4), tmp_path / "out")
+
+
+def _config(folder) -> dict:
+    return json.loads((folder / "config.json").read_text())
+
+
+@pytest.mark.parametrize("low_cpu_mem_usage", [None, False])
+def test_plain_from_pretrained_refuses_an_output_naming_load_transformer(out, tiny_model, low_cpu_mem_usage):
+    """diffusers 0.42.1 warned that the .down / .up weights were not used and left the layer on meta (the first
+    forward failed), or with low_cpu_mem_usage=False filled it with random weights: NaN with no error. Both
+    load paths of load_transformer (the weights' dtype, and a cast) still give the saved model."""
+    with pytest.raises(ValueError, match=REFUSED):
+        type(tiny_model).from_pretrained(out, low_cpu_mem_usage=low_cpu_mem_usage)
+    inputs = model_inputs(tiny_model)
+    assert torch.equal(forward(load_transformer(out), inputs), forward(tiny_model, inputs))
+    half = load_transformer(out, dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and torch.isfinite(forward(half.float(), inputs)).all()
+
+
+def test_a_loaded_outputs_save_pretrained_keeps_the_refusal_and_loads_back(out, tiny_model, tmp_path):
+    model = load_transformer(out)
+    model.save_pretrained(tmp_path / "saved")
+    assert _config(tmp_path / "saved")[REFUSAL_KEY] == REFUSAL
+    with pytest.raises(ValueError, match=REFUSED):
+        type(tiny_model).from_pretrained(tmp_path / "saved")
+    inputs = model_inputs(tiny_model)
+    assert torch.equal(forward(load_transformer(tmp_path / "saved"), inputs), forward(model, inputs))
+    copy.deepcopy(model).save_pretrained(tmp_path / "copy")  # a copy's config reads the copy's layers
+    assert _config(tmp_path / "copy")[REFUSAL_KEY] == REFUSAL
+    assert pickle.loads(pickle.dumps(model)).config[REFUSAL_KEY] == REFUSAL
+    type(tiny_model).from_config(model.config)  # diffusers' from_config ignores it
+
+
+def test_an_output_written_before_the_refusal_loads_and_gains_it_when_saved_again(out, tiny_model, tmp_path):
+    old = {k: v for k, v in _config(out).items() if k != REFUSAL_KEY}
+    (out / "config.json").write_text(json.dumps(old))
+    model = load_transformer(out)
+    model.save_pretrained(tmp_path / "saved")
+    assert _config(tmp_path / "saved")[REFUSAL_KEY] == REFUSAL
+
+
+def test_an_output_with_blocks_removed_alone_still_loads_with_plain_from_pretrained(tiny_model, tmp_path):
+    """No factorized layer, no refusal; a loaded one's save_pretrained writes null in its place."""
+    out = save_compressed(tiny_model, tmp_path / "out")
+    assert REFUSAL_KEY not in _config(out)
+    type(tiny_model).from_pretrained(out)
+    model = load_transformer(out)
+    model.save_pretrained(tmp_path / "saved")
+    assert _config(tmp_path / "saved")[REFUSAL_KEY] is None
+    type(tiny_model).from_pretrained(tmp_path / "saved")
+    assert pickle.loads(pickle.dumps(model)).config[REFUSAL_KEY] is None
+
+
+def test_the_refusal_is_no_difference_from_the_teacher(out, tiny_model):
+    """eval, bench and load_pipeline compare the output's config with its teacher's."""
+    name = type(tiny_model).__name__
+    assert config_differences({**dict(tiny_model.config), REFUSAL_KEY: REFUSAL}, dict(tiny_model.config), name) == []
+    assert config_differences(_config(out), dict(tiny_model.config), name) == []
+    assert config_differences(dict(load_transformer(out).config), dict(tiny_model.config), name) == []
+
+
+def test_a_pipeline_saved_with_an_output_is_refused_by_plain_diffusers_and_loads_with_load_pipeline(tmp_path):
+    """DiffusionPipeline.from_pretrained read its transformer/ as plain from_pretrained does."""
+    from compress import load_pipeline
+    from compress.io import load_teacher
+    from tests.pipelines import pixart_pipeline
+
+    base = pixart_pipeline(tmp_path / "base")
+    teacher = load_teacher(str(base))
+    out = save_compressed(factorize(copy.deepcopy(teacher), [LAYER[type(teacher).__name__]], rank=2),
+                          tmp_path / "out", extra={"teacher": str(base)})
+    load_pipeline(out).save_pretrained(tmp_path / "saved")
+    with pytest.raises(ValueError, match=REFUSED):
+        DiffusionPipeline.from_pretrained(tmp_path / "saved")
+    assert load_pipeline(tmp_path / "saved").transformer.get_submodule(LAYER[type(teacher).__name__]).rank == 2
+
+
+@pytest.mark.parametrize("how", [{}, {"safe_serialization": False}])
+def test_save_pretrained_of_a_model_on_the_meta_device_says_so_in_one_line(out, tmp_path, how):
+    """It wrote config.json and ended in safetensors' 'Cannot copy out of meta tensor; no data!' traceback
+    (torch.save, safe_serialization=False, wrote a weight file of no data)."""
+    model = load_transformer(out, device="meta")
+    with pytest.raises(UserError, match=r"^state_dict \(save_pretrained\): the model holds no weights \(\S+ is on "
+                                        r"the meta device, not materialized, .*device='meta'.*\); load it on a real "
+                                        r"device to save it$"):
+        model.save_pretrained(tmp_path / "saved", **how)
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["config.json"]
+    load_transformer(out).save_pretrained(tmp_path / "real")  # a real one saves (the check, once)
+
+
+def test_load_transformer_inside_init_empty_weights_says_so_in_one_line(out):
+    """accelerate's init_empty_weights put each weight taken on meta: torch's 'Cannot copy out of meta tensor'."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(), pytest.raises(UserError, match=r"^load_transformer: the weights were put on the "
+                                                              r"meta device .*init_empty_weights"):
+        load_transformer(out)
