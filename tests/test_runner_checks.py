@@ -117,7 +117,7 @@ def test_a_ranks_pattern_an_earlier_one_covers_is_warned_at_its_line(capsys):
     said = _said(capsys)
     assert "warning: r.yaml:11: svd.ranks: pattern 'transformer_blocks.0.norm1.linear' gives no layer its rank: " \
            "'modulation', earlier, matches every layer it does" in said, said
-    _check("  - svd:\n      fisher: none\n      multiple: 1\n      targets: [modulation]\n      ranks:\n"
+    _check("  - svd:\n      fisher: none\n      targets: [modulation]\n      ranks:\n"
            "        transformer_blocks.0.norm1.linear: 12\n        modulation: 8\n")
     assert "warning" not in _said(capsys)
 

@@ -55,7 +55,7 @@ from compress.passes.removed_blocks import MissingBlock, planned_blocks, teacher
 from compress.passes.svd_checks import centered, check_config, refused_on_all
 from compress.passes.svd_values import check_values
 from compress.passes.svd_summary import merge_report, summary
-from compress.passes.svd_config import SVDConfig, shadow_notes
+from compress.passes.svd_config import SVDConfig, shadow_notes, unused_notes
 from compress.passes.svd_decisions import (NOT_FITTED, calibrates_sequentially, fits_asymmetrically,
                                            fitted_to_reference, prediction_fisher, streaming_refusals)
 from compress.passes.svd_fisher import Roots, checkpointed
@@ -119,7 +119,8 @@ class SVDPass(GlobalAllocation, FisherMeasurement, Pass):
         """A pass whose ranks, known before calibration, leave every target dense changes nothing (ranks
         decided after calibration: where no rank at svd.multiple saves; the run warns of the rest); a
         module name whose block index earlier removals renumbered names another teacher block; an ignore
-        pattern naming none of the layers svd.targets matches leaves nothing out."""
+        pattern naming none of the layers svd.targets matches leaves nothing out; a key the recipe wrote
+        that the pass does not use (svd_config.unused_notes)."""
         c = self.config
         infos, targets = self.resolved.targets(model, adapter)
         named = [(f"{key}.{n}", p) for key in ("targets", "ignore", "center") for n, p in enumerate(getattr(c, key))]
@@ -127,6 +128,7 @@ class SVDPass(GlobalAllocation, FisherMeasurement, Pass):
                                planned_blocks(model, adapter))
         out += idle_ignore_notes(infos, c.targets, c.ignore)  # an ignore that leaves nothing out
         out += shadow_notes(targets, c.ranks or {}, c.__dict__.get("_set_keys"), c.__dict__.get("_set_added"))
+        out += unused_notes(c, targets)  # keys the recipe wrote that this pass does not use (svd.alpha, whitened)
         out += planned_notes(targets, model)  # an earlier pass's ranks decided after calibration
         ranks = self.resolved.ranks(model, adapter)
         if not targets:

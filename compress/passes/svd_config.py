@@ -1,10 +1,12 @@
 """The svd pass's recipe keys (`SVDConfig`, its values checked at recipe load by svd_values) and the
-notes on `ranks` patterns an earlier pattern shadows (`shadow_notes`), the file's or a --set's.
+notes on `ranks` patterns an earlier pattern shadows (`shadow_notes`), the file's or a --set's, and
+on keys the recipe wrote that the pass does not use (`unused_notes`).
 Imports no torch (the notes import svd_targets as they are made): recipe.load_recipe builds an
 SVDConfig before torch's start-up."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -96,4 +98,103 @@ def shadow_notes(targets, ranks: dict, set_keys: dict | None = None,
                "(the last one first), one the recipe has stays where it is" if e_set else
                f"the --set replaced the recipe's {p!r} where the file has it, after {e!r}")
         out.append((f"ranks.{p}", f"{words} (the first matching pattern wins; {how})", reads))
+    return out
+
+
+# the keys an allocation reads, none of which a pass whose `ranks` give every target its rank uses
+ALLOCATION_KEYS = ("allocation", "ratio", "ratios", "energy", "sensitivity", "sensitivity_batches", "trust_region",
+                   "multiple")
+COMPENSATE_KEYS = ("compensate_batches", "compensate_toward", "compensate_search")
+FISHER_KEYS = ("fisher_probes", "fisher_damping", "fisher_memory_gb")
+
+
+def unused_notes(c: SVDConfig, targets) -> list[tuple[str, str, tuple]]:
+    """(key, note, keys read) per key the recipe wrote (svd_values.written_keys; where not known, one
+    at other than its default) that this pass, on its resolved `targets` (LinearInfo), does not use:
+    asvd's alpha under another method, the asymmetric fit's damping where no target is fitted so,
+    compensation's keys where it does not apply, the output Fisher's where none is measured, gradient
+    checkpointing without a whole-model backward, modulation_grid without modulation targets,
+    sensitivity_batches with sensitivity: false, the allocation's keys where `ranks` gives every
+    target its rank; and a pattern listed twice in targets, ignore or center. Warned, not refused: a
+    user may switch a mode off and keep its tuned values (the run is the same as without them)."""
+    from compress.passes.svd_values import written_keys
+    from compress.recipe_convert import field_default
+
+    written, fields = written_keys(c), dataclasses.fields(c)
+    said = [f.name for f in fields if (f.name in written if written is not None
+                                       else getattr(c, f.name) != field_default(f))]
+    why = _unused_reasons(c, targets)
+    out = [(k, f"svd.{k} is not used {why[k][0]}", why[k][1]) for k in said if k in why]
+    return out + _repeated_patterns(c)
+
+
+def _unused_reasons(c: SVDConfig, targets) -> dict[str, tuple[str, tuple]]:
+    """key -> ('with method: whitened (...)', the keys the reason read) of the keys this pass does not use."""
+    from compress.passes.svd_decisions import fits_asymmetrically, prediction_fisher
+    from compress.passes.svd_targets import explicit_rank
+
+    why = {}
+    if targets and all(explicit_rank(i, c.ranks) is not None for i in targets):
+        for k in ALLOCATION_KEYS:
+            why[k] = ("here: svd.ranks gives every target of this pass its rank", ("ranks", "targets", "ignore"))
+    if c.method != "asvd":
+        why.setdefault("alpha", (f"with method: {c.method} (it is asvd's scaling exponent)", ("method",)))
+    if not fits_asymmetrically(c, targets):
+        why.setdefault("asymmetric_damping", _no_asymmetric_fit(c))
+    weighted = [i for i in targets if prediction_fisher(c, i)]
+    modulation = any(i.role == "modulation" for i in targets)
+    no_targets = ("with fisher: modulation: no target of this pass is a modulation linear",
+                  ("fisher", "targets", "ignore"))
+    if c.fisher == "none" or (c.fisher == "modulation" and not modulation):
+        for k in FISHER_KEYS:
+            why.setdefault(k, no_targets if c.fisher == "modulation" else ("with fisher: none", ("fisher",)))
+    if not weighted:  # no whole-model backward: the prediction's Fisher, compensation
+        why.setdefault("gradient_checkpointing", no_targets if c.fisher == "modulation" else
+                       (f"with fisher: {c.fisher} (no backward through the whole model)", ("fisher",)))
+    compensation = _no_compensation(c) or (None if weighted else no_targets)
+    if compensation:
+        for k in COMPENSATE_KEYS:
+            why.setdefault(k, compensation)
+    if not modulation:
+        why.setdefault("modulation_grid", ("here: no target of this pass is a modulation linear "
+                                           "(it sets the timesteps of their Grams)", ("targets", "ignore")))
+    if c.allocation == "global" and c.sensitivity is False:
+        why.setdefault("sensitivity_batches", ("with sensitivity: false", ("sensitivity",)))
+    return why
+
+
+def _no_asymmetric_fit(c: SVDConfig) -> tuple[str, tuple]:
+    """Why no target of the pass is fitted asymmetrically (svd_decisions.fitted_to_reference)."""
+    if c.asymmetric is False:
+        return "with asymmetric: false", ("asymmetric",)
+    if c.method != "whitened" or c.activations != "student":
+        return (f"with method: {c.method}" if c.method != "whitened" else "with activations: teacher",
+                ("method", "activations"))
+    return (f"here: no target of this pass is fitted asymmetrically (asymmetric: {c.asymmetric}; auto fits "
+            f"only targets without the prediction's Fisher, and fisher: {c.fisher} gives it to them)",
+            ("asymmetric", "fisher", "targets", "ignore"))
+
+
+def _no_compensation(c: SVDConfig) -> tuple[str, tuple] | None:
+    """Why compensation does not apply to this pass, by its keys alone (svd.SVDPass._compensation_roots)."""
+    if c.compensate is False:
+        return "with compensate: false", ("compensate",)
+    if c.method != "whitened":
+        return f"with method: {c.method} (compensation needs whitened)", ("method",)
+    if c.fisher in ("none", "block"):
+        return f"with fisher: {c.fisher} (compensation needs the prediction's Fisher: all or modulation)", ("fisher",)
+    return None
+
+
+def _repeated_patterns(c: SVDConfig) -> list[tuple[str, str, tuple]]:
+    """A pattern listed twice in targets, ignore or center: the second changes nothing (likely a slip
+    for another pattern), noted at its item."""
+    out = []
+    for key in ("targets", "ignore", "center"):
+        patterns = getattr(c, key)
+        for n, p in enumerate(patterns):
+            if p in patterns[:n]:
+                out.append((f"{key}.{n}", f"svd.{key} lists {p!r} twice ({key}.{patterns.index(p)} and {key}.{n}): "
+                                          "the second changes nothing; list each pattern once, or write the one "
+                                          "meant", ()))
     return out

@@ -49,7 +49,7 @@ def test_explicit_ranks_at_the_break_even_rank_are_warned_to_leave_layers_dense(
 
     model = tiny_pixart()
     adapter = get_adapter(model)
-    p = SVDPass(SVDConfig(targets=["attention", "mlp"], ratio=0.5, multiple=2, ranks={"attention": 8, "mlp": 4}))
+    p = SVDPass(SVDConfig(targets=["attention", "mlp"], ratio=0.5, ranks={"attention": 8, "mlp": 4}))
     p.check(model, adapter)
     (key, said, reads), = p.notes(model, adapter)
     assert key == "ranks.attention" and reads == ("targets", "ignore", "ranks")  # not ratio, multiple
