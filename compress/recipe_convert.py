@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from typing import Any, Literal
@@ -17,7 +18,7 @@ import yaml
 
 from compress.errors import BadValue, UserError, as_yaml, did_you_mean, must_be_one_of, not_one_of
 from compress.recipe_set import key_nodes, nearest
-from compress.recipe_yaml import MAP, NULL, RecipeLoader, collection_tag, type_hint
+from compress.recipe_yaml import MAP, NULL, RecipeLoader, collection_tag, type_hint, unspaced
 
 
 # an unknown key '<<': YAML 1.1's merge key, which YAML 1.2 (how recipes are read) does not have
@@ -76,6 +77,16 @@ def _construct(node: yaml.Node):
     return loader.construct_object(node, deep=True)
 
 
+def _problem(error: yaml.YAMLError) -> str:
+    """PyYAML's problem constructing a value; a tag it has no constructor for (!!python/object:x,
+    !custom) said as a tag a recipe does not read."""
+    problem = getattr(error, "problem", None) or str(error)
+    if found := re.fullmatch(r"could not determine a constructor for the tag '(.*)'", problem):
+        tag = found[1].replace("tag:yaml.org,2002:", "!!")
+        return f"the YAML tag {tag} is not read: a recipe holds plain values; remove the tag"
+    return problem
+
+
 # ---- typed conversion ---------------------------------------------------------------------------
 def _type_name(tp) -> str:
     tp = {list: list[Any], dict: dict[str, Any]}.get(tp, tp)
@@ -103,7 +114,7 @@ def convert(node: yaml.Node, tp, loc_path: str, what: str):
         try:
             return _construct(node)
         except yaml.YAMLError as e:
-            raise loc.err(f"{what}: {getattr(e, 'problem', None) or e}") from None
+            raise loc.err(f"{what}: {_problem(e)}") from None
     if dataclasses.is_dataclass(tp):
         return build_dataclass(node, tp, loc_path, what)
     if origin in (typing.Union, types.UnionType):
@@ -136,7 +147,7 @@ def convert(node: yaml.Node, tp, loc_path: str, what: str):
     try:
         value = _construct(node)
     except yaml.YAMLError as e:
-        raise loc.err(f"{what}: {getattr(e, 'problem', None) or e}") from None
+        raise loc.err(f"{what}: {_problem(e)}") from None
     if origin is Literal:
         choices = typing.get_args(tp)
         if value in choices:
@@ -199,10 +210,11 @@ def build_dataclass(node: yaml.Node, cls, path: str, what: str, keys: str | None
         if node is not None:
             convert(node, type(None), path, what)  # !!null abc is refused, not read as null
         node = yaml.MappingNode(MAP, [], node.start_mark if node else None)
-    if not isinstance(node, yaml.MappingNode):
-        raise loc.err(f"{what} must be a mapping of options")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in ("path", "raw")}
+    if not isinstance(node, yaml.MappingNode):  # `- svd: fast`, `ratio:0.5` (a ':' without its space)
+        hint = unspaced(node.value, fields) if isinstance(node, yaml.ScalarNode) and node.style is None else ""
+        raise loc.err(f"{what} must be a mapping of options, not {_shown(node)}{hint}")
     values, key_at = {}, {}
     for key_node, value_node in node.value:  # keys: unique strings (_check_keys)
         key = key_node.value
@@ -214,6 +226,8 @@ def build_dataclass(node: yaml.Node, cls, path: str, what: str, keys: str | None
             tp = _choosing(hints[key], getattr(cls, "CHOICES", {}).get(key))
             values[key] = convert(value_node, tp, path, f"{keys}.{key}" if keys else key)
         except UserError as e:  # a field's metadata may say what to write (remove_blocks.blocks)
+            if words := _checked_words(cls, values, key, value_node, tp):
+                raise _Loc(path, value_node).err(words) from None
             if not fields[key].metadata.get("hint"):
                 raise
             raise UserError(f"{e}; {fields[key].metadata['hint']}") from None
@@ -246,6 +260,22 @@ def build_dataclass(node: yaml.Node, cls, path: str, what: str, keys: str | None
         except ValueError as e:
             raise loc.err(f"{what}: {e}") from None
     return obj
+
+
+def _checked_words(cls, values: dict, key: str, node: yaml.Node, tp) -> str | None:
+    """What `cls`'s own check says of the scalar its type `tp`, a union of words (bool | str), refused
+    at `key`: `asymmetric: 1` is 'svd.asymmetric must be true, false or auto, not 1' (its check's
+    words), not 'must be true or false or a string'. None where the type takes no words, the value is
+    no plain scalar, or the check refuses no value of `key` (the type's words stand)."""
+    if str not in typing.get_args(tp) or not isinstance(node, yaml.ScalarNode) or not hasattr(cls, "validate"):
+        return None
+    try:
+        cls(**{**values, key: _construct(node)}).validate()
+    except BadValue as e:
+        return str(e) if e.key == key else None
+    except (yaml.YAMLError, ValueError, TypeError):
+        return None
+    return None
 
 
 def field_default(f: dataclasses.Field):

@@ -71,6 +71,29 @@ def unspaced_key(key: yaml.Node, value: yaml.Node) -> str | None:
             f"write '{split[1]}: {split[2]}'")
 
 
+_SPACED = re.compile(r"([A-Za-z_]\w*)[ \t]+([^:\s]\S*)")  # ratio 0.5: a key and value without the ':'
+
+
+def unspaced(text: str, keys=None) -> str:
+    """" (write 'ratio: 0.5', a space after ':')" for a plain text that is a key and its value a ':'
+    without its space joined (ratio:0.5), or without the ':' (ratio 0.5); `keys`, where given, the
+    keys it is said for (a pass's options); else ''."""
+    if split := _UNSPACED.fullmatch(text):
+        why = "a space after ':'"
+    elif split := _SPACED.fullmatch(text):
+        why = "a ':' after the key"
+    if not split or ": " in text or keys is not None and split[1] not in keys:
+        return ""
+    return f" (write '{split[1]}: {split[2]}', {why})"
+
+
+def rest_of_line(mark: yaml.Mark | None) -> str | None:
+    """The file's line from `mark` on, its comment cut; None for a mark that holds no text (a --set's)."""
+    if mark is None or mark.buffer is None:
+        return None
+    return _rest_of_line(mark.buffer, mark.pointer).split(" #")[0].rstrip(" \t\0")
+
+
 def _refuse(node: yaml.ScalarNode, problem: str, hint: str = "") -> typing.NoReturn:
     """Raise the ConstructorError a recipe error quotes ("{where}: {key}: {problem} {hint}"); the
     hint alone is its note (type_hint shows it where a union of types was wanted)."""

@@ -14,6 +14,7 @@ import re
 import yaml
 
 from compress.passes import PASSES
+from compress.recipe_yaml import unspaced
 
 CLOSING = {"[": "]", "{": "}", "'": "'", '"': '"'}
 
@@ -23,11 +24,14 @@ def yaml_error_words(error: yaml.YAMLError, text: str) -> tuple[int | None, str]
     `text`: plain words for a tab, a key without ':', a mis-indented line, an unclosed bracket or
     quote, a stray closing bracket; otherwise PyYAML's own problem at its problem mark (None where
     it has none)."""
+    if isinstance(error, yaml.reader.ReaderError):  # no problem nor mark: a character's position
+        return text.count("\n", 0, error.position) + 1, f": {character_words(error, text)}"
     lines = text.splitlines()
     problem = getattr(error, "problem", None) or str(error)
     context = getattr(error, "context", None) or ""
     mark, start = getattr(error, "problem_mark", None), getattr(error, "context_mark", None)
-    for words in (_tab, _no_colon, _unclosed, _colon_in_value, _indentation, _stray_closing):
+    for words in (_tab, _no_colon, _second_document, _unspaced_above, _unclosed, _colon_in_value, _indentation,
+                  _stray_closing):
         if found := words(problem, context, mark, start, lines):
             return found
     return (mark.line + 1 if mark else None), f" ({problem})"
@@ -46,7 +50,39 @@ def _no_colon(problem, context, mark, start, lines):
     """`seed 0`: PyYAML scans it as a key and misses its ':' on the next line (its context_mark is the key)."""
     if "could not find expected ':'" not in problem or start is None:
         return None
-    return start.line + 1, f": a key without ':' (KEY: VALUE): '{_shown(_line(lines, start.line))}'"
+    text = _shown(_line(lines, start.line))
+    if ":" in text and (hint := unspaced(text)):  # `seed:0`: its ':' there, without the space after it
+        return start.line + 1, f": '{text}'{hint}"
+    return start.line + 1, f": a key without ':' (KEY: VALUE): '{text}'"
+
+
+def character_words(error: yaml.reader.ReaderError, text: str) -> str:
+    """'a control character (U+0007) at column 25; remove it': a character YAML does not read
+    (NUL, BEL, DEL, C1 controls; a surrogate, U+FFFE), at its column of `text`'s line, 1-based."""
+    code = error.character if isinstance(error.character, int) else ord(error.character)
+    kind = "a control character" if code < 0x20 or 0x7f <= code < 0xa0 else "a character YAML does not allow"
+    column = error.position - (text.rfind("\n", 0, error.position) + 1) + 1
+    return f"{kind} (U+{code:04X}) at column {column}; remove it"
+
+
+def _second_document(problem, context, mark, start, lines):
+    """A '---' after the recipe's mapping: PyYAML's 'but found another document', at that line."""
+    if "found another document" not in problem or mark is None:
+        return None
+    return mark.line + 1, ": a second YAML document ('---'): a recipe is one document"
+
+
+def _unspaced_above(problem, context, mark, start, lines):
+    """`ratio:0.5` above `multiple: 8`: the text a ':' without its space left a plain scalar runs on to
+    the next line, whose ': ' PyYAML refuses there (`mapping values are not allowed here`)."""
+    if mark is None or "mapping values are not allowed" not in problem:
+        return None
+    line, above = _line(lines, mark.line), _content_line(lines, mark.line, -1)
+    if ": " in line[:mark.column] or above is None or _indent(lines[above]) != _indent(line):
+        return None  # a second ': ' on its line (_colon_in_value); a line indented unlike it (_indentation)
+    text = _shown(lines[above])
+    hint = unspaced(text)
+    return (above + 1, f": '{text}'{hint}") if hint else None
 
 
 def _unclosed(problem, context, mark, start, lines):

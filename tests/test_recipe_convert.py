@@ -169,3 +169,49 @@ def test_a_config_built_in_code_gets_the_hint_a_recipe_gets():
     assert not_one_of("export.dtype", "float64", DTYPES).endswith("; float32 is the most precise offered "
                                                                   "(the factorizations compute in float64 whatever it is)")
     assert not_one_of("export.dtype", "half", DTYPES).endswith("not 'half'; did you mean 'float16'?")
+
+
+@pytest.mark.parametrize("option, override, said", [
+    ("svd: {asymmetric: 1}", (), "r.yaml:4: svd.asymmetric must be true, false or auto, not 1"),  # T1's v2/asym_1
+    ("svd: {sequential: 0.5}", (), "r.yaml:4: svd.sequential must be true, false or auto, not 0.5"),
+    ("svd", ("passes.0.svd.sequential=1",),
+     "r.yaml (--set passes.0.svd.sequential=1): svd.sequential must be true, false or auto, not 1"),
+    ("svd: {asymmetric: yes}", (), "r.yaml:4: svd.asymmetric must be true, false or auto, not 'yes' "
+                                   "(write true: in YAML 1.2 only true and false are booleans)"),
+])
+def test_a_number_for_a_boolean_or_word_is_said_with_the_words_the_key_takes(option, override, said):
+    """`asymmetric: 1` said 'must be true or false or a string, not 1' (the type's union refused it before
+    the check that names auto ran)."""
+    assert refusal(_one_pass("", option), override) == said
+
+
+@pytest.mark.parametrize("value, tag", [
+    ("!!python/object:os.system ls", "!!python/object:os.system"),  # T1's v2/tag_py.yaml
+    ("!custom x", "!custom"),
+])
+def test_a_tag_yaml_has_no_constructor_for_is_said_as_a_tag_not_read(value, tag):
+    """Said 'teacher: could not determine a constructor for the tag 'tag:yaml.org,2002:python/object:os.system''."""
+    assert refusal(f"model: pixart\nteacher: {value}\npasses: [svd]\n") == \
+        f"r.yaml:2: teacher: the YAML tag {tag} is not read: a recipe holds plain values; remove the tag"
+
+
+OPTIONS_UNDER = "model: pixart\nteacher: toy:pixart\npasses:\n  - svd:\n"  # the pass's options: line 5
+
+
+@pytest.mark.parametrize("options, said", [
+    ("      ratio:0.5\n",  # T1's v5/nospace_key.yaml
+     "r.yaml:5: passes[0].svd must be a mapping of options, not 'ratio:0.5' (write 'ratio: 0.5', a space after ':')"),
+    ("      ratio 0.5\n",
+     "r.yaml:5: passes[0].svd must be a mapping of options, not 'ratio 0.5' (write 'ratio: 0.5', a ':' after the key)"),
+    ("      rato:0.5\n", "r.yaml:5: passes[0].svd must be a mapping of options, not 'rato:0.5'"),  # no option's
+    ("      fast\n", "r.yaml:5: passes[0].svd must be a mapping of options, not 'fast'"),
+    ("      [mlp]\n", "r.yaml:5: passes[0].svd must be a mapping of options, not a list"),
+])
+def test_options_that_are_no_mapping_are_quoted_with_how_to_write_them(options, said):
+    """`ratio:0.5` (a ':' without its space) said 'passes[0].svd must be a mapping of options': no value, no hint."""
+    assert refusal(OPTIONS_UNDER + options) == said
+
+
+def test_calibration_that_is_no_mapping_is_quoted_with_how_to_write_it():
+    assert refusal("model: pixart\nteacher: toy:pixart\ncalibration:\n  seed:0\npasses: [svd]\n") == \
+        "r.yaml:4: calibration must be a mapping of options, not 'seed:0' (write 'seed: 0', a space after ':')"

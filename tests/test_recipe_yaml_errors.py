@@ -8,7 +8,8 @@ import pytest
 from compress.errors import UserError
 from compress.recipe import parse_recipe
 
-TOY = (Path(__file__).parents[1] / "recipes" / "toy-pixart.yaml").read_text().split("\n")
+TOY_TEXT = (Path(__file__).parents[1] / "recipes" / "toy-pixart.yaml").read_text()
+TOY = TOY_TEXT.split("\n")
 
 
 def _with(line: int, text: str) -> str:
@@ -80,3 +81,47 @@ def test_a_value_with_a_colon_is_said_at_its_own_line_not_the_one_before_mis_ind
     indentation does not match the lines above: 'timesteps: 8' is indented 2 spaces, its neighbour 0'
     (PyYAML's line 7 was right)."""
     assert _said(text) == said
+
+
+@pytest.mark.parametrize("text, said", [
+    (_with(19, "      targets: [attention, \x07mlp]"),  # T1's v3/ctrl_char.yaml
+     "r.yaml:19: malformed YAML: a control character (U+0007) at column 28; remove it"),
+    (TOY_TEXT + "\x00\n", f"r.yaml:{TOY_TEXT.count(chr(10)) + 1}: malformed YAML: a control character (U+0000) "
+                          "at column 1; remove it"),  # T1's v/nul.yaml
+    (_with(8, "teacher: toy:pixart\x7f"), "r.yaml:8: malformed YAML: a control character (U+007F) at column 20; "
+                                          "remove it"),
+    (_with(8, "teacher: toy:pixart\ufffe"), "r.yaml:8: malformed YAML: a character YAML does not allow (U+FFFE) at "
+                                            "column 20; remove it"),
+])
+def test_a_character_yaml_does_not_read_is_said_in_one_line_at_its_line_and_column(text, said):
+    """Said 'r.yaml: malformed YAML (unacceptable character #x0007: special characters are not allowed' and
+    '  in "<unicode string>", position 137)': two lines, PyYAML's insides, no line."""
+    assert _said(text) == said
+
+
+def test_a_second_document_is_said_as_one():
+    """Said '(but found another document)'."""
+    lines = TOY_TEXT.count("\n") + 1
+    assert _said(TOY_TEXT + "---\nmodel: flux\n") == \
+        f"r.yaml:{lines}: malformed YAML: a second YAML document ('---'): a recipe is one document"
+
+
+@pytest.mark.parametrize("line, text, said", [
+    (19, "      targets:[attention]", "r.yaml:19: malformed YAML: 'targets:[attention]' (write 'targets: "
+                                         "[attention]', a space after ':')"),  # above allocation: (T1's v5)
+    (19, "      targets [attention]", "r.yaml:19: malformed YAML: 'targets [attention]' (write 'targets: "
+                                         "[attention]', a ':' after the key)"),
+    (21, "      ratio:0.6", "r.yaml:21: malformed YAML: 'ratio:0.6' (write 'ratio: 0.6', a space after ':')"),
+    (14, "  seed:0", "r.yaml:14: malformed YAML: 'seed:0' (write 'seed: 0', a space after ':')"),
+])
+def test_a_key_without_the_space_after_its_colon_is_said_at_its_line_not_the_next(line, text, said):
+    """`ratio:0.6` above `multiple: 8` said PyYAML's '(mapping values are not allowed here)' at the next line:
+    the two lines are one plain text to YAML, whose ': ' it refuses there."""
+    assert _said(_with(line, text)) == said
+
+
+def test_a_line_under_a_two_word_prompt_indented_unlike_it_is_said_as_mis_indented():
+    """Not as the prompt a ':' is missing from: 'red car' is no key and value."""
+    text = "version: 1\nmodel: pixart\ncalibration:\n  prompts:\n    - red car\n     timesteps: 2\npasses: [svd]\n"
+    assert _said(text) == ("r.yaml:6: malformed YAML: this line's indentation does not match the lines above: "
+                           "'timesteps: 2' is indented 5 spaces, its neighbour 4")
