@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from compress import json_read
 from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.io import read_config
@@ -26,7 +27,7 @@ def with_lora_noted(files: dict[str, str], model, lora_source: str, scale: float
     files, params, report = dict(files), param_count(model), None
     if "report.json" in files:
         try:
-            report = json.loads(files["report.json"])
+            report = json_read.parse(files["report.json"])
         except ValueError:
             report = None  # a damaged copy stays as it was (inspect says what it cannot use)
         if isinstance(report, dict):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from compress import json_read
 from compress.distill_folder import SAMPLE_FILE, SHARED_KWARGS, FolderSource, _shapes, named, write_shard
 from compress.errors import UserError
 from compress.inputs import moved
@@ -243,7 +244,7 @@ def _complete(folder: Path, num_samples: int) -> bool:
     shards that are there: a complete.json whose shards went missing (written elsewhere by a process
     of a launch that read the recipe otherwise) is not complete, and its cache fills up again."""
     try:
-        if json.loads((folder / "complete.json").read_text()).get("samples") != num_samples:
+        if json_read.read(folder / "complete.json").get("samples") != num_samples:
             return False
     except (OSError, ValueError):
         return False

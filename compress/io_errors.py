@@ -6,13 +6,13 @@ its config's model (`not_loaded` picks among them), weights that do not fill the
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
 from safetensors import SafetensorError
 
+from compress import json_read
 from compress.errors import UserError
 from compress.io import WEIGHTS, variant_weights, weights_variant
 from compress.io_tensors import needs_code, one_line, unreadable
@@ -81,7 +81,7 @@ def missing_shards(source) -> str | None:
     read = variant_weights([f.name for f in folder.iterdir()], weights_variant(folder))  # as from_pretrained
     for index in (folder / name for name in read if name.endswith(".json")):
         try:
-            shards = set(json.loads(index.read_text())["weight_map"].values())
+            shards = set(json_read.read(index)["weight_map"].values())
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue  # from_pretrained's error says it
         missing = sorted(f for f in shards if isinstance(f, str) and not (folder / f).is_file())

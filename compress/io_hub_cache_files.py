@@ -11,8 +11,9 @@ Where a Hub teacher's snapshot has its transformer is read from its files and th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from compress import json_read
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
@@ -168,7 +169,7 @@ def _weights_lacks(folder: Path) -> str | None:
     files = [f for f in folder.iterdir() if _present(f)]
     for index in (f for f in files if f.name.endswith(".index.json")):
         try:
-            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+            shards = set(json_read.read(index).get("weight_map", {}).values())
         except (OSError, ValueError, AttributeError):
             continue  # a damaged index: the loader says
         if lacking := sorted(s for s in shards if isinstance(s, str) and not _present(folder / s)):

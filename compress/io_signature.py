@@ -12,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+from compress import json_read
 from compress.errors import UserError
 
 SIGNATURE = ("size, sha256 of the safetensors header, each tensor's first and last 4 KiB and 16 evenly "
@@ -189,7 +190,7 @@ def header_entries(path: Path) -> list[tuple] | None:
             return None
         header = f.read(start - 8)
     try:
-        items = [(k, e["dtype"], e["shape"], e["data_offsets"]) for k, e in json.loads(header).items()
+        items = [(k, e["dtype"], e["shape"], e["data_offsets"]) for k, e in json_read.parse(header).items()
                  if k != "__metadata__"]
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
@@ -204,7 +205,7 @@ def tensor_spans(header: bytes, size: int | None = None) -> list[tuple[int, int]
     are two integers within the `size` bytes of data (where given); [] where the header does not
     parse (its bytes are hashed all the same: a damaged header is still the file's content)."""
     try:
-        entries = json.loads(header)
+        entries = json_read.parse(header)
         spans = [e["data_offsets"] for k, e in entries.items() if k != "__metadata__"]
     except (ValueError, TypeError, KeyError, AttributeError):
         return []
@@ -367,7 +368,7 @@ def pipeline_signature(source: str) -> dict | None:
     if source.startswith("toy:") or not index.is_file():
         return None
     try:
-        components = json.loads(index.read_text())
+        components = json_read.read(index)
         names = sorted(k for k in components if not k.startswith("_") and k != "transformer") \
             if isinstance(components, dict) else []
         files = [index] + [f for name in names if (path / name).is_dir()

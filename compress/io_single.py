@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from compress import json_read
 from compress.arch import SUPPORTED, get_adapter
 from compress.errors import UserError
 from compress.io import cast, from_config, model_class, read_config
@@ -311,7 +312,7 @@ def _config_or_why(file: Path) -> dict | str | None:
     if text.startswith("\ufeff"):
         return "a UTF-8 byte-order mark before its JSON, which diffusers refuses"
     try:
-        config = json.loads(text)
+        config = json_read.parse(text)
     except ValueError as e:  # json.JSONDecodeError
         if not data.strip():
             return "an empty file"

@@ -8,10 +8,10 @@ a recipe's `calibration.prompt_file` from the recipe's folder.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
+from compress import json_read
 from compress.errors import UserError
 
 # hub ids whose transformer config ships with dit-compress (compress/configs/): planned offline
@@ -167,7 +167,7 @@ def output_record(path: Path) -> dict | None:
     if text is None:
         return config_record(path.parent / "config.json")
     try:
-        record = json.loads(text)
+        record = json_read.parse(text)
     except ValueError:
         return {}
     return record if isinstance(record, dict) else {}
@@ -177,7 +177,7 @@ def config_record(config: Path) -> dict | None:
     """The compression section of the diffusers config `config` ({} where it is not a mapping); None
     where it has none, or cannot be read (its loader says why)."""
     try:
-        record = json.loads(config.read_text()).get("compression")
+        record = json_read.read(config).get("compression")
     except (OSError, ValueError, AttributeError):
         return None
     return None if record is None else record if isinstance(record, dict) else {}

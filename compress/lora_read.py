@@ -19,7 +19,6 @@ The checks of the keys (weights a loader would drop, a second adapter, other wid
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from compress import json_read
 from compress.errors import UserError
 from compress.lora_keys import (STATE_DICT, TEXT_ENCODER, check_all_read, check_blocks, check_finite,
                                 check_kohya_flux, check_linear, check_not_text_encoder_only, check_ranks,
@@ -323,7 +323,7 @@ def _read_file(file: Path) -> tuple[dict, dict]:
     except Exception as e:  # noqa: BLE001 (safetensors raises its own)
         raise UserError(f"{file}: not a LoRA .safetensors file ({type(e).__name__}: {e})") from None
     try:
-        raw = json.loads(header.get("lora_adapter_metadata", "{}"))
+        raw = json_read.parse(header.get("lora_adapter_metadata", "{}"))
     except ValueError:
         raise UserError(f"{file}: its lora_adapter_metadata is not JSON") from None
     prefix = "transformer."  # diffusers' save_lora_weights: the transformer's LoraConfig, keys prefixed

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from compress import json_read
+
 GENERIC = "Transformer2DModel"
 
 # a diffusers pipeline class's name's start -> the family of the transformer it samples with
@@ -97,13 +99,11 @@ def _family_class(family: str) -> str:
 def _transformer_config(folder: str | Path | None) -> dict | None:
     """The transformer/config.json of pipeline folder `folder` as a dict; None where there is none or
     it cannot be read (its load says so)."""
-    import json
-
     if folder is None:
         return None
     path = Path(folder).expanduser() / "transformer" / "config.json"
     try:
-        config = json.loads(path.read_text())
+        config = json_read.read(path)
     except (OSError, ValueError):
         return None
     return config if isinstance(config, dict) else None

@@ -23,11 +23,11 @@ what the process holds on the host.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from compress import json_read
 from compress import plan_machine  # read through the module: a test's patch of plan_machine holds here too
 from compress.calib_footprint import human_size, human_sizes
 from compress.passes.svd_fisher_budget import settle_auto
@@ -239,7 +239,7 @@ def component_files(folder: Path) -> list[Path] | None:
     index = next((i for i in indexes if i.name.count(".") == 3), indexes[0] if indexes else None)  # plain first
     if index is not None:
         try:
-            return [folder / n for n in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+            return [folder / n for n in sorted(set(json_read.read(index)["weight_map"].values()))]
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
     files = sorted(folder.glob("*.safetensors"))

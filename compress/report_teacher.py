@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from compress import json_read
 from compress.errors import UserError
 from compress.report import DAMAGED, REPORT_TEXT, is_number, read_report, warn
 
@@ -188,7 +189,7 @@ def reported_blocks(out: Path) -> dict[str, int]:
     (blocks_before): what an output written before config.json's compression section recorded it
     (teacher_blocks) says of it; {} where none is, or the report is damaged (inspect says so)."""
     try:
-        report = json.loads((Path(out) / "report.json").read_text())
+        report = json_read.read(Path(out) / "report.json")
     except (OSError, ValueError):
         return {}
     return {g: n for g, n in blocks_before(report).items() if isinstance(n, int) and not isinstance(n, bool)}

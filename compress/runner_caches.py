@@ -23,6 +23,7 @@ import shutil
 import time
 from pathlib import Path
 
+from compress import json_read
 from compress.runner_kept import fisher_folder, readers_of, samples_keys
 from compress.runner_resume import FINISHED, SAMPLES_ABOUT, TEACHER_SAMPLES, recipe_changes
 
@@ -47,7 +48,7 @@ def of_another(run_dir: Path, fingerprint: str, inputs: list[Path] | None = None
              if p.name != fingerprint and p.is_dir() and not p.is_symlink()]
     for folder in sorted((Path(run_dir) / TEACHER_SAMPLES).glob("*")):
         try:
-            about = json.loads((folder / SAMPLES_ABOUT).read_text())
+            about = json_read.read(folder / SAMPLES_ABOUT)
         except (OSError, ValueError):
             continue
         if isinstance(about, dict) and about.get("fingerprint") != fingerprint:
@@ -177,7 +178,7 @@ def unread_samples(run_dir: Path, fingerprint: str, passes) -> list[Path]:
     found = []
     for folder in sorted((Path(run_dir) / TEACHER_SAMPLES).glob("*")):
         try:
-            about = json.loads((folder / SAMPLES_ABOUT).read_text())
+            about = json_read.read(folder / SAMPLES_ABOUT)
         except (OSError, ValueError):
             continue
         if isinstance(about, dict) and (about.get("fingerprint") != fingerprint or samples_keys(about) not in wanted):

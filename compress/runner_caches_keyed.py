@@ -6,10 +6,10 @@ dit-compress where that made them unreadable. Moved out of runner_caches. Import
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import compress
+from compress import json_read
 from compress.runner_caches import bytes_in_words, names_of, size_of
 from compress.runner_measured import recorded_statistics, recorded_version
 from compress.runner_resume import SAMPLES_ABOUT, STATISTICS_OF, TEACHER_SAMPLES, run_record, statistics_version
@@ -104,7 +104,7 @@ def keyed_by(path: Path, run_dir: Path) -> str | None:
         return path.name
     if path.parent == Path(run_dir) / TEACHER_SAMPLES:
         try:
-            about = json.loads((path / SAMPLES_ABOUT).read_text())
+            about = json_read.read(path / SAMPLES_ABOUT)
         except (OSError, ValueError):
             return None
         return about.get("fingerprint") if isinstance(about, dict) else None

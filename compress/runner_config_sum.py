@@ -9,6 +9,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from compress import json_read
+
 
 # in a teacher identity: the checksum of what the config file the teacher reads holds (`config_checksum`);
 # compared in the place of its path where both records hold one (older runs record none)
@@ -39,7 +41,7 @@ def config_checksum(file: Path) -> str | None:
     except OSError:
         return None
     try:
-        data = json.loads(raw)
+        data = json_read.parse(raw)
     except ValueError:
         data = None
     if isinstance(data, dict):

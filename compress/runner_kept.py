@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from compress import json_read
 from compress.runner_resume import SAMPLES_ABOUT, TEACHER_SAMPLES
 from compress.words import counted
 
@@ -174,7 +175,7 @@ def readers_of(cache: Path) -> list[dict]:
     """The readers `mark_read_by` recorded in `cache` ([{"pass": i, "specs": [...]}]), [] where none
     (an older dit-compress's cache, or unreadable)."""
     try:
-        got = json.loads((cache / READ_BY).read_text()).get("readers")
+        got = json_read.read(cache / READ_BY).get("readers")
     except (OSError, ValueError, AttributeError):
         return []
     return [r for r in got if isinstance(r, dict) and isinstance(r.get("pass"), int)
@@ -184,7 +185,7 @@ def readers_of(cache: Path) -> list[dict]:
 def _read_by(cache: Path) -> int:
     """The pass index `mark_read_by` recorded in `cache`, -1 where none (or unreadable)."""
     try:
-        got = json.loads((cache / READ_BY).read_text()).get("pass")
+        got = json_read.read(cache / READ_BY).get("pass")
     except (OSError, ValueError, AttributeError):
         return -1
     return got if isinstance(got, int) and not isinstance(got, bool) else -1
@@ -261,7 +262,7 @@ def teacher_samples_kept(run_dir: Path, fingerprint: str | None, to_run) -> tupl
     written = shards = 0
     for about in (Path(run_dir) / TEACHER_SAMPLES).glob(f"*/{SAMPLES_ABOUT}") if fingerprint and wanted else ():
         try:
-            got = json.loads(about.read_text())
+            got = json_read.read(about)
         except (OSError, ValueError):
             continue
         if isinstance(got, dict) and got.get("fingerprint") == fingerprint and samples_keys(got) in wanted:

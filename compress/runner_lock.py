@@ -23,6 +23,7 @@ from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from compress import json_read
 from compress.errors import NAME_MAX, UserError
 
 try:
@@ -301,7 +302,7 @@ def _read(fd: int) -> dict | None:
             return None
         if text.strip():
             try:
-                return json.loads(text)
+                return json_read.parse(text)
             except ValueError:
                 return None
     return None

@@ -15,6 +15,7 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
+from compress import json_read
 from compress.errors import UserError
 from compress.recipe_teacher_config import FLAG
 from compress.runner_caches import finished_run
@@ -221,7 +222,7 @@ def latest_fingerprint(run_dir: Path) -> str | None:
         newest[cache.name] = max(map(_written_ns, cache.rglob("*.pt")), default=0)
     for about in (run_dir / TEACHER_SAMPLES).glob(f"*/{SAMPLES_ABOUT}"):
         try:
-            fp = json.loads(about.read_text()).get("fingerprint")
+            fp = json_read.read(about).get("fingerprint")
         except (OSError, ValueError, AttributeError):
             continue
         if isinstance(fp, str):

@@ -16,6 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
+from compress import json_read
+
 PENDING = Path("stream") / "pending-stage"  # in the run folder
 RECORD = "state.json"  # written last: a folder without it is no record
 TOP = "top-level.safetensors"
@@ -52,8 +54,8 @@ def read_record(run_dir: Path) -> tuple[int, dict] | None:
 
     folder = Path(run_dir) / PENDING
     try:
-        state = json.loads((folder / RECORD).read_text())
-        files = json.loads((folder / INDEX).read_text())["weight_map"].values()
+        state = json_read.read(folder / RECORD)
+        files = json_read.read(folder / INDEX)["weight_map"].values()
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     if not isinstance(state, dict) or not isinstance(state.get("pass"), int):

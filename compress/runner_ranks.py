@@ -29,6 +29,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from compress import json_read
 from compress.errors import UserError
 from compress.interrupts import stop_status
 from compress.runner_pids import _process_start, alive, orphaned
@@ -341,7 +342,7 @@ def main_of_launch(record: dict | None, key: str, live: bool = True) -> dict | N
 
 def read_json(path: Path) -> dict | None:
     try:
-        got = json.loads(path.read_text())
+        got = json_read.read(path)
     except (OSError, ValueError):
         return None
     return got if isinstance(got, dict) else None

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import compress
+from compress import json_read
 from compress.recipe import Recipe
 from compress.runner_pending import read_record
 from compress.runner_resume_moves import differing, pass_moves, pass_name
@@ -164,7 +165,7 @@ def read_state(stage: Path) -> dict | None:
     """A stage folder's state.json (recipe, teacher as --resume compares it: `as_compared`, report, block
     map), or None when it cannot be read."""
     try:
-        state = json.loads((Path(stage) / "state.json").read_text())
+        state = json_read.read(Path(stage) / "state.json")
     except (OSError, ValueError):
         return None
     if not isinstance(state, dict):
@@ -185,7 +186,7 @@ def run_record(run_dir: Path) -> dict:
     """The RUN_RECORD of the run that last started its passes in `run_dir`; {} where there is none (a run
     folder of an older dit-compress) or it cannot be read."""
     try:
-        record = json.loads((Path(run_dir) / "stages" / RUN_RECORD).read_text())
+        record = json_read.read(Path(run_dir) / "stages" / RUN_RECORD)
     except (OSError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}

@@ -4,10 +4,10 @@ would replace: `check_own_run_folder` refuses those. Imports no torch (runner_fo
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
+from compress import json_read
 from compress.errors import UserError
 from compress.runner_resume import FINISHED, RUN_RECORD
 
@@ -82,8 +82,8 @@ def says_written_by_us(path: Path, limit: int = 1 << 20) -> bool:
     try:
         if path.stat().st_size > limit:
             return False
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
+        data = json_read.parse(path.read_bytes())
+    except (OSError, ValueError):
         return False
     key, value = next(iter(WRITTEN_BY.items()))
     return isinstance(data, dict) and data.get(key) == value

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
+from compress import json_read
 from compress.calib_store import write_stopped
 from compress.distill_utils import write_curves
 from compress.errors import UserError
@@ -176,7 +177,7 @@ class Checkpoints:
         for path in done:
             why = None
             try:
-                meta = json.loads((path / "meta.json").read_text())
+                meta = json_read.read(path / "meta.json")
                 if not isinstance(meta, dict) or "fingerprint" not in meta:
                     raise ValueError("meta.json records no fingerprint")
             except (OSError, ValueError) as e:
@@ -365,7 +366,7 @@ def kept_past(folder: Path) -> str | None:
     """The fingerprint of the distill training whose saved stage kept the set aside in `folder` (KEPT_PAST);
     None where none did (or its record does not read: kept once more, never removed early)."""
     try:
-        fingerprint = json.loads((folder / KEPT_PAST).read_text()).get("fingerprint")
+        fingerprint = json_read.read(folder / KEPT_PAST).get("fingerprint")
     except (OSError, ValueError, AttributeError):
         return None
     return fingerprint if isinstance(fingerprint, str) else None

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from compress import json_read
 from compress.errors import UserError
 from compress.passes.distill_config import DistillConfig
 
@@ -176,7 +177,7 @@ def newest_meta(checkpoints: Path) -> tuple[dict | None, Path | None]:
     records a fingerprint (the pass warns of a damaged one and resumes before it); (None, None): none."""
     for checkpoint in sorted(checkpoints.glob("step-*"), reverse=True):
         try:
-            meta = json.loads((checkpoint / "meta.json").read_text())
+            meta = json_read.read(checkpoint / "meta.json")
         except (OSError, ValueError):
             continue
         if isinstance(meta, dict) and "fingerprint" in meta:

@@ -63,6 +63,7 @@ _DAMAGE = {
     "model truncated": lambda c: _truncate(c / "model.safetensors"),
     "meta.json deleted": lambda c: (c / "meta.json").unlink(),
     "meta.json not JSON": lambda c: (c / "meta.json").write_text("{bad"),
+    "meta.json nested too deep": lambda c: (c / "meta.json").write_text("[" * 100_000),  # (a RecursionError)
     "train state truncated": lambda c: _truncate(c / "train_state_0.pt"),
     "optimizer truncated": lambda c: _truncate(c / "optimizer.bin"),
 }
