@@ -354,8 +354,9 @@ class Roots:
             whose = "its block output's" if self.measured[0] == "block" else "the prediction's"
             raise NumericError(f"layer '{name}': its output Fisher ({whose} gradients) holds "
                                f"NaN/Inf; the backward overflowed ({overflow_hint(dtype)})")
-        if not bool(fisher.detach().abs().amax() > 0):
-            self.zero.append(name)  # said together (say_zero): a teacher with zero gates has dozens
+        if not bool(fisher.detach().abs().amax() > 0) and name not in self.zero:
+            self.zero.append(name)  # said together (say_zero): a teacher with zero gates has dozens; once
+            # though global allocation's second walk adds it again (fisher: block)
         self.store[name] = fisher  # read back on the device it was measured on
         self.recent.pop(name, None)
 

@@ -263,14 +263,17 @@ ZERO_FISHER_WORDS = {
 }
 
 
-@pytest.mark.parametrize("fisher", ["all", "block", "modulation"])
-def test_a_teacher_whose_modulation_is_zero_gets_one_zero_fisher_line(tmp_path, capsys, fisher):
+@pytest.mark.parametrize("fisher, allocation", [("all", "uniform"), ("block", "uniform"), ("modulation", "uniform"),
+                                                 ("block", "global")])
+def test_a_teacher_whose_modulation_is_zero_gets_one_zero_fisher_line(tmp_path, capsys, fisher, allocation):
     """T1's Flux teacher with every block's norm*.linear zero (its gates zero: no block output reaches
     the prediction) printed a warning per target whose output Fisher is zero (41 lines); now one line
     for the pass, counting them, whether the Fishers are the prediction's or each block's own, in words
     that say which (fisher: block's said 'the prediction' too). fisher: modulation weighs the modulation
     linears alone, whose gate rows see the block's output: their Fishers are zero where the blocks'
-    output layers are (the top level's norm_out.linear is not), and no zero-gates example is given."""
+    output layers are (the top level's norm_out.linear is not), and no zero-gates example is given.
+    allocation: global walks the blocks twice (fisher: block adds each Fisher again): each target counted once
+    ('78 of 39' before R1 stop 51 #1)."""
     from compress.arch import get_adapter
     from compress.passes.base import RunContext
     from compress.passes.svd import SVDConfig, SVDPass
@@ -287,7 +290,8 @@ def test_a_teacher_whose_modulation_is_zero_gets_one_zero_fisher_line(tmp_path, 
     ctx = RunContext(adapter=get_adapter(model), family="flux", teacher=model, run_dir=tmp_path,
                      calibration_inputs=lambda: batches, fingerprint="fp")
     targets = ["attention", "mlp"] if fisher != "modulation" else ["modulation"]
-    cfg = SVDConfig(targets=targets, ratio=0.5, multiple=2, progress=False, fisher=fisher)
+    cfg = SVDConfig(targets=targets, ratio=0.5, multiple=2, progress=False, fisher=fisher, allocation=allocation,
+                    sensitivity=False if allocation == "global" else None)
     SVDPass(cfg).run(model, ctx)
     said = [" ".join(line.split()) for line in capsys.readouterr().err.split("warning: ") if "output Fisher" in line]
     assert len(said) == 1, said
