@@ -15,7 +15,7 @@ from compress.io_output import load_transformer, output_folder
 from compress.io_source import check_source, looks_local, no_checkpoint_file, output_weights
 from compress.measured_against import against, teacher_fields, teacher_loras
 from compress.recipe_where import option_where
-from compress.report import console, note, output_file, read_report, results, to_json, warn
+from compress.report import console, error_figure, note, output_file, read_report, results, to_json, warn
 from compress.report_teacher import recorded_teacher, teacher_to_load, toy_base, warn_if_teacher_changed
 
 
@@ -195,11 +195,19 @@ def _print(result: dict, as_json: bool, named: dict | None = None, given: str | 
         if named:
             results.print(f"measured {against(named, given)}", markup=False, highlight=False)
         for key, value in result.items():
-            results.print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
+            results.print(f"{key:>28}: {_figure(key, value)}")
         if beside:
             results.print(beside, markup=False, highlight=False)
     _warn_above_one(result)
     return 0
+
+
+def _figure(key: str, value) -> str:
+    """One of eval's figures as its table prints it: an error as report.json's other readers print one
+    (report.error_figure: 0.1780, 4 significant figures), another float to 4 significant figures (28.38)."""
+    if key in ("pred_rel_error", "guided_error") and isinstance(value, float):
+        return error_figure(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _warn_above_one(result: dict) -> None:

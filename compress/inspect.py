@@ -15,9 +15,9 @@ from compress.inspect_distill import distill_lines
 from compress.inspect_fold import fold, with_note
 from compress.inspect_stages import stage_lines, stages_record
 from compress.io_output import load_transformer, output_folder
-from compress.report import (BUDGET_COLUMNS, QUALITY_COLUMNS, block_prefix, console, is_number, layer_rows,
-                             other_params, output_dir, plot_ranks, plot_spectrum, read_report, results, summary_table,
-                             to_json)
+from compress.report import (BUDGET_COLUMNS, QUALITY_COLUMNS, block_prefix, console, error_figure, is_number,
+                             layer_rows, other_params, output_dir, plot_ranks, plot_spectrum, read_report, results,
+                             summary_table, to_json)
 from compress.report_fit import (JSON_OR_WIDER, fitted_annotations, least_name_width, left_out_words, note_lines,
                                  print_fitted, row_line, shown_columns, table_width, wrapped)
 from compress.words import counted
@@ -349,8 +349,8 @@ def _print_compensation(report: dict) -> None:
     for stage, s in stages.items():  # "double 0 attention" as "transformer_blocks.0 attention"
         group, index, rest = (stage.split(" ", 2) + ["", ""])[:3]
         named = f"{group_modules(group)[0]}.{index} {rest}".strip() if index.isdigit() else stage
-        _say(f"compensation {named}: calibration error {s['uncompensated_error']:.4g} → "
-                      f"{s['calibration_error']:.4g} (step {s['step']:.4g} of the K-FAC Newton step)")
+        _say(f"compensation {named}: calibration error {error_figure(s['uncompensated_error'])} → "
+             f"{error_figure(s['calibration_error'])} (step {s['step']:.4g} of the K-FAC Newton step)")
 
 
 def write_plots(rows: list[dict], report: dict, plot_dir: Path) -> list[Path]:

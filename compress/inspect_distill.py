@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from compress.passes.distill_notes import rose
 from compress.passes.distill_progress import TERMS, fmt_terms
-from compress.report import is_count, is_number
+from compress.report import error_figure, is_count, is_number
 
 
 def distill_lines(report: dict) -> list[str]:
@@ -57,4 +57,4 @@ def _error(record: dict) -> str:
     kd = record.get("kd_teacher")  # kd_teacher: base: measured against the chain's base
     base = kd.get("source") if isinstance(kd, dict) else None
     against = f" against the chain's base {base}" if isinstance(base, str) else ""
-    return f"held-out teacher-relative error{against} {before:.4g} → {after:.4g}{marked}"
+    return f"held-out teacher-relative error{against} {error_figure(before)} → {error_figure(after)}{marked}"

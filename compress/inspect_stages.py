@@ -7,7 +7,7 @@ against that base. An older report's missing field is '-' (null in --json); a re
 
 from __future__ import annotations
 
-from compress.report import is_number
+from compress.report import error_figure, is_number
 from compress.report_card import against_base, export_lines
 from compress.report_fit import JSON_OR_WIDER, fitted_rows
 
@@ -95,4 +95,4 @@ def _share(value) -> str:
 
 
 def _error(value) -> str:
-    return f"{value:.4g}" if is_number(value) else "-"
+    return error_figure(value)  # 4 significant figures, as the card and eval print them

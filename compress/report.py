@@ -236,6 +236,18 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def error_figure(value) -> str:
+    """A teacher-relative error as report.json's readers print it (inspect, the model card, eval): 4
+    significant figures, trailing zeros kept (0.1780, 0.06519, 1.400; 0 as 0, nan and inf as such); '-'
+    where it is no number (none recorded, a NaN's null)."""
+    if not is_number(value):
+        return "-"
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    text = f"{value:#.4g}"
+    return text[:-1] if text.endswith(".") else text  # 1235. -> 1235
+
+
 def is_count(value) -> bool:
     """A JSON whole number ≥ 0, not a bool (a count or an index as read back: report.json's, block_map's)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0

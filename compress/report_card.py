@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from compress.report import is_number
+from compress.report import error_figure, is_number
 from compress.words import counted
 
 
@@ -20,7 +20,7 @@ def model_card(recipe, report: dict, ranks: dict | None = None) -> str:
     lines += ["| stage | params | teacher-relative error |" + " guided error |" * guided + " seconds |",
               "|---|---:|---:|" + "---:|" * guided + "---:|"]
     for s, seconds in zip(stages, _stage_seconds(stages, report.get("distill") or {})):
-        lines.append(f"| {s['pass']} | {s['params']:,} | {s['relative_error']:.4g} |"
+        lines.append(f"| {s['pass']} | {s['params']:,} | {error_figure(s['relative_error'])} |"
                      + f" {_figure(s.get('guided_error'))} |" * guided + f" {seconds} |")
     lines += guided_lines(report) if guided else []
     lines += _against_base_lines(stages)
@@ -32,8 +32,9 @@ def model_card(recipe, report: dict, ranks: dict | None = None) -> str:
 
 
 def _figure(value) -> str:
-    """A table's error cell: 0.1702, '-' where none was recorded (a stage saved before it was, a NaN's null)."""
-    return f"{value:.4g}" if is_number(value) else "-"
+    """A table's error cell: 0.1702, 0.1780, '-' where none was recorded (a stage saved before it was, a NaN's
+    null): report.error_figure, as inspect and eval print them."""
+    return error_figure(value)
 
 
 def guided_lines(report: dict) -> list[str]:
@@ -59,7 +60,7 @@ def _against_base_lines(stages: list[dict]) -> list[str]:
         if base is not None:
             lines += ["", f"Stage {n} ({s['pass']}) distilled toward the chain's base `{base.get('source')}` "
                           f"(kd_teacher: base): its error above is against the teacher; against that base it is "
-                          f"{base['relative_error']:.4g}."]
+                          f"{error_figure(base['relative_error'])}."]
     return lines
 
 
@@ -87,7 +88,7 @@ def export_lines(report: dict) -> list[str]:
     before = f"The teacher-relative errors above are of the {computed} weights before the export; the output holds them in {dtype}"
     if not is_number(err):
         return ["", f"{before} ({_unmeasured_words(report)})."]
-    return ["", f"{before}: its teacher-relative error on the same held-out inputs is {err:.4g}."]
+    return ["", f"{before}: its teacher-relative error on the same held-out inputs is {error_figure(err)}."]
 
 
 def _unmeasured_words(report: dict) -> str:
@@ -256,9 +257,9 @@ def _svd_lines(svd: dict, ranks: dict | None = None) -> list[str]:
     if stages:
         first, last = stages[0], stages[-1]
         lines.append(f"Compensation in {counted(len(stages), 'stage')}: calibration prediction error after "
-                     f"the last one {last['calibration_error']:.4g} (plain factorization there: "
-                     f"{last['uncompensated_error']:.4g}; first compensated stage {first['uncompensated_error']:.4g} → "
-                     f"{first['calibration_error']:.4g}).")
+                     f"the last one {error_figure(last['calibration_error'])} (plain factorization there: "
+                     f"{error_figure(last['uncompensated_error'])}; first compensated stage "
+                     f"{error_figure(first['uncompensated_error'])} → {error_figure(first['calibration_error'])}).")
     return lines
 
 

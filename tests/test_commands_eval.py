@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from compress.cli import main
+from compress.report import error_figure
 from tests.conftest import tiny_flux
 from tests.test_commands import RECIPE, _one_line_errors, write_recipe
 
@@ -252,7 +253,7 @@ def test_eval_gives_the_guided_error_beside_the_conditional_where_the_runs_check
     assert result["guidance"] == 4.5 and result["guided_error"] != pytest.approx(result["pred_rel_error"], rel=1e-3)
     assert main(["eval", str(out)]) == 0
     table = capsys.readouterr().out
-    assert f"{'guided_error':>28}: {result['guided_error']:.4g}\n{'guidance':>28}: 4.5" in table
+    assert f"{'guided_error':>28}: {error_figure(result['guided_error'])}\n{'guidance':>28}: 4.5" in table
     one = run_recipe(tmp_path, text.format(stream=stream).replace("heldout: 4", "heldout: 4, cfg_branches: false"),
                      "q")
     capsys.readouterr()

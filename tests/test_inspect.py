@@ -367,7 +367,7 @@ def test_inspect_names_compensation_stages_by_module(tmp_path, capsys, wide_term
     capsys.readouterr()
     assert main(["inspect", str(out)]) == 0
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("compensation ")]
-    assert printed == [f"compensation {s}: calibration error 0.5 → 0.25 (step 0.5 of the K-FAC Newton step)"
+    assert printed == [f"compensation {s}: calibration error 0.5000 → 0.2500 (step 0.5 of the K-FAC Newton step)"
                        for s in said]
 
 

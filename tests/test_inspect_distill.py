@@ -48,7 +48,7 @@ def test_inspect_says_what_each_distill_pass_did(tmp_path, capsys):
         "distill (pass 1 of 2): 60/60 steps (data toy, train all); held-out teacher-relative error 0.08092 → 0.09314 "
         "(rose; its error_rose in report.json says why); not resumed; last step: loss 0.5 task 0.25 out 0.125 feat 1",
         "distill (pass 2 of 2): 200/200 steps (data teacher_samples, train factors); held-out teacher-relative error "
-        "0.09314 → 0.0655; resumed 2 times; last step: loss 0.5 task 0.25 out 0.125 feat 1"]
+        "0.09314 → 0.06550; resumed 2 times; last step: loss 0.5 task 0.25 out 0.125 feat 1"]
 
 
 def test_inspect_of_an_older_record_says_what_it_holds(tmp_path, capsys):

@@ -174,8 +174,8 @@ def test_inspect_shows_the_guided_error_where_a_stage_recorded_one(tmp_path, cap
     report = {"teacher": "toy:pixart", "teacher_params": 200_000, "stages": stages}
     printed = _inspected(tmp_path, capsys, report)
     rows = _stage_rows(printed)
-    assert rows == {"teacher": ["200,000", "100.0%", "-", "-"], "svd": ["160,000", "80.0%", "0.178", "-"],
-                    "distill": ["160,000", "80.0%", "0.0652", "0.0913"]}
+    assert rows == {"teacher": ["200,000", "100.0%", "-", "-"], "svd": ["160,000", "80.0%", "0.1780", "-"],
+                    "distill": ["160,000", "80.0%", "0.06520", "0.09130"]}
     said = " ".join(printed[printed.index("stages: "):].split())
     assert "guided error" in said and "classifier-free-guided prediction" in said
     passes = json.loads(_inspected(tmp_path / "json", capsys, report, "--json"))["stages"]["passes"]
@@ -199,3 +199,46 @@ def test_the_guided_error_s_caption_says_its_scale_and_held_out_inputs(tmp_path,
     del report["heldout"]
     said = " ".join(_inspected(tmp_path / "c", capsys, report).split())
     assert said.endswith("guided error: of the classifier-free-guided prediction"), said
+
+
+def test_every_error_figure_keeps_its_four_significant_figures_as_the_card_and_eval_print_it(tmp_path, capsys):
+    """T3: inspect printed a stage error of 0.178036 as 0.178 and 0.1 as 0.1 (trailing zeros dropped, as
+    '.4g' does), so a figure seemed to have fewer significant figures than its neighbours (0.1717); the card
+    and eval did the same. Now inspect's stages (teacher-relative, guided, against the chain's base), its
+    distill line and its compensation line, the model card's and eval's errors all print them with
+    report.error_figure: 4 significant figures, zeros kept (0.1780, 0.1000, 1.400), an exact 0 as 0."""
+    from compress.commands import _figure
+    from compress.report import error_figure
+    from compress.report_card import _figure as card_figure
+    from tests.test_report_card import _card
+
+    report = {"teacher": "toy:pixart", "teacher_params": 200_000, "student_params": 150_000,
+              "stages": [{"pass": "importance", "seconds": 1.0, "params": 200_000, "relative_error": 0.0,
+                          "guided_error": 0.0},
+                         {"pass": "remove_blocks", "seconds": 0.3, "params": 160_000, "relative_error": 0.178036,
+                          "guided_error": 0.1},
+                         {"pass": "distill", "seconds": 1.2, "params": 160_000, "relative_error": 0.06,
+                          "guided_error": 1.4, "kd_teacher": {"source": "out/base", "relative_error": 0.25}}],
+              "distill": {"steps": 10, "steps_done": 10, "pred_rel_error_before": 0.178036,
+                          "pred_rel_error_after": 0.06},
+              "svd": {"compensation": {"double 0 attention": {"uncompensated_error": 0.2, "calibration_error": 0.15,
+                                                               "step": 0.5}}},
+              "export": {"dtype": "float32", "computed_in": "float32", "exact": True, "relative_error": 0.06}}
+    printed = _inspected(tmp_path, capsys, report)
+    rows = _stage_rows(printed)
+    assert rows["importance"][2:] == ["0", "0", "-"], rows
+    assert rows["remove_blocks"][2:] == ["0.1780", "0.1000", "-"], rows
+    assert rows["distill"][2:] == ["0.06000", "1.400", "0.2500"], rows
+    said = " ".join(printed.split())
+    assert "distill: 10/10 steps; held-out teacher-relative error 0.1780 → 0.06000" in said, said
+    assert "calibration error 0.2000 → 0.1500 (step 0.5 of the K-FAC Newton step)" in said, said
+    card = _card(report)  # the model card's stage table and lines: the same figures
+    assert "| remove_blocks | 160,000 | 0.1780 | 0.1000 | 0.3 |" in card and "| importance | 200,000 | 0 | 0 |" in card
+    assert "| distill | 160,000 | 0.06000 | 1.400 | 1.2 |" in card and "against that base it is 0.2500." in card
+    assert "after the last one 0.1500 (plain factorization there: 0.2000; first compensated stage 0.2000" in card
+    for value, shown in ((0.178036, "0.1780"), (0.1, "0.1000"), (0.06519, "0.06519"), (1.4, "1.400"),
+                         (1234.56, "1235"), (0.0, "0"), (float("nan"), "nan"), (None, "-")):
+        assert error_figure(value) == card_figure(value) == shown, (value, shown)
+        if isinstance(value, float):
+            assert _figure("pred_rel_error", value) == _figure("guided_error", value) == shown
+    assert _figure("psnr_vs_teacher", 28.0) == "28" and _figure("guidance", 3.0) == "3"  # not errors: as before

@@ -82,11 +82,11 @@ def test_the_model_card_gives_a_resumed_distill_pass_its_total_seconds():
     first = {"seconds": 45.7, "seconds_this_run": 9.2}  # resumed
     second = {"seconds": 2.1, "seconds_this_run": 2.1}  # run whole in this invocation
     rows = _card({"stages": stages, "distill": dict(second, earlier=[first])}).splitlines()
-    assert "| svd | 60 | 0.1 | 3.7 |" in rows
-    assert "| distill | 60 | 0.05 | 46.3 (9.8 this run) |" in rows
-    assert "| distill | 60 | 0.04 | 2.5 |" in rows
+    assert "| svd | 60 | 0.1000 | 3.7 |" in rows
+    assert "| distill | 60 | 0.05000 | 46.3 (9.8 this run) |" in rows
+    assert "| distill | 60 | 0.04000 | 2.5 |" in rows
     one = _card({"stages": stages[:2], "distill": {"seconds": 12.0}}).splitlines()  # before seconds_this_run
-    assert "| distill | 60 | 0.05 | 9.8 |" in one
+    assert "| distill | 60 | 0.05000 | 9.8 |" in one
 
 
 def test_a_runs_card_counts_the_layers_its_output_holds_with_a_factorized_teacher(tmp_path):
@@ -315,13 +315,13 @@ def test_the_model_card_gives_each_stages_guided_error_where_the_run_recorded_on
     rows = _card({"stages": stages}).splitlines()
     assert "| stage | params | teacher-relative error | guided error | seconds |" in rows
     assert "|---|---:|---:|---:|---:|" in rows
-    assert "| svd | 60 | 0.178 | 0.2243 | 3.7 |" in rows and "| svd | 50 | 0.05 | - | 2.5 |" in rows
+    assert "| svd | 60 | 0.1780 | 0.2243 | 3.7 |" in rows and "| svd | 50 | 0.05000 | - | 2.5 |" in rows
     said = next(r for r in rows if r.startswith("Guided error: "))
     assert "uncond + s · (cond − uncond)" in said and "`-`: a stage that recorded none" in said
     both = _card({"stages": [stages[0], dict(stages[1], guided_error=0.06)]})
-    assert "| svd | 50 | 0.05 | 0.06 | 2.5 |" in both and "`-`" not in both
+    assert "| svd | 50 | 0.05000 | 0.06000 | 2.5 |" in both and "`-`" not in both
     plain = _card({"stages": [stages[1]]}).splitlines()
-    assert "| stage | params | teacher-relative error | seconds |" in plain and "| svd | 50 | 0.05 | 2.5 |" in plain
+    assert "| stage | params | teacher-relative error | seconds |" in plain and "| svd | 50 | 0.05000 | 2.5 |" in plain
     assert not any(r.startswith("Guided error") for r in plain)
 
 
@@ -334,5 +334,5 @@ def test_the_card_names_the_first_compensated_stage_not_the_first_stage():
     stages = {"double 1 mlp": {"calibration_error": 0.154, "uncompensated_error": 0.1653},
               "double 2 mlp": {"calibration_error": 0.0781, "uncompensated_error": 0.08456}}
     said = " ".join(_svd_lines({"compensation": stages}))
-    assert ("Compensation in 2 stages: calibration prediction error after the last one 0.0781 (plain factorization "
-            "there: 0.08456; first compensated stage 0.1653 → 0.154).") in said, said
+    assert ("Compensation in 2 stages: calibration prediction error after the last one 0.07810 (plain factorization "
+            "there: 0.08456; first compensated stage 0.1653 → 0.1540).") in said, said

@@ -8,6 +8,7 @@ from safetensors.torch import save_file
 
 from compress.plan import make_plan
 from compress.recipe import load_recipe
+from compress.report import error_figure
 from tests.conftest import tiny_pixart
 from tests.runner_helpers import SIMPLE, run_recipe
 
@@ -71,7 +72,8 @@ def test_the_exported_weights_error_is_measured_where_the_export_rounds_them(tmp
     assert json.loads(capsys.readouterr().out)["pred_rel_error"] == pytest.approx(export["relative_error"], rel=1e-9)
     card = (out / "README.md").read_text()
     assert (f"The teacher-relative errors above are of the float32 weights before the export; the output holds them in "
-            f"bfloat16: its teacher-relative error on the same held-out inputs is {export['relative_error']:.4g}.") in card
+            f"bfloat16: its teacher-relative error on the same held-out inputs is "
+            f"{error_figure(export['relative_error'])}.") in card
     plain = json.loads((run_recipe(tmp_path, text, "f32") / "report.json").read_text())
     assert plain["export"] == {"dtype": "float32", "computed_in": "float32", "exact": True,
                                "relative_error": plain["stages"][-1]["relative_error"]}

@@ -20,6 +20,7 @@ from compress.passes.base import RunContext
 from compress.passes.distill import DistillConfig, DistillPass
 from compress.passes.distill_kd_teacher import base_chain, kd_target
 from compress.recipe import parse_recipe
+from compress.report import error_figure
 from tests.conftest import model_inputs, tiny_pixart
 from tests.passes.distill_helpers import toy_data
 
@@ -95,7 +96,7 @@ def test_distill_toward_the_base_measures_and_trains_against_the_base(tmp_path):
                                     "chain": [str((tmp_path / "base").resolve())]}
     assert record["block_map"] == {"blocks": [0, 2]}
     assert f"held-out teacher-relative error against the chain's base {(tmp_path / 'base').resolve()} " \
-           f"{record['pred_rel_error_before']:.4g} → " in distill_line(record)  # inspect's line
+           f"{error_figure(record['pred_rel_error_before'])} → " in distill_line(record)  # inspect's line
     _, plain = _run(copy.deepcopy(student), a, to_a, tmp_path / "run2")  # the default: the recipe's teacher
     assert plain["pred_rel_error_before"] == pytest.approx(against_a, rel=1e-6)
     assert "kd_teacher" not in plain
@@ -280,7 +281,7 @@ def test_the_stage_line_report_and_card_say_which_teacher_each_error_is_against(
     assert said.count("against the recipe's teacher;") == 1  # not on remove_blocks' line
     card = " ".join((tmp_path / "out-r" / "README.md").read_text().split())
     assert (f"Stage 2 (distill) distilled toward the chain's base `{base}` (kd_teacher: base): its error above is "
-            f"against the teacher; against that base it is {after:.4g}.") in card
+            f"against the teacher; against that base it is {error_figure(after)}.") in card
 
 
 def _resumable_past_the_pass(tmp_path) -> str:
