@@ -16,9 +16,9 @@ from rich.markup import escape
 from compress.calib_prompts import prompts_in_words
 from compress.errors import UserError
 from compress.interrupts import interrupts_held
-from compress.passes.distill_checkpoints import (aside_as, distill_folders, finish_swap, remove_checkpoints,
+from compress.passes.distill_checkpoints import (aside_as, distill_folders, finish_swap, keep_past, remove_checkpoints,
                                                 remove_whole, set_aside, whole_checkpoints)
-from compress.passes.distill_resume import DISCARDED
+from compress.passes.distill_resume import DISCARDED, newest_meta
 from compress.passes.importance import write_atomically
 from compress.recipe_teacher_config import FLAG
 from compress.report import console, warn
@@ -132,18 +132,24 @@ def _cleared(runner, start: int, student):
     """(start, student), once the training checkpoints of the distill passes before `start` (kept) are
     removed, with an older swap's (as DistillPass.stage_saved removes them once the pass's stage is saved):
     a run stopped (or killed) between that save and that removal left them, several times the model, and no
-    later step would remove them. One line names what went. Those set aside are left to stage_saved's rule
-    (kept past the pass's first stage saved since, for a --resume that undoes the change to take back)."""
+    later step would remove them. One line names what went. Those set aside get stage_saved's rule with the
+    fingerprint the checkpoints recorded (keep_past: kept past this stage, marked with it, for a --resume that
+    undoes the change to take back; those another stage kept, removed), as the saved stage would have."""
     if not is_main_process():
         return start, student
     names = [s.name for s in runner.recipe.passes]
     distills = [i for i, name in enumerate(names) if name == "distill"]  # the n-th's folder: distill_trainer's
     for n, i in enumerate(distills[:sum(i < start for i in distills)], 1):
-        removed = remove_checkpoints(runner.run_dir / ("distill" if n == 1 else f"distill-{n}"), aside=False)
+        folder = runner.run_dir / ("distill" if n == 1 else f"distill-{n}")
+        meta, _ = newest_meta(folder / "checkpoints")  # (the training the stage holds: read before they go)
+        removed = remove_checkpoints(folder, aside=False)
         if removed:
             console.print(f"  removed {escape(' and '.join(map(str, removed)))}: the training checkpoints of pass "
                           f"{i + 1}/{len(names)} (distill, kept), whose saved stage holds the trained student",
                           highlight=False)
+        if meta is not None and isinstance(meta["fingerprint"], str):
+            with interrupts_held():
+                keep_past(folder / DISCARDED, meta["fingerprint"])
     return start, student
 
 

@@ -2,6 +2,8 @@
 the output: once a streamed stage was saved but before the copies it replaces were deleted, and
 during the export (its output not written)."""
 
+import json
+
 import pytest
 
 from compress.runner import Runner
@@ -79,6 +81,8 @@ def test_a_resume_that_keeps_a_distill_stage_removes_the_checkpoints_a_stop_left
     model) stayed for good, said nowhere. Now that --resume removes them, with those set aside (as the
     saved stage would have), in one line."""
     from compress.passes.distill import DistillPass
+    from compress.passes.distill_checkpoints import kept_past
+    from compress.passes.distill_resume import DISCARDED, KEPT_PAST, newest_meta
     from compress.recipe import parse_recipe
 
     tmp_path, _, _ = pixart
@@ -95,7 +99,11 @@ def test_a_resume_that_keeps_a_distill_stage_removes_the_checkpoints_a_stop_left
             runner().run()
     folder = tmp_path / "run" / "distill"
     assert any((folder / "checkpoints").glob("step-*")) and (tmp_path / "run" / "stages" / "2-distill").is_dir()
-    (folder / "checkpoints.discarded" / ("a" * 16)).mkdir(parents=True)  # a set --resume had set aside
+    trained, _ = newest_meta(folder / "checkpoints")  # the fingerprint of the training the stage holds
+    for name, by in (("a" * 16, None), ("b" * 16, "c" * 16)):  # sets --resume had set aside; b kept by a stage
+        (folder / DISCARDED / name).mkdir(parents=True)       # of other settings already
+        if by:
+            (folder / DISCARDED / name / KEPT_PAST).write_text(json.dumps({"fingerprint": by}))
     capsys.readouterr()
     runner(resume=True).run()
     said = capsys.readouterr()
@@ -104,9 +112,11 @@ def test_a_resume_that_keeps_a_distill_stage_removes_the_checkpoints_a_stop_left
     assert (f"removed {folder / 'checkpoints'}: the training checkpoints of pass 3/3 (distill, kept), whose saved "
             "stage holds the trained student") in said
     assert (tmp_path / "out" / "config.json").is_file()
-    # the set aside is left to stage_saved's rule (a002237: kept past the pass's first stage saved since)
-    assert [p.name for p in folder.iterdir() if p.name.startswith("checkpoints")] == ["checkpoints.discarded"]
-    assert (folder / "checkpoints.discarded" / ("a" * 16)).is_dir()
+    # the sets aside get stage_saved's rule (a002237): kept past the pass's first stage saved since, marked
+    # with its fingerprint (they were left unmarked, to outlive one more stage); one another stage kept: removed
+    assert [p.name for p in folder.iterdir() if p.name.startswith("checkpoints")] == [DISCARDED]
+    assert [p.name for p in (folder / DISCARDED).iterdir()] == ["a" * 16]
+    assert kept_past(folder / DISCARDED / ("a" * 16)) == trained["fingerprint"]
 
 
 def test_a_ctrl_c_as_the_checkpoints_are_removed_is_held_until_all_are_gone(tmp_path, monkeypatch, ctrl_c_raises):

@@ -323,7 +323,7 @@ def distill_folders(run_dir: Path) -> list[Path]:
 
 def remove_checkpoints(folder: Path, aside: bool = True) -> list[Path]:
     """A distill pass's `folder` (RUN/distill) without its checkpoints, those set aside (not with `aside`
-    False: runner_stages._cleared, which finishes a removal `stage_saved` began, leaves them to its rule), or
+    False: runner_stages._cleared, which finishes a removal `stage_saved` began, gives them its rule), or
     what a swap an older dit-compress stopped left (ROOT.swapping*); the folders removed, returned. A Ctrl-C
     (SIGTERM) is held until all are gone (a half-removed step-N left a checkpoint no resume could read); a
     kill leaves the rest to the next --resume that keeps the pass's stage (runner_stages._cleared), none of
@@ -345,20 +345,27 @@ def stage_saved(folder: Path, fingerprint: str) -> list[Path]:
     undoes the change that set them aside (this stage of the mistaken settings then passed over) takes them
     back. A Ctrl-C (SIGTERM) is held until done. Returns the sets kept."""
     root, aside = folder / "checkpoints", folder / DISCARDED
-    kept = []
     with interrupts_held():  # (seconds: the files of a few checkpoints)
         finish_swap(root, aside)
         remove_whole(root)
-        for old in sets_aside(aside):
-            by = kept_past(old)
-            if by is not None and by != fingerprint:
-                remove_whole(old)
-                continue
-            if by is None:
-                (old / KEPT_PAST).write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
-            kept.append(old)
-        if aside.is_dir() and not any(aside.iterdir()):
-            aside.rmdir()
+        return keep_past(aside, fingerprint)
+
+
+def keep_past(aside: Path, fingerprint: str) -> list[Path]:
+    """The sets aside in `aside` (DISCARDED) past a stage of their pass saved with `fingerprint` (`stage_saved`,
+    and runner_stages._cleared, which finishes what a stop left of it): those a stage saved earlier with
+    another fingerprint kept (KEPT_PAST) removed, the others marked with `fingerprint` and returned (kept)."""
+    kept = []
+    for old in sets_aside(aside):
+        by = kept_past(old)
+        if by is not None and by != fingerprint:
+            remove_whole(old)
+            continue
+        if by is None:
+            (old / KEPT_PAST).write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+        kept.append(old)
+    if aside.is_dir() and not any(aside.iterdir()):
+        aside.rmdir()
     return kept
 
 
