@@ -1,7 +1,7 @@
 """Each stage's held-out error, the run's check of its student against the teacher: measured once the
 stage is saved (check_stage: printed, added to the stage's record and state.json, warned of above 1),
 and on --resume for a kept stage stopped before it was (check_kept). Where the source's pipeline samples
-with classifier-free guidance, beside it the error of the guided prediction (guided_error)."""
+with classifier-free guidance, beside it the error of the guided prediction (guided_error; above 1 warned of too)."""
 
 from __future__ import annotations
 
@@ -46,8 +46,9 @@ def check_stage(runner, student, record: dict, reference, heldout, teacher_param
     save_state(runner, runner.doing)
     console.print(f"  params {record['params']:,} / {teacher_params:,}   teacher-relative error {err:.4g}"
                   f"{guided_words(record)}{against_base_words(record)}")
-    if err > 1:
-        warn(f"{runner._doing_words()}: {above_one_words(err, 'the student')}; check this pass's settings")
+    for value, guided in ((err, False), (record.get("guided_error"), True)):  # guided: None where not finite
+        if is_number(value) and (said := above_one_words(value, "the student", guided)):
+            warn(f"{runner._doing_words()}: {said}; check this pass's settings")
 
 
 def above_one_words(err: float, whose: str, guided: bool = False) -> str | None:

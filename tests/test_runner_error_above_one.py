@@ -25,3 +25,23 @@ def test_a_stage_error_above_one_is_warned_naming_the_pass_and_its_line(tmp_path
     assert err.count("is above 1") == 1, err
     assert (f"warning: {tmp_path / 'r.yaml'}:6: pass 2/2 (svd): the student's teacher-relative error 1.507 is "
             "above 1: a model predicting zeros would be closer to the teacher") in err, err
+
+
+def test_a_stage_guided_error_above_one_is_warned_as_its_error_is(tmp_path, monkeypatch, capsys):
+    """A stage's guided error above 1 (runner_heldout.guided_error, where the source samples with guidance)
+    was printed on its line, '(guided 1.3)', without a word, though its teacher-relative error above 1 is
+    warned of (and eval warns of both). Now in the same style, against the teacher's guided prediction.
+    The guided reference and error are set here (the synthetic source samples no guidance)."""
+    import compress.runner_heldout as runner_heldout
+
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    passes = "  - svd: {targets: [attention], ratio: 0.5, multiple: 2, fisher: none}\n" \
+             "  - svd: {targets: [mlp], ratio: 0.5, multiple: 2, fisher: none}\n"
+    guided = iter([0.5, 1.3])
+    monkeypatch.setattr(runner_heldout, "guided_reference", lambda runner, reference: ("guide",))
+    monkeypatch.setattr(runner_heldout, "guided_error", lambda *a, **k: {"guided_error": next(guided)})
+    run_recipe(tmp_path, SIMPLE.format(teacher=tmp_path / "teacher", passes=passes), "r")
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("is above 1") == 1, err
+    assert (f"warning: {tmp_path / 'r.yaml'}:6: pass 2/2 (svd): the student's guided error 1.3 is above 1: a model "
+            "predicting zeros would be closer to the teacher's guided prediction; check this pass's settings") in err, err
