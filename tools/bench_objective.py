@@ -9,25 +9,31 @@ whole run's, then each later objective's figures over the first's.
     python tools/bench_objective.py --family pixart [--seed 0] [--objectives branches guided_compensation]
                                     [--no-distill] [--set KEY.PATH=VALUE ...]
 
-Measured (toy recipes as shipped, 2-core machine shared with other jobs at load 5-7; the errors repeat to the
-last digit, the seconds do not), guided_compensation over branches, conditional / guided:
-  seed  family  after the svd passes   after distill     svd passes' seconds (guided_compensation ran second)
-  0     PixArt  1.133 / 0.719          0.930 / 0.940     0.49
-  1     PixArt  1.449 / 0.841          0.969 / 0.966     0.65 (ran first)
-  2     PixArt  1.274 / 0.829          0.956 / 0.951     0.57
-  0     Flux    1.470 / 0.799          0.987 / 0.995     0.54
-  1     Flux    1.384 / 0.686          0.970 / 0.953     1.87 (ran first)
-  2     Flux    1.471 / 0.755          0.981 / 0.975     0.82
-(seed 0: PixArt branches 0.1717 / 0.2249 -> 0.06519 / 0.1089, guided_compensation 0.1946 / 0.1618 -> 0.06065 /
-0.1024; Flux branches 0.1473 / 0.2611 -> 0.08019 / 0.1545, guided_compensation 0.2165 / 0.2087 -> 0.07914 /
-0.1537, README's figures; seed 1 with `--objectives guided_compensation branches`: PixArt 0.1066 / 0.1435 ->
-0.03702 / 0.06474 and 0.1544 / 0.1207 -> 0.03589 / 0.06252, Flux 0.1654 / 0.3117 -> 0.08897 / 0.1681 and
-0.2289 / 0.2137 -> 0.08630 / 0.1602.) Over seeds 0-2 README's ranges hold (after the svd passes guided 0.69-0.84x,
-conditional 1.13-1.47x; after distill PixArt 0.93-0.97x, Flux 0.95-0.995x); the seconds' ratio followed the
-machine's load (0.49-1.87x), not the objective. Those runs predate global allocation's sensitivity weighing
-the guided prediction under a guided objective (b691456); after it, seed 0 with `--objectives guided_compensation`:
-PixArt 0.1971 / 0.1606 -> 0.06111 / 0.1034 (881,168 params), Flux 0.2168 / 0.2084 -> 0.07867 / 0.1533
-(1,015,120), i.e. over branches after distill 0.937 / 0.949 and 0.981 / 0.992 (branches' runs unchanged).
+Measured (toy recipes as shipped, 2-core machine shared with other jobs at load 5-12; the errors repeat to the
+last digit, the seconds do not), guided_compensation over branches, conditional / guided, after global
+allocation's sensitivity weighed the guided prediction under a guided objective (b691456; branches' runs are
+unchanged by it, bit-identical):
+  seed  family  after the svd passes   after distill     svd passes' seconds
+  0     PixArt  1.148 / 0.714          0.937 / 0.949     -
+  1     PixArt  1.460 / 0.855          0.981 / 0.968     -
+  2     PixArt  1.264 / 0.840          0.952 / 0.944     1.34 (load 9-12)
+  0     Flux    1.472 / 0.798          0.981 / 0.992     -
+  1     Flux    1.387 / 0.705          0.971 / 0.943     -
+  2     Flux    1.469 / 0.737          0.987 / 0.967     0.88 (load 9-12)
+Figures, branches -> guided_compensation, conditional / guided after the svd passes -> after distill:
+  seed 0 PixArt 0.1717 / 0.2249 -> 0.06519 / 0.1089;  0.1971 / 0.1606 -> 0.06111 / 0.1034 (881,168 params)
+  seed 1 PixArt 0.1066 / 0.1435 -> 0.03702 / 0.06474; 0.1556 / 0.1227 -> 0.03630 / 0.06265 (880,144; branches 881,168)
+  seed 2 PixArt 0.1690 / 0.2311 -> 0.07307 / 0.1235;  0.2137 / 0.1942 -> 0.06955 / 0.1166 (881,168)
+  seed 0 Flux   0.1473 / 0.2611 -> 0.08019 / 0.1545;  0.2168 / 0.2084 -> 0.07867 / 0.1533 (1,015,120 params)
+  seed 1 Flux   0.1654 / 0.3117 -> 0.08897 / 0.1681;  0.2294 / 0.2198 -> 0.08635 / 0.1586 (1,015,120)
+  seed 2 Flux   0.1552 / 0.2815 -> 0.08334 / 0.1635;  0.2280 / 0.2075 -> 0.08223 / 0.1581 (1,015,120)
+(seeds 1-2's guided_compensation and seed 2's branches run on a018517; seeds 0-1's branches from before b691456.)
+Over seeds 0-2: after the svd passes guided 0.71-0.86x, conditional 1.15-1.47x; after distill PixArt 0.94-0.98x
+conditional / 0.94-0.97x guided, Flux 0.97-0.99x / 0.94-0.99x: lower on both errors at every seed and family.
+The seconds' ratio followed the machine's load (0.49-1.87x before b691456), not the objective. Before b691456
+the same table read, after the svd passes / after distill: PixArt 1.133 / 0.719, 0.930 / 0.940 (seed 0);
+1.449 / 0.841, 0.969 / 0.966 (1); 1.274 / 0.829, 0.956 / 0.951 (2); Flux 1.470 / 0.799, 0.987 / 0.995 (0);
+1.384 / 0.686, 0.970 / 0.953 (1); 1.471 / 0.755, 0.981 / 0.975 (2).
 """
 
 from __future__ import annotations
