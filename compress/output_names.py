@@ -15,6 +15,8 @@ import json
 import os
 from pathlib import Path
 
+from compress import json_read
+
 SAVED_RECIPE = "recipe.yaml"  # the recipe an output holds (runner_export.output_files), and its report
 REPORT = "report.json"
 
@@ -344,8 +346,8 @@ def _recorded_output(run_dir: Path) -> Path | None:
     from compress.runner_resume import FINISHED
 
     try:
-        out = json.loads((Path(run_dir) / "stages" / FINISHED).read_text()).get("out")
-    except (OSError, ValueError, AttributeError):
+        out = json_read.read(Path(run_dir) / "stages" / FINISHED).get("out")
+    except (OSError, ValueError, AttributeError):  # (ValueError: json_read.NestedTooDeep too)
         return None
     return Path(out) if isinstance(out, str) and out else None
 

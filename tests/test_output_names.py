@@ -247,3 +247,20 @@ def test_a_config_nested_past_pythons_recursion_limit_is_no_output_in_one_line(t
     assert main([command, str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("command", ["inspect", "eval"])
+def test_a_finished_record_nested_past_pythons_recursion_limit_is_read_as_none_in_one_line(tmp_path, capsys, command):
+    """runs/NAME/stages/finished.json nested 100,000 brackets deep (F1 stop 51: _recorded_output caught OSError
+    and ValueError only): `inspect runs/NAME` says the run's output is gone in one line, not a RecursionError."""
+    from compress.cli import main
+    from compress.output_names import run_output
+    from compress.runner_resume import FINISHED
+
+    folder = tmp_path / "runs" / "toy"
+    (folder / "stages").mkdir(parents=True)
+    (folder / "stages" / FINISHED).write_text("[" * 100_000 + "]" * 100_000)
+    assert run_output(folder) is None
+    assert main([command, str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "gone" in err, err
