@@ -302,12 +302,13 @@ def _in_default(path: Path) -> bool:
 
 def run_output(path: Path) -> Path | None:
     """The output of the run folder `path` where it is an output: the one its finished run recorded
-    (stages/finished.json's `out`: wherever --out put it, whatever --run-dir named the folder), else
-    out/NAME where `path` is runs/NAME (NAME any path below a folder runs/, in any folder): what
-    `inspect runs/NAME` meant. None where that is not there or no output."""
+    (stages/finished.json's `out`: wherever --out put it, whatever --run-dir named the folder), else,
+    where it records none, out/NAME where `path` is runs/NAME (NAME any path below a folder runs/, in any
+    folder): what `inspect runs/NAME` meant. None where that is not there or no output: out/NAME, an older
+    run's output, is not this run's where it recorded another (lost_output says that one is gone)."""
     recorded = _recorded_output(path)
-    if recorded is not None and is_output(recorded):
-        return as_typed(recorded)
+    if recorded is not None:
+        return as_typed(recorded) if is_output(recorded) else None
     runs = next((folder for folder in path.parents if folder.name == "runs"), None)
     if runs is None:
         return None

@@ -219,3 +219,28 @@ def test_the_folder_of_a_finished_run_whose_output_is_gone_says_so_and_how_to_wr
         assert main([command, given]) == 2
         assert capsys.readouterr().err == f"dit-compress: error: {given} is the run folder of a finished run, but " \
                                           f"{words}\n"
+
+
+@pytest.mark.parametrize("command", ["inspect", "eval", "bench"])
+def test_a_finished_run_whose_recorded_output_is_gone_does_not_name_an_older_output_out_name(tmp_path, capsys,
+                                                                                            monkeypatch, command):
+    """T3 stop 51: `run recipes/toy-pixart.yaml --out out/tp4 --resume ...`, `rm -rf out/tp4`, then `inspect
+    runs/toy-pixart` said 'the output of that run is out/toy-pixart: dit-compress inspect out/toy-pixart', an
+    older run's output (run_output fell back to out/NAME whenever the recorded one was missing), never that
+    out/tp4 is gone. Where finished.json records an output, only that one is the run's; out/NAME is named
+    only where it records none."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out" / "toy-pixart").mkdir(parents=True)  # an earlier run's output, as is_output reads
+    (tmp_path / "out" / "toy-pixart" / "config.json").write_text('{"compression": {}}')
+    folder = tmp_path / "runs" / "toy-pixart"
+    (folder / "stages" / "0-svd").mkdir(parents=True)
+    (folder / "stages" / "0-svd" / "state.json").write_text("{}")
+    (folder / "stages" / "finished.json").write_text(json.dumps({"out": str(tmp_path / "out" / "tp4")}))
+    assert main([command, "runs/toy-pixart"]) == 2
+    assert capsys.readouterr().err == (
+        "dit-compress: error: runs/toy-pixart is the run folder of a finished run, but its output out/tp4 is gone: "
+        "rerun its recipe, unchanged, with --resume to write it again from the stages the run kept (dit-compress run "
+        f"RECIPE --resume --out out/tp4), then dit-compress {command} out/tp4\n")
+    (folder / "stages" / "finished.json").write_text("{}")  # records none: out/NAME, as before
+    assert main([command, "runs/toy-pixart"]) == 2
+    assert "the output of that run is out/toy-pixart: " in capsys.readouterr().err
