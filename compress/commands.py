@@ -82,7 +82,7 @@ def evaluate(args) -> int:
     if out is not None and (said := unguided_run_note(out, result)) is not None:
         note(said)
     report = read_report(out) if out is not None and not args.teacher else {}  # its figures: against its own teacher
-    beside = measured_on_line(result, report)
+    beside = measured_on_line(result, report, of_run=out is not None)  # a toy as it is: no run, no run's inputs
     code = _print(result, args.json, named, args.model, beside)  # the scores first: a grid that cannot be written loses none
     if grid:
         from compress.toy.grid import save_sample_grid

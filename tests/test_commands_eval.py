@@ -344,3 +344,16 @@ def test_a_toy_outputs_eval_says_its_figures_inputs_and_gives_the_runs_beside(tm
                               "export)"], said
     assert said["none"] == said["given"] == [f"({on})"], said
     assert said["json"] == [], said
+
+
+def test_a_toy_given_as_it_is_says_its_figures_inputs_but_no_runs(capsys, monkeypatch):
+    """R1 stop 51: `eval toy:pixart --teacher toy:pixart` ended '(pred_rel_error / guided_error: on the toy's 256
+    held-out triples (seed 0), not the run's inputs)', though no run made that model. Now the line says the
+    toy's triples alone where the model is no output."""
+    import compress.toy.evaluate
+
+    monkeypatch.setattr(compress.toy.evaluate, "evaluate", lambda *a, **k: {"seed": 0, "pred_rel_error": 0.0,
+                                                                            "guided_error": 0.0})
+    assert main(["eval", "toy:pixart", "--teacher", "toy:pixart"]) == 0
+    said = [line.strip() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("(")]
+    assert said == ["(pred_rel_error / guided_error: on the toy's 256 held-out triples (seed 0))"], said

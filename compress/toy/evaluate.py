@@ -290,9 +290,10 @@ def unguided_run_note(out, result: dict) -> str | None:
             "reads (its recipe.yaml's calibration.cfg_branches: false), and measured no guided error of its own")
 
 
-def measured_on_line(result: dict, report: dict, n_pred: int = N_PRED) -> str | None:
+def measured_on_line(result: dict, report: dict, n_pred: int = N_PRED, of_run: bool = True) -> str | None:
     """eval's line below a toy model's pred_rel_error (and guided_error), `result` (evaluate's, with a teacher):
-    the inputs they are measured on, the toy's `n_pred` held-out triples, not the run's; and where `report`
+    the inputs they are measured on, the toy's `n_pred` held-out triples, not the run's (`of_run` False: a
+    model no run made, a toy given as it is, has no run's inputs to set them apart from); and where `report`
     (the output's report.json, {} for none) holds the run's figures of the exported weights (its `export`),
     those beside, on its `heldout.inputs` held-out inputs. None without pred_rel_error. Not where the output
     took LoRAs after its run: its export's figures are of the weights before the merge."""
@@ -301,7 +302,8 @@ def measured_on_line(result: dict, report: dict, n_pred: int = N_PRED) -> str | 
     names = [k for k in ("pred_rel_error", "guided_error") if k in result]
     if "pred_rel_error" not in names:
         return None
-    on = f"{' / '.join(names)}: on the toy's {n_pred} held-out triples (seed {result.get('seed', 0)}), not the run's inputs"
+    on = f"{' / '.join(names)}: on the toy's {n_pred} held-out triples (seed {result.get('seed', 0)})"
+    on += ", not the run's inputs" if of_run else ""
     export = report.get("export") if isinstance(report.get("export"), dict) else {}
     keys = {"pred_rel_error": "relative_error", "guided_error": "guided_error"}
     figures = [export.get(keys[k]) for k in names]
