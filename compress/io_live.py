@@ -19,8 +19,8 @@ def register_compression(model: nn.Module) -> None:
     """The compression section (its ranks, what the run recorded) in the model's diffusers config: its
     own save_pretrained (and a pipeline's) then writes an output that loads back, with the ranks its
     layers have when it is saved (`LiveSection`), not those they had at load, and plain diffusers'
-    refusal of it while it has a factorized layer (`LiveRefusal`). A state_dict() of the model (what
-    save_pretrained saves) whose every weight is on the meta device is a UserError naming the first one."""
+    refusal of it while it has a factorized layer (`LiveRefusal`). Its save_pretrained where every weight is
+    on the meta device is a UserError naming the first one (`unsaved_weights`)."""
     section = {"format": FORMAT, "ranks": ranks_of(model), **model.compression_meta}
     model.register_to_config(compression=LiveSection(section, model), **{REFUSAL_KEY: LiveRefusal(model)})
     if unsaved_weights not in model._state_dict_pre_hooks.values():  # once (merge_lora registers again)
@@ -31,8 +31,26 @@ def unsaved_weights(model: nn.Module, prefix: str, keep_vars: bool) -> None:
     """state_dict's pre-hook: diffusers' save_pretrained of a model loaded with device='meta' wrote its
     config.json and ended in safetensors' 'Cannot copy out of meta tensor' traceback (torch.save wrote a
     file of no data): a UserError naming the first weight on the meta device instead, where every one is
-    there (a model with some on meta is left alone: peft puts a LoRA's there while load_lora_weights reads it)."""
-    check_materialized(model, "state_dict (save_pretrained)", every=True)
+    there (a model with some on meta is left alone: peft puts a LoRA's there while load_lora_weights reads it).
+    Only inside save_pretrained: accelerate's load_checkpoint_in_model / check_device_map and a state_dict()
+    under cpu_offload ask a weightless model for its state_dict by design (R2 stop 51). (Not save_config's
+    to_dict: diffusers opens config.json for writing before it, so a refusal there would leave it empty.)"""
+    if inside_save_pretrained():
+        check_materialized(model, "save_pretrained", every=True)
+
+
+def inside_save_pretrained(depth: int = 8) -> bool:
+    """Whether diffusers' ModelMixin.save_pretrained is among the `depth` callers above state_dict's hook."""
+    import sys
+
+    frame = sys._getframe(1)
+    for _ in range(depth):
+        if frame is None:
+            return False
+        if frame.f_code.co_name == "save_pretrained" and frame.f_globals.get("__name__", "").startswith("diffusers."):
+            return True
+        frame = frame.f_back
+    return False
 
 
 class LiveSection(dict):
