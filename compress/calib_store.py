@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import pickle
 import shutil
 import zipfile
 from pathlib import Path
@@ -94,9 +95,11 @@ def damaged(e: Exception) -> bool:
 
 def damaged_file(path: Path, e: Exception) -> bool:
     """Whether torch.load's `e` of the file `path` is its bytes damaged: an error of the kind damage raises
-    (`damaged`) and the file no longer the bytes torch.save wrote (not `intact`). An error of a whole file
-    (torch's, a MemoryError's kin) is no damage: the file is kept and the error raised as it is."""
-    return damaged(e) and not intact(path)
+    (`damaged`) and the file no longer the bytes torch.save wrote (not `intact`), or an UnpicklingError (a
+    whole archive holding what a weights-only load refuses, as an older writer's or a torch that allows
+    less may: it never reads back, so it is computed again as damage is: R2 stop 51). Another error of a
+    whole file (torch's, a MemoryError's kin) is no damage: the file is kept and the error raised as it is."""
+    return damaged(e) and (isinstance(e, pickle.UnpicklingError) or not intact(path))
 
 
 def intact(path: Path) -> bool:

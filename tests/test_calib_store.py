@@ -404,3 +404,17 @@ def test_named_files_read_their_files_where_the_file_system_cannot_map_them(tmp_
         torch.load(folder / "a.pt", weights_only=True, mmap=True)  # (the map is what failed)
     files = NamedFiles(folder)
     assert list(files) == ["a", "b"] and files["b"][0, 0] == ord("b")
+
+
+def test_a_whole_cache_file_a_weights_only_load_refuses_is_computed_again(tmp_path, capsys):
+    """A whole torch archive holding a type torch.load(weights_only=True) refuses (an older writer's, a torch
+    that allows less) never reads back: computed again with the note, as before ef8bf90, which raised torch's
+    multi-line 'Weights only load failed' since the file's CRC-32s check (R2 stop 51 #2)."""
+    import pathlib
+
+    from compress.calib_store import load_cached
+
+    path = tmp_path / "calls.pt"
+    torch.save({"x": torch.ones(2), "where": pathlib.PurePosixPath("a")}, path)
+    assert load_cached(path, "computed again") is None
+    assert "computed again" in capsys.readouterr().err
