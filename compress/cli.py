@@ -178,10 +178,11 @@ def _check_numbers(args) -> None:
 
 
 def _check_teacher_options(args) -> None:
-    """An empty --teacher or a --teacher-config that is not there: a UserError before anything loads
-    (`run`'s are checked by its Runner, for the Python API too)."""
+    """An empty --teacher or a --teacher-config that is not there: a UserError before anything loads, `run`'s
+    before its locks too, as --out '' is (a run folder another run holds said that instead); its Runner checks
+    them again, for the Python API."""
     teacher, config = getattr(args, "teacher", None), getattr(args, "teacher_config", None)
-    if args.command != "run" and (teacher is not None or config is not None):
+    if teacher is not None or config is not None:
         from compress.io_source import check_teacher_options
 
         check_teacher_options(teacher, config, args.command)  # in words that fit the command

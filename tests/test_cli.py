@@ -101,7 +101,9 @@ def test_eval_and_bench_take_a_teacher_config_checked_as_runs(monkeypatch, capsy
     (["--teacher", "toy:pixart", "--out", "a_file/out"], "output folder a_file/out: a_file is a file"),
 ])
 def test_run_checks_its_teacher_options_once(monkeypatch, capsys, tmp_path, option, words):
-    """`run`'s teacher options are checked where the Python API checks them (Runner), not twice."""
+    """`run`'s teacher options are checked in the Runner's words, once where they are refused: by the CLI,
+    before its locks (T3 stop 51: a held run folder said so in place of `--teacher ''`'s words), which the
+    Runner then never reaches; options that pass are checked again by the Runner (for the Python API)."""
     from compress import io_source, runner
 
     checked = []
@@ -114,7 +116,9 @@ def test_run_checks_its_teacher_options_once(monkeypatch, capsys, tmp_path, opti
     assert cli.main(["run", "r.yaml", *option]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("dit-compress: error: ") and words in err and "\n" not in err
-    assert len(checked) == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "r.yaml"]
+    refused_by_them = option[0] != "--teacher" or option[1] == ""
+    assert len(checked) == (1 if refused_by_them else 2) and checked[0][-1] == "run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "r.yaml"]
 
 
 def test_a_reader_that_goes_away_is_no_traceback(monkeypatch):
@@ -287,6 +291,26 @@ def test_a_path_given_empty_is_refused_before_any_work(monkeypatch, capsys, argv
     monkeypatch.setitem(cli.COMMANDS, argv[0], lambda args: pytest.fail("the command ran"))
     assert cli.main(argv) == 2
     assert capsys.readouterr().err == f"dit-compress: error: {said}\n"
+
+
+@pytest.mark.parametrize("flag, value, said", [
+    ("--teacher", "", "--teacher is empty: give a hub id, folder, file or toy:NAME, or leave --teacher out to use the "
+                      "recipe's (or the recorded) teacher"),
+    ("--teacher-config", "nothing.json", "--teacher-config 'nothing.json': no such file or folder"),
+    ("--out", "", "--out '' names no folder; give one, or leave --out out"),
+])
+def test_an_empty_teacher_is_refused_before_the_run_folders_lock(monkeypatch, tmp_path, capsys, flag, value, said):
+    """T3 stop 51: `run r.yaml --teacher ''` was refused in one line before any work, except while another run
+    held the run folder: then it said 'runs/r is in use by another dit-compress run ...' (its Runner checked
+    --teacher after the CLI's lock check), where `--out ''` is refused first. Now both before the lock."""
+    from compress.runner_lock import hold_run_folder
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text("model: pixart\nteacher: toy:pixart\npasses:\n  - svd\n")
+    with hold_run_folder(tmp_path / "runs" / "r"):  # as another run holds it: the command's own open is refused
+        assert cli.main(["run", "r.yaml", flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dit-compress: error: {said}") and "in use" not in err and len(err.splitlines()) == 1, err
 
 
 def test_every_path_argument_checked_for_empty_is_one_of_its_command():
