@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from compress.errors import UserError
+from compress.recipe_folder import special_kind
 from compress.recipe_where import recipe_where
 
 PIPELINE_ONLY = ("prompts", "prompt_file", "pipeline", "sample_steps", "prompts_per_call", "guidance_scale",
@@ -51,7 +52,8 @@ def check_prompt_file(recipe, kind: str) -> None:
         return
     rule = "" if path.is_absolute() else \
         f" (a relative prompt_file is taken from the recipe's folder{elsewhere(recipe, path, looked)})"
-    what = "is a folder, not a file of prompts" if looked.is_dir() else "not found"
+    what = "is a folder, not a file of prompts" if looked.is_dir() else \
+        f"is {kind}, not a file of prompts" if (kind := special_kind(looked)) else "not found"  # /dev/zero
     raise UserError(f"{recipe_where(recipe, 'calibration.prompt_file', name)}: calibration.prompt_file {name} "
                     f"{what}: {looked}{rule}")
 

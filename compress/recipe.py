@@ -17,10 +17,10 @@ from compress.io_source import READS
 from compress.passes import PASSES, config_class
 from compress.recipe_convert import (MERGE_HINT, _Loc, _check_keys, _key_locs, build_dataclass, concerned, convert,
                                      with_sets)
-from compress.recipe_folder import refuse_folder
+from compress.recipe_folder import refuse_folder, refuse_not_file
 from compress.recipe_set import drop, key_nodes, nearest, no_value, place, remark, takes_null
-from compress.recipe_yaml import NULL, RecipeLoader, core_tag, read_marks
-from compress.recipe_yaml_errors import yaml_error_words
+from compress.recipe_yaml import NULL, RecipeLoader, core_tag, read_marks, rest_of_line
+from compress.recipe_yaml_errors import character_words, yaml_error_words
 
 FAMILIES = ("pixart", "flux")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -194,13 +194,53 @@ def _pass_name(node: yaml.Node, loc: _Loc, index: int) -> tuple[str, yaml.Node |
         name, opts = node.value, None
     elif isinstance(node, yaml.MappingNode) and len(node.value) == 1:
         name, opts = node.value[0][0].value, node.value[0][1]
+    elif isinstance(node, yaml.MappingNode) and (stray := _stray_key(node, loc.path, index)):
+        raise stray
     else:
         raise loc.err(f"passes[{index}] must be a pass name or a one-key mapping like "
                       "'- svd: {ratio: 0.5}'")
     if name not in PASSES:
-        hint = MERGE_HINT if name == "<<" else did_you_mean(name, PASSES)
+        hint = MERGE_HINT if name == "<<" else _unspaced_pass(name, node) or did_you_mean(name, PASSES)
         raise loc.err(f"unknown pass '{name}'{hint} (passes: {', '.join(PASSES)})")
     return name, opts
+
+
+def _stray_key(node: yaml.MappingNode, path: str, index: int) -> UserError | None:
+    """The error of a pass item of several keys where one is a pass's name: an option of it indented
+    as deep as the name (`- svd:` above `    ratio: 0.5`: 'ratio' (line 10) is an svd option; indent it
+    under 'svd:'), or two passes in one item ('- {svd: {}, distill: {}}': give each its own '- ' item).
+    At the line of the key that does not belong; None where no key is a pass's (the item's own words)."""
+    keys = [key for key, _ in node.value]  # plain scalars (_check_keys)
+    names = [key.value for key in keys]
+    listed = f"{ {2: 'two', 3: 'three'}.get(len(names), len(names))} keys, {', '.join(names[:-1])} and {names[-1]}"
+    passes = [key for key in keys if key.value in PASSES]
+    if not passes:
+        return None
+    if len(passes) > 1:
+        return _Loc(path, passes[1]).err(f"passes[{index}] has {listed}: give each pass its own '- ' item")
+    name, stray = passes[0].value, next(key for key in keys if key is not passes[0])
+    at = _Loc(path, stray)
+    line = f" (line {at.line})" if at.line and not at.override else ""
+    options = [f.name for f in dataclasses.fields(config_class(name))]
+    article = "an" if name[0] in "aeious" else "a"  # an svd (ess-vee-dee), an importance; a distill
+    if stray.value in options:
+        said = f"'{stray.value}'{line} is {article} {name} option; indent it under '{name}:'"
+    else:
+        said = (f"'{stray.value}'{line} is neither a pass nor {article} {name} option; a pass's options go "
+                f"indented under its name{did_you_mean(stray.value, options)}")
+    return at.err(f"passes[{index}] has {listed}: {said}")
+
+
+def _unspaced_pass(name: str, node: yaml.Node) -> str:
+    """' (write 'svd: {ratio: 0.5}', a space after ':')' for the pass `name` a ':' without its space joined
+    to its options (`- svd:{ratio: 0.5}` is YAML's key 'svd:{ratio'), from the item's line where the
+    file holds it; else ''."""
+    before, colon, after = name.partition(":")
+    if not colon or before not in PASSES:
+        return ""
+    key = node.value[0][0] if isinstance(node, yaml.MappingNode) else node
+    written = rest_of_line(key.start_mark) or name
+    return f" (write '{before}: {written.partition(':')[2].strip()}', a space after ':')"
 
 
 def _drop_hint(error: UserError, opts: yaml.Node | None, dotted: str) -> str:
@@ -234,9 +274,11 @@ def set_override(data_node: yaml.MappingNode, dotted: str, value_text: str, path
     _check_top_key(data_node, dotted, path, mark)
     try:
         value_node = yaml.compose(value_text, Loader=RecipeLoader)
-    except yaml.YAMLError as e:
-        raise UserError(f"{path} ({mark.name}): the value is not valid YAML "
-                        f"({getattr(e, 'problem', None) or e}); quote it if it is text") from None
+    except yaml.YAMLError as e:  # a control character: no problem, two lines of PyYAML's
+        problem = character_words(e, value_text) if isinstance(e, yaml.reader.ReaderError) else \
+            getattr(e, "problem", None) or e
+        raise UserError(f"{path} ({mark.name}): the value is not valid YAML ({problem}); quote it if it is text") \
+            from None
     if value_node is None:  # `--set seed=` (an unset shell variable): was null, so silently the default
         raise UserError(f"{path} ({mark.name}): {no_value(dotted, takes_null(dotted, Recipe, TOP_KEYS))}")
     if _is_null(value_node) and not takes_null(dotted, Recipe, TOP_KEYS):  # a key null is no value of
@@ -281,14 +323,39 @@ def _checked_root(text: str, path: str, overrides: list[str]) -> tuple[yaml.Mapp
     top = {k.value: (k, v) for k, v in root.value}
     for key, (k, _) in top.items():
         if key not in TOP_KEYS:
-            hint = MERGE_HINT if key == "<<" else did_you_mean(key, TOP_KEYS)
+            hint = MERGE_HINT if key == "<<" else _section_hint(k) or did_you_mean(key, TOP_KEYS)
             raise _Loc(path, k).err(f"unknown key '{key}'{hint}")
     if "passes" not in top:
         raise _Loc(path, root).err("the recipe has no 'passes' list")
     passes_node = top["passes"][1]
     if not isinstance(passes_node, yaml.SequenceNode) or not passes_node.value:
-        raise _Loc(path, passes_node).err("'passes' must be a non-empty list")
+        raise _Loc(path, passes_node).err(f"'passes' must be a non-empty list{_dash_hint(passes_node)}")
     return root, top
+
+
+SECTIONS = {"calibration": CalibrationConfig, "export": ExportConfig}  # the top-level keys that hold keys
+
+
+def _section_hint(key: yaml.ScalarNode) -> str:
+    """"; 'timesteps' is a calibration key: indent it under calibration:" for an unknown top-level key
+    that is a section's (written at column 0 under `calibration:`); how to --set it where a --set gave
+    it; '' for any other key."""
+    section = next((name for name, cls in SECTIONS.items()
+                    if key.value in (f.name for f in dataclasses.fields(cls))), None)
+    if section is None:
+        return ""
+    said = f"; '{key.value}' is {'an' if section[0] in 'aeiou' else 'a'} {section} key: "
+    return said + (f"--set {section}.{key.value}=..." if _Loc("", key).override else f"indent it under {section}:")
+
+
+def _dash_hint(node: yaml.Node) -> str:
+    """": write '- svd' (a space after '-')" where the passes list's items lack the space after their
+    dash (`  -svd`: YAML's text '-svd', or with options a mapping of the key '-svd:'); else ''."""
+    first = node.value[0][0] if isinstance(node, yaml.MappingNode) and node.value else node
+    text = first.value if isinstance(first, yaml.ScalarNode) and first.style is None else ""
+    if not text.startswith("-") or not text[1:2].strip():
+        return ""
+    return f", not '{text.split()[0]}': write '- {text[1:].split()[0]}' (a space after '-')"
 
 
 def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -> Recipe:
@@ -340,6 +407,7 @@ def load_recipe(path, overrides: list[str] = (), command: str = "plan") -> Recip
 
 def _recipe_text(path, command: str) -> str:
     refuse_folder(path, command)  # was the OS's "Is a directory"
+    refuse_not_file(path)  # /dev/zero was read until memory ran out
     return read_utf8(path, str(path), "save the recipe as UTF-8")
 
 

@@ -41,6 +41,36 @@ def refuse_folder(path, command: str = "plan") -> None:
                     f"dit-compress {command} {shipped} --teacher {path} (or teacher: {path} in the recipe)")
 
 
+RECIPE_MB = 10  # a recipe's largest size: a few KB is usual, a larger file is another one given for it
+
+
+def refuse_not_file(path) -> None:
+    """A UserError where the recipe `path` (there, no folder: refuse_folder) is no regular file
+    (/dev/zero, a pipe: read to an end that may never come, until memory runs out) or is larger than
+    RECIPE_MB (a checkpoint given for a recipe), before a byte of it is read."""
+    kind = special_kind(Path(path))
+    if kind:
+        raise UserError(f"{path}: {kind}, not a file: a recipe is a YAML file")
+    size = Path(path).stat().st_size
+    if size > RECIPE_MB * 2**20:
+        raise UserError(f"{path}: {size / 2**20:.0f} MB, larger than a recipe ({RECIPE_MB} MB at most; a recipe is "
+                        "a YAML file of a few KB): is it the recipe?")
+
+
+def special_kind(path: Path) -> str | None:
+    """'a character device' (/dev/zero), 'a pipe', 'a socket', 'a block device' for a path there that is
+    not a regular file nor a folder; None for a file, a folder, or a path not there."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    kinds = {stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device", stat.S_ISFIFO: "a pipe",
+             stat.S_ISSOCK: "a socket"}
+    return next((kind for test, kind in kinds.items() if test(mode)), None)
+
+
 def _model(folder: Path) -> tuple[str, str | None] | None:
     """('pipeline' or 'transformer', its family or None) of a diffusers folder; None for another folder."""
     from compress.pipeline_family import config_class, pipeline_family
@@ -67,8 +97,9 @@ def meant_recipe(path: Path) -> str:
     if folder is None:
         return ""
     recipes = sorted(p.name for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
-    same = [name for name in recipes if Path(name).stem == path.stem]
-    meant = same[0] if same else closest(path.name, recipes)  # by name: the folder would make all close
+    stems = {Path(name).stem: name for name in reversed(recipes)}  # of x.yaml and x.yml, x.yaml
+    # by stem: the folder would make all close, and a shared .yaml anchor.yaml close to base.yaml
+    meant = stems.get(path.stem) or stems.get(closest(path.stem, stems) or "")
     if meant:
         return f"; did you mean '{folder / meant}'?"
     return "" if folder == parent else f"; no folder {parent}/ here: did you mean '{folder}/'?"

@@ -45,9 +45,9 @@ DISTILL_KEYS = ("steps, batch_size, lr, weight_decay, warmup_steps, min_lr_ratio
 
 LOADED = "(an output folder is written by dit-compress run, or compress.save_compressed)"
 CASES = [
-    (["run", "nope.yaml"], "no such recipe nope.yaml; did you mean 'top.yaml'?"),
-    (["plan", "nope.yaml"], "no such recipe nope.yaml; did you mean 'top.yaml'?"),
-    (["importance", "nope.yaml"], "no such recipe nope.yaml; did you mean 'top.yaml'?"),
+    (["run", "nope.yaml"], "no such recipe nope.yaml; did you mean 'nopasses.yaml'?"),
+    (["plan", "nope.yaml"], "no such recipe nope.yaml; did you mean 'nopasses.yaml'?"),
+    (["importance", "nope.yaml"], "no such recipe nope.yaml; did you mean 'nopasses.yaml'?"),
     (["run", "adir"], "adir: a folder, where a recipe YAML file was expected (see recipes/)"),
     (["run", "bad.yaml"], "bad.yaml:3: malformed YAML: unclosed '[' (no ']' closes it on this line)"),
     (["plan", "bad.yaml"], "bad.yaml:3: malformed YAML: unclosed '[' (no ']' closes it on this line)"),

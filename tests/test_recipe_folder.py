@@ -97,3 +97,47 @@ def test_a_recipe_not_there_names_the_recipe_of_its_folder_meant(tmp_path, monke
     with pytest.raises(UserError) as e:
         load_recipe(given)
     assert str(e.value) == said
+
+
+@pytest.mark.parametrize("command", ["run", "plan"])  # importance takes a name without .yaml for a teacher's
+def test_a_recipe_of_no_regular_file_is_refused_before_it_is_read(command, capsys):
+    """`plan /dev/zero` read it until memory ran out (a pipe: until it ended)."""
+    assert cli.main([command, "/dev/zero"]) == 2
+    assert capsys.readouterr().err == "dit-compress: error: /dev/zero: a character device, not a file: a recipe is a " \
+                                      "YAML file\n"
+
+
+def test_a_recipe_larger_than_a_recipe_is_refused_before_it_is_read(tmp_path):
+    big = tmp_path / "model.yaml"
+    with open(big, "wb") as f:
+        f.truncate(11 * 2**20)  # sparse: nothing written
+    with pytest.raises(UserError) as e:
+        load_recipe(big)
+    assert str(e.value) == f"{big}: 11 MB, larger than a recipe (10 MB at most; a recipe is a YAML file of a few " \
+                           "KB): is it the recipe?"
+
+
+def test_a_prompt_file_of_no_regular_file_says_what_it_is(tmp_path):
+    """`prompt_file: /dev/zero` said 'not found: /dev/zero' (it is there: no regular file)."""
+    from compress.io_source_calib import check_prompt_file
+    from compress.recipe import parse_recipe
+
+    text = "model: pixart\nteacher: x\ncalibration:\n  source: pipeline\n  prompt_file: /dev/zero\npasses: [svd]\n"
+    with pytest.raises(UserError) as e:
+        check_prompt_file(parse_recipe(text, str(tmp_path / "r.yaml")), "pipeline")
+    assert str(e.value) == f"{tmp_path}/r.yaml:5: calibration.prompt_file /dev/zero is a character device, not a " \
+                           "file of prompts: /dev/zero"
+
+
+@pytest.mark.parametrize("given, meant", [
+    ("anchor.yaml", ""),  # T1: 'did you mean 'base.yaml'?', by the '.yaml' they share
+    ("bse.yaml", "; did you mean 'base.yaml'?"),
+    ("base.yml", "; did you mean 'base.yaml'?"),
+    ("flux.yaml", ""),
+])
+def test_a_recipe_not_there_is_matched_by_its_stem(tmp_path, monkeypatch, given, meant):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "base.yaml").write_text("model: pixart\n")
+    with pytest.raises(UserError) as e:
+        load_recipe(given)
+    assert str(e.value) == f"no such recipe {given}{meant}"

@@ -125,3 +125,11 @@ def test_a_line_under_a_two_word_prompt_indented_unlike_it_is_said_as_mis_indent
     text = "version: 1\nmodel: pixart\ncalibration:\n  prompts:\n    - red car\n     timesteps: 2\npasses: [svd]\n"
     assert _said(text) == ("r.yaml:6: malformed YAML: this line's indentation does not match the lines above: "
                            "'timesteps: 2' is indented 5 spaces, its neighbour 4")
+
+
+def test_a_control_character_in_a_set_value_is_said_in_one_line():
+    """Said PyYAML's two lines ('unacceptable character #x0007: ...' + '  in "<unicode string>", position 1')."""
+    with pytest.raises(UserError) as e:
+        parse_recipe("\n".join(TOY), "r.yaml", ["teacher=a\x07b"])
+    assert str(e.value) == ("r.yaml (--set teacher=a\x07b): the value is not valid YAML (a control character (U+0007) "
+                            "at column 2; remove it); quote it if it is text")
