@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from compress import json_read
+from compress.output_names import without_refusal
 
 
 # in a teacher identity: the checksum of what the config file the teacher reads holds (`config_checksum`);
@@ -45,6 +46,7 @@ def config_checksum(file: Path) -> str | None:
     except ValueError:
         data = None
     if isinstance(data, dict):
+        data = without_refusal(data)  # an older output re-saved gains it: the same model (R2 stop 51)
         defaults = data.get("_use_default_values")
         ignored = set(defaults) if isinstance(defaults, list) and all(isinstance(k, str) for k in defaults) else set()
         raw = json.dumps({k: v for k, v in data.items() if not k.startswith("_") and k not in ignored},

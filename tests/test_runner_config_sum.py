@@ -1,5 +1,7 @@
 """runner_config_sum: the config file a teacher reads, and a checksum of what it holds."""
 
+import json
+
 from compress.runner_config_sum import config_checksum, config_read, config_target
 
 
@@ -51,3 +53,18 @@ def test_keys_diffusers_loads_as_defaults_are_not_what_the_config_holds(tmp_path
     assert checksum(norm_eps=1e-5, sample_size=8, _use_default_values=["norm_eps"]) == base  # loaded alike
     assert checksum(norm_eps=1e-6, sample_size=8, _use_default_values=[]) != base  # norm_eps now read
     assert checksum(norm_eps=1e-6, sample_size=9, _use_default_values=["norm_eps"]) != base
+
+
+def test_an_outputs_refusal_of_plain_diffusers_is_no_part_of_the_checksum(tmp_path):
+    """An older output used as a teacher gains the quantization_config marker when re-saved (1c47d1e): the same
+    model, as teacher_identity says; a real quantization_config is kept (R2 stop 51 #3)."""
+    from compress.output_names import REFUSAL, REFUSAL_KEY
+
+    config = {"_class_name": "PixArtTransformer2DModel", "num_layers": 2, "compression": {"format": 1}}
+    files = {name: tmp_path / f"{name}.json" for name in ("old", "marked", "null", "quantized")}
+    files["old"].write_text(json.dumps(config))
+    files["marked"].write_text(json.dumps({**config, REFUSAL_KEY: REFUSAL}))
+    files["null"].write_text(json.dumps({**config, REFUSAL_KEY: None}))
+    files["quantized"].write_text(json.dumps({**config, REFUSAL_KEY: {"quant_method": "bitsandbytes"}}))
+    sums = {name: config_checksum(file) for name, file in files.items()}
+    assert sums["old"] == sums["marked"] == sums["null"] != sums["quantized"], sums
