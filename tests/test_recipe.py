@@ -86,7 +86,7 @@ BAD = [  # (recipe text, expected message fragment)
     (_replace("  dtype: float32", "  dtyp: float32"), "did you mean 'dtype'"),
     (_replace("version: 1\n", "version: 1\nextra: 2\n"), "unknown key 'extra'"),
     (_replace("  - importance: {buckets: 3}\n", "  - importance: {}\n    distill: {}\n"),
-     "one-key mapping"),
+     "r.yaml:9: passes[0] has two keys, importance and distill: give each pass its own '- ' item"),
     (_replace("  - importance: {buckets: 3}\n", "  - 7\n"), "unknown pass '7'"),
     (_replace("teacher: toy:pixart", "teacher: [a, b]"), "teacher must be a string"),
     ("model: pixart\nteacher: x\npasses: {svd: 1}\n", "non-empty list"),
