@@ -35,8 +35,23 @@ def unsaved_weights(model: nn.Module, prefix: str, keep_vars: bool) -> None:
     Only inside save_pretrained: accelerate's load_checkpoint_in_model / check_device_map and a state_dict()
     under cpu_offload ask a weightless model for its state_dict by design (R2 stop 51). (Not save_config's
     to_dict: diffusers opens config.json for writing before it, so a refusal there would leave it empty.)"""
-    if inside_save_pretrained():
-        check_materialized(model, "save_pretrained", every=True)
+    if not inside_save_pretrained():
+        return
+    if any(hasattr(m, "_hf_hook") for m in model.modules()):  # accelerate's: cpu_offload, dispatch_model
+        offloaded_weights(model)
+    check_materialized(model, "save_pretrained")  # any: a weight on meta there is safetensors' traceback
+
+
+def offloaded_weights(model: nn.Module) -> None:
+    """save_pretrained of a model accelerate offloaded (its weights in the hooks' map, meta in the model: T4 stop
+    51): a UserError saying so, where one is on meta; not 'load it on a real device'."""
+    from compress.errors import UserError
+
+    meta = next((n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
+    if meta is not None:
+        raise UserError(f"save_pretrained: the model's weights are offloaded by accelerate ({meta} is on the meta "
+                        "device, its value in the offload hooks' map): save it before offloading, or save "
+                        "accelerate.utils.get_state_dict_offloaded_model(model)")
 
 
 def inside_save_pretrained(depth: int = 8) -> bool:

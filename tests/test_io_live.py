@@ -145,3 +145,21 @@ def test_accelerates_state_dict_of_a_weightless_output_is_no_save(out, tiny_mode
     if type(tiny_model).__name__ == "FluxTransformer2DModel":
         load_checkpoint_in_model(weightless, str(next(out.glob("*.safetensors"))), device_map={"": "cpu"})
         assert torch.allclose(forward(weightless, inputs), forward(tiny_model, inputs))
+
+
+@pytest.mark.parametrize("how", ["cpu_offload", "disk_offload"])
+def test_save_pretrained_of_an_offloaded_output_says_it_is_offloaded(out, tiny_model, tmp_path, how):
+    """T4 stop 51: save_pretrained after accelerate's cpu_offload / disk_offload said 'load it on a real device'
+    (the weights are in the hooks' map or its folder, not missing)."""
+    from accelerate import cpu_offload, disk_offload
+
+    model = load_transformer(out)
+    if how == "cpu_offload":
+        cpu_offload(model, execution_device=torch.device("cpu"))
+    else:
+        disk_offload(model, offload_dir=str(tmp_path / "offload"), execution_device=torch.device("cpu"))
+    with pytest.raises(UserError, match=r"^save_pretrained: the model's weights are offloaded by accelerate \(\S+ is "
+                                        r"on the meta device.*get_state_dict_offloaded_model\(model\)$"):
+        model.save_pretrained(tmp_path / "saved")
+    inputs = model_inputs(tiny_model)
+    assert torch.allclose(forward(model, inputs), forward(tiny_model, inputs))  # the offloaded model still runs
