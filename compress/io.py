@@ -50,13 +50,46 @@ def model_class(class_name: str):
     return getattr(diffusers, class_name)
 
 
-def config_model_class(config: dict):
+def config_model_class(config: dict, file: Path | None = None):
     """The diffusers class of a transformer config.json `config` as diffusers loads it
     (pipeline_family.built_class: an older PixArt repo's generic Transformer2DModel is a
-    PixArtTransformer2DModel); a UserError naming the supported classes."""
+    PixArtTransformer2DModel); a UserError naming the supported classes, or, given the config's `file`,
+    naming what it holds and what to give (supported_class)."""
     from compress.pipeline_family import built_class
 
-    return model_class(built_class(config))
+    return model_class(built_class(config) if file is None else supported_class(config, file))
+
+
+GIVE_TRANSFORMER = "give the pipeline folder or its transformer/ folder"
+
+
+def supported_class(config: dict, file: Path) -> str:
+    """The PixArt or Flux transformer class the config.json `config` (read from `file`) builds
+    (pipeline_family.built_class); a UserError naming the folder (or file) and what it holds otherwise:
+    another diffusers model ('T/vae holds an AutoencoderKL (not a PixArt or Flux transformer): give the
+    pipeline folder or its transformer/ folder'), a transformers config (its architectures), or a config
+    that names no _class_name (the one to add where its keys tell the family)."""
+    from compress.arch import SUPPORTED, family_of_class
+    from compress.pipeline_family import built_class, config_class
+
+    name = built_class(config)
+    holder = file.parent if file.name == "config.json" else file
+    if name in SUPPORTED.split(", "):
+        return name
+    if config.get("_class_name") is not None:  # another diffusers model's
+        what = str(name)
+    elif isinstance(config.get("architectures"), list) or "model_type" in config:  # a transformers config
+        archs = [str(a) for a in config.get("architectures") or []] or [str(config.get("model_type"))]
+        what = f"transformers {', '.join(archs)}"
+    else:
+        told = config_class(config)
+        if told is not None and told in SUPPORTED.split(", "):
+            raise UserError(f'{file} names no _class_name: add "_class_name": "{told}" (its keys are a '
+                            f"{family_of_class(told)} transformer's)")
+        raise UserError(f"{file} names no _class_name and its keys are no PixArt or Flux transformer's: "
+                        f"{GIVE_TRANSFORMER}, or add its _class_name ({SUPPORTED})")
+    article = "an" if what[:1] in "AEIO" or (what[:1] == "U" and not what[1:2].isupper()) else "a"  # a UNet2DModel
+    raise UserError(f"{holder} holds {article} {what} (not a PixArt or Flux transformer): {GIVE_TRANSFORMER}")
 
 
 def load_teacher(source, dtype: torch.dtype | str | None = torch.float32, config: str | None = None,
@@ -326,7 +359,7 @@ def _load_folder(path: Path, dtype) -> nn.Module:
         from compress.io_output import load_transformer
 
         return load_transformer(path, dtype=dtype)
-    cls = config_model_class(config)
+    cls = config_model_class(config, path / "config.json")
     check_safetensors_dir(path)
     variant = weights_variant(path)
     files = variant_weights([f.name for f in path.iterdir()], variant)
@@ -407,4 +440,4 @@ def _load_hub(repo_id: str, dtype, where: str = "") -> nn.Module:
     from compress.io_hub import hub_folder
     from compress.io_source import prefixed
 
-    return prefixed(where, _load_folder, hub_folder(repo_id), dtype)
+    return prefixed(where, lambda: _load_folder(hub_folder(repo_id), dtype))  # one not fetched: said after `where`

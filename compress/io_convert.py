@@ -40,12 +40,14 @@ def convert_file(path: Path, out: Path, config: str | None = None, shard_bytes: 
     """Writes `out` from the file `path`, or the folder of .bin weights `path` (pickled_folder);
     returns {"class", "dtypes", "shards", "tensors"}. A write that fails for want of space (or quota,
     or on a read-only disk) is a DiskFull naming `out`, never safetensors' traceback."""
-    from compress.io_source import check_suffix
+    from compress.io_source import check_suffix, one_shard
     from compress.runner_failures import DiskFull, disk_full_line, disk_full_words
 
     if not Path(path).is_dir():
         check_suffix(path, "convert reads a single-file checkpoint")
         check_not_output(path, config)
+        if (shard := one_shard(Path(path))) is not None:  # its tensors are a part of the model's
+            raise UserError(shard.replace("give the folder", "stream: true reads the folder"))
     out = Path(out).expanduser()
     made = missing_parents(out)  # atomic_folder makes them for its temp folder: removed again on a failure
     try:

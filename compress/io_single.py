@@ -15,7 +15,7 @@ from compress import json_read
 from compress.arch import SUPPORTED, get_adapter
 from compress.errors import UserError
 from compress.io import cast, from_config, model_class, read_config
-from compress.io_errors import check_loading_info, load_error
+from compress.io_errors import load_error
 from compress.io_tensors import read_state_dict
 
 PREFIXES = ("model.diffusion_model.", "diffusion_model.")  # BFL checkpoints as ComfyUI saves them
@@ -66,10 +66,10 @@ def checked_family(path: Path, keys, family: str | None) -> str:
     tell, and a UserError where they tell another."""
     try:
         found = detect_family(keys)
-    except UserError:
+    except UserError as e:
         if family:
             return family
-        raise
+        raise UserError(f"{path} holds no PixArt or Flux transformer: {e}") from None
     if family and found != family:
         raise OtherFamily(path, found, family)
     return found
@@ -94,8 +94,41 @@ def load_single_file(path: Path, dtype: torch.dtype | None = torch.float32, conf
         missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
     except RuntimeError as e:  # a tensor of the wrong shape
         raise UserError(f"{path} does not match the config in {config_place(cfg)}: {load_error(e)}") from None
-    check_loading_info(path, {"missing_keys": missing, "unexpected_keys": unexpected})
+    check_file_loading(path, family, missing, unexpected, cfg, len(sd) - len(unexpected))
     return (model if dtype is None else cast(model, dtype)).eval()
+
+
+GUIDANCE = "time_text_embed.guidance_embedder."  # FLUX.1-dev's; FLUX.1-schnell has none (guidance_embeds: false)
+
+
+def check_file_loading(path: Path, family: str, missing: list[str], unexpected: list[str], cfg: Path,
+                       taken: int) -> None:
+    """The file's tensors fill the `family` model the config file `cfg` built, exactly: what does not said
+    naming that config (a recipe's teacher_config, --teacher-config, or the config.json beside the file);
+    a file none of whose tensors the model has is no PixArt or Flux transformer; a Flux file without the
+    guidance embedder its config has is FLUX.1-schnell's against a guidance-distilled (FLUX.1-dev) config, and
+    the other way round.
+    `taken`: how many of the file's tensors the model took."""
+    from compress.io_errors import check_loading_info
+
+    place = config_place(cfg)
+    if missing and not [k for k in missing if not k.startswith(GUIDANCE)] and not unexpected:
+        raise UserError(f"{path} has no guidance embedder, as FLUX.1-schnell's weights have none, while the config "
+                        f"in {place} has guidance_embeds: true (FLUX.1-dev's): give a config with guidance_embeds: false, such "
+                        "as FLUX.1-schnell's transformer/config.json")
+    if unexpected and not [k for k in unexpected if not k.startswith(GUIDANCE)] and not missing:
+        raise UserError(f"{path} holds a guidance embedder, as FLUX.1-dev's weights do, while the config in {place} "
+                        "has guidance_embeds: false (FLUX.1-schnell's): give a config with guidance_embeds: true, such "
+                        "as FLUX.1-dev's transformer/config.json")
+    if unexpected and taken == 0:  # a VAE's file given with a transformer's config
+        raise UserError(f"{path} holds no PixArt or Flux transformer: none of its tensors (first: "
+                        f"{sorted(unexpected)[:3]}) is one of the {family} transformer the config in {place} builds")
+    try:
+        check_loading_info(path, {"missing_keys": missing, "unexpected_keys": unexpected})
+    except UserError as e:  # its words name config.json: the one read, given, may be another file or elsewhere
+        if cfg != path.parent / "config.json":
+            e.args = (str(e).replace("do not match config.json", f"do not match {cfg}", 1), *e.args[1:])
+        raise
 
 
 def converted(path: Path, sd: dict, family: str, model: nn.Module, cfg: Path) -> dict:

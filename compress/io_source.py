@@ -9,6 +9,7 @@ a recipe's `calibration.prompt_file` from the recipe's folder.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from compress import json_read
@@ -98,7 +99,39 @@ def no_checkpoint_file(given: str) -> str | None:
     path = Path(given).expanduser()
     if path.is_file() or path.is_dir():
         return None
+    if (url := file_url(given)) is not None:
+        return url
     return f"{given}: no such file; convert reads a single-file checkpoint"
+
+
+def file_url(given: str) -> str | None:
+    """The words refusing a file:// URL given for a path ('file:///abs/x' would be read as the relative
+    path file:/abs/x); None for anything else."""
+    if not given.startswith("file://"):
+        return None
+    from urllib.parse import unquote, urlparse
+
+    plain = unquote(urlparse(given).path) or given[len("file://"):]
+    return f"{given}: file:// URLs are not read; give the plain path {plain}"
+
+
+SHARD = re.compile(r"(.+)-(\d+)-of-(\d+)((?:\.\w+)?\.(?:safetensors|bin))")  # a sharded checkpoint's part
+
+
+def one_shard(path: Path) -> str | None:
+    """The words refusing the file `path` where it is one shard of a sharded checkpoint
+    (NAME-00001-of-00005.safetensors beside the other shards or their index): the folder holds the
+    checkpoint, which loads from the folder; None for any other file."""
+    m = SHARD.fullmatch(path.name)
+    if m is None:
+        return None
+    number, total = int(m[2]), int(m[3])
+    index = [f.name for f in path.parent.glob(f"{m[1]}*.index*.json")]
+    others = [f for f in path.parent.iterdir() if f != path and SHARD.fullmatch(f.name)]
+    if not index and not others:
+        return None
+    return (f"{path} is shard {number} of {total} of the checkpoint in {path.parent}, not a checkpoint of its own: "
+            f"give the folder {path.parent}")
 
 
 def check_source(source: str, where: str = "", recipe_dir: Path | None = None, stream: bool = False) -> str:
@@ -112,6 +145,8 @@ def check_source(source: str, where: str = "", recipe_dir: Path | None = None, s
 
     if not source.strip():
         raise UserError(f"{where}the teacher is empty; give {SOURCES}")
+    if (url := file_url(source)) is not None:
+        raise UserError(f"{where}{url}")
     if source.startswith("toy:"):
         from compress.toy.weights import check_toy_name
 
@@ -119,7 +154,10 @@ def check_source(source: str, where: str = "", recipe_dir: Path | None = None, s
         return "toy"
     path = Path(source).expanduser()
     if path.is_dir():
-        prefixed(where, transformer_folder, path)
+        from compress.io import weights_variant
+
+        folder = prefixed(where, transformer_folder, path)
+        prefixed(where, weights_variant, folder)  # two variants and no plain weights: said here, with `where`
         return "folder"
     if path.is_file():
         prefixed(where, check_suffix, path)
@@ -135,6 +173,8 @@ def check_source(source: str, where: str = "", recipe_dir: Path | None = None, s
                                 f"block map{resident}")
             raise UserError(f"{where}{path} is a weight file of the dit-compress output {folder}: give that "
                             f"folder, which loads it with its ranks and block map{resident}")
+        if (shard := one_shard(path)) is not None:  # a diffusers checkpoint's shard (an output's: said above)
+            raise UserError(f"{where}{shard}")
         return "file"
     if path.suffix in SINGLE_FILE_SUFFIXES or looks_local(source):
         raise UserError(f"{where}{not_found(source, recipe_dir)}")

@@ -88,6 +88,7 @@ class TeacherSource:
                       given_config(file, given, self.config_label))
             return self._transformer_config(config, file)
         if self.source in KNOWN_CONFIGS:
+            self._note_not_fetched()
             return json.loads(resources.files("compress.configs").joinpath(KNOWN_CONFIGS[self.source]).read_text())
         if self.hub:
             return hub_config(self.source)
@@ -103,6 +104,22 @@ class TeacherSource:
                         f"reads the configs of local teachers, of Hub ids in the Hugging Face cache {hub_cache()} and "
                         f"of {', '.join(KNOWN_CONFIGS)}{held}; pass --teacher-config with its transformer's "
                         f"config.json{meant}")
+
+    def _note_not_fetched(self) -> None:
+        """A note where a known Hub id's shipped config is read (`hub` False: plan) offline with no copy of the
+        repo in the Hugging Face cache: the plan stands, but run cannot fetch the weights (io_hub's refusal)."""
+        from compress.io_hub import cached_config, hub_cache, offline
+
+        try:
+            if self.hub or not offline() or cached_config(self.source, lacking=True) is not None:
+                return
+        except UserError:  # a cache that holds it oddly: run says what
+            return
+        from compress.report import note
+
+        note(f"{self.where}teacher {self.source} is planned from the config shipped with dit-compress; offline "
+             f"(HF_HUB_OFFLINE) with no copy of it in the Hugging Face cache {hub_cache()}, run would refuse it: "
+             "fetch it once online, or give a local folder or file")
 
     def _transformer_config(self, config: dict, file: Path) -> dict:
         """A single file's config (beside it, or --teacher-config) names a transformer's class: one of
@@ -139,10 +156,13 @@ class TeacherSource:
             if family is None:
                 return None
         else:
+            from compress.io import supported_class
             from compress.pipeline_family import built_class
 
             config = self.config  # its errors are said after `where` already: not twice
-            family = prefixed(self.where, lambda: family_of_class(built_class(config)))
+            file = self.config_file() if self.kind == "folder" else None  # a Hub id's: the class alone
+            family = prefixed(self.where, lambda: family_of_class(
+                built_class(config) if file is None else supported_class(config, file)))
             if self.kind == "folder":
                 self._check_weights_family(config)
         return family, get_adapter(family).class_name

@@ -73,7 +73,7 @@ def test_an_empty_or_truncated_single_file_is_refused(tmp_path, cut):
 def test_a_single_file_under_a_config_of_more_blocks_is_refused(tmp_path):
     path, config = _single(tmp_path)
     _edit_config(config / "config.json", num_layers=4)
-    assert _refused(path, config).startswith(f"{path}: the weights do not match config.json: missing "
+    assert _refused(path, config).startswith(f"{path}: the weights do not match {config / 'config.json'}: missing "
                                              "transformer_blocks.3.")
 
 

@@ -202,7 +202,7 @@ def test_a_teacher_config_of_a_list_is_said_as_no_json_config(tmp_path, monkeypa
     (lambda p: p.mkdir(), "{t} has neither model_index.json nor config.json"),
     (lambda p: (p.mkdir(), (p / "config.json").write_text("x")), "teacher {t}: its config.json is not a JSON config"),
     (lambda p: (p.mkdir(), (p / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))),
-     "unsupported model class 'AutoencoderKL'"),
+     "{t} holds an AutoencoderKL (not a PixArt or Flux transformer)"),
 ])
 def test_a_teacher_given_with_dash_dash_teacher_is_placed_there_once(tmp_path, make, words):
     """An error about the --teacher teacher carried no place (the weight mismatch alone said '--teacher: '),
