@@ -18,7 +18,7 @@ from compress.passes import PASSES, config_class
 from compress.recipe_convert import (MERGE_HINT, _Loc, _check_keys, _key_locs, build_dataclass, concerned, convert,
                                      with_sets)
 from compress.recipe_folder import refuse_folder, refuse_not_file
-from compress.recipe_set import drop, key_nodes, nearest, no_value, place, remark, takes_null
+from compress.recipe_set import drop, key_nodes, nearest, no_value, place, refuse_repeated, remark, takes_null
 from compress.recipe_yaml import NULL, RecipeLoader, core_tag, read_marks, rest_of_line
 from compress.recipe_yaml_errors import character_words, yaml_error_words
 
@@ -282,11 +282,11 @@ def set_override(data_node: yaml.MappingNode, dotted: str, value_text: str, path
     if value_node is None:  # `--set seed=` (an unset shell variable): was null, so silently the default
         raise UserError(f"{path} ({mark.name}): {no_value(dotted, takes_null(dotted, Recipe, TOP_KEYS))}")
     if _is_null(value_node) and not takes_null(dotted, Recipe, TOP_KEYS):  # a key null is no value of
-        drop(data_node, dotted, value_text)  # (ratio=null): out of the recipe, its default holds
+        drop(data_node, dotted, value_text, path)  # (ratio=null): out of the recipe, its default holds
         return
     remark(value_node, mark)
     _check_keys(value_node, path, dotted=dotted)
-    place(data_node, dotted, value_text, value_node, mark)
+    place(data_node, dotted, value_text, value_node, mark, path)
 
 
 def _check_top_key(data_node: yaml.MappingNode, dotted: str, path: str, mark: yaml.Mark) -> None:
@@ -315,6 +315,7 @@ def _checked_root(text: str, path: str, overrides: list[str]) -> tuple[yaml.Mapp
         raise _Loc(path, root).err("a recipe must be a mapping with model, teacher and passes")
     _check_keys(root, path)
     read_marks(root, text)  # a saved recipe's '# default' marks: keys the defaults filled in, not written
+    refuse_repeated(overrides, path)  # two --sets of one key: not the last silently kept
     for item in overrides:
         key, eq, value = item.partition("=")
         if not eq:

@@ -16,36 +16,38 @@ import yaml
 
 from compress.errors import UserError, did_you_mean
 from compress.passes import PASSES, config_class
+from compress.recipe_yaml import RecipeLoader
 
 NAME_KEYED = ("ranks",)  # pass options whose keys are module names or patterns, which hold dots
 
 
 def place(data_node: yaml.MappingNode, dotted: str, value_text: str, value_node: yaml.Node,
-          mark: yaml.Mark) -> None:
-    """Put `value_node` at the dotted path of the tree under `data_node`."""
+          mark: yaml.Mark, path: str = "<recipe>") -> None:
+    """Put `value_node` at the dotted path of the tree under `data_node`; errors name the recipe
+    `path` and the --set, as 'r.yaml (--set passes.5.svd.ratio=0.4): ...'."""
+    said = f"{path} (--set {dotted}={value_text})"
     node, parts = data_node, _split(dotted)
-    _refuse_pass_name(data_node, parts, dotted, value_text)
-    _check_pass_index(data_node, parts, dotted)
+    _refuse_leading_zero(parts, said)
+    _refuse_pass_name(data_node, parts, value_text, said)
+    _check_pass_index(data_node, parts, said)
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if isinstance(node, yaml.SequenceNode):
-            if not part.isdigit() or int(part) >= len(node.value):
-                raise UserError(f"--set {dotted}: '{part}' is not an index of that list "
-                                f"({_items('.'.join(parts[:i]), len(node.value))})")
+            _check_index(node, parts, i, said)
             if last:
                 node.value[int(part)] = value_node
                 return
             node.value[int(part)] = node = _own(node.value[int(part)])
             continue
         if not isinstance(node, yaml.MappingNode):
-            raise UserError(f"--set {dotted}: '{'.'.join(parts[:i])}' is not a mapping")
+            raise UserError(f"{said}: '{'.'.join(parts[:i])}' is not a mapping")
         match = [(k, v) for k, v in node.value if k.value == part]
         if last:
             _set_key(node, yaml.ScalarNode("tag:yaml.org,2002:str", part, mark, mark), value_node,
                      first=parts[0] == "passes" and i == 4 and parts[3] in NAME_KEYED)
             return
         if not match:
-            _refuse_new_list(parts, i, dotted)
+            _refuse_new_list(parts, i, said)
             child = yaml.MappingNode("tag:yaml.org,2002:map", [], mark, mark)
             node.value.append((yaml.ScalarNode("tag:yaml.org,2002:str", part, mark, mark), child))
             node = child
@@ -55,38 +57,103 @@ def place(data_node: yaml.MappingNode, dotted: str, value_text: str, value_node:
             node = child
 
 
-def _refuse_new_list(parts: list[str], i: int, dotted: str) -> None:
+def _check_index(node: yaml.SequenceNode, parts: list[str], i: int, said: str) -> None:
+    """parts[i] indexes the list `node` (parts[:i]): refused unless it is one of its indices."""
+    part = parts[i]
+    if not part.isdigit() or int(part) >= len(node.value):
+        raise UserError(f"{said}: '{part}' is not an index of that list "
+                        f"({_items('.'.join(parts[:i]), len(node.value))})")
+
+
+def _refuse_leading_zero(parts: list[str], said: str) -> None:
+    """`--set passes.01.svd.ratio=...` was read as passes.1: refused, so that an item has one spelling
+    (two --sets of one path are refused by theirs, `refuse_repeated`) and a slip for passes.0 or
+    passes.10 is not taken for passes.1. A `ranks` pattern (one name) is not an index."""
+    named = parts[0] == "passes" and len(parts) == 5 and parts[3] in NAME_KEYED
+    for part in parts[:4] if named else parts:
+        if part.isdigit() and len(part) > 1 and part.startswith("0"):
+            raise UserError(f"{said}: '{part}' is not an index (an index is written without a leading zero: "
+                            f"{int(part)})")
+
+
+def _refuse_new_list(parts: list[str], i: int, said: str) -> None:
     """`--set calibration.prompts.0=...` where the recipe has no calibration.prompts: an index into
     a list the recipe lacks (it would be made a mapping keyed '0'): name the list to give whole."""
     if parts[i + 1].isdigit():
         there = ".".join(parts[:i + 1])
-        raise UserError(f"--set {dotted}: the recipe has no {there} to take item {parts[i + 1]} of; "
+        raise UserError(f"{said}: the recipe has no {there} to take item {parts[i + 1]} of; "
                         f"give the whole list, e.g. --set '{there}=[...]'")
 
 
-def drop(data_node: yaml.MappingNode, dotted: str, value_text: str) -> None:
+def refuse_repeated(overrides, path: str) -> None:
+    """Two --sets where the later one replaces what the earlier gave: the same path (`--set
+    passes.2.svd.ratio=0.3 --set passes.2.svd.ratio=0.4` kept the last), one above it (`--set
+    calibration.seed=1 --set calibration=null` dropped the first), or one below it into a value the
+    earlier one wrote (`--set 'calibration={seed: 1}' --set calibration.seed=2`): refused, naming
+    both, rather than one of them silently lost. Two --sets that add to each other (`--set
+    'calibration={seed: 1}' --set calibration.timesteps=4`) are not. Items without '=' are left to
+    the recipe's own check."""
+    seen = []  # (path's keys, the --set's text)
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if not eq:
+            continue
+        parts = _split(key.strip())
+        for before, text in seen:
+            if parts[:len(before)] == before and not _holds(text.partition("=")[2], parts[len(before):]):
+                continue  # below an earlier --set, into a key its value does not hold: they add up
+            if before[:len(parts)] != parts and parts[:len(before)] != before:
+                continue  # apart
+            what = "this key too" if parts == before else ("a key below this one" if len(parts) < len(before)
+                                                           else "this key in its value")
+            raise UserError(f"{path} (--set {item}): --set {text} set {what}, and only the last one would hold: "
+                            "give each key once")
+        seen.append((parts, item))
+
+
+def _holds(value_text: str, parts: list[str]) -> bool:
+    """Whether the YAML `value_text` (an earlier --set's value) holds the key path `parts` ([]: itself)."""
+    try:
+        node = yaml.compose(value_text, Loader=RecipeLoader)
+    except yaml.YAMLError:
+        return False  # not YAML: its own check (recipe.set_override) refuses it, saying so
+    for part in parts:
+        if isinstance(node, yaml.MappingNode):
+            found = [v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part]
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            found = [node.value[int(part)]]
+        else:
+            found = []
+        if not found:
+            return False
+        node = found[0]
+    return True
+
+
+def drop(data_node: yaml.MappingNode, dotted: str, value_text: str, path: str = "<recipe>") -> None:
     """`--set KEY=null` for a key that takes no null (`takes_null`): take the key out of the tree,
     so its default holds (a list's items are not dropped: the indices after them would move). An
     option the recipe lacks leaves the tree as it is (its default holds already); a key of a mapping
     keyed by names (a `ranks` pattern, a `count` group) that the recipe lacks is refused (`_absent`):
-    it has no default, so it is misspelt, or the --set names another pass."""
+    it has no default, so it is misspelt, or the --set names another pass. Errors name the recipe
+    `path` and the --set, as `place`'s."""
+    said = f"{path} (--set {dotted}={value_text})"
     node, parts = data_node, _split(dotted)
-    _refuse_pass_name(data_node, parts, dotted, value_text)
-    _check_pass_index(data_node, parts, dotted)
+    _refuse_leading_zero(parts, said)
+    _refuse_pass_name(data_node, parts, value_text, said)
+    _check_pass_index(data_node, parts, said)
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, yaml.SequenceNode):
-            if not part.isdigit() or int(part) >= len(node.value):
-                raise UserError(f"--set {dotted}: '{part}' is not an index of that list "
-                                f"({_items('.'.join(parts[:i]), len(node.value))})")
+            _check_index(node, parts, i, said)
             node.value[int(part)] = node = _own(node.value[int(part)])
             continue
         at = [n for n, (k, _) in enumerate(node.value) if k.value == part] if isinstance(node, yaml.MappingNode) else []
         if not at:
-            return _absent(node, parts, i, f"{dotted}={value_text}")  # nothing there to drop
+            return _absent(node, parts, i, said)  # nothing there to drop
         node.value[at[0]] = (node.value[at[0]][0], _own(node.value[at[0]][1]))
         node = node.value[at[0]][1]
     if not isinstance(node, yaml.MappingNode) or parts[-1] not in [k.value for k, _ in node.value]:
-        return _absent(node, parts, len(parts) - 1, f"{dotted}={value_text}")
+        return _absent(node, parts, len(parts) - 1, said)
     node.value = [(k, v) for k, v in node.value if k.value != parts[-1]]
     if _named(parts):  # a name gone from its mapping stays in `key_nodes`, at the --set: what is said of it names that
         mark = yaml.Mark(f"--set {dotted}={value_text}", 0, 0, 0, None, None)
@@ -94,7 +161,7 @@ def drop(data_node: yaml.MappingNode, dotted: str, value_text: str) -> None:
         node.dropped = {**getattr(node, "dropped", {}), parts[-1]: gone}
 
 
-def _absent(node: yaml.Node, parts: list[str], i: int, given: str) -> None:
+def _absent(node: yaml.Node, parts: list[str], i: int, said: str) -> None:
     """`--set passes.3.svd.ranks.modulaton=null`, whose path the tree lacks from `parts[i]` on (`node`
     holds parts[:i]): nothing to drop. Refused where the last key is a name-keyed mapping's (`_named`):
     a name absent is no default left to hold, but a misspelt one, which left the recipe as it was
@@ -103,12 +170,12 @@ def _absent(node: yaml.Node, parts: list[str], i: int, given: str) -> None:
         return
     there, key = ".".join(parts[:i]), parts[-1]
     if i < len(parts) - 1:
-        raise UserError(f"--set {given}: {there} has no {parts[i]}, so no key '{key}' to remove")
+        raise UserError(f"{said}: {there} has no {parts[i]}, so no key '{key}' to remove")
     if not isinstance(node, yaml.MappingNode):
-        raise UserError(f"--set {given}: {there} is not a mapping, so it has no key '{key}' to remove")
+        raise UserError(f"{said}: {there} is not a mapping, so it has no key '{key}' to remove")
     keys = [k.value for k, _ in node.value]
     listed = f"its keys: {', '.join(keys)}{did_you_mean(key, keys)}" if keys else "it is empty"
-    raise UserError(f"--set {given}: {there} has no key '{key}' to remove ({listed})")
+    raise UserError(f"{said}: {there} has no key '{key}' to remove ({listed})")
 
 
 def _named(parts: list[str]) -> bool:
@@ -231,7 +298,7 @@ def _pass_name(item: yaml.Node) -> str | None:
     return None
 
 
-def _check_pass_index(data_node: yaml.MappingNode, parts: list[str], dotted: str) -> None:
+def _check_pass_index(data_node: yaml.MappingNode, parts: list[str], said: str) -> None:
     """`--set passes.2.distill.steps=3` where passes.2 is an svd pass: name the pass that is there
     and the indices of the passes with that name. A bare `- svd` item is made a mapping to set into."""
     passes = {k.value: v for k, v in data_node.value}.get("passes")
@@ -248,11 +315,11 @@ def _check_pass_index(data_node: yaml.MappingNode, parts: list[str], dotted: str
         return
     a = "an" if name[0] in "aeiou" or name == "svd" else "a"
     if parts[2] not in PASSES:
-        raise UserError(f"--set {dotted}: passes.{index} is {a} {name} pass; "
+        raise UserError(f"{said}: passes.{index} is {a} {name} pass; "
                         + _option_hint(passes, index, name, parts[2:]))
     same = [f"passes.{i}" for i, it in enumerate(passes.value) if _pass_name(it) == parts[2]]
     others = f"{parts[2]} passes: {', '.join(same)}" if same else f"the recipe has no {parts[2]} pass"
-    raise UserError(f"--set {dotted}: passes.{index} is {a} {name} pass ({others})")
+    raise UserError(f"{said}: passes.{index} is {a} {name} pass ({others})")
 
 
 def _option_hint(passes: yaml.SequenceNode, index: int, name: str, rest: list[str]) -> str:
@@ -273,7 +340,7 @@ def _has_option(name: str, key: str) -> bool:
     return key in {f.name for f in dataclasses.fields(config_class(name))}
 
 
-def _refuse_pass_name(data_node: yaml.MappingNode, parts: list[str], dotted: str, value_text: str) -> None:
+def _refuse_pass_name(data_node: yaml.MappingNode, parts: list[str], value_text: str, said: str) -> None:
     """`--set svd.ratio=0.4` where the recipe has no top-level `svd` but svd passes: they are set by
     their index in `passes`, which the error spells out."""
     top = {k.value: v for k, v in data_node.value}
@@ -283,7 +350,7 @@ def _refuse_pass_name(data_node: yaml.MappingNode, parts: list[str], dotted: str
     where = [f"passes.{i}.{'.'.join(parts)}" for i, item in enumerate(passes.value)
              if isinstance(item, yaml.MappingNode) and any(k.value == parts[0] for k, _ in item.value)]
     if where:
-        raise UserError(f"--set {dotted}: a pass's options are set by its index in the passes list: "
+        raise UserError(f"{said}: a pass's options are set by its index in the passes list: "
                         f"--set {where[0]}={value_text}" + (f" (or {', '.join(where[1:])})" if where[1:] else ""))
 
 

@@ -255,7 +255,7 @@ def test_an_override_of_another_pass_says_which_pass_is_there(override, message)
     """A wrong pass index blamed a fine recipe line ('must be a one-key mapping')."""
     with pytest.raises(UserError) as e:
         parse_recipe(GOOD, "r.yaml", [override])
-    assert str(e.value) == f"--set {override.split('=')[0]}: {message}"
+    assert str(e.value) == f"r.yaml (--set {override}): {message}"
 
 
 def test_an_override_sets_an_option_of_a_pass_given_by_name_alone():

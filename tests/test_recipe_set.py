@@ -27,9 +27,62 @@ passes:
 def test_an_index_past_a_list_says_the_indices_it_has(override, words):
     with pytest.raises(UserError) as e:
         parse_recipe(RECIPE, "r.yaml", [override])
-    assert str(e.value) == f"--set {override.partition('=')[0]}: {words}"
+    assert str(e.value) == f"r.yaml (--set {override}): {words}"
 
 
+
+
+@pytest.mark.parametrize("override, words", [
+    ("passes.9.svd.ratio=null", "'9' is not an index of that list (passes has 3 items: 0–2)"),
+    ("svd.ratio=null", "a pass's options are set by its index in the passes list: --set passes.0.svd.ratio=null "
+                       "(or passes.1.svd.ratio)"),
+    ("passes.2.svd.ratio=null", "passes.2 is a distill pass (svd passes: passes.0, passes.1)"),
+])
+def test_a_path_error_of_a_set_null_names_the_recipe_and_the_whole_set(override, words):
+    """Path errors said '--set passes.5.svd.ratio: ...' (no recipe, no =VALUE), value errors
+    's.yaml (--set passes.0.svd.rato=0.4): ...': one format, the latter, for a null dropped too."""
+    with pytest.raises(UserError) as e:
+        parse_recipe(RECIPE, "r.yaml", [override])
+    assert str(e.value) == f"r.yaml (--set {override}): {words}"
+
+
+@pytest.mark.parametrize("override", ["passes.01.svd.ratio=0.4", "passes.00.svd.ratio=null",
+                                      "passes.0.svd.targets.01=mlp"])
+def test_an_index_with_a_leading_zero_is_refused(override):
+    """`--set passes.01.svd.ratio=0.4` was read as passes.1 (so said 'passes.1 is an svd pass' of
+    passes.01, or set passes.1): one spelling per item; a slip for 0 or 10 is not taken for 1."""
+    index = next(p for p in override.partition("=")[0].split(".") if p.startswith("0") and len(p) > 1)
+    with pytest.raises(UserError) as e:
+        parse_recipe(RECIPE, "r.yaml", [override])
+    assert str(e.value) == (f"r.yaml (--set {override}): '{index}' is not an index (an index is written "
+                            f"without a leading zero: {int(index)})")
+
+
+@pytest.mark.parametrize("sets, what", [
+    (["passes.0.svd.ratio=0.3", "passes.0.svd.ratio=0.4"], "this key too"),
+    (["calibration.seed=1", "calibration=null"], "a key below this one"),
+    (["calibration.seed=1", "calibration={timesteps: 2}"], "a key below this one"),
+    (["passes.0.svd.ratio=0.3", "passes.0.svd=null"], "a key below this one"),
+    (["calibration={seed: 1}", "calibration.seed=2"], "this key in its value"),
+    (["passes.0.svd.ranks.re:a.b=4", "passes.0.svd.ranks.re:a.b=null"], "this key too"),
+    (["passes.0.svd.targets=[mlp, attention]", "passes.0.svd.targets.1=modulation"], "this key in its value"),
+])
+def test_a_key_set_twice_is_refused_naming_both_sets(sets, what):
+    """`--set passes.2.svd.ratio=0.3 --set passes.2.svd.ratio=0.4` kept the last, and `--set
+    calibration.seed=1 --set calibration=null` dropped the first, silently."""
+    with pytest.raises(UserError) as e:
+        parse_recipe(RECIPE, "r.yaml", sets)
+    assert str(e.value) == (f"r.yaml (--set {sets[1]}): --set {sets[0]} set {what}, and only the last one "
+                            "would hold: give each key once")
+
+
+def test_sets_that_add_to_each_other_still_go_through():
+    r = parse_recipe(RECIPE, "r.yaml", ["calibration={seed: 1}", "calibration.timesteps=4",
+                                        "passes.0.svd.ranks.re:a=4", "passes.0.svd.ranks.re:a.b=8",
+                                        "passes.0.svd.ratio=0.3", "passes.1.svd.ratio=0.4"])
+    assert (r.calibration.seed, r.calibration.timesteps) == (1, 4)
+    assert r.passes[0].config.ranks == {"re:a.b": 8, "re:a": 4}
+    assert [p.config.ratio for p in r.passes[:2]] == [0.3, 0.4]
 
 @pytest.mark.parametrize("override, there", [
     ("calibration.prompts.0=null", "calibration.prompts"),
@@ -42,7 +95,7 @@ def test_an_index_into_a_list_the_recipe_lacks_asks_for_the_whole_list(override,
     with pytest.raises(UserError) as e:
         parse_recipe(RECIPE, "r.yaml", [override])
     index = override.partition("=")[0].rpartition(".")[2]
-    assert str(e.value) == (f"--set {override.partition('=')[0]}: the recipe has no {there} to take item "
+    assert str(e.value) == (f"r.yaml (--set {override}): the recipe has no {there} to take item "
                             f"{index} of; give the whole list, e.g. --set '{there}=[...]'")
 
 
@@ -59,7 +112,7 @@ def test_an_index_below_an_unknown_top_level_key_names_the_key_meant_first(overr
     with pytest.raises(UserError) as e:
         parse_recipe(RECIPE, "r.yaml", [override])
     assert str(e.value) == f"r.yaml (--set {override}): unknown key '{key}'{meant}"
-    with pytest.raises(UserError, match=r"^--set svd.ratio: a pass's options are set by its index"):
+    with pytest.raises(UserError, match=r"^r\.yaml \(--set svd.ratio=0\.3\): a pass's options are set by its index"):
         parse_recipe(RECIPE, "r.yaml", ["svd.ratio=0.3"])
 
 ALIASED = """\
@@ -91,14 +144,14 @@ def test_an_option_set_without_its_pass_name_points_at_the_passes_that_have_it()
     text = RECIPE.replace("passes:\n", "passes:\n  - remove_blocks: {count: 1}\n")
     with pytest.raises(UserError) as e:
         parse_recipe(text, "r.yaml", ["passes.0.ratio=0.4"])
-    assert str(e.value) == ("--set passes.0.ratio: passes.0 is a remove_blocks pass; it has no option 'ratio' "
+    assert str(e.value) == ("r.yaml (--set passes.0.ratio=0.4): passes.0 is a remove_blocks pass; it has no option 'ratio' "
                             "(set passes.1.svd.ratio or passes.2.svd.ratio)")
     with pytest.raises(UserError) as e:
         parse_recipe(text, "r.yaml", ["passes.0.bogus=1"])
-    assert str(e.value) == "--set passes.0.bogus: passes.0 is a remove_blocks pass; no pass of the recipe has an option 'bogus'"
+    assert str(e.value) == "r.yaml (--set passes.0.bogus=1): passes.0 is a remove_blocks pass; no pass of the recipe has an option 'bogus'"
     with pytest.raises(UserError) as e:
         parse_recipe(text, "r.yaml", ["passes.1.ratio=0.4"])
-    assert str(e.value) == "--set passes.1.ratio: passes.1 is an svd pass; its options are set as passes.1.svd.ratio"
+    assert str(e.value) == "r.yaml (--set passes.1.ratio=0.4): passes.1 is an svd pass; its options are set as passes.1.svd.ratio"
 
 
 TOY_FLUX = Path(__file__).parents[1] / "recipes" / "toy-flux.yaml"
@@ -258,7 +311,7 @@ def test_a_set_null_of_a_name_the_recipe_lacks_names_the_keys_it_has(override, w
     one the recipe lacks is refused, naming the keys there; an option the recipe lacks still is not."""
     with pytest.raises(UserError) as e:
         parse_recipe(NAMED, "r.yaml", [override])
-    assert str(e.value) == f"--set {override}: {words}"
+    assert str(e.value) == f"r.yaml (--set {override}): {words}"
 
 
 def test_a_set_null_of_a_name_the_recipe_has_or_an_option_it_lacks_still_goes_through():
@@ -268,14 +321,15 @@ def test_a_set_null_of_a_name_the_recipe_has_or_an_option_it_lacks_still_goes_th
     assert parse_recipe(NAMED, "r.yaml", ["passes.1.svd.multiple=null"]) == parse_recipe(NAMED, "r.yaml")
     with pytest.raises(UserError) as e:  # a scalar count has no groups
         parse_recipe(NAMED.replace("{blocks: 1}", "1"), "r.yaml", ["passes.0.remove_blocks.count.blocks=null"])
-    assert str(e.value) == ("--set passes.0.remove_blocks.count.blocks=null: passes.0.remove_blocks.count is "
+    assert str(e.value) == ("r.yaml (--set passes.0.remove_blocks.count.blocks=null): passes.0.remove_blocks.count is "
                             "not a mapping, so it has no key 'blocks' to remove")
 
 
 def test_a_name_a_set_null_took_out_stays_in_the_keys_at_its_set():
     """`--set passes.0.remove_blocks.count.blocks=null` left no trace: what was said of count (its
     group gone) pointed at the file's line, which holds count: {blocks: 1}, naming no --set; and a dump
-    of the recipe did not list it among the --sets applied. A --set giving the name again stands."""
+    of the recipe did not list it among the --sets applied. A --set giving the name again after it is
+    refused (test_a_key_set_twice_is_refused_naming_both_sets)."""
     from compress.recipe_dump import set_overrides
 
     gone = ["passes.0.remove_blocks.count.blocks=null", "passes.2.svd.ranks.modulation=null"]
@@ -283,5 +337,5 @@ def test_a_name_a_set_null_took_out_stays_in_the_keys_at_its_set():
     assert r.passes[0].keys["count.blocks"].where() == f"r.yaml (--set {gone[0]})"
     assert r.passes[2].keys["ranks.modulation"].where() == f"r.yaml (--set {gone[1]})"
     assert set_overrides(r) == [f"--set {g}" for g in gone]
-    again = parse_recipe(NAMED, "r.yaml", [gone[0], "passes.0.remove_blocks.count.blocks=2"])
-    assert again.passes[0].keys["count.blocks"].override == "--set passes.0.remove_blocks.count.blocks=2"
+    with pytest.raises(UserError, match=r"--set passes\.0\.remove_blocks\.count\.blocks=null set this key too"):
+        parse_recipe(NAMED, "r.yaml", [gone[0], "passes.0.remove_blocks.count.blocks=2"])
