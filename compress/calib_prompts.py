@@ -39,9 +39,19 @@ def read_prompts(calib, recipe_dir: Path | None = None) -> list[str]:
     if len(prompts) == 1:
         from compress.report import note
 
-        note("calibration has one prompt: it also gives the held-out inputs (with other noise), so the "
-             "held-out error is not measured on an unseen prompt; give two or more prompts to hold some out")
+        note(f"{_one_prompt_where(calib, n, listed)}calibration has one prompt: it also gives the held-out inputs "
+             "(with other noise), so the held-out error is not measured on an unseen prompt; give two or more "
+             "prompts to hold some out")
     return prompts
+
+
+def _one_prompt_where(calib, n: int | None, listed: int) -> str:
+    """'PATH:LINE: ' of the key that left one prompt, as the num_prompts notes name theirs: num_prompts
+    where it cut the list to one, else prompts (or prompt_file, where prompts is empty), with the
+    --sets of the other prompt keys."""
+    keys = ("num_prompts", "prompts", "prompt_file")
+    key = "num_prompts" if n and n < listed else "prompts" if calib.prompts else "prompt_file"
+    return _where(calib, key, getattr(calib, key), tuple(k for k in keys if k != key))
 
 
 def chosen_prompts(calib, file_lines: list[str]) -> list[str]:

@@ -43,7 +43,26 @@ def test_one_prompt_says_it_is_held_out_too(prompts, noted, capsys):
     recipe = parse_recipe(f"model: pixart\nteacher: x\ncalibration: {{prompts: {prompts}}}\npasses: [svd]\n", "r.yaml")
     read_prompts(recipe.calibration)
     err = " ".join(capsys.readouterr().err.split())
-    assert ("note: calibration has one prompt: it also gives the held-out inputs (with other noise)" in err) == noted
+    assert ("calibration has one prompt: it also gives the held-out inputs (with other noise)" in err) == noted
+
+
+@pytest.mark.parametrize("calibration, sets, words", [
+    ('{prompts: ["a 3"]}', [], "note: r.yaml:3: calibration has one prompt"),
+    ('{prompts: [a, b, c], num_prompts: 1}', [], "note: r.yaml:3: calibration has one prompt"),
+    ('{prompts: [a, b]}', ["calibration.num_prompts=1"],
+     "note: r.yaml (--set calibration.num_prompts): calibration has one prompt"),
+    ('{prompts: [a, b], num_prompts: 1}', ["calibration.prompts=[a, b, c]"],
+     "note: r.yaml:3 (with --set calibration.prompts=[a, b, c]): calibration has one prompt"),
+    ("{num_prompts: 4}", ["calibration.prompts=[a]"],
+     "note: r.yaml (--set calibration.prompts): calibration has one prompt"),
+])
+def test_the_one_prompt_note_names_the_recipe_line_or_set(calibration, sets, words, capsys):
+    """'note: calibration has one prompt ...' named no recipe line, where the num_prompts notes name
+    theirs (70819a6): now the line (or --set) of num_prompts where it cut the list to one, else of
+    prompts, with the --sets of the other prompt keys."""
+    recipe = parse_recipe(f"model: pixart\nteacher: x\ncalibration: {calibration}\npasses: [svd]\n", "r.yaml", sets)
+    read_prompts(recipe.calibration)
+    assert words in " ".join(capsys.readouterr().err.split())
 
 
 @pytest.mark.parametrize("keys, words", [
