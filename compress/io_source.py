@@ -115,6 +115,19 @@ def file_url(given: str) -> str | None:
     return f"{given}: file:// URLs are not read; give the plain path {plain}"
 
 
+INDEX_FILE = re.compile(r".+\.(?:safetensors|bin)(?:\.\w+)?\.index(?:\.\w+)?\.json")  # a sharded checkpoint's index
+
+
+def folder_part(path: Path) -> str | None:
+    """The words refusing a file that is a part of a diffusers folder, not a checkpoint: a sharded checkpoint's
+    index or the config.json of a folder holding weights; None for any other file."""
+    if INDEX_FILE.fullmatch(path.name):
+        return f"{path} is the index of the sharded checkpoint in {path.parent}: give the folder {path.parent}"
+    if path.name == "config.json" and any(f.name.startswith("diffusion_pytorch_model") for f in path.parent.iterdir()):
+        return f"{path} is the config of the transformer in {path.parent}: give the folder {path.parent}"
+    return None
+
+
 SHARD = re.compile(r"(.+)-(\d+)-of-(\d+)((?:\.\w+)?\.(?:safetensors|bin))")  # a sharded checkpoint's part
 
 
@@ -160,6 +173,8 @@ def check_source(source: str, where: str = "", recipe_dir: Path | None = None, s
         prefixed(where, weights_variant, folder)  # two variants and no plain weights: said here, with `where`
         return "folder"
     if path.is_file():
+        if (part := folder_part(path)) is not None:
+            raise UserError(f"{where}{part}")
         prefixed(where, check_suffix, path)
         prefixed(where, check_header, path)
         if output_weights(path):

@@ -76,6 +76,17 @@ def test_one_shard_given_as_the_teacher_names_the_folder_to_give(tmp_path):
         check_source(str(shard), "r.yaml:3: ")
 
 
+def test_a_sharded_checkpoints_index_or_a_folders_config_given_as_the_teacher_names_the_folder(tmp_path):
+    """They said 'F is not a checkpoint: file type '.json'; a teacher is a folder or a checkpoint file (...)'."""
+    _shards(tmp_path / "t")
+    (tmp_path / "t" / "config.json").write_text("{}")
+    for name, what in (("diffusion_pytorch_model.safetensors.index.json", "the index of the sharded checkpoint"),
+                       ("config.json", "the config of the transformer")):
+        with pytest.raises(UserError, match=rf"^r.yaml:3: {tmp_path / 't' / name} is {what} in {tmp_path / 't'}: "
+                                            rf"give the folder {tmp_path / 't'}$"):
+            check_source(str(tmp_path / "t" / name), "r.yaml:3: ")
+
+
 def test_convert_of_one_shard_names_its_folder(tmp_path):
     from compress.io_convert import convert_file
 
