@@ -16,7 +16,7 @@ import yaml
 
 from compress.errors import UserError, did_you_mean
 from compress.passes import PASSES, config_class
-from compress.recipe_yaml import RecipeLoader
+from compress.recipe_yaml import NULL, RecipeLoader, core_tag
 
 NAME_KEYED = ("ranks",)  # pass options whose keys are module names or patterns, which hold dots
 
@@ -30,6 +30,7 @@ def place(data_node: yaml.MappingNode, dotted: str, value_text: str, value_node:
     _refuse_leading_zero(parts, said)
     _refuse_pass_name(data_node, parts, value_text, said)
     _check_pass_index(data_node, parts, said)
+    _refuse_null_options(data_node, parts, value_node, said)
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if isinstance(node, yaml.SequenceNode):
@@ -46,15 +47,38 @@ def place(data_node: yaml.MappingNode, dotted: str, value_text: str, value_node:
             _set_key(node, yaml.ScalarNode("tag:yaml.org,2002:str", part, mark, mark), value_node,
                      first=parts[0] == "passes" and i == 4 and parts[3] in NAME_KEYED)
             return
-        if not match:
-            _refuse_new_list(parts, i, said)
+        if not match or _null(match[0][1]):  # a key null (its defaults, or set so by an earlier --set):
+            _refuse_new_list(parts, i, said, match[0][1] if match else None)  # a mapping of this key alone
             child = yaml.MappingNode("tag:yaml.org,2002:map", [], mark, mark)
-            node.value.append((yaml.ScalarNode("tag:yaml.org,2002:str", part, mark, mark), child))
+            key = match[0][0] if match else yaml.ScalarNode("tag:yaml.org,2002:str", part, mark, mark)
+            if match:
+                node.value[node.value.index(match[0])] = (key, child)
+            else:
+                node.value.append((key, child))
             node = child
         else:
             child = _own(match[0][1])
             node.value[node.value.index(match[0])] = (match[0][0], child)
             node = child
+
+
+def _refuse_null_options(data_node: yaml.MappingNode, parts: list[str], value_node: yaml.Node, said: str) -> None:
+    """`--set passes.2.svd=null` set every option of the pass back to its default, without a word
+    (the file's targets, ratio, ... gone): refused, as a list's item set to null is, saying how to drop
+    one option, all of them (`{}`, written out), or the pass. A pass that has no options is left to it."""
+    if len(parts) != 3 or parts[0] != "passes" or not _null(value_node):
+        return
+    passes = {k.value: v for k, v in data_node.value}.get("passes")
+    item = passes.value[int(parts[1])] if isinstance(passes, yaml.SequenceNode) else None
+    options = item.value[0][1] if isinstance(item, yaml.MappingNode) and item.value else None
+    keys = [k.value for k, _ in options.value] if isinstance(options, yaml.MappingNode) else []
+    if not keys:
+        return  # none to lose: the pass had its defaults already
+    where = f"passes.{parts[1]}.{parts[2]}"
+    raise UserError(f"{said}: a pass's options are not set to null, which would put all of them "
+                    f"({', '.join(keys)}) back to "
+                    f"their defaults: drop one with --set {where}.KEY=null, all with --set '{where}={{}}'; to "
+                    "leave the pass out, delete its item from the recipe")
 
 
 def _check_index(node: yaml.SequenceNode, parts: list[str], i: int, said: str) -> None:
@@ -76,13 +100,24 @@ def _refuse_leading_zero(parts: list[str], said: str) -> None:
                             f"{int(part)})")
 
 
-def _refuse_new_list(parts: list[str], i: int, said: str) -> None:
-    """`--set calibration.prompts.0=...` where the recipe has no calibration.prompts: an index into
-    a list the recipe lacks (it would be made a mapping keyed '0'): name the list to give whole."""
+def _refuse_new_list(parts: list[str], i: int, said: str, null: yaml.Node | None = None) -> None:
+    """`--set calibration.prompts.0=...` where the recipe has no calibration.prompts (or has it null,
+    `null`: that node): an index into a list the recipe lacks (it would be made a mapping keyed '0'):
+    name the list to give whole."""
     if parts[i + 1].isdigit():
         there = ".".join(parts[:i + 1])
-        raise UserError(f"{said}: the recipe has no {there} to take item {parts[i + 1]} of; "
-                        f"give the whole list, e.g. --set '{there}=[...]'")
+        lacks = f"the recipe has no {there} to take item {parts[i + 1]} of"
+        if null is not None:
+            by = null.start_mark.name if null.start_mark.name.startswith("--set") else ""
+            lacks = f"{there} is null{f' ({by})' if by else ''}, so it has no item {parts[i + 1]}"
+        raise UserError(f"{said}: {lacks}; give the whole list, e.g. --set '{there}=[...]'")
+
+
+def _null(node: yaml.Node) -> bool:
+    """Whether `node` is a null value (`calibration:`, `~`, an earlier `--set calibration=null`): a --set
+    below it sets that key of the default section (`--set calibration=null --set calibration.seed=1`:
+    calibration's defaults, seed 1), as below a key the recipe lacks."""
+    return isinstance(node, yaml.ScalarNode) and node.tag == NULL and core_tag(node.value) == NULL
 
 
 def refuse_repeated(overrides, path: str) -> None:

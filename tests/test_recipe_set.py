@@ -339,3 +339,54 @@ def test_a_name_a_set_null_took_out_stays_in_the_keys_at_its_set():
     assert set_overrides(r) == [f"--set {g}" for g in gone]
     with pytest.raises(UserError, match=r"--set passes\.0\.remove_blocks\.count\.blocks=null set this key too"):
         parse_recipe(NAMED, "r.yaml", [gone[0], "passes.0.remove_blocks.count.blocks=2"])
+
+
+CALIBRATED = """\
+model: pixart
+teacher: toy:pixart
+calibration: {num_prompts: 5, seed: 0}
+passes:
+  - svd: {targets: [attention, mlp], ratio: 0.3}
+  - svd:
+"""
+
+
+@pytest.mark.parametrize("recipe, overrides", [
+    (CALIBRATED, ["calibration=null", "calibration.seed=1"]),
+    (CALIBRATED.replace("{num_prompts: 5, seed: 0}", ""), ["calibration.seed=1"]),
+    (CALIBRATED.replace("{num_prompts: 5, seed: 0}", "~"), ["calibration.seed=1"]),
+])
+def test_a_set_below_a_key_that_is_null_sets_that_key_of_its_default_section(recipe, overrides):
+    """`--set calibration=null --set calibration.seed=1` said "'calibration' is not a mapping" (and so
+    did a --set into the file's `calibration:`, null): now the later --set sets seed in calibration's
+    defaults, as it does where the recipe has no calibration."""
+    r = parse_recipe(recipe, "r.yaml", overrides)
+    assert (r.calibration.seed, r.calibration.num_prompts) == (1, 10)
+    assert r.keys["calibration.seed"].where() == "r.yaml (--set calibration.seed=1)"
+
+
+def test_a_set_into_a_pass_whose_options_are_null_sets_that_option():
+    r = parse_recipe(CALIBRATED, "r.yaml", ["passes.1.svd.ratio=0.4"])
+    assert r.passes[1].config.ratio == 0.4 and r.passes[1].config.targets == ["attention", "mlp"]
+
+
+def test_an_item_of_a_null_list_says_it_is_null():
+    with pytest.raises(UserError) as e:
+        parse_recipe(CALIBRATED.replace("targets: [attention, mlp]", "targets: null"), "r.yaml",
+                     ["passes.0.svd.targets.0=mlp"])
+    assert str(e.value) == ("r.yaml (--set passes.0.svd.targets.0=mlp): passes.0.svd.targets is null, so it has no "
+                            "item 0; give the whole list, e.g. --set 'passes.0.svd.targets=[...]'")
+
+
+def test_a_passs_options_set_to_null_are_refused_in_one_line():
+    """`--set passes.0.svd=null` planned an svd pass of default options, its targets and ratio silently
+    gone: refused, saying how to drop one option, all ({}), or the pass. A pass of no options may."""
+    with pytest.raises(UserError) as e:
+        parse_recipe(CALIBRATED, "r.yaml", ["passes.0.svd=null"])
+    assert str(e.value) == ("r.yaml (--set passes.0.svd=null): a pass's options are not set to null, which would put "
+                            "all of them (targets, ratio) back to their defaults: drop one with --set "
+                            "passes.0.svd.KEY=null, all with --set 'passes.0.svd={}'; to leave the pass out, delete "
+                            "its item from the recipe")
+    r = parse_recipe(CALIBRATED, "r.yaml", ["passes.0.svd={}", "passes.0.svd.ratio=0.4"])
+    assert r.passes[0].config.ratio == 0.4 and r.passes[0].config.targets == ["attention", "mlp"]
+    assert parse_recipe(CALIBRATED, "r.yaml", ["passes.1.svd=~"]) == parse_recipe(CALIBRATED, "r.yaml")
