@@ -30,7 +30,7 @@ def yaml_error_words(error: yaml.YAMLError, text: str) -> tuple[int | None, str]
     problem = getattr(error, "problem", None) or str(error)
     context = getattr(error, "context", None) or ""
     mark, start = getattr(error, "problem_mark", None), getattr(error, "context_mark", None)
-    for words in (_tab, _no_colon, _second_document, _unspaced_above, _unclosed, _colon_in_value, _indentation,
+    for words in (_tab, _no_colon, _second_document, _after_document_end, _unspaced_above, _unclosed, _colon_in_value, _indentation,
                   _stray_closing):
         if found := words(problem, context, mark, start, lines):
             return found
@@ -70,6 +70,22 @@ def _second_document(problem, context, mark, start, lines):
     if "found another document" not in problem or mark is None:
         return None
     return mark.line + 1, ": a second YAML document ('---'): a recipe is one document"
+
+
+def _after_document_end(problem, context, mark, start, lines):
+    """Text after a '...' line (YAML's end of a document) or after a '%' directive, without a '---':
+    PyYAML's "expected '<document start>', but found '<block mapping start>'", at that text."""
+    if mark is None or not problem.startswith("expected '<document start>'"):
+        return None
+    above = [i for i in range(min(mark.line, len(lines)) - 1, -1, -1) if lines[i].split(" #")[0].rstrip() == "..."]
+    if above:
+        return mark.line + 1, (f": text after the end of the YAML document ('...', line {above[0] + 1}): a recipe "
+                               "is one document; remove the '...' line, or what follows it")
+    directive = next((i for i in range(min(mark.line, len(lines))) if lines[i].startswith("%")), None)
+    if directive is None:
+        return None
+    return directive + 1, (f": a YAML directive ('{_shown(lines[directive])}') needs a '---' line after it; "
+                           "a recipe needs neither: remove it")
 
 
 def _unspaced_above(problem, context, mark, start, lines):

@@ -106,6 +106,23 @@ def test_a_second_document_is_said_as_one():
         f"r.yaml:{lines}: malformed YAML: a second YAML document ('---'): a recipe is one document"
 
 
+@pytest.mark.parametrize("after", ["export: {dtype: float32}\n", "- svd\n", "seed\n"])
+@pytest.mark.parametrize("end", ["...", "... # end"])
+def test_text_after_a_document_end_line_is_said_as_one_document(after, end):
+    """Text after a '...' line said PyYAML's "(expected '<document start>', but found '<block mapping
+    start>')": now in words, as a second '---' document is."""
+    lines = TOY_TEXT.count("\n")
+    assert _said(f"{TOY_TEXT}{end}\n{after}") == (
+        f"r.yaml:{lines + 2}: malformed YAML: text after the end of the YAML document ('...', line {lines + 1}): "
+        "a recipe is one document; remove the '...' line, or what follows it")
+
+
+def test_a_directive_without_its_document_start_is_said_at_its_line():
+    assert _said(f"%YAML 1.2\n{TOY_TEXT}") == ("r.yaml:1: malformed YAML: a YAML directive ('%YAML 1.2') needs a "
+                                               "'---' line after it; a recipe needs neither: remove it")
+    assert parse_recipe(f"%YAML 1.2\n---\n{TOY_TEXT}...\n# end\n", "r.yaml").raw == parse_recipe(TOY_TEXT, "r.yaml").raw
+
+
 @pytest.mark.parametrize("line, text, said", [
     (19, "      targets:[attention]", "r.yaml:19: malformed YAML: 'targets:[attention]' (write 'targets: "
                                          "[attention]', a space after ':')"),  # above allocation: (T1's v5)
