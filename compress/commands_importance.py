@@ -95,10 +95,15 @@ def _check_no_recipe_options(source: str, teacher_arg: str | None, config_arg: s
 
 def _check_teacher_or_recipe(source: str) -> None:
     """A source importance takes that is not a recipe is a teacher (io_source.check_source), not a
-    dit-compress output (its folder or its weight file): that says how to scan its teacher."""
+    dit-compress output (its folder or its weight file): that says how to scan its teacher; nor a
+    path there that is no file nor folder (/dev/zero, a pipe: recipe_folder.special_kind)."""
     from compress.io_source import check_source, check_suffix, output_weights
+    from compress.recipe_folder import special_kind
 
     path = Path(source).expanduser()
+    if kind := special_kind(path):  # /dev/zero: there, but no file (check_source said 'there is no /dev/zero')
+        raise UserError(f"{source}: {kind}, neither a recipe (a YAML file) nor a teacher (a folder or a checkpoint "
+                        "file, a Hub id or toy:NAME)")
     if path.is_dir() and is_output(path):
         raise UserError(_output_words(source, path, "this is a dit-compress output"))
     if path.is_file() and output_weights(path):

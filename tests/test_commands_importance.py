@@ -216,3 +216,15 @@ def test_importance_says_its_default_heatmap_relative_to_the_working_folder_as_i
         assert main(["importance", "r.yaml", *png]) == 0
         assert capsys.readouterr().err.strip().splitlines()[-1] == f"wrote {said}"
         assert (tmp_path / said).is_file()
+
+
+def test_importance_of_a_path_that_is_no_file_nor_folder_says_what_it_is(tmp_path, capsys, no_teacher_loads):
+    """`importance /dev/zero` said 'teacher not found: /dev/zero (there is no /dev/zero)', though it is there:
+    now what it is, neither a recipe nor a teacher (a pipe too)."""
+    import os
+
+    fifo = tmp_path / "scan"
+    os.mkfifo(fifo)
+    words = "neither a recipe (a YAML file) nor a teacher (a folder or a checkpoint file, a Hub id or toy:NAME)"
+    _one_line_errors(capsys, [(["importance", "/dev/zero"], f"/dev/zero: a character device, {words}"),
+                              (["importance", str(fifo)], f"{fifo}: a pipe, {words}")])
