@@ -331,7 +331,7 @@ def lost_output(folder: Path, given: str, command: str) -> str | None:
     runs = folder.parent.name == "runs"  # runs/NAME: run's default run folder for a recipe NAME.yaml
     out = as_typed(recorded) if recorded is not None else default if runs else None
     gone = ("its output is not there" if out is None else f"its output {out} is gone" if not out.exists()
-            else f"its output folder {out} holds no output now")
+            else f"its output folder {out} holds no output now") + beside_words(folder, recorded, command)
     flags = (f" --out {out}" if out is not None and not (runs and out == default) else "") \
         + ("" if runs else f" --run-dir {given}")
     then = f", then dit-compress {command} {out or 'its output'}"
@@ -340,6 +340,20 @@ def lost_output(folder: Path, given: str, command: str) -> str | None:
                f"rerun its recipe to make it again (dit-compress run RECIPE{flags}){then}"
     return (f"{given} is the run folder of a finished run, but {gone}: rerun its recipe, unchanged, with --resume "
             f"to write it again from the stages the run kept (dit-compress run RECIPE --resume{flags}){then}")
+
+
+def beside_words(folder: Path, recorded: Path | None, command: str) -> str:
+    """Where the run recorded an output, gone, and out/NAME of runs/NAME is an output: that it is there, an
+    older run's or this one's moved with the project (finished.json records an absolute path; R3 stop 51),
+    which nothing recorded tells apart; else ''."""
+    runs = next((parent for parent in folder.parents if parent.name == "runs"), None)
+    if recorded is None or runs is None:
+        return ""
+    there = runs.parent / "out" / folder.relative_to(runs)
+    if not is_output(there) or there.resolve() == recorded.resolve():
+        return ""
+    return f" ({as_typed(there.resolve())} is there: an older run's output, or this one's moved: dit-compress {command} " \
+           f"{as_typed(there.resolve())})"
 
 
 def _recorded_output(run_dir: Path) -> Path | None:

@@ -228,7 +228,8 @@ def test_a_finished_run_whose_recorded_output_is_gone_does_not_name_an_older_out
     runs/toy-pixart` said 'the output of that run is out/toy-pixart: dit-compress inspect out/toy-pixart', an
     older run's output (run_output fell back to out/NAME whenever the recorded one was missing), never that
     out/tp4 is gone. Where finished.json records an output, only that one is the run's; out/NAME is named
-    only where it records none."""
+    only where it records none, or beside, as there, where it records one gone (R3 stop 51: a project moved
+    or copied elsewhere, its finished.json's absolute path gone, has its output at out/NAME)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "out" / "toy-pixart").mkdir(parents=True)  # an earlier run's output, as is_output reads
     (tmp_path / "out" / "toy-pixart" / "config.json").write_text('{"compression": {}}')
@@ -238,7 +239,8 @@ def test_a_finished_run_whose_recorded_output_is_gone_does_not_name_an_older_out
     (folder / "stages" / "finished.json").write_text(json.dumps({"out": str(tmp_path / "out" / "tp4")}))
     assert main([command, "runs/toy-pixart"]) == 2
     assert capsys.readouterr().err == (
-        "dit-compress: error: runs/toy-pixart is the run folder of a finished run, but its output out/tp4 is gone: "
+        "dit-compress: error: runs/toy-pixart is the run folder of a finished run, but its output out/tp4 is gone "
+        f"(out/toy-pixart is there: an older run's output, or this one's moved: dit-compress {command} out/toy-pixart): "
         "rerun its recipe, unchanged, with --resume to write it again from the stages the run kept (dit-compress run "
         f"RECIPE --resume --out out/tp4), then dit-compress {command} out/tp4\n")
     (folder / "stages" / "finished.json").write_text("{}")  # records none: out/NAME, as before
