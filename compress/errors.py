@@ -25,6 +25,11 @@ def read_utf8(path, label: str, hint: str) -> str:
         data = Path(path).read_bytes()
     except OSError as e:
         raise UserError(f"{label}: {e.strerror or e}") from None
+    return decode_utf8(data, label, hint)
+
+
+def decode_utf8(data: bytes, label: str, hint: str) -> str:
+    """`data` (read from what `label` names) as text: read_utf8's, for bytes read another way."""
     data = data.removeprefix(b"\xef\xbb\xbf")  # not utf-8-sig, whose error offsets miss the mark
     try:
         return data.decode("utf-8")

@@ -12,12 +12,12 @@ from typing import Any, Literal
 import yaml
 
 from compress.devices import device_refused
-from compress.errors import BadValue, UserError, did_you_mean, read_utf8
+from compress.errors import BadValue, UserError, decode_utf8, did_you_mean
 from compress.io_source import READS
 from compress.passes import PASSES, config_class
 from compress.recipe_convert import (MERGE_HINT, _Loc, _check_keys, _key_locs, build_dataclass, concerned, convert,
                                      with_sets)
-from compress.recipe_folder import refuse_folder, refuse_not_file
+from compress.recipe_folder import read_recipe, refuse_folder, refuse_not_file
 from compress.recipe_set import drop, key_nodes, nearest, no_value, place, refuse_repeated, remark, takes_null
 from compress.recipe_yaml import NULL, RecipeLoader, core_tag, read_marks, rest_of_line
 from compress.recipe_yaml_errors import character_words, yaml_error_words
@@ -409,7 +409,7 @@ def load_recipe(path, overrides: list[str] = (), command: str = "plan") -> Recip
 def _recipe_text(path, command: str) -> str:
     refuse_folder(path, command)  # was the OS's "Is a directory"
     refuse_not_file(path)  # /dev/zero was read until memory ran out
-    return read_utf8(path, str(path), "save the recipe as UTF-8")
+    return decode_utf8(read_recipe(path), str(path), "save the recipe as UTF-8")  # a pipe: at most RECIPE_MB
 
 
 def to_plain(recipe: Recipe) -> dict:

@@ -45,16 +45,35 @@ RECIPE_MB = 10  # a recipe's largest size: a few KB is usual, a larger file is a
 
 
 def refuse_not_file(path) -> None:
-    """A UserError where the recipe `path` (there, no folder: refuse_folder) is no regular file
-    (/dev/zero, a pipe: read to an end that may never come, until memory runs out) or is larger than
-    RECIPE_MB (a checkpoint given for a recipe), before a byte of it is read."""
+    """A UserError where the recipe `path` (there, no folder: refuse_folder) is a device or a socket
+    (/dev/zero: read until memory ran out) or a file larger than RECIPE_MB (a checkpoint given for a
+    recipe), before a byte of it is read. A pipe is read (`plan <(cat r.yaml)`, `plan /dev/stdin`):
+    by `read_recipe`, at most RECIPE_MB."""
     kind = special_kind(Path(path))
-    if kind:
+    if kind and kind != "a pipe":
         raise UserError(f"{path}: {kind}, not a file: a recipe is a YAML file")
     size = Path(path).stat().st_size
     if size > RECIPE_MB * 2**20:
-        raise UserError(f"{path}: {size / 2**20:.0f} MB, larger than a recipe ({RECIPE_MB} MB at most; a recipe is "
-                        "a YAML file of a few KB): is it the recipe?")
+        raise UserError(_too_large(path, f"{size / 2**20:.0f} MB"))
+
+
+def read_recipe(path) -> bytes:
+    """The bytes of the recipe `path` (refuse_not_file's checks passed), at most RECIPE_MB: a pipe that
+    sends more (one that never ends) is refused once RECIPE_MB + 1 bytes are read."""
+    limit = RECIPE_MB * 2**20
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise UserError(f"{path}: {e.strerror or e}") from None
+    if len(data) > limit:
+        raise UserError(_too_large(path, f"more than {RECIPE_MB} MB"))
+    return data
+
+
+def _too_large(path, size: str) -> str:
+    return (f"{path}: {size}, larger than a recipe ({RECIPE_MB} MB at most; a recipe is a YAML file of a few "
+            "KB): is it the recipe?")
 
 
 def special_kind(path: Path) -> str | None:

@@ -141,3 +141,58 @@ def test_a_recipe_not_there_is_matched_by_its_stem(tmp_path, monkeypatch, given,
     with pytest.raises(UserError) as e:
         load_recipe(given)
     assert str(e.value) == f"no such recipe {given}{meant}"
+
+
+def _fifo(tmp_path, data: bytes):
+    """A named pipe in `tmp_path` that a thread writes `data` into once it is opened (a pipe: `<(cat r.yaml)`)."""
+    import os
+    import threading
+
+    fifo = tmp_path / "r.yaml"
+    os.mkfifo(fifo)
+
+    def write():
+        try:
+            with open(fifo, "wb") as f:
+                f.write(data)
+        except BrokenPipeError:  # the reader stopped: a recipe sent too long
+            pass
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return fifo, thread
+
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_a_recipe_from_a_pipe_is_read(command, tmp_path, capsys):
+    """`plan <(cat recipes/toy-flux.yaml)` said '/dev/fd/63: a pipe, not a file: a recipe is a YAML file'."""
+    from pathlib import Path
+
+    fifo, thread = _fifo(tmp_path, Path("recipes/toy-flux.yaml").read_bytes())
+    if command == "plan":
+        assert cli.main(["plan", str(fifo)]) == 0, capsys.readouterr().err
+        assert "total parameters" in capsys.readouterr().out
+    else:
+        assert load_recipe(fifo, command="run").teacher == "toy:flux"
+    thread.join(5)
+
+
+def test_a_pipe_sending_more_than_a_recipe_is_refused_once_that_much_is_read(tmp_path):
+    """A pipe that never ends (`plan <(yes)`) is read to RECIPE_MB + 1 bytes, not until memory runs out."""
+    fifo, thread = _fifo(tmp_path, b"# x\n" * (3 * 2**20))  # 12 MB
+    with pytest.raises(UserError) as e:
+        load_recipe(fifo)
+    assert str(e.value) == f"{fifo}: more than 10 MB, larger than a recipe (10 MB at most; a recipe is a YAML " \
+                           "file of a few KB): is it the recipe?"
+    thread.join(5)
+
+
+def test_a_socket_given_for_a_recipe_is_refused(tmp_path):
+    import socket
+
+    path = tmp_path / "r.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+        with pytest.raises(UserError) as e:
+            load_recipe(path)
+    assert str(e.value) == f"{path}: a socket, not a file: a recipe is a YAML file"
