@@ -56,3 +56,30 @@ def test_without_distill_its_columns_are_dashes_and_the_svd_passes_get_the_objec
     printed = _table(tool.table(rows))
     assert printed["branches"] == ["0.1000", "0.2500", "-", "-", "3.5", "10.0"]
     assert printed["guided / branches"] == ["2.000", "1.200", "-", "-", "0.571", "0.800"]
+
+
+def test_a_users_calibration_seed_wins_over_the_tools(monkeypatch, capsys):
+    """`--set calibration.seed=3` was refused: the tool's own calibration.seed=0 (of --seed) came first."""
+    seeds = []
+
+    def run(text, sets, tmp, name):
+        seeds.append(tool.parse_recipe(text, f"{name}.yaml", sets).calibration.seed)
+        return dict.fromkeys(tool.COLUMNS, 1.0)
+
+    monkeypatch.setattr(tool, "run", run)
+    tool.main(["--family", "pixart", "--set", "calibration.seed=3"])
+    assert seeds == [3, 3] and "toy-pixart.yaml, seed 3:" in capsys.readouterr().out
+
+
+def test_a_set_of_an_svd_objective_is_refused_naming_objectives():
+    """The tool sets passes.N.svd.objective per objective: a user's --set of it is said, as --objectives'."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, str(Path(tool.__file__)), "--set", "passes.2.svd.objective=guided"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == "bench_objective.py: error: --set passes.2.svd.objective=guided: the " \
+                                           "tool sets each svd pass's objective itself, to each of --objectives " \
+                                           "in turn: give them with --objectives"

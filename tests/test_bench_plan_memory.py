@@ -87,3 +87,36 @@ def test_the_tool_answers_help_and_refuses_unknown_arguments():
     refused = subprocess.run([sys.executable, str(path), "--repeats", "3"], capture_output=True, text=True,
                              timeout=120)
     assert refused.returncode == 2 and "unrecognized arguments: --repeats" in refused.stderr
+
+
+class _Planned(Exception):
+    """Stops main once the first recipe's --sets are loaded (no plan, no run)."""
+
+
+@pytest.mark.parametrize("given, steps", [("passes.4.distill.steps=100", 100), ("passes.4.distill={steps: 7}", 7)])
+def test_a_users_set_of_a_key_the_tool_shortens_wins(given, steps, monkeypatch):
+    """`--set passes.4.distill.steps=100` was refused ('--set passes.4.distill.steps=30 set ...: give each key
+    once', a --set the user never typed): the tool's own passes.4.distill.steps=30 came first."""
+    from compress.recipe import load_recipe
+
+    loaded = []
+
+    def plan_json(recipe, sets):
+        loaded.append((load_recipe(recipe, sets), sets))
+        raise _Planned
+
+    monkeypatch.setattr(tool, "plan_json", plan_json)
+    monkeypatch.setattr(sys, "argv", ["bench_plan_memory.py", "recipes/toy-flux.yaml", "--set", given])
+    with pytest.raises(_Planned):
+        tool.main()
+    (recipe, sets), = loaded
+    assert recipe.passes[4].config.steps == steps and sets[-1] == given
+    assert not any(s.startswith("passes.4.distill.steps=") for s in sets[:-1])
+    # the tool's other shortenings kept, but under a whole distill= given
+    assert ("passes.4.distill.num_samples=64" in sets) == given.startswith("passes.4.distill.steps")
+
+
+def test_given_sets_drop_the_tools_own_of_their_keys_and_below():
+    builtin = ["a.b=1", "a.bc=2", "a.b.c=3", "d=4"]
+    assert tool.given_win(builtin, ["a.b = 9"]) == ["a.bc=2", "d=4", "a.b = 9"]
+    assert tool.given_win(builtin, []) == builtin

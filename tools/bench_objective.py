@@ -9,6 +9,9 @@ whole run's, then each later objective's figures over the first's.
     python tools/bench_objective.py --family pixart [--seed 0] [--objectives branches guided_compensation]
                                     [--no-distill] [--set KEY.PATH=VALUE ...]
 
+A `--set calibration.seed=N` is run as given (over `--seed`); a `--set` of an svd pass's objective is refused
+(the tool sets it: give `--objectives`).
+
 Measured (toy recipes as shipped, 2-core machine shared with other jobs at load 5-12; the errors repeat to the
 last digit, the seconds do not), guided_compensation over branches, conditional / guided, after global
 allocation's sensitivity weighed the guided prediction under a guided objective (b691456; branches' runs are
@@ -41,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,9 +52,15 @@ from pathlib import Path
 from compress.recipe import parse_recipe
 from compress.runner import Runner
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_plan_memory import given_win  # noqa: E402  (a tool's own --sets, the user's winning)
+
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 OBJECTIVES = ("branches", "guided", "guided_fisher", "guided_compensation")
 COLUMNS = ("svd cond", "svd guided", "distill cond", "distill guided", "svd s", "run s")
+
+
+OBJECTIVE_KEY = re.compile(r"passes\.\d+\.svd\.objective")  # the tool's own, per objective (objective_sets)
 
 
 def without_distill(text: str) -> str:
@@ -115,12 +125,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     text = (RECIPES / f"toy-{args.family}.yaml").read_text()
     text = without_distill(text) if args.no_distill else text
-    sets = [f"calibration.seed={args.seed}", *args.overrides]
+    if objective := next((s for s in args.overrides if OBJECTIVE_KEY.fullmatch(s.partition("=")[0].strip())), None):
+        parser.error(f"--set {objective}: the tool sets each svd pass's objective itself, to each of --objectives "
+                     "in turn: give them with --objectives")
+    sets = given_win([f"calibration.seed={args.seed}"], args.overrides)  # --set calibration.seed wins
+    seed = parse_recipe(text, "recipe.yaml", sets).calibration.seed
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for objective in dict.fromkeys(args.objectives):
             rows[objective] = run(text, sets + objective_sets(text, objective), Path(tmp), objective)
-    print(f"\ntoy-{args.family}.yaml, seed {args.seed}: held-out conditional / guided error after the last svd pass "
+    print(f"\ntoy-{args.family}.yaml, seed {seed}: held-out conditional / guided error after the last svd pass "
           "and after distill, seconds")
     print(table(rows))
 

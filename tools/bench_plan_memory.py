@@ -7,7 +7,8 @@ planned / measured (above 1: the plan over-counts).
 By default the distill passes are shortened (`--set passes.N.distill.steps=30`, `num_samples=64`,
 `sample_steps=4`), and so are learned block removals (`remove_blocks.learn_steps=20`): that changes
 how long they train and sample, not what a step holds (same batches, model and optimizer), so the
-peak is the same; `--full` runs the recipes as they are.
+peak is the same; `--full` runs the recipes as they are. A `--set` of a key the tool shortens
+(`--set passes.4.distill.steps=100`) is run as given.
 A run prints what it shortened. Default recipes: the shipped toy ones, `recipes/toy-pixart.yaml` and
 `recipes/toy-flux*.yaml`.
 
@@ -52,6 +53,18 @@ def shortened(recipe: dict) -> list[str]:
         sets += [f"passes.{index}.{name}.{key}={value}" for key, value in SHORTER[name].items()
                  if not isinstance(cfg.get(key), int) or cfg[key] > value]
     return sets
+
+
+def given_win(builtin: list[str], given: list[str]) -> list[str]:
+    """A tool's own --sets `builtin`, but those of a key one of the user's --sets `given` sets (or sets a
+    key above), then `given`: the user's --set wins (a key set twice is refused: recipe_set's
+    refuse_repeated, naming a --set the user never typed)."""
+    keys = [s.partition("=")[0].strip() for s in given]
+    return [s for s in builtin if not any(_at_or_below(s.partition("=")[0].strip(), k) for k in keys)] + given
+
+
+def _at_or_below(key: str, above: str) -> bool:
+    return key == above or key.startswith(above + ".")
 
 
 def planned_peak(plan: dict) -> tuple[int, str]:
@@ -134,7 +147,7 @@ def main() -> None:
     args = p.parse_args()
     rows = []
     for recipe in args.recipes or default_recipes():
-        sets = ([] if args.full else shortened(yaml.safe_load(recipe.read_text()))) + args.overrides
+        sets = given_win([] if args.full else shortened(yaml.safe_load(recipe.read_text())), args.overrides)
         planned, phase = planned_peak(plan_json(recipe, sets))
         print(f"{recipe.name}: planned {gib(planned)} ({phase}); running"
               + (f" with --set {' --set '.join(sets)}" if sets else ""), flush=True)
