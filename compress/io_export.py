@@ -56,7 +56,9 @@ def check_materialized(model: nn.Module, what: str, every: bool = False) -> None
              if t is not None and n not in m._non_persistent_buffers_set]
     meta = [n for n, t in saved if t.is_meta]
     if meta and (not every or len(meta) == len(saved)):
-        raise UserError(f"{what}: the model holds no weights ({meta[0]} is on the meta device, not materialized, as "
+        held = "the model holds no weights" if len(meta) == len(saved) else \
+            f"{len(meta)} of the model's {len(saved)} weights are not there"  # (R3 stop 51: one swapped for meta)
+        raise UserError(f"{what}: {held} ({meta[0]} is on the meta device, not materialized, as "
                         "load_transformer(out, device='meta') leaves them); load it on a real device to save it")
 
 

@@ -163,3 +163,17 @@ def test_save_pretrained_of_an_offloaded_output_says_it_is_offloaded(out, tiny_m
         model.save_pretrained(tmp_path / "saved")
     inputs = model_inputs(tiny_model)
     assert torch.allclose(forward(model, inputs), forward(tiny_model, inputs))  # the offloaded model still runs
+
+
+def test_save_pretrained_of_a_model_with_one_weight_on_meta_counts_them(out, tmp_path):
+    """R3 stop 51: since 4759ec1 refused any weight on meta inside save_pretrained, a model with one said 'the model
+    holds no weights'; it counts them."""
+    model = load_transformer(out)
+    name, _ = next(iter(model.named_parameters()))
+    owner, _, leaf = name.rpartition(".")
+    module = model.get_submodule(owner) if owner else model
+    setattr(module, leaf, torch.nn.Parameter(torch.empty_like(getattr(module, leaf), device="meta")))
+    total = len(model.state_dict())
+    with pytest.raises(UserError, match=rf"^save_pretrained: 1 of the model's {total} weights are not there "
+                                        rf"\({name} is on the meta device"):
+        model.save_pretrained(tmp_path / "saved")
