@@ -17,7 +17,11 @@ from compress.words import counted
 
 
 def _is_recipe(source: str) -> bool:
-    return source.endswith((".yaml", ".yml"))
+    """A .yaml / .yml path, or a pipe (`<(cat r.yaml)`, /dev/stdin of one): a teacher is never one, and plan and run
+    read a recipe from it (F9 stop 51)."""
+    from compress.recipe_folder import special_kind
+
+    return source.endswith((".yaml", ".yml")) or special_kind(Path(source).expanduser()) == "a pipe"
 
 
 def _importance_recipe(source: str, overrides: list[str]):

@@ -220,11 +220,17 @@ def test_importance_says_its_default_heatmap_relative_to_the_working_folder_as_i
 
 def test_importance_of_a_path_that_is_no_file_nor_folder_says_what_it_is(tmp_path, capsys, no_teacher_loads):
     """`importance /dev/zero` said 'teacher not found: /dev/zero (there is no /dev/zero)', though it is there:
-    now what it is, neither a recipe nor a teacher (a pipe too)."""
+    now what it is, neither a recipe nor a teacher. A pipe of any name (`<(cat r.yaml)`: /dev/fd/63) is read as
+    the recipe, as plan and run read it (F9 stop 51: it was refused as 'a pipe')."""
     import os
+    import threading
 
-    fifo = tmp_path / "scan"
-    os.mkfifo(fifo)
     words = "neither a recipe (a YAML file) nor a teacher (a folder or a checkpoint file, a Hub id or toy:NAME)"
+    fifo = tmp_path / "scan"  # no .yaml: as /dev/fd/63
+    os.mkfifo(fifo)
+    thread = threading.Thread(target=lambda: fifo.write_bytes(b"model: pixart\nteacher: toy:pixart\npasses: {svd: 1}\n"),
+                              daemon=True)
+    thread.start()
     _one_line_errors(capsys, [(["importance", "/dev/zero"], f"/dev/zero: a character device, {words}"),
-                              (["importance", str(fifo)], f"{fifo}: a pipe, {words}")])
+                              (["importance", str(fifo)], "'passes' must be a non-empty list")])
+    thread.join(5)
