@@ -41,7 +41,7 @@ def place(data_node: yaml.MappingNode, dotted: str, value_text: str, value_node:
             node.value[int(part)] = node = _own(node.value[int(part)])
             continue
         if not isinstance(node, yaml.MappingNode):
-            raise UserError(f"{said}: '{'.'.join(parts[:i])}' is not a mapping")
+            raise UserError(f"{said}: '{'.'.join(parts[:i])}' is not a mapping{_made_by(node)}")
         match = [(k, v) for k, v in node.value if k.value == part]
         if last:
             _set_key(node, yaml.ScalarNode("tag:yaml.org,2002:str", part, mark, mark), value_node,
@@ -60,6 +60,15 @@ def place(data_node: yaml.MappingNode, dotted: str, value_text: str, value_node:
             child = _own(match[0][1])
             node.value[node.value.index(match[0])] = (match[0][0], child)
             node = child
+
+
+def _made_by(node: yaml.Node) -> str:
+    """' (--set calibration=5 made it 5)' where an earlier --set wrote the value that is no mapping
+    (`--set calibration=5 --set calibration.seed=1` named the later --set alone); '' for the file's."""
+    by = node.start_mark.name
+    if not by.startswith("--set"):
+        return ""
+    return f" ({by} made it {node.value})" if isinstance(node, yaml.ScalarNode) else f" ({by} made it so)"
 
 
 def _refuse_null_options(data_node: yaml.MappingNode, parts: list[str], value_node: yaml.Node, said: str) -> None:

@@ -390,3 +390,23 @@ def test_a_passs_options_set_to_null_are_refused_in_one_line():
     r = parse_recipe(CALIBRATED, "r.yaml", ["passes.0.svd={}", "passes.0.svd.ratio=0.4"])
     assert r.passes[0].config.ratio == 0.4 and r.passes[0].config.targets == ["attention", "mlp"]
     assert parse_recipe(CALIBRATED, "r.yaml", ["passes.1.svd=~"]) == parse_recipe(CALIBRATED, "r.yaml")
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["calibration=5", "calibration.seed=1"], "(--set calibration.seed=1): 'calibration' is not a mapping "
+                                              "(--set calibration=5 made it 5)"),
+    (["calibration={seed: 5}", "calibration.seed.x=1"], "(--set calibration.seed.x=1): 'calibration.seed' is not a "
+                                                        "mapping (--set calibration={seed: 5} made it 5)"),
+])
+def test_a_set_below_a_value_an_earlier_set_made_no_mapping_names_that_set(overrides, words):
+    """`--set calibration=5 --set calibration.seed=1` said "'calibration' is not a mapping", naming the
+    later --set alone (the file's calibration is a mapping): now it names the earlier one that made it 5."""
+    with pytest.raises(UserError) as e:
+        parse_recipe(CALIBRATED, "r.yaml", overrides)
+    assert str(e.value) == f"r.yaml {words}"
+
+
+def test_a_set_below_a_value_the_file_made_no_mapping_names_no_set():
+    with pytest.raises(UserError) as e:
+        parse_recipe(CALIBRATED.replace("{num_prompts: 5, seed: 0}", "5"), "r.yaml", ["calibration.seed=1"])
+    assert str(e.value) == "r.yaml (--set calibration.seed=1): 'calibration' is not a mapping"
