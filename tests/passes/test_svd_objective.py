@@ -16,10 +16,10 @@ from tests.passes.svd_helpers import two_branches
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _run(tmp_path, batches, objective, source=None):
+def _run(tmp_path, batches, objective, source=None, model=None):
     from compress.arch import get_adapter
 
-    model = tiny_pixart()
+    model = model if model is not None else tiny_pixart()
     ctx = RunContext(adapter=get_adapter(model), family="pixart", teacher=tiny_pixart(), run_dir=tmp_path,
                      calibration_inputs=lambda: batches, fingerprint=objective,
                      heldout_guidance=lambda: HeldOutGuidance(3.0), source_kind=source)
@@ -211,3 +211,21 @@ def test_guided_prediction_gradients_are_the_guided_losss_weight_gradient():
                for k, (b, r) in enumerate(zip(batches, refs)))
     for n, g in zip(names, torch.autograd.grad(loss, weights)):
         torch.testing.assert_close(got[n][0], g.double(), rtol=1e-3, atol=1e-4 * float(g.abs().max()))
+
+
+@pytest.mark.parametrize("objective, words", [("guided_fisher", "the guided prediction does not change"),
+                                              ("guided_compensation", "the prediction does not change")])
+def test_a_zero_fisher_under_the_objective_says_which_prediction_it_probed(tmp_path, capsys, objective, words):
+    """389db8e's zero-Fisher words say 'the guided prediction' where the objective guides the Fisher sweeps;
+    that the pass hands Roots that flag was tested at the Roots level alone (F11 stop 51: the pass's
+    `measured=(c.fisher, False)` passed every test). A teacher whose proj_out is zero: no target moves
+    its prediction, guided or not."""
+    import torch
+
+    model = tiny_pixart()
+    with torch.no_grad():
+        model.proj_out.weight.zero_()
+    _run(tmp_path, [two_branches(model, seed=s) for s in range(2)], objective, model=model)
+    warned = [line for line in capsys.readouterr().err.splitlines() if "zero output Fisher" in line]
+    assert len(warned) == 1 and words in warned[0], warned
+    assert objective == "guided_fisher" or "guided prediction" not in warned[0]
