@@ -48,7 +48,7 @@ def hub_folder(repo_id: str) -> Path:
 def _hub_folder(repo_id: str) -> Path:
     cfg, sub, why, names = hub_placed(repo_id)
     pin = pinned(cfg)
-    config_model_class(read_config(cfg))
+    config_model_class(read_config(cfg), cfg)  # another model's: its folder named
     where = f"'{repo_id}'" + (f" ({sub})" if sub else "")
     if why is not None:  # the cached snapshot, checked: its weights there and whole
         from compress.io_hub_snapshots import check_cached

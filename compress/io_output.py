@@ -203,7 +203,7 @@ def empty_compressed(out) -> nn.Module:
     ranks = compression.get("ranks", {}) if isinstance(compression, dict) else None
     if not isinstance(ranks, dict):
         raise UserError(f"{out / 'config.json'}: compression.ranks must map layer names to ranks")
-    cls = config_model_class(config)
+    cls = config_model_class(config, out / "config.json")
     from accelerate import init_empty_weights
 
     with init_empty_weights():

@@ -59,7 +59,7 @@ def meta_model(source: str | TeacherSource, config: str | None = None, where: st
         return empty_compressed(transformer_folder(Path(src.source).expanduser()))
     from accelerate import init_empty_weights
 
-    cls = config_model_class(src.config)
+    cls = config_model_class(src.config, src.config_file())  # None for a Hub id's: the class alone
     with init_empty_weights():
         return from_config(cls, src.config, f"the config of teacher {src.source}")
 

@@ -49,7 +49,8 @@ def empty_transformer(folder_or_config: Path | dict, dtype: torch.dtype = torch.
 
     config = folder_or_config if isinstance(folder_or_config, dict) else \
         read_config(Path(folder_or_config) / "config.json")
-    cls = config_model_class(config)
+    cls = config_model_class(config, None if isinstance(folder_or_config, dict) else
+                             Path(folder_or_config) / "config.json")
     with init_empty_weights():
         model = from_config(cls, config, folder_or_config if not isinstance(folder_or_config, dict)
                             else "the teacher's config")

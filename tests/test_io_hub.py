@@ -175,6 +175,17 @@ def test_an_offline_cache_holding_only_the_config_blames_the_cache_not_the_repo(
         load_teacher("acme/pix")
 
 
+def test_a_hub_repo_of_another_model_names_its_cached_folder_and_what_it_holds(tmp_path, monkeypatch):
+    """A cached config of an AutoencoderKL said "unsupported model class 'AutoencoderKL'; supported: ..."
+    naming no path, where a local folder of one is named (8d744d5)."""
+    (tmp_path / "pipe" / "transformer").mkdir(parents=True)
+    (tmp_path / "pipe" / "transformer" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
+    _hub_cache(monkeypatch, tmp_path, "acme/vae", tmp_path / "pipe")
+    with pytest.raises(UserError, match=r"^\S+/models--acme--vae/snapshots/\w+/transformer holds an AutoencoderKL "
+                                        r"\(not a PixArt or Flux transformer\): give the pipeline folder"):
+        load_teacher("acme/vae")
+
+
 @pytest.mark.parametrize("source, words", [
     ("acme/pix@v2", r"a revision is not given with @: pin one by giving its snapshot folder as a local teacher "
                     r"\(\S+/models--acme--pix/snapshots/COMMIT, once downloaded\)"),
