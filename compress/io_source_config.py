@@ -170,12 +170,12 @@ class TeacherSource:
     def _check_weights_family(self, config: dict) -> None:
         """A transformer folder whose safetensors weights (their header names: io_single.detect_family) are
         another family's than its config.json describes is refused as such (io_single.check_config_family),
-        not as a teacher of the config's family ('set model: flux') nor, after that, as missing keys.
-        Nothing read of an output's, or of .bin weights; weights that do not tell, or do not open, are
-        left to check_weights and the load."""
+        not as a teacher of the config's family ('set model: flux') nor, after that, as missing keys: its
+        config.json's _class_name to fix, or the right folder to give. Nothing read of an output's, or of
+        .bin weights; weights that do not tell, or do not open, are left to check_weights and the load."""
         from compress.io import transformer_folder
         from compress.io_headers import safetensors_weights
-        from compress.io_single import check_config_family, detect_family
+        from compress.io_single import detect_family
         from compress.stream_files import weight_map
 
         folder = transformer_folder(Path(self.source).expanduser())
@@ -185,8 +185,7 @@ class TeacherSource:
             family = detect_family(list(weight_map(folder)))
         except UserError:
             return
-        cfg = folder / "config.json"
-        prefixed(self.where, check_config_family, family, config, cfg, folder, str(cfg))
+        prefixed(self.where, check_folder_family, family, config, folder)
 
     def has_config(self) -> bool:
         """Whether a config is at hand to read: a single file's only with --teacher-config or beside it."""
@@ -283,3 +282,16 @@ def source_family(source: str, config: str | None = None, where: str = "",
                   hub: bool = True) -> tuple[str, str] | None:
     """(family, class name) of a teacher source without reading weights (TeacherSource.family)."""
     return checked(source, config, where, hub).family()
+
+
+def check_folder_family(family: str, config: dict, folder: Path) -> None:
+    """A transformer `folder` whose weights are a `family` transformer has a config.json of that family
+    (io_single.config_family); an io_single.OtherConfig naming both and what to do otherwise."""
+    from compress.arch import get_adapter
+    from compress.io_single import OtherConfig, config_family
+
+    described = config_family(config, folder / "config.json", folder)
+    if described != family:
+        raise OtherConfig(f"{folder}: its weights are a {family} transformer while its config.json describes a "
+                          f"{described} one ({config.get('_class_name')}): fix its _class_name (a {family} "
+                          f"transformer's is {get_adapter(family).class_name}) or give the right folder")

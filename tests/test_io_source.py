@@ -204,13 +204,14 @@ def test_a_folder_whose_config_json_is_of_the_other_family_says_so_before_loadin
     make[weights]().save_pretrained(tmp_path / "t", max_shard_size="40KB")
     make[config]().save_config(tmp_path / "cfg")
     shutil.copy(tmp_path / "cfg" / "config.json", tmp_path / "t" / "config.json")
+    named = {"pixart": "PixArtTransformer2DModel", "flux": "FluxTransformer2DModel"}
     for model in ("pixart", "flux"):
         recipe = _recipe(tmp_path / model, teacher=str(tmp_path / "t"), model=model)
         with pytest.raises(UserError) as e:
             checked_sources(recipe)
-        assert str(e.value) == (f"{recipe.path}:2: {tmp_path}/t: the checkpoint's weights are a {weights} transformer "
-                                f"while the config in {tmp_path}/t describes a {config} one; give the config of its "
-                                f"own transformer ({tmp_path}/t/config.json)")
+        assert str(e.value) == (f"{recipe.path}:2: {tmp_path}/t: its weights are a {weights} transformer while its "
+                                f"config.json describes a {config} one ({named[config]}): fix its _class_name (a "
+                                f"{weights} transformer's is {named[weights]}) or give the right folder")
 
 
 def _counting(monkeypatch):

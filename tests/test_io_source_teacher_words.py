@@ -176,3 +176,16 @@ def test_plan_of_a_known_hub_id_offline_and_not_cached_notes_that_run_would_refu
     err = capsys.readouterr().err
     assert f"r.yaml:3: teacher {source} is planned from the config shipped with dit-compress; offline" in err
     assert "run would refuse it" in err
+
+
+def test_a_folder_whose_config_is_another_familys_than_its_weights_says_to_fix_its_class_name(tmp_path):
+    """It ended 'give the config of its own transformer (T/f/config.json)': the advice for a --teacher-config,
+    naming the very file that is wrong."""
+    folder = tmp_path / "f"
+    tiny_flux().save_pretrained(folder)
+    tiny_pixart().save_config(folder)  # its config.json a PixArt's
+    with pytest.raises(UserError) as e:
+        source_family(str(folder), where="--teacher: ")
+    assert str(e.value) == (f"--teacher: {folder}: its weights are a flux transformer while its config.json describes "
+                            "a pixart one (PixArtTransformer2DModel): fix its _class_name (a flux transformer's is "
+                            "FluxTransformer2DModel) or give the right folder")
