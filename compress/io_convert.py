@@ -48,6 +48,8 @@ def convert_file(path: Path, out: Path, config: str | None = None, shard_bytes: 
         check_not_output(path, config)
         if (shard := one_shard(Path(path))) is not None:  # its tensors are a part of the model's
             raise UserError(shard.replace("give the folder", "stream: true reads the folder"))
+    else:
+        check_not_output_folder(Path(path))
     out = Path(out).expanduser()
     made = missing_parents(out)  # atomic_folder makes them for its temp folder: removed again on a failure
     try:
@@ -110,6 +112,19 @@ def check_not_output(path: Path, config: str | None = None) -> None:
         raise UserError(f"--teacher-config {config}: {cfg} is the config of a dit-compress output (its compression "
                         "section): an output's folder is already a diffusers folder, nothing to convert (load it with "
                         "load_transformer); a teacher's file converts with the teacher's config")
+
+
+def check_not_output_folder(folder: Path) -> None:
+    """A folder of .bin weights whose config.json records the compression section is a dit-compress output
+    re-saved with save_pretrained(safe_serialization=False): refused in one line before diffusers reads the
+    config (it printed a page of warnings about the compression config, then 'tensor ...down.weight is not
+    in the config's model')."""
+    from compress.io_source import config_record
+
+    if config_record(folder / "config.json") is not None:
+        raise UserError(f"{folder} is a dit-compress output (its config.json has a compression section), already a "
+                        "diffusers folder: nothing to convert; load it with compress.load_transformer (convert is "
+                        "for teachers' checkpoints)")
 
 
 def weights_folder(path: Path) -> Path | None:

@@ -423,3 +423,20 @@ def test_a_folder_of_bin_weights_converts_whole(tmp_path, capsys, layout):
         assert main(["convert", str(folder), str(tmp_path / "out2")]) == 2
         said = capsys.readouterr().err
         assert shards[1].name in said and "(an incomplete download?)" in said and not (tmp_path / "out2").exists(), said
+
+
+def test_convert_of_an_output_resaved_as_bin_says_it_is_an_output_in_one_line(tmp_path, capsys):
+    """It printed diffusers' warning that the config attributes {'compression': ...} were ignored, then
+    'tensor transformer_blocks.0.ff.net.2.down.weight is not in the config's model (another model or config?)'."""
+    from compress import load_transformer
+    from compress.cli import main
+    from tests.test_io_output_paths import _output
+
+    load_transformer(_output(tmp_path)).save_pretrained(tmp_path / "bin", safe_serialization=False)
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "bin"), str(tmp_path / "conv")]) != 0
+    err = capsys.readouterr().err
+    assert err.strip() == (f"dit-compress: error: {tmp_path / 'bin'} is a dit-compress output (its config.json has a compression "
+                           "section), already a diffusers folder: nothing to convert; load it with "
+                           "compress.load_transformer (convert is for teachers' checkpoints)")
+    assert not (tmp_path / "conv").exists()
