@@ -1,6 +1,8 @@
 """remove_blocks' keys of the wrong shape: the error, at the key's line (or its --set), says what
 to write, with the block groups of each family (PixArt: blocks; Flux: double, single)."""
 
+import re
+
 import pytest
 
 from compress.errors import UserError
@@ -105,9 +107,6 @@ NO_GROUP = ("remove_blocks.{key} names no block group, so this pass would remove
     ("{count: {single: 1}}", ["passes.0.remove_blocks.count.single=null"],
      "r.yaml:5 (with --set passes.0.remove_blocks.count.single=null): "),
     ("{count: 1}", ["passes.0.remove_blocks.count={}"], "r.yaml (--set passes.0.remove_blocks.count={}): "),
-    ("{count: 1}", ["passes.0.remove_blocks.count={single: 1}", "passes.0.remove_blocks.count.single=null"],
-     "r.yaml (--set passes.0.remove_blocks.count={single: 1}, "
-     "with --set passes.0.remove_blocks.count.single=null): "),  # it named the first --set alone
 ])
 def test_a_budget_that_names_no_group_is_refused_at_its_line_naming_the_groups(options, sets, where):
     """count: {} (fraction: {}, or the only group taken out by --set ...=null) planned and ran a
@@ -139,10 +138,6 @@ def test_the_one_group_of_a_pixart_is_named_as_the_one():
      "r.yaml:5 (with --set passes.0.remove_blocks.count.single=0): "),
     ("{count: {double: 0, single: 1}}", ["passes.0.remove_blocks.count.single=null"],
      "r.yaml:5 (with --set passes.0.remove_blocks.count.single=null): "),  # it said 'r.yaml:5: ', no --set
-    ("{count: 1}", ["passes.0.remove_blocks.count={double: 0, single: 1}",
-                    "passes.0.remove_blocks.count.single=null"],
-     "r.yaml (--set passes.0.remove_blocks.count={double: 0, single: 1}, "
-     "with --set passes.0.remove_blocks.count.single=null): "),  # it named the first --set alone
 ])
 def test_a_budget_of_no_block_is_warned_naming_the_set_that_made_it(capsys, options, sets, where):
     """A count of 0 (or every group 0) removes none as written: warned, as svd ratio 1.0 is, not
@@ -152,3 +147,17 @@ def test_a_budget_of_no_block_is_warned_naming_the_set_that_made_it(capsys, opti
     _check(f"  - remove_blocks: {options}\n", sets)
     said = " ".join(capsys.readouterr().err.split())
     assert f"warning: {where}remove_blocks.count removes no block, so this pass changes nothing" in said, said
+
+
+@pytest.mark.parametrize("first", ["passes.0.remove_blocks.count={single: 1}",
+                                   "passes.0.remove_blocks.count={double: 0, single: 1}"])
+def test_a_set_null_into_an_earlier_sets_budget_is_refused_as_a_key_set_twice(first):
+    """A --set of a budget's group to null after a --set that wrote that group (the two cases these tests had
+    named both --sets in the budget's words) is refused before any check, as 33da4d9 refuses a key given by
+    two --sets: only the last would hold."""
+    from tests.test_runner_checks import _check
+
+    with pytest.raises(UserError, match=rf"^r\.yaml \(--set passes\.0\.remove_blocks\.count\.single=null\): --set "
+                                        rf"{re.escape(first)} set this key in its value, and only the last one "
+                                        "would hold: give each key once$"):
+        _check("  - remove_blocks: {count: 1}\n", [first, "passes.0.remove_blocks.count.single=null"])
