@@ -11,7 +11,6 @@ io_errors, the Hub in io_hub) and the file names of DESIGN.md's output folder, w
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import warnings
 from pathlib import Path
@@ -200,9 +199,11 @@ def cast(model: nn.Module, *args) -> nn.Module:
 
 
 def read_json(path: Path) -> dict:
+    from compress import json_read
+
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError; nesting
+        return json_read.read(path)
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError, json_read.NestedTooDeep
         raise UserError(f"cannot read {path}: {e}") from None
 
 

@@ -47,14 +47,20 @@ def student_config(model: nn.Module, extra: dict | None = None) -> dict:
     return config
 
 
+def meta_weights(model: nn.Module) -> tuple[list, list[str]]:
+    """(name, tensor) of what `model`.state_dict() holds, read without calling it (a state_dict pre-hook asks),
+    and the names of those on the meta device."""
+    saved = [(f"{at}.{n}" if at else n, t) for at, m in model.named_modules()
+             for n, t in [*m._parameters.items(), *m._buffers.items()]
+             if t is not None and n not in m._non_persistent_buffers_set]
+    return saved, [n for n, t in saved if t.is_meta]
+
+
 def check_materialized(model: nn.Module, what: str, every: bool = False) -> None:
     """A UserError naming the first tensor of `model` on the meta device (one `what`, e.g. save_compressed,
     cannot write): load_transformer(out, device='meta') leaves every weight there. `every`: only where every
     tensor is there (not a model taking some on meta: peft's adapter layers as load_lora_weights makes them)."""
-    saved = [(f"{at}.{n}" if at else n, t) for at, m in model.named_modules()  # what state_dict() holds
-             for n, t in [*m._parameters.items(), *m._buffers.items()]
-             if t is not None and n not in m._non_persistent_buffers_set]
-    meta = [n for n, t in saved if t.is_meta]
+    saved, meta = meta_weights(model)
     if meta and (not every or len(meta) == len(saved)):
         held = "the model holds no weights" if len(meta) == len(saved) else \
             f"{len(meta)} of the model's {len(saved)} weights are not there"  # (R3 stop 51: one swapped for meta)

@@ -11,7 +11,7 @@ import weakref
 from torch import nn
 
 from compress.io import FORMAT
-from compress.io_export import check_materialized, ranks_of
+from compress.io_export import check_materialized, meta_weights, ranks_of
 from compress.output_names import REFUSAL, REFUSAL_KEY
 
 
@@ -47,9 +47,9 @@ def offloaded_weights(model: nn.Module) -> None:
     51): a UserError saying so, where one is on meta; not 'load it on a real device'."""
     from compress.errors import UserError
 
-    meta = next((n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
-    if meta is not None:
-        raise UserError(f"save_pretrained: the model's weights are offloaded by accelerate ({meta} is on the meta "
+    meta = meta_weights(model)[1]
+    if meta:
+        raise UserError(f"save_pretrained: the model's weights are offloaded by accelerate ({meta[0]} is on the meta "
                         "device, its value in the offload hooks' map): save it before offloading, or save "
                         "accelerate.utils.get_state_dict_offloaded_model(model)")
 

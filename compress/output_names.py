@@ -11,7 +11,6 @@ writes (`new_folder_taken`), and the refusal of plain diffusers an output's conf
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -25,8 +24,8 @@ def output_config(folder: Path) -> dict | None:
     """The config.json of the output `folder` (its `compression` section says dit-compress wrote it);
     None where `folder` is not an output."""
     try:
-        config = json.loads((Path(folder) / "config.json").read_text())
-    except (OSError, ValueError, RecursionError):  # (RecursionError: nested past Python's limit)
+        config = json_read.read(Path(folder) / "config.json")
+    except (OSError, ValueError):  # (ValueError: json_read.NestedTooDeep too)
         return None
     return config if isinstance(config, dict) and "compression" in config else None
 
