@@ -1,7 +1,7 @@
 """What an svd pass's output Fishers hold, for plan's peak memory (plan_memory.peak_memory): the
 whole-model backward of one calibration batch with its largest sweep's Fishers, what a sweep taps (each
 target's zero tap and a probe's gradient, chunked as the pass chunks them: svd_fisher_budget.fisher_chunks), a
-block's own output Fisher (fisher: block) and the Fishers' square roots the pass keeps (svd_fisher.Roots).
+block's own output Fisher (fisher: block) and the Fishers' square roots the pass keeps (svd_fisher_roots.Roots).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def block_fishers(recipe, plan: dict, taps: dict[int, list[dict]], resident: flo
 
 def fisher_roots(recipe, plan: dict, taps: dict[int, list[dict]], resident: float) -> list[dict]:
     """An svd pass keeps the square roots of its targets' output Fishers, L and L⁻¹ (out x out float64
-    each, svd_fisher.Roots), of the targets of the block (or the top level) it visits, until they pass
+    each, svd_fisher_roots.Roots), of the targets of the block (or the top level) it visits, until they pass
     fisher_memory_gb (the oldest then go; auto: `budget`; the newest is kept beside the limit);
     the block of the pass that keeps most, while its walk holds its statistics (none without an output
     Fisher). taps: by pass index; resident: what the run holds as its walk starts."""
@@ -137,7 +137,7 @@ def fisher_roots(recipe, plan: dict, taps: dict[int, list[dict]], resident: floa
         if not weighted:
             continue
         blocks: dict[tuple, list[int]] = {}
-        for t in weighted:  # as svd_fisher.Roots' groups: the targets the walk visits together
+        for t in weighted:  # as svd_fisher_roots.Roots' groups: the targets the walk visits together
             blocks.setdefault((t["group"], t["block"]), []).append(16 * t["out"] ** 2)
         keep = budget(c, step, resident, recipe.device)
         found.append((int(max(min(sum(pairs), keep + max(pairs)) for pairs in blocks.values())), index))

@@ -56,7 +56,7 @@ def test_named_files_round_trip_and_outlive_the_object_until_cleared(tmp_path):
 
 
 def test_roots_keep_fishers_for_a_rerun_only_when_asked(tmp_path):
-    from compress.passes.svd_fisher import Roots, sqrt_pair
+    from compress.passes.svd_fisher_roots import Roots, sqrt_pair
 
     f = torch.eye(4, dtype=torch.float64) * 2
     first = Roots(tmp_path / "f", 1e-3, 1e9, reuse=True)
@@ -183,7 +183,7 @@ def test_roots_whose_fisher_files_went_say_so_instead_of_dropping_the_targets(tm
     import shutil
 
     from compress.calib_store import Vanished
-    from compress.passes.svd_fisher import Roots
+    from compress.passes.svd_fisher_roots import Roots
 
     roots = Roots(tmp_path / "f", 1e-3, 1e9)
     for name in ("l0", "l1"):

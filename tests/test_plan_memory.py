@@ -102,7 +102,7 @@ def test_fisher_memory_gb_auto_is_sized_at_what_is_free_once_the_run_holds_its_w
     resident = sum(p["bytes"] for p in calibrating["parts"][:2])  # weights, activations
     assert fisher["resident_bytes"] == resident and "target_bytes" not in fisher
     assert fisher["sweep_gib"] == round((139 * 2**30 - resident) / 2 / 2**30, 1) == 42.1
-    # the square roots of the Fishers a pass keeps: of the block it visits (svd_fisher.Roots' groups), up
+    # the square roots of the Fishers a pass keeps: of the block it visits (svd_fisher_roots.Roots' groups), up
     # to its limit and the newest; no longer up to that share (44.35 GiB): the modulation pass's double
     # block, its two 18432-wide pairs (10.1 GiB) past its 2 GiB
     roots = next(p for p in calibrating["parts"] + memory["steps_smaller"] if p["what"].startswith("the output Fishers'"))

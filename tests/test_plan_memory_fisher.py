@@ -103,7 +103,7 @@ def test_plan_and_the_pass_chunk_an_output_fishers_targets_alike_counting_their_
 def test_fisher_block_and_the_fishers_square_roots_are_counted_while_the_walk_holds_its_statistics(monkeypatch):
     """toy-pixart-stream (fisher: block) planned 0.55 GiB where its run peaked at 0.65 GiB: nothing
     counted a block's own output Fisher (its backward, taps and Fishers) nor the square roots L, L⁻¹
-    that the pass keeps of every target factorized so far, up to fisher_memory_gb (svd_fisher.Roots)."""
+    that the pass keeps of every target factorized so far, up to fisher_memory_gb (svd_fisher_roots.Roots)."""
     import compress.plan_statistics as ps
     from compress.recipe import load_recipe
 

@@ -3,7 +3,7 @@
 A linear that reads one row per sample (Flux's norm1.linear on silu(temb)) gets samples x probes
 gradient rows per sweep: 1,400 for flux-dev-modulation.yaml (25 prompts x 14 steps x 4 probes)
 against out = 18,432 (double blocks) or 9,216 (single blocks). This times building (L, L⁻¹) from
-random rows of that count at a few widths both ways (`svd_fisher.sqrt_pair`: eigh of the rows'
+random rows of that count at a few widths both ways (`svd_fisher_roots.sqrt_pair`: eigh of the rows'
 n x n Gram vs eigh of F after F = RᵀR), checks they agree, and prints the ratios of time and of
 bytes held per target (rows in float32 vs F in float64). Widths stop where eigh of F takes
 minutes on 2 cores; Flux.1-dev's 18,432 is 8x the cost of 9,216 for F, about 4x for the rows.
@@ -22,7 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from compress.passes.svd_fisher import dense_fisher, fisher_bytes, sqrt_pair  # noqa: E402
+from compress.passes.svd_fisher import dense_fisher, fisher_bytes  # noqa: E402
+from compress.passes.svd_fisher_roots import sqrt_pair  # noqa: E402
 
 
 def timed(fn):

@@ -58,9 +58,10 @@ from compress.passes.svd_summary import merge_report, summary
 from compress.passes.svd_config import SVDConfig, shadow_notes, unused_notes
 from compress.passes.svd_decisions import (NOT_FITTED, calibrates_sequentially, fits_asymmetrically,
                                            fitted_to_reference, prediction_fisher, streaming_refusals)
-from compress.passes.svd_fisher import Roots, checkpointed
+from compress.passes.svd_fisher import checkpointed
 from compress.passes.svd_fisher_budget import fisher_budget, fisher_plan
 from compress.passes.svd_fisher_measure import FisherMeasurement
+from compress.passes.svd_fisher_roots import Roots
 from compress.passes.svd_objective import PARTS, calibration_guidance, guide_for
 from compress.passes.svd_global import GlobalAllocation
 from compress.passes.svd_layer import replace_linear

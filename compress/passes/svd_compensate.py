@@ -80,7 +80,7 @@ def newton_steps(model: nn.Module, adapter, batches: list[dict], refs: list[torc
                  probes: int, share: float = 1.0, prefix: Prefix | None = None,
                  guide=None) -> dict[str, torch.Tensor]:
     """name -> Δ (out, in) for the targets that have an output Fisher (`roots`, a dict or
-    svd_fisher.Roots: name -> (L, L⁻¹), L² = F + λI with F summed over `probes` probes and every
+    svd_fisher_roots.Roots: name -> (L, L⁻¹), L² = F + λI with F summed over `probes` probes and every
     calibration row) and an input Gram.
     `batches` may be a `share` of the calibration batches the Fisher summed over; `prefix` (a
     `replay.Prefix` over them) skips the blocks before the stage. Empty if nothing

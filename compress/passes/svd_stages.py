@@ -14,7 +14,7 @@ from compress.arch.base import Adapter, LinearInfo
 from compress.calib_stats import Stats
 from compress.passes.base import relative_error
 from compress.passes.svd_compensate import line_search, newton_steps
-from compress.passes.svd_fisher import Roots
+from compress.passes.svd_fisher_roots import Roots
 from compress.passes.svd_layer import compress_layer
 from compress.passes.svd_targets import uses_output_gram
 from compress.passes.svd_walk import module_digest

@@ -13,7 +13,8 @@ from compress.passes.base import predictions, relative_error
 from compress.calib_stats import Stats
 from compress.inputs import moved
 from compress.passes.svd_compensate import REFUSE_ABOVE, STEPS, line_search, newton_steps
-from compress.passes.svd_fisher import prediction_gradients, sqrt_pair
+from compress.passes.svd_fisher import prediction_gradients
+from compress.passes.svd_fisher_roots import sqrt_pair
 from tests.conftest import model_inputs, tiny_flux, tiny_pixart
 from tests.passes.svd_helpers import MAKERS, context
 

@@ -1,4 +1,4 @@
-"""svd_fisher.Roots: every weighted target's output Fisher on disk, its (L, L⁻¹) computed when
+"""svd_fisher_roots.Roots: every weighted target's output Fisher on disk, its (L, L⁻¹) computed when
 asked, only a few pairs held (one group's, or each F's eigendecomposition kept in its place). A Fisher
 with fewer gradient rows than outputs is kept as those rows (FisherSum), and gives the same (L, L⁻¹)
 as F itself."""
@@ -6,7 +6,8 @@ as F itself."""
 import pytest
 import torch
 
-from compress.passes.svd_fisher import FisherSum, Roots, dense_fisher, is_rows, sqrt_pair
+from compress.passes.svd_fisher import FisherSum, dense_fisher, is_rows
+from compress.passes.svd_fisher_roots import Roots, sqrt_pair
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

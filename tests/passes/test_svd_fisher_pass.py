@@ -5,7 +5,8 @@ once in a global allocation, no block Fisher read as a prediction's, factors sha
 import pytest
 import torch
 
-from compress.passes.svd_fisher import FisherSum, Roots, dense_fisher, is_rows
+from compress.passes.svd_fisher import FisherSum, dense_fisher, is_rows
+from compress.passes.svd_fisher_roots import Roots
 from tests.conftest import tiny_flux
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -150,16 +151,16 @@ def test_the_svd_pass_holds_one_blocks_roots_computing_each_once_with_the_same_f
     from collections import Counter
 
     import compress.passes.svd as svd_module
-    import compress.passes.svd_fisher as svd_fisher
+    import compress.passes.svd_fisher_roots as svd_fisher_roots
     from compress.arch import get_adapter
     from compress.passes.base import RunContext
     from compress.passes.svd import SVDConfig, SVDPass
     from tests.conftest import model_inputs
 
     calls, held, added = Counter(), [], Counter()
-    real_sqrt, real_trim, real_add = svd_fisher.sqrt_pair, Roots._trim, Roots.add
+    real_sqrt, real_trim, real_add = svd_fisher_roots.sqrt_pair, Roots._trim, Roots.add
     monkeypatch.setattr(Roots, "add", lambda self, n, f, *a: (added.update([n]), real_add(self, n, f, *a)))
-    monkeypatch.setattr(svd_fisher, "sqrt_pair", lambda f, d: (calls.update([f.shape]), real_sqrt(f, d))[1])
+    monkeypatch.setattr(svd_fisher_roots, "sqrt_pair", lambda f, d: (calls.update([f.shape]), real_sqrt(f, d))[1])
 
     def trim(self, newest):
         real_trim(self, newest)
@@ -211,8 +212,8 @@ def test_a_global_allocation_decomposes_each_targets_fisher_once_with_the_same_f
     decomposed, pairs, added = [], [], {}
     real_eigh, real_getitem, real_add = torch.linalg.eigh, Roots.__getitem__, Roots.add
 
-    def eigh(a, *args, **kwargs):  # F's eigendecomposition, in svd_fisher (the Grams' are svd_layer's)
-        if sys._getframe(1).f_globals["__name__"] == "compress.passes.svd_fisher":
+    def eigh(a, *args, **kwargs):  # F's eigendecomposition, in svd_fisher_roots (the Grams' are svd_layer's)
+        if sys._getframe(1).f_globals["__name__"] == "compress.passes.svd_fisher_roots":
             decomposed.append(a.shape)
         return real_eigh(a, *args, **kwargs)
     monkeypatch.setattr(torch.linalg, "eigh", eigh)

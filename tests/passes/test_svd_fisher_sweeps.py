@@ -5,7 +5,7 @@ earlier probes' gradients kept, no block tapped twice."""
 import pytest
 import torch
 
-from compress.passes.svd_fisher import Roots
+from compress.passes.svd_fisher_roots import Roots
 from tests.conftest import tiny_flux
 
 pytestmark = pytest.mark.usefixtures("one_thread")
