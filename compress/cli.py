@@ -260,7 +260,7 @@ def _cannot_write(args, e: BaseException) -> UserError | None:
 
 def _within(path: Path, given: Path) -> bool:
     """Whether `path` is the path `given` or lies inside it, or inside the temp folder it is written as
-    (io_export.atomic_folder's .NAME.tmp-XXXXXXXX beside it)."""
+    (io_atomic.atomic_folder's .NAME.tmp-XXXXXXXX beside it)."""
     path, given = path.absolute(), given.absolute()
     temp = [p for p in (path, *path.parents) if p.parent == given.parent and p.name.startswith(f".{given.name}.tmp-")]
     return path == given or given in path.parents or bool(temp)

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 
 from compress.errors import UserError
 from compress.io import INDEX, WEIGHTS
-from compress.io_export import atomic_folder
+from compress.io_atomic import atomic_folder
 from compress.runner_lock import hold_output
 from compress.io_single import (check_flux_blocks, checked_family, config_file, empty_model, key_converter,
                                 transformer_prefix)
@@ -130,7 +130,7 @@ def check_not_output_folder(folder: Path) -> None:
 def weights_folder(path: Path) -> Path | None:
     """The output folder whose weight file `path` is (through a link to one, the linked file's), not a
     copy of one elsewhere (in a folder that is no output, or beside another output's own files)."""
-    from compress.io_export import output_part
+    from compress.io_atomic import output_part
     from compress.output_names import is_output
 
     real = path.resolve() if path.is_symlink() else path

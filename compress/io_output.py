@@ -17,7 +17,7 @@ from compress.fuse import fuse_gelu
 from compress.io import (FORMAT, INDEX, WEIGHTS, cast, config_model_class, from_config, pipeline_without_transformer,
                          read_config, read_json, transformer_place)
 from compress.io_errors import load_error
-from compress.io_export import OUTPUT_SHARD
+from compress.io_atomic import OUTPUT_SHARD
 from compress.io_live import register_compression
 from compress.output_names import is_output, missing_folder_words, without_refusal
 from compress.io_fused import without_fused_projections

@@ -147,10 +147,10 @@ def _merged_at(scale):
 def new_folder_taken(out: Path, given: str, writes: str) -> str | None:
     """Why `out` (`given`, as typed) cannot be the new folder `lora` or `convert` writes (`writes`: 'convert
     writes a new folder'): it exists; a mount point (a Docker volume, a bind mount) in run's words
-    (io_export.mount_point: no output can replace one, a folder inside it can be one). None where it is not there."""
+    (io_atomic.mount_point: no output can replace one, a folder inside it can be one). None where it is not there."""
     if not (out.exists() or out.is_symlink()):
         return None
-    from compress.io_export import is_mount_point, mount_point
+    from compress.io_atomic import is_mount_point, mount_point
 
     if out.is_dir() and not out.is_symlink() and is_mount_point(out):
         return mount_point(out)

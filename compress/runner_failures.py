@@ -74,7 +74,7 @@ def disk_full_words(e: BaseException) -> str | None:
 
 def _disk_full(e: BaseException) -> tuple[str, str | None] | None:
     """(why in words, the file named or None) where `e` is a failed write (`disk_full_words`), else None."""
-    if isinstance(e, UserError):  # already one line saying where (io_export._temp_beside ...)
+    if isinstance(e, UserError):  # already one line saying where (io_atomic._temp_beside ...)
         return None
     if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
         return _DISK_ERRNOS[e.errno], e.filename

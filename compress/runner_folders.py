@@ -36,7 +36,7 @@ def check_folders(out: Path, run_dir: Path, overwrite: bool, teacher: str | None
     and the run folder made, holding nothing in what a run replaces that it did not write
     (`check_own_run_folder`); a UserError saying why not otherwise. `named`: how `teacher_config` was
     given (recipe_teacher_config.config_by: --teacher-config, or the recipe's key at its line)."""
-    from compress.io_export import check_replaceable
+    from compress.io_atomic import check_replaceable
 
     check_replaceable(out, overwrite)
     check_clear_of_teacher(out, teacher, teacher_config, run_dir, named)

@@ -15,7 +15,7 @@ from compress.errors import UserError
 from compress.report import warn
 
 
-# io_export._temp_beside's folders: .NAME.tmp-XXXXXXXX (an output being written) and .NAME.old-XXXXXXXX
+# io_atomic._temp_beside's folders: .NAME.tmp-XXXXXXXX (an output being written) and .NAME.old-XXXXXXXX
 # (the output it replaces, set aside), tempfile's 8 characters
 LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-[a-z0-9_]{8}")
 # calib_pipeline's sampling call being written in a run's inputs/<name>/: <hash>.tmp-PID, renamed to <hash>.pt
@@ -24,7 +24,7 @@ CALL_TMP = re.compile(r"[0-9a-f]+\.tmp-(?P<pid>\d+)")
 
 def clear_leftovers(folder: Path, names: str, keep_complete: bool = False) -> None:
     """The temp folders a killed process left in `folder` while it wrote an output whose name fully
-    matches `names` (io_export.atomic_folder: a copy of the model each), removed. Where the output is
+    matches `names` (io_atomic.atomic_folder: a copy of the model each), removed. Where the output is
     missing, the old one set aside for it (.NAME.old-*) goes back (`_put_back_newest`). `keep_complete`:
     a complete output in a temp folder is kept, with a warning naming it: beside an old one set aside,
     the newer of the two goes in place (a swap killed between its renames); alone, it stays where it
@@ -81,7 +81,7 @@ def _put_back(out: Path, leftover: Path, kind: str) -> None:
     write would have given it); a one-line UserError naming both where it cannot be."""
     try:
         if kind == "tmp":
-            from compress.io_export import as_umask_allows
+            from compress.io_atomic import as_umask_allows
 
             as_umask_allows(leftover)  # a write killed before it could
         os.replace(leftover, out)

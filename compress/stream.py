@@ -36,8 +36,8 @@ from torch import nn
 from compress.errors import NumericError, UserError
 from compress.interrupts import interrupts_held
 from compress.io import INDEX, cast, config_model_class, from_config, read_config
-from compress.io_export import (CLI_OVERWRITE, atomic_folder, canonical_header, compressed_config, export_cast,
-                                header_metadata, write_texts)
+from compress.io_atomic import CLI_OVERWRITE, atomic_folder
+from compress.io_export import canonical_header, compressed_config, export_cast, header_metadata, write_texts
 from compress.dtype_range import compute_beyond_words, largest_beyond
 from compress.io_tensors import nonfinite
 from compress.stream_files import by_file, opened, tensor_ends, weight_map

@@ -71,15 +71,15 @@ def pixart_runner(tmp_path, monkeypatch):
 
 
 MOUNT_REFUSAL = ("output folder {out} is a mount point, which an output cannot replace (it is written beside its "
-                 "folder, then renamed onto it); name a folder inside it, e.g. {out}/NAME")  # io_export.mount_point's
+                 "folder, then renamed onto it); name a folder inside it, e.g. {out}/NAME")  # io_atomic.mount_point's
 
 
 def mount_points(tmp_path, monkeypatch):
     """(mnt, bound): two empty folders in tmp_path taken for mount points, `mnt` by os.path.ismount (a Docker
-    volume), `bound` by io_export.MOUNTINFO's listing alone (a bind mount on the same file system)."""
+    volume), `bound` by io_atomic.MOUNTINFO's listing alone (a bind mount on the same file system)."""
     import os
 
-    import compress.io_export as io_export
+    import compress.io_atomic as io_atomic
 
     mnt, bound = tmp_path / "mnt", tmp_path / "bound"
     mnt.mkdir(), bound.mkdir()
@@ -87,5 +87,5 @@ def mount_points(tmp_path, monkeypatch):
     monkeypatch.setattr(os.path, "ismount", lambda p: str(p) == str(mnt) or real(p))
     listed = str(bound.resolve()).encode()
     (tmp_path / "mountinfo").write_bytes(b"40 22 8:1 /src " + listed + b" rw - ext4 /dev/sda1 rw\n")
-    monkeypatch.setattr(io_export, "MOUNTINFO", tmp_path / "mountinfo")
+    monkeypatch.setattr(io_atomic, "MOUNTINFO", tmp_path / "mountinfo")
     return mnt, bound

@@ -1,5 +1,5 @@
 """Names and paths a file system refuses or a command must not write through (cli.main, errors.too_long,
-io_export.check_name_fits, runner_lock._output_lock, report.output_dir): one line naming the path and
+io_atomic.check_name_fits, runner_lock._output_lock, report.output_dir): one line naming the path and
 what to do, before anything is made, never a traceback."""
 
 import os

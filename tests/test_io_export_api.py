@@ -28,7 +28,7 @@ def _raise_interrupt() -> None:
     raise KeyboardInterrupt
 
 
-def interrupted_at_line(call, n: int, files=("io_export.py",), after: str | None = None,
+def interrupted_at_line(call, n: int, files=("io_export.py", "io_atomic.py"), after: str | None = None,
                         stop=_raise_interrupt) -> int:
     """`call()` with `stop()` (a KeyboardInterrupt raised) once, at the n-th line run in modules named
     `files`, counted from the call of their function named `after` on, where given; the lines counted."""
@@ -106,7 +106,7 @@ def test_a_ctrl_c_during_the_earlier_outputs_removal_comes_after_the_new_one_is_
     yet unrecorded: the run said 'interrupted ... --resume')."""
     import shutil
 
-    import compress.io_export as io_export
+    import compress.io_atomic as io_atomic
 
     out = tmp_path / "out"
     out.mkdir()
@@ -120,12 +120,12 @@ def test_a_ctrl_c_during_the_earlier_outputs_removal_comes_after_the_new_one_is_
             pressed.append(path)
             raise KeyboardInterrupt  # (a second press: not held)
         return real(path, *args, **kwargs)
-    monkeypatch.setattr(io_export.shutil, "rmtree", pressed_during)
+    monkeypatch.setattr(io_atomic.shutil, "rmtree", pressed_during)
     if not exchange:
-        monkeypatch.setattr(io_export, "exchange", lambda a, b: False)
+        monkeypatch.setattr(io_atomic, "exchange", lambda a, b: False)
     written = []
     with pytest.raises(KeyboardInterrupt):
-        with io_export.atomic_folder(out, overwrite=True, on_written=written.append) as tmp:
+        with io_atomic.atomic_folder(out, overwrite=True, on_written=written.append) as tmp:
             (tmp / "config.json").write_text('{"compression": {"format": 1}}')
             (tmp / "README.md").write_text("new")
     assert pressed and written == [out]

@@ -286,14 +286,15 @@ def test_a_resume_that_keeps_every_stage_records_the_exports_guided_error(tmp_pa
 
 
 def _ctrl_c_at_line(call, n: int) -> int:
-    """`call()` with a Ctrl-C (a real SIGINT) sent at the n-th line run in io_export, stream, runner_stream
-    or runner from the output's rename on (io_export._swap_in called); the lines run there, counted."""
+    """`call()` with a Ctrl-C (a real SIGINT) sent at the n-th line run in io_export, io_atomic, stream,
+    runner_stream or runner from the output's rename on (io_atomic._swap_in called); the lines run there, counted."""
     import os
     import signal
 
     from tests.test_io_export_api import interrupted_at_line
 
-    return interrupted_at_line(call, n, ("io_export.py", "stream.py", "runner_stream.py", "runner.py"), "_swap_in",
+    return interrupted_at_line(call, n, ("io_export.py", "io_atomic.py", "stream.py", "runner_stream.py", "runner.py"),
+                               "_swap_in",
                                lambda: os.kill(os.getpid(), signal.SIGINT))
 
 

@@ -38,7 +38,7 @@ def test_overwrite_replaces_an_earlier_output_or_an_empty_folder(pixart):
 
 
 def test_atomic_folder_refuses_to_replace_a_users_folder(tmp_path):
-    from compress.io_export import atomic_folder
+    from compress.io_atomic import atomic_folder
 
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")

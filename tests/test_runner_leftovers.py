@@ -15,7 +15,7 @@ from compress.runner_leftovers import clear_leftovers, clear_run_leftovers
 
 
 def _leftover(folder: Path, name: str, output: bool = True) -> Path:
-    """A temp folder as io_export._temp_beside names them, holding (part of) an output."""
+    """A temp folder as io_atomic._temp_beside names them, holding (part of) an output."""
     d = folder / name
     d.mkdir(parents=True)
     (d / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")

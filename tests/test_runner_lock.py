@@ -262,7 +262,7 @@ def test_a_run_clears_what_killed_runs_left_only_in_folders_it_holds(tmp_path, h
 
 
 def _killed_writes(folder: Path, name: str) -> list[Path]:
-    """Temp folders a killed writer of output `name` left in `folder` (io_export._temp_beside's names): one
+    """Temp folders a killed writer of output `name` left in `folder` (io_atomic._temp_beside's names): one
     half written, one empty; and one of another output, which stays."""
     left = [folder / f".{name}.tmp-abcd1234", folder / f".{name}.tmp-efgh5678", folder / ".other.tmp-ijkl9012"]
     for p in left:
