@@ -56,20 +56,47 @@ def listed_parts(index: dict) -> dict[str, tuple[str, str]]:
 
 
 def parts_problem(folder: str, index: dict, cls, passed: tuple[str, ...] = ("transformer",),
-                  fetch=None) -> str | None:
+                  fetch=None, instead: str = "") -> str | None:
     """What is wrong with the parts of pipeline folder `folder` (model_index.json `index`, naming
     pipeline class `cls`), in words; None where nothing is. `passed`: parts given to from_pretrained,
-    which the folder need not hold: (1) a part `cls` needs that the index does not list (the index of
-    another pipeline class: diffusers refuses it only as it loads); (2) a part the index lists whose
-    folder is missing or empty (diffusers builds it without its files). `fetch`: the lacking parts
-    -> how to get them, in words (default: copy them from the pipeline the folder came from)."""
+    which the folder need not hold: (1) a part `cls` needs that the index does not list: the index of
+    another pipeline class (diffusers refuses it only as it loads), or of a partial pipeline (a
+    hand-written one listing its transformer alone: partial_problem, `instead` after its advice);
+    (2) a part the index lists whose folder is missing or empty (diffusers builds it without its
+    files). `fetch`: the lacking parts -> how to get them, in words (default: copy them from the
+    pipeline the folder came from)."""
     listed = listed_parts(index)
     expected, _ = cls._get_signature_keys(cls)
     unlisted = sorted(set(expected) - set(index) - set(passed) - set(getattr(cls, "_optional_components", [])))
+    if unlisted and not _another_class(index, cls, listed, expected, folder):
+        return partial_problem(cls, listed, unlisted, fetch, instead)
     if unlisted:
         return (f"its model_index.json names {cls.__name__}, which needs {', '.join(unlisted)}, and lists "
                 f"{', '.join(sorted(listed)) or 'no parts'} (a pipeline of another class, or a _class_name edited?)")
     return lacking_problem(folder, listed, passed, fetch)
+
+
+def _another_class(index: dict, cls, listed: dict, expected: list[str], folder: str) -> bool:
+    """Whether the model_index.json `index` is another pipeline class's than the `cls` it names: it
+    lists a part `cls` does not take (its `expected`), or a transformer of another family than `cls`'s
+    (pipeline_family: a PixArt index whose _class_name was edited to FluxPipeline)."""
+    from compress.arch import ADAPTERS
+    from compress.pipeline_family import index_transformer, pipeline_family
+
+    family, found = pipeline_family(cls.__name__), index_transformer(index, folder)
+    return bool(set(listed) - set(expected)) or (
+        family is not None and found is not None and found[0] != ADAPTERS[family].class_name)
+
+
+def partial_problem(cls, listed: dict, unlisted: list[str], fetch=None, instead: str = "") -> str:
+    """parts_problem's words for a partial pipeline folder: its model_index.json (hand-written, or
+    a pipeline's trimmed) lists `listed` alone, of the parts pipeline class `cls` takes, and not the
+    `unlisted` it needs to sample; `fetch`: lacking_problem's, then `instead` (another way out)."""
+    it = "it" if len(unlisted) == 1 else "them"
+    how = fetch(unlisted) if fetch is not None else (f"copy {it} from the pipeline the folder came from, with "
+                                                     "their model_index.json entries")
+    return (f"its model_index.json lists {', '.join(sorted(listed)) or 'no parts'} alone, and a {cls.__name__} "
+            f"also needs {', '.join(unlisted)} to sample (a partial pipeline folder): {how}{instead}")
 
 
 def lacking_problem(folder: str, listed: dict[str, tuple[str, str]], passed: tuple[str, ...] = ("transformer",),
@@ -105,14 +132,15 @@ def lacking_aside(lacking: list[str], listed: dict[str, tuple[str, str]]) -> str
     return "; ".join(words) if len(words) == 1 else f"{words[0]}, {words[1]}"
 
 
-def index_problem(folder: str, index: dict, passed: tuple[str, ...] = ("transformer",), fetch=None) -> str | None:
+def index_problem(folder: str, index: dict, passed: tuple[str, ...] = ("transformer",), fetch=None,
+                  instead: str = "") -> str | None:
     """What is wrong with the pipeline folder `folder` whose model_index.json, read (folder_index), is
-    `index` (unknown_class, parts_problem; `passed`, `fetch`: parts_problem's), in words; None where
+    `index` (unknown_class, parts_problem; `passed`, `fetch`, `instead`: parts_problem's), in words; None where
     nothing is."""
     cls = pipeline_class(index)
     if cls is None:  # a class whose packages are missing (diffusers' dummy): need_transformers says so
         return None if _dummy(index) else unknown_class(index)
-    return parts_problem(folder, index, cls, passed, fetch)
+    return parts_problem(folder, index, cls, passed, fetch, instead)
 
 
 # a part's weight file, one or a shard: diffusers' diffusion_pytorch_model, transformers' model / pytorch_model,
@@ -202,6 +230,11 @@ def _toy_problem(toy: str, family: str | None) -> str | None:
     return f"it is a saved {toy} pipeline (its model_index.json), and the recipe's model is {family}"
 
 
+# a teacher's partial pipeline folder: its transformer loads, and the inputs can be sampled elsewhere
+TEACHER_INSTEAD = ("; or set calibration.pipeline to a whole pipeline of the teacher's family, or calibration.source: "
+                   "synthetic (the teacher's transformer/ loads from this folder either way)")
+
+
 def check_calibration_pipeline(calib, teacher_source: str) -> dict | None:
     """The pipeline a pipeline source samples in (calibration.pipeline, else the teacher), checked by
     plan as by run before any weights load (inputs.source_kind): a local calibration.pipeline there
@@ -239,7 +272,7 @@ def check_calibration_pipeline(calib, teacher_source: str) -> dict | None:
         if problem := (_toy_problem(toy, getattr(calib.__dict__.get("_recipe"), "model", None))
                        or lacking_problem(pipeline, listed_parts(index))):  # no scheduler/: a transformer's folder
             raise UserError(f"{what}{problem}")
-    elif problem := index_problem(pipeline, index):
+    elif problem := index_problem(pipeline, index, instead="" if calib.pipeline else TEACHER_INSTEAD):
         raise UserError(f"{what}{problem}")
     recipe = calib.__dict__.get("_recipe")
     if calib.pipeline and recipe is not None and (problem := family_problem(
