@@ -1,4 +1,7 @@
-"""`dit-compress inspect OUT`: the per-layer rank budget of a compressed model."""
+"""`dit-compress inspect OUT`: the per-layer rank budget of a compressed model: the output and its
+report gathered, then what is printed beside the per-layer tables (inspect_tables): the LoRAs merged since
+the run, by role and by block, how close factorizations came to their optimum, compensation, distill and
+each pass's stage (--json: the record; --plot: inspect_plots)."""
 
 from __future__ import annotations
 
@@ -6,20 +9,18 @@ import math
 from pathlib import Path
 
 from rich.table import Table
-from rich.text import Text
 
 from compress.errors import UserError
 from compress.inspect_blocks import (module_label, recorded_block_map, recorded_counts, removal_lines, removed_blocks,
-                                     teacher_blocks, teacher_label)
+                                     teacher_blocks)
 from compress.inspect_distill import distill_lines
-from compress.inspect_fold import fold, with_note
+from compress.inspect_plots import write_plots
 from compress.inspect_stages import stage_lines, stages_record
+from compress.inspect_tables import _displayed, _measured, _shown_headers, inspect_tables
 from compress.io_output import load_transformer, output_folder
-from compress.report import (BUDGET_COLUMNS, QUALITY_COLUMNS, block_prefix, console, error_figure, is_number,
-                             layer_rows, other_params, output_dir, plot_ranks, plot_spectrum, read_report, results,
+from compress.report import (error_figure, is_number, layer_rows, other_params, output_dir, read_report, results,
                              summary_table, to_json)
-from compress.report_fit import (JSON_OR_WIDER, fitted_annotations, least_name_width, left_out_words, note_lines,
-                                 print_fitted, row_line, shown_columns, table_width, wrapped)
+from compress.report_fit import note_lines, print_fitted
 from compress.words import counted
 
 
@@ -159,118 +160,6 @@ def _scale(scale) -> str:
     return f"{scale:g}" if is_number(scale) else str(scale)
 
 
-# ---- the per-layer tables --------------------------------------------------------------------------
-def _displayed(row: dict) -> dict:
-    """`row` as the tables show it: a loss ratio that is not a finite number (an older report's
-    Infinity where the optimum was 0) as none, never "inf"."""
-    ratio = row.get("loss_ratio")
-    return {**row, "loss_ratio": None} if isinstance(ratio, float) and not math.isfinite(ratio) else row
-
-
-def _measured(row: dict) -> bool:
-    return any(cell(row) != "-" for _, _, cell in QUALITY_COLUMNS)
-
-
-def inspect_tables(rows: list[dict], width: int, title: str, teacher: dict[str, str]) -> list:
-    """The per-layer table as one table when `width` columns show it whole, else as two: the rank
-    budget of every layer, and the loss, optimum, error and time of the layers the svd pass
-    measured (no second table, nor its columns, where it measured none). Names too long for the
-    width fold at a '.' (at a '_' within a longer part), so no two look alike and none breaks mid-word;
-    titles and captions longer than the width break at their spaces (report_fit.fitted_annotations).
-    Where even a table at its least is wider than `width` (rich would cut its names and numbers): a line
-    per layer (layer_lines)."""
-    return [fitted_annotations(t, width) if isinstance(t, Table) else t for t in _tables(rows, width, title, teacher)]
-
-
-def _tables(rows: list[dict], width: int, title: str, teacher: dict[str, str]) -> list:
-    """inspect_tables' tables (or lines), their titles and captions as they are."""
-    measured = [r for r in rows if _measured(r)]
-    if not measured:
-        tables = [_layer_table(rows, f"{title}: rank budget", BUDGET_COLUMNS, width, teacher)]
-    else:
-        whole = _layer_table(rows, title, BUDGET_COLUMNS + QUALITY_COLUMNS, None, teacher)
-        if table_width(whole) <= width:
-            return [whole]
-        tables = [_layer_table(rows, f"{title}: rank budget", BUDGET_COLUMNS, width, teacher),
-                  _layer_table(measured, f"{title}: factorization (the svd pass's targets)", QUALITY_COLUMNS, width,
-                               teacher)]
-    if all(table_width(t) <= width for t in tables):
-        return tables
-    return layer_lines(rows, title, BUDGET_COLUMNS + (QUALITY_COLUMNS if measured else ()), width, teacher)
-
-
-def layer_lines(rows: list[dict], title: str, columns, width: int, teacher: dict[str, str]) -> list[str]:
-    """The per-layer table as lines broken at spaces to `width` (report_fit.row_line): `title`, each
-    block's name (its teacher index beside it), then each layer's, indented, with each column's header
-    and cell ('  attn.to_q: role attention, shape 32×32, rank 8, ...', a cell '-' left out)."""
-    lines = wrapped(title, width)
-    for name, note, r in _entries(rows, teacher):
-        if r is None:
-            lines += with_note(fold(name, width), note, width).split("\n")
-        else:
-            lines += row_line(name, [h for h, _, _ in columns], [cell(r) for _, _, cell in columns], width)
-    return lines
-
-
-def _shown_headers(tables: list) -> set[str]:
-    """The headers of the columns inspect_tables' `tables` show; every column's where they are lines."""
-    if any(isinstance(t, str) for t in tables):
-        return {h for h, _, _ in BUDGET_COLUMNS + QUALITY_COLUMNS}
-    return {str(c.header) for t in tables for c in t.columns}
-
-
-# the per-layer columns left out first where a terminal is too narrow for them all (rank and loss/opt stay)
-LEFT_OUT_FIRST = ("role", "shape", "params", "kept", "time", "optimal", "loss", "energy", "rel err")
-
-
-def _layer_table(rows: list[dict], title: str, columns, width: int | None, teacher: dict[str, str]) -> Table:
-    """One row per layer; a block's layers under a row naming the block (with its teacher index where
-    removal renumbered it), by the rest of their names (`attn1.to_q`). `width`: names folded so the
-    table fits it (None: as they are), never below their widest piece between '.'s: where that does
-    not fit, columns of LEFT_OUT_FIRST are left out in its order, and the caption says which."""
-    entries = _entries(rows, teacher)
-    if width is None:
-        return _table(title, columns, [(with_note(name, note, 1 << 16), r) for name, note, r in entries])
-    least = max(least_name_width([name for name, _, _ in entries] + [note for _, note, _ in entries]), len("layer"))
-
-    def fixed(headers: list[str]) -> int:  # the table's width less the layer column's
-        shown = [c for c in columns if c[0] in headers]
-        return table_width(_table(title, shown, [("", r) for _, _, r in entries])) - len("layer")
-
-    headers = [c[0] for c in columns]
-    shown = shown_columns(headers, LEFT_OUT_FIRST, lambda hs: fixed(hs) + least <= width)
-    room = max(width - fixed(shown), least)  # the layer column's share of the width
-    left_out = left_out_words([h for h in headers if h not in shown], width, JSON_OR_WIDER)
-    return _table(title, [c for c in columns if c[0] in shown],
-                  [(with_note(fold(name, room), note, room), r) for name, note, r in entries], left_out or None)
-
-
-def _entries(rows: list[dict], teacher: dict[str, str]) -> list[tuple[str, str, dict | None]]:
-    """(name, note, row): a block's heading row (row None; note: its teacher index), then its layers."""
-    entries, block = [], None
-    for r in rows:
-        prefix = block_prefix(r["name"]) if r["block"] != "-" else ""
-        if prefix and prefix != block:
-            label = teacher_label(r["block"], teacher)
-            entries.append((prefix, label[len(r["block"]):].strip(), None))
-        block = prefix
-        entries.append((f"  {r['name'][len(prefix) + 1:]}" if prefix else r["name"], "", r))
-    return entries
-
-
-def _table(title: str, columns, entries: list[tuple[str, dict | None]], caption: str | None = None) -> Table:
-    table = Table(title=title, caption=caption, show_lines=False)
-    table.add_column("layer", overflow="fold")  # names come folded at '.'; this only where nothing fits
-    for header, just, _ in columns:
-        table.add_column(header, justify=just, no_wrap=True)
-    for name, r in entries:
-        if r is None:
-            table.add_row(Text(name, style="bold"))
-        else:
-            table.add_row(name, *(cell(r) for _, _, cell in columns))
-    return table
-
-
 def _print_optimality(rows: list[dict], report: dict | None = None) -> None:
     """Each method's worst loss / closed-form optimum: "whitened loss / optimal loss" over the whitened
     layers only (the ≤ 1.001 check), another method's ("asvd loss / optimal loss", to the
@@ -351,58 +240,3 @@ def _print_compensation(report: dict) -> None:
         named = f"{group_modules(group)[0]}.{index} {rest}".strip() if index.isdigit() else stage
         _say(f"compensation {named}: calibration error {error_figure(s['uncompensated_error'])} → "
              f"{error_figure(s['calibration_error'])} (step {s['step']:.4g} of the K-FAC Newton step)")
-
-
-def write_plots(rows: list[dict], report: dict, plot_dir: Path) -> list[Path]:
-    """ranks.png and the spectra of the most and the least compressed layers into `plot_dir`, each
-    said as written; a PNG that cannot be written (a folder of its name, no permission, a full disk)
-    is a one-line UserError naming it."""
-    layers = ((report.get("svd") or {}).get("layers") or {})
-    cuts = {r["name"]: svd_cut(r, layers.get(r["name"], {})) for r in rows}  # the spectrum is the svd's: so is the cut
-    chosen = [r for r in rows if cuts[r["name"]] and layers.get(r["name"], {}).get("spectrum")]
-    chosen.sort(key=lambda r: svd_kept(r, cuts[r["name"]]))
-    plots = [(plot_dir / "ranks.png", lambda p: plot_ranks(rows, p))]
-    for r in chosen[:2] + chosen[-2:]:  # the most and the least compressed layers, as the svd cut them
-        plots.append((plot_dir / f"spectrum-{r['name'].replace('.', '_')}.png",
-                      lambda p, r=r: plot_spectrum(spectrum_title(r, cuts[r["name"]]), layers[r["name"]]["spectrum"],
-                                                   cuts[r["name"]], p, label=cut_label(r, cuts[r["name"]]))))
-    paths = []
-    for path, plot in plots:
-        try:
-            paths.append(plot(path))
-        except OSError as e:
-            raise UserError(f"--plot: cannot write {path} ({e.strerror or e})") from None
-        console.print(f"wrote {path}")
-    return paths
-
-
-def svd_cut(row: dict, record: dict) -> int | None:
-    """The rank the svd cut a layer at (its report `record`'s), before a LoRA grew it (dit-compress
-    lora: `row`'s rank is the model's now); the row's rank where the report records none."""
-    return record["rank"] if isinstance(record.get("rank"), int) and record["rank"] > 0 else row["rank"]
-
-
-def svd_kept(row: dict, rank: int) -> float:
-    """The fraction of a layer's dense parameters the svd's cut at `rank` kept (row: layer_rows')."""
-    from compress.linalg_params import params_lowrank
-
-    out_features, in_features = row["shape"]
-    bias = row["dense_params"] > out_features * in_features
-    return params_lowrank(out_features, in_features, rank, bias) / row["dense_params"]
-
-
-def cut_label(row: dict, rank: int) -> str:
-    """A spectrum plot's legend for the svd's cut at `rank`: 'rank 8', and where a LoRA grew the layer
-    since, by how much ('rank 8 + LoRA 4') or that it is stored dense now, as spectrum_title says."""
-    if row["rank"] == rank:
-        return f"rank {rank}"
-    return f"rank {rank} + LoRA {row['rank'] - rank}" if row["rank"] else f"rank {rank} + LoRA (stored dense now)"
-
-
-def spectrum_title(row: dict, rank: int) -> str:
-    """A spectrum plot's title: the layer's name, and where a LoRA grew it since the svd's cut at
-    `rank` (marked), by how much ('+ LoRA 4') or that it is stored dense now."""
-    if row["rank"] == rank:
-        return row["name"]
-    grown = f"+ LoRA {row['rank'] - rank}: rank {row['rank']} now" if row["rank"] else "+ LoRA: stored dense now"
-    return f"{row['name']} (svd's cut; {grown})"

@@ -46,7 +46,7 @@ def test_inspect_plot_marks_the_svds_cut_of_a_layer_a_lora_grew(tmp_path, monkey
     """--plot marked 'rank 12' on the svd's spectrum of a layer the svd cut at rank 8 and a LoRA grew
     by 4, and chose the most and least compressed layers by the grown ranks: the svd's cut is marked,
     the title says '+ LoRA 4', and the layers are chosen by the svd's ranks."""
-    import compress.inspect as inspect
+    import compress.inspect_plots as inspect_plots
 
     def row(name, rank):
         return {"name": name, "rank": rank, "shape": [64, 64], "dense_params": 64 * 64 + 64,
@@ -56,9 +56,9 @@ def test_inspect_plot_marks_the_svds_cut_of_a_layer_a_lora_grew(tmp_path, monkey
     svd_ranks = {"grown": 8, "a": 10, "b": 11, "c": 20, "d": 30}
     report = {"svd": {"layers": {n: {"rank": k, "spectrum": [3.0, 2.0, 1.0]} for n, k in svd_ranks.items()}}}
     drawn = {}
-    monkeypatch.setattr(inspect, "plot_ranks", lambda rows, path: path)
-    monkeypatch.setattr(inspect, "plot_spectrum", lambda name, energies, rank, path, **kw: drawn.setdefault(name, rank) and path)
-    inspect.write_plots(rows, report, tmp_path)
+    monkeypatch.setattr(inspect_plots, "plot_ranks", lambda rows, path: path)
+    monkeypatch.setattr(inspect_plots, "plot_spectrum", lambda name, energies, rank, path, **kw: drawn.setdefault(name, rank) and path)
+    inspect_plots.write_plots(rows, report, tmp_path)
     assert drawn == {"grown (svd's cut; + LoRA 4: rank 12 now)": 8, "a": 10, "c": 20, "d": 30}
 
 
@@ -66,7 +66,7 @@ def test_inspect_plot_legend_of_a_layer_a_lora_grew_says_the_lora_as_its_title_d
     """The spectrum's legend said 'rank 8' where its title said '+ LoRA 4: rank 12 now' (plot_spectrum's
     label was fixed): it now says 'rank 8 + LoRA 4' (a layer stored dense: '+ LoRA (stored dense now)'),
     and 'rank R' alone for a layer no LoRA grew; read off each figure's legend as it is saved."""
-    import compress.inspect as inspect
+    import compress.inspect_plots as inspect_plots
     import compress.report as report
 
     def row(name, rank):
@@ -85,9 +85,9 @@ def test_inspect_plot_legend_of_a_layer_a_lora_grew_says_the_lora_as_its_title_d
         plt.close(fig)
         return path
 
-    monkeypatch.setattr(inspect, "plot_ranks", lambda rows, path: path)
+    monkeypatch.setattr(inspect_plots, "plot_ranks", lambda rows, path: path)
     monkeypatch.setattr(report, "save_figure", saved)
-    inspect.write_plots(rows, svd, tmp_path)
+    inspect_plots.write_plots(rows, svd, tmp_path)
     assert legends == {"grown (svd's cut; + LoRA 4: rank 12 now)": ["rank 8 + LoRA 4"],
                        "dense (svd's cut; + LoRA: stored dense now)": ["rank 10 + LoRA (stored dense now)"],
                        "kept": ["rank 20"]}

@@ -1,4 +1,4 @@
-"""inspect's per-layer tables (compress.inspect.inspect_tables): no cell cut at 40, 60, 80, 120 or 200
+"""inspect's per-layer tables (compress.inspect_tables.inspect_tables): no cell cut at 40, 60, 80, 120 or 200
 columns, round-off losses as 0, missing fields as dashes."""
 
 import re
@@ -6,7 +6,7 @@ import re
 import pytest
 from rich.console import Console
 
-from compress.inspect import inspect_tables
+from compress.inspect_tables import inspect_tables
 
 
 def _rows():
