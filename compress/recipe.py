@@ -18,7 +18,8 @@ from compress.passes import PASSES, config_class
 from compress.recipe_convert import (MERGE_HINT, _Loc, _check_keys, _key_locs, build_dataclass, concerned, convert,
                                      with_sets)
 from compress.recipe_folder import read_recipe, refuse_folder, refuse_not_file
-from compress.recipe_set import drop, key_nodes, nearest, no_value, place, refuse_repeated, remark, takes_null
+from compress.recipe_set import key_nodes, nearest, place, refuse_repeated, remark
+from compress.recipe_set_null import drop, no_value, takes_null
 from compress.recipe_yaml import NULL, RecipeLoader, core_tag, read_marks, rest_of_line
 from compress.recipe_yaml_errors import character_words, yaml_error_words
 
