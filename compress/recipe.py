@@ -1,6 +1,7 @@
 """YAML -> typed, validated Recipe. Errors name file:line, the bad key, and a suggestion.
 
 Pass options are validated against each pass's config dataclass: its fields are the recipe keys.
+A passes item read as a pass and its PassSpec are recipe_passes'.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from compress.devices import device_refused
 from compress.errors import BadValue, UserError, decode_utf8, did_you_mean
 from compress.io_source import READS
 from compress.passes import PASSES, config_class
-from compress.recipe_convert import (MERGE_HINT, _Loc, _check_keys, _key_locs, build_dataclass, concerned, convert,
-                                     with_sets)
+from compress.recipe_convert import MERGE_HINT, _Loc, _check_keys, _key_locs, build_dataclass, convert
 from compress.recipe_folder import read_recipe, refuse_folder, refuse_not_file
-from compress.recipe_set import key_nodes, nearest, place, refuse_repeated, remark
+from compress.recipe_passes import PassSpec, _is_null, _pass_name
+from compress.recipe_set import key_nodes, place, refuse_repeated, remark
 from compress.recipe_set_null import drop, no_value, takes_null
-from compress.recipe_yaml import NULL, RecipeLoader, core_tag, read_marks, rest_of_line
+from compress.recipe_yaml import NULL, RecipeLoader, read_marks
 from compress.recipe_yaml_errors import character_words, yaml_error_words
 
 FAMILIES = ("pixart", "flux")
@@ -121,28 +122,6 @@ class ExportConfig:
 
 
 @dataclass
-class PassSpec:
-    name: str
-    config: Any
-    line: int
-    loc: _Loc = field(compare=False, repr=False)  # where the pass is
-    keys: dict = field(default_factory=dict, compare=False, repr=False)  # where its options are
-
-    # where the recipe's own keys are (Recipe.keys; parse_recipe sets it): `where`'s `because`
-    recipe_keys: dict = field(default_factory=dict, compare=False, repr=False)
-
-    def where(self, error: Exception, *because: str) -> str:
-        """Where an error about this pass points: the line (or --set) of the key a BadValue names
-        (svd targets.1, ranks.modulation); else the pass's line. At a line of the file, the --sets
-        that changed the keys the error concerns are named too (`concerned`), and those of the recipe
-        keys `because` (stream) the error is about: the file's line alone would not say what made it
-        wrong."""
-        found = nearest(self.keys, getattr(error, "key", None))
-        others = [self.recipe_keys[k] for k in because if k in self.recipe_keys]
-        return with_sets(found if found is not None else self.loc, [*concerned(self.keys, error), *others])
-
-
-@dataclass
 class Recipe:
     model: Literal["pixart", "flux"]
     teacher: str
@@ -184,64 +163,6 @@ def _pass_spec(node: yaml.Node, path: str, index: int) -> PassSpec:
     config.__dict__["_set_keys"] = {k: at.override for k, at in keys.items() if at.override}
     config.__dict__["_set_added"] = {k for k, n in key_nodes(opts).items() if not getattr(n, "replaced", False)}
     return PassSpec(name, config, loc.line, loc, keys)
-
-
-def _pass_name(node: yaml.Node, loc: _Loc, index: int) -> tuple[str, yaml.Node | None]:
-    """(name, options node) of the pass item `node`, a known pass's (no pass module imported)."""
-    if _is_null(node):  # "- " or a --set passes.N=null
-        raise loc.err(f"passes[{index}] is null: a pass is a name or a one-key mapping like '- svd: {{ratio: 0.5}}' "
-                      "(to leave a pass out, delete its item from the recipe)")
-    if isinstance(node, yaml.ScalarNode):  # "- svd" with all defaults
-        name, opts = node.value, None
-    elif isinstance(node, yaml.MappingNode) and len(node.value) == 1:
-        name, opts = node.value[0][0].value, node.value[0][1]
-    elif isinstance(node, yaml.MappingNode) and (stray := _stray_key(node, loc.path, index)):
-        raise stray
-    else:
-        raise loc.err(f"passes[{index}] must be a pass name or a one-key mapping like "
-                      "'- svd: {ratio: 0.5}'")
-    if name not in PASSES:
-        hint = MERGE_HINT if name == "<<" else _unspaced_pass(name, node) or did_you_mean(name, PASSES)
-        raise loc.err(f"unknown pass '{name}'{hint} (passes: {', '.join(PASSES)})")
-    return name, opts
-
-
-def _stray_key(node: yaml.MappingNode, path: str, index: int) -> UserError | None:
-    """The error of a pass item of several keys where one is a pass's name: an option of it indented
-    as deep as the name (`- svd:` above `    ratio: 0.5`: 'ratio' (line 10) is an svd option; indent it
-    under 'svd:'), or two passes in one item ('- {svd: {}, distill: {}}': give each its own '- ' item).
-    At the line of the key that does not belong; None where no key is a pass's (the item's own words)."""
-    keys = [key for key, _ in node.value]  # plain scalars (_check_keys)
-    names = [key.value for key in keys]
-    listed = f"{ {2: 'two', 3: 'three'}.get(len(names), len(names))} keys, {', '.join(names[:-1])} and {names[-1]}"
-    passes = [key for key in keys if key.value in PASSES]
-    if not passes:
-        return None
-    if len(passes) > 1:
-        return _Loc(path, passes[1]).err(f"passes[{index}] has {listed}: give each pass its own '- ' item")
-    name, stray = passes[0].value, next(key for key in keys if key is not passes[0])
-    at = _Loc(path, stray)
-    line = f" (line {at.line})" if at.line and not at.override else ""
-    options = [f.name for f in dataclasses.fields(config_class(name))]
-    article = "an" if name[0] in "aeious" else "a"  # an svd (ess-vee-dee), an importance; a distill
-    if stray.value in options:
-        said = f"'{stray.value}'{line} is {article} {name} option; indent it under '{name}:'"
-    else:
-        said = (f"'{stray.value}'{line} is neither a pass nor {article} {name} option; a pass's options go "
-                f"indented under its name{did_you_mean(stray.value, options)}")
-    return at.err(f"passes[{index}] has {listed}: {said}")
-
-
-def _unspaced_pass(name: str, node: yaml.Node) -> str:
-    """' (write 'svd: {ratio: 0.5}', a space after ':')' for the pass `name` a ':' without its space joined
-    to its options (`- svd:{ratio: 0.5}` is YAML's key 'svd:{ratio'), from the item's line where the
-    file holds it; else ''."""
-    before, colon, after = name.partition(":")
-    if not colon or before not in PASSES:
-        return ""
-    key = node.value[0][0] if isinstance(node, yaml.MappingNode) else node
-    written = rest_of_line(key.start_mark) or name
-    return f" (write '{before}: {written.partition(':')[2].strip()}', a space after ':')"
 
 
 def _drop_hint(error: UserError, opts: yaml.Node | None, dotted: str) -> str:
@@ -301,11 +222,6 @@ def _check_top_key(data_node: yaml.MappingNode, dotted: str, path: str, mark: ya
         return
     hint = MERGE_HINT if first == "<<" else did_you_mean(first, TOP_KEYS)
     raise UserError(f"{path} ({mark.name}): unknown key '{first}'{hint}")
-
-
-def _is_null(node: yaml.Node) -> bool:
-    """Whether a --set's value is null (null, ~; not 'null' quoted, nor !!null abc)."""
-    return isinstance(node, yaml.ScalarNode) and node.tag == NULL and core_tag(node.value) == NULL
 
 
 def _checked_root(text: str, path: str, overrides: list[str]) -> tuple[yaml.MappingNode, dict]:

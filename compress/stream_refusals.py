@@ -38,7 +38,7 @@ class NotStreamable(UserError):
 
     def lines(self, spec, index: int) -> list[str]:
         """'PATH:LINE: svd.fisher (default all) needs ...; ... set passes.2.svd.fisher to ...' per
-        refusal, of the pass `spec` (recipe.PassSpec), passes.`index` of its recipe: the line of the
+        refusal, of the pass `spec` (recipe_passes.PassSpec), passes.`index` of its recipe: the line of the
         key where the recipe gives it (the pass's where not), with the --sets that made it."""
         return [f"{spec.where(BadValue(r.key, '', r.reads), 'stream')}: "
                 f"{r.words(self.name, r.key in spec.keys, f'passes.{index}.{self.name}.{r.key}')}"
@@ -46,7 +46,7 @@ class NotStreamable(UserError):
 
 
 def not_streamed(passes: list, specs: list) -> list[tuple[int, object, UserError]]:
-    """(index, its recipe.PassSpec, why) of each pass that does not run with block weights streamed as
+    """(index, its recipe_passes.PassSpec, why) of each pass that does not run with block weights streamed as
     configured (its `check_streaming` raised: a NotStreamable where other values of its keys stream, else
     a UserError): what stream: true refuses (runner_stream.check_streaming), and what the advice for a
     teacher too big to hold resident reads (`stream_advice`)."""
