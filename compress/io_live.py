@@ -44,14 +44,17 @@ def unsaved_weights(model: nn.Module, prefix: str, keep_vars: bool) -> None:
 
 def offloaded_weights(model: nn.Module) -> None:
     """save_pretrained of a model accelerate offloaded (its weights in the hooks' map, meta in the model: T4 stop
-    51): a UserError saying so, where one is on meta; not 'load it on a real device'."""
+    51): a UserError saying so, where one is on meta, and what saves it (R1 stop 52: not accelerate.utils'
+    get_state_dict_offloaded_model, no import path, whose dict load_transformer cannot read); not 'load it on a
+    real device'."""
     from compress.errors import UserError
 
     meta = meta_weights(model)[1]
     if meta:
         raise UserError(f"save_pretrained: the model's weights are offloaded by accelerate ({meta[0]} is on the meta "
-                        "device, its value in the offload hooks' map): save it before offloading, or save "
-                        "accelerate.utils.get_state_dict_offloaded_model(model)")
+                        "device, its value in the offload hooks' map): save it before offloading, or once "
+                        "accelerate.hooks.remove_hook_from_module(model, recurse=True) has put its weights back (or "
+                        "load the output again with compress.load_transformer, without offloading, and save that)")
 
 
 def inside_save_pretrained(depth: int = 8) -> bool:

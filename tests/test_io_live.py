@@ -159,10 +159,43 @@ def test_save_pretrained_of_an_offloaded_output_says_it_is_offloaded(out, tiny_m
     else:
         disk_offload(model, offload_dir=str(tmp_path / "offload"), execution_device=torch.device("cpu"))
     with pytest.raises(UserError, match=r"^save_pretrained: the model's weights are offloaded by accelerate \(\S+ is "
-                                        r"on the meta device.*get_state_dict_offloaded_model\(model\)$"):
+                                        r"on the meta device.*: save it before offloading, or once "):
         model.save_pretrained(tmp_path / "saved")
     inputs = model_inputs(tiny_model)
     assert torch.allclose(forward(model, inputs), forward(tiny_model, inputs))  # the offloaded model still runs
+
+
+@pytest.mark.parametrize("how", ["cpu_offload", "disk_offload"])
+def test_what_the_offloaded_refusal_advises_imports_and_saves_the_model(out, tiny_model, tmp_path, how):
+    """R1 stop 52: the words advised accelerate.utils.get_state_dict_offloaded_model(model), no import path in
+    accelerate 1.16 (it is accelerate.utils.modeling's), whose plain dict load_transformer cannot read. Each name
+    the words give imports, and doing what they say saves the model, which loads back as it was."""
+    import importlib
+    import re
+
+    from accelerate import cpu_offload, disk_offload
+
+    model = load_transformer(out)
+    if how == "cpu_offload":
+        cpu_offload(model, execution_device=torch.device("cpu"))
+    else:
+        disk_offload(model, offload_dir=str(tmp_path / "offload"), execution_device=torch.device("cpu"))
+    with pytest.raises(UserError) as refused:
+        model.save_pretrained(tmp_path / "saved")
+    words = str(refused.value)
+    assert words.endswith(": save it before offloading, or once accelerate.hooks.remove_hook_from_module(model, "
+                          "recurse=True) has put its weights back (or load the output again with "
+                          "compress.load_transformer, without offloading, and save that)")
+    for name in re.findall(r"\b(?:accelerate|compress)(?:\.\w+)+", words):
+        where, _, what = name.rpartition(".")
+        assert hasattr(importlib.import_module(where), what), name
+    from accelerate.hooks import remove_hook_from_module
+
+    remove_hook_from_module(model, recurse=True)
+    model.save_pretrained(tmp_path / "saved")
+    again = load_transformer(tmp_path / "saved")
+    inputs = model_inputs(tiny_model)
+    assert torch.allclose(forward(again, inputs), forward(tiny_model, inputs))
 
 
 def test_save_pretrained_of_a_model_with_one_weight_on_meta_counts_them(out, tmp_path):
