@@ -298,7 +298,7 @@ def convert(args) -> int:
     """A single-file teacher, or a folder of .bin weights (io_convert.pickled_folder), as a diffusers
     transformer folder (config.json, safetensors shards), in the file's own dtypes, tensor by tensor
     (compress.io_convert): what `stream: true` reads."""
-    from compress.io_convert import convert_file, pickled_folder
+    from compress.io_convert import check_folder_model, convert_file, pickled_folder
     from compress.runner import sigterm_as_interrupt
 
     for what, given in (("checkpoint", args.file), ("output", args.out)):
@@ -307,6 +307,8 @@ def convert(args) -> int:
     source, out = Path(args.file).expanduser(), Path(args.out).expanduser()
     if (missing := no_checkpoint_file(args.file)) is not None:  # (cli.main says it before torch's import)
         raise UserError(missing)
+    if source.is_dir():  # of another model (a VAE's): said as run says it
+        check_folder_model(source)
     if not source.is_file() and not pickled_folder(source):  # a folder of .bin weights converts whole
         raise not_a_file(args.file, source)
     if (taken := new_folder_taken(out, args.out, "convert writes a new folder")) is not None:

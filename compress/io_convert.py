@@ -50,6 +50,7 @@ def convert_file(path: Path, out: Path, config: str | None = None, shard_bytes: 
             raise UserError(shard.replace("give the folder", "stream: true reads the folder"))
     else:
         check_not_output_folder(Path(path))
+        check_folder_model(Path(path))
     out = Path(out).expanduser()
     made = missing_parents(out)  # atomic_folder makes them for its temp folder: removed again on a failure
     try:
@@ -125,6 +126,21 @@ def check_not_output_folder(folder: Path) -> None:
         raise UserError(f"{folder} is a dit-compress output (its config.json has a compression section), already a "
                         "diffusers folder: nothing to convert; load it with compress.load_transformer (convert is "
                         "for teachers' checkpoints)")
+
+
+def check_folder_model(folder: Path) -> None:
+    """A folder whose config.json (io.transformer_place's: a pipeline folder's transformer/) names another
+    model than a PixArt or Flux transformer (a VAE's, a UNet's, a transformers config) is refused in the
+    words run has for it (io.supported_class: 'T/vae holds an AutoencoderKL (not a PixArt or Flux
+    transformer): give the pipeline folder or its transformer/ folder'), before convert says what a folder of
+    weights is. One naming no class (a single file's config beside it) or an output's is left to convert."""
+    from compress.io import read_config, supported_class, transformer_place
+
+    place = transformer_place(folder)
+    config = read_config(place / "config.json") if place is not None else {}
+    named = config.get("_class_name") is not None or "model_type" in config or "architectures" in config
+    if named and "compression" not in config:
+        supported_class(config, place / "config.json")
 
 
 def weights_folder(path: Path) -> Path | None:
