@@ -11,7 +11,7 @@ import weakref
 from torch import nn
 
 from compress.io import FORMAT
-from compress.io_export import check_materialized, meta_weights, ranks_of
+from compress.io_export import check_materialized, ranks_of
 from compress.output_names import REFUSAL, REFUSAL_KEY
 
 
@@ -37,24 +37,7 @@ def unsaved_weights(model: nn.Module, prefix: str, keep_vars: bool) -> None:
     to_dict: diffusers opens config.json for writing before it, so a refusal there would leave it empty.)"""
     if not inside_save_pretrained():
         return
-    if any(hasattr(m, "_hf_hook") for m in model.modules()):  # accelerate's: cpu_offload, dispatch_model
-        offloaded_weights(model)
     check_materialized(model, "save_pretrained")  # any: a weight on meta there is safetensors' traceback
-
-
-def offloaded_weights(model: nn.Module) -> None:
-    """save_pretrained of a model accelerate offloaded (its weights in the hooks' map, meta in the model: T4 stop
-    51): a UserError saying so, where one is on meta, and what saves it (R1 stop 52: not accelerate.utils'
-    get_state_dict_offloaded_model, no import path, whose dict load_transformer cannot read); not 'load it on a
-    real device'."""
-    from compress.errors import UserError
-
-    meta = meta_weights(model)[1]
-    if meta:
-        raise UserError(f"save_pretrained: the model's weights are offloaded by accelerate ({meta[0]} is on the meta "
-                        "device, its value in the offload hooks' map): save it before offloading, or once "
-                        "accelerate.hooks.remove_hook_from_module(model, recurse=True) has put its weights back (or "
-                        "load the output again with compress.load_transformer, without offloading, and save that)")
 
 
 def inside_save_pretrained(depth: int = 8) -> bool:

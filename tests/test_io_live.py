@@ -147,10 +147,7 @@ def test_accelerates_state_dict_of_a_weightless_output_is_no_save(out, tiny_mode
         assert torch.allclose(forward(weightless, inputs), forward(tiny_model, inputs))
 
 
-@pytest.mark.parametrize("how", ["cpu_offload", "disk_offload"])
-def test_save_pretrained_of_an_offloaded_output_says_it_is_offloaded(out, tiny_model, tmp_path, how):
-    """T4 stop 51: save_pretrained after accelerate's cpu_offload / disk_offload said 'load it on a real device'
-    (the weights are in the hooks' map or its folder, not missing)."""
+def _offloaded(out, tmp_path, how):
     from accelerate import cpu_offload, disk_offload
 
     model = load_transformer(out)
@@ -158,30 +155,42 @@ def test_save_pretrained_of_an_offloaded_output_says_it_is_offloaded(out, tiny_m
         cpu_offload(model, execution_device=torch.device("cpu"))
     else:
         disk_offload(model, offload_dir=str(tmp_path / "offload"), execution_device=torch.device("cpu"))
-    with pytest.raises(UserError, match=r"^save_pretrained: the model's weights are offloaded by accelerate \(\S+ is "
+    return model
+
+
+def _save(model, saver, folder):
+    return model.save_pretrained(folder) if saver == "save_pretrained" else save_compressed(model, folder)
+
+
+@pytest.mark.parametrize("saver", ["save_pretrained", "save_compressed"])
+@pytest.mark.parametrize("how", ["cpu_offload", "disk_offload"])
+def test_saving_an_offloaded_output_says_it_is_offloaded(out, tiny_model, tmp_path, how, saver):
+    """T4 stop 51: save_pretrained after accelerate's cpu_offload / disk_offload said 'load it on a real device'
+    (the weights are in the hooks' map or its folder, not missing); R1 stop 52: save_compressed still said 'the
+    model holds no weights (... not materialized, as load_transformer(out, device='meta') leaves them)'."""
+    model = _offloaded(out, tmp_path, how)
+    with pytest.raises(UserError, match=rf"^{saver}: the model's weights are offloaded by accelerate \(\S+ is "
                                         r"on the meta device.*: save it before offloading, or once "):
-        model.save_pretrained(tmp_path / "saved")
+        _save(model, saver, tmp_path / "saved")
+    assert not (tmp_path / "saved").exists() or saver == "save_pretrained"  # (its config.json is written first)
     inputs = model_inputs(tiny_model)
     assert torch.allclose(forward(model, inputs), forward(tiny_model, inputs))  # the offloaded model still runs
 
 
+@pytest.mark.parametrize("saver", ["save_pretrained", "save_compressed"])
 @pytest.mark.parametrize("how", ["cpu_offload", "disk_offload"])
-def test_what_the_offloaded_refusal_advises_imports_and_saves_the_model(out, tiny_model, tmp_path, how):
+def test_what_the_offloaded_refusal_advises_imports_and_saves_the_model(out, tiny_model, tmp_path, how, saver):
     """R1 stop 52: the words advised accelerate.utils.get_state_dict_offloaded_model(model), no import path in
     accelerate 1.16 (it is accelerate.utils.modeling's), whose plain dict load_transformer cannot read. Each name
     the words give imports, and doing what they say saves the model, which loads back as it was."""
     import importlib
     import re
 
-    from accelerate import cpu_offload, disk_offload
+    from accelerate.hooks import remove_hook_from_module
 
-    model = load_transformer(out)
-    if how == "cpu_offload":
-        cpu_offload(model, execution_device=torch.device("cpu"))
-    else:
-        disk_offload(model, offload_dir=str(tmp_path / "offload"), execution_device=torch.device("cpu"))
+    model = _offloaded(out, tmp_path, how)
     with pytest.raises(UserError) as refused:
-        model.save_pretrained(tmp_path / "saved")
+        _save(model, saver, tmp_path / "saved")
     words = str(refused.value)
     assert words.endswith(": save it before offloading, or once accelerate.hooks.remove_hook_from_module(model, "
                           "recurse=True) has put its weights back (or load the output again with "
@@ -189,13 +198,10 @@ def test_what_the_offloaded_refusal_advises_imports_and_saves_the_model(out, tin
     for name in re.findall(r"\b(?:accelerate|compress)(?:\.\w+)+", words):
         where, _, what = name.rpartition(".")
         assert hasattr(importlib.import_module(where), what), name
-    from accelerate.hooks import remove_hook_from_module
-
     remove_hook_from_module(model, recurse=True)
-    model.save_pretrained(tmp_path / "saved")
-    again = load_transformer(tmp_path / "saved")
+    _save(model, saver, tmp_path / "again")
     inputs = model_inputs(tiny_model)
-    assert torch.allclose(forward(again, inputs), forward(tiny_model, inputs))
+    assert torch.allclose(forward(load_transformer(tmp_path / "again"), inputs), forward(tiny_model, inputs))
 
 
 def test_save_pretrained_of_a_model_with_one_weight_on_meta_counts_them(out, tmp_path):
