@@ -169,7 +169,8 @@ def importance(args) -> int:
     if recipe is None:
         _check_toy_source(args.source, args.teacher, args.teacher_config, args.overrides)
     config = _importance_config(recipe, args.buckets, args.teacher)  # before the teacher loads
-    png = png or _default_png(recipe.model if recipe is not None else args.source[len("toy:"):])
+    if png is None and not to_stdout:  # --json -: a heatmap only where --png asks (none left in the working folder)
+        png = _default_png(recipe.model if recipe is not None else args.source[len("toy:"):])
     config_arg = teacher_config_of(recipe, args.teacher_config, args.teacher) if recipe is not None else args.teacher_config
     _, teacher, inputs, loader = _teacher_and_inputs(args.source, recipe, args.teacher, config_arg)
     adapter = get_adapter(teacher)
@@ -184,7 +185,8 @@ def importance(args) -> int:
         print(to_json(result.to_dict()))
     else:
         results.print(render_table(result, width=results.width, json_file=json_path and str(json_path)))
-    console.print(f"wrote {plot_heatmap(result, png)}")
+    if png is not None:
+        console.print(f"wrote {plot_heatmap(result, png)}")
     if json_path:
         console.print(f"wrote {save_json(result, json_path)}")
     return 0

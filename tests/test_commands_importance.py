@@ -108,6 +108,21 @@ def test_importance_json_dash_prints_the_scan_on_stdout(tmp_path, capsys):
     assert len(scan["blocks"]) == 6 and (tmp_path / "h.png").is_file() and not Path("-").exists()
 
 
+def test_importance_json_dash_writes_no_heatmap_unless_png_asks(tmp_path, monkeypatch, capsys):
+    """`--json -` without --png wrote importance-pixart.png into the working folder (a user piping the
+    JSON got a stray file there, and 'wrote importance-pixart.png' on stderr); now nothing is written
+    there: the scan is on stdout alone (with --png the heatmap is written where it says, as above)."""
+    import json
+
+    from compress.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["importance", "toy:pixart", "--buckets", "2", "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    assert len(json.loads(out)["blocks"]) == 6
+    assert list(tmp_path.iterdir()) == [] and "wrote" not in err
+
+
 TOY_IMPORTANCE = """\
 model: pixart
 teacher: toy:pixart
