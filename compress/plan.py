@@ -35,9 +35,11 @@ from compress.io_source_recipe import checked_sources
 from compress.recipe_teacher_config import teacher_config_of
 from compress.passes import build_passes
 from compress.passes.removed_blocks import planned_blocks, possible_counts
+from compress.passes.svd_objective import resolved_step
 from compress.recipe_where import recipe_where, teacher_given
 from compress.report import console, layer_rows, note, param_count, warn
 from compress.runner_checks import checked_in_order
+from compress.runner_checks_objective import resolve_objectives
 from compress.runner_stream import check_streaming, streamed_weights
 from compress.stream_files import check_streamable
 
@@ -101,8 +103,11 @@ def make_plan(recipe, teacher: str | None = None, teacher_config: str | None = N
     inputs, toy, calib = _calibration(recipe, source, model, sampled)  # model_index.json a plan passes down
     walk = PassWalk(recipe, model, adapter, calib)
     single = one_branch(recipe.model, toy)  # a pipeline source's FluxPipeline: one branch (svd.objective guided)
+    resolve_objectives(passes, recipe.passes, inputs, recipe.calibration, single, recipe.stream)  # svd.objective auto
     for p, spec in checked_in_order(passes, recipe.passes, model, adapter, inputs, recipe.calibration, single):
         walk.add(p, spec)  # then applied
+        if (resolved := resolved_step(p.config)) is not None:
+            walk.steps[-1]["objective"] = resolved
     steps, later, unplaced, uneven = walk.steps, walk.later, walk.unplaced, walk.uneven
     after_rows, after = layer_rows(model), param_count(model)
     after_roles = by_key(after_rows, "role")

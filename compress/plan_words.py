@@ -11,6 +11,7 @@ from compress.calib_footprint import describe, human_size
 from compress.plan_budget import range_words, ranged_keys
 from compress.plan_memory import memory_words
 from compress.passes.svd import LATER
+from compress.passes.svd_objective import resolved_words
 from compress.report import results
 from compress.report_fit import JSON_OR_WIDER, fitted_rows, print_fitted
 
@@ -23,7 +24,7 @@ def step_words(step: dict) -> str:
     """A pass's plan on a line or two: long lists and name -> rank maps counted, not dumped
     (`plan --json` has them whole)."""
     hidden = ("pass", "line", "set", "fisher", "streamed_scan", "student", "at_most", "statistics",
-              "calibrates")
+              "calibrates", "objective")
     ranges = ranged_keys(step)  # a removal's counts per group, fewest–most (in the key's own place)
     shown = {k: v for k, v in step.items() if k not in hidden and k not in {f"{r}_min" for r in ranges}}
     bound = bounded_keys(step)
@@ -110,6 +111,8 @@ def print_plan(plan: dict) -> None:
         results.print(f"  {memory_words(plan['memory'])}")
     for step in plan["passes"]:
         results.print(f"  [cyan]{step['pass']}[/] ({where_words(step)}): {step_words(step)}")
+        if "objective" in step:  # svd.objective auto: what it runs as, and why
+            results.print(f"    {resolved_words(step['objective'])}")
         if "streamed_scan" in step:
             f = step["streamed_scan"]
             results.print("    streamed skip scan: none (the scores of the importance pass before it)"

@@ -23,9 +23,9 @@ def fisher_folder(config) -> str | None:
     SVDConfig), kept there while the pass is unfinished (deleted once it finishes): fisher-<N>probes, N
     its fisher_probes (an estimate of other probes is another), fisher-guided-<N>probes where they are the
     guided prediction's (svd.objective); None where it keeps none there (fisher: block or none)."""
-    from compress.passes.svd_objective import PARTS
+    from compress.passes.svd_objective import PARTS, objective_of
 
-    guided = "guided-" if "fisher" in PARTS[getattr(config, "objective", "branches")] else ""
+    guided = "guided-" if "fisher" in PARTS[objective_of(config)] else ""
     return f"fisher-{guided}{config.fisher_probes}probes" if config.fisher in KEPT_FISHERS else None
 
 

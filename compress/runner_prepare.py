@@ -20,6 +20,7 @@ from compress.plan import warn_if_beyond_memory
 from compress.report import console, note
 from compress.report_teacher import absolute_source
 from compress.runner_checks import check_passes
+from compress.runner_checks_objective import check_resumed, resolve_objectives
 from compress.runner_folders import check_folders, check_run_folder, nothing_saved, say_if_nothing_to_resume
 from compress.runner_measured import (calibration_keys, check_measured_for_another, check_measured_for_another_teacher,
                                       keyed_source)
@@ -43,6 +44,12 @@ def prepare(runner) -> None:
     prompts, inputs_id, identity, teacher_files, inputs_cache (sampled_calls) and ctx."""
     src = _checked_before_loading(runner)
     kind = src.sampling.kind  # the calibration source's: toy, pipeline, synthetic
+    single = one_branch(runner.recipe.model, src.sampling.toy)  # a pipeline source's FluxPipeline: one branch
+    resolve_objectives(runner.passes, runner.recipe.passes, kind, runner.recipe.calibration, single,  # auto
+                       runner.recipe.stream)
+    if (resumed := getattr(runner, "resumes_from", None)) and resumed[1] is not None:  # --resume: the stage it
+        state = next(st for i, _, st in resumed[0] if i == resumed[1])  # continues from ran auto as it does now?
+        check_resumed(runner.passes, runner.recipe.passes, state, resumed[1])
     runner.doing = LOADING
     runner.source, runner.teacher = load_checked_teacher(runner.recipe, runner.teacher_arg, runner.teacher_config,
                                                          runner.models, sources=src)  # finite, checked
@@ -52,8 +59,7 @@ def prepare(runner) -> None:
     for i, p in enumerate(runner.passes):  # what only a pass that runs needs is not asked of them (kd_teacher: base)
         p.resumed_past = done is not None and i <= done
     check_passes(runner.passes, runner.recipe.passes, runner.teacher, runner.adapter,  # distill's data: toy,
-                 kind, runner.recipe.calibration,  # buckets, svd.objective; the check's (checked_sources)
-                 one_branch(runner.recipe.model, src.sampling.toy))
+                 kind, runner.recipe.calibration, single)  # buckets, svd.objective; the check's (checked_sources)
     if runner.recipe.stream:
         check_streaming(runner.passes, runner.recipe.passes, runner.recipe.path)
     runner.models.warn_if_short_of_disk(runner.passes, runner.recipe.passes, runner.teacher, runner.adapter)

@@ -104,3 +104,141 @@ def test_an_odd_toy_batch_size_that_splits_the_pairs_is_refused_by_plan():
     assert make_plan(_recipe("{num_prompts: 6, timesteps: 2, batch_size: 4}"))["passes"][1]["pass"] == "svd"
     assert make_plan(_recipe("{num_prompts: 1, timesteps: 2, batch_size: 5}"))["passes"][1]["pass"] == "svd"
     assert make_plan(_recipe("{num_prompts: 6, timesteps: 2, batch_size: 5}", "branches"))
+
+
+# ---- svd.objective auto (the default): resolved by plan and run before their checks (runner_checks_objective) --
+AUTO = """\
+model: pixart
+teacher: toy:pixart
+calibration: {calibration}
+passes:
+  - svd:
+      targets: [attention]
+      ratio: 0.5
+{distill}"""
+DISTILL = "  - distill: {data: teacher_samples, num_samples: 8, sample_steps: 1, batch_size: 4, steps: 1}\n"
+GUIDED = ("the distill pass at line 8 follows it and its calibration holds both classifier-free-guidance branches "
+          "of each input; after distillation it measured 0.94-0.99x branches' conditional and guided errors on the "
+          "toy recipes")
+NO_DISTILL = ("no distill pass follows it; right after the svd passes guided_compensation measured 1.15-1.47x "
+              "branches' conditional error on the toy recipes")
+
+
+def _auto(calibration: str = "{}", distill: str = DISTILL, path: str = "rec/a.yaml"):
+    return parse_recipe(AUTO.format(calibration=calibration, distill=distill), path)
+
+
+@pytest.mark.parametrize("calibration, distill, runs_as, why", [
+    ("{}", DISTILL, "guided_compensation", GUIDED),
+    ("{}", "", "branches", NO_DISTILL),
+    ("{cfg_branches: false}", DISTILL, "branches",
+     "calibration.cfg_branches is false (the inputs hold the prompt's branch alone)"),
+    ("{source: synthetic}", DISTILL, "branches", "calibration.source synthetic draws random inputs, no such pairs"),
+    ("{num_prompts: 6, timesteps: 2, batch_size: 5}", DISTILL, "branches",
+     "calibration.batch_size 5 is odd (a batch would split an input's two branches)"),
+    ("{source: pipeline, pipeline: 'toy:pixart', prompts: [a, b], guidance_scale: 1}", DISTILL, "branches",
+     "calibration.guidance_scale 1 turns classifier-free guidance off"),
+    ("{source: pipeline, pipeline: 'toy:pixart', prompts: [a, b]}", DISTILL, "guided_compensation", GUIDED),
+])
+def test_plan_resolves_auto_on_each_side_and_says_why(calibration, distill, runs_as, why, capsys):
+    """Where an explicit guided_compensation would be refused (no pairs), auto is branches, never a refusal."""
+    from compress.plan_words import print_plan
+
+    plan = make_plan(_auto(calibration, distill))
+    assert plan["passes"][0]["objective"] == {"given": "auto", "runs_as": runs_as, "why": why}
+    capsys.readouterr()
+    print_plan(plan)
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"objective auto runs as {runs_as}: {why}" in said, said
+
+
+def test_an_explicit_objective_is_not_resolved_nor_said():
+    plan = make_plan(parse_recipe(RECIPE.format(calibration="{}", objective="branches"), "rec/o.yaml"))
+    assert "objective" not in plan["passes"][1]
+
+
+def test_a_pipeline_that_runs_one_branch_resolves_auto_to_branches():
+    from compress.runner_checks_objective import resolve_objectives
+
+    recipe = _auto()
+    passes = build_passes(recipe)
+    resolve_objectives(passes, recipe.passes, "pipeline", recipe.calibration, True, False)
+    assert passes[0].config.__dict__["_objective"][0] == "branches"
+    resolve_objectives(passes, recipe.passes, "toy", recipe.calibration, False, True)  # stream: true
+    assert passes[0].config.__dict__["_objective"] == ("branches", "stream: true (the prediction's Fisher needs "
+                                                                   "the whole model)")
+
+
+def _resolved(recipe):
+    from compress.runner_checks_objective import resolve_objectives
+
+    passes = build_passes(recipe)
+    resolve_objectives(passes, recipe.passes, "toy", recipe.calibration, False, recipe.stream)
+    return passes[0].config.__dict__.get("_objective", (passes[0].config.objective, ""))[0]
+
+
+def test_saved_recipes_keep_the_objective_they_ran_with(tmp_path):
+    """An output's recipe.yaml: one saved since svd.objective existed writes `objective: branches  # default`,
+    read as branches (the default it marks is no longer auto's); one saved before writes no objective key, and
+    its run weighed by branches: it stays branches. One saved now writes `objective: auto  # default` and
+    resolves as the recipe it was dumped from."""
+    from compress.recipe_dump import dump_recipe
+
+    dumped = dump_recipe(_auto())
+    assert "    objective: auto  # default\n" in dumped, dumped
+    assert _resolved(parse_recipe(dumped, "out/recipe.yaml")) == "guided_compensation"
+    older = dumped.replace("objective: auto  # default", "objective: branches  # default")
+    assert _resolved(parse_recipe(older, "out/recipe.yaml")) == "branches"
+    before = dumped.replace("    objective: auto  # default\n", "")
+    assert "objective" not in before
+    recipe = parse_recipe(before, "out/recipe.yaml")
+    assert _resolved(recipe) == "branches"
+    unmarked = "\n".join(ln.split("  # default")[0] for ln in before.splitlines() if not ln.startswith("#"))
+    assert _resolved(parse_recipe(unmarked, "out/recipe.yaml")) == "branches"  # saved before the marks
+    assert _resolved(_auto()) == "guided_compensation"  # a recipe of the user's without the key: auto
+
+
+def test_resume_of_an_older_run_folder_does_not_reuse_a_branches_stage_for_auto():
+    """A stage saved before auto records objective: branches; the same recipe now reads auto: --resume passes
+    the stage over (the svd pass runs again as auto resolves it) rather than mixing the two."""
+    from compress.runner_resume import STATISTICS, reusable_stage, statistics_version
+
+    recipe = _auto()
+    now, stats = recipe.raw, {STATISTICS: statistics_version()}
+    before = {**now, "passes": [{"svd": {**now["passes"][0]["svd"], "objective": "branches"}}, now["passes"][1]]}
+    assert reusable_stage([(0, {"recipe": before, **stats})], now, build_passes(recipe)) == \
+        (None, [(0, ["passes.0.svd.objective"])])
+    assert reusable_stage([(0, {"recipe": now, **stats})], now, build_passes(recipe))[0] == 0
+
+
+def test_resume_refuses_a_saved_auto_stage_that_auto_would_run_otherwise_now():
+    """The passes after a saved stage are not compared by --resume, but decide what auto runs an svd pass as: a
+    stage of auto run as guided_compensation (a distill followed) resumed by a recipe whose distill is gone
+    would keep a model a rerun does not make."""
+    from compress.runner_checks_objective import check_resumed, resolve_objectives
+
+    recipe = _auto(distill="")
+    passes = build_passes(recipe)
+    resolve_objectives(passes, recipe.passes, "toy", recipe.calibration, False, False)
+    state = {"report": {"svd": {"passes": [{"objective": "guided_compensation", "objective_given": "auto"}]}}}
+    with pytest.raises(UserError) as e:
+        check_resumed(passes, recipe.passes, state, 0)
+    assert str(e.value) == ("--resume: passes.0.svd (line 5) ran as guided_compensation under svd.objective auto, "
+                            f"and auto runs it as branches now ({NO_DISTILL}): the passes after an svd pass decide "
+                            "what auto runs it as; undo the change to resume, or rerun with --restart to start over")
+    state["report"]["svd"]["passes"][0]["objective"] = "branches"
+    check_resumed(passes, recipe.passes, state, 0)
+    check_resumed(passes, recipe.passes, {}, 0)  # an older stage's report: the recipe comparison decided
+
+
+@pytest.mark.parametrize("distill, ran", [(DISTILL, "guided_compensation"), ("", "branches")])
+def test_a_toy_run_records_what_auto_ran_as(tmp_path, distill, ran):
+    import json
+
+    from compress.runner import Runner
+
+    recipe = _auto("{num_prompts: 2, timesteps: 2, batch_size: 4, heldout: 4}", distill, str(tmp_path / "r.yaml"))
+    out = Runner(recipe, tmp_path / "out", tmp_path / "run").run()
+    svd = json.loads((out / "report.json").read_text())["svd"]
+    assert (svd["objective"], svd["objective_given"]) == (ran, "auto")
+    assert "objective: auto  # default" in (out / "recipe.yaml").read_text()

@@ -11,6 +11,9 @@ whole run's, then each later objective's figures over the first's.
 
 A `--set calibration.seed=N` is run as given (over `--seed`); a `--set` of an svd pass's objective is refused
 (the tool sets it: give `--objectives`).
+Each run sets every svd pass's objective explicitly, never the default `auto` (which runs as guided_compensation
+on these recipes, a distill pass following, and as branches with `--no-distill`: svd_objective.resolve, chosen
+from the figures below).
 
 Measured (toy recipes as shipped, 2-core machine shared with other jobs at load 5-12; the errors repeat to the
 last digit, the seconds do not), guided_compensation over branches, conditional / guided, after global

@@ -62,7 +62,7 @@ from compress.passes.svd_fisher import checkpointed
 from compress.passes.svd_fisher_budget import fisher_budget, fisher_plan
 from compress.passes.svd_fisher_measure import FisherMeasurement
 from compress.passes.svd_fisher_roots import Roots
-from compress.passes.svd_objective import PARTS, calibration_guidance, guide_for
+from compress.passes.svd_objective import PARTS, guide_for, objective_of, pass_guidance
 from compress.passes.svd_global import GlobalAllocation
 from compress.passes.svd_layer import replace_linear
 from compress.passes.svd_notes import (allocated_note, dense_ranks_note, floored_note, no_saving_rank_note,
@@ -215,11 +215,12 @@ class SVDPass(GlobalAllocation, FisherMeasurement, Pass):
         if c.fisher_memory_gb == "auto":
             console.print(f"  fisher_memory_gb: auto, {self.budget / 2**30:.1f} GiB per sweep on {ctx.device}")
         self.roots = Roots(fishers, c.fisher_damping, self.budget, reuse=reusable,  # one block's pairs held
+                           device=ctx.device,  # read there: a resumed pass's may not be the one that measured them
                            groups={i.name: (i.group, i.block) for i in targets},
                            revisit=c.allocation == "global" and c.fisher != "block",  # global walks twice
-                           measured=(c.fisher, "fisher" in PARTS[c.objective]))  # what its words say
-        self.guide = calibration_guidance(c.objective, ctx.heldout_guidance, batches,  # None: each row's own
-                                          getattr(ctx.calibration, "guidance_scale", None), ctx.source_kind)
+                           measured=(c.fisher, "fisher" in PARTS[objective_of(c)]))  # what its words say
+        self.guide = pass_guidance(c, ctx.heldout_guidance, batches,  # None: each row's own (auto: never refused)
+                                   getattr(ctx.calibration, "guidance_scale", None), ctx.source_kind)
         compensation: dict = {}
         finished = False
         try:
@@ -304,7 +305,7 @@ class SVDPass(GlobalAllocation, FisherMeasurement, Pass):
 
     def guide_for(self, part: str):
         """The calibration guidance `part` ("fisher", "compensation") weighs errors by (svd_objective), or None."""
-        return guide_for(self.config.objective, getattr(self, "guide", None), part)
+        return guide_for(objective_of(self.config), getattr(self, "guide", None), part)
 
     def _compensation_roots(self, targets: list[LinearInfo]) -> Roots:
         """name -> (L, L⁻¹) of the targets compensation applies to: whitened, with an output Fisher

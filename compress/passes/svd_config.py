@@ -60,8 +60,9 @@ class SVDConfig:
     sequential: bool | str = "auto"
     # the prediction the output Fisher and compensation weigh errors by: each calibration row's own (branches:
     # the prompt's and the empty prompt's), or the guided one of each row pair, u + s·(c − u), s the source's
-    # guidance scale (guided; guided_fisher / guided_compensation: that part alone)
-    objective: str = "branches"
+    # guidance scale (guided; guided_fisher / guided_compensation: that part alone); auto: guided_compensation
+    # where a distill pass follows and the calibration pairs the branches, else branches (svd_objective.resolve)
+    objective: str = "auto"
     progress: bool = True
     CHOICES = CHOICES  # the string keys' choices (svd_values): refused at recipe load naming them
 
@@ -151,7 +152,7 @@ def _unused_reasons(c: SVDConfig, targets) -> dict[str, tuple[str, tuple]]:
     if not weighted:  # no whole-model backward: the prediction's Fisher, compensation
         why.setdefault("gradient_checkpointing", no_targets if c.fisher == "modulation" else
                        (f"with fisher: {c.fisher} (no backward through the whole model)", ("fisher",)))
-    compensation = _no_compensation(c) or (None if weighted else no_targets)
+    compensation = no_compensation(c) or (None if weighted else no_targets)
     if compensation:
         for k in COMPENSATE_KEYS:
             why.setdefault(k, compensation)
@@ -175,7 +176,7 @@ def _no_asymmetric_fit(c: SVDConfig) -> tuple[str, tuple]:
             ("asymmetric", "fisher", "targets", "ignore"))
 
 
-def _no_compensation(c: SVDConfig) -> tuple[str, tuple] | None:
+def no_compensation(c: SVDConfig) -> tuple[str, tuple] | None:
     """Why compensation does not apply to this pass, by its keys alone (svd.SVDPass._compensation_roots)."""
     if c.compensate is False:
         return "with compensate: false", ("compensate",)

@@ -29,7 +29,7 @@ def streaming_refusals(c) -> list[Refusal]:
     if c.fisher in ("all", "modulation"):
         out.append(Refusal("fisher", c.fisher, "needs the whole model in memory (one forward and backward per "
                            "probe)", "block (each block's own output Fisher) or none"))
-    if c.objective != "branches":
+    if c.objective not in ("branches", "auto"):  # auto: branches when streamed (svd_objective.resolve)
         out.append(Refusal("objective", c.objective, "weighs by the prediction's Fisher, which needs the whole model "
                            "in memory", "branches (each calibration row's own prediction)"))
     if c.allocation == "global" and c.sensitivity is not False:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from compress.passes.svd_objective import objective_of
 from compress.report import warn
 from compress.words import counted
 
@@ -106,7 +107,7 @@ def guarded_words(records: dict[str, dict], shown: int = 3) -> str | None:
 
 
 SETTINGS = ("method", "allocation", "activations", "fisher", "fisher_probes", "fisher_damping",
-            "objective")  # in its summary
+            "objective", "objective_given")  # in its summary
 
 
 def summary(records: dict[str, dict], c) -> dict:
@@ -117,7 +118,9 @@ def summary(records: dict[str, dict], c) -> dict:
     weighted = c.fisher != "none"  # the Fisher's estimate: probes and damping (None where none is read)
     return {"method": c.method, "allocation": c.allocation, "activations": c.activations, "fisher": c.fisher,
             **{k: getattr(c, k) if weighted else None for k in ("fisher_probes", "fisher_damping")},
-            "objective": c.objective, "params_before": before, "params_after": after,
+            # the objective the pass ran as (svd_objective.objective_of: auto's resolution), and as the recipe gave it
+            "objective": objective_of(c), "objective_given": getattr(c, "objective", None),
+            "params_before": before, "params_after": after,
             "kept_ratio": after / before if before else 1.0,
             "dense": sorted(n for n, r in records.items() if r["rank"] == "dense"),
             "clamped_grams": sorted(n for n, r in records.items() if r.get("clamped")),

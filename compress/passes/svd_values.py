@@ -9,18 +9,16 @@ import dataclasses
 import re
 
 from compress.errors import BadValue, as_yaml, did_you_mean, not_one_of
-from compress.passes.svd_objective import PARTS
+from compress.passes.svd_objective import OBJECTIVES, PARTS
 from compress.recipe_names import METHODS, ROLES
 from compress.recipe_yaml import spelling_hint
 
 ALLOCATIONS = ("uniform", "per_role", "energy", "global")
 FISHER = ("all", "block", "modulation", "none")
-# the prediction the Fisher and compensation read: each calibration row's own (branches) or each CFG pair's guided one
-OBJECTIVES = tuple(PARTS)
 # SVDConfig's string keys' choices (SVDConfig.CHOICES: refused at recipe load naming them, and in check_values)
 CHOICES = {"method": METHODS, "allocation": ALLOCATIONS, "activations": ("student", "teacher"), "fisher": FISHER,
            "compensate_toward": ("teacher", "input"), "compensate_search": ("walk", "ladder"),
-           "objective": OBJECTIVES}
+           "objective": OBJECTIVES}  # auto, or what the Fisher and compensation read (svd_objective)
 ENERGY_DEFAULT = 0.99  # SVDConfig.energy's default: another value asks for allocation: energy
 CENTER_DEFAULT = ["modulation"]  # SVDConfig.center's default: left alone where no modulation is targeted
 
