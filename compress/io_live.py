@@ -19,10 +19,13 @@ def register_compression(model: nn.Module) -> None:
     """The compression section (its ranks, what the run recorded) in the model's diffusers config: its
     own save_pretrained (and a pipeline's) then writes an output that loads back, with the ranks its
     layers have when it is saved (`LiveSection`), not those they had at load, and plain diffusers'
-    refusal of it while it has a factorized layer (`LiveRefusal`). Its save_pretrained where every weight is
-    on the meta device is a UserError naming the first one (`unsaved_weights`)."""
+    refusal of it while it has a factorized layer (`LiveRefusal`; none in a model with no factorized layer at
+    registration, blocks removed alone: its config then holds no refusal, as its config.json and what its
+    save_pretrained writes). Its save_pretrained where every weight is on the meta device is a UserError
+    naming the first one (`unsaved_weights`)."""
     section = {"format": FORMAT, "ranks": ranks_of(model), **model.compression_meta}
-    model.register_to_config(compression=LiveSection(section, model), **{REFUSAL_KEY: LiveRefusal(model)})
+    refusal = {REFUSAL_KEY: LiveRefusal(model)} if ranks_of(model) else {}
+    model.register_to_config(compression=LiveSection(section, model), **refusal)
     if unsaved_weights not in model._state_dict_pre_hooks.values():  # once (merge_lora registers again)
         model.register_state_dict_pre_hook(unsaved_weights)
 
