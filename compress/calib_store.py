@@ -302,10 +302,13 @@ class NamedFiles:
     The names are those on disk when it is made (what an earlier run left; a damaged file, one that does
     not read back as torch.save wrote it (`reads_back`), is left out with a note: measured again) and those
     written since, kept in memory: a file of them gone meanwhile is `Vanished` when read, not a name left out.
-    `clear()` deletes them."""
+    `clear()` deletes them. `device`: where each is read onto (the pass's; None: where it was written from, as
+    torch.load does): a Fisher measured on cuda and read by a run resumed on the cpu, or on cuda:1 then cuda:0,
+    was torch's 'Attempting to deserialize object on a CUDA device' traceback or another device's tensor (R1
+    stop 52: the run's fingerprint does not hold the device)."""
 
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
+    def __init__(self, folder: Path, device: torch.device | str | None = None):
+        self.folder, self.device = Path(folder), device
         found = sorted(self.folder.glob("*.pt")) if self.folder.is_dir() else []
         whole = [p for p in found if reads_back(p)]  # not cut short or overwritten (in what a load reads)
         self.names = {p.name[:-3] for p in whole}
@@ -337,7 +340,7 @@ class NamedFiles:
             raise KeyError(name)
         path = self._path(name)
         try:
-            return load(path)
+            return load(path, map_location=self.device)
         except Exception as e:
             if isinstance(e, Vanished) or not damaged_file(path, e):
                 raise

@@ -106,18 +106,20 @@ class Roots:
     revisit: a later walk asks for the pairs again (allocation: global's two walks), so a Fisher kept
     as F is replaced where it is kept by its eigendecomposition (`eigen`, as many bytes) when its pair
     is first asked for: each F is decomposed once, a pair asked for again costs two products.
-    measured: (svd.fisher, whether its sweeps probe the guided prediction), what its words say was measured."""
+    measured: (svd.fisher, whether its sweeps probe the guided prediction), what its words say was measured.
+    device: where the Fishers kept on disk are read onto (the pass's: a pass resumed on another device than
+    the one that measured them reads them there; NamedFiles)."""
 
     def __init__(self, folder: Path | None, damping: float, keep_bytes: float, reuse: bool = False,
                  names=None, shared=None, groups: dict | None = None, revisit: bool = False,
-                 measured: tuple[str, bool] = ("all", False)):
+                 measured: tuple[str, bool] = ("all", False), device: torch.device | str | None = None):
         self.folder, self.damping, self.keep_bytes, self.revisit = folder, damping, keep_bytes, revisit
         self.measured = measured
         self.groups = groups or {}  # name -> the key of the targets visited together (None: one group)
         self.names = names  # a view's subset (only())
         # name -> Fisher (on disk); name -> (L, L⁻¹) asked for last; both shared with views
         self.store, self.recent = shared if shared is not None else (
-            NamedFiles(folder) if folder is not None else {}, {})
+            NamedFiles(folder, device) if folder is not None else {}, {})
         if shared is None and not reuse:
             self.store.clear()
         self.zero: list[str] = []  # the targets added with a zero Fisher, not yet said (say_zero)
@@ -141,7 +143,7 @@ class Roots:
         if not bool(fisher.detach().abs().amax() > 0) and name not in self.zero:
             self.zero.append(name)  # said together (say_zero): a teacher with zero gates has dozens; once
             # though global allocation's second walk adds it again (fisher: block)
-        self.store[name] = fisher  # read back on the device it was measured on
+        self.store[name] = fisher  # read back on the pass's device (`device`)
         self.recent.pop(name, None)
 
     def only(self, names) -> "Roots":
