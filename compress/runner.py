@@ -12,7 +12,7 @@ from pathlib import Path
 
 import compress
 from compress.errors import NumericError, UserError
-from compress.io_export import CLI_OVERWRITE, OutputBusy
+from compress.io_atomic import CLI_OVERWRITE, OutputBusy
 from compress.io_source import check_teacher_options
 from compress.recipe_teacher_config import config_by, teacher_config_of
 from compress.passes import build_passes
@@ -36,7 +36,8 @@ from compress.runner_ranks import peer_lost as peer_lost_in
 from compress.runner_setup import DTYPES, check_reference, locate, resolve_device, sigterm_as_interrupt
 from compress.runner_heldout import check_kept, check_stage
 from compress.runner_read_back import say_read_back
-from compress.runner_stages import drop_checked, drop_refused, handed_over, restore, save_stage, stage_dir
+from compress.runner_restore import restore
+from compress.runner_stages import drop_checked, drop_refused, handed_over, save_stage, stage_dir
 from compress.runner_failures import HELDOUT, disk_full_words, is_out_of_memory
 from compress.runner_memory import spill_short
 from compress.runner_stream import models_for, tidy_scratch
@@ -59,7 +60,7 @@ class Runner:
         self.run_dir_was = self.run_dir.is_dir()  # before the locks make it: --resume into no folder is said so
         self.doing = None  # what runs now (a phase in words, or a pass index), for an out-of-memory error
         self.followed = None  # a follower: the token of the rank 0 it follows (runner_ranks.wait_for_main)
-        self.started_over = False  # the run folder's earlier stages and checkpoints discarded (runner_stages.restore)
+        self.started_over = False  # the run folder's earlier stages and checkpoints discarded (runner_restore.restore)
         self.written = None  # the output folder, once complete (export): a Ctrl-C after it stops nothing
         self.device = resolve_device(recipe)
         # resident or streamed weights, in the recipe's compute dtype, on its device
@@ -344,7 +345,7 @@ class Runner:
 
     def _wrote(self, out: Path, words: str) -> None:
         """The output `out` complete, in place: recorded (`written`: a Ctrl-C from now on stops nothing)
-        and said once, in one step with its rename (io_export.atomic_folder holds a Ctrl-C, SIGTERM, over
+        and said once, in one step with its rename (io_atomic.atomic_folder holds a Ctrl-C, SIGTERM, over
         the three: one that lands there is raised once the line is said)."""
         self.written = out
         # the run's result, on stdout (`run ... > log` keeps it); its progress and notes are on stderr

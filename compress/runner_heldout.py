@@ -173,7 +173,7 @@ def against_base_words(record: dict) -> str:
 
 def check_kept(runner, start: int, student, reference, heldout, teacher_params: int) -> None:
     """A resumed run whose last kept pass was stopped before its held-out error was measured (during
-    its held-out check, Runner._stage, or while its streamed stage was written, runner_stages._finish): its
+    its held-out check, Runner._stage, or while its streamed stage was written, runner_restore._finish): its
     error measured now, on the restored student."""
     record = (runner.ctx.report.get("stages") or [{}])[-1]
     if start == 0 or "relative_error" not in record or record["relative_error"] is not None:
@@ -186,8 +186,8 @@ def check_kept(runner, start: int, student, reference, heldout, teacher_params: 
 
 
 STOPPED = {"check": "during its held-out check",  # (Runner._stage)
-           "write": "while its stage was being written, before its held-out check",  # finished by runner_stages._finish
-           "adopt": "after its stage was saved, before its held-out check"}  # (runner_stages._finish_adopting)
+           "write": "while its stage was being written, before its held-out check",  # (runner_restore._finish)
+           "adopt": "after its stage was saved, before its held-out check"}  # (runner_restore._finish_adopting)
 
 
 def unmeasured_in_words(done: int, total: int, name: str, when: str) -> str:

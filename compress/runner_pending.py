@@ -5,7 +5,7 @@ teacher, inputs, report, block map), the student's config and resident top level
 block's tensors are (run_dir/stream/ as the pass spilled them, the previous stage, the teacher's
 checkpoint). Those files stay as they are until the stage is complete and adopted
 (runner_stream.StreamedModels.adopt deletes stream/ and the earlier stages), so after an interrupt
-while the stage is written, --resume writes it from them (runner_stages) instead of running the pass
+while the stage is written, --resume writes it from them (runner_restore) instead of running the pass
 again. A run that does not finish a record discards it (`discard`) before any pass spills again.
 Imports no torch: the run folder is read after a Ctrl-C that may come before torch is in."""
 

@@ -1,7 +1,7 @@
 """A run folder's saved stage against the calibration inputs a recipe reads now (its prompts, the parts
 of the pipeline it samples in), told before the teacher loads: a plain rerun's refusal
 (runner_folders.check_run_folder) and Ctrl-C's note (interrupt_note) offer --resume for a stage only
-where --resume, which compares them (runner_stages._check_inputs), would keep it. Imports no torch."""
+where --resume, which compares them (runner_restore._check_inputs), would keep it. Imports no torch."""
 
 from __future__ import annotations
 

@@ -388,5 +388,5 @@ def resume_note(run_dir: Path, recipe: Recipe, passes, fingerprint: str | None =
 def resumed_in_words(done: int, names: list[str]) -> str:
     """What --resume says it keeps, numbered from 1 as the passes are: 'after pass 1/2 (remove_blocks)'
     for `done` (fewer than all) completed passes of the recipe's pass `names`; once all were done,
-    runner_stages.resuming_words says so."""
+    runner_restore.resuming_words says so."""
     return f"after pass {done}/{len(names)} ({names[done - 1]})"

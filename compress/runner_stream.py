@@ -166,7 +166,7 @@ class StreamedModels:
     def drop_older(self, stage: Path) -> None:
         """The stages/ folders but `stage` deleted, oldest first (`stages_to_delete`), each unlisted
         before its files go (`delete_stage`): a Ctrl-C in the middle leaves the latest stages, each
-        complete, and --resume (which deletes the rest again, runner_stages._finish_adopting) never
+        complete, and --resume (which deletes the rest again, runner_restore._finish_adopting) never
         continues from a half-deleted one."""
         for old in stages_to_delete(stage):
             delete_stage(old)

@@ -141,7 +141,7 @@ def files_say(recorded, source) -> str | None:
 def same_before_loading(before: dict, now: dict) -> bool:
     """same_teacher as the checks made before the teacher loads ask it (`now`: named_teacher's, `before`
     named_of's): the same teacher, or one whose copy at another path only its loaded checksum can tell
-    (`untold_before_loading`), which --resume compares once it has loaded (runner_stages, runner_measured):
+    (`untold_before_loading`), which --resume compares once it has loaded (runner_restore, runner_measured):
     a copy re-saved otherwise resumes, other weights are refused there."""
     return same_teacher(before, now) or untold_before_loading(before, now)
 

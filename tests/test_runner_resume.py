@@ -13,7 +13,7 @@ from compress.io_output import load_transformer
 from compress.recipe import parse_recipe
 from compress.runner import Runner, build_passes
 from compress.runner_resume import read_state, recipe_changes
-from compress.runner_stages import restore
+from compress.runner_restore import restore
 from tests.conftest import tiny_pixart
 from tests.runner_helpers import run_recipe, streamed_teacher
 
@@ -259,7 +259,7 @@ def test_a_float16_export_refused_at_the_end_is_written_as_bfloat16_with_resume(
 
 def test_resume_says_which_pass_it_continues_after_numbered_from_one():
     """Said 'resuming after pass 0 (remove_blocks)' before 'pass 2/2: svd'; once all passes were done,
-    runner_stages.resuming_words says so (tests/test_runner_stages.py)."""
+    runner_restore.resuming_words says so (tests/test_runner_stages.py)."""
     from compress.runner_resume import resumed_in_words
 
     assert resumed_in_words(1, ["remove_blocks", "svd"]) == "after pass 1/2 (remove_blocks)"

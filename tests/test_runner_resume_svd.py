@@ -1,4 +1,4 @@
-"""--resume of a resident run stopped inside its svd pass (compress.runner_stages, calib_stats.StatsCache):
+"""--resume of a resident run stopped inside its svd pass (compress.runner_restore, calib_stats.StatsCache):
 what it writes against an uninterrupted run's output."""
 
 import json

@@ -138,7 +138,7 @@ def test_a_run_stopped_during_a_held_out_check_keeps_its_pass(tmp_path, monkeypa
 
 def test_resuming_words_once_every_pass_was_done():
     """It said 'resuming all 2 passes done (svd, svd): the output is written again'."""
-    from compress.runner_stages import resuming_words
+    from compress.runner_restore import resuming_words
 
     assert resuming_words(1, ["svd", "svd"], True) == "[bold]resuming[/] after pass 1/2 (svd)"
     assert resuming_words(2, ["svd", "svd"], True) == "all 2 passes were done (svd, svd): writing the output again"

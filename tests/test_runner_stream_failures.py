@@ -136,6 +136,6 @@ def test_adopt_deletes_the_earlier_stages_oldest_first_each_unlisted_before_it_g
     deleted.clear()
     monkeypatch.setattr(runner_stream.shutil, "rmtree", lambda path, ignore_errors=False: (
         deleted.append(Path(path).name), real(path, ignore_errors=ignore_errors)))
-    models.adopt(student, stages / "11-svd")  # as --resume does after such a stop (runner_stages._finish_adopting)
+    models.adopt(student, stages / "11-svd")  # as --resume does after such a stop (runner_restore._finish_adopting)
     assert deleted == ["stream", "1-remove_blocks", "2-svd", "10-svd", ".11-svd.tmp-abcdefgh"], deleted
     assert sorted(p.name for p in stages.iterdir()) == ["11-svd", "finished.json"]
