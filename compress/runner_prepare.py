@@ -125,7 +125,7 @@ def _checked_before_loading(runner):
         if several_processes():  # the followers' checks ask nothing of the passes done (_done_before)
             runner.about[RESUMES_AFTER] = runner.resumes_from[1]  # in every record from now on
             announce(runner.run_dir, runner.about)
-        if not runner.resumes_from[2]:  # stages passed over: the checkpoints go with them (runner_stages)
+        if not runner.resumes_from[2]:  # stages passed over: the checkpoints go with them (runner_restore)
             distills = [(i, s.config) for i, s in enumerate(runner.recipe.passes) if s.name == "distill"]
             check_resumable_configs(runner.run_dir, [c for _, c in distills], runner.recipe.calibration,
                                     [i for i, _ in distills])
@@ -245,7 +245,7 @@ def note_reusable(runner) -> None:
 def _kept_stage(runner) -> int:
     """How many passes --resume would keep of the finished run in the run folder (`finished_and_reusable`),
     0 also where it would refuse that stage: another teacher (`same_teacher`), other prompts or pipeline
-    parts (`inputs_change`), as runner_stages checks them."""
+    parts (`inputs_change`), as runner_restore checks them."""
     keeps = finished_and_reusable(runner.run_dir, runner.recipe.raw, runner.passes)
     state = read_state(dict(stage_dirs(runner.run_dir))[keeps - 1]) if keeps else None
     if not state:
