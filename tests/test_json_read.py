@@ -43,7 +43,7 @@ def _sites():
     from compress import (distill_data, io_single, io_source, pipeline_family, plan_memory, report_teacher,
                           runner_caches_keyed, runner_config_sum, runner_kept, runner_measured, runner_pending,
                           runner_ranks, runner_resume, runner_written)
-    from compress.passes import distill_checkpoints, distill_resume
+    from compress.passes import distill_checkpoint_folders, distill_resume
 
     samples = runner_resume.TEACHER_SAMPLES / "k" / runner_resume.SAMPLES_ABOUT
     return {
@@ -52,7 +52,7 @@ def _sites():
         "read-by.json (readers)": (lambda d: runner_kept.readers_of(d), runner_kept.READ_BY),
         "read-by.json (pass)": (lambda d: runner_kept._read_by(d), runner_kept.READ_BY),
         "a rank record": (lambda d: runner_ranks.read_json(d / "r.json"), "r.json"),
-        "kept-past-stage.json": (lambda d: distill_checkpoints.kept_past(d), distill_resume.KEPT_PAST),
+        "kept-past-stage.json": (lambda d: distill_checkpoint_folders.kept_past(d), distill_resume.KEPT_PAST),
         "meta.json": (lambda d: distill_resume.newest_meta(d), "step-00000001/meta.json"),
         "report.json": (lambda d: report_teacher.reported_blocks(d), "report.json"),
         "config.json (record)": (lambda d: io_source.config_record(d / "config.json"), "config.json"),

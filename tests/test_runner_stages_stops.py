@@ -81,7 +81,7 @@ def test_a_resume_that_keeps_a_distill_stage_removes_the_checkpoints_a_stop_left
     model) stayed for good, said nowhere. Now that --resume removes them, with those set aside (as the
     saved stage would have), in one line."""
     from compress.passes.distill import DistillPass
-    from compress.passes.distill_checkpoints import kept_past
+    from compress.passes.distill_checkpoint_folders import kept_past
     from compress.passes.distill_resume import DISCARDED, KEPT_PAST, newest_meta
     from compress.recipe import parse_recipe
 
@@ -126,7 +126,7 @@ def test_a_ctrl_c_as_the_checkpoints_are_removed_is_held_until_all_are_gone(tmp_
     import signal
     from types import SimpleNamespace
 
-    import compress.passes.distill_checkpoints as distill_checkpoints
+    import compress.passes.distill_checkpoint_folders as distill_checkpoint_folders
     from compress.passes.distill import DistillPass
 
     folder = tmp_path / "distill"
@@ -134,14 +134,14 @@ def test_a_ctrl_c_as_the_checkpoints_are_removed_is_held_until_all_are_gone(tmp_
         (folder / name).mkdir(parents=True)
         (folder / name / "scheduler.bin").write_bytes(b"0")
     # a set aside that a stage of other settings kept already: this stage removes it (a002237's rule)
-    (folder / "checkpoints.discarded" / ("a" * 16) / distill_checkpoints.KEPT_PAST).write_text('{"fingerprint": "%s"}'
-                                                                                            % ("c" * 16))
-    real = distill_checkpoints.shutil.rmtree
+    (folder / "checkpoints.discarded" / ("a" * 16) / distill_checkpoint_folders.KEPT_PAST).write_text(
+        '{"fingerprint": "%s"}' % ("c" * 16))
+    real = distill_checkpoint_folders.shutil.rmtree
 
     def removed_then_stopped(path, **kw):
         real(path, **kw)
         os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C after the first folder went
-    monkeypatch.setattr(distill_checkpoints.shutil, "rmtree", removed_then_stopped)
+    monkeypatch.setattr(distill_checkpoint_folders.shutil, "rmtree", removed_then_stopped)
     with pytest.raises(KeyboardInterrupt):
         DistillPass.stage_saved(SimpleNamespace(dir=folder, fingerprint="b" * 16))
     assert list(folder.iterdir()) == []

@@ -32,7 +32,7 @@ from compress.passes.base import Pass, RunContext
 from compress.passes.distill_config import DistillConfig
 from compress.passes.distill_kd_teacher import base_chain, kd_target, kd_words
 from compress.passes.distill_notes import distills_the_teacher, error_rose
-from compress.passes.distill_checkpoints import stage_saved
+from compress.passes.distill_checkpoint_folders import stage_saved
 from compress.passes.distill_resume import NOT_FINGERPRINTED
 from compress.passes.distill_trainer import _Trainer
 
@@ -121,7 +121,7 @@ class DistillPass(Pass):
         dit-compress stopped left. Those --resume set aside (DISCARDED) are kept past this first stage saved
         since (said in a line, with their size): a --resume that undoes the change that set them aside passes
         over this stage and takes them back; the pass's next stage saved with other settings removes them
-        (distill_checkpoints.stage_saved)."""
+        (distill_checkpoint_folders.stage_saved)."""
         if getattr(self, "dir", None) is None:
             return
         kept = stage_saved(self.dir, self.fingerprint)

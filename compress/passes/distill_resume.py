@@ -25,7 +25,7 @@ _SETTING_NAMES = {"seed": "calibration.seed", "processes": "process count"}
 # beside a pass's checkpoints/: those --resume set aside (trained with other keys of the pass, or after a
 # changed earlier pass), each set in a folder named by its fingerprint, the KEPT_ASIDE trained last, until
 # the run starts over or a second stage of the pass with other settings is saved: the first one's saved
-# stage keeps them, KEPT_PAST in each naming its fingerprint (distill_checkpoints.set_aside, stage_saved)
+# stage keeps them, KEPT_PAST in each naming its fingerprint (distill_checkpoint_folders.set_aside, stage_saved)
 DISCARDED = "checkpoints.discarded"
 KEPT_ASIDE = 3
 KEPT_PAST = "kept-past-stage.json"

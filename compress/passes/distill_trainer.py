@@ -23,7 +23,8 @@ from compress.inputs import moved
 from compress.io import cast
 from compress.io_tensors import nonfinite
 from compress.passes.base import RunContext
-from compress.passes.distill_checkpoints import Checkpoints, finish_swap, remove_whole
+from compress.passes.distill_checkpoint_folders import finish_swap, remove_whole
+from compress.passes.distill_checkpoints import Checkpoints
 from compress.passes.distill_progress import TERMS, fmt_terms, weights_of
 from compress.passes.distill_resume import DISCARDED, checksum, lower_lr, resume_keeps, trains_again
 from compress.progress import WORDS, bar as progress_bar
