@@ -333,9 +333,11 @@ class NamedFiles:
         self.names.add(name)
 
     def __getitem__(self, name: str):
-        """The tensor of `name`; its file gone meanwhile: `Vanished`; damaged since it was found (its tensor's
-        bytes, which `reads_back` does not read; `damaged_file`): removed, and a one-line error naming it
-        (measured again by the next run); any other error is raised as it is, the file kept."""
+        """The tensor of `name`; its file gone meanwhile: `Vanished`; damaged since it was found where the load
+        fails (a tensor record's zip header, which `reads_back` does not read, overwritten; `damaged_file`):
+        removed, and a one-line error naming it (measured again by the next run); any other error is raised as
+        it is, the file kept. A tensor's bytes changed in place are read as they are: torch.load checks no CRC-32,
+        and `intact` per read costs 11% to 76% of a toy svd pass's reads (R1 stop 52)."""
         if name not in self:
             raise KeyError(name)
         path = self._path(name)
