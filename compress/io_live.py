@@ -45,13 +45,19 @@ def unsaved_weights(model: nn.Module, prefix: str, keep_vars: bool) -> None:
 
 def inside_save_pretrained(depth: int = 8) -> bool:
     """Whether diffusers' ModelMixin.save_pretrained is among the `depth` callers above state_dict's hook."""
+    return called_from("save_pretrained", "diffusers.", depth)
+
+
+def called_from(function: str, package: str, depth: int) -> bool:
+    """Whether `function` of a module of `package` ('diffusers.') is among the `depth` callers above the
+    function that asks."""
     import sys
 
-    frame = sys._getframe(1)
+    frame = sys._getframe(2)
     for _ in range(depth):
         if frame is None:
             return False
-        if frame.f_code.co_name == "save_pretrained" and frame.f_globals.get("__name__", "").startswith("diffusers."):
+        if frame.f_code.co_name == function and frame.f_globals.get("__name__", "").startswith(package):
             return True
         frame = frame.f_back
     return False
@@ -85,13 +91,17 @@ class LiveSection(dict):
 class LiveRefusal(dict):
     """config.quantization_config of a loaded output: io_export.REFUSAL, which plain diffusers' from_pretrained
     refuses, and `to_dict()` (what save_config writes) REFUSAL while the model has a factorized layer, else None
-    (null: blocks removed alone load with plain from_pretrained). Held and copied as LiveSection."""
+    (null: blocks removed alone load with plain from_pretrained). Held and copied as LiveSection. peft's
+    model card (PeftModel.save_pretrained of a LoRA trained on the output) reads None: it wrote 'The following
+    `bitsandbytes` quantization config was used during training: - quant_method: dit-compress (...)'."""
 
     def __init__(self, model: nn.Module):
         super().__init__(REFUSAL)
         self.model = weakref.ref(model)
 
     def to_dict(self) -> dict | None:
+        if called_from("create_or_update_model_card", "peft.", 1):  # no quantization: nothing for its card to say
+            return None
         model = self.model()
         return dict(self) if model is None or ranks_of(model) else None
 

@@ -219,3 +219,19 @@ def test_save_pretrained_of_a_model_with_one_weight_on_meta_counts_them(out, tmp
     with pytest.raises(UserError, match=rf"^save_pretrained: 1 of the model's {total} weights are not there "
                                         rf"\({name} is on the meta device"):
         model.save_pretrained(tmp_path / "saved")
+
+
+def test_peft_model_card_of_a_lora_trained_on_an_output_names_no_quantization(out, tmp_path):
+    """PeftModel.save_pretrained of a LoRA on a loaded factorized output wrote in its README.md 'The following
+    `bitsandbytes` quantization config was used during training: - quant_method: dit-compress (a low-rank
+    output, not quantized: ...)' (peft reads config.quantization_config); now the card says nothing of it,
+    and the model's own save_pretrained still writes the refusal."""
+    peft = pytest.importorskip("peft")
+
+    model = load_transformer(out)
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["to_k"]))
+    wrapped.save_pretrained(tmp_path / "lora")
+    card = (tmp_path / "lora" / "README.md").read_text()
+    assert "PEFT" in card and "quantization" not in card and "dit-compress" not in card
+    wrapped.unload().save_pretrained(tmp_path / "saved")
+    assert _config(tmp_path / "saved")[REFUSAL_KEY] == REFUSAL
