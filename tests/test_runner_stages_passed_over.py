@@ -1,4 +1,4 @@
-"""compress.runner_stages: what --resume does with a distill checkpoint once an earlier pass changed
+"""compress.runner_restore: what --resume does with a distill checkpoint once an earlier pass changed
 (`_discard_passed_over`): set aside, not deleted, and taken back as its line says."""
 
 import pytest
@@ -168,7 +168,7 @@ def test_checkpoints_a_kill_left_half_removed_are_neither_set_aside_nor_taken_ba
     from pathlib import Path
     from types import SimpleNamespace
 
-    import compress.passes.distill_checkpoints as distill_checkpoints
+    import compress.passes.distill_checkpoint_folders as distill_checkpoint_folders
     from compress.passes import svd
 
     tmp_path, _, _ = pixart
@@ -178,7 +178,7 @@ def test_checkpoints_a_kill_left_half_removed_are_neither_set_aside_nor_taken_ba
         return Runner(parse_recipe(text, str(tmp_path / "r.yaml"), list(edits)), tmp_path / "out", tmp_path / "run",
                       **kw)
 
-    real = distill_checkpoints.shutil.rmtree
+    real = distill_checkpoint_folders.shutil.rmtree
 
     def killed_midway(folder, ignore_errors=False):
         folder = Path(folder)
@@ -189,7 +189,7 @@ def test_checkpoints_a_kill_left_half_removed_are_neither_set_aside_nor_taken_ba
         raise _Killed
 
     with monkeypatch.context() as m, pytest.raises(_Killed):
-        m.setattr(distill_checkpoints, "shutil", SimpleNamespace(rmtree=killed_midway))
+        m.setattr(distill_checkpoint_folders, "shutil", SimpleNamespace(rmtree=killed_midway))
         runner().run()
     checkpoints = tmp_path / "run" / "distill" / "checkpoints"
     assert any(checkpoints.glob("step-*"))  # half removed
