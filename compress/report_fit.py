@@ -17,8 +17,9 @@ from rich.text import Text
 
 
 def table_width(table: Table) -> int:
-    """The terminal columns `table` takes at its widest (no cell wrapped or cut)."""
-    console = Console(width=1 << 16)
+    """The terminal columns `table` takes at its widest (no cell wrapped or cut). The height given too:
+    rich sizes a console on a dumb terminal (TERM=dumb) 80x25 unless both are."""
+    console = Console(width=1 << 16, height=25)
     return Measurement.get(console, console.options, table).maximum
 
 

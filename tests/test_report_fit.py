@@ -114,3 +114,25 @@ PRINTED_WIDE = "\n".join([
 @pytest.mark.parametrize("width", [124, 200])
 def test_a_title_and_caption_that_fit_are_printed_as_before(width):
     assert _printed(width) == _printed(width, fitted=False) == PRINTED_WIDE
+
+
+@pytest.mark.parametrize("term", ["dumb", "xterm-256color"])
+def test_a_tables_width_is_measured_whole_on_a_dumb_terminal(monkeypatch, term):
+    """T2 stop 52 #1: on a TERM=dumb terminal (an Emacs shell, some CI ttys) table_width's console was
+    80 columns wide whatever its width (rich sizes a dumb terminal's console 80x25 unless both width and
+    height are given), so every table seemed to fit in 80 and inspect printed its table cut ('┃┃ role ┃
+    sha… ┃ r… ┃', an empty layer column). Now it measures the table's real width, and fitted_rows fits
+    a table wider than the terminal as it does elsewhere."""
+    from rich.table import Table
+
+    from compress.report_fit import fitted_rows, table_width
+
+    monkeypatch.setenv("TERM", term)
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich takes it for a terminal, as a tty's console is
+    table = Table()
+    table.add_column("layer"), table.add_column("rank", justify="right")
+    table.add_row("transformer_blocks.0.attn1.to_q." * 6, "128")
+    assert table_width(table) > 200
+    columns = [("layer", "left"), ("rank", "right")]
+    items = fitted_rows("t", None, columns, [["transformer_blocks.0.attn1.to_q." * 6, "128"]], 100, (), "x")
+    assert table_width(items[0]) <= 100
