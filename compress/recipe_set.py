@@ -133,8 +133,9 @@ def refuse_repeated(overrides, path: str) -> None:
     calibration.seed=1 --set calibration=null` dropped the first), or one below it into a value the
     earlier one wrote (`--set 'calibration={seed: 1}' --set calibration.seed=2`): refused, naming
     both, rather than one of them silently lost. Two --sets that add to each other (`--set
-    'calibration={seed: 1}' --set calibration.timesteps=4`) are not. Items without '=' are left to
-    the recipe's own check."""
+    'calibration={seed: 1}' --set calibration.timesteps=4`) are not, nor one key given the same value twice
+    (`--set calibration.seed=1 --set calibration.seed=1`, as a script building its --sets may: R1 stop 52;
+    `_same_value`). Items without '=' are left to the recipe's own check."""
     seen = []  # (path's keys, the --set's text)
     for item in overrides:
         key, eq, value = item.partition("=")
@@ -146,11 +147,22 @@ def refuse_repeated(overrides, path: str) -> None:
                 continue  # below an earlier --set, into a key its value does not hold: they add up
             if before[:len(parts)] != parts and parts[:len(before)] != before:
                 continue  # apart
+            if parts == before and _same_value(text.partition("=")[2], value):
+                continue  # the same value again: nothing is lost
             what = "this key too" if parts == before else ("a key below this one" if len(parts) < len(before)
                                                            else "this key in its value")
             raise UserError(f"{path} (--set {item}): --set {text} set {what}, and only the last one would hold: "
                             "give each key once")
         seen.append((parts, item))
+
+
+def _same_value(text: str, other: str) -> bool:
+    """Whether two --sets' YAML values read as the same value of the same type (`0.4` and ` 0.40`, `true` and
+    `True` are; `1` and `1.0`, `1` and `'1'` are not); the same text where either is not YAML."""
+    try:
+        return repr(yaml.load(text, Loader=RecipeLoader)) == repr(yaml.load(other, Loader=RecipeLoader))
+    except yaml.YAMLError:
+        return text.strip() == other.strip()
 
 
 def _holds(value_text: str, parts: list[str]) -> bool:
