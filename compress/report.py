@@ -15,8 +15,17 @@ from compress.errors import UserError
 
 # soft_wrap: a line too long for the width stays one line (the terminal folds it; a log keeps it
 # whole for grep) instead of rich breaking it at 80 columns off a terminal. Tables still fit the width.
+class _Results(Console):
+    """The results' console: a reader gone (`dit-compress inspect OUT | head -1`) raises BrokenPipeError,
+    which cli.main answers with exit status 0 as it does the --json forms' (rich's own answer exits 1)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError(32, "Broken pipe")
+
+
 console = Console(stderr=True, soft_wrap=True)  # progress, notes, warnings, errors
-results = Console(soft_wrap=True)  # what a command shows as its result (plan, inspect, importance, eval, bench): stdout
+results = _Results(soft_wrap=True)  # what a command shows as its result (plan, inspect, importance, eval, bench): stdout
 
 
 def warn(text: str) -> None:

@@ -187,3 +187,28 @@ def test_is_number_and_other_params_are_reports_own():
     assert sum(r["params"] for r in rows + others) == param_count(model)
     assert {r["block"] for r in others} == {"-"} | {r["block"] for r in rows if r["block"] != "-"}
     assert all(r["rank"] is None and r["params"] == r["dense_params"] for r in others)
+
+
+@pytest.mark.parametrize("json_form", [False, True])
+def test_a_table_read_by_a_reader_gone_exits_as_the_json_form_does(tmp_path, json_form):
+    """T2 stop 52 #2: `dit-compress inspect OUT | head -1` (plan's, eval's and bench's tables too) exited 1
+    and said nothing: rich's Console.on_broken_pipe raised SystemExit(1) before cli.main's BrokenPipeError
+    answer, which the --json forms reach (status 0). Now the results console raises BrokenPipeError: both
+    forms exit 0 with nothing on stderr (here stdout is a pipe whose reader is already gone)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import compress
+
+    recipe = Path(compress.__file__).parent.parent / "recipes" / "toy-pixart.yaml"
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-c", "import sys; from compress.cli import main; sys.exit(main())",
+                               "plan", str(recipe), *(["--json"] if json_form else [])],
+                              stdout=write, stderr=subprocess.PIPE, text=True, cwd=tmp_path, timeout=600)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (0, "")
