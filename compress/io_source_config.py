@@ -46,7 +46,9 @@ class TeacherSource:
     calibration source checked against it (inputs.Sampling), where io_source_recipe.checked_sources made it;
     weights_read: what the check of its weight files' headers read (WeightsRead); config_place, config_key:
     where its config was given and by what, as errors about it name them (recipe_teacher_config.config_named's:
-    a recipe's 'PATH:LINE' and 'teacher_config', else '' and the flag)."""
+    a recipe's 'PATH:LINE' and 'teacher_config', else '' and the flag); planned: whether it is the teacher a
+    plan is made for, whose shipped config read offline notes that run would refuse it (_note_not_fetched;
+    not lora's read of its block counts)."""
 
     source: str
     kind: str
@@ -57,6 +59,7 @@ class TeacherSource:
     config_place: str = field(default="", compare=False, repr=False)  # checked's `named`
     config_key: str = field(default="--teacher-config", compare=False, repr=False)
     weights_read: WeightsRead = field(default_factory=WeightsRead, compare=False, repr=False)
+    planned: bool = field(default=True, compare=False, repr=False)  # False: read for a count, not planned (lora)
 
     @property
     def config_label(self) -> str:
@@ -111,7 +114,7 @@ class TeacherSource:
         from compress.io_hub import cached_config, hub_cache, offline
 
         try:
-            if self.hub or not offline() or cached_config(self.source, lacking=True) is not None:
+            if self.hub or not self.planned or not offline() or cached_config(self.source, lacking=True) is not None:
                 return
         except UserError:  # a cache that holds it oddly: run says what
             return

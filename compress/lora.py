@@ -244,7 +244,7 @@ def teacher_count(student: nn.Module, group, teacher, config: str | None) -> int
 
     try:
         found = TeacherSource(source, check_source(source), config or (None if teacher else meta.get("teacher_config")),
-                              hub=False).config.get(group.config_key)
+                              hub=False, planned=False).config.get(group.config_key)
     except Exception:  # noqa: BLE001 (a teacher moved, a Hub id offline, a damaged config: nothing known)
         return None
     return found if isinstance(found, int) and not isinstance(found, bool) else None

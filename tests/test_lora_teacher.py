@@ -231,3 +231,28 @@ def test_a_given_hub_teacher_of_a_plain_lora_is_not_fetched(tmp_path, capsys, mo
     out, lora = flux_output
     assert main(["lora", str(out), str(lora), str(tmp_path / "new"), "--teacher", "acme/nothing-here"]) == 0
     assert "the given teacher acme/nothing-here: its weights are not read" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_given_known_hub_teacher_offline_is_not_noted_as_planned(tmp_path, capsys, monkeypatch):
+    """lora --teacher black-forest-labs/FLUX.1-dev, offline with the cache lacking it, where its block count
+    bounds a LoRA's blocks past the block map's last (an output recording no teacher), printed plan's note
+    twice: 'teacher black-forest-labs/FLUX.1-dev is planned from the config shipped with dit-compress; offline
+    (HF_HUB_OFFLINE) with no copy of it in the Hugging Face cache ..., run would refuse it: ...'. lora plans
+    nothing and runs no teacher: its count is read from that config, without the note."""
+    import huggingface_hub
+
+    from compress.cli import main
+    from compress.io_export import save_compressed
+    from tests.conftest import tiny_flux
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # empty
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    out = save_compressed(tiny_flux(num_layers=1), tmp_path / "out", extra={"block_map": {"double": [0]}})
+    lora = _save(_state(tiny_flux(num_layers=2), ["to_q"]), tmp_path / "l.safetensors")  # double block 1: past the map
+    capsys.readouterr()
+    given = "black-forest-labs/FLUX.1-dev"
+    assert main(["lora", str(out), str(lora), str(tmp_path / "new"), "--teacher", given]) == 0
+    said = capsys.readouterr()
+    err = " ".join(said.err.split())
+    assert "planned" not in err and "run would refuse" not in err
+    assert f"the given teacher {given}: its weights are not read" in err and "transformer_blocks.1" in said.out
