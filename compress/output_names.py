@@ -12,6 +12,7 @@ writes (`new_folder_taken`), and the refusal of plain diffusers an output's conf
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from compress import json_read
@@ -160,9 +161,25 @@ def new_folder_taken(out: Path, given: str, writes: str) -> str | None:
 def default_name(recipe: str | Path) -> str:
     """The name of a recipe's default output and run folders (out/NAME, runs/NAME): its file's stem, or
     for an output's own recipe.yaml, that output's folder name (`saved_in_output`): every output's
-    recipe.yaml would otherwise run into out/recipe and runs/recipe, replacing one another there."""
+    recipe.yaml would otherwise run into out/recipe and runs/recipe, replacing one another there; a recipe
+    read from a pipe, `stdin` or `pipe` (piped_name)."""
+    if (piped := piped_name(recipe)) is not None:
+        return piped
     folder = saved_in_output(recipe)
     return folder.name if folder is not None else Path(recipe).stem
+
+
+# the names a shell gives a pipe: /dev/stdin, /dev/fd/N (bash's <(...)), /proc/self/fd/N (or a process's)
+PIPE_NAME = re.compile(r"/dev/stdin|/dev/fd/(\d+)|/proc/(?:self|\d+)/fd/(\d+)")
+
+
+def piped_name(recipe: str | Path) -> str | None:
+    """'stdin' for a recipe read from standard input (/dev/stdin, fd 0), 'pipe' for another pipe's name
+    (`run <(cat r.yaml)`: /dev/fd/63, whose stem gave out/63 and runs/63); None for any other path."""
+    found = PIPE_NAME.fullmatch(str(recipe))
+    if found is None:
+        return None
+    return "stdin" if (found[1] or found[2] or "0") == "0" else "pipe"
 
 
 def replaced_note(out: Path, teacher: str, family: str) -> str | None:

@@ -72,6 +72,26 @@ def test_running_an_outputs_recipe_again_writes_that_output_not_out_recipe(runs,
     assert runs == [("o", "r", False)] and "saved in the output" not in capsys.readouterr().err
 
 
+def test_a_piped_recipe_runs_into_out_pipe_not_its_fd_number(runs, tmp_path):
+    """'dit-compress run <(cat r.yaml)' ran into out/63 and runs/63 (the stem of /dev/fd/63); now out/pipe and
+    runs/pipe, and a recipe read from standard input (run /dev/stdin) out/stdin."""
+    import os
+
+    from compress.output_names import default_name
+
+    read, write = os.pipe()
+    os.write(write, RECIPE.encode())
+    os.close(write)
+    try:
+        assert cli.main(["run", f"/dev/fd/{read}"]) == 0
+    finally:
+        os.close(read)
+    assert runs == [("out/pipe", "runs/pipe", False)]
+    assert [default_name(p) for p in ("/dev/stdin", "/dev/fd/0", "/proc/self/fd/0", "/proc/self/fd/5", "/dev/fd/63")] \
+        == ["stdin", "stdin", "stdin", "pipe", "pipe"]
+    assert default_name("/tmp/63") == "63" and default_name("fd/0.yaml") == "0"  # no pipe's name
+
+
 def test_overwrite_says_it_replaces_an_output_of_another_teacher_or_family(tmp_path):
     from compress.output_names import replaced_note
 
