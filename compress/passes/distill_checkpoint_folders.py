@@ -104,10 +104,10 @@ def distill_folders(run_dir: Path) -> list[Path]:
 
 def remove_checkpoints(folder: Path, aside: bool = True) -> list[Path]:
     """A distill pass's `folder` (RUN/distill) without its checkpoints, those set aside (not with `aside`
-    False: runner_stages._cleared, which finishes a removal `stage_saved` began, gives them its rule), or
+    False: runner_restore._cleared, which finishes a removal `stage_saved` began, gives them its rule), or
     what a swap an older dit-compress stopped left (ROOT.swapping*); the folders removed, returned. A Ctrl-C
     (SIGTERM) is held until all are gone (a half-removed step-N left a checkpoint no resume could read); a
-    kill leaves the rest to the next --resume that keeps the pass's stage (runner_stages._cleared), none of
+    kill leaves the rest to the next --resume that keeps the pass's stage (runner_restore._cleared), none of
     it read as a checkpoint (`remove_whole`)."""
     kinds = (folder / "checkpoints", *([folder / DISCARDED] if aside else []),
              *sorted(folder.glob("checkpoints.swapping*")))
@@ -134,7 +134,7 @@ def stage_saved(folder: Path, fingerprint: str) -> list[Path]:
 
 def keep_past(aside: Path, fingerprint: str) -> list[Path]:
     """The sets aside in `aside` (DISCARDED) past a stage of their pass saved with `fingerprint` (`stage_saved`,
-    and runner_stages._cleared, which finishes what a stop left of it): those a stage saved earlier with
+    and runner_restore._cleared, which finishes what a stop left of it): those a stage saved earlier with
     another fingerprint kept (KEPT_PAST) removed, the others marked with `fingerprint` and returned (kept)."""
     kept = []
     for old in sets_aside(aside):
