@@ -153,10 +153,32 @@ def _not_a_run_folder(given: str, command: str) -> None:
     if (lost := lost_output(folder, given, command)) is not None:
         raise UserError(lost)
     if (saved := _unfinished_run(folder)) is not None:
-        run_dir = "" if folder.parent.name == "runs" else f" --run-dir {given}"  # runs/NAME: run's own default
+        flags = _rerun_flags(folder, given)
+        rerun = ("rerun its recipe to start it over (dit-compress run RECIPE" if saved == NOTHING_SAVED
+                 else "rerun its recipe with --resume to continue it (dit-compress run RECIPE --resume")
         raise UserError(f"{given} is the run folder of a run that has not finished ({saved}): it wrote no output "
-                        f"yet; rerun its recipe with --resume to continue it (dit-compress run RECIPE --resume"
-                        f"{run_dir}), then dit-compress {command} its output")
+                        f"yet; {rerun}{flags}), then dit-compress {command} its output")
+
+
+def _rerun_flags(folder: Path, given: str) -> str:
+    """The options of a rerun of the unfinished run in `folder` (as `given`): --out of the output it
+    recorded (stages/run.json, runner_stages.record_run) where that is not run's own default out/NAME of a
+    runs/NAME, and --run-dir where the folder is not a runs/NAME."""
+    from compress import json_read
+    from compress.output_names import as_typed
+    from compress.runner_resume import RUN_RECORD
+
+    try:
+        out = json_read.read(folder / "stages" / RUN_RECORD).get("out")
+    except (OSError, ValueError, AttributeError):  # none recorded (an older run's), or not readable
+        out = None
+    runs = folder.parent.name == "runs"  # runs/NAME: run's default run folder for a recipe NAME.yaml
+    out = as_typed(Path(out)) if isinstance(out, str) and out else None
+    default = out is None or (runs and out.resolve() == folder.resolve().parent.parent / "out" / folder.name)
+    return ("" if default else f" --out {out}") + ("" if runs else f" --run-dir {given}")
+
+
+NOTHING_SAVED = "no pass saved yet"  # _unfinished_run's words of a run that saved nothing: a rerun starts over
 
 
 def _unfinished_run(folder: Path) -> str | None:
@@ -170,7 +192,7 @@ def _unfinished_run(folder: Path) -> str | None:
     if (folder / "stages" / FINISHED).is_file() or not any(RUN_WRITTEN.fullmatch(p.name) for p in folder.iterdir()):
         return None
     info = interrupted_run(folder)
-    return "no pass saved yet" if info is None else saved_in_words(info)
+    return NOTHING_SAVED if info is None else saved_in_words(info)
 
 
 def _toy_options_only(grid: Path | None, seed: int | None) -> None:

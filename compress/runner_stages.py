@@ -44,6 +44,8 @@ def record_run(runner, before: dict | None = None) -> None:
     stages.mkdir(parents=True, exist_ok=True)
     teacher = getattr(runner, "identity", None)  # what --resume of a distill checkpoint compares (no stage)
     record = {**WRITTEN_BY, "fingerprint": fingerprint, **({"teacher": teacher} if teacher else {})}
+    if getattr(runner, "out", None) is not None:  # the --out a rerun of the unfinished run names (commands)
+        record["out"] = str(Path(runner.out).resolve())
     # the statistics and dit-compress versions each fingerprint's caches were measured under: a note names
     # them so (runner_caches_keyed)
     record.update(with_this_run(keyed_under(runner.run_dir) if before is None else before, fingerprint))

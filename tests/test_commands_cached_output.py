@@ -181,12 +181,48 @@ def test_the_folder_of_a_run_not_finished_says_so_and_how_to_finish_it(tmp_path,
             "runs/r4": ("no pass saved yet", "")}
     for given, (saved, run_dir) in said.items():
         assert main([command, given]) == 2
+        rerun = ("rerun its recipe to start it over (dit-compress run RECIPE" if saved == "no pass saved yet"
+                 else "rerun its recipe with --resume to continue it (dit-compress run RECIPE --resume")
         assert capsys.readouterr().err == (
             f"dit-compress: error: {given} is the run folder of a run that has not finished ({saved}): it wrote no "
-            f"output yet; rerun its recipe with --resume to continue it (dit-compress run RECIPE --resume{run_dir}), "
-            f"then dit-compress {command} its output\n")
+            f"output yet; {rerun}{run_dir}), then dit-compress {command} its output\n")
     assert main([command, "plain/x"]) == 2
     assert "run folder" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("out, run_dir, flags", [("o", "d", " --out o --run-dir d"), ("out/r", "runs/r", ""),
+                                                  ("out/r", "d", " --out out/r --run-dir d")])
+def test_the_folder_of_a_run_stopped_before_it_saved_a_pass_says_the_rerun_that_finishes_it(
+        tmp_path, capsys, monkeypatch, out, run_dir, flags):
+    """T2 stop 52 #3: after `run R --out o --run-dir d` stopped by a Ctrl-C before any pass saved,
+    `inspect d` said '... rerun its recipe with --resume to continue it (dit-compress run RECIPE --resume
+    --run-dir d)': following it wrote out/r (stages/run.json recorded no output), and it offered --resume
+    where the Ctrl-C had said 'nothing was saved yet: a rerun starts over'. Now run.json records the
+    output from the start: the rerun named is a plain one, with --out where it is not run's default
+    out/NAME; following it writes the output there."""
+    from compress.runner import Runner
+    from tests.conftest import tiny_pixart
+
+    monkeypatch.chdir(tmp_path)
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    svd = "  - svd: {targets: [attention], ratio: 0.5, multiple: 2}\n"
+    (tmp_path / "r.yaml").write_text(SIMPLE.format(teacher=tmp_path / "teacher", passes=svd))
+
+    def ctrl_c(self, i, student):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Runner, "_run_pass", ctrl_c)
+        assert main(["run", "r.yaml", "--out", out, "--run-dir", run_dir]) == 130
+    assert capsys.readouterr().err.strip().endswith("nothing was saved yet: a rerun starts over")
+    assert main(["inspect", run_dir]) == 2
+    assert capsys.readouterr().err == (
+        f"dit-compress: error: {run_dir} is the run folder of a run that has not finished (no pass saved yet): it wrote no "
+        f"output yet; rerun its recipe to start it over (dit-compress run RECIPE{flags}), then dit-compress "
+        "inspect its output\n")
+    assert main(["run", "r.yaml", *flags.split()]) == 0
+    assert (tmp_path / out / "config.json").is_file()
+    assert out == "out/r" or not (tmp_path / "out").exists()  # not run's default out/r
 
 
 @pytest.mark.parametrize("command", ["inspect", "eval", "bench"])
