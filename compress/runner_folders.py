@@ -127,8 +127,10 @@ def unwritable(folder: Path, what: str) -> str | None:
     written, found without writing anything (plan's warning: a read-only file system, no permission);
     None where it looks writable."""
     there = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if there is None or not there.is_dir():
-        return None  # check_writable says what (a file where a folder is)
+    if there is None:
+        return None
+    if not there.is_dir():  # a file where a folder is: check_writable's words
+        return f"{what}: {there} is a file, not a folder"
     if os.access(there, os.W_OK | os.X_OK):
         return None
     read_only = hasattr(os, "statvfs") and os.statvfs(there).f_flag & getattr(os, "ST_RDONLY", 1)

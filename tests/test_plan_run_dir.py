@@ -6,6 +6,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from compress import cli
 from tests.test_plan import C48
 
@@ -57,3 +59,26 @@ def test_plans_run_dir_is_runs_and_every_option_is_in_commands_md():
     for name, parser in commands.items():
         flags = [a.option_strings[-1] for a in parser._actions if a.option_strings and a.dest != "help"]
         assert [f for f in flags if f not in usages[name]] == [], name
+
+
+@pytest.mark.parametrize("run_dir", ["a_file", "a_file/r"])
+def test_plan_warns_of_a_run_dir_that_is_a_file_in_runs_words(monkeypatch, capsys, tmp_path, run_dir):
+    """T2 stop 52 #5: `plan R --run-dir README.md` (a file) exited 0 and said nothing, while run refuses it
+    ('run folder README.md: README.md is a file, not a folder') and plan's help says it measures the free
+    disk as run does. Now plan warns in run's words, as it does of a run folder run would refuse as not
+    writable; the plan is still made."""
+    from compress.errors import UserError
+    from compress.runner_folders import check_writable
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    recipe = tmp_path / "c48.yaml"
+    recipe.write_text(C48.format(prompts=4))
+    assert cli.main(["plan", str(recipe), "--json", "--run-dir", run_dir]) == 0
+    out, err = capsys.readouterr()
+    with pytest.raises(UserError) as refused:  # run's refusal (runner_folders.check_writable)
+        check_writable(Path(run_dir), f"run folder {run_dir}")
+    assert str(refused.value) == f"run folder {run_dir}: a_file is a file, not a folder"
+    assert err.splitlines()[0] == (f"warning: {refused.value}; `dit-compress run` would refuse this before it "
+                                   "loads the teacher")
+    assert json.loads(out)["memory"]
