@@ -49,30 +49,34 @@ def model_class(class_name: str):
     return getattr(diffusers, class_name)
 
 
-def config_model_class(config: dict, file: Path | None = None):
+def config_model_class(config: dict, file: Path | None = None, shown: tuple[str, str] | None = None):
     """The diffusers class of a transformer config.json `config` as diffusers loads it
     (pipeline_family.built_class: an older PixArt repo's generic Transformer2DModel is a
     PixArtTransformer2DModel); a UserError naming the supported classes, or, given the config's `file`,
-    naming what it holds and what to give (supported_class)."""
+    naming what it holds and what to give (supported_class; `shown`: its)."""
     from compress.pipeline_family import built_class
 
-    return model_class(built_class(config) if file is None else supported_class(config, file))
+    return model_class(built_class(config) if file is None else supported_class(config, file, shown))
 
 
 GIVE_TRANSFORMER = "give the pipeline folder or its transformer/ folder"
+GIVE_HUB = "give the Hub id of a PixArt or Flux pipeline or transformer, or a local folder"
 
 
-def supported_class(config: dict, file: Path) -> str:
+def supported_class(config: dict, file: Path | None, shown: tuple[str, str] | None = None) -> str:
     """The PixArt or Flux transformer class the config.json `config` (read from `file`) builds
     (pipeline_family.built_class); a UserError naming the folder (or file) and what it holds otherwise:
     another diffusers model ('T/vae holds an AutoencoderKL (not a PixArt or Flux transformer): give the
     pipeline folder or its transformer/ folder'), a transformers config (its architectures), or a config
-    that names no _class_name (the one to add where its keys tell the family)."""
+    that names no _class_name (the one to add where its keys tell the family). `shown`: (the words naming
+    the holder, what to give) in place of its path and GIVE_TRANSFORMER (a Hub id's: io_hub.hub_shown;
+    `file` may be None then)."""
     from compress.arch import SUPPORTED, family_of_class
     from compress.pipeline_family import built_class, config_class
 
     name = built_class(config)
-    holder = file.parent if file.name == "config.json" else file
+    holder, give = shown or (file.parent if file.name == "config.json" else file, GIVE_TRANSFORMER)
+    file = file if shown is None else f"the config.json of {holder}"
     if name in SUPPORTED.split(", "):
         return name
     if config.get("_class_name") is not None:  # another diffusers model's
@@ -86,9 +90,9 @@ def supported_class(config: dict, file: Path) -> str:
             raise UserError(f'{file} names no _class_name: add "_class_name": "{told}" (its keys are a '
                             f"{family_of_class(told)} transformer's)")
         raise UserError(f"{file} names no _class_name and its keys are no PixArt or Flux transformer's: "
-                        f"{GIVE_TRANSFORMER}, or add its _class_name ({SUPPORTED})")
+                        f"{give}, or add its _class_name ({SUPPORTED})")
     article = "an" if what[:1] in "AEIO" or (what[:1] == "U" and not what[1:2].isupper()) else "a"  # a UNet2DModel
-    raise UserError(f"{holder} holds {article} {what} (not a PixArt or Flux transformer): {GIVE_TRANSFORMER}")
+    raise UserError(f"{holder} holds {article} {what} (not a PixArt or Flux transformer): {give}")
 
 
 def load_teacher(source, dtype: torch.dtype | str | None = torch.float32, config: str | None = None,

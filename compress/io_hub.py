@@ -45,10 +45,19 @@ def hub_folder(repo_id: str) -> Path:
         return _hub_folder(repo_id)
 
 
+def hub_shown(repo_id: str, sub: str, cfg: Path) -> tuple[str, str]:
+    """io.supported_class's `shown` for the Hub repo `repo_id`'s config `cfg` (in its folder `sub`): the id
+    as given, its folder and the cache's copy ("'acme/vae' (transformer/, in the Hugging Face cache at
+    <cache>/models--acme--vae/snapshots/SHA/transformer)"), and what to give instead (io.GIVE_HUB)."""
+    from compress.io import GIVE_HUB
+
+    return f"'{repo_id}' ({sub + ', ' if sub else ''}in the Hugging Face cache at {cfg.parent})", GIVE_HUB
+
+
 def _hub_folder(repo_id: str) -> Path:
     cfg, sub, why, names = hub_placed(repo_id)
     pin = pinned(cfg)
-    config_model_class(read_config(cfg), cfg)  # another model's: its folder named
+    config_model_class(read_config(cfg), cfg, hub_shown(repo_id, sub, cfg))  # another model's: the repo named
     where = f"'{repo_id}'" + (f" ({sub})" if sub else "")
     if why is not None:  # the cached snapshot, checked: its weights there and whole
         from compress.io_hub_snapshots import check_cached

@@ -159,13 +159,12 @@ class TeacherSource:
             if family is None:
                 return None
         else:
-            from compress.io import supported_class
-            from compress.pipeline_family import built_class
+            from compress.io import GIVE_HUB, supported_class
 
             config = self.config  # its errors are said after `where` already: not twice
-            file = self.config_file() if self.kind == "folder" else None  # a Hub id's: the class alone
-            family = prefixed(self.where, lambda: family_of_class(
-                built_class(config) if file is None else supported_class(config, file)))
+            file = self.config_file() if self.kind == "folder" else None  # a Hub id's: the id as given
+            shown = (f"'{self.source}'", GIVE_HUB) if file is None else None
+            family = prefixed(self.where, lambda: family_of_class(supported_class(config, file, shown)))
             if self.kind == "folder":
                 self._check_weights_family(config)
         return family, get_adapter(family).class_name

@@ -175,14 +175,19 @@ def test_an_offline_cache_holding_only_the_config_blames_the_cache_not_the_repo(
         load_teacher("acme/pix")
 
 
-def test_a_hub_repo_of_another_model_names_its_cached_folder_and_what_it_holds(tmp_path, monkeypatch):
+def test_a_hub_repo_of_another_model_names_the_repo_its_cached_folder_and_what_it_holds(tmp_path, monkeypatch):
     """A cached config of an AutoencoderKL said "unsupported model class 'AutoencoderKL'; supported: ..."
-    naming no path, where a local folder of one is named (8d744d5)."""
+    naming no path, where a local folder of one is named (8d744d5); then it named the cache's snapshot folder
+    alone ('<cache>/models--acme--vae/snapshots/SHA/transformer holds an AutoencoderKL ...: give the pipeline
+    folder or its transformer/ folder', F10 stop 51): the repo id the user typed comes first now, the
+    cached folder beside it, and what to give is a Hub id (or a local folder)."""
     (tmp_path / "pipe" / "transformer").mkdir(parents=True)
     (tmp_path / "pipe" / "transformer" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
     _hub_cache(monkeypatch, tmp_path, "acme/vae", tmp_path / "pipe")
-    with pytest.raises(UserError, match=r"^\S+/models--acme--vae/snapshots/\w+/transformer holds an AutoencoderKL "
-                                        r"\(not a PixArt or Flux transformer\): give the pipeline folder"):
+    with pytest.raises(UserError, match=r"^'acme/vae' \(transformer/, in the Hugging Face cache at \S+/models--acme--vae/"
+                                        r"snapshots/\w+/transformer\) holds an AutoencoderKL \(not a PixArt or Flux "
+                                        r"transformer\): give the Hub id of a PixArt or Flux pipeline or transformer, "
+                                        r"or a local folder$"):
         load_teacher("acme/vae")
 
 
