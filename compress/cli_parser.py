@@ -4,6 +4,8 @@ error for an argument it does not know (cli parses with it and prints)."""
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 
 import compress
 from compress.errors import closest
@@ -37,11 +39,55 @@ def _output_teacher_options(p: argparse.ArgumentParser) -> None:
                         "took them")
 
 
-class _CommandParser(argparse.ArgumentParser):
-    """A command's parser: arguments it does not know are its own error (its usage, the option meant),
-    not the top-level parser's, whose usage names no option of the command."""
+class _TopParser(argparse.ArgumentParser):
+    """dit-compress's own parser: with nothing given, its help (the commands); a command mistyped, the one
+    meant ('runn': did you mean 'run'?); an option it does not know named (--versoin: did you mean
+    '--version'?), not taken for a command missing."""
 
     def parse_known_args(self, args=None, namespace=None):
+        self.given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):
+        given = getattr(self, "given", [])
+        if not given:  # `dit-compress` alone: the command list, as --help shows it
+            self.print_help(sys.stderr)
+            self.exit(2)
+        commands = next(a for a in self._actions if isinstance(a, argparse._SubParsersAction)).choices
+        command = next((i for i, t in enumerate(given) if t in commands), len(given))
+        unknown = unknown_options(given[:command], self)
+        if message.startswith("the following arguments are required") and unknown:
+            message = f"unrecognized arguments: {' '.join(unknown)}"
+        if message.startswith("unrecognized arguments: ") and unknown:
+            message += meant_option(unknown[0].partition("=")[0], list(self._option_string_actions))
+        elif (typed := re.search(r"invalid choice: '(.*?)' \(", message)) is not None:
+            best = closest(typed.group(1), commands)
+            message += (f"; did you mean '{best}'?" if best is not None else
+                        "; dit-compress --help says what each does" if typed.group(1) == "help" else "")
+        super().error(message)
+
+
+def unknown_options(tokens: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """The options among `tokens` (before a '--') that `parser` does not know ('--hlep', '--jsn=x'); '-'
+    (standard input) and negative numbers are no options."""
+    tokens = tokens[:tokens.index("--")] if "--" in tokens else tokens
+    return [t for t in tokens if t.startswith("-") and t != "-" and not parser._negative_number_matcher.match(t)
+            and t.partition("=")[0] not in parser._option_string_actions]
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser: arguments it does not know are its own error (its usage, the option meant),
+    not the top-level parser's, whose usage names no option of the command; one given where an argument
+    is missing (`run --hlep`, `plan --version`) is named, not the argument missing."""
+
+    def error(self, message: str):
+        unknown = unknown_options(getattr(self, "given", []), self)
+        if message.startswith("the following arguments are required") and unknown:
+            message = f"unrecognized arguments: {' '.join(unknown)}{self._meant(unknown)}"
+        super().error(message)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.given = list(args or [])
         parsed, extras = super().parse_known_args(args, namespace)
         if extras and (meant := set_meant(list(args or []), extras)) is not None:  # --set KEY VALUE
             self.exit(2, f"dit-compress: error: --set takes KEY=VALUE: {meant}\n")
@@ -135,7 +181,7 @@ def _run_dir_option(p: argparse.ArgumentParser, more: str = "") -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _TopParser(
         prog="dit-compress", description="Low-rank / SVD compression compiler for diffusion "
         "transformers (PixArt-Σ, Flux.1-dev).")
     parser.add_argument("--version", action="version", version=f"dit-compress {compress.__version__}")

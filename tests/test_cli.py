@@ -364,3 +364,38 @@ def test_a_rerun_of_an_outputs_recipe_calls_default_only_the_folders_left_to_the
         "--run-dir", "runs/A2")
     assert head + "its default folders take that output's name, out/A and runs/A (--out, --run-dir to choose " \
                   "others)" in said()
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["runn", "r.yaml"], "); did you mean 'run'?"),  # after 'invalid choice: 'runn' (choose from ...' (as Python says it)
+    (["help"], "); dit-compress --help says what each does"),
+    (["--versoin"], "dit-compress: error: unrecognized arguments: --versoin; did you mean '--version'?"),
+    (["--versoin", "run", "r.yaml"], "dit-compress: error: unrecognized arguments: --versoin; did you mean '--version'?"),
+    (["run", "--hlep"], "dit-compress run: error: unrecognized arguments: --hlep; did you mean '--help'?"),
+    (["plan", "--version"], "dit-compress plan: error: unrecognized arguments: --version; --version goes before the "
+     "command (dit-compress --version)"),
+    (["run"], "dit-compress run: error: the following arguments are required: recipe"),
+    (["zzz"], ")"),  # close to no command: none said
+])
+def test_a_mistyped_command_or_option_is_named_with_the_one_meant(capsys, argv, said):
+    """T2 stop 52 #6: `dit-compress runn R` said "invalid choice: 'runn' (choose from ...)" with no "did
+    you mean 'run'?" (options get one); `dit-compress --versoin` and `run --hlep` said 'required: COMMAND'
+    and 'required: recipe', naming no unknown option; `plan --version` said 'required: recipe', not that
+    --version goes before the command. Now each names what was mistyped, as an unknown option is; the
+    exit status stays 2."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.splitlines()[-1].endswith(said), err
+    assert f"invalid choice: '{argv[0]}'" in err or argv[0] not in ("runn", "help", "zzz")
+    assert argv[0] != "zzz" or "did you mean" not in err
+
+
+def test_dit_compress_alone_shows_its_commands(capsys):
+    """T2 stop 52 #6: `dit-compress` with no arguments printed its usage and 'the following arguments are
+    required: COMMAND' alone; now its help, which lists the commands (exit status 2, as before)."""
+    with pytest.raises(SystemExit) as e:
+        cli.main([])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "required" not in err
+    assert all(f"    {command}" in err for command in COMMAND_ARGS), err
