@@ -17,6 +17,7 @@ from compress.calib_pipeline_load import load_pipeline_for, need_transformers, s
 from compress.calib_prompts import _where, calibration_prompts, one_branch, read_prompts
 from compress.calib_store import load_cached, save
 from compress.errors import UserError
+from compress.inputs import PIPELINE_HELDOUT_SEED
 from compress.pipeline_folder import toy_pipeline
 from compress.progress import read_back_label
 
@@ -325,10 +326,11 @@ class PipelineSource:
 
     def _prompt_sets(self) -> dict[str, tuple[list[str], int]]:
         """{"calibration" / "heldout": (prompts, seed)}: the prompts of each set and the seed its
-        first prompt draws its noise from (prompt i: seed + i)."""
+        first prompt draws its noise from (prompt i: seed + i): the held-out set's the same for every
+        calibration.seed (inputs.PIPELINE_HELDOUT_SEED)."""
         cut = self._cut()
         rest = self.prompts[cut:] or self.prompts[-1:]  # one prompt: it does both
-        return {"calibration": (self.prompts[:cut], self.calib.seed), "heldout": (rest, self.calib.seed + 10_000)}
+        return {"calibration": (self.prompts[:cut], self.calib.seed), "heldout": (rest, PIPELINE_HELDOUT_SEED)}
 
     def call_files(self) -> list[Path]:
         """The cache files of every sampling call this source makes (calibration, then held out),
@@ -354,7 +356,7 @@ class PipelineSource:
         rest, seed = self._prompt_sets()["heldout"]
         records = self._run(rest, seed, "held-out")
         self._done("heldout")
-        batches = rebatch(records, self.calib.batch_size, self.calib.seed + 10_000)
+        batches = rebatch(records, self.calib.batch_size, PIPELINE_HELDOUT_SEED)
         self._held_pairs = self._branch_pairs(records, batches)
         return batches
 
@@ -365,7 +367,7 @@ class PipelineSource:
 
         if not records or self.guidance() <= 1 or self._single():
             return None
-        groups = batch_groups(records, self.calib.batch_size, self.calib.seed + 10_000)
+        groups = batch_groups(records, self.calib.batch_size, PIPELINE_HELDOUT_SEED)
         pairs = [branch_pairs([records[i]["hidden_states"].shape[0] for i in group]) for group in groups]
         same = len(pairs) == len(batches) and all(same_inputs(b, *p) for b, p in zip(batches, pairs))
         return pairs if same else None

@@ -53,6 +53,30 @@ def _batched(key: str, value, n: int) -> bool:
             and key not in ("img_ids", "txt_ids"))
 
 
+# The seed each source draws its held-out inputs with: one for every calibration.seed, so that runs of
+# different seeds measure their errors on the same inputs, and never a calibration draw's. The toy source
+# draws them from the digits' held-out split (calibration: the train split) with seed 1, as seed 0's run did;
+# the synthetic source, whose calibration draws with torch's generator seeded with calibration.seed, with numpy's
+# PCG64 (`_Draws`): torch's CPU generator reads 32 bits of a seed (s and s + 2**32 draw alike), so any seed of
+# its is some calibration.seed's; a pipeline source samples its held-out prompts (not the calibration's) from
+# seed 10_000 (prompt i: 10_000 + i), as seed 0's run did.
+HELDOUT_SEED = 1
+SYNTHETIC_HELDOUT_SEED = 1  # of numpy's PCG64
+PIPELINE_HELDOUT_SEED = 10_000
+
+
+def heldout_seed(kind: str) -> int:
+    """The seed the held-out inputs of a source of `kind` (source_kind's) are drawn with."""
+    return {"synthetic": SYNTHETIC_HELDOUT_SEED, "pipeline": PIPELINE_HELDOUT_SEED}.get(kind, HELDOUT_SEED)
+
+
+def older_heldout_is_todays(kind: str, seed: int) -> bool:
+    """Whether an older dit-compress (before the held-out inputs stopped depending on calibration.seed: drawn with
+    seed + 1, a pipeline source's + 10000) drew the held-out inputs of a source of `kind` for calibration.seed
+    `seed` as today's: seed 0's of the toy and pipeline sources; never the synthetic source's (numpy's generator now)."""
+    return kind != "synthetic" and seed == 0
+
+
 class ToySource:
     def __init__(self, family: str, calib):
         self.family, self.calib = family, calib
@@ -68,8 +92,7 @@ class ToySource:
     def heldout(self) -> list[dict]:
         from compress.toy.data import model_inputs
 
-        kwargs = model_inputs(self.family, self.calib.heldout_inputs, seed=self.calib.seed + 1,
-                              split="heldout", cfg=False)
+        kwargs = model_inputs(self.family, self.calib.heldout_inputs, seed=HELDOUT_SEED, split="heldout", cfg=False)
         return _chunks(kwargs, self.calib.batch_size)
 
     def heldout_guidance(self):
@@ -83,7 +106,7 @@ class ToySource:
         if not self.calib.cfg_branches:
             return None
         n = self.calib.heldout_inputs
-        both = model_inputs(self.family, n, seed=self.calib.seed + 1, split="heldout", cfg=True)  # [uncond; cond]
+        both = model_inputs(self.family, n, seed=HELDOUT_SEED, split="heldout", cfg=True)  # [uncond; cond]
         uncond = {k: (v[:n] if _batched(k, v, 2 * n) else v) for k, v in both.items()}
         return HeldOutGuidance(DEFAULT_GUIDANCE, unconditional=_chunks(uncond, self.calib.batch_size))
 
@@ -132,6 +155,32 @@ class ToySource:
         return F.mse_loss(pred.float(), target.to(device).float()), kwargs
 
 
+class _Draws:
+    """The synthetic source's random tensors: from torch's CPU generator seeded with `seed` (calibration, training),
+    or, `heldout`, from numpy's PCG64 seeded with it, a generator no calibration.seed seeds (SYNTHETIC_HELDOUT_SEED)."""
+
+    def __init__(self, seed: int, heldout: bool = False):
+        import numpy as np
+
+        self.numpy = np.random.default_rng(seed) if heldout else None
+        self.torch = None if heldout else torch.Generator().manual_seed(seed)
+
+    def randn(self, *shape: int) -> torch.Tensor:  # float32, standard normal
+        if self.numpy is None:
+            return torch.randn(*shape, generator=self.torch)
+        return torch.from_numpy(self.numpy.standard_normal(shape, dtype="float32"))
+
+    def randint(self, high: int, n: int) -> torch.Tensor:  # (n,) int64 in [0, high)
+        if self.numpy is None:
+            return torch.randint(0, high, (n,), generator=self.torch)
+        return torch.from_numpy(self.numpy.integers(0, high, n, dtype="int64"))
+
+    def rand(self, n: int) -> torch.Tensor:  # (n,) float32 in [0, 1)
+        if self.numpy is None:
+            return torch.rand(n, generator=self.torch)
+        return torch.from_numpy(self.numpy.random(n, dtype="float32"))
+
+
 SYNTHETIC_TOKENS, SYNTHETIC_TEXT_TOKENS = 16, 8  # image and text tokens of a synthetic input
 
 
@@ -143,27 +192,25 @@ class SyntheticSource:
         self.family, self.calib, self.config = family, calib, config
         self.tokens, self.text_tokens = tokens, text_tokens
 
-    def _make(self, n: int, seed: int) -> dict:
-        g = torch.Generator().manual_seed(seed)
+    def _make(self, n: int, seed: int, heldout: bool = False) -> dict:
+        g = _Draws(seed, heldout)
         cfg = self.config
         if self.family == "pixart":
             side = max(1, int(math.isqrt(self.tokens))) * cfg.patch_size
             return dict(
-                hidden_states=torch.randn(n, cfg.in_channels, side, side, generator=g),
-                encoder_hidden_states=torch.randn(n, self.text_tokens, cfg.caption_channels,
-                                                  generator=g),
+                hidden_states=g.randn(n, cfg.in_channels, side, side),
+                encoder_hidden_states=g.randn(n, self.text_tokens, cfg.caption_channels),
                 encoder_attention_mask=torch.ones(n, self.text_tokens),
-                timestep=torch.randint(0, 1000, (n,), generator=g),
+                timestep=g.randint(1000, n),
                 added_cond_kwargs={"resolution": None, "aspect_ratio": None})
         side = max(1, int(math.isqrt(self.tokens)))
         ids = torch.zeros(side * side, 3)
         ids[:, 1], ids[:, 2] = torch.arange(side * side) // side, torch.arange(side * side) % side
         kw = dict(
-            hidden_states=torch.randn(n, side * side, cfg.in_channels, generator=g),
-            encoder_hidden_states=torch.randn(n, self.text_tokens, cfg.joint_attention_dim,
-                                              generator=g),
-            pooled_projections=torch.randn(n, cfg.pooled_projection_dim, generator=g),
-            timestep=torch.rand(n, generator=g), img_ids=ids,
+            hidden_states=g.randn(n, side * side, cfg.in_channels),
+            encoder_hidden_states=g.randn(n, self.text_tokens, cfg.joint_attention_dim),
+            pooled_projections=g.randn(n, cfg.pooled_projection_dim),
+            timestep=g.rand(n), img_ids=ids,
             txt_ids=torch.zeros(self.text_tokens, 3))
         if cfg.guidance_embeds:
             kw["guidance"] = torch.full((n,), 3.5)
@@ -174,7 +221,7 @@ class SyntheticSource:
         return _chunks(self._make(c.num_prompts * c.timesteps, c.seed), c.batch_size)
 
     def heldout(self) -> list[dict]:
-        return _chunks(self._make(self.calib.heldout_inputs, self.calib.seed + 1), self.calib.batch_size)
+        return _chunks(self._make(self.calib.heldout_inputs, SYNTHETIC_HELDOUT_SEED, heldout=True), self.calib.batch_size)
 
     def train_batch(self, batch_size: int, generator: torch.Generator):
         kw = self._make(batch_size, int(torch.randint(0, 2**31, (1,), generator=generator)))

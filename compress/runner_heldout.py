@@ -14,10 +14,10 @@ import torch
 
 from compress.errors import NumericError
 from compress.guided import guided_predictions, relative_distance
-from compress.inputs import moved
+from compress.inputs import heldout_seed, moved, older_heldout_is_todays
 from compress.passes.base import relative_error
 from compress.passes.distill_resume import lower_lr, trains_again
-from compress.report import console, is_number, warn
+from compress.report import console, is_number, note, warn
 from compress.report_card import against_base
 from compress.runner_setup import DTYPES, locate
 from compress.runner_stages import save_state
@@ -41,6 +41,8 @@ def check_stage(runner, student, record: dict, reference, heldout, teacher_param
                 raise NumericError(nonfinite_words(runner, student, heldout))
         guided = guided_error(runner, student, kept, guide) if guide is not None else {}
     record.update(seconds=round(record["seconds"] + time.perf_counter() - t0, 3), relative_error=err, **guided)
+    if not getattr(runner, "older_heldout", False):  # every stage's error on this draw (older_heldout_note)
+        runner.ctx.report["heldout"] = {"seed": heldout_seed(runner.ctx.source_kind)}
     if maxima is not None:
         record.update(stage_maxima(maxima, block_names(student, runner.adapter)))
     save_state(runner, runner.doing)
@@ -127,7 +129,8 @@ def heldout_record(runner) -> dict:
     guide = getattr(runner, "held_out_guided", None)  # a resumed run that checked no stage computed none
     guidance = guide[0] if guide is not None else runner.ctx.heldout_guidance()
     return {"inputs": sum(b["hidden_states"].shape[0] for b in held[0]) if held is not None else None,
-            "guidance_scale": None if guidance is None else guidance.scale}
+            "guidance_scale": None if guidance is None else guidance.scale,
+            "seed": heldout_seed(runner.ctx.source_kind)}
 
 
 def guided_words(record: dict) -> str:
@@ -175,6 +178,9 @@ def check_kept(runner, start: int, student, reference, heldout, teacher_params: 
     """A resumed run whose last kept pass was stopped before its held-out error was measured (during
     its held-out check, Runner._stage, or while its streamed stage was written, runner_restore._finish): its
     error measured now, on the restored student."""
+    if said := older_heldout_note(runner.ctx.report, start, runner.ctx.source_kind, runner.recipe.calibration.seed):
+        runner.older_heldout = True  # the kept errors stay of the older draw: the report is not marked
+        note(said)
     record = (runner.ctx.report.get("stages") or [{}])[-1]
     if start == 0 or "relative_error" not in record or record["relative_error"] is not None:
         return
@@ -195,3 +201,19 @@ def unmeasured_in_words(done: int, total: int, name: str, when: str) -> str:
     where the run stopped (`when`, a key of STOPPED): during that check, while the pass's stage was
     being written (--resume has just finished it), or once it was saved, before the check began."""
     return f"pass {done}/{total} ({name}, kept) was stopped {STOPPED[when]}: measuring it now"
+
+
+def older_heldout_note(report: dict, start: int, kind: str, seed: int) -> str | None:
+    """What --resume says where the passes it keeps (before `start`) had their held-out errors measured by an
+    older dit-compress, on the held-out inputs it drew with calibration.seed (`seed`) + 1 (a pipeline source's
+    + 10000), which are not those drawn now for a source of `kind` (inputs.older_heldout_is_todays): their `report` (the
+    restored run report) records no held-out `seed`, which check_stage records for every stage measured on
+    the inputs of today's draw. None where nothing was kept or the two draws are one (seed 0, but synthetic)."""
+    if start == 0 or (report.get("heldout") or {}).get("seed") is not None:
+        return None
+    if older_heldout_is_todays(kind, seed):
+        return None
+    return (f"--resume: the held-out errors of the {start} pass{'es' if start > 1 else ''} kept were measured by an "
+            f"older dit-compress, on held-out inputs drawn with calibration.seed {seed} (each seed had its own); "
+            "the passes run now are measured on the held-out inputs every seed shares, so their errors and the kept "
+            "ones' are not on the same inputs: rerun with --restart to measure every pass on them")

@@ -155,7 +155,7 @@ def test_a_rerun_that_batches_the_same_records_otherwise_samples_nothing(tmp_pat
     rerun that changes only how they are used (batch_size, spilling) reads them back. A held-out
     count that moves the cut between calibration and held-out prompts is not such a change: a
     prompt moved across it is sampled again (calibration prompt i draws its noise from seed + i,
-    held-out prompt i from seed + 10000 + i)."""
+    held-out prompt i from 10000 + i, whatever the seed)."""
     import compress.calib_pipeline as cp
 
     text = RECIPE.replace("{teacher}", str(folders["pixart"])).replace("{family}", "pixart") \

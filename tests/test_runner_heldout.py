@@ -205,3 +205,42 @@ def test_a_guided_error_not_finite_is_null_and_warned_naming_whose(monkeypatch, 
     assert check() is None
     said = " ".join("".join(capsys.readouterr()).split())
     assert f"warning: {whose}'s guided prediction (with the empty prompt's branch) holds NaN/Inf" in said, said
+
+
+def test_resume_of_stages_measured_on_the_older_seeds_heldout_inputs_says_so(tmp_path, capsys):
+    """T1 stop 52 #1: the held-out inputs were drawn with calibration.seed + 1; they are one set for every seed now.
+    --resume of a seed-1 run folder whose kept pass was measured on the older draw (its stage's report records no
+    heldout seed) says its error is not on the inputs the passes run now are measured on; a folder of this
+    dit-compress says nothing, and report.json's heldout records the seed its inputs are drawn with (1)."""
+    import json
+
+    two = (TOY.format(family="pixart", cfg="false").replace("heldout: 6", "heldout: 6, seed: 1")
+           + "  - svd: {targets: [modulation], ranks: {modulation: 8}, fisher: none}\n")
+    out = run_recipe(tmp_path, two, "r")
+    assert json.loads((out / "report.json").read_text())["heldout"]["seed"] == 1
+    capsys.readouterr()
+    out = run_recipe(tmp_path, two.replace("modulation: 8", "modulation: 4"), "r", resume=True, overwrite=True)
+    assert "older dit-compress" not in "".join(capsys.readouterr())
+    for path in (tmp_path / "run-r" / "stages").glob("*/state.json"):  # as an older dit-compress wrote them
+        state = json.loads(path.read_text())
+        state["report"].pop("heldout")
+        path.write_text(json.dumps(state))
+    out = run_recipe(tmp_path, two.replace("modulation: 8", "modulation: 2"), "r", resume=True, overwrite=True)
+    said = " ".join("".join(capsys.readouterr()).split())
+    assert ("--resume: the held-out errors of the 1 pass kept were measured by an older dit-compress, on held-out "
+            "inputs drawn with calibration.seed 1 (each seed had its own)") in said
+    assert "rerun with --restart" in said
+
+
+@pytest.mark.parametrize("kind, seed, said", [("toy", 0, False), ("toy", 1, True), ("pipeline", 0, False),
+                                              ("pipeline", 3, True), ("synthetic", 0, True)])
+def test_which_older_heldout_draws_resume_names(kind, seed, said):
+    """The older draw (seed + 1; a pipeline's seed + 10000) was today's for seed 0 of the toy and pipeline
+    sources, never for the synthetic source (numpy's generator now); a kept pass measured by this dit-compress
+    (its report's heldout seed) or none kept: nothing to say."""
+    from compress.runner_heldout import older_heldout_note
+
+    report = {"stages": [{"pass": "svd"}]}
+    assert (older_heldout_note(report, 1, kind, seed) is not None) == said
+    assert older_heldout_note(dict(report, heldout={"seed": 1}), 1, kind, seed) is None
+    assert older_heldout_note(report, 0, kind, seed) is None
