@@ -236,11 +236,12 @@ _BIN_SHARD = re.compile(r"(.+)-(\d+)-of-(\d+)\.bin")
 
 def pickled_folder(folder: Path) -> list[Path]:
     """The .bin weight files of a folder convert writes as safetensors: where from_pretrained reads .bin
-    there (io.variant_weights: save_pretrained(safe_serialization=False)), the one file or the shards its
+    there (io_variants.variant_weights: save_pretrained(safe_serialization=False)), the one file or the shards its
     index lists; else the shards another .bin index lists (transformers' pytorch_model.bin.index.json), or
     NAME-0000i-of-0000N.bin shards of one NAME and N without an index. [] where the folder holds none of
     these (a single file in it: commands.not_a_file names it); a UserError naming the shards it lacks."""
-    from compress.io import read_json, variant_weights, weights_variant
+    from compress.io import read_json
+    from compress.io_variants import variant_weights, weights_variant
     from compress.io_errors import shards_not_there
 
     folder = Path(folder)

@@ -14,8 +14,9 @@ from safetensors import SafetensorError
 
 from compress import json_read
 from compress.errors import UserError
-from compress.io import WEIGHTS, variant_weights, weights_variant
+from compress.io import WEIGHTS
 from compress.io_tensors import needs_code, one_line, unreadable
+from compress.io_variants import variant_weights, weights_variant
 
 
 def no_weights(path: Path, variant: str | None) -> UserError:

@@ -209,12 +209,13 @@ def wider_export_words(export: torch.dtype, stored: torch.dtype | None) -> str |
 
 
 def teacher_stored_dtype(src) -> torch.dtype | None:
-    """The dtype a teacher's weights are stored in, from its files' headers alone (io.stored_dtype),
+    """The dtype a teacher's weights are stored in, from its files' headers alone (io_variants.stored_dtype),
     for `src` (io_source_config.TeacherSource) a folder or a single safetensors file; None for the others
     (a toy, a Hub id, a pickle) and where the files cannot say (mixed dtypes, unreadable: the run's
     own checks say what is wrong). The headers the teacher's checks read (TeacherSource.dtype_names)
     are not read again."""
-    from compress.io import TORCH_DTYPES, stored_dtype, transformer_folder, weights_variant
+    from compress.io import transformer_folder
+    from compress.io_variants import TORCH_DTYPES, stored_dtype, weights_variant
 
     path = Path(src.source).expanduser()
     try:

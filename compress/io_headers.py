@@ -113,7 +113,8 @@ def pickled_folder(src) -> Path | None:
     Face cache, no request) where the weights from_pretrained reads there are pickles (.bin, one or
     sharded): their names and shapes are not read before run loads them (check_folder_weights passes
     them by); None otherwise (a Hub id whose cache holds none of its weights: the Hub says which run reads)."""
-    from compress.io import transformer_folder, variant_weights, weights_variant
+    from compress.io import transformer_folder
+    from compress.io_variants import variant_weights, weights_variant
 
     folder = (transformer_folder(Path(src.source).expanduser()) if src.kind == "folder" and reads_headers(src)
               else cached_transformer(src.source) if src.kind == "hub" else None)
@@ -124,9 +125,9 @@ def pickled_folder(src) -> Path | None:
 
 
 def safetensors_weights(folder: Path) -> list[str]:
-    """The weight files from_pretrained reads in `folder` (io.variant_weights) where they are
+    """The weight files from_pretrained reads in `folder` (io_variants.variant_weights) where they are
     safetensors; [] for none, or .bin ones."""
-    from compress.io import variant_weights, weights_variant
+    from compress.io_variants import variant_weights, weights_variant
 
     names = variant_weights([f.name for f in folder.iterdir()], weights_variant(folder))
     return names if names and not any(n.endswith(".bin") for n in names) else []
@@ -138,7 +139,7 @@ def check_folder_weights(folder: Path, model: torch.nn.Module, seen: dict[Path, 
     config alone planned the config's numbers), a missing or cut shard, then a tensor of another
     shape (io_errors.other_shape), then missing or unexpected names (io_errors.check_loading_info).
     `seen`: where given, {file: its header's dtype names} of the files read."""
-    from compress.io import variant_weights, weights_variant
+    from compress.io_variants import variant_weights, weights_variant
     from compress.io_errors import check_loading_info, no_weights, other_shape
     from compress.stream_files import weight_map
 

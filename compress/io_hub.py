@@ -20,12 +20,13 @@ import contextlib
 from pathlib import Path
 
 from compress.errors import UserError
-from compress.io import WEIGHTS, config_model_class, read_config, variant_of, variant_weights
+from compress.io import WEIGHTS, config_model_class, read_config
 from compress.io_hub_cache_files import cached_place
 from compress.io_hub_bounded import bounded_hub
 from compress.io_hub_requests import (asked_again_if_refused, cause_line, download, fetch_files, hub_head, in_folder,
                                       placed, repo_files)
 from compress.io_tensors import one_line
+from compress.io_variants import variant_of, variant_weights
 
 SUBS = ("transformer/", "")  # where a repo's transformer config.json is: a pipeline's, a transformer-only one's
 OFFLINE = "offline: HF_HUB_OFFLINE"

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from compress.errors import UserError
-from compress.io import transformer_place, variant_of, variant_weights
+from compress.io import transformer_place
 from compress.io_errors import broken_weights, missing_shards
 from compress.io_hub_cache import cache_folder, cached_snapshot, named_snapshots
+from compress.io_variants import variant_of, variant_weights
 
 
 def check_cached(repo_id: str, sub: str, folder: Path, why: str) -> None:

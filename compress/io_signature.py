@@ -40,7 +40,8 @@ def weight_files(source: str) -> dict[str, Path]:
     single file: its name; a folder: `diffusion_pytorch_model*.safetensors` / `.bin` and their shards,
     of its weights variant, under its transformer/ for a pipeline folder); {} for a toy teacher, a Hub
     id, or a path that is not there or not a teacher (its loader says why)."""
-    from compress.io import transformer_folder, weights_variant
+    from compress.io import transformer_folder
+    from compress.io_variants import weights_variant
 
     path = Path(source).expanduser()
     if source.startswith("toy:") or not path.exists():

@@ -167,7 +167,7 @@ def check_source(source: str, where: str = "", recipe_dir: Path | None = None, s
         return "toy"
     path = Path(source).expanduser()
     if path.is_dir():
-        from compress.io import weights_variant
+        from compress.io_variants import weights_variant
 
         folder = prefixed(where, transformer_folder, path)
         prefixed(where, weights_variant, folder)  # two variants and no plain weights: said here, with `where`

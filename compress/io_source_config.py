@@ -68,7 +68,7 @@ class TeacherSource:
 
     def dtype_names(self, f: Path) -> set[str]:
         """Weight file `f`'s header dtype names: those the weights check read (weights_read), else read now."""
-        from compress.io import safetensors_dtypes
+        from compress.io_variants import safetensors_dtypes
 
         return self.weights_read.dtypes[f] if f in self.weights_read.dtypes else safetensors_dtypes(f)
 

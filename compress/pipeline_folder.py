@@ -152,7 +152,7 @@ def parts_variant(folder: str, index: dict, passed: tuple[str, ...] = ("transfor
     """The weight variant (`fp16` ...) to give from_pretrained for the pipeline folder `folder`
     (model_index.json `index`): the one its listed parts (but `passed`, given to from_pretrained) hold
     where one holds only that variant's weights (save_pretrained(variant="fp16"), a download of
-    "*.fp16.*"), as io.weights_variant finds a transformer's; diffusers reads the plain weights of a
+    "*.fp16.*"), as io_variants.weights_variant finds a transformer's; diffusers reads the plain weights of a
     part without them. None where each holds plain weights; a UserError where they hold two variants
     only (no one from_pretrained reads them all)."""
     only = set()

@@ -16,12 +16,12 @@ import torch
 from safetensors import SafetensorError
 
 from compress.errors import UserError
-from compress.io import (INDEX, WEIGHTS, read_config, read_json, transformer_folder,
-                         variant_weights, weights_variant)
+from compress.io import INDEX, WEIGHTS, read_config, read_json, transformer_folder
 from compress.io_errors import broken_weights, shards_not_there
 from compress.io_hub import hub_folder
 from compress.io_source import looks_local
 from compress.io_tensors import one_line, unreadable
+from compress.io_variants import variant_weights, weights_variant
 
 
 def weight_map(folder: Path) -> dict[str, Path]:
@@ -98,7 +98,7 @@ def convertible_files(folder: Path) -> list[Path]:
 
 def holds_pickled_weights(folder: Path) -> str:
     """'; it holds diffusers' .bin weights ...: write them once as safetensors with CMD, then stream
-    --teacher FOLDER', where the weights from_pretrained reads in `folder` (io.variant_weights) are .bin
+    --teacher FOLDER', where the weights from_pretrained reads in `folder` (io_variants.variant_weights) are .bin
     (save_pretrained(safe_serialization=False)): `convert` of the one file (which reads the config.json
     beside it), or of the folder, whose shards it converts whole (io_convert.pickled_folder). '' where
     they are not."""

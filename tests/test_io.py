@@ -235,9 +235,9 @@ def _legacy_shard_names(folder, ext):
 def test_a_folder_of_one_bin_variant_loads_as_a_safetensors_one_does(tmp_path):
     """save_pretrained(variant="fp16", safe_serialization=False) writes diffusion_pytorch_model.fp16.bin, or
     diffusion_pytorch_model.bin.index.fp16.json and its .fp16-0000N-of-0000M.bin shards: 'has config.json but
-    no weights' (io.weights_variant knew the safetensors names alone). Now they load, as do the older names
+    no weights' (io_variants.weights_variant knew the safetensors names alone). Now they load, as do the older names
     of a variant's shards and index that diffusers still reads; a plain .bin beside a variant's is read."""
-    from compress.io import weights_variant
+    from compress.io_variants import weights_variant
 
     model = tiny_flux()
     inputs = model_inputs(model)
@@ -425,7 +425,7 @@ def test_load_teacher_dtype_none_keeps_the_weights_own_dtype_for_every_source(tm
 def test_a_folder_with_an_index_fetches_its_shards_not_the_single_file_beside_them():
     """from_pretrained reads the index and its shards where both are there: the single file too
     doubled a Hub download (about 24 GB more for Flux.1-dev)."""
-    from compress.io import variant_weights
+    from compress.io_variants import variant_weights
 
     names = ["config.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
              "diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model-00002-of-00002.safetensors"]

@@ -140,8 +140,8 @@ def test_plan_and_a_runs_checks_read_the_teachers_headers_once_for_the_export_wa
     their dtypes, after the checks had read them (io_headers.check_teacher_weights): twice more in a run
     (its quiet make_plan, then runner_prepare). Now it takes the dtypes those reads kept
     (TeacherSource.weights_read): each file's header is read once, the warning's words the same."""
-    import compress.io as io
     import compress.io_headers as io_headers
+    import compress.io_variants as io_variants
     import compress.runner_prepare as runner_prepare
     from compress.plan import make_plan
     from compress.recipe import parse_recipe
@@ -151,9 +151,9 @@ def test_plan_and_a_runs_checks_read_the_teachers_headers_once_for_the_export_wa
     weights = tmp_path / "t" / "diffusion_pytorch_model.safetensors"
     teacher = weights if kind == "file" else tmp_path / "t"
     read = []
-    header_shapes, safetensors_dtypes = io_headers.header_shapes, io.safetensors_dtypes
+    header_shapes, safetensors_dtypes = io_headers.header_shapes, io_variants.safetensors_dtypes
     monkeypatch.setattr(io_headers, "header_shapes", lambda path: read.append(path) or header_shapes(path))
-    monkeypatch.setattr(io, "safetensors_dtypes", lambda path: read.append(path) or safetensors_dtypes(path))
+    monkeypatch.setattr(io_variants, "safetensors_dtypes", lambda path: read.append(path) or safetensors_dtypes(path))
     recipe = parse_recipe(f"model: pixart\nteacher: {teacher}\ndevice: cpu\ncalibration: {{source: synthetic}}\n"
                           "passes: [{remove_blocks: {blocks: {blocks: [0]}}}]\n", str(tmp_path / "r.yaml"))
     words = "r.yaml: export.dtype is float32, but the teacher stores its weights in bfloat16"

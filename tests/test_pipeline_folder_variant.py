@@ -1,7 +1,7 @@
 """A pipeline folder whose parts hold only a weight variant's files (save_pretrained(variant="fp16"), a
 download of "*.fp16.*"): the variant from_pretrained needs (compress.pipeline_folder.parts_variant),
 given where the calibration pipeline and load_pipeline's base load, as the transformer's
-(io.weights_variant) is where the teacher loads."""
+(io_variants.weights_variant) is where the teacher loads."""
 
 import shutil
 
