@@ -44,7 +44,8 @@ def output_report(runner, student, teacher_params: int, recorded: dict) -> dict:
 
     report = dict(runner.ctx.report, **recorded, teacher_params=teacher_params,
                   student_params=param_count(student), export=exported_error(runner, student),
-                  heldout=heldout_record(runner), version=compress.__version__)
+                  heldout=heldout_record(runner), calibration={"seed": runner.recipe.calibration.seed},
+                  version=compress.__version__)
     base = chain_base_record(runner.source)  # a teacher that is an output: the chain's first teacher
     if base is not None:
         report["base"] = base

@@ -227,7 +227,7 @@ before: no guided reference computed); the model card's guided error line names 
     out = run_recipe(tmp_path, TOY.format(family="pixart", cfg=cfg), "r")
     report = json.loads((out / "report.json").read_text())
     guided = cfg == "true"
-    assert report["heldout"] == {"inputs": 6, "guidance_scale": 3.0 if guided else None}
+    assert report["heldout"] == {"inputs": 6, "guidance_scale": 3.0 if guided else None, "seed": 1}
     assert ("guided_error" in report["stages"][-1]) is guided
     card = (out / "README.md").read_text()
     assert ("the pipeline samples with, s = 3." in card) is guided and ("Guided error" in card) is guided
@@ -332,3 +332,14 @@ def test_a_ctrl_c_at_any_line_from_the_outputs_rename_to_its_record_leaves_the_t
         assert capsys.readouterr().out.count(f"wrote {folder / 'out'}") == len(left), n
         if left:
             load_transformer(folder / "out")
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_report_json_records_the_calibration_seed(tmp_path, seed):
+    """T1 stop 52 #3: report.json recorded no calibration seed (only recipe.yaml held it); now `calibration.seed`."""
+    import json
+
+    tiny_pixart().save_pretrained(tmp_path / "t")
+    text = SIMPLE.format(teacher=tmp_path / "t", passes=PASSES).replace("heldout: 4}", f"heldout: 4, seed: {seed}}}")
+    report = json.loads((run_recipe(tmp_path, text, "r") / "report.json").read_text())
+    assert report["calibration"] == {"seed": seed}
