@@ -275,8 +275,9 @@ class StatsCache:
     def __init__(self, directory: Path | None, device: torch.device | str = "cpu"):
         self.directory = Path(directory) if directory else None
         self.device = torch.device(device)
-        self.hits: list[str] = []
+        self.hits: list[str] = []  # names read back that this cache did not write, once each (report.json's cache_hits)
         self.damaged: list[str] = []  # names whose file was damaged (calib_store.load_cached), computed again
+        self.saved: set[str] = set()  # names this cache wrote: measured by its pass, not read back (a revisit reads them)
 
     def _path(self, name: str) -> Path:
         return self.directory / f"{name}.pt"
@@ -289,7 +290,8 @@ class StatsCache:
             self.damaged.append(name)
         if not isinstance(raw, dict) or not all(Stats.complete(v) for v in raw.values()):  # older code's file too
             return None
-        self.hits.append(name)
+        if name not in self.saved and name not in self.hits:
+            self.hits.append(name)
         return {k: Stats.from_dict(v) for k, v in raw.items()}
 
     def save(self, name: str, stats: dict[str, Stats]) -> None:
@@ -297,3 +299,4 @@ class StatsCache:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         calib_store.save({k: v.to_dict() for k, v in stats.items()}, self._path(name))  # atomic: never a half file
+        self.saved.add(name)
