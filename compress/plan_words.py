@@ -7,13 +7,16 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+from rich.cells import cell_len
+from rich.text import Text
+
 from compress.calib_footprint import describe, human_size
 from compress.plan_budget import range_words, ranged_keys
 from compress.plan_memory import memory_words
 from compress.passes.svd import LATER
 from compress.passes.svd_objective import resolved_words
 from compress.report import results
-from compress.report_fit import JSON_OR_WIDER, fitted_rows, print_fitted
+from compress.report_fit import JSON_OR_WIDER, fitted_rows, print_fitted, wrapped
 
 
 def where_words(step: dict) -> str:
@@ -100,27 +103,27 @@ def calibration_words(calib: dict) -> str:
 
 
 def print_plan(plan: dict) -> None:
-    results.print(f"[bold]{plan['recipe']}[/]  teacher {plan['teacher']} ({plan['family']})")
+    _say(f"{plan['recipe']}  teacher {plan['teacher']} ({plan['family']})", (len(str(plan["recipe"])), "bold"))
     if plan.get("stream"):
         s = plan["stream"]
-        results.print(f"  streamed: the top level ({s['top_level_params']:,} params) and one block at a "
-                      f"time (at most {s['largest_block_params']:,}) resident: "
-                      f"{s['resident_params'] / plan['params_before']:.1%} of the teacher's weights")
-    results.print(f"  {calibration_words(plan['calibration'])}")
+        _say(f"  streamed: the top level ({s['top_level_params']:,} params) and one block at a "
+             f"time (at most {s['largest_block_params']:,}) resident: "
+             f"{s['resident_params'] / plan['params_before']:.1%} of the teacher's weights")
+    _say(f"  {calibration_words(plan['calibration'])}")
     if "memory" in plan:
-        results.print(f"  {memory_words(plan['memory'])}")
+        _say(f"  {memory_words(plan['memory'])}")
     for step in plan["passes"]:
-        results.print(f"  [cyan]{step['pass']}[/] ({where_words(step)}): {step_words(step)}")
+        _say(f"  {step['pass']} ({where_words(step)}): {step_words(step)}", (2 + len(step["pass"]), "cyan"))
         if "objective" in step:  # svd.objective auto: what it runs as, and why
-            results.print(f"    {resolved_words(step['objective'])}")
+            _say(f"    {resolved_words(step['objective'])}")
         if "streamed_scan" in step:
             f = step["streamed_scan"]
-            results.print("    streamed skip scan: none (the scores of the importance pass before it)"
-                          if not f["scans"] else
-                          f"    streamed skip scan: {f['scans']} scan(s), each block read once per "
-                          f"calibration batch: the checkpoint read {f['checkpoint_reads']} times "
-                          f"(at most {f['block_reads']:,} block reads); up to N + 1 residual streams of "
-                          f"a batch held, about {human_size(f['batch_bytes'])}")
+            _say("    streamed skip scan: none (the scores of the importance pass before it)"
+                 if not f["scans"] else
+                 f"    streamed skip scan: {f['scans']} scan(s), each block read once per "
+                 f"calibration batch: the checkpoint read {f['checkpoint_reads']} times "
+                 f"(at most {f['block_reads']:,} block reads); up to N + 1 residual streams of "
+                 f"a batch held, about {human_size(f['batch_bytes'])}")
         if "fisher" in step:
             f = step["fisher"]
             per = (f"fisher_memory_gb: auto, {f['sweep_gib']} GiB per sweep: half the memory free here now"
@@ -129,13 +132,13 @@ def print_plan(plan: dict) -> None:
                    if f["memory_gb"] == "auto" else f"fisher_memory_gb: {f['memory_gb']} GiB per sweep")
             sweeps = f"{f['sweeps']} backward sweep{'s' if f['sweeps'] != 1 else ''}"
             targets = f"{f['targets']} target{'s' if f['targets'] != 1 else ''}"
-            results.print(f"    output Fisher of {targets}: {sweeps} over the "
-                          f"calibration batches ({per}), {human_size(f['disk_bytes'])} on disk while the pass runs")
+            _say(f"    output Fisher of {targets}: {sweeps} over the "
+                 f"calibration batches ({per}), {human_size(f['disk_bytes'])} on disk while the pass runs")
             plain, checkpointed = (human_size(n) for n in plan["backward"])
             other = (f"svd.gradient_checkpointing; {plain} without" if f["gradient_checkpointing"]
                      else f"{checkpointed} with svd.gradient_checkpointing: true")
-            results.print(f"    its whole-model backwards keep about "
-                          f"{checkpointed if f['gradient_checkpointing'] else plain} per calibration batch ({other})")
+            _say(f"    its whole-model backwards keep about "
+                 f"{checkpointed if f['gradient_checkpointing'] else plain} per calibration batch ({other})")
     later = plan.get("decided_later", [])
     open_roles = {role for entry in later for role in entry["roles"]}  # ranks decided after calibration
     most, marks = plan["by_role_after_at_most"], plan["by_role_after_is"]
@@ -148,8 +151,29 @@ def print_plan(plan: dict) -> None:
     print_fitted(results, fitted_rows("parameters by role (linears)", ROLE_BASE, columns, rows, results.width,
                                       ("before", "after (planned)"), JSON_OR_WIDER, whole_names=True))
     for line in _role_notes(plan, open_roles):
-        results.print(line)
-    results.print(total_words(plan))
+        _say(line)
+    _say(total_words(plan))
+
+
+def _say(line: str, lead: tuple[int, str] = (0, "")) -> None:
+    """A line of the plan on `results`, its first `lead[0]` characters in style `lead[1]` (the recipe, a
+    pass's name; no markup read in it), broken at its spaces where the terminal is narrower (as inspect's
+    notes are: report_fit.wrapped), its continuation lines two further in than it."""
+    if "\n" in line:  # each of its lines as a line
+        first, rest = line.split("\n", 1)
+        return _say(first, lead), _say(rest)
+    width, (styled, style) = results.width, lead
+    indent = " " * (len(line) - len(line.lstrip(" ")) + 2)
+    pieces = [line] if width is None or cell_len(line) <= width else wrapped(line, width, indent)
+    at, own = 0, len(indent) - 2  # the line's own indent: not styled
+    for k, piece in enumerate(pieces):
+        body = piece[len(indent):] if k else piece  # (the first keeps the line's own indent)
+        at = line.index(body, at)
+        text, shift = Text(piece), len(piece) - len(body) - at  # a character of `line` at i is at i + shift
+        if max(at, own) < min(at + len(body), styled):
+            text.stylize(style, max(at, own) + shift, min(at + len(body), styled) + shift)
+        results.print(results.highlighter(text))
+        at += len(body)
 
 
 ROLE_BASE = ("ratio: after / before, of the teacher's parameters (removed blocks count in before); inspect's "

@@ -29,6 +29,17 @@ def test_ranks_that_are_all_alike_are_said_once():
     assert step_words({"ranks": {}, "budget": {"double": 2}}) == 'ranks: none; budget: {"double": 2}'
 
 
+def _said(out: str, start: str) -> str:
+    """The line of plan's `out` that starts `start` (after its indent), with the lines it was broken into
+    on a narrow terminal (report_fit.wrapped: further in) joined back, single-spaced."""
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith(start))
+    indent = len(lines[at]) - len(lines[at].lstrip())
+    more = lines[at + 1:]
+    more = more[:next((i for i, line in enumerate(more) if len(line) - len(line.lstrip()) <= indent), len(more))]
+    return " ".join(" ".join([lines[at], *more]).split())
+
+
 @pytest.mark.parametrize("removal, used", [
     ("remove_blocks: {blocks: {blocks: [1]}}", False),  # explicit blocks: no scan
     ("remove_blocks: {count: {blocks: 0}, criterion: learned}", False),  # a removal of none (8b62c74)
@@ -41,7 +52,7 @@ def test_plan_says_when_no_pass_calibrates(tmp_path, capsys, removal, used):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"model: pixart\nteacher: toy:pixart\npasses:\n  - {removal}\n")
     assert cli.main(["plan", str(recipe)]) == 0
-    line = capsys.readouterr().out.splitlines()[1].strip()
+    line = _said(capsys.readouterr().out, "calibration: ")
     assert line.startswith("calibration: none (no pass calibrates") != used and line.startswith("calibration: 160 inputs") == used
     assert cli.main(["plan", str(recipe), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["calibration"]["used"] is used
@@ -60,7 +71,7 @@ def test_plan_says_a_distill_on_teacher_samples_draws_calibration_inputs(tmp_pat
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"model: pixart\nteacher: toy:pixart\npasses:\n  - {passes}\n")
     assert cli.main(["plan", str(recipe)]) == 0
-    line = " ".join(capsys.readouterr().out.splitlines()[1].split())
+    line = _said(capsys.readouterr().out, "calibration: ")
     assert line.startswith("calibration: none") != drawn
     assert ("calibration: 160 inputs drawn, though no pass calibrates" in line) == (drawn and not used)
     assert cli.main(["plan", str(recipe), "--json"]) == 0
@@ -151,7 +162,7 @@ def test_plan_samples_the_toy_pipeline_without_minutes(tmp_path, capsys):
     sets = ["--set", "calibration.source=pipeline", "--set", "calibration.prompts=[a 1, a 2]",
             "--set", "calibration.sample_steps=2", "--set", "calibration.timesteps=2"]
     assert cli.main(["plan", str(recipe), *sets]) == 0
-    line = " ".join(capsys.readouterr().out.splitlines()[1].split())
+    line = _said(capsys.readouterr().out, "calibration: ")
     assert line.startswith("calibration: 4 inputs drawn, sampling the pipeline, though no pass calibrates")
     assert cli.main(["plan", str(recipe), *sets, "--json"]) == 0
     calib = json.loads(capsys.readouterr().out)["calibration"]
@@ -261,3 +272,59 @@ def test_plan_says_the_fishers_disk_in_bytes_and_json_has_their_count(capsys):
     said = [line.split(", ")[-1] for line in capsys.readouterr().out.splitlines() if "on disk" in line]
     assert said == [f"{human_size(f['disk_bytes'])} on disk while the pass runs" for f in fishers]
     assert said == ["16 MiB on disk while the pass runs", "4 MiB on disk while the pass runs"]
+
+
+def _printed_plan(plan: dict, width: int, capsys, monkeypatch) -> str:
+    from compress.plan_words import print_plan
+    from compress.report import results
+
+    monkeypatch.setattr(results, "_width", width)
+    print_plan(plan)
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("width", [40, 60, 80])
+@pytest.mark.parametrize("name", ["toy-pixart", "toy-flux"])
+def test_plans_lines_break_at_their_spaces_on_a_narrow_terminal(toy_plans, name, width, capsys, monkeypatch):
+    """T2 stop 52 #8: at COLUMNS=40 plan printed its prose as it was (the memory line 568 characters, the
+    ≤ footnote 150, 'total parameters' 196), which the terminal folds mid-word, while inspect and
+    importance break theirs at spaces. Now each line wider than the terminal is broken at its spaces
+    (a word longer than a line whole, on a line of its own), its continuation lines two further in; its
+    words and their order as they were."""
+    from rich.cells import cell_len
+
+    wide = _printed_plan(toy_plans[name], 100000, capsys, monkeypatch)
+    narrow = _printed_plan(toy_plans[name], width, capsys, monkeypatch)
+    assert max(map(cell_len, wide.splitlines())) > 150  # (the lines it broke)
+    assert all(cell_len(line) <= width or len(line.split()) == 1 for line in narrow.splitlines()), narrow
+    for start, end in (("", "parameters by role"), ("total parameters", None)):  # the table's own test: above
+        said, was = (text[text.index(start):text.index(end) if end else None] for text in (narrow, wide))
+        assert " ".join(said.split()) == " ".join(was.split())
+    lines = narrow[narrow.index("  memory: "):].splitlines()
+    assert lines[1].startswith("    ") and not lines[1].startswith("     ")  # two further in than its line
+
+
+@pytest.mark.parametrize("name", ["toy-pixart", "toy-flux"])
+def test_plans_lines_that_fit_are_printed_as_before(toy_plans, name, capsys, monkeypatch):
+    """Wide enough, each line is one line, as before; the recipe's name bold, each pass's name cyan."""
+    from rich.console import Console
+
+    from compress.plan_words import print_plan
+    from compress.report import results
+
+    wide = _printed_plan(toy_plans[name], 100000, capsys, monkeypatch)
+    plan = toy_plans[name]
+    assert wide.splitlines()[0] == f"{plan['recipe']}  teacher {plan['teacher']} ({plan['family']})"
+    assert any(line.startswith("  memory: ") and line.endswith("not counted)") for line in wide.splitlines())
+    recorded = Console(record=True, width=100000, force_terminal=True, color_system="standard",
+                       file=open("/dev/null", "w"))
+    monkeypatch.setattr(results, "_width", 100000)
+    with monkeypatch.context() as patched:
+        import compress.plan_words as plan_words
+
+        patched.setattr(plan_words, "results", recorded)
+        print_plan(plan)
+    html = recorded.export_html(inline_styles=True)
+    assert f'font-weight: bold">{plan["recipe"]}</span>' in html
+    cyan = '<span style="color: #008080; text-decoration-color: #008080">'
+    assert all(f'{cyan}{step["pass"]}</span> ' in html for step in plan["passes"]), html
