@@ -20,7 +20,7 @@ from compress.plan import warn_if_beyond_memory
 from compress.report import console, note
 from compress.report_teacher import absolute_source
 from compress.runner_checks import check_passes
-from compress.runner_checks_objective import check_resumed, resolve_objectives
+from compress.runner_checks_objective import check_resumed, resolve_objectives, saved_before_notes
 from compress.runner_folders import check_folders, check_run_folder, nothing_saved, say_if_nothing_to_resume
 from compress.runner_measured import (calibration_keys, check_measured_for_another, check_measured_for_another_teacher,
                                       keyed_source)
@@ -47,6 +47,8 @@ def prepare(runner) -> None:
     single = one_branch(runner.recipe.model, src.sampling.toy)  # a pipeline source's FluxPipeline: one branch
     resolve_objectives(runner.passes, runner.recipe.passes, kind, runner.recipe.calibration, single,  # auto
                        runner.recipe.stream)
+    for said in saved_before_notes(runner.passes, runner.recipe.passes):  # an output's recipe.yaml of 0.1.0
+        note(said)
     if (resumed := getattr(runner, "resumes_from", None)) and resumed[1] is not None:  # --resume: the stage it
         state = next(st for i, _, st in resumed[0] if i == resumed[1])  # continues from ran auto as it does now?
         check_resumed(runner.passes, runner.recipe.passes, state, resumed[1])

@@ -18,6 +18,7 @@ from compress import json_read
 from compress.recipe import Recipe
 from compress.runner_pending import read_record
 from compress.runner_resume_moves import differing, pass_moves, pass_name
+from compress.runner_resume_older import as_ran
 from compress.runner_teacher_id import as_compared
 
 
@@ -81,7 +82,12 @@ def recipe_changes(before: dict, now: dict, passes, done: int | None = None, pro
     checkpoints, how far this run goes), CALIBRATION_RESULT_FREE and, `prompts_apart`, PROMPT_KEYS
     (the prompts read are compared apart, as a stage's `inputs`: `inputs_change`; a stage that records
     none compares them here: `inputs_apart`). With `done`, only the first
-    `done` passes (those a resume keeps) are compared: the passes still to run may change."""
+    `done` passes (those a resume keeps) are compared: the passes still to run may change. `before`'s passes
+    are read as the dit-compress that saved them ran them (runner_resume_older.as_ran: a key it did not
+    write, a default moved since)."""
+    if isinstance(before.get("passes"), list) and isinstance(now.get("passes"), list):
+        before = dict(before, passes=as_ran(before["passes"], now["passes"], list(passes)))
+
     def view(raw: dict) -> dict:
         raw = {k: v for k, v in raw.items() if k not in RESULT_FREE + TEACHER_APART}
         calibration = raw.get("calibration")

@@ -198,17 +198,38 @@ def test_saved_recipes_keep_the_objective_they_ran_with(tmp_path):
     assert _resolved(_auto()) == "guided_compensation"  # a recipe of the user's without the key: auto
 
 
-def test_resume_of_an_older_run_folder_does_not_reuse_a_branches_stage_for_auto():
-    """A stage saved before auto records objective: branches; the same recipe now reads auto: --resume passes
-    the stage over (the svd pass runs again as auto resolves it) rather than mixing the two."""
+def test_resume_of_an_older_run_folder_keeps_a_branches_stage_only_where_auto_runs_it_so():
+    """A stage saved before auto records objective: branches (0.1.0's default); the same recipe now reads auto:
+    the recipes compare equal (runner_resume_older: a moved default, not the user's change), and check_resumed
+    keeps the stage where auto runs the pass as branches, else refuses naming the moved default (no distill
+    follows the svd pass here: kept; test_runner_resume_older runs both)."""
+    from compress.runner_checks_objective import check_resumed, resolve_objectives
     from compress.runner_resume import STATISTICS, reusable_stage, statistics_version
 
     recipe = _auto()
     now, stats = recipe.raw, {STATISTICS: statistics_version()}
     before = {**now, "passes": [{"svd": {**now["passes"][0]["svd"], "objective": "branches"}}, now["passes"][1]]}
-    assert reusable_stage([(0, {"recipe": before, **stats})], now, build_passes(recipe)) == \
-        (None, [(0, ["passes.0.svd.objective"])])
-    assert reusable_stage([(0, {"recipe": now, **stats})], now, build_passes(recipe))[0] == 0
+    passes = build_passes(recipe)
+    assert reusable_stage([(0, {"recipe": before, **stats})], now, passes) == (0, [])
+    assert reusable_stage([(0, {"recipe": now, **stats})], now, passes)[0] == 0
+    resolve_objectives(passes, recipe.passes, "toy", recipe.calibration, False, False)
+    older = {"report": {"svd": {"passes": [{"objective": "branches"}]}}}  # 0.1.0's summary: no objective_given
+    with pytest.raises(UserError) as e:
+        check_resumed(passes, recipe.passes, older, 0)
+    assert str(e.value) == (
+        "--resume: pass 1 was saved by dit-compress 0.1.0, whose svd.objective default was branches (0.2.0's is "
+        f"auto, which runs passes.0.svd (line 5) as guided_compensation: {GUIDED}); to keep them, add "
+        "`objective: branches` to that svd pass and rerun with --resume; to recompute them, rerun with --restart")
+    given = {"report": {"svd": {"passes": [{"objective": "branches", "objective_given": "branches"}]}}}
+    with pytest.raises(UserError) as e:  # a stage of 0.2.0 whose recipe set branches, a recipe without it now
+        check_resumed(passes, recipe.passes, given, 0)
+    assert str(e.value).startswith("--resume: pass 1 was saved with passes.0.svd (line 5) run as branches, which "
+                                   "its recipe set; this recipe leaves svd.objective to auto, which runs it as "
+                                   f"guided_compensation: {GUIDED}; to keep them, add `objective: branches`"), e.value
+    recipe = _auto(distill="")
+    passes = build_passes(recipe)
+    resolve_objectives(passes, recipe.passes, "toy", recipe.calibration, False, False)
+    check_resumed(passes, recipe.passes, older, 0)  # auto runs it as branches: kept
 
 
 def test_resume_refuses_a_saved_auto_stage_that_auto_would_run_otherwise_now():
@@ -242,3 +263,29 @@ def test_a_toy_run_records_what_auto_ran_as(tmp_path, distill, ran):
     svd = json.loads((out / "report.json").read_text())["svd"]
     assert (svd["objective"], svd["objective_given"]) == (ran, "auto")
     assert "objective: auto  # default" in (out / "recipe.yaml").read_text()
+
+
+def test_a_run_of_an_output_recipe_saved_before_the_key_says_it_runs_branches(tmp_path, capsys):
+    """An output's recipe.yaml of 0.1.0 before svd.objective existed (1b7225c, 2c1a451: no objective line) runs
+    branches, as its run did; plan said so in its pass's lines, run said nothing. Now run says it in one note; a
+    user's own recipe without the key (auto) has none."""
+    from compress.recipe_dump import dump_recipe
+    from compress.runner import Runner
+
+    older = dump_recipe(_auto("{num_prompts: 2, timesteps: 2, batch_size: 4, heldout: 4}")).replace(
+        "    objective: auto  # default\n", "")
+    (tmp_path / "recipe.yaml").write_text(older)
+    recipe = parse_recipe(older, str(tmp_path / "recipe.yaml"))
+    capsys.readouterr()
+    Runner(recipe, tmp_path / "out", tmp_path / "run").run()
+    said = " ".join("".join(capsys.readouterr()).split())
+    line = older.splitlines().index("- svd:") + 1
+    assert (f"note: svd.objective auto runs passes.0.svd (line {line}) as branches: a saved recipe written before "
+            "svd.objective existed (it has no objective key), whose run weighed by branches") in said, said
+    assert said.count("svd.objective auto runs") == 1, said
+    from compress.runner_checks_objective import resolve_objectives, saved_before_notes
+
+    recipe = _auto()
+    passes = build_passes(recipe)
+    resolve_objectives(passes, recipe.passes, "toy", recipe.calibration, False, False)
+    assert saved_before_notes(passes, recipe.passes) == []
