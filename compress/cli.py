@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import math
 import os
 import sys
 from importlib import import_module
@@ -175,6 +176,18 @@ def _check_numbers(args) -> None:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise UserError(not_at_least_one(f"--{name}", value))
+    if args.command == "lora":  # before its paths: what it says first of OUT and LORA (_check_paths_there)
+        _check_scale(args.scale)
+
+
+def _check_scale(scale) -> None:
+    """lora's --scale: a finite number other than 0 (merge_lora refuses NaN and 0 again, for the API)."""
+    if not isinstance(scale, (int, float)):  # `--scale=--`: argparse hands over []
+        raise UserError("--scale needs a number (the LoRA's strength, e.g. --scale 0.8)")
+    if not math.isfinite(scale):
+        raise UserError(f"--scale must be a finite number, got {scale}")
+    if scale == 0:
+        raise UserError("--scale 0: a scale of 0 merges nothing")
 
 
 def _check_teacher_options(args) -> None:

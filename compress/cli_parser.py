@@ -216,8 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "teacher (toy:pixart, toy:flux)")
     p.add_argument("--buckets", type=int, help="timestep buckets, at most the calibration timesteps (default: the "
                    "recipe's importance pass's buckets, else 3)")
-    p.add_argument("--json", metavar="FILE", help="write the scan as JSON (- : on standard output, in place of the table)")
-    p.add_argument("--png", metavar="FILE", help="heatmap path (default importance-<family>.png)")
+    p.add_argument("--json", metavar="FILE", help="write the scan as JSON (- : on standard output, in place of the "
+                   "table); its folder made if missing")
+    p.add_argument("--png", metavar="FILE", help="heatmap path (default importance-<family>.png); its folder made if "
+                   "missing")
     _recipe_options(p)  # of a recipe source only (commands_importance.importance says so of a toy)
 
     p = sub.add_parser("eval", help="teacher-relative fidelity and toy quality scores")
@@ -225,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="teacher to compare against (default: the one recorded)")
     _output_teacher_options(p)
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
-    p.add_argument("--grid", metavar="PNG", help="toy models only: write a grid of their sampled digits to PNG")
+    p.add_argument("--grid", metavar="PNG", help="toy models only: write a grid of their sampled digits to PNG (its "
+                   "folder made if missing)")
     p.add_argument("--seed", type=int, default=None,
                    help="toy models: seed of the sampled digits (default 0); a real model is measured on "
                         "its run's held-out inputs")

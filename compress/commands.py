@@ -244,10 +244,19 @@ def _warn_above_one(result: dict) -> None:
 
 
 def _not_a_recipe(model: str) -> None:
-    """eval given a recipe (a file the loaders would call 'not a checkpoint: a teacher is ...')."""
-    if Path(model).suffix in (".yaml", ".yml") and Path(model).is_file():
+    """eval given a recipe (a file the loaders would call 'not a checkpoint: a teacher is ...'), or a folder
+    of recipes (recipes/: no model in it, its YAML files named), which was called 'not a dit-compress output:
+    ...; a real teacher has no toy scores'."""
+    path = Path(model).expanduser()
+    if path.suffix in (".yaml", ".yml") and path.is_file():
         raise UserError(f"{model} is a recipe: eval takes an output folder (dit-compress eval OUT, OUT written "
                         f"by run: dit-compress run {model}) or a teacher source")
+    recipes = sorted(p.name for p in path.glob("*.y*ml") if p.suffix in (".yaml", ".yml")) if path.is_dir() else []
+    if recipes and not any((path / name).exists() for name in ("config.json", "model_index.json", "transformer")):
+        shown = ", ".join(recipes[:3]) + (", ..." if len(recipes) > 3 else "")
+        raise UserError(f"{model} is a folder of recipes ({shown}), not a model: eval takes an output folder "
+                        f"(dit-compress eval OUT, OUT written by run: dit-compress run {path / recipes[0]}) or a "
+                        "teacher source")
 
 
 def _streamed_output(model: str, teacher_arg: str | None,

@@ -51,9 +51,8 @@ def with_lora_noted(files: dict[str, str], model, lora_source: str, scale: float
 
 def lora(args) -> int:
     """A compressed output with a teacher's LoRA merged into it (compress.lora), written as a new
-    output folder beside the old one (its recipe, report, block map and model card copied)."""
-    import math
-
+    output folder beside the old one (its recipe, report, block map and model card copied); its --scale is
+    checked before (cli._check_scale)."""
     from compress.io_export import save_compressed
     from compress.io_output import hub_output
     from compress.lora import merge_lora
@@ -64,12 +63,6 @@ def lora(args) -> int:
     source, new = Path(args.out).expanduser(), Path(args.new).expanduser()
     if (taken := new_folder_taken(new, args.new, "lora writes a new output folder")) is not None:
         raise UserError(taken)
-    if not isinstance(args.scale, (int, float)):  # `--scale=--`: argparse hands over []
-        raise UserError("--scale needs a number (the LoRA's strength, e.g. --scale 0.8)")
-    if not math.isfinite(args.scale):
-        raise UserError(f"--scale must be a finite number, got {args.scale}")
-    if args.scale == 0:
-        raise UserError("--scale 0: a scale of 0 merges nothing")
     check_given(args.teacher)  # a mistyped --teacher before the output loads
     if (hub := hub_output(args.out, "lora")) is not None:  # an ORG/NAME: as eval and load_transformer say it
         raise hub

@@ -313,6 +313,17 @@ def _one_file(path: Path) -> Path:
     return found[0]
 
 
+def _unread(file: Path, e: Exception) -> str:
+    """Why safetensors could not read `file`, in words: a header it cannot read ('Error while deserializing
+    header: header too large': a README.md given) is a file of another kind, not passed through."""
+    if "header" not in str(e).lower():
+        return f"{file}: not a LoRA .safetensors file ({type(e).__name__}: {e})"
+    if file.suffix != ".safetensors":
+        return (f"{file} is not a safetensors LoRA: a LoRA is a .safetensors file, a folder holding one, or a "
+                "peft adapter folder")
+    return f"{file} is not a safetensors file: its header does not read (damaged, or another format under that name)"
+
+
 def _read_file(file: Path) -> tuple[dict, dict]:
     """(the file's tensors, its diffusers LoRA metadata: the transformer's LoraConfig, or {})."""
     from safetensors import safe_open
@@ -321,7 +332,7 @@ def _read_file(file: Path) -> tuple[dict, dict]:
         with safe_open(str(file), framework="pt") as f:
             state, header = {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
     except Exception as e:  # noqa: BLE001 (safetensors raises its own)
-        raise UserError(f"{file}: not a LoRA .safetensors file ({type(e).__name__}: {e})") from None
+        raise UserError(_unread(file, e)) from None
     try:
         raw = json_read.parse(header.get("lora_adapter_metadata", "{}"))
     except ValueError:

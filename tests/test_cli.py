@@ -399,3 +399,17 @@ def test_dit_compress_alone_shows_its_commands(capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and "required" not in err
     assert all(f"    {command}" in err for command in COMMAND_ARGS), err
+
+
+def test_the_options_that_make_their_files_folder_say_so():
+    """T2 stop 52 #10: `eval OUT --grid /nonexist/dir/g.png` made /nonexist/dir (parents included) without a
+    word, where only --plot DIR said it makes its folder. Each file option written through
+    report.output_file (which makes the folder) says so in its help, and docs/COMMANDS.md of --grid."""
+    from pathlib import Path
+
+    commands = next(a for a in cli.build_parser()._actions if a.dest == "command").choices
+    for command, dest in (("eval", "grid"), ("importance", "png"), ("importance", "json"), ("inspect", "plot")):
+        action = next(a for a in commands[command]._actions if a.dest == dest)
+        assert "made if missing" in action.help, (command, dest)
+    doc = (Path(__file__).parents[1] / "docs" / "COMMANDS.md").read_text()
+    assert "`--grid PNG` writes a grid of the sampled digits (its folder made if missing" in doc

@@ -127,6 +127,23 @@ def test_eval_of_a_recipe_says_it_takes_an_output_folder(recipe, capsys):
     _one_line_errors(capsys, [(["eval", str(recipe)], f"{recipe} is a recipe: eval takes an output folder")])
 
 
+def test_eval_of_a_folder_of_recipes_says_what_it_is_and_what_eval_takes(tmp_path, capsys, monkeypatch):
+    """T2 stop 52 #11: `eval recipes` (the shipped recipes' folder) said 'recipes is not a dit-compress output:
+    eval measures a compressed output folder against its teacher (dit-compress eval OUT); a real teacher has
+    no toy scores', as if a teacher had been given. Now it is a folder of recipes, its YAMLs named, and what
+    eval takes; a model folder that holds a YAML beside its config.json is no such folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipes").mkdir()
+    for name in ("b.yaml", "a.yml", "c.yaml", "d.yaml"):
+        (tmp_path / "recipes" / name).write_text("model: pixart\n")
+    _one_line_errors(capsys, [(["eval", "recipes"], "recipes is a folder of recipes (a.yml, b.yaml, c.yaml, ...), "
+                               "not a model: eval takes an output folder (dit-compress eval OUT, OUT written by run: "
+                               "dit-compress run recipes/a.yml) or a teacher source")])
+    (tmp_path / "recipes" / "config.json").write_text("{}")
+    assert main(["eval", "recipes"]) == 2
+    assert "folder of recipes" not in capsys.readouterr().err
+
+
 def test_eval_refuses_a_real_teacher_before_loading_it(tmp_path, capsys, monkeypatch):
     """eval of a teacher folder loaded all of it (FLUX.1-dev: ~24 GB) before saying it is no output;
     a single file said 'pass --teacher-config', a folder of damaged weights 'not a readable

@@ -1,6 +1,8 @@
 """`lora` (compress/commands_lora.py) through the CLI: its options checked in one line before anything
 loads. What it merges is tested in test_lora*.py."""
 
+import pytest
+
 from compress.cli import main
 
 
@@ -161,3 +163,16 @@ def test_lora_into_a_mount_point_says_so_in_runs_words(tmp_path, monkeypatch, ca
     assert main(["lora", str(tmp_path / "out"), str(tmp_path / "lora"), str(tmp_path / "plain")]) == 2
     said = capsys.readouterr().err
     assert said == f"dit-compress: error: {tmp_path / 'plain'} exists; lora writes a new output folder\n"
+
+
+@pytest.mark.parametrize("scale, said", [("nan", "--scale must be a finite number, got nan"),
+                                         ("inf", "--scale must be a finite number, got inf"),
+                                         ("0", "--scale 0: a scale of 0 merges nothing")])
+def test_lora_scale_is_checked_before_its_paths(tmp_path, capsys, scale, said):
+    """T2 stop 52 #11: `lora OUT LORA NEW --scale nan` was refused only once OUT and LORA were there: a
+    path not there was said first, and the bad --scale after it was fixed. Now option values come first,
+    as the CLI's other numbers do."""
+    capsys.readouterr()
+    assert main(["lora", str(tmp_path / "no-out"), str(tmp_path / "no-lora"), str(tmp_path / "new"),
+                 "--scale", scale]) == 2
+    assert capsys.readouterr().err == f"dit-compress: error: {said}\n"

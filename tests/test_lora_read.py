@@ -121,3 +121,20 @@ def test_eval_takes_a_cached_hub_lora_offline(tmp_path, monkeypatch):
     merge_lora(teacher, tmp_path / "lora")
     replayed = load_teacher_of(student, str(tmp_path / "teacher"))
     assert _same(replayed.state_dict(), teacher.state_dict())
+
+
+@pytest.mark.parametrize("name, said", [
+    ("README.md", "README.md is not a safetensors LoRA: a LoRA is a .safetensors file, a folder holding one, "
+                  "or a peft adapter folder"),
+    ("cut.safetensors", "cut.safetensors is not a safetensors file: its header does not read (damaged, or "
+                        "another format under that name)")])
+def test_a_file_that_is_no_safetensors_is_said_to_be_none(tmp_path, name, said):
+    """T2 stop 52 #11: `lora OUT README.md NEW` said 'README.md: not a LoRA .safetensors file (SafetensorError:
+    Error while deserializing header: header too large)', the library's words passed through. Now a file
+    safetensors cannot read the header of is said to be no safetensors LoRA (another suffix) or no
+    safetensors file (a .safetensors one, damaged)."""
+    file = tmp_path / name
+    file.write_text("# A model card\n\nNothing of a LoRA here.\n" * 20)
+    with pytest.raises(UserError) as refused:
+        merge_lora(tiny_pixart(), file)
+    assert str(refused.value) == f"{file.parent}/{said}"
