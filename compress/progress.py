@@ -1,7 +1,7 @@
-"""Progress of long work. On a terminal, rich's bar; off one (a job's log file), where the bar is not
-drawn, a line per tenth of each task and at least one every `LOG_EVERY_S` while it is unfinished (a timer's
-where one unit of work outlasts that), so a pass that runs for hours (calibration and svd of a real model)
-does not look hung in the log."""
+"""Progress of long work. On a terminal, rich's bar; off one (a job's log file) or on a dumb one
+(TERM=dumb), where the bar is not drawn, a line per tenth of each task and at least one every
+`LOG_EVERY_S` while it is unfinished (a timer's where one unit of work outlasts that), so a pass that
+runs for hours (calibration and svd of a real model) does not look hung in the log."""
 
 from __future__ import annotations
 
@@ -122,12 +122,19 @@ def bar(enabled: bool, *, log: bool = True, transient: bool = True) -> LoggedPro
     false`, or a process of a launch other than rank 0)."""
     from compress.report import console
 
-    shown = enabled and console.is_terminal
+    shown = enabled and drawn(console)
     whole = lambda: Column(no_wrap=True)  # noqa: E731  (the count, times and words: LoggedProgress.make_tasks_table)
     return LoggedProgress(TextColumn("{task.description}"), BarColumn(None, table_column=Column(max_width=40)),
                           MofNCompleteColumn(table_column=whole()), TimeElapsedColumn(table_column=whole()),
                           TimeRemainingColumn(table_column=whole()), _Words(table_column=whole()), console=console,
-                          disable=not shown, transient=transient, log=enabled and log and not console.is_terminal)
+                          disable=not shown, transient=transient, log=enabled and log and not drawn(console))
+
+
+def drawn(console) -> bool:
+    """Whether rich draws its bars and spinners on `console`: a terminal, not a dumb one (TERM=dumb: an
+    Emacs shell, some CI ttys, where rich draws nothing and leaves a blank line): there, as in a log,
+    the lines instead."""
+    return console.is_terminal and not console.is_dumb_terminal
 
 
 def tenths(done: float, total: float | None) -> int:
@@ -178,7 +185,7 @@ def status(text: str, log: bool = True):
     nothing off a terminal (where a UserError the step may raise must be stderr's one line)."""
     from compress.report import console
 
-    if console.is_terminal:
+    if drawn(console):
         return console.status(text)
     return _Said(console, text) if log else _Quiet()
 

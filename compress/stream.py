@@ -349,8 +349,9 @@ def save_streamed(model: nn.Module, loader: CheckpointBlocks, out, dtype: torch.
 def _track(items: list, what: str):
     from rich.progress import track
 
+    from compress.progress import drawn
     from compress.report import console
 
-    if not console.is_terminal:  # rich would leave a blank line in the log
+    if not drawn(console):  # rich would leave a blank line in the log (or on a dumb terminal)
         return items
     return track(items, description=what, console=console, transient=True)

@@ -3,6 +3,9 @@ LOG_EVERY_S while it advances; nothing where progress is off; the bar alone on a
 
 from __future__ import annotations
 
+import os
+
+import pytest
 from rich.console import Console
 
 from compress.progress import LOG_EVERY_S, LoggedProgress, bar
@@ -201,3 +204,54 @@ def test_a_bar_says_what_it_read_back_in_one_form():
     assert read_back_label("distill: teacher samples", 0, 0) == "distill: teacher samples"
     assert run_label("held-out", 4, 4) == "held-out prompts (read back)"
     assert samples_label(8, 8) == "distill: teacher samples (read back)"
+
+
+_ON_A_TERMINAL = """
+from compress.progress import bar, status
+with status("eval: sampling"):
+    pass
+with bar(True) as b:
+    task = b.add_task("remove_blocks: search", total=10)
+    for _ in range(10):
+        b.advance(task)
+print("done", flush=True)
+"""
+
+
+def _in_a_terminal(term: str) -> str:
+    """What a bar of 10 steps and a status print on a pseudo-terminal whose TERM is `term`."""
+    import os
+    import pty
+    import sys
+
+    env = dict(os.environ, TERM=term, COLUMNS="100")
+    pid, terminal = pty.fork()
+    if pid == 0:
+        try:
+            os.execve(sys.executable, [sys.executable, "-c", _ON_A_TERMINAL], env)
+        finally:
+            os._exit(127)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(terminal, 4096)
+        except OSError:  # the child ended
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(terminal)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0, seen
+    return seen.decode().replace("\r\n", "\n")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no pseudo-terminal")
+def test_on_a_dumb_terminal_the_lines_a_log_gets():
+    """On a TERM=dumb tty (an Emacs shell, some CI ttys) rich draws no bar and no spinner, and `run`
+    showed nothing at all (remove_blocks' minutes of search silent) but a stray blank line: there, the
+    lines a log gets."""
+    said = _in_a_terminal("dumb")
+    assert said.splitlines() == ["eval: sampling"] + [f"remove_blocks: search {s}/10 (0:00)" for s in range(1, 11)] + [
+        "done"], said
+    drawn = _in_a_terminal("xterm")  # a terminal that draws: the bar, not the lines
+    assert "━" in drawn and "search 10/10 (0:00)" not in drawn, drawn
