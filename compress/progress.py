@@ -12,12 +12,17 @@ from pathlib import Path
 from rich.measure import Measurement
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskID, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
-from rich.table import Column
+from rich.table import Column, Table
 from rich.text import Text
 
 LOG_EVERY_S = 300.0  # the longest silence between two lines off a terminal, while a task is unfinished
 WORDS = "words"  # a task's field of a few words shown after its bar and in its lines (distill's loss terms)
 BAR_AT_LEAST = 4  # the bar's narrowest, on a narrow terminal, before its label is cut short ('…')
+# a label's start kept whole on a narrow terminal before the bar and the times go (a pass and what it
+# does: 'remove_blocks learned', 'calibrate: conditioning')
+LABEL_AT_LEAST = 24
+WORDS_AT_LEAST = 10  # the words' start ('loss 0.12…') kept before the label is cut below LABEL_AT_LEAST
+BAR, ELAPSED, REMAINING = 1, 3, 4  # `bar`'s columns that go on a narrow terminal, in the order they go
 # a label of a name the user gave (convert's file): with the bar at BAR_AT_LEAST, a count of up to five
 # digits and both times, whole at 80 columns (shortened)
 NAMED_LABEL_MOST = 40
@@ -79,18 +84,22 @@ class LoggedProgress(Progress):
             self._log_line(task_id)
 
     def make_tasks_table(self, tasks):
-        """rich's table of the bars, whose count, times and words always show whole: on a narrow terminal
-        (80 columns) the bar narrows first (to BAR_AT_LEAST), then the label is cut short with '…'
-        (else rich cut every column alike: 'calibrate: capture again, ... ━━ 0… 0:… -…')."""
+        """rich's table of the bars, fitted to the terminal by `fitted` (else rich cut every column alike:
+        'calibrate: capture again, ... ━━ 0… 0:… -…', and at 40 columns 'remove_bl… ━━━ 0/200')."""
         table = super().make_tasks_table(tasks)
         if getattr(self, "live", None) is None:  # (rich's __init__ makes one before its console is kept)
             return table
-        label, after = table.columns[0], table.columns[2:]  # (the bar between, narrowed by the table)
         widths = [max((Measurement.get(self.console, self.console.options, cell).maximum for cell in c.cells),
-                      default=0) for c in after]
-        label.no_wrap, label.overflow = True, "ellipsis"
-        label.max_width = max(self.console.width - sum(widths) - BAR_AT_LEAST - len(table.columns) + 1, 1)
-        return table
+                      default=0) for c in table.columns]
+        kept, label_most, words_most = fitted(self.console.width, widths)
+        columns = [c.copy() for i, c in enumerate(table.columns) if i in kept]  # (copies: no cells)
+        label, words = columns[0], columns[-1]
+        label.no_wrap, label.overflow, label.max_width = True, "ellipsis", label_most
+        words.no_wrap, words.overflow, words.max_width = True, "ellipsis", words_most or None  # (None: no words)
+        shown = Table.grid(*columns, padding=(0, 1), expand=self.expand)
+        for row in range(table.row_count):
+            shown.add_row(*(c._cells[row] for i, c in enumerate(table.columns) if i in kept))
+        return shown
 
     def _log_line(self, task_id: TaskID, timer: bool = False) -> None:
         with self._saying:
@@ -106,6 +115,27 @@ class LoggedProgress(Progress):
                 words = task.fields.get(WORDS)
                 self.console.print(f"{what} {task.completed:g}/{task.total:g}{f' {words}' if words else ''} "
                                    f"({_clock(task.elapsed or 0.0)})", highlight=False, markup=False)
+
+
+def fitted(width: int, widths: list[int]) -> tuple[set[int], int, int]:
+    """Which of `bar`'s columns show on a terminal `width` wide, and the label's and the words' widest,
+    given each column's widest cell (`widths`: label, bar, count, elapsed, remaining, words). The count
+    is not cut (but on a terminal too narrow for it and the words' start). The bar narrows first (to
+    BAR_AT_LEAST), then the label is cut short ('…') down to LABEL_AT_LEAST, then the bar goes, then the
+    elapsed and the remaining time, then the words are cut down to WORDS_AT_LEAST, then the label
+    further: at 40 columns 'remove_blocks learned   0/200 loss 0.12…' (41 whole), the pass whole."""
+    label, words = widths[0], widths[-1]
+    kept = set(range(len(widths)))
+
+    def room() -> int:  # the label's, beside the others whole (the bar at its narrowest) and a gap each
+        return width - sum(BAR_AT_LEAST if i == BAR else widths[i] for i in kept if i != 0) - (len(kept) - 1)
+
+    for going in (BAR, ELAPSED, REMAINING):
+        if room() >= min(label, LABEL_AT_LEAST):
+            break
+        kept.discard(going)
+    words_most = max(min(words, words + room() - min(label, LABEL_AT_LEAST)), min(words, WORDS_AT_LEAST))
+    return kept, max(room() + words - words_most, 1), words_most
 
 
 class _Words(ProgressColumn):

@@ -182,6 +182,26 @@ def test_at_80_columns_a_bar_shows_its_count_and_times_whole():
     assert "top-level layers ━" in wide and sum(c in "━╸╺" for c in wide) == 40  # the bar as it was, with room
 
 
+def test_on_a_narrow_terminal_the_label_stays_whole_and_the_bar_and_times_go_first():
+    """At 40 columns the label was cut ('remove_bl… ━━━   0/200 0:00:00 -:--:-- loss 0.1234', and 'distill'
+    lost its loss terms): the pass's name and its loss went, the bar and times stayed. Now the bar goes,
+    then the elapsed and the remaining time, then the words are cut, and the label (to 24 characters) last."""
+    line = _drawn("remove_blocks learned", 200, 0, "loss 0.1234", width=40)
+    assert line == "remove_blocks learned   0/200 loss 0.12…", line
+    line = _drawn("remove_blocks learned", 200, 0, "loss 0.1234", width=50)
+    assert line == "remove_blocks learned   0/200 -:--:-- loss 0.1234", line
+    line = _drawn("distill", 5000, 40, "loss 0.1234 out 0.1201 feat 0.0033", width=40)
+    assert line == "distill   40/5000 loss 0.1234 out 0.120…", line
+    line = _drawn("distill", 5000, 40, "loss 0.1234 out 0.1201 feat 0.0033", width=60)
+    assert line == "distill   40/5000 -:--:-- loss 0.1234 out 0.1201 feat 0.0033", line
+    line = _drawn("calibrate: capture again, through the compressed top-level layers", 1024, 4, width=40)
+    assert line == "calibrate: capture again, th…    4/1024", line
+    for width in (12, 20, 30):  # too narrow for anything whole: nothing wider than the terminal
+        for label, words in (("remove_blocks learned", "loss 0.1234"), ("calibrate: blocks", "")):
+            line = _drawn(label, 200, 3, words, width=width)
+            assert len(line) <= width and (width < 30 or "3/200" in line), (width, line)
+
+
 def test_a_long_name_is_shortened_in_its_middle_keeping_its_extension():
     from compress.progress import shortened
 
