@@ -166,16 +166,21 @@ SEED_LIMIT = 2**32  # compress.toy.evaluate.SEED_LIMIT's, here so the check impo
 POSITIVE = ("buckets", "repeats", "batch")  # options counting something: ≥ 1
 
 
+class OptionOutOfRange(UserError):
+    """An option's value out of its range, found after parsing (`bench OUT --batch -1`): said as argparse's
+    own errors of the command are, 'dit-compress bench: error: --batch must be an integer ≥ 1, got -1'."""
+
+
 def _check_numbers(args) -> None:
     """Integer options out of range: a one-line UserError before any work (a negative --seed failed
     in numpy after sampling, a huge one overflowed a C long; --buckets 0 after the calibration)."""
     seed = getattr(args, "seed", None)
     if seed is not None and not 0 <= seed < SEED_LIMIT:
-        raise UserError(f"--seed must be an integer from 0 to {SEED_LIMIT - 1}, got {seed}")
+        raise OptionOutOfRange(f"--seed must be an integer from 0 to {SEED_LIMIT - 1}, got {seed}")
     for name in POSITIVE:
         value = getattr(args, name, None)
         if value is not None and value < 1:
-            raise UserError(not_at_least_one(f"--{name}", value))
+            raise OptionOutOfRange(not_at_least_one(f"--{name}", value))
     if args.command == "lora":  # before its paths: what it says first of OUT and LORA (_check_paths_there)
         _check_scale(args.scale)
 
@@ -183,11 +188,11 @@ def _check_numbers(args) -> None:
 def _check_scale(scale) -> None:
     """lora's --scale: a finite number other than 0 (merge_lora refuses NaN and 0 again, for the API)."""
     if not isinstance(scale, (int, float)):  # `--scale=--`: argparse hands over []
-        raise UserError("--scale needs a number (the LoRA's strength, e.g. --scale 0.8)")
+        raise OptionOutOfRange("--scale needs a number (the LoRA's strength, e.g. --scale 0.8)")
     if not math.isfinite(scale):
-        raise UserError(f"--scale must be a finite number, got {scale}")
+        raise OptionOutOfRange(f"--scale must be a finite number, got {scale}")
     if scale == 0:
-        raise UserError("--scale 0: a scale of 0 merges nothing")
+        raise OptionOutOfRange("--scale 0: a scale of 0 merges nothing")
 
 
 def _check_teacher_options(args) -> None:
@@ -300,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             raise error from None
     except UserError as e:
         if not (_follower() and _stop(e)):  # a requested stop: rank 0 says it
-            print(f"{_who()}: {e.label}{e}", file=sys.stderr)
+            said = _who(args.command if isinstance(e, OptionOutOfRange) else None)
+            print(f"{said}: {e.label}{e}", file=sys.stderr)
         return e.exit_code
     except NumericError as e:
         print(f"{_who()}: numeric error: {e}", file=sys.stderr)
@@ -335,12 +341,13 @@ def _follower() -> bool:
     return is_follower()
 
 
-def _who() -> str:
-    """'dit-compress', and the rank of a distributed launch's other processes (whose errors may
-    differ from rank 0's)."""
+def _who(command: str | None = None) -> str:
+    """'dit-compress' ('dit-compress bench' with `command`, as argparse's own errors say it), and the rank
+    of a distributed launch's other processes (whose errors may differ from rank 0's)."""
     from compress.runner_ranks import rank
 
-    return f"dit-compress (rank {rank()})" if _follower() else "dit-compress"
+    who = f"dit-compress {command}" if command else "dit-compress"
+    return f"{who} (rank {rank()})" if _follower() else who
 
 
 def _rerun_note(args, e: KeyboardInterrupt) -> str:

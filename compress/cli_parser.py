@@ -180,10 +180,27 @@ def _run_dir_option(p: argparse.ArgumentParser, more: str = "") -> None:
     p.add_argument("--run-dir", help=f"run folder for caches and checkpoints ({_default_folder('runs')}){more}")
 
 
+# each exit status of a command and when (--help's epilog; docs/COMMANDS.md says them, tested against the
+# errors' exit_code: errors.UserError 2, NumericError 3, runner_failures.OutOfMemory 1, StepLimitReached 75)
+EXIT_STATUSES = (
+    (0, "done"),
+    (1, "the machine's trouble (out of memory, a full disk, a file gone while it ran) or a bug (a traceback)"),
+    (2, "a user error: a usage error, an option out of range, a path, a recipe"),
+    (3, "numeric trouble (NaN/Inf, a failed decomposition: the layer named)"),
+    (75, "distill stopped at max_steps_this_run, checkpointed (rerun with --resume)"),
+    (130, "stopped by Ctrl-C; 128 + a signal's number for another: 143 SIGTERM, 129 SIGHUP"),
+)
+
+
+def exit_statuses() -> str:
+    """'exit status: 0 done; 1 ...; ...': the line --help ends with."""
+    return "exit status: " + "; ".join(f"{code} {words}" for code, words in EXIT_STATUSES)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _TopParser(
         prog="dit-compress", description="Low-rank / SVD compression compiler for diffusion "
-        "transformers (PixArt-Σ, Flux.1-dev).")
+        "transformers (PixArt-Σ, Flux.1-dev).", epilog=exit_statuses())
     parser.add_argument("--version", action="version", version=f"dit-compress {compress.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
 

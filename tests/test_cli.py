@@ -413,3 +413,38 @@ def test_the_options_that_make_their_files_folder_say_so():
         assert "made if missing" in action.help, (command, dest)
     doc = (Path(__file__).parents[1] / "docs" / "COMMANDS.md").read_text()
     assert "`--grid PNG` writes a grid of the sampled digits (its folder made if missing" in doc
+
+
+def test_the_exit_statuses_are_stated_in_the_help_and_the_commands_doc_as_the_errors_set_them(capsys):
+    """Neither docs/COMMANDS.md nor --help said which status means what (2 a user error as a usage error,
+    3 numeric trouble): both now list cli_parser.EXIT_STATUSES, whose codes are the errors' own."""
+    import re
+    from pathlib import Path
+
+    from compress.cli_parser import EXIT_STATUSES, exit_statuses
+    from compress.errors import NumericError, UserError
+    from compress.passes.distill_trainer import StepLimitReached, TrainingInterrupted
+    from compress.runner_failures import DiskFull, OutOfMemory
+
+    codes = dict(EXIT_STATUSES)
+    assert UserError.exit_code == 2 and NumericError.exit_code == 3 and StepLimitReached.exit_code == 75
+    assert OutOfMemory.exit_code == DiskFull.exit_code == 1 and TrainingInterrupted.exit_code == 130
+    assert set(codes) == {0, 1, 2, 3, 75, 130}
+    doc = (Path(__file__).parents[1] / "docs" / "COMMANDS.md").read_text()
+    paragraph = next(p for p in doc.split("\n\n") if p.startswith("Exit status"))
+    stated = [int(c) for c in re.findall(r"(?:: |; )`(\d+)` ", paragraph.replace("\n", " "))]
+    assert stated == list(codes), paragraph
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert " ".join(exit_statuses().split()) in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("argv", [["bench", "out/x", "--batch", "-1"], ["eval", "toy:pixart", "--seed", "-1"],
+                                  ["lora", "o", "l", "n", "--scale", "nan"]])
+def test_an_option_out_of_range_names_its_command_as_argparses_errors_do(monkeypatch, capsys, argv):
+    """'dit-compress: error: --batch must be an integer ≥ 1, got -1' beside argparse's 'dit-compress bench:
+    error: argument --batch: invalid int value': now 'dit-compress bench: error: ...' too."""
+    monkeypatch.setitem(cli.COMMANDS, argv[0], lambda args: pytest.fail("the command ran"))
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dit-compress {argv[0]}: error: {argv[-2]} ") and err.count("\n") == 1, err

@@ -175,4 +175,4 @@ def test_lora_scale_is_checked_before_its_paths(tmp_path, capsys, scale, said):
     capsys.readouterr()
     assert main(["lora", str(tmp_path / "no-out"), str(tmp_path / "no-lora"), str(tmp_path / "new"),
                  "--scale", scale]) == 2
-    assert capsys.readouterr().err == f"dit-compress: error: {said}\n"
+    assert capsys.readouterr().err == f"dit-compress lora: error: {said}\n"  # (named as argparse does)
