@@ -85,6 +85,10 @@ class Runner:
             if self.written is None:
                 raise
             return self._interrupted_after_output()
+        except BrokenPipeError:  # `run R | head -0`: stdout's reader gone as 'wrote OUT' is said; the output is complete
+            if self.written is not None:
+                mark_finished(self.run_dir, self.written)
+            raise
 
     def _interrupted_after_output(self) -> Path:
         """A Ctrl-C (or SIGTERM) once the output was complete: only the run's last steps were left (its

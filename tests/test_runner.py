@@ -331,3 +331,29 @@ def test_an_output_written_during_the_run_is_refused_at_export_in_the_runs_words
     runner.models.save(runner.teacher, tmp_path / "out")  # written by another run since this one's start
     with pytest.raises(UserError, match="exists; pass --overwrite to replace it"):
         runner.export(runner.teacher, 1)
+
+
+def test_a_run_whose_stdout_reader_is_gone_still_marks_its_run_finished(tmp_path, monkeypatch):
+    """R2 stop 52: `run R.yaml | head -0` (stdout's reader gone as 'wrote OUT' was said) exited 0 with its
+    output in place but its run folder not marked finished (the BrokenPipeError left Runner.run past
+    mark_finished), so `run R.yaml --overwrite` then refused ('... not marked written ...'). Now it is
+    marked finished, and the rerun starts over."""
+    import os
+    import subprocess
+    import sys
+
+    from compress.runner_resume import FINISHED
+    from tests.runner_helpers import pixart_runner
+
+    pixart_runner(tmp_path, monkeypatch)
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-c", "import sys; from compress.cli import main; sys.exit(main())",
+                               *argv], stdout=write, stderr=subprocess.PIPE, text=True, cwd=tmp_path, timeout=600)
+    finally:
+        os.close(write)
+    assert done.returncode == 0, done.stderr
+    assert load_transformer(tmp_path / "out") is not None and (tmp_path / "run" / "stages" / FINISHED).is_file()
+    assert main([*argv, "--overwrite"]) == 0
