@@ -31,7 +31,9 @@ DTYPES = ("float32", "float16", "bfloat16")
 HELDOUT = 64  # calibration.heldout's default for the toy and synthetic sources
 
 
-SEED_MAX = 2**63 - 1
+# calibration.seed's largest: torch's CPU generator reads 32 bits of a seed (manual_seed(s) and s + 2**32
+# draw alike), so a larger one would draw a smaller one's inputs (eval's --seed: cli.SEED_LIMIT, the same)
+SEED_MAX = 2**32 - 1
 
 TOP_KEYS = ("version", "model", "teacher", "teacher_config", "stream", "compute_dtype", "device", "calibration",
             "export", "passes")
@@ -111,9 +113,11 @@ class CalibrationConfig:
             if getattr(self, name) is not None and getattr(self, name) < 16:
                 raise BadValue(name, f"calibration.{name} must be at least 16 pixels (or null: the "
                                      f"pipeline's default), not {getattr(self, name)}")
-        if not 0 <= self.seed <= SEED_MAX:  # torch seeds with a 64-bit integer
+        if not 0 <= self.seed <= SEED_MAX:
             shown = repr(self.seed) if len(repr(self.seed)) <= 40 else repr(self.seed)[:37] + "..."
-            raise BadValue("seed", f"calibration.seed must be an integer from 0 to 2**63-1, not {shown}")
+            raise BadValue("seed", f"calibration.seed must be an integer from 0 to 2**32-1 ({SEED_MAX}: torch's "
+                                   f"generator reads 32 bits of a seed, so a larger one draws a smaller one's "
+                                   f"inputs), not {shown}")
 
 
 @dataclass

@@ -334,3 +334,36 @@ def test_an_error_names_only_the_sets_of_the_keys_its_check_read(text, sets, sai
     with pytest.raises(UserError) as e:
         parse_recipe(text, "r.yaml", sets)
     assert str(e.value).startswith(said), str(e.value)
+
+
+def test_a_seed_past_32_bits_is_refused_at_its_line_by_plan_and_run(tmp_path, capsys):
+    """torch's CPU generator reads 32 bits of a seed: calibration.seed 2**32 drew seed 0's inputs while
+    docs/RECIPES.md said seeds run to 2**63-1. Such a seed is refused at its line, plan and run alike,
+    before run makes its folders; 2**32-1 is taken (seed 0's draws unchanged: the README's figures)."""
+    from pathlib import Path
+
+    import torch
+
+    from compress.cli import main
+    from compress.recipe import SEED_MAX
+
+    draw = lambda seed: torch.randn(4, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    assert torch.equal(draw(7), draw(7 + 2**32))  # why: the seeds past 2**32-1 draw a smaller one's inputs
+    assert SEED_MAX == 2**32 - 1
+    text = (Path(__file__).parent.parent / "recipes" / "toy-pixart.yaml").read_text()
+    line = text.splitlines().index("  seed: 0") + 1
+    (tmp_path / "prompts").symlink_to(Path(__file__).parent.parent / "recipes" / "prompts")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text.replace("  seed: 0", f"  seed: {2**32 - 1}"))
+    assert load_recipe(recipe).calibration.seed == 2**32 - 1
+    for seed in (2**32, 2**40 + 5):
+        recipe.write_text(text.replace("  seed: 0", f"  seed: {seed}"))
+        for argv in (["plan", str(recipe)], ["run", str(recipe), "--out", str(tmp_path / "o"),
+                                             "--run-dir", str(tmp_path / "run")]):
+            capsys.readouterr()
+            assert main(argv) == 2
+            assert capsys.readouterr().err == (
+                f"dit-compress: error: {recipe}:{line}: calibration.seed must be an integer from 0 to 2**32-1 "
+                f"(4294967295: torch's generator reads 32 bits of a seed, so a larger one draws a smaller one's "
+                f"inputs), not {seed}\n")
+            assert not (tmp_path / "run").exists() and not (tmp_path / "o").exists()
