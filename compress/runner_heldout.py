@@ -208,12 +208,14 @@ def older_heldout_note(report: dict, start: int, kind: str, seed: int) -> str | 
     older dit-compress, on the held-out inputs it drew with calibration.seed (`seed`) + 1 (a pipeline source's
     + 10000), which are not those drawn now for a source of `kind` (inputs.older_heldout_is_todays): their `report` (the
     restored run report) records no held-out `seed`, which check_stage records for every stage measured on
-    the inputs of today's draw. None where nothing was kept or the two draws are one (seed 0, but synthetic)."""
-    if start == 0 or (report.get("heldout") or {}).get("seed") is not None:
+    the inputs of today's draw. None where no kept pass was measured (a run stopped during its first pass's
+    held-out check: check_kept measures it now) or the two draws are one (seed 0, but synthetic)."""
+    measured = sum(s.get("relative_error") is not None for s in (report.get("stages") or [])[:start])
+    if not measured or (report.get("heldout") or {}).get("seed") is not None:
         return None
     if older_heldout_is_todays(kind, seed):
         return None
-    return (f"--resume: the held-out errors of the {start} pass{'es' if start > 1 else ''} kept were measured by an "
+    return (f"--resume: the held-out errors of the {measured} pass{'es' if measured > 1 else ''} kept were measured by an "
             f"older dit-compress, on held-out inputs drawn with calibration.seed {seed} (each seed had its own); "
             "the passes run now are measured on the held-out inputs every seed shares, so their errors and the kept "
             "ones' are not on the same inputs: rerun with --restart to measure every pass on them")

@@ -240,7 +240,40 @@ def test_which_older_heldout_draws_resume_names(kind, seed, said):
     (its report's heldout seed) or none kept: nothing to say."""
     from compress.runner_heldout import older_heldout_note
 
-    report = {"stages": [{"pass": "svd"}]}
+    report = {"stages": [{"pass": "svd", "relative_error": 0.1}]}
     assert (older_heldout_note(report, 1, kind, seed) is not None) == said
     assert older_heldout_note(dict(report, heldout={"seed": 1}), 1, kind, seed) is None
     assert older_heldout_note(report, 0, kind, seed) is None
+
+
+def test_resume_of_a_run_stopped_in_its_first_held_out_check_says_nothing_of_an_older_draw(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """R2 stop 52: a run of this dit-compress stopped during its first pass's held-out check (its stage kept, not yet
+    measured, so its report records no heldout seed) got '--resume: the held-out errors of the 1 pass kept were
+    measured by an older dit-compress ...' (synthetic source, any seed), and its later stages then recorded no seed
+    (the note again on every resume). Only kept passes measured count: nothing said, report.json's heldout seed."""
+    import json
+    import os
+    import signal
+
+    import compress.runner_heldout
+    from compress.cli import main
+    from tests.runner_helpers import pixart_runner
+
+    pixart_runner(tmp_path, monkeypatch)  # r.yaml: remove_blocks, then svd; synthetic source
+    argv = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run"),
+            "--set", "calibration.seed=3"]
+    real = compress.runner_heldout.relative_error
+
+    def stop_then_measure(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+    with monkeypatch.context() as m:
+        m.setattr(compress.runner_heldout, "relative_error", stop_then_measure)
+        assert main(argv) == 143
+    capsys.readouterr()
+    assert main(argv + ["--resume"]) == 0
+    said = "".join(capsys.readouterr())
+    assert "pass 1/2 (remove_blocks, kept) was stopped during its held-out check" in said
+    assert "older dit-compress" not in said
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["heldout"]["seed"] == 1
