@@ -124,13 +124,15 @@ def finite_guided(adapter, student, predictions: list, guide: tuple, whose: Call
 def heldout_record(runner) -> dict:
     """report.json's `heldout`: the held-out inputs every stage's errors are measured on, `inputs` (rows of the
     transformer's batch: a pipeline's both CFG branches counted), and `guidance_scale`, the scale s of the stages'
-    guided_error (None where the source's pipeline samples one branch: none is recorded)."""
+    guided_error (None where the source's pipeline samples one branch: none is recorded); `seed`, the one today's
+    held-out inputs are drawn with, but where kept passes were measured on an older draw (runner.older_heldout,
+    check_kept): unmarked, as their stages' reports."""
     held = getattr(runner, "held_out", None)  # (batches, the teacher's predictions): Runner._run's
     guide = getattr(runner, "held_out_guided", None)  # a resumed run that checked no stage computed none
     guidance = guide[0] if guide is not None else runner.ctx.heldout_guidance()
+    seed = {} if getattr(runner, "older_heldout", False) else {"seed": heldout_seed(runner.ctx.source_kind)}
     return {"inputs": sum(b["hidden_states"].shape[0] for b in held[0]) if held is not None else None,
-            "guidance_scale": None if guidance is None else guidance.scale,
-            "seed": heldout_seed(runner.ctx.source_kind)}
+            "guidance_scale": None if guidance is None else guidance.scale, **seed}
 
 
 def guided_words(record: dict) -> str:

@@ -230,6 +230,7 @@ def test_resume_of_stages_measured_on_the_older_seeds_heldout_inputs_says_so(tmp
     assert ("--resume: the held-out errors of the 1 pass kept were measured by an older dit-compress, on held-out "
             "inputs drawn with calibration.seed 1 (each seed had its own)") in said
     assert "rerun with --restart" in said
+    assert "seed" not in json.loads((out / "report.json").read_text())["heldout"]  # its kept errors: the older draw
 
 
 @pytest.mark.parametrize("kind, seed, said", [("toy", 0, False), ("toy", 1, True), ("pipeline", 0, False),
