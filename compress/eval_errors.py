@@ -57,9 +57,11 @@ def teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: st
     student = models.restore(out).requires_grad_(False).eval()
     check_same_architecture(student, teacher, teacher_source)
     adapter = get_adapter(teacher)
-    src = input_source(adapter.family, _heldout_pipeline(out, teacher_source), recipe.calibration, teacher)
+    pipeline = _heldout_pipeline(out, teacher_source)
+    src = input_source(adapter.family, pipeline, recipe.calibration, teacher)
     report = read_report(out)
     read_recorded_inputs(src, report)
+    _note_older_heldout(pipeline, recipe, report)
     with models.forwards(teacher), status("eval: the teacher's held-out predictions, block by block"):
         held = _teacher_side(src, adapter, teacher, device, dtype, recipe.compute_dtype)
     _note_computed_wider(out, recipe, report)
@@ -82,8 +84,10 @@ def teacher_relative(model, teacher, source: str, out: Path) -> dict:
     recipe = load_recipe(out / "recipe.yaml")
     adapter = get_adapter(teacher)
     report = read_report(out)
-    src = input_source(adapter.family, _heldout_pipeline(out, source), recipe.calibration, teacher)
+    pipeline = _heldout_pipeline(out, source)
+    src = input_source(adapter.family, pipeline, recipe.calibration, teacher)
     read_recorded_inputs(src, report)
+    _note_older_heldout(pipeline, recipe, report)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teacher = cast(teacher, device, DTYPES[recipe.compute_dtype])
     with status("eval: the teacher's held-out predictions"):
@@ -107,6 +111,16 @@ def read_recorded_inputs(src, report: dict) -> None:
     if not src.cache_dir.is_dir():
         note(f"eval: the run's sampled inputs ({src.cache_dir}, report.json's inputs_cache) are gone: "
              "the held-out inputs are sampled again, in memory")
+
+
+def _note_older_heldout(pipeline: str, recipe, report: dict) -> None:
+    """A note where report.json's errors were measured on an older draw of the held-out inputs than eval's
+    (runner_heldout.older_heldout_eval_note); `pipeline`: _heldout_pipeline's, whose kind input_source took."""
+    from compress.inputs import source_kind
+    from compress.runner_heldout import older_heldout_eval_note
+
+    if said := older_heldout_eval_note(report, source_kind(recipe.calibration, pipeline), recipe.calibration.seed):
+        note(said)
 
 
 def _teacher_side(src, adapter, teacher, device, dtype, compute_dtype: str) -> tuple:

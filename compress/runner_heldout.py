@@ -14,7 +14,7 @@ import torch
 
 from compress.errors import NumericError
 from compress.guided import guided_predictions, relative_distance
-from compress.inputs import heldout_seed, moved, older_heldout_is_todays
+from compress.inputs import PIPELINE_HELDOUT_SEED, heldout_seed, moved, older_heldout_is_todays
 from compress.passes.base import relative_error
 from compress.passes.distill_resume import lower_lr, trains_again
 from compress.report import console, is_number, note, warn
@@ -203,6 +203,26 @@ def unmeasured_in_words(done: int, total: int, name: str, when: str) -> str:
     where the run stopped (`when`, a key of STOPPED): during that check, while the pass's stage was
     being written (--resume has just finished it), or once it was saved, before the check began."""
     return f"pass {done}/{total} ({name}, kept) was stopped {STOPPED[when]}: measuring it now"
+
+
+def older_heldout_draw(kind: str, seed: int) -> int:
+    """The seed an older dit-compress drew the held-out inputs of calibration.seed `seed` with, for a source of
+    `kind`: seed + 1, a pipeline source's held-out prompts seed + 10000 (inputs.older_heldout_is_todays)."""
+    return seed + (PIPELINE_HELDOUT_SEED if kind == "pipeline" else 1)
+
+
+def older_heldout_eval_note(report: dict, kind: str, seed: int) -> str | None:
+    """What eval says of an output whose `report` (report.json) records its stages' errors but no held-out seed
+    (an older dit-compress's) where that draw is not today's (older_heldout_is_todays): the pred_rel_error it
+    measures now is on other held-out inputs than report.json's stages' (a pipeline source's prompts sampled
+    again: its inputs_cache holds the older draw's calls). None otherwise."""
+    if not report.get("stages") or (report.get("heldout") or {}).get("seed") is not None:
+        return None
+    if older_heldout_is_todays(kind, seed):
+        return None
+    return (f"eval: report.json's errors were measured by an older dit-compress, on held-out inputs drawn for "
+            f"calibration.seed {seed} (with seed {older_heldout_draw(kind, seed)}); eval measures on the held-out "
+            "inputs every seed shares now, so its pred_rel_error is not on report.json's stages' inputs")
 
 
 def older_heldout_note(report: dict, start: int, kind: str, seed: int) -> str | None:

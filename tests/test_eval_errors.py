@@ -48,3 +48,33 @@ def test_eval_writes_nothing_in_the_run_folder_gone_or_holding_an_unreadable_cal
     assert _files(tmp_path) == before and not (tmp_path / "run-p").exists()
     assert f"note: eval: the run's sampled inputs ({cache}, report.json's inputs_cache) are gone: the held-out " \
            "inputs are sampled again, in memory" in " ".join(said.err.split())
+
+
+def test_eval_of_an_output_measured_on_the_older_held_out_draw_says_so(tmp_path, capsys):
+    """R2 stop 52: eval of a pipeline-source output of calibration.seed 3 that an older dit-compress wrote (its
+    held-out prompts drawn with seed 10003; report.json's heldout records no seed) re-samples the held-out prompts
+    with today's 10000 (its inputs_cache keyed 10003 reads none back) and said nothing: its pred_rel_error was on
+    other inputs than report.json's stages'. Now one note says so; nothing where report.json records the seed,
+    or where the older draw was today's (seed 0 but a synthetic source's)."""
+    from compress.runner_heldout import older_heldout_eval_note
+    from tests.pipelines import RECIPE as PIPELINE_RECIPE
+    from tests.pipelines import pixart_pipeline
+    from tests.runner_helpers import run_recipe
+
+    pipe = pixart_pipeline(tmp_path / "pipe")
+    text = PIPELINE_RECIPE.replace("{teacher}", str(pipe)).replace("{family}", "pixart").replace("{size}", "seed: 3, ")
+    out = run_recipe(tmp_path, text.format(stream="false"), "p")
+    capsys.readouterr()
+    assert main(["eval", str(out), "--json"]) == 0
+    assert "older dit-compress" not in capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    del report["heldout"]["seed"]  # as an older dit-compress wrote it
+    (out / "report.json").write_text(json.dumps(report))
+    assert main(["eval", str(out), "--json"]) == 0
+    assert ("note: eval: report.json's errors were measured by an older dit-compress, on held-out inputs drawn for "
+            "calibration.seed 3 (with seed 10003); eval measures on the held-out inputs every seed shares now, so "
+            "its pred_rel_error is not on report.json's stages' inputs") in " ".join(capsys.readouterr().err.split())
+    older = {"stages": [{"pass": "svd"}], "heldout": {}}
+    assert [older_heldout_eval_note(older, kind, 0) is not None for kind in ("pipeline", "toy", "synthetic")] == \
+        [False, False, True]
+    assert "(with seed 2)" in older_heldout_eval_note(older, "synthetic", 1)
