@@ -237,7 +237,8 @@ def older_heldout_note(report: dict, start: int, kind: str, seed: int) -> str | 
         return None
     if older_heldout_is_todays(kind, seed):
         return None
-    return (f"--resume: the held-out errors of the {measured} pass{'es' if measured > 1 else ''} kept were measured by an "
-            f"older dit-compress, on held-out inputs drawn with calibration.seed {seed} (each seed had its own); "
+    return (f"--resume: the held-out errors of the {measured} pass{'es' if measured > 1 else ''} kept were measured "
+            f"by an older dit-compress, on held-out inputs drawn for calibration.seed {seed} (with seed "
+            f"{older_heldout_draw(kind, seed)}: each seed had its own); "
             "the passes run now are measured on the held-out inputs every seed shares, so their errors and the kept "
             "ones' are not on the same inputs: rerun with --restart to measure every pass on them")

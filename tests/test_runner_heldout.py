@@ -228,7 +228,7 @@ def test_resume_of_stages_measured_on_the_older_seeds_heldout_inputs_says_so(tmp
     out = run_recipe(tmp_path, two.replace("modulation: 8", "modulation: 2"), "r", resume=True, overwrite=True)
     said = " ".join("".join(capsys.readouterr()).split())
     assert ("--resume: the held-out errors of the 1 pass kept were measured by an older dit-compress, on held-out "
-            "inputs drawn with calibration.seed 1 (each seed had its own)") in said
+            "inputs drawn for calibration.seed 1 (with seed 2: each seed had its own)") in said
     assert "rerun with --restart" in said
     assert "seed" not in json.loads((out / "report.json").read_text())["heldout"]  # its kept errors: the older draw
 
@@ -245,6 +245,9 @@ def test_which_older_heldout_draws_resume_names(kind, seed, said):
     assert (older_heldout_note(report, 1, kind, seed) is not None) == said
     assert older_heldout_note(dict(report, heldout={"seed": 1}), 1, kind, seed) is None
     assert older_heldout_note(report, 0, kind, seed) is None
+    if said:  # the older draw's seed: seed + 1, a pipeline's seed + 10000
+        assert f"drawn for calibration.seed {seed} (with seed {seed + (10000 if kind == 'pipeline' else 1)}:" in \
+            older_heldout_note(report, 1, kind, seed)
 
 
 def test_resume_of_a_run_stopped_in_its_first_held_out_check_says_nothing_of_an_older_draw(tmp_path, monkeypatch,
