@@ -158,11 +158,12 @@ def print_plan(plan: dict) -> None:
 def _say(line: str, lead: tuple[int, str] = (0, "")) -> None:
     """A line of the plan on `results`, its first `lead[0]` characters in style `lead[1]` (the recipe, a
     pass's name; no markup read in it), broken at its spaces where the terminal is narrower (as inspect's
-    notes are: report_fit.wrapped), its continuation lines two further in than it."""
+    notes are: report_fit.wrapped), its continuation lines two further in than it. Piped, whole (as
+    report.soft_wrap keeps it: `plan R | grep memory` gets the line)."""
     if "\n" in line:  # each of its lines as a line
         first, rest = line.split("\n", 1)
         return _say(first, lead), _say(rest)
-    width, (styled, style) = results.width, lead
+    width, (styled, style) = results.width if results.is_terminal else None, lead
     indent = " " * (len(line) - len(line.lstrip(" ")) + 2)
     pieces = [line] if width is None or cell_len(line) <= width else wrapped(line, width, indent)
     at, own = 0, len(indent) - 2  # the line's own indent: not styled

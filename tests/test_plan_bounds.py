@@ -27,7 +27,7 @@ def test_a_global_pass_s_roles_are_bounds_and_the_total_its_budget(capsys):
     assert all(f"≤ {plan['by_role_after'][r]:,}" in rows[r] for r in later["roles"])
     assert "≤" not in rows["modulation"]
     assert ("≤: svd (line 5, allocation global) decides the ranks of attention, cross_attention, mlp after "
-            "calibration") in " ".join(out.split())  # which roles, as a removal's footnote may follow
+            "calibration") in out  # which roles, as a removal's footnote may follow
     assert (f"total parameters: {plan['params_before']:,} -> at most 973,072 (55.1%; planned: svd (line 5, "
             f"allocation global) keeps at most its budget, {int(0.6 * dense):,} of its targets' {dense:,} dense"
             in " ".join(out.split()))
@@ -207,7 +207,7 @@ def test_plan_text_says_plainly_why_roles_and_the_total_are_bounds_after_a_run_t
     assert "≤" not in rows["embedding"] + rows["output"] and "≤" in rows["attention"]
     n = plan["unplaced_removals"][0]["blocks"]
     assert (f"≤: remove_blocks (line 4) takes {n} block{'s' if n > 1 else ''}, picked by importance at run "
-            "time from any group: the roles with layers in blocks are counted here with every block") in " ".join(out.split())
+            "time from any group: the roles with layers in blocks are counted here with every block") in out
     words = " ".join(out.split())
     assert f"picked by importance at run time from any group: counted as if {smallest})" in words
     assert "as many" not in words
@@ -253,7 +253,7 @@ def test_a_removal_after_one_picked_at_run_time_states_its_counts_per_group_as_r
     assert [k for k in ("blocks_before", "blocks_after") if f"{k}: {{" in words] == per_group  # not '3 blocks in all'
     assert words.endswith("ranges: remove_blocks (line 4) takes 2 blocks before it, from groups picked at run time")
     print_plan(plan)
-    assert 'blocks_before: {"double": 1–2, "single": 2–3}' in " ".join(capsys.readouterr().out.split())
+    assert 'blocks_before: {"double": 1–2, "single": 2–3}' in capsys.readouterr().out
     runs = [make_plan(parse_recipe(f"{head}  - remove_blocks: {{blocks: {placed}}}\n  - remove_blocks: {second}\n",
                                    "r.yaml"))["passes"][-1]
             for placed in ("{double: [0], single: [0]}", "{single: [0, 1]}")]  # every way the run may pick them

@@ -29,17 +29,6 @@ def test_ranks_that_are_all_alike_are_said_once():
     assert step_words({"ranks": {}, "budget": {"double": 2}}) == 'ranks: none; budget: {"double": 2}'
 
 
-def _said(out: str, start: str) -> str:
-    """The line of plan's `out` that starts `start` (after its indent), with the lines it was broken into
-    on a narrow terminal (report_fit.wrapped: further in) joined back, single-spaced."""
-    lines = out.splitlines()
-    at = next(i for i, line in enumerate(lines) if line.strip().startswith(start))
-    indent = len(lines[at]) - len(lines[at].lstrip())
-    more = lines[at + 1:]
-    more = more[:next((i for i, line in enumerate(more) if len(line) - len(line.lstrip()) <= indent), len(more))]
-    return " ".join(" ".join([lines[at], *more]).split())
-
-
 @pytest.mark.parametrize("removal, used", [
     ("remove_blocks: {blocks: {blocks: [1]}}", False),  # explicit blocks: no scan
     ("remove_blocks: {count: {blocks: 0}, criterion: learned}", False),  # a removal of none (8b62c74)
@@ -52,7 +41,7 @@ def test_plan_says_when_no_pass_calibrates(tmp_path, capsys, removal, used):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"model: pixart\nteacher: toy:pixart\npasses:\n  - {removal}\n")
     assert cli.main(["plan", str(recipe)]) == 0
-    line = _said(capsys.readouterr().out, "calibration: ")
+    line = capsys.readouterr().out.splitlines()[1].strip()
     assert line.startswith("calibration: none (no pass calibrates") != used and line.startswith("calibration: 160 inputs") == used
     assert cli.main(["plan", str(recipe), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["calibration"]["used"] is used
@@ -71,7 +60,7 @@ def test_plan_says_a_distill_on_teacher_samples_draws_calibration_inputs(tmp_pat
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"model: pixart\nteacher: toy:pixart\npasses:\n  - {passes}\n")
     assert cli.main(["plan", str(recipe)]) == 0
-    line = _said(capsys.readouterr().out, "calibration: ")
+    line = " ".join(capsys.readouterr().out.splitlines()[1].split())
     assert line.startswith("calibration: none") != drawn
     assert ("calibration: 160 inputs drawn, though no pass calibrates" in line) == (drawn and not used)
     assert cli.main(["plan", str(recipe), "--json"]) == 0
@@ -162,7 +151,7 @@ def test_plan_samples_the_toy_pipeline_without_minutes(tmp_path, capsys):
     sets = ["--set", "calibration.source=pipeline", "--set", "calibration.prompts=[a 1, a 2]",
             "--set", "calibration.sample_steps=2", "--set", "calibration.timesteps=2"]
     assert cli.main(["plan", str(recipe), *sets]) == 0
-    line = _said(capsys.readouterr().out, "calibration: ")
+    line = " ".join(capsys.readouterr().out.splitlines()[1].split())
     assert line.startswith("calibration: 4 inputs drawn, sampling the pipeline, though no pass calibrates")
     assert cli.main(["plan", str(recipe), *sets, "--json"]) == 0
     calib = json.loads(capsys.readouterr().out)["calibration"]
@@ -274,11 +263,13 @@ def test_plan_says_the_fishers_disk_in_bytes_and_json_has_their_count(capsys):
     assert said == ["16 MiB on disk while the pass runs", "4 MiB on disk while the pass runs"]
 
 
-def _printed_plan(plan: dict, width: int, capsys, monkeypatch) -> str:
+def _printed_plan(plan: dict, width: int, capsys, monkeypatch, terminal: bool = True) -> str:
+    """print_plan's lines on a `width`-column results console, a terminal's or (`terminal` false) a pipe's."""
     from compress.plan_words import print_plan
     from compress.report import results
 
     monkeypatch.setattr(results, "_width", width)
+    monkeypatch.setattr(results, "_force_terminal", terminal)  # (its colours stay off: chosen at its start)
     print_plan(plan)
     return capsys.readouterr().out
 
@@ -302,6 +293,20 @@ def test_plans_lines_break_at_their_spaces_on_a_narrow_terminal(toy_plans, name,
         assert " ".join(said.split()) == " ".join(was.split())
     lines = narrow[narrow.index("  memory: "):].splitlines()
     assert lines[1].startswith("    ") and not lines[1].startswith("     ")  # two further in than its line
+
+
+@pytest.mark.parametrize("name", ["toy-pixart", "toy-flux"])
+def test_a_piped_plan_keeps_each_line_whole(toy_plans, name, capsys, monkeypatch):
+    """R2 stop 52: piped, plan broke its lines at 80 columns as on a terminal (toy-pixart's 29 lines 64; `plan R |
+    grep memory` got a piece of the memory line), though a log keeps a line whole for grep (report.soft_wrap).
+    Now only a terminal's lines are broken: piped, at any width, its lines are the wide terminal's (the table
+    still fitted to the width: report_fit's own tests)."""
+    wide = _printed_plan(toy_plans[name], 100000, capsys, monkeypatch)
+    piped = _printed_plan(toy_plans[name], 40, capsys, monkeypatch, terminal=False)
+    head = lambda out: out[:out.index("parameters by role")]  # noqa: E731 (the lines above the table)
+    total = lambda out: [line for line in out.splitlines() if line.startswith("total parameters")]  # noqa: E731
+    assert head(piped) == head(wide) and total(piped) == total(wide) and len(total(wide)) == 1
+    assert sum(line.startswith("  memory: ") and line.endswith("not counted)") for line in piped.splitlines()) == 1
 
 
 @pytest.mark.parametrize("name", ["toy-pixart", "toy-flux"])
