@@ -99,8 +99,11 @@ def test_a_distill_that_raises_the_error_is_warned_at_its_line(tmp_path, capsys)
 
 
 def test_a_distill_that_lowers_the_error_says_nothing(tmp_path, capsys):
-    record, said = _run(tmp_path, capsys, "low", "steps: 10, lambda_task: 0, lr: 0.0001")
-    assert record["pred_rel_error_after"] < record["pred_rel_error_before"]
+    # 16 held-out inputs, not SIMPLE's 4: on 4 the error 10 steps at lr 1e-4 leave moves with the draw (0.1905 ->
+    # 0.1934 on the held-out inputs 6ff4c56 draws, lower on the older draw); 30 steps at 1e-3 lower it on 16
+    # (0.4040 -> 0.3989), by more than the 1e-3 a rise is told from float noise by
+    record, said = _run(tmp_path, capsys, "low", "steps: 30, lambda_task: 0, lr: 0.001", ["calibration.heldout=16"])
+    assert record["pred_rel_error_after"] < record["pred_rel_error_before"] * (1 - 1e-3)
     assert "error_rose" not in record and "rose over" not in said
 
 
