@@ -18,10 +18,10 @@ from compress.io_source import READS
 from compress.passes import PASSES, config_class
 from compress.recipe_convert import MERGE_HINT, _Loc, _check_keys, _key_locs, build_dataclass, convert
 from compress.recipe_folder import read_recipe, refuse_folder, refuse_not_file
-from compress.recipe_passes import PassSpec, _is_null, _pass_name
+from compress.recipe_passes import PassSpec, _pass_name
 from compress.recipe_set import key_nodes, place, refuse_repeated, remark
 from compress.recipe_set_null import drop, no_value, takes_null
-from compress.recipe_yaml import NULL, RecipeLoader, read_marks
+from compress.recipe_yaml import NULL, RecipeLoader, is_null, read_marks
 from compress.recipe_yaml_errors import character_words, yaml_error_words
 
 FAMILIES = ("pixart", "flux")
@@ -207,7 +207,7 @@ def set_override(data_node: yaml.MappingNode, dotted: str, value_text: str, path
             from None
     if value_node is None:  # `--set seed=` (an unset shell variable): was null, so silently the default
         raise UserError(f"{path} ({mark.name}): {no_value(dotted, takes_null(dotted, Recipe, TOP_KEYS))}")
-    if _is_null(value_node) and not takes_null(dotted, Recipe, TOP_KEYS):  # a key null is no value of
+    if is_null(value_node) and not takes_null(dotted, Recipe, TOP_KEYS):  # a key null is no value of
         drop(data_node, dotted, value_text, path)  # (ratio=null): out of the recipe, its default holds
         return
     remark(value_node, mark)

@@ -17,7 +17,7 @@ from compress.errors import UserError, did_you_mean
 from compress.passes import PASSES, config_class
 from compress.recipe_convert import MERGE_HINT, _Loc, concerned, with_sets
 from compress.recipe_set import nearest
-from compress.recipe_yaml import NULL, core_tag, rest_of_line
+from compress.recipe_yaml import is_null, rest_of_line
 
 
 @dataclass
@@ -44,7 +44,7 @@ class PassSpec:
 
 def _pass_name(node: yaml.Node, loc: _Loc, index: int) -> tuple[str, yaml.Node | None]:
     """(name, options node) of the pass item `node`, a known pass's (no pass module imported)."""
-    if _is_null(node):  # "- " or a --set passes.N=null
+    if is_null(node):  # "- " or a --set passes.N=null
         raise loc.err(f"passes[{index}] is null: a pass is a name or a one-key mapping like '- svd: {{ratio: 0.5}}' "
                       "(to leave a pass out, delete its item from the recipe)")
     if isinstance(node, yaml.ScalarNode):  # "- svd" with all defaults
@@ -98,8 +98,3 @@ def _unspaced_pass(name: str, node: yaml.Node) -> str:
     key = node.value[0][0] if isinstance(node, yaml.MappingNode) else node
     written = rest_of_line(key.start_mark) or name
     return f" (write '{before}: {written.partition(':')[2].strip()}', a space after ':')"
-
-
-def _is_null(node: yaml.Node) -> bool:
-    """Whether a --set's value is null (null, ~; not 'null' quoted, nor !!null abc)."""
-    return isinstance(node, yaml.ScalarNode) and node.tag == NULL and core_tag(node.value) == NULL

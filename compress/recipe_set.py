@@ -14,7 +14,7 @@ import yaml
 
 from compress.errors import UserError
 from compress.passes import PASSES, config_class
-from compress.recipe_yaml import NULL, RecipeLoader, core_tag
+from compress.recipe_yaml import RecipeLoader, is_null
 
 NAME_KEYED = ("ranks",)  # pass options whose keys are module names or patterns, which hold dots
 
@@ -45,7 +45,7 @@ def place(data_node: yaml.MappingNode, dotted: str, value_text: str, value_node:
             _set_key(node, yaml.ScalarNode("tag:yaml.org,2002:str", part, mark, mark), value_node,
                      first=parts[0] == "passes" and i == 4 and parts[3] in NAME_KEYED)
             return
-        if not match or _null(match[0][1]):  # a key null (its defaults, or set so by an earlier --set):
+        if not match or is_null(match[0][1]):  # a key null (its defaults, or set so by an earlier --set):
             _refuse_new_list(parts, i, said, match[0][1] if match else None)  # a mapping of this key alone
             child = yaml.MappingNode("tag:yaml.org,2002:map", [], mark, mark)
             key = match[0][0] if match else yaml.ScalarNode("tag:yaml.org,2002:str", part, mark, mark)
@@ -73,7 +73,7 @@ def _refuse_null_options(data_node: yaml.MappingNode, parts: list[str], value_no
     """`--set passes.2.svd=null` set every option of the pass back to its default, without a word
     (the file's targets, ratio, ... gone): refused, as a list's item set to null is, saying how to drop
     one option, all of them (`{}`, written out), or the pass. A pass that has no options is left to it."""
-    if len(parts) != 3 or parts[0] != "passes" or not _null(value_node):
+    if len(parts) != 3 or parts[0] != "passes" or not is_null(value_node):
         return
     passes = {k.value: v for k, v in data_node.value}.get("passes")
     item = passes.value[int(parts[1])] if isinstance(passes, yaml.SequenceNode) else None
@@ -118,13 +118,6 @@ def _refuse_new_list(parts: list[str], i: int, said: str, null: yaml.Node | None
             by = null.start_mark.name if null.start_mark.name.startswith("--set") else ""
             lacks = f"{there} is null{f' ({by})' if by else ''}, so it has no item {parts[i + 1]}"
         raise UserError(f"{said}: {lacks}; give the whole list, e.g. --set '{there}=[...]'")
-
-
-def _null(node: yaml.Node) -> bool:
-    """Whether `node` is a null value (`calibration:`, `~`, an earlier `--set calibration=null`): a --set
-    below it sets that key of the default section (`--set calibration=null --set calibration.seed=1`:
-    calibration's defaults, seed 1), as below a key the recipe lacks."""
-    return isinstance(node, yaml.ScalarNode) and node.tag == NULL and core_tag(node.value) == NULL
 
 
 def refuse_repeated(overrides, path: str) -> None:

@@ -42,6 +42,11 @@ def core_tag(text: str) -> str:
     return STR
 
 
+def is_null(node: yaml.Node) -> bool:
+    """Whether `node` is a null value (null, ~, an empty value; not 'null' quoted, nor !!null abc)."""
+    return isinstance(node, yaml.ScalarNode) and node.tag == NULL and core_tag(node.value) == NULL
+
+
 class RecipeLoader(yaml.SafeLoader):
     """SafeLoader reading plain scalars by YAML 1.2's core schema (module docstring); a mapping key
     that lacks the space after its ':' ({double:1}) refused (`unspaced_key`)."""
