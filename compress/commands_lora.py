@@ -52,7 +52,7 @@ def with_lora_noted(files: dict[str, str], model, lora_source: str, scale: float
 def lora(args) -> int:
     """A compressed output with a teacher's LoRA merged into it (compress.lora), written as a new
     output folder beside the old one (its recipe, report, block map and model card copied); its --scale is
-    checked before (cli._check_scale)."""
+    checked before (cli_checks._check_scale)."""
     from compress.io_export import save_compressed
     from compress.io_output import hub_output
     from compress.lora import merge_lora

@@ -86,7 +86,7 @@ def looks_local(source: str) -> bool:
 
 def no_lora_there(lora: str) -> str | None:
     """What a LoRA given as a local path not there is told (lora_read; `dit-compress lora` says it before
-    torch's import, cli._check_paths_there); None where it is there or reads as a Hub id (the Hugging Face
+    torch's import, cli_checks._check_paths_there); None where it is there or reads as a Hub id (the Hugging Face
     cache is looked in)."""
     if looks_local(lora) and not Path(lora).expanduser().exists():
         return f"{lora}: no LoRA there (a .safetensors file, or a folder holding one)"
@@ -95,7 +95,7 @@ def no_lora_there(lora: str) -> str | None:
 
 def no_checkpoint_file(given: str) -> str | None:
     """convert's words for a FILE that is neither a file nor a folder (a folder: commands.not_a_file), said
-    before torch's import (cli._check_paths_there); None where it is one."""
+    before torch's import (cli_checks._check_paths_there); None where it is one."""
     path = Path(given).expanduser()
     if path.is_file() or path.is_dir():
         return None

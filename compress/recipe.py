@@ -32,7 +32,7 @@ HELDOUT = 64  # calibration.heldout's default for the toy and synthetic sources
 
 
 # calibration.seed's largest: torch's CPU generator reads 32 bits of a seed (manual_seed(s) and s + 2**32
-# draw alike), so a larger one would draw a smaller one's inputs (eval's --seed: cli.SEED_LIMIT, the same)
+# draw alike), so a larger one would draw a smaller one's inputs (eval's --seed: cli_checks.SEED_LIMIT, the same)
 SEED_MAX = 2**32 - 1
 
 TOP_KEYS = ("version", "model", "teacher", "teacher_config", "stream", "compute_dtype", "device", "calibration",

@@ -150,11 +150,11 @@ def test_integer_options_out_of_range_are_one_line_before_any_work(monkeypatch, 
 
 
 def test_the_cli_seed_limit_is_the_toy_evaluations():
-    """cli keeps its own copy of the limit (no torch import before the check): the same number."""
-    from compress import cli
+    """cli_checks keeps its own copy of the limit (no torch import before the check): the same number."""
+    from compress import cli_checks
     from compress.toy import evaluate
 
-    assert cli.SEED_LIMIT == evaluate.SEED_LIMIT
+    assert cli_checks.SEED_LIMIT == evaluate.SEED_LIMIT
 
 
 def test_importance_takes_the_recipe_options_plan_and_run_take(monkeypatch, capsys):

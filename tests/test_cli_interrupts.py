@@ -4,7 +4,7 @@ among them) is held to the end of its imports (moved from tests/test_cli.py)."""
 
 import pytest
 
-from compress import cli, interrupts
+from compress import cli, cli_checks, interrupts
 from compress.errors import UserError
 from compress.passes.distill_trainer import StepLimitReached, TrainingInterrupted
 
@@ -38,7 +38,7 @@ def test_an_interrupt_says_resume_only_where_the_command_has_it(monkeypatch, cap
         raise KeyboardInterrupt
 
     monkeypatch.chdir(tmp_path)  # runs/x: no run folder
-    if command in cli.OUTPUT_ARGS:  # an output not there is refused first
+    if command in cli_checks.OUTPUT_ARGS:  # an output not there is refused first
         (tmp_path / "x").mkdir()
     monkeypatch.setitem(cli.COMMANDS, command, interrupted)
     assert cli.main([command, "x"]) == 130
