@@ -185,7 +185,10 @@ class Checkpoints:
             if why is None:
                 try:
                     self.acc.load_state(str(path))
-                    state = torch.load(path / f"train_state_{self.acc.process_index}.pt", weights_only=False)
+                    # onto the cpu, where it was made (the cpu generator's state, whose set_state takes a cpu
+                    # ByteTensor; numbers), whatever device wrote it: a GPU run's file resumed without one
+                    state = torch.load(path / f"train_state_{self.acc.process_index}.pt", map_location="cpu",
+                                       weights_only=False)
                     step, history, before, generator = (state["step"], state["history"], state["before"],
                                                         state["generator"])
                 except torch.cuda.OutOfMemoryError:

@@ -273,3 +273,29 @@ def test_a_take_back_stopped_between_its_renames_is_taken_back_by_the_next_resum
     said = capsys.readouterr().err.replace("\n", " ")
     assert f"continuing from its checkpoint at step 4/6 ({root / 'step-00000004'})" in said, said
     assert [_lr_of(p) for p in aside.iterdir()] == [2e-3]
+
+
+def test_a_train_state_written_on_cuda_is_read_onto_the_cpu(tmp_path, monkeypatch, capsys):
+    """R2 stop 52: train_state_<rank>.pt was loaded with no map_location: a checkpoint whose tensors a GPU run's
+    torch.save tagged as cuda's, resumed on a machine without one, was torch's 'Attempting to deserialize object
+    on a CUDA device' read as damage ('distill: checkpoint ... is damaged (RuntimeError: Attempting to
+    deserialize object on a CUDA device ...), as is the older one; delete ...'). Now read onto the cpu (the cpu
+    generator's state, which set_state takes there): the resume goes on from step 2 and ends where an
+    uninterrupted run ends. (A CPU-only torch cannot write cuda tensors: tagged as test_calib_store_device.)"""
+    from tests.test_calib_store_device import saved_as_cuda
+
+    teacher = tiny_pixart()
+    student = factorize(copy.deepcopy(teacher))
+    with pytest.raises(StepLimitReached):
+        distill(copy.deepcopy(student), teacher, tmp_path, steps=4, checkpoint_every=1, max_steps_this_run=2)
+    checkpoints = tmp_path / "distill" / "checkpoints"
+    for path in checkpoints.glob("step-*/train_state_0.pt"):
+        saved_as_cuda(monkeypatch, torch.load(path, weights_only=False), path)
+    capsys.readouterr()
+    resumed, _ = distill(copy.deepcopy(student), teacher, tmp_path, steps=4, checkpoint_every=1, resume=True)
+    err = capsys.readouterr().err
+    assert f"distill: continuing from its checkpoint at step 2/4 ({checkpoints / 'step-00000002'})" in err, err
+    assert "damaged" not in err, err
+    full, _ = distill(copy.deepcopy(student), teacher, tmp_path / "full", steps=4)
+    a, b = state(full), state(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
