@@ -179,7 +179,7 @@ class PipelineSource:
         self._one_branch = one_branch(family, bool(self._toy))
         if not self._toy:  # a toy's (a saved one too) needs no transformers package
             from compress.inputs import pipeline_at
-            from compress.pipeline_folder import check_pipeline_source
+            from compress.pipeline_folder_paths import check_pipeline_source
 
             check_pipeline_source(pipeline, calib.pipeline is None, family, pipeline_at(calib, pipeline),
                                   auto=calib.source == "auto")

@@ -18,8 +18,8 @@ def load_pipeline_for(teacher: torch.nn.Module, source: str):
         from compress.toy import load_toy_pipeline
 
         return _beside(load_toy_pipeline(source[4:], transformer=teacher), teacher)
-    from compress.pipeline_folder import (cached_variant, check_pipeline_path, family_problem, folder_index,
-                                          index_problem, parts_variant)
+    from compress.pipeline_folder import cached_variant, family_problem, folder_index, index_problem, parts_variant
+    from compress.pipeline_folder_paths import check_pipeline_path
 
     check_pipeline_path(source, "calibration pipeline")  # a path not there: not read as a Hub id
     what = f"cannot load calibration pipeline '{source}': "
@@ -68,7 +68,7 @@ def _hub_answer(e: Exception, source: str, teacher: torch.nn.Module) -> str | No
     without model_index.json as check_pipeline_source says a cached one; else None."""
     from compress.arch import get_adapter
     from compress.io_hub_pipeline import hub_answer_words
-    from compress.pipeline_folder import pipeline_advice
+    from compress.pipeline_folder_paths import pipeline_advice
 
     def no_pipeline(what: str) -> str:
         return (f"calibration.source 'pipeline' samples in a diffusers pipeline, and {source} is {what}; "

@@ -42,7 +42,7 @@ def load_pipeline(out, base: str | None = None, dtype: torch.dtype | None = None
 
         _check_toy_base(transformer, base)
         return _refusing_lora_loads(_all_of(load_toy_pipeline(base[4:], transformer=transformer)))
-    from compress.pipeline_folder import check_pipeline_path
+    from compress.pipeline_folder_paths import check_pipeline_path
 
     check_pipeline_path(base, "base pipeline")  # a path not there: not read as a Hub id
     index = _model_index(base)
@@ -249,13 +249,13 @@ def _check_base(transformer: nn.Module, base: str, **cached) -> None:
 
 
 def _check_is_a_pipeline(transformer: nn.Module, base: str) -> None:
-    """A `base` that is no pipeline (pipeline_folder.not_a_pipeline: a single file, a local folder without
+    """A `base` that is no pipeline (pipeline_folder_paths.not_a_pipeline: a single file, a local folder without
     model_index.json such as a transformer's, a Hub id whose Hugging Face cache snapshot is a transformer's
     repo, read without a Hub request) is refused naming what it is: a base is a whole pipeline. diffusers
     ended in "Error no file named model_index.json found in directory …", "… is neither a valid local path
     nor a valid repo id", offline "We couldn't connect to 'https://huggingface.co' …model_index.json",
     online a Hub request for it."""
-    from compress.pipeline_folder import not_a_pipeline
+    from compress.pipeline_folder_paths import not_a_pipeline
 
     from compress.output_names import is_output
 
@@ -269,7 +269,7 @@ def _no_pipeline(transformer: nn.Module, base: str, what: str) -> str:
     """'a base is a whole pipeline …, and B is `what`; pass base= …' (after 'cannot load base pipeline B: '),
     naming the base an output B records (report_teacher.output_base, as calibration.pipeline's refusal does)."""
     from compress.arch import get_adapter
-    from compress.pipeline_folder import EXAMPLE_PIPELINES
+    from compress.pipeline_folder_paths import EXAMPLE_PIPELINES
     from compress.report_teacher import output_base
 
     example = EXAMPLE_PIPELINES.get(get_adapter(transformer).family, EXAMPLE_PIPELINES["pixart"])

@@ -81,10 +81,10 @@ def check_sampled_pipeline(recipe, source: str, sampled: Sampling, given: str = 
     """Where the recipe's calibration samples in a pipeline (source pipeline, or auto for a teacher
     that is no toy's), a local one (calibration.pipeline, else the teacher `source`) is a pipeline
     folder: plan refuses a transformer folder or a single file in the line run's pipeline source
-    does (pipeline_folder.check_pipeline_source), before any weights load. `sampled`: the recipe's
+    does (pipeline_folder_paths.check_pipeline_source), before any weights load. `sampled`: the recipe's
     calibration source checked (inputs.Sampling); `given`: teacher_given's words for the teacher."""
     from compress.inputs import pipeline_at
-    from compress.pipeline_folder import check_pipeline_source
+    from compress.pipeline_folder_paths import check_pipeline_source
 
     calib = recipe.calibration
     pipeline = calib.pipeline or source

@@ -92,7 +92,7 @@ def test_a_local_base_that_is_a_transformer_alone_is_refused_saying_a_base_is_a_
 def test_a_base_that_is_an_output_names_the_base_pipeline_it_records(tmp_path):
     """load_pipeline(d, base=a), a a dit-compress output (a transformer), was refused as a folder without
     model_index.json asking for 'base= the pipeline of its teacher's family (a Hugging Face id such as …)',
-    though a records its base, as calibration.pipeline's refusal says (pipeline_folder._base_words): that
+    though a records its base, as calibration.pipeline's refusal says (pipeline_folder_paths._base_words): that
     base is named, a toy alone, a Hub id with the other kinds of base."""
     a = _toy_output(tmp_path / "a", "toy:flux")
     d = _toy_output(tmp_path / "d", "toy:flux")
@@ -112,7 +112,7 @@ def test_a_base_that_is_an_output_names_the_base_pipeline_it_records(tmp_path):
 @pytest.mark.parametrize("offline", [False, True])
 def test_a_base_or_calibration_pipeline_path_not_there_is_said_so_not_read_as_a_hub_id(
         tmp_path, monkeypatch, caplog, offline):
-    """A path not there, by the rule a teacher's is told by (pipeline_folder.missing_pipeline): './nonexist'
+    """A path not there, by the rule a teacher's is told by (pipeline_folder_paths.missing_pipeline): './nonexist'
     was huggingface_hub's "Repo id must use alphanumeric chars …", '../x/y' and 'a/b/c' diffusers' "… is
     neither a valid local path nor a valid repo id", and 'nonexist' (no owner) asked the Hub: offline or
     unreachable diffusers' "Couldn't connect to the Hub … Will try to load from local cache." then "… the
