@@ -150,7 +150,7 @@ def _finishable(runner, saved: list) -> tuple[int, dict] | None:
     recipe = state.get("recipe")
     if j <= max((i for i, _, _ in saved), default=-1) or j >= len(runner.passes) or not isinstance(recipe, dict):
         return None
-    changed = recipe_changes(recipe, runner.recipe.raw, runner.passes, j + 1) or \
+    changed = recipe_changes(recipe, runner.recipe.raw, runner.passes, j + 1, report=state.get("report")) or \
         statistics_change(state, runner.passes, j)
     return None if changed else (j, state)
 

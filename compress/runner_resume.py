@@ -76,7 +76,8 @@ RESULT_FREE = ("export",)
 TEACHER_APART = ("teacher_config",)
 
 
-def recipe_changes(before: dict, now: dict, passes, done: int | None = None, prompts_apart: bool = True) -> list[str]:
+def recipe_changes(before: dict, now: dict, passes, done: int | None = None, prompts_apart: bool = True,
+                   report: dict | None = None) -> list[str]:
     """The keys (dotted paths) where two resolved recipes differ, but RESULT_FREE, TEACHER_APART, those a pass
     declares cannot change its result (`Pass.result_free`: progress bars, how often distill
     checkpoints, how far this run goes), CALIBRATION_RESULT_FREE and, `prompts_apart`, PROMPT_KEYS
@@ -84,9 +85,9 @@ def recipe_changes(before: dict, now: dict, passes, done: int | None = None, pro
     none compares them here: `inputs_apart`). With `done`, only the first
     `done` passes (those a resume keeps) are compared: the passes still to run may change. `before`'s passes
     are read as the dit-compress that saved them ran them (runner_resume_older.as_ran: a key it did not
-    write, a default moved since)."""
+    write, a default moved since, svd.objective auto as what it ran as by the stage's `report`)."""
     if isinstance(before.get("passes"), list) and isinstance(now.get("passes"), list):
-        before = dict(before, passes=as_ran(before["passes"], now["passes"], list(passes)))
+        before = dict(before, passes=as_ran(before["passes"], now["passes"], list(passes), report))
 
     def view(raw: dict) -> dict:
         raw = {k: v for k, v in raw.items() if k not in RESULT_FREE + TEACHER_APART}
@@ -224,7 +225,7 @@ def reusable_stage(stages: list[tuple[int, dict | None]], now: dict, passes) -> 
         recipe = state.get("recipe") if state else None
         if not isinstance(recipe, dict):
             continue
-        changed = (recipe_changes(recipe, now, passes, i + 1, inputs_apart(state))
+        changed = (recipe_changes(recipe, now, passes, i + 1, inputs_apart(state), state.get("report"))
                    or statistics_change(state, passes, i))
         if not changed:
             return i, skipped
@@ -330,7 +331,8 @@ def interrupted_run(run_dir: Path, now: dict | None = None, passes=()) -> dict |
         if isinstance(before, dict) and isinstance(before.get("passes"), list):
             info["total"] = len(before["passes"])
             info["changed"] = None if now is None else (
-                recipe_changes(before, now, passes, i + 1, inputs_apart(state)) or statistics_change(state, passes, i))
+                recipe_changes(before, now, passes, i + 1, inputs_apart(state), state.get("report"))
+                or statistics_change(state, passes, i))
     elif checkpoints and now is not None and first_pass_is_distill(now):  # no stage: the checkpoint is of the
         info["total"] = len(now["passes"])  # first pass, a distill pass; the passes in all as this recipe counts them
     if info["changed"]:  # what --resume would keep: the passes of the latest stage of this recipe

@@ -135,3 +135,49 @@ def test_resume_of_an_older_run_folder_that_auto_runs_otherwise_is_refused_untou
     said = " ".join("".join(capsys.readouterr()).split())
     assert kept in said, said
     assert "not kept" not in said, said
+
+
+def test_a_stage_that_auto_ran_as_branches_is_kept_by_an_explicit_branches():
+    """A 0.2.0 stage saved under svd.objective auto, which ran as branches (its report's svd summary), resumed
+    by the same recipe with `objective: branches` added: was 'the saved pass 1 was of another recipe (it
+    differs in passes.0.svd.objective): not kept' and the pass ran again, though it makes the same model. Auto
+    run as guided_compensation against an explicit branches still differs; so does auto against auto's report
+    without a record (an older report)."""
+    from compress.runner_resume import STATISTICS, reusable_stage, statistics_version
+
+    recipe = _recipe("rec/a.yaml", BRANCHES, "")
+    passes, now = build_passes(recipe), recipe.raw
+    saved = json.loads(json.dumps(now))
+    saved["passes"][0]["svd"]["objective"] = "auto"
+    report = lambda ran: {"svd": {"objective": ran, "objective_given": "auto",  # noqa: E731
+                                  "passes": [{"objective": ran, "objective_given": "auto"}]}}
+    state = lambda ran: {"recipe": saved, STATISTICS: statistics_version(), "report": report(ran)}  # noqa: E731
+    assert reusable_stage([(0, state("branches"))], now, passes) == (0, [])
+    assert reusable_stage([(0, state("guided_compensation"))], now, passes) == \
+        (None, [(0, ["passes.0.svd.objective"])])
+    assert reusable_stage([(0, {**state("branches"), "report": {}})], now, passes) == \
+        (None, [(0, ["passes.0.svd.objective"])])
+
+
+@pytest.mark.parametrize("distill, kept", [("", True), (DISTILL, False)])
+def test_resume_of_an_auto_run_with_the_objective_it_ran_as_set_keeps_its_stages(tmp_path, capsys, distill, kept):
+    """A toy run under auto (no distill follows: branches; a distill follows: guided_compensation), resumed with
+    `objective: branches` added to its svd pass (and the distill pass, where there was one, dropped so the svd
+    stage is the one compared): kept where auto ran it as branches (was refused: 'the recipe changed since RUN
+    was written (passes.0.svd.objective)'), still refused where it ran as guided_compensation (a rerun makes
+    another model)."""
+    from compress.runner import Runner
+
+    Runner(_recipe(tmp_path / "r.yaml", "", distill), tmp_path / "out", tmp_path / "run").run()
+    ran = json.loads((tmp_path / "out" / "report.json").read_text())["svd"]["objective"]
+    assert ran == ("branches" if kept else "guided_compensation")
+    capsys.readouterr()
+    if not kept:
+        with pytest.raises(UserError, match=r"^--resume: the recipe changed since .* was written "
+                                            r"\(passes\.0\.svd\.objective\); undo the change"):
+            _resume(tmp_path, BRANCHES, "")
+        return
+    _resume(tmp_path, BRANCHES, "")
+    said = " ".join("".join(capsys.readouterr()).split())
+    assert "its only pass (svd) was done: writing the output again" in said, said
+    assert "not kept" not in said, said
