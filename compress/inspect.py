@@ -20,7 +20,7 @@ from compress.inspect_tables import _displayed, _measured, _shown_headers, inspe
 from compress.io_output import load_transformer, output_folder
 from compress.report import (error_figure, is_number, layer_rows, other_params, output_dir, read_report, results,
                              summary_table, to_json)
-from compress.report_fit import note_lines, print_fitted
+from compress.report_fit import lines_width, note_lines, print_fitted
 from compress.words import counted
 
 
@@ -102,8 +102,9 @@ def _print_inspection(title: str, model, rows: list[dict], report: dict, block_m
 
 
 def _say(said, **kw) -> None:
-    """A note on `results` (note_lines: broken at its spaces on a narrow terminal), or a table as it is."""
-    for piece in [said] if isinstance(said, Table) else note_lines(said, results.width):
+    """A note on `results` (note_lines: broken at its spaces on a narrow terminal; piped, each line whole, as
+    plan's: lines_width), or a table as it is."""
+    for piece in [said] if isinstance(said, Table) else note_lines(said, lines_width(results)):
         results.print(piece, **kw)
 
 

@@ -16,7 +16,7 @@ from compress.plan_memory import memory_words
 from compress.passes.svd import LATER
 from compress.passes.svd_objective import resolved_words
 from compress.report import results
-from compress.report_fit import JSON_OR_WIDER, fitted_rows, print_fitted, wrapped
+from compress.report_fit import JSON_OR_WIDER, fitted_rows, lines_width, print_fitted, wrapped
 
 
 def where_words(step: dict) -> str:
@@ -163,7 +163,7 @@ def _say(line: str, lead: tuple[int, str] = (0, "")) -> None:
     if "\n" in line:  # each of its lines as a line
         first, rest = line.split("\n", 1)
         return _say(first, lead), _say(rest)
-    width, (styled, style) = results.width if results.is_terminal else None, lead
+    width, (styled, style) = lines_width(results), lead
     indent = " " * (len(line) - len(line.lstrip(" ")) + 2)
     pieces = [line] if width is None or cell_len(line) <= width else wrapped(line, width, indent)
     at, own = 0, len(indent) - 2  # the line's own indent: not styled

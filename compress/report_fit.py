@@ -170,6 +170,12 @@ def pairs_wrapped(head: str, pairs: list[tuple[str, str]], width: int | None, in
     return lines + [line]
 
 
+def lines_width(console: Console) -> int | None:
+    """The width plan's and inspect's lines of words are broken to on `console`: its width on a terminal;
+    None piped (each line whole, for grep, as report.soft_wrap keeps it; tables are still fitted)."""
+    return console.width if console.is_terminal else None
+
+
 def note_lines(note: str, width: int | None) -> list[str]:
     """A note printed under a table (inspect's 'compensation ...', 'blocks removed ...') on a `width`-column
     terminal: each of its lines longer than the width broken at its spaces into lines of at most `width`

@@ -207,13 +207,14 @@ def _noted_output(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-def _inspected(capsys, monkeypatch, width: int) -> list[str]:
+def _inspected(capsys, monkeypatch, width: int, terminal: bool = True) -> list[str]:
     """What `dit-compress inspect out` prints on a `width`-column terminal (the results console's soft_wrap
-    as it is: a line longer than the width is the terminal's to fold)."""
+    as it is: a line longer than the width is the terminal's to fold), or (`terminal` false) piped."""
     from compress.cli import main
     from compress.report import results
 
     monkeypatch.setattr(results, "_width", width)
+    monkeypatch.setattr(results, "_force_terminal", terminal)  # (its colours stay off: chosen at its start)
     capsys.readouterr()
     assert main(["inspect", "out"]) == 0
     return capsys.readouterr().out.splitlines()
@@ -245,6 +246,21 @@ def test_inspect_breaks_its_notes_titles_and_captions_between_words_at_any_width
         assert words in said, words
     cells = [line.split("│")[1].strip() for line in lines if line.startswith("│")]
     assert not any(cell.endswith("blocks.") or cell.startswith("1 (") for cell in cells), cells
+
+
+@pytest.mark.parametrize("width", [40, 80])
+def test_a_piped_inspect_keeps_each_note_whole(tmp_path, capsys, monkeypatch, width):
+    """T2 stop 52: piped, inspect broke its notes at the console's width (80, or COLUMNS) as on a terminal
+    ('compensation transformer_blocks.0 attention: calibration error 0.2054 →' / '0.1983 (step ...'), where
+    plan's keep each line whole piped (18b747e): `inspect out | grep compensation` got a piece. Now both follow
+    report_fit.lines_width: piped, each note is the wide terminal's line (the tables still fitted to the width)."""
+    _noted_output(tmp_path, monkeypatch)
+    piped = _inspected(capsys, monkeypatch, width, terminal=False)
+    notes = [line for line in INSPECTED_WIDE if line.startswith(("compensation ", "distill: ", "whitened loss ",
+                                                                  "blocks removed ", "student blocks "))]
+    assert len(notes) == 5 and all(len(line) > width for line in notes[2:])  # (the lines a terminal breaks)
+    assert all(line in piped for line in notes), "\n".join(piped)
+    assert max(len(line) for line in piped if line[:1] in "┏┃┡│└") <= width
 
 
 # inspect's lines but its tables' rows (titles, column words, captions, notes) on a terminal they all fit, as
