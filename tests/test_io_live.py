@@ -62,6 +62,21 @@ def test_a_loaded_outputs_save_pretrained_keeps_the_refusal_and_loads_back(out, 
     type(tiny_model).from_config(model.config)  # diffusers' from_config ignores it
 
 
+def test_a_loaded_output_made_dense_keeps_the_refusal_in_memory_and_saves_none(out, tiny_model, tmp_path):
+    """docs/OUTPUTS.md (F1 stop 52): every factorized layer swapped for an nn.Linear after loading, save_pretrained
+    writes null, while model.config.quantization_config in memory still shows the refusal (diffusers' frozen
+    config holds the value registered at load); its to_dict() gives what a save writes."""
+    from compress.lowrank import LowRankLinear
+
+    model = load_transformer(out)
+    for name, low in [(n, m) for n, m in model.named_modules() if isinstance(m, LowRankLinear)]:
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, torch.nn.Linear(low.in_features, low.out_features))
+    model.save_pretrained(tmp_path / "dense")
+    assert _config(tmp_path / "dense")[REFUSAL_KEY] is None
+    assert model.config.quantization_config == REFUSAL and model.config.quantization_config.to_dict() is None
+
+
 def test_an_output_written_before_the_refusal_loads_and_gains_it_when_saved_again(out, tiny_model, tmp_path):
     old = {k: v for k, v in _config(out).items() if k != REFUSAL_KEY}
     (out / "config.json").write_text(json.dumps(old))
