@@ -271,7 +271,7 @@ def _streamed_output(model: str, teacher_arg: str | None,
     from compress.recipe import load_recipe
 
     teacher = recorded_teacher(path, teacher_arg, config_arg)[0]
-    if not load_recipe(path / "recipe.yaml").stream or not teacher or teacher.startswith("toy:"):
+    if not load_recipe(path / "recipe.yaml", saved=True).stream or not teacher or teacher.startswith("toy:"):
         return None
     if _took_loras(path):  # its teacher takes them resident (io.load_teacher_of): measured as a resident run's
         return None

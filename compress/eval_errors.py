@@ -48,7 +48,7 @@ def teacher_relative_streamed(out: Path, teacher_source: str, teacher_config: st
     from compress.recipe import load_recipe
     from compress.runner_setup import DTYPES, load_checked_teacher, resolve_device
 
-    recipe = load_recipe(out / "recipe.yaml")
+    recipe = load_recipe(out / "recipe.yaml", saved=True)
     device, dtype = resolve_device(recipe), DTYPES[recipe.compute_dtype]
     models = read_only_streams(recipe, device)
     sources = checked_sources(recipe, teacher_source, teacher_config, sampled=False,  # held out in _heldout_pipeline
@@ -81,7 +81,7 @@ def teacher_relative(model, teacher, source: str, out: Path) -> dict:
 
     # as run checks it, naming the file that holds a NaN (streamed: load_checked_teacher)
     check_finite(teacher, source=TeacherSource(source, check_source(source)))
-    recipe = load_recipe(out / "recipe.yaml")
+    recipe = load_recipe(out / "recipe.yaml", saved=True)
     adapter = get_adapter(teacher)
     report = read_report(out)
     pipeline = _heldout_pipeline(out, source)

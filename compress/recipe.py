@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -34,6 +34,9 @@ HELDOUT = 64  # calibration.heldout's default for the toy and synthetic sources
 # calibration.seed's largest: torch's CPU generator reads 32 bits of a seed (manual_seed(s) and s + 2**32
 # draw alike), so a larger one would draw a smaller one's inputs (eval's --seed: cli_checks.SEED_LIMIT, the same)
 SEED_MAX = 2**32 - 1
+# an output's saved recipe (its recipe.yaml) is read as it ran (load_recipe's saved=True): a dit-compress before
+# 79b9244 took seeds to 2**63-1, torch drawing with their low 32 bits (SavedCalibration)
+SAVED_SEED_MAX = 2**63 - 1
 
 TOP_KEYS = ("version", "model", "teacher", "teacher_config", "stream", "compute_dtype", "device", "calibration",
             "export", "passes")
@@ -67,6 +70,9 @@ class CalibrationConfig:
     # keep each block's calibration inputs and outputs on disk, one file per batch, instead of all
     # batches in memory (big models at high resolution: ~28 MB per Flux 1024² sample in bf16)
     spill_activations: bool = False
+    seed_max: ClassVar[int] = SEED_MAX  # not a field: a recipe's, SavedCalibration's larger
+    SEED_WORDS: ClassVar[str] = (f"2**32-1 ({SEED_MAX}: torch's generator reads 32 bits of a seed, so a larger one "
+                                 "draws a smaller one's inputs)")
 
     def where(self, key: str, value=None, because: tuple = ()) -> str:
         """'PATH:LINE: ' of calibration.`key` (of `calibration:` where the recipe leaves the key out)
@@ -113,11 +119,17 @@ class CalibrationConfig:
             if getattr(self, name) is not None and getattr(self, name) < 16:
                 raise BadValue(name, f"calibration.{name} must be at least 16 pixels (or null: the "
                                      f"pipeline's default), not {getattr(self, name)}")
-        if not 0 <= self.seed <= SEED_MAX:
+        if not 0 <= self.seed <= self.seed_max:
             shown = repr(self.seed) if len(repr(self.seed)) <= 40 else repr(self.seed)[:37] + "..."
-            raise BadValue("seed", f"calibration.seed must be an integer from 0 to 2**32-1 ({SEED_MAX}: torch's "
-                                   f"generator reads 32 bits of a seed, so a larger one draws a smaller one's "
-                                   f"inputs), not {shown}")
+            raise BadValue("seed", f"calibration.seed must be an integer from 0 to {self.SEED_WORDS}, not {shown}")
+
+
+@dataclass
+class SavedCalibration(CalibrationConfig):
+    """The calibration of an output's saved recipe (its recipe.yaml), read as it ran: an older dit-compress
+    took a seed to 2**63-1 (torch drew with its low 32 bits), which eval reads, not refuses."""
+    seed_max: ClassVar[int] = SAVED_SEED_MAX
+    SEED_WORDS: ClassVar[str] = f"2**63-1 ({SAVED_SEED_MAX}) in a saved recipe"
 
 
 @dataclass
@@ -280,7 +292,8 @@ def _dash_hint(node: yaml.Node) -> str:
     return f", not '{text.split()[0]}': write '- {text[1:].split()[0]}' (a space after '-')"
 
 
-def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -> Recipe:
+def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = (), saved: bool = False) -> Recipe:
+    """`saved`: the recipe an output holds (its recipe.yaml), read as it ran (SavedCalibration's seeds)."""
     root, top = _checked_root(text, path, overrides)
     specs = [_pass_spec(n, path, i) for i, n in enumerate(top["passes"][1].value)]
     hints = {"version": int, "model": Literal["pixart", "flux"], "teacher": str, "teacher_config": str | None,
@@ -300,7 +313,8 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
         if k.value == "device" and (refused := device_refused(values["device"])):
             raise _Loc(path, v).err(refused)
         elif k.value == "calibration":
-            values["calibration"] = build_dataclass(v, CalibrationConfig, path, "calibration")
+            values["calibration"] = build_dataclass(v, SavedCalibration if saved else CalibrationConfig, path,
+                                                    "calibration")
         elif k.value == "export":
             values["export"] = build_dataclass(v, ExportConfig, path, "export")
     for required in ("model", "teacher"):
@@ -318,13 +332,14 @@ def parse_recipe(text: str, path: str = "<recipe>", overrides: list[str] = ()) -
     return recipe
 
 
-def load_recipe(path, overrides: list[str] = (), command: str = "plan") -> Recipe:
-    """The Recipe at `path`; `command` (plan, run, importance) is the one a folder's hint repeats.
+def load_recipe(path, overrides: list[str] = (), command: str = "plan", saved: bool = False) -> Recipe:
+    """The Recipe at `path`; `command` (plan, run, importance) is the one a folder's hint repeats;
+    `saved`: an output's own recipe.yaml, read as it ran (eval: a seed past 2**32-1 an older run took).
     None of its checks imports torch (a pass's options are its config class's, passes.CONFIGS: modules
     without torch): a command loads its recipe before torch's and diffusers' start-up (seconds), so a
     recipe that is not there or mistyped, in a pass's options too, is refused in a moment, and uses
     that Recipe after it."""
-    return parse_recipe(_recipe_text(path, command), str(path), overrides)
+    return parse_recipe(_recipe_text(path, command), str(path), overrides, saved)
 
 
 def _recipe_text(path, command: str) -> str:

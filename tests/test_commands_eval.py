@@ -357,3 +357,27 @@ def test_a_toy_given_as_it_is_says_its_figures_inputs_but_no_runs(capsys, monkey
     assert main(["eval", "toy:pixart", "--teacher", "toy:pixart"]) == 0
     said = [line.strip() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("(")]
     assert said == ["(pred_rel_error / guided_error: on the toy's 256 held-out triples (seed 0))"], said
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_eval_reads_an_older_outputs_seed_past_32_bits_as_it_ran(recipe, tmp_path, capsys, stream):
+    """79b9244 refused calibration.seed past 2**32-1 in every recipe read, an output's own recipe.yaml too:
+    eval of an output an older dit-compress wrote with seed 2**32 (torch drew seed 0's inputs) said
+    'OUT/recipe.yaml:N: calibration.seed must be an integer from 0 to 2**32-1 ...'. A saved recipe is
+    read as it ran; run still refuses the seed in a recipe given to it, at its line."""
+    given = tmp_path / "s.yaml"
+    given.write_text("stream: true\n" + recipe.read_text().replace("ratio: 0.5", "ratio: 0.5, fisher: block")
+                     if stream else recipe.read_text())
+    out = tmp_path / "out"
+    assert main(["run", str(given), "--out", str(out), "--run-dir", str(tmp_path / "run")]) == 0
+    saved = (out / "recipe.yaml").read_text()
+    assert "  seed: 0  # default\n" in saved
+    (out / "recipe.yaml").write_text(saved.replace("  seed: 0  # default\n", f"  seed: {2**32}\n"))
+    capsys.readouterr()
+    assert main(["eval", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result.get("streamed", False) == stream
+    report = json.loads((out / "report.json").read_text())
+    assert result["pred_rel_error"] == pytest.approx(report["stages"][-1]["relative_error"], rel=1e-6)
+    _one_line_errors(capsys, [(["run", str(out / "recipe.yaml"), "--out", str(tmp_path / "again"), "--resume"],
+                               "calibration.seed must be an integer from 0 to 2**32-1")])
