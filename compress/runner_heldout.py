@@ -41,8 +41,7 @@ def check_stage(runner, student, record: dict, reference, heldout, teacher_param
                 raise NumericError(nonfinite_words(runner, student, heldout))
         guided = guided_error(runner, student, kept, guide) if guide is not None else {}
     record.update(seconds=round(record["seconds"] + time.perf_counter() - t0, 3), relative_error=err, **guided)
-    if not getattr(runner, "older_heldout", False):  # every stage's error on this draw (older_heldout_note)
-        runner.ctx.report["heldout"] = {"seed": heldout_seed(runner.ctx.source_kind)}
+    runner.ctx.report["heldout"] = draw_marks(runner)  # which stages were measured on which draw (older_heldout_note)
     if maxima is not None:
         record.update(stage_maxima(maxima, block_names(student, runner.adapter)))
     save_state(runner, runner.doing)
@@ -124,15 +123,22 @@ def finite_guided(adapter, student, predictions: list, guide: tuple, whose: Call
 def heldout_record(runner) -> dict:
     """report.json's `heldout`: the held-out inputs every stage's errors are measured on, `inputs` (rows of the
     transformer's batch: a pipeline's both CFG branches counted), and `guidance_scale`, the scale s of the stages'
-    guided_error (None where the source's pipeline samples one branch: none is recorded); `seed`, the one today's
-    held-out inputs are drawn with, but where kept passes were measured on an older draw (runner.older_heldout,
-    check_kept): unmarked, as their stages' reports."""
+    guided_error (None where the source's pipeline samples one branch: none is recorded); and draw_marks'."""
     held = getattr(runner, "held_out", None)  # (batches, the teacher's predictions): Runner._run's
     guide = getattr(runner, "held_out_guided", None)  # a resumed run that checked no stage computed none
     guidance = guide[0] if guide is not None else runner.ctx.heldout_guidance()
-    seed = {} if getattr(runner, "older_heldout", False) else {"seed": heldout_seed(runner.ctx.source_kind)}
     return {"inputs": sum(b["hidden_states"].shape[0] for b in held[0]) if held is not None else None,
-            "guidance_scale": None if guidance is None else guidance.scale, **seed}
+            "guidance_scale": None if guidance is None else guidance.scale, **draw_marks(runner)}
+
+
+def draw_marks(runner) -> dict:
+    """Which held-out draw the stages' errors are of: {"seed": today's draw's}; where a --resume kept passes
+    an older dit-compress measured on an older draw (runner.older_heldout, check_kept: their count), no seed
+    (as their stages' reports) but {"older_draw_stages": N}: the first N stages are of the older draw, the
+    later ones and the export's error of today's."""
+    if older := getattr(runner, "older_heldout", 0):
+        return {"older_draw_stages": older}
+    return {"seed": heldout_seed(runner.ctx.source_kind)}
 
 
 def guided_words(record: dict) -> str:
@@ -181,7 +187,7 @@ def check_kept(runner, start: int, student, reference, heldout, teacher_params: 
     its held-out check, Runner._stage, or while its streamed stage was written, runner_restore._finish): its
     error measured now, on the restored student."""
     if said := older_heldout_note(runner.ctx.report, start, runner.ctx.source_kind, runner.recipe.calibration.seed):
-        runner.older_heldout = True  # the kept errors stay of the older draw: the report is not marked
+        runner.older_heldout = older_draw_stages(runner.ctx.report, start)  # the kept errors stay of the older draw
         note(said)
     record = (runner.ctx.report.get("stages") or [{}])[-1]
     if start == 0 or "relative_error" not in record or record["relative_error"] is not None:
@@ -215,14 +221,38 @@ def older_heldout_eval_note(report: dict, kind: str, seed: int) -> str | None:
     """What eval says of an output whose `report` (report.json) records its stages' errors but no held-out seed
     (an older dit-compress's) where that draw is not today's (older_heldout_is_todays): the pred_rel_error it
     measures now is on other held-out inputs than report.json's stages' (a pipeline source's prompts sampled
-    again: its inputs_cache holds the older draw's calls). None otherwise."""
-    if not report.get("stages") or (report.get("heldout") or {}).get("seed") is not None:
+    again: its inputs_cache holds the older draw's calls). A resumed run's report whose first N stages only
+    were of the older draw (heldout.older_draw_stages, draw_marks): said of those N, where the figure eval's is
+    set beside (export's relative_error; the last stage's where the export's is that or none) is theirs;
+    nothing where it was measured on today's inputs. None otherwise."""
+    stages, heldout = report.get("stages"), report.get("heldout") or {}
+    if not stages or heldout.get("seed") is not None or older_heldout_is_todays(kind, seed):
         return None
-    if older_heldout_is_todays(kind, seed):
-        return None
-    return (f"eval: report.json's errors were measured by an older dit-compress, on held-out inputs drawn for "
-            f"calibration.seed {seed} (with seed {older_heldout_draw(kind, seed)}); eval measures on the held-out "
-            "inputs every seed shares now, so its pred_rel_error is not on report.json's stages' inputs")
+    older = heldout.get("older_draw_stages")
+    if older is not None and (older < len(stages) or _export_measured(report)):
+        return None  # the later stages and the export: on the inputs eval measures on
+    whose = "report.json's errors" if older is None else \
+        f"the errors of report.json's first {older} stage{'s' if older > 1 else ''} (a --resume kept them)"
+    return (f"eval: {whose} were measured by an older dit-compress, on held-out inputs drawn for calibration.seed "
+            f"{seed} (with seed {older_heldout_draw(kind, seed)}); eval measures on the held-out inputs every seed "
+            "shares now, so its pred_rel_error is not on report.json's stages' inputs")
+
+
+def _export_measured(report: dict) -> bool:
+    """Whether report.json's export error was measured by the export itself (not the last stage's copy, where
+    `exact`, nor none: a streamed run's), so on the held-out inputs of the run's own draw."""
+    export = report.get("export") if isinstance(report.get("export"), dict) else {}
+    return is_number(export.get("relative_error")) and not export.get("exact")
+
+
+def older_draw_stages(report: dict, start: int) -> int:
+    """How many of the passes a --resume keeps (before `start`) had their held-out errors measured on an older
+    draw: the restored `report`'s heldout.older_draw_stages where an earlier --resume recorded it (its later
+    stages: today's draw), else every kept pass measured (none of them records a seed)."""
+    stages = (report.get("stages") or [])[:start]
+    measured = sum(s.get("relative_error") is not None for s in stages)
+    recorded = (report.get("heldout") or {}).get("older_draw_stages")
+    return min(recorded, measured) if is_number(recorded) else measured
 
 
 def older_heldout_note(report: dict, start: int, kind: str, seed: int) -> str | None:
@@ -232,7 +262,7 @@ def older_heldout_note(report: dict, start: int, kind: str, seed: int) -> str | 
     restored run report) records no held-out `seed`, which check_stage records for every stage measured on
     the inputs of today's draw. None where no kept pass was measured (a run stopped during its first pass's
     held-out check: check_kept measures it now) or the two draws are one (seed 0, but synthetic)."""
-    measured = sum(s.get("relative_error") is not None for s in (report.get("stages") or [])[:start])
+    measured = older_draw_stages(report, start)
     if not measured or (report.get("heldout") or {}).get("seed") is not None:
         return None
     if older_heldout_is_todays(kind, seed):

@@ -78,3 +78,28 @@ def test_eval_of_an_output_measured_on_the_older_held_out_draw_says_so(tmp_path,
     assert [older_heldout_eval_note(older, kind, 0) is not None for kind in ("pipeline", "toy", "synthetic")] == \
         [False, False, True]
     assert "(with seed 2)" in older_heldout_eval_note(older, "synthetic", 1)
+
+
+def test_eval_of_a_resumed_output_of_both_draws_names_only_the_older_draws_stages():
+    """R1 stop 53: a --resume that kept passes measured on the older draw writes report.json's heldout with no
+    seed, and eval said 'report.json's errors were measured by an older dit-compress ...' though the passes run
+    after the resume and export.relative_error were measured on today's inputs. heldout.older_draw_stages says
+    how many were of the older draw: eval says nothing where the figure it is set beside (the export's, the
+    last stage's where that is the export's or none) was measured on today's inputs; where it was not, it names
+    those first stages. An older dit-compress's report (no count) is said of as before."""
+    from compress.runner_heldout import older_heldout_eval_note
+
+    stages = [{"relative_error": .2}, {"relative_error": .1}]
+    heldout = {"inputs": 64, "guidance_scale": 3.0}
+    older = older_heldout_eval_note({"stages": stages, "heldout": heldout}, "pipeline", 3)
+    assert older.startswith("eval: report.json's errors were measured by an older dit-compress")
+    mixed = {"stages": stages, "heldout": {**heldout, "older_draw_stages": 1}}
+    for export in ({}, {"relative_error": .1, "exact": True}, {"relative_error": .11}, {"relative_error": None}):
+        assert older_heldout_eval_note(dict(mixed, export=export), "pipeline", 3) is None
+    kept = {"stages": stages, "heldout": {**heldout, "older_draw_stages": 2}}  # all kept, then exported
+    assert older_heldout_eval_note(dict(kept, export={"relative_error": .11}), "pipeline", 3) is None
+    for export in ({"relative_error": .1, "exact": True}, {"relative_error": None}):
+        assert older_heldout_eval_note(dict(kept, export=export), "pipeline", 3) == (
+            "eval: the errors of report.json's first 2 stages (a --resume kept them) were measured by an older "
+            "dit-compress, on held-out inputs drawn for calibration.seed 3 (with seed 10003); eval measures on the "
+            "held-out inputs every seed shares now, so its pred_rel_error is not on report.json's stages' inputs")

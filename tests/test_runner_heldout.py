@@ -230,7 +230,21 @@ def test_resume_of_stages_measured_on_the_older_seeds_heldout_inputs_says_so(tmp
     assert ("--resume: the held-out errors of the 1 pass kept were measured by an older dit-compress, on held-out "
             "inputs drawn for calibration.seed 1 (with seed 2: each seed had its own)") in said
     assert "rerun with --restart" in said
-    assert "seed" not in json.loads((out / "report.json").read_text())["heldout"]  # its kept errors: the older draw
+    heldout = json.loads((out / "report.json").read_text())["heldout"]
+    assert "seed" not in heldout  # its kept errors: the older draw
+    assert heldout["older_draw_stages"] == 1  # the first stage's only: the second's and the export's are today's
+
+
+def test_a_second_resume_counts_only_the_stages_of_the_older_draw():
+    """--resume of a run folder an earlier --resume mixed (its first stage of the older draw, its second of
+    today's: heldout.older_draw_stages 1) named every kept pass measured as the older draw's ('the 2 passes
+    kept'): the recorded count, where there is one, of the passes kept."""
+    from compress.runner_heldout import older_draw_stages, older_heldout_note
+
+    mixed = {"stages": [{"relative_error": 0.2}, {"relative_error": 0.1}], "heldout": {"older_draw_stages": 1}}
+    assert [older_draw_stages(mixed, start) for start in (0, 1, 2)] == [0, 1, 1]
+    assert "errors of the 1 pass kept were" in older_heldout_note(mixed, 2, "toy", 1)
+    assert "errors of the 2 passes kept were" in older_heldout_note(dict(mixed, heldout={}), 2, "toy", 1)
 
 
 @pytest.mark.parametrize("kind, seed, said", [("toy", 0, False), ("toy", 1, True), ("pipeline", 0, False),
