@@ -176,3 +176,46 @@ def unmeasured_words(dtype: torch.dtype) -> str:
     return (f"export.dtype {name}: the activations of this output were not measured (its last stage was saved "
             f"before runs recorded them): {name}'s range is unchecked; run it again with --restart to measure "
             "them (report.json export.activation_max), or export bfloat16 (float32's range)")
+
+
+def loaded_range_words(out, report: dict, dtype: torch.dtype) -> str | None:
+    """What load_transformer / load_pipeline say of the output `out` loaded in `dtype` where its run's
+    report.json (`report`) records in export.activation_max a block or top-level linear whose largest
+    |activation| `dtype` cannot hold (float16 past 65504: a forward gives inf/NaN): the largest, where,
+    how many, and the dtypes to load it in. None where `dtype` has float32's range or none is beyond."""
+    maxima = (report.get("export") or {}).get("activation_max") if isinstance(report, dict) else None
+    if not isinstance(maxima, dict) or not narrower(dtype, torch.float32):
+        return None
+    top = torch.finfo(dtype).max
+    over = [(name, v) for name, v in maxima.items() if isinstance(v, (int, float)) and v > top]  # (module, max)
+    if not over:
+        return None
+    name = str(dtype).removeprefix("torch.")
+    where, big = max(over, key=lambda o: o[1])
+    more = f" ({len(over)} blocks or layers in all)" if len(over) > 1 else ""
+    return (f"{out}: loaded in {name}, but its run recorded activations up to {big:.3g} at {where}{more}, beyond "
+            f"{name}'s range (max {top:.6g}; report.json export.activation_max): a forward in {name} gives "
+            "inf/NaN; load it with torch_dtype=torch.bfloat16 (float32's range) or torch.float32")
+
+
+def warn_loaded_range(out, folder, dtype: torch.dtype) -> None:
+    """loaded_range_words' warning for the output `out` (its folder `folder`, or the pipeline folder above
+    it: its report.json) loaded in `dtype`; reads report.json alone, and only for a float16-like dtype. A
+    report that cannot be read says nothing here (the commands that read it say so)."""
+    if not narrower(dtype, torch.float32):
+        return
+    from pathlib import Path
+
+    from compress import json_read
+
+    for place in dict.fromkeys([Path(folder), Path(out).expanduser()]):
+        if (place / "report.json").is_file():
+            try:
+                text = loaded_range_words(out, json_read.read(place / "report.json"), dtype)
+            except (OSError, ValueError):
+                return
+            if text is not None:
+                from compress.report import warn
+
+                warn(text)
+            return

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from compress.activation_range import warn_loaded_range
 from compress.dtype_range import DTYPES, check_castable, check_finite_file
 from compress.errors import UserError
 from compress.fuse import fuse_gelu
@@ -309,7 +310,9 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
     `model.compression_meta` keeps what the run recorded (teacher, block map), so saving the model
     again keeps it. A NaN/Inf in a weight is a NumericError naming
     the tensor and its file (`nonfinite="warn"`: a warning, for looking at a damaged output); a
-    finite one `dtype` cannot hold (float16 stops at 65504), a UserError naming it: never Inf from the cast.
+    finite one `dtype` cannot hold (float16 stops at 65504), a UserError naming it: never Inf from the cast;
+    loaded in float16 (given or stored) where report.json's export.activation_max records an activation
+    beyond its range, a warning naming it (activation_range.loaded_range_words: a forward gives inf/NaN).
     As diffusers' from_pretrained: `variant` picks a weight variant ('fp16'); `device_map` may name
     one device (as `device`; 'auto' or a per-module map: a UserError); `low_cpu_mem_usage` is
     accepted and changes nothing: the model is always built empty and takes the file's tensors;
@@ -328,7 +331,7 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
     hub = missing or hub_output(out, "load_transformer")
     if hub is not None:
         raise hub
-    out = output_folder(out)
+    given, out = out, output_folder(out)
     model = empty_compressed(out)  # first: the format it was written in is checked before its files
     files = weight_files(out, variant)
     sd = {}
@@ -352,6 +355,7 @@ def load_transformer(out, dtype: torch.dtype | None = None, device: str | None =
         raise UserError("load_transformer: the weights were put on the meta device as they were taken (accelerate's "
                         "init_empty_weights around the call?); load_transformer builds the model empty itself: call "
                         "it outside, or pass device='meta' for a model without weights")
+    warn_loaded_range(given, out, model.dtype)  # float16: activations its run recorded beyond 65504
     return model.to(device).eval()
 
 

@@ -92,3 +92,56 @@ def test_a_streamed_stage_keeps_what_its_export_warns_from(capsys):
     assert streamed_maxima(stage, torch.float16) == {"activation_max": stage["activation_max"]}
     assert "first at b.1.ff (1.24e+05)" in " ".join(capsys.readouterr().err.split())
     assert streamed_maxima({"relative_error": 0.1}, torch.float16) == {}  # a stage measured without them
+
+
+def _output_recording(tmp_path, dtype, maxima: dict, extra: dict | None = None):
+    """A toy PixArt output saved in `dtype` whose report.json records `maxima` as export.activation_max."""
+    import json
+
+    from compress import save_compressed
+    from compress.toy import load_toy_teacher
+    from tests.conftest import factorize
+
+    model = factorize(load_toy_teacher("pixart"), ["transformer_blocks.0.ff.net.2"], rank=4)
+    report = {"export": {"dtype": str(dtype).removeprefix("torch."), "activation_max": maxima}}
+    return save_compressed(model, tmp_path / "out", dtype=dtype, extra=extra,
+                           files={"report.json": json.dumps(report)})
+
+
+def test_loading_in_float16_an_output_whose_run_recorded_activations_beyond_it_warns(tmp_path, capsys):
+    """T1 stop 53: load_transformer of a float16 output whose run warned (8.25e+04 at a block) loaded it in
+    float16 without a word, and its forward gave NaN. Now a warning names the block, the largest and the
+    dtypes to load it in, loaded in float16 given or stored; none in bfloat16 / float32 or within the range."""
+    from compress import load_pipeline, load_transformer
+
+    out = _output_recording(tmp_path, torch.float16, {"transformer_blocks.0": 13.5, "transformer_blocks.2": 82460.0,
+                                                      "transformer_blocks.3": 70000.0, "proj_out": 4.1},
+                            extra={"teacher": "toy:pixart"})
+    load_transformer(out)  # stored float16
+    said = " ".join(capsys.readouterr().err.split())
+    assert (f"{out}: loaded in float16, but its run recorded activations up to 8.25e+04 at transformer_blocks.2 "
+            "(2 blocks or layers in all), beyond float16's range (max 65504; report.json export.activation_max): "
+            "a forward in float16 gives inf/NaN; load it with torch_dtype=torch.bfloat16 (float32's range) or "
+            "torch.float32") in said
+    for dtype in (torch.bfloat16, torch.float32, "float32"):
+        load_transformer(out, torch_dtype=dtype)
+        assert "activations" not in capsys.readouterr().err
+    load_pipeline(out)  # its transformer in the stored float16
+    assert "recorded activations up to 8.25e+04 at transformer_blocks.2" in " ".join(capsys.readouterr().err.split())
+    load_pipeline(out, torch_dtype=torch.bfloat16)
+    assert "activations" not in capsys.readouterr().err
+
+
+def test_loading_in_float16_given_warns_and_a_report_within_range_or_unreadable_says_nothing(tmp_path, capsys):
+    from compress import load_transformer
+
+    out = _output_recording(tmp_path, torch.bfloat16, {"transformer_blocks.1": 1.0e5})
+    load_transformer(out, dtype="float16")
+    assert "up to 1e+05 at transformer_blocks.1, beyond float16's range" in " ".join(capsys.readouterr().err.split())
+    (out / "report.json").write_text('{"export": {"activation_max": {"transformer_blocks.1": 40000.0}}}')
+    load_transformer(out, dtype=torch.float16)
+    (out / "report.json").write_text("{not json")
+    load_transformer(out, dtype=torch.float16)  # the commands that read it say it is damaged
+    (out / "report.json").unlink()
+    load_transformer(out, dtype=torch.float16)
+    assert "activations" not in capsys.readouterr().err
