@@ -42,6 +42,22 @@ def test_only_the_causes_its_settings_apply_are_named():
     assert likely_causes(DistillConfig(lambda_task=0.0, data="folder", latents_dir="x")) == {}
 
 
+@pytest.mark.parametrize("steps", [1, 2, 9])
+def test_a_rise_over_few_steps_names_the_steps_not_the_lr(steps):
+    """R1 stop 53: the shipped toy recipe with --set passes.4.distill.steps=1 warned 'likely cause: lr 0.0005 is
+    above the default 0.0001', its own deliberate lr, for a rise a step or two gives at the default lr too (tiny
+    PixArt: 1 and 2 steps rose at lr 1e-4 and 5e-4 alike, 5 fell at both): under FEW_STEPS the steps are named,
+    not the lr; a task term or toy data still are."""
+    said = _rose(steps=steps, lr=0.0005, lambda_task=0.0, data="teacher_samples")
+    assert said["reads"] == ["steps"]
+    assert f"rose over its {steps} step{'s' if steps > 1 else ''}, from 0.08092" in said["warning"]
+    assert f"likely cause: steps {steps} is too few to train: Adam's first updates move each weight by about lr " \
+           "whatever its gradient, so the error can rise over so few steps at the default lr too" in said["warning"]
+    assert "lr 0.0005" not in said["warning"]
+    assert _rose(steps=steps, lr=0.0005)["reads"] == ["steps", "lambda_task", "data"]
+    assert _rose(steps=10, lr=0.0005, lambda_task=0.0, data="teacher_samples")["reads"] == ["lr"]
+
+
 def test_a_rise_against_the_chain_base_names_the_base():
     """kd_teacher: base: the held-out error is against the chain's base (the record's kd_teacher), and the
     warning says the student ends further from that base, not from 'the teacher'."""
