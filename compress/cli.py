@@ -9,7 +9,7 @@ import sys
 from importlib import import_module
 from pathlib import Path
 
-from compress.cli_checks import OptionOutOfRange, _check_numbers, _check_paths_there, _check_teacher_options
+from compress.cli_checks import _check_numbers, _check_paths_there, _check_teacher_options
 from compress.cli_parser import build_parser, empty_path
 from compress.errors import NumericError, UserError, too_long
 from compress.interrupts import forget_stops, interrupts_held, stop_status
@@ -230,11 +230,12 @@ def main(argv: list[str] | None = None) -> int:
             raise error from None
     except UserError as e:
         if not (_follower() and _stop(e)):  # a requested stop: rank 0 says it
-            said = _who(args.command if isinstance(e, OptionOutOfRange) else None)
+            said = _who(args.command if e.label == UserError.label else None)  # a user error; not a stop, nor
+            # the machine's trouble, whose words say what ran out (runner_failures: 'out of memory: ...')
             print(f"{said}: {e.label}{e}", file=sys.stderr)
         return e.exit_code
     except NumericError as e:
-        print(f"{_who()}: numeric error: {e}", file=sys.stderr)
+        print(f"{_who(args.command)}: numeric error: {e}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:  # `dit-compress inspect OUT --json | head`: the reader has gone
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         if e.errno != errno.ENAMETOOLONG or not e.filename:  # a name or path over the system's limit
             raise
-        print(f"{_who()}: error: {too_long(e.filename)}", file=sys.stderr)
+        print(f"{_who(args.command)}: error: {too_long(e.filename)}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt as e:
         if not _follower():  # what the run folder keeps: rank 0, which writes it, says it
@@ -266,9 +267,11 @@ def _follower() -> bool:
     return is_follower()
 
 
-def _who(command: str | None = None) -> str:
-    """'dit-compress' ('dit-compress bench' with `command`, as argparse's own errors say it), and the rank
-    of a distributed launch's other processes (whose errors may differ from rank 0's)."""
+def _who(command: str | None) -> str:
+    """Who says an error found after parsing: 'dit-compress bench' for its `command` (as argparse's own errors
+    name it: a user error, a numeric one), 'dit-compress' without one (a requested stop, as 'dit-compress:
+    interrupted'; the machine's trouble), and the rank of a distributed launch's other processes (whose errors
+    may differ from rank 0's)."""
     from compress.runner_ranks import rank
 
     who = f"dit-compress {command}" if command else "dit-compress"

@@ -90,7 +90,7 @@ class _CommandParser(argparse.ArgumentParser):
         self.given = list(args or [])
         parsed, extras = super().parse_known_args(args, namespace)
         if extras and (meant := set_meant(list(args or []), extras)) is not None:  # --set KEY VALUE
-            self.exit(2, f"dit-compress: error: --set takes KEY=VALUE: {meant}\n")
+            self.exit(2, f"{self.prog}: error: --set takes KEY=VALUE: {meant}\n")
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}{self._meant(extras)}")
         return parsed, extras

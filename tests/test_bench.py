@@ -268,7 +268,7 @@ def test_an_outputs_weight_file_is_refused_in_evals_words(tmp_path, capsys):
     for command in ("eval", "bench"):
         assert main([command, str(weights)]) == 2
         assert capsys.readouterr().err.strip() == (
-            f"dit-compress: error: {weights} is a weight file of the dit-compress output {out}: give that folder, "
+            f"dit-compress {command}: error: {weights} is a weight file of the dit-compress output {out}: give that folder, "
             "which loads it with its ranks and block map")
 
 
@@ -367,7 +367,7 @@ def test_bench_of_a_hub_id_times_the_caches_output_or_says_how_to_get_one(tmp_pa
     assert 0 < json.loads(capsys.readouterr().out)["params_ratio"] < 1
     assert main(["bench", "acme/other", "--repeats", "1", "--device", "cpu"]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"dit-compress: error: acme/other: no such output folder, and the Hugging Face cache {tmp_path / 'hub'} "
+        f"dit-compress bench: error: acme/other: no such output folder, and the Hugging Face cache {tmp_path / 'hub'} "
         "holds no copy of it: bench reads a local output folder or the cache's copy of a Hub id; download it "
         "(hf download acme/other) and give acme/other again, or give a local folder")
 

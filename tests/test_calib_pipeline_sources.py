@@ -135,7 +135,7 @@ def test_a_transformer_folder_with_a_saved_toy_pipelines_index_is_refused_as_a_p
         capsys.readouterr()
         assert main(argv + given) == 2, argv
         assert capsys.readouterr().err.strip().splitlines() == [
-            f"dit-compress: error: cannot load calibration pipeline '{teacher}': {lacks}"], argv
+            f"dit-compress {argv[0]}: error: cannot load calibration pipeline '{teacher}': {lacks}"], argv
     assert not (tmp_path / "new").exists()
     with pytest.raises(UserError) as e:
         load_pipeline(out, base=str(teacher))

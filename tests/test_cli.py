@@ -80,7 +80,7 @@ def test_an_empty_teacher_or_a_missing_teacher_config_is_refused(monkeypatch, ca
     monkeypatch.setitem(cli.COMMANDS, argv[0], lambda args: ran.append(args) or 0)
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("dit-compress: error: ") and words in err and "\n" not in err and not ran
+    assert err.startswith(f"dit-compress {argv[0]}: error: ") and words in err and "\n" not in err and not ran
 
 
 @pytest.mark.usefixtures("an_output")
@@ -115,7 +115,7 @@ def test_run_checks_its_teacher_options_once(monkeypatch, capsys, tmp_path, opti
     monkeypatch.chdir(tmp_path)
     assert cli.main(["run", "r.yaml", *option]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("dit-compress: error: ") and words in err and "\n" not in err
+    assert err.startswith("dit-compress run: error: ") and words in err and "\n" not in err
     refused_by_them = option[0] != "--teacher" or option[1] == ""
     assert len(checked) == (1 if refused_by_them else 2) and checked[0][-1] == "run"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "r.yaml"]
@@ -290,7 +290,7 @@ def test_a_path_given_empty_is_refused_before_any_work(monkeypatch, capsys, argv
     --teacher-config was the current folder, `inspect ''` read '.' and `plan ''` said ': a folder'."""
     monkeypatch.setitem(cli.COMMANDS, argv[0], lambda args: pytest.fail("the command ran"))
     assert cli.main(argv) == 2
-    assert capsys.readouterr().err == f"dit-compress: error: {said}\n"
+    assert capsys.readouterr().err == f"dit-compress {argv[0]}: error: {said}\n"
 
 
 @pytest.mark.parametrize("flag, value, said", [
@@ -310,7 +310,7 @@ def test_an_empty_teacher_is_refused_before_the_run_folders_lock(monkeypatch, tm
     with hold_run_folder(tmp_path / "runs" / "r"):  # as another run holds it: the command's own open is refused
         assert cli.main(["run", "r.yaml", flag, value]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"dit-compress: error: {said}") and "in use" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith(f"dit-compress run: error: {said}") and "in use" not in err and len(err.splitlines()) == 1, err
 
 
 def test_every_path_argument_checked_for_empty_is_one_of_its_command():
@@ -333,7 +333,7 @@ def test_set_given_its_value_apart_says_key_equals_value(capsys, argv):
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
     assert e.value.code == 2
-    assert capsys.readouterr().err == "dit-compress: error: --set takes KEY=VALUE: --set calibration.timesteps=4\n"
+    assert capsys.readouterr().err == f"dit-compress {argv[0]}: error: --set takes KEY=VALUE: --set calibration.timesteps=4\n"
 
 
 def test_a_rerun_of_an_outputs_recipe_calls_default_only_the_folders_left_to_their_default(monkeypatch, tmp_path,
@@ -448,3 +448,23 @@ def test_an_option_out_of_range_names_its_command_as_argparses_errors_do(monkeyp
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"dit-compress {argv[0]}: error: {argv[-2]} ") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["inspect", "nowhere"], "no such folder nowhere (dit-compress inspect OUT, OUT written by run)"),
+    (["plan", "nope.yaml"], "no such recipe nope.yaml"),
+    (["run", "r.yaml", "--out", ""], "--out '' names no folder; give one, or leave --out out"),
+    (["plan", "r.yaml", "--set", "nokey"], "r.yaml (--set nokey): expected KEY.PATH=VALUE"),
+    (["plan", "r.yaml", "--set", "calibration.seed", "3"], "--set takes KEY=VALUE: --set calibration.seed=3"),
+])
+def test_every_error_after_parsing_names_its_command(monkeypatch, tmp_path, capsys, argv, said):
+    """F7 stop 52: the path checks', --set's and the commands' own errors said 'dit-compress: error: ...' where
+    argparse's and the range errors (aadd6a4) say 'dit-compress run: error: ...'. Now each names its command."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text("model: pixart\nteacher: toy:pixart\npasses:\n  - svd: {ratio: 0.5}\n")
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:  # the parser's own (--set KEY VALUE)
+        code = e.code
+    assert code == 2
+    assert capsys.readouterr().err == f"dit-compress {argv[0]}: error: {said}\n"

@@ -16,7 +16,7 @@ from compress.passes.distill_trainer import StepLimitReached, TrainingInterrupte
      "dit-compress: distill: stopped at step 3/6 on a stop signal", 143),
     (StepLimitReached("distill: stopped at step 3/6 on max_steps_this_run=3"),  # planned: rerun, not Ctrl-C
      "dit-compress: distill: stopped at step 3/6 on max_steps_this_run=3", 75),
-    (UserError("bad key"), "dit-compress: error: bad key", 2),
+    (UserError("bad key"), "dit-compress plan: error: bad key", 2),
 ])
 def test_a_requested_stop_is_not_printed_as_an_error(monkeypatch, capsys, raised, said, code):
     def command(args):

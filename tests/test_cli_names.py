@@ -29,7 +29,7 @@ def test_a_name_longer_than_a_file_system_allows_is_one_line(pixart, capsys, whe
     capsys.readouterr()
     assert main(argv) == 2
     shown = f"{'a' * 40}…{'a' * 16 if where != 'recipe' else 'a' * 11 + '.yaml'}"
-    assert _said(capsys) == (f"dit-compress: error: the name {shown} ({260 + 5 * (where == 'recipe')} bytes) is longer "
+    assert _said(capsys) == (f"dit-compress {argv[0]}: error: the name {shown} ({260 + 5 * (where == 'recipe')} bytes) is longer "
                              "than a file system allows (at most 255 bytes a name); name a shorter one")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml", "teacher"] and not loads
 
@@ -41,7 +41,7 @@ def test_a_path_longer_than_the_system_allows_is_one_line(pixart, capsys):
     capsys.readouterr()
     assert main(["run", str(tmp_path / "r.yaml"), "--out", str(deep), "--run-dir", str(tmp_path / "run")]) == 2
     said = _said(capsys)
-    shown = re.fullmatch(rf"dit-compress: error: the path {re.escape(str(deep)[:40])}…d{{16}} \((\d+) bytes\) is "
+    shown = re.fullmatch(rf"dit-compress run: error: the path {re.escape(str(deep)[:40])}…d{{16}} \((\d+) bytes\) is "
                          r"longer than the system allows \(at most 4096 bytes a path\); name a shorter one", said)
     assert shown and 4096 < int(shown[1]) <= len(str(deep)), said  # (the first of its folders too long)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml", "teacher"] and not loads
@@ -54,7 +54,7 @@ def test_an_output_name_whose_temp_folder_would_not_fit_is_refused_before_any_wo
     out = tmp_path / ("b" * 245)
     capsys.readouterr()
     assert main(["run", str(tmp_path / "r.yaml"), "--out", str(out), "--run-dir", str(tmp_path / "run")]) == 2
-    assert _said(capsys) == (f"dit-compress: error: output folder {str(out)[:40]}…{'b' * 16}: its name has 245 bytes, "
+    assert _said(capsys) == (f"dit-compress run: error: output folder {str(out)[:40]}…{'b' * 16}: its name has 245 bytes, "
                              "and the output is written beside it first as .NAME.tmp-XXXXXXXX, which a file system "
                              "allows for names of at most 241 bytes; name a shorter folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml", "teacher"] and not loads
@@ -90,7 +90,7 @@ def test_an_output_that_is_a_link_names_where_it_links(pixart, capsys):
     capsys.readouterr()
     assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "outl"), "--run-dir",
                  str(tmp_path / "run"), "--overwrite"]) == 2
-    assert _said(capsys) == (f"dit-compress: error: output folder {tmp_path / 'outl'} exists and is a link (to "
+    assert _said(capsys) == (f"dit-compress run: error: output folder {tmp_path / 'outl'} exists and is a link (to "
                              f"{tmp_path / 'elsewhere'}), not a folder; name a new folder")
 
 
@@ -119,7 +119,7 @@ def test_an_output_inside_the_teacher_through_a_link_is_refused_before_any_lock_
     capsys.readouterr()
     assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "tlink" / "sub"), "--run-dir",
                  str(tmp_path / "run")]) == 2
-    assert _said(capsys) == (f"dit-compress: error: --out {tmp_path / 'tlink' / 'sub'} lies inside the teacher's "
+    assert _said(capsys) == (f"dit-compress run: error: --out {tmp_path / 'tlink' / 'sub'} lies inside the teacher's "
                              f"folder {tmp_path / 'teacher'}; name an output folder outside it")
     assert held == [] and sorted(p.name for p in (tmp_path / "teacher").iterdir()) == before and not loads
 

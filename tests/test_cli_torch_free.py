@@ -88,7 +88,7 @@ def test_a_mistyped_or_missing_recipe_is_refused_before_torch_is_imported(tmp_pa
         (tmp_path / name).write_text(text)
     (tmp_path / "adir").mkdir()
     done = _refused(tmp_path, argv)
-    assert done.stderr.strip() == f"dit-compress: error: {said}"
+    assert done.stderr.strip() == f"dit-compress {argv[0]}: error: {said}"
     assert done.stdout.split() == ["2", "False", "False"]  # exit status 2; torch, diffusers not imported
 
 
@@ -100,12 +100,12 @@ def test_a_lora_not_there_is_refused_before_torch_is_imported(tmp_path):
 
     save_compressed(factorize(tiny_pixart(), ["transformer_blocks.0.attn1.to_q"], 2), tmp_path / "out")
     done = _refused(tmp_path, ["lora", "out", "nolora.safetensors", "new"])
-    assert done.stderr.strip() == ("dit-compress: error: nolora.safetensors: no LoRA there (a .safetensors file, "
+    assert done.stderr.strip() == ("dit-compress lora: error: nolora.safetensors: no LoRA there (a .safetensors file, "
                                    "or a folder holding one)")
     assert done.stdout.split() == ["2", "False", "False"]
     (tmp_path / "new").mkdir()
     done = _refused(tmp_path, ["lora", "out", "nolora.safetensors", "new"])
-    assert done.stderr.strip() == "dit-compress: error: new exists; lora writes a new output folder"
+    assert done.stderr.strip() == "dit-compress lora: error: new exists; lora writes a new output folder"
 
 
 HELD = {  # what a run into a folder another run holds is told (runner_lock), given that holder in words
@@ -127,7 +127,7 @@ def test_a_run_into_folders_another_run_holds_is_refused_before_torch_is_importe
     with holding:  # as another run holds it (a flock belongs to an open file: the command's own is refused)
         who = holder_in_words(json.loads(lock.read_text()))
         done = _refused(tmp_path, ["run", "ok.yaml"])
-    assert done.stderr.strip() == f"dit-compress: error: {HELD[held].format(who)}"
+    assert done.stderr.strip() == f"dit-compress run: error: {HELD[held].format(who)}"
     assert done.stdout.split() == ["2", "False", "False"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.yaml"]  # the holder's folders gone with it, none made
 

@@ -375,12 +375,12 @@ def test_convert_into_a_mount_point_says_so_in_runs_words(tmp_path, monkeypatch,
     for new in (mnt, bound):
         capsys.readouterr()
         assert main(["convert", str(tmp_path / "f.safetensors"), str(new)]) == 2
-        assert capsys.readouterr().err == f"dit-compress: error: {MOUNT_REFUSAL.format(out=new)}\n"
+        assert capsys.readouterr().err == f"dit-compress convert: error: {MOUNT_REFUSAL.format(out=new)}\n"
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: mode != os.W_OK if str(p) == str(mnt) else
                         real_access(p, mode, **kw))
     assert main(["convert", str(tmp_path / "f.safetensors"), str(mnt)]) == 2
-    assert capsys.readouterr().err == (f"dit-compress: error: output folder {mnt} is a mount point that cannot be "
+    assert capsys.readouterr().err == (f"dit-compress convert: error: output folder {mnt} is a mount point that cannot be "
                                        "written (read-only, or not yours); name a folder on a writable disk\n")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 

@@ -54,8 +54,8 @@ def test_a_cached_hub_output_is_named_by_its_id_and_read_from_the_cache_once(cac
 
 @pytest.mark.parametrize("command, extra, said", [
     ("inspect", [], "warning: "),  # inspect shows a damaged output, with a warning
-    ("eval", [], "dit-compress: numeric error: "),
-    ("bench", ["--repeats", "1", "--device", "cpu"], "dit-compress: numeric error: "),
+    ("eval", [], "dit-compress eval: numeric error: "),
+    ("bench", ["--repeats", "1", "--device", "cpu"], "dit-compress bench: numeric error: "),
 ])
 def test_a_damaged_cached_hub_output_is_named_by_its_id_in_load_transformers_words(cached, capsys, command, extra,
                                                                                    said):
@@ -100,7 +100,7 @@ def test_a_local_path_not_there_is_no_hub_id_to_download(tmp_path, capsys, monke
                    "./elsewhere/x": "no such folder ./elsewhere/x"}
     for given, words in nothing_run.items():
         assert main([command, given]) == 2
-        assert capsys.readouterr().err == f"dit-compress: error: {words} {usage}\n"
+        assert capsys.readouterr().err == f"dit-compress {command}: error: {words} {usage}\n"
     (tmp_path / "out" / "toy-pixart2").mkdir(parents=True)
     (tmp_path / "out" / "tiny").mkdir()
     (tmp_path / "out" / "tiny" / "config.json").write_text('{"compression": {}}')  # an output, as is_output reads
@@ -110,10 +110,10 @@ def test_a_local_path_not_there_is_no_hub_id_to_download(tmp_path, capsys, monke
                   "runs/tiny": "no such folder runs/tiny; the output of that run is out/tiny"}
     for given, words in run_before.items():
         assert main([command, given]) == 2
-        assert capsys.readouterr().err == f"dit-compress: error: {words} {usage}\n"
+        assert capsys.readouterr().err == f"dit-compress {command}: error: {words} {usage}\n"
     (tmp_path / "runs" / "tiny").mkdir()  # a run folder, there
     assert main([command, "runs/tiny"]) == 2
-    assert capsys.readouterr().err == ("dit-compress: error: runs/tiny is a run folder (a run's caches and "
+    assert capsys.readouterr().err == (f"dit-compress {command}: error: runs/tiny is a run folder (a run's caches and "
                                        "checkpoints), not an output; the output of that run is out/tiny: "
                                        f"dit-compress {command} out/tiny\n")
     assert main([command, "acme/none"]) == 2  # a Hub id: the cache's words
@@ -141,10 +141,10 @@ def test_a_run_folder_names_its_output_whatever_its_name_and_wherever_the_output
                "runs/plain": "no such folder runs/plain", "runs/none/x": "no such folder runs/none/x"}
     for given, words in missing.items():
         assert main([command, given]) == 2
-        assert capsys.readouterr().err == f"dit-compress: error: {words} {usage}\n"
+        assert capsys.readouterr().err == f"dit-compress {command}: error: {words} {usage}\n"
     for given in ("runs/r2", "work/r3"):
         assert main([command, given]) == 2
-        assert capsys.readouterr().err == (f"dit-compress: error: {given} is a run folder (a run's caches and "
+        assert capsys.readouterr().err == (f"dit-compress {command}: error: {given} is a run folder (a run's caches and "
                                            "checkpoints), not an output; the output of that run is out/b: "
                                            f"dit-compress {command} out/b\n")
     assert main([command, "runs/r4"]) == 2
@@ -161,7 +161,7 @@ def test_a_cached_hub_id_whose_owner_is_a_folder_here_is_read_from_the_cache(cac
     assert main([command, "acme/out", *extra]) == 0
     assert f"note: acme/out: reading the Hugging Face cache's copy of it, {cached}" in capsys.readouterr().err
     assert main([command, "acme/none", *extra]) == 2
-    assert capsys.readouterr().err.startswith("dit-compress: error: no such folder acme/none (")
+    assert capsys.readouterr().err.startswith(f"dit-compress {command}: error: no such folder acme/none (")
 
 
 @pytest.mark.parametrize("command", ["inspect", "eval", "bench"])
@@ -184,7 +184,7 @@ def test_the_folder_of_a_run_not_finished_says_so_and_how_to_finish_it(tmp_path,
         rerun = ("rerun its recipe to start it over (dit-compress run RECIPE" if saved == "no pass saved yet"
                  else "rerun its recipe with --resume to continue it (dit-compress run RECIPE --resume")
         assert capsys.readouterr().err == (
-            f"dit-compress: error: {given} is the run folder of a run that has not finished ({saved}): it wrote no "
+            f"dit-compress {command}: error: {given} is the run folder of a run that has not finished ({saved}): it wrote no "
             f"output yet; {rerun}{run_dir}), then dit-compress {command} its output\n")
     assert main([command, "plain/x"]) == 2
     assert "run folder" not in capsys.readouterr().err
@@ -217,7 +217,7 @@ def test_the_folder_of_a_run_stopped_before_it_saved_a_pass_says_the_rerun_that_
     assert capsys.readouterr().err.strip().endswith("nothing was saved yet: a rerun starts over")
     assert main(["inspect", run_dir]) == 2
     assert capsys.readouterr().err == (
-        f"dit-compress: error: {run_dir} is the run folder of a run that has not finished (no pass saved yet): it wrote no "
+        f"dit-compress inspect: error: {run_dir} is the run folder of a run that has not finished (no pass saved yet): it wrote no "
         f"output yet; rerun its recipe to start it over (dit-compress run RECIPE{flags}), then dit-compress "
         "inspect its output\n")
     assert main(["run", "r.yaml", *flags.split()]) == 0
@@ -253,7 +253,7 @@ def test_the_folder_of_a_finished_run_whose_output_is_gone_says_so_and_how_to_wr
                        f"--out out/plain), then dit-compress {command} out/plain"}
     for given, words in said.items():
         assert main([command, given]) == 2
-        assert capsys.readouterr().err == f"dit-compress: error: {given} is the run folder of a finished run, but " \
+        assert capsys.readouterr().err == f"dit-compress {command}: error: {given} is the run folder of a finished run, but " \
                                           f"{words}\n"
 
 
@@ -275,7 +275,7 @@ def test_a_finished_run_whose_recorded_output_is_gone_does_not_name_an_older_out
     (folder / "stages" / "finished.json").write_text(json.dumps({"out": str(tmp_path / "out" / "tp4")}))
     assert main([command, "runs/toy-pixart"]) == 2
     assert capsys.readouterr().err == (
-        "dit-compress: error: runs/toy-pixart is the run folder of a finished run, but its output out/tp4 is gone "
+        f"dit-compress {command}: error: runs/toy-pixart is the run folder of a finished run, but its output out/tp4 is gone "
         f"(out/toy-pixart is there: an older run's output, or this one's moved: dit-compress {command} out/toy-pixart): "
         "rerun its recipe, unchanged, with --resume to write it again from the stages the run kept (dit-compress run "
         f"RECIPE --resume --out out/tp4), then dit-compress {command} out/tp4\n")

@@ -196,11 +196,11 @@ def test_eval_of_a_hub_id_reads_the_caches_output_as_inspect_and_bench_do(tmp_pa
     for what in ("eval", "inspect", "bench"):
         assert main([what, "acme/none"]) == 2
         assert capsys.readouterr().err == (
-            f"dit-compress: error: acme/none: no such output folder, and the Hugging Face cache {tmp_path / 'hub'} "
+            f"dit-compress {what}: error: acme/none: no such output folder, and the Hugging Face cache {tmp_path / 'hub'} "
             f"holds no copy of it: {what} reads a local output folder or the cache's copy of a Hub id; download it "
             "(hf download acme/none) and give acme/none again, or give a local folder\n")
     snapshot = tmp_path / "hub" / "models--acme--teacher" / "snapshots" / ("0" * 40)
     assert main(["eval", "acme/teacher"]) == 2
-    assert capsys.readouterr().err == (f"dit-compress: error: acme/teacher: the Hugging Face cache holds it at "
+    assert capsys.readouterr().err == (f"dit-compress eval: error: acme/teacher: the Hugging Face cache holds it at "
                                        f"{snapshot}, which is no dit-compress output (its config.json has no "
                                        "compression section)\n")

@@ -45,7 +45,7 @@ def _refused(capsys, argv: list[str]) -> str:
     assert "pred_rel_error" not in captured.out and "nan" not in captured.out, captured.out
     assert "Traceback" not in captured.err, captured.err
     err = captured.err.strip().splitlines()[-1]  # after the status lines
-    assert err.startswith("dit-compress: numeric error: "), captured.err
+    assert err.startswith(f"dit-compress {argv[0]}: numeric error: "), captured.err
     return err
 
 
@@ -57,7 +57,7 @@ def test_eval_against_a_teacher_holding_nan_names_the_weight(output, capsys):
     err = _refused(capsys, ["eval", str(out), "--teacher", teacher, "--json"])
     # the file that holds it, and whose weight it is, as run's resident check says it (streamed said 'weight X in F')
     file = tmp / "nan_teacher" / "diffusion_pytorch_model.safetensors"
-    assert err == f"dit-compress: numeric error: teacher weight {name} in {file} has 1 NaN/Inf values", err
+    assert err == f"dit-compress eval: numeric error: teacher weight {name} in {file} has 1 NaN/Inf values", err
 
 
 def test_eval_against_a_teacher_whose_finite_weights_overflow_names_the_layer(output, capsys):

@@ -126,7 +126,7 @@ def test_eval_and_bench_say_their_teacher_errors_where_the_teacher_was_given(tmp
         capsys.readouterr()
         assert main([command, str(resident), "--teacher", str(tmp_path / "flux")]) == 2
         assert capsys.readouterr().err.strip().splitlines()[-1] == (
-            f"dit-compress: error: --teacher: teacher {tmp_path / 'flux'} is a FluxTransformer2DModel; the model to "
+            f"dit-compress {command}: error: --teacher: teacher {tmp_path / 'flux'} is a FluxTransformer2DModel; the model to "
             "compare with it is a PixArtTransformer2DModel")
     shard = sorted((tmp_path / "teacher").glob("*.safetensors"))[0]
     shard.write_bytes(shard.read_bytes()[:100])
@@ -134,7 +134,7 @@ def test_eval_and_bench_say_their_teacher_errors_where_the_teacher_was_given(tmp
     for argv, said in (([], cut), (["--teacher", str(tmp_path / "teacher")], f"--teacher: {cut}")):
         capsys.readouterr()
         assert main(["eval", str(streamed), *argv]) == 2
-        assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"dit-compress: error: {said}"), argv
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"dit-compress eval: error: {said}"), argv
 
 
 def test_a_streamed_outputs_single_file_teacher_without_a_config_is_refused_at_its_place_without_a_note(
@@ -153,5 +153,5 @@ def test_a_streamed_outputs_single_file_teacher_without_a_config_is_refused_at_i
     capsys.readouterr()
     assert main(["eval", str(out), "--teacher", "single/t.safetensors"]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert "note:" not in err and err.startswith("dit-compress: error: --teacher: single file single/t.safetensors has "
+    assert "note:" not in err and err.startswith("dit-compress eval: error: --teacher: single file single/t.safetensors has "
                                                  "no config.json beside it; ")

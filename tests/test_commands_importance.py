@@ -34,11 +34,11 @@ def test_importance_of_an_output_says_it_scans_a_teacher_and_how(tmp_path, capsy
     tail = tail.format(out=out)
     assert main(["importance", str(out)]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert err == f"dit-compress: error: {out}: importance scans a teacher, and this is a dit-compress output{tail}"
+    assert err == f"dit-compress importance: error: {out}: importance scans a teacher, and this is a dit-compress output{tail}"
     weights = Path(out) / "diffusion_pytorch_model.safetensors"
     assert main(["importance", str(weights)]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert err == (f"dit-compress: error: {weights}: importance scans a teacher, and this is a weight file of the "
+    assert err == (f"dit-compress importance: error: {weights}: importance scans a teacher, and this is a weight file of the "
                    f"dit-compress output {out}{tail}")
 
 
@@ -88,9 +88,9 @@ def test_importance_checks_teacher_and_set_as_plan_does(tmp_path, capsys):
         assert main(["plan", str(recipe), *extra]) == 2
         planned = capsys.readouterr().err
         assert main(["importance", str(recipe), *extra, "--png", str(tmp_path / "i.png")]) == 2
-        assert capsys.readouterr().err == planned
+        assert capsys.readouterr().err == planned.replace("dit-compress plan: ", "dit-compress importance: ", 1)
     assert main(["importance", "toy:pixart", "--set", "calibration.num_prompts=3"]) == 2
-    assert capsys.readouterr().err == ("dit-compress: error: --set changes a recipe, and toy:pixart is a toy teacher "
+    assert capsys.readouterr().err == ("dit-compress importance: error: --set changes a recipe, and toy:pixart is a toy teacher "
                                        "scanned as it is: pass a recipe (dit-compress importance RECIPE --set ...), "
                                        "or leave --set out\n")
 

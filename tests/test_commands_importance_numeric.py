@@ -38,7 +38,7 @@ def test_a_nan_in_the_teacher_is_named_as_run_names_it(tmp_path, capsys):
     recipe = _recipe(tmp_path, _set("transformer_blocks.2.attn1.to_v.weight", math.nan))
     assert _importance(tmp_path, recipe) == 3
     captured = capsys.readouterr()
-    assert captured.err == (f"dit-compress: numeric error: teacher weight transformer_blocks.2.attn1.to_v.weight in "
+    assert captured.err == (f"dit-compress importance: numeric error: teacher weight transformer_blocks.2.attn1.to_v.weight in "
                             f"{tmp_path / 'teacher' / 'diffusion_pytorch_model.safetensors'} has 1 NaN/Inf values\n")
     assert "Block importance" not in captured.out and not (tmp_path / "i.json").exists()
 
@@ -56,7 +56,7 @@ def test_a_prediction_that_overflows_names_the_layer_where_it_does(tmp_path, cap
     recipe = _recipe(tmp_path, lambda m: m.transformer_blocks[1].ff.net[2].weight.mul_(1e38))
     assert _importance(tmp_path, recipe) == 3
     err = capsys.readouterr().err.splitlines()[-1]  # after the scan's progress
-    assert err.startswith("dit-compress: numeric error: the teacher's prediction holds NaN/Inf on calibration batch "
+    assert err.startswith("dit-compress importance: numeric error: the teacher's prediction holds NaN/Inf on calibration batch "
                           "1 of 2 in compute_dtype float32: transformer_blocks.1.ff.net.2's output is the first to "
                           "hold it (its inputs were finite); the checkpoint's weights overflow even in float32"), err
 
@@ -86,7 +86,7 @@ def test_a_block_whose_skip_gives_nan_is_named(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(importance, "scan", scan)
     assert _importance(tmp_path, _recipe(tmp_path)) == 3
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "dit-compress: numeric error: importance: skipping transformer_blocks.1 makes the teacher's prediction hold "
+        "dit-compress importance: numeric error: importance: skipping transformer_blocks.1 makes the teacher's prediction hold "
         "NaN/Inf in compute_dtype float32 (with every block it is finite), so its skip error cannot be measured")
     monkeypatch.setattr(importance, "scan", real)
     assert _importance(tmp_path, tmp_path / "r.yaml") == 0  # the same teacher scanned for real: finite

@@ -142,7 +142,7 @@ def test_a_lora_on_an_output_whose_config_records_its_dtype_damaged_is_one_line(
         capsys.readouterr()
         assert main(["lora", str(out), str(lora), str(tmp_path / "new")]) == 2
         err = capsys.readouterr().err
-        assert err == (f"dit-compress: error: {config}: compression.dtype is {json.dumps(dtype)}, not the name of a "
+        assert err == (f"dit-compress lora: error: {config}: compression.dtype is {json.dumps(dtype)}, not the name of a "
                        "floating dtype (float32, float16, bfloat16): a damaged config.json; remove that key (lora "
                        "then keeps the dtype its weights load in)\n"), err
         assert not (tmp_path / "new").exists()
@@ -158,11 +158,11 @@ def test_lora_into_a_mount_point_says_so_in_runs_words(tmp_path, monkeypatch, ca
     for new in mount_points(tmp_path, monkeypatch):
         capsys.readouterr()
         assert main(["lora", str(tmp_path / "out"), str(tmp_path / "lora"), str(new)]) == 2
-        assert capsys.readouterr().err == f"dit-compress: error: {MOUNT_REFUSAL.format(out=new)}\n"
+        assert capsys.readouterr().err == f"dit-compress lora: error: {MOUNT_REFUSAL.format(out=new)}\n"
     (tmp_path / "plain").mkdir()
     assert main(["lora", str(tmp_path / "out"), str(tmp_path / "lora"), str(tmp_path / "plain")]) == 2
     said = capsys.readouterr().err
-    assert said == f"dit-compress: error: {tmp_path / 'plain'} exists; lora writes a new output folder\n"
+    assert said == f"dit-compress lora: error: {tmp_path / 'plain'} exists; lora writes a new output folder\n"
 
 
 @pytest.mark.parametrize("scale, said", [("nan", "--scale must be a finite number, got nan"),

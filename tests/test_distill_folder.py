@@ -168,7 +168,7 @@ def test_plan_refuses_a_latents_folder_the_distill_pass_would_at_the_latents_dir
         assert code == 0 and "error" not in err
         return
     assert code == 2 and "\n" not in err and "Traceback" not in err
-    assert re.search(f"^dit-compress: error: {re.escape(recipe)}:7: distill\\.latents_dir .*{words}", err), err
+    assert re.search(f"^dit-compress plan: error: {re.escape(recipe)}:7: distill\\.latents_dir .*{words}", err), err
 
 
 def test_the_run_refuses_a_folder_without_text_embeddings_before_any_compute(tmp_path, capsys):

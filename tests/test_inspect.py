@@ -344,7 +344,7 @@ def test_inspect_of_a_hub_id_reads_the_caches_output_or_says_how_to_get_one(tmp_
     assert {r["name"]: r["rank"] for r in rows if r["rank"] is not None} == {"transformer_blocks.0.ff.net.2": 2}
     assert main(["inspect", "acme/other"]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"dit-compress: error: acme/other: no such output folder, and the Hugging Face cache {tmp_path / 'hub'} "
+        f"dit-compress inspect: error: acme/other: no such output folder, and the Hugging Face cache {tmp_path / 'hub'} "
         "holds no copy of it: inspect reads a local output folder or the cache's copy of a Hub id; download it "
         "(hf download acme/other) and give acme/other again, or give a local folder")
     tiny_pixart().save_pretrained(tmp_path / "teacher")
@@ -378,7 +378,7 @@ def test_inspect_of_an_outputs_weight_file_names_its_folder_as_eval_and_bench_do
     weights = out / "diffusion_pytorch_model.safetensors"
     assert main(["inspect", str(weights)]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"dit-compress: error: {weights} is a weight file of the dit-compress output {out}: give that folder, "
+        f"dit-compress inspect: error: {weights} is a weight file of the dit-compress output {out}: give that folder, "
         "which loads it with its ranks and block map")
 
 

@@ -262,7 +262,7 @@ def test_a_mount_point_as_the_output_is_refused_before_any_work(tmp_path, monkey
     for extra in ([], ["--overwrite"]):
         capsys.readouterr()
         assert main(argv + extra) == 2
-        assert capsys.readouterr().err == f"dit-compress: error: {said.format(out=mnt)}\n"
+        assert capsys.readouterr().err == f"dit-compress run: error: {said.format(out=mnt)}\n"
     assert loads == [] and not [p for p in tmp_path.iterdir() if p.name.startswith(".mnt.")]
 
 
@@ -287,7 +287,7 @@ def test_a_bind_mount_listed_in_mountinfo_is_refused_before_any_work(tmp_path, m
     for extra in ([], ["--overwrite"]):
         capsys.readouterr()
         assert main(argv + extra) == 2
-        assert capsys.readouterr().err == (f"dit-compress: error: output folder {mnt} is a mount point, which an output "
+        assert capsys.readouterr().err == (f"dit-compress run: error: output folder {mnt} is a mount point, which an output "
                                            "cannot replace (it is written beside its folder, then renamed onto it); "
                                            f"name a folder inside it, e.g. {mnt}/NAME\n")
     assert loads == []
@@ -332,7 +332,7 @@ def test_a_rename_onto_the_output_refused_at_the_export_is_one_line_and_resume_w
     err_text = capsys.readouterr().err
     assert "Traceback" not in err_text
     err_text = err_text.splitlines(keepends=True)[-1]  # (the passes' progress before it)
-    assert err_text.startswith(f"dit-compress: error: output folder {out} could not be replaced ({os.strerror(err)}): "
+    assert err_text.startswith(f"dit-compress run: error: output folder {out} could not be replaced ({os.strerror(err)}): "
                                "it is a mount point, which an output cannot replace (it is written beside its "
                                f"folder, then renamed onto it); name a folder inside it, e.g. {out}/NAME; {run} "
                                "keeps its work (")

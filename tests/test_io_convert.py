@@ -273,7 +273,7 @@ def test_a_folder_holding_a_single_file_names_it(tmp_path, monkeypatch, capsys):
     _flux_file(tmp_path / "weights")
     monkeypatch.chdir(tmp_path)
     assert main(["convert", "weights", "out"]) == 2
-    assert capsys.readouterr().err == ("dit-compress: error: weights: a folder; convert reads a single-file checkpoint: "
+    assert capsys.readouterr().err == ("dit-compress convert: error: weights: a folder; convert reads a single-file checkpoint: "
                                        "give the file in it, weights/f.safetensors\n")
     with pytest.raises(UserError, match=r"no diffusers weights to read there; it holds the single file "
                                         r"weights/f.safetensors: write it once as a folder with `dit-compress "
@@ -298,7 +298,7 @@ def test_a_diffusers_folder_is_what_stream_reads_not_a_file_in_it(tmp_path, caps
         save_file({"w": torch.zeros(2)}, str(tmp_path / "d" / name)) if name.endswith(".safetensors") else \
             (tmp_path / "d" / name).write_text("{}")
     assert main(["convert", str(tmp_path / "d"), str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err == (f"dit-compress: error: {tmp_path / 'd'}: a folder; convert reads a single-file "
+    assert capsys.readouterr().err == (f"dit-compress convert: error: {tmp_path / 'd'}: a folder; convert reads a single-file "
                                        "checkpoint (a folder is already what stream: true reads)\n")
 
 
@@ -335,7 +335,7 @@ def test_an_empty_output_path_says_so(tmp_path, capsys):
 
     _flux_file(tmp_path)
     assert main(["convert", str(tmp_path / "f.safetensors"), ""]) == 2
-    assert capsys.readouterr().err == "dit-compress: error: OUT '' names no folder (dit-compress convert FILE OUT)\n"
+    assert capsys.readouterr().err == "dit-compress convert: error: OUT '' names no folder (dit-compress convert FILE OUT)\n"
 
 
 def test_a_schnell_file_with_a_dev_config_names_guidance_embeds(tmp_path):
@@ -436,7 +436,7 @@ def test_convert_of_an_output_resaved_as_bin_says_it_is_an_output_in_one_line(tm
     capsys.readouterr()
     assert main(["convert", str(tmp_path / "bin"), str(tmp_path / "conv")]) != 0
     err = capsys.readouterr().err
-    assert err.strip() == (f"dit-compress: error: {tmp_path / 'bin'} is a dit-compress output (its config.json has a compression "
+    assert err.strip() == (f"dit-compress convert: error: {tmp_path / 'bin'} is a dit-compress output (its config.json has a compression "
                            "section), already a diffusers folder: nothing to convert; load it with "
                            "compress.load_transformer (convert is for teachers' checkpoints)")
     assert not (tmp_path / "conv").exists()

@@ -39,7 +39,7 @@ def _t5(folder):
 
 
 def _errors(capsys) -> list[str]:
-    return [s for s in capsys.readouterr().err.splitlines() if s.startswith("dit-compress: error: ")]
+    return [s for s in capsys.readouterr().err.splitlines() if s.startswith(("dit-compress convert: error: ", "dit-compress plan: error: "))]
 
 
 @pytest.mark.parametrize(("make", "what"), [
@@ -56,10 +56,10 @@ def test_convert_of_another_models_folder_says_what_it_holds_as_run_does(tmp_pat
     make(folder)
     words = f"{folder} holds {what} (not a PixArt or Flux transformer): give the pipeline folder or its transformer/ folder"
     assert main(["convert", str(folder), str(tmp_path / "out")]) == 2
-    assert _errors(capsys) == [f"dit-compress: error: {words}"]
+    assert _errors(capsys) == [f"dit-compress convert: error: {words}"]
     (tmp_path / "r.yaml").write_text(RECIPE)
     assert main(["plan", str(tmp_path / "r.yaml"), "--teacher", str(folder)]) == 2
-    assert _errors(capsys) == [f"dit-compress: error: --teacher: {words}"]
+    assert _errors(capsys) == [f"dit-compress plan: error: --teacher: {words}"]
     with pytest.raises(UserError) as e:  # the API alike
         convert_file(folder, tmp_path / "out")
     assert str(e.value) == words
@@ -74,7 +74,7 @@ def test_convert_of_a_transformers_folder_is_still_what_stream_reads(tmp_path, c
         {"_class_name": "PixArtSigmaPipeline", "transformer": ["diffusers", "PixArtTransformer2DModel"]}))
     for folder in (tmp_path / "pipe", tmp_path / "pipe" / "transformer"):
         assert main(["convert", str(folder), str(tmp_path / "out")]) == 2
-        assert _errors(capsys) == [f"dit-compress: error: {folder}: a folder; convert reads a single-file checkpoint "
+        assert _errors(capsys) == [f"dit-compress convert: error: {folder}: a folder; convert reads a single-file checkpoint "
                                    "(a folder is already what stream: true reads)"]
     tiny_pixart().save_pretrained(tmp_path / "bin", safe_serialization=False)
     assert main(["convert", str(tmp_path / "bin"), str(tmp_path / "out")]) == 0

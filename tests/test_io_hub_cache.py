@@ -203,7 +203,7 @@ def test_lora_given_a_hub_id_as_its_output_says_so_as_eval_does(tmp_path, monkey
     repo = _cached(tmp_path, "acme/out", _output(tmp_path))
     capsys.readouterr()
     assert main(["lora", "acme/out", "acme/lora", "new"]) == 2
-    assert capsys.readouterr().err == ("dit-compress: error: acme/out: lora takes a local dit-compress output folder, "
+    assert capsys.readouterr().err == ("dit-compress lora: error: acme/out: lora takes a local dit-compress output folder, "
                                        f"not a Hub id; the Hugging Face cache holds it: give {repo / 'snapshots' / CACHED}\n")
     assert not (tmp_path / "new").exists()
 
@@ -226,7 +226,7 @@ def test_eval_given_a_hub_id_in_other_letters_reads_the_cached_snapshot_not_the_
     note, error = capsys.readouterr().err.splitlines()  # the id as given, noted once read from the cache (fee6a45)
     assert note == f"note: ACME/Out: reading the Hugging Face cache's copy of it, {repo / 'snapshots' / CACHED}"
     assert error.startswith(
-        f"dit-compress: error: {repo / 'snapshots' / CACHED} has no recipe.yaml, whose calibration settings give eval")
+        f"dit-compress eval: error: {repo / 'snapshots' / CACHED} has no recipe.yaml, whose calibration settings give eval")
 
 
 def test_held_otherwise_is_none_where_the_cache_holds_nothing_of_the_repo(tmp_path):

@@ -55,7 +55,7 @@ def test_a_pipeline_saved_from_load_pipeline_loads_back(pixart_folder, tmp_path,
     assert main(["inspect", str(saved), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["layers"]
     error = _one_line_error(capsys, ["eval", str(saved)])  # its teacher is gone: said of the output
-    assert error.startswith(f"dit-compress: error: {saved / 'transformer'} "), error
+    assert error.startswith(f"dit-compress eval: error: {saved / 'transformer'} "), error
 
 
 @pytest.mark.parametrize("family", ["pixart", "flux"])

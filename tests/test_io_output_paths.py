@@ -116,7 +116,7 @@ def test_a_file_where_the_outputs_parent_should_be_is_one_line(tmp_path, capsys,
     (tmp_path / "f").write_text("a file")
     monkeypatch.chdir(tmp_path)
     err = _one_line_error(capsys, ["convert", "flux.safetensors", "f/sub", "--teacher-config", "cfg"])
-    assert err == "dit-compress: error: output folder f/sub: cannot make the folder f (f is a file, not a folder)"
+    assert err == "dit-compress convert: error: output folder f/sub: cannot make the folder f (f is a file, not a folder)"
     with pytest.raises(UserError, match=r"^output folder f/a/b: cannot make the folder f/a "
                                         r"\(f is a file, not a folder\)$"):
         save_compressed(model, "f/a/b")
@@ -141,7 +141,7 @@ def test_an_output_of_a_newer_format_is_refused(tmp_path, capsys):
         load_transformer(out)
     assert str(e.value) == message
     for command in ("inspect", "bench"):
-        assert _one_line_error(capsys, [command, str(out)]) == f"dit-compress: error: {message}"
+        assert _one_line_error(capsys, [command, str(out)]) == f"dit-compress {command}: error: {message}"
     _with_format(out, "2")
     with pytest.raises(UserError, match="compression.format must be a format number .this dit-compress reads 1 "
                                         "to 1., got '2'"):
@@ -263,7 +263,7 @@ def test_every_command_finds_an_output_in_transformer_where_load_teacher_finds_a
     assert json.loads(capsys.readouterr().out)["params_ratio"] < 1
     lora = tmp_path / "none.safetensors"
     assert _one_line_error(capsys, ["lora", str(folder), str(lora), str(tmp_path / "new")]) == (
-        f"dit-compress: error: {lora}: no LoRA there (a .safetensors file, or a folder holding one)")
+        f"dit-compress lora: error: {lora}: no LoRA there (a .safetensors file, or a folder holding one)")
     if not index:  # its base is the teacher it records, not the folder above transformer/ (no pipeline)
         with pytest.raises(UserError, match=f"records the teacher {tmp_path / 'teacher'}, which is not a pipeline"):
             load_pipeline(folder)
@@ -282,7 +282,7 @@ def test_a_pipeline_folder_without_a_transformer_config_is_refused_in_one_line_a
     line = f"{folder} is a pipeline folder without transformer/config.json"
     for argv in (["inspect", str(folder)], ["eval", str(folder)], ["bench", str(folder)],
                  ["lora", str(folder), str(tmp_path), str(tmp_path / "new")]):
-        assert _one_line_error(capsys, argv) == f"dit-compress: error: {line}", argv
+        assert _one_line_error(capsys, argv) == f"dit-compress {argv[0]}: error: {line}", argv
     for load in (load_transformer, load_pipeline, load_teacher):
         with pytest.raises(UserError) as e:
             load(str(folder))

@@ -237,7 +237,7 @@ def test_eval_and_bench_place_their_dash_dash_teacher_s_errors(tmp_path, capsys,
         capsys.readouterr()
         assert main([command, str(out), "--teacher", str(teacher), *extra]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"dit-compress: error: --teacher: {words}") and err.count("--teacher: ") == 1, err
+        assert err.startswith(f"dit-compress {command}: error: --teacher: {words}") and err.count("--teacher: ") == 1, err
 
 
 def test_a_checkpoint_given_as_teacher_config_is_told_without_reading_it_whole(tmp_path, monkeypatch):

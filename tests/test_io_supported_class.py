@@ -69,5 +69,5 @@ def test_plan_names_a_hub_id_of_another_model_as_typed(tmp_path, monkeypatch, ca
     for command in (["plan", str(recipe)], ["run", str(recipe), "--out", str(tmp_path / "out")]):
         assert main(command) == 2
         assert capsys.readouterr().err.splitlines() == [
-            f"dit-compress: error: {recipe}:2: 'acme/vae' holds an AutoencoderKL (not a PixArt or Flux transformer): "
+            f"dit-compress {command[0]}: error: {recipe}:2: 'acme/vae' holds an AutoencoderKL (not a PixArt or Flux transformer): "
             "give the Hub id of a PixArt or Flux pipeline or transformer, or a local folder"]

@@ -115,5 +115,5 @@ def test_commands_on_a_run_folder_with_a_record_nested_too_deep_say_what_they_sa
     for command in ("inspect", "eval"):
         assert main([command, str(out)]) == 2
         err = capsys.readouterr().err
-        assert err.strip() == f"dit-compress: error: cannot read {out / 'report.json'}: maximum recursion depth " \
+        assert err.strip() == f"dit-compress {command}: error: cannot read {out / 'report.json'}: maximum recursion depth " \
                               "exceeded while decoding a JSON array from a unicode string", err

@@ -64,7 +64,7 @@ def test_a_lora_past_a_moved_teachers_blocks_names_the_moved_teacher_in_the_erro
     assert main(["lora", str(tmp_path / "b"), str(lora), str(tmp_path / "new")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert f"Or the teacher {moved}, not there now, was itself" in err[-1]
-    assert len([line for line in err if line.startswith("dit-compress: error")]) == 1
+    assert len([line for line in err if line.startswith("dit-compress lora: error")]) == 1
     _said_once(err, moved)
 
 
@@ -89,7 +89,7 @@ def test_a_lora_past_a_moved_teachers_count_in_its_report_names_the_moved_teache
     capsys.readouterr()
     assert main(["lora", str(tmp_path / "b"), str(lora), str(tmp_path / "new")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("dit-compress: error")]
+    errors = [line for line in err if line.startswith("dit-compress lora: error")]
     assert len(errors) == 1 and not (tmp_path / "new").exists()
     assert re.search(rf"transformer_blocks\.5, but the base model {re.escape(str(moved))} has 5 .*\(deeper\) "
                      rf"model\? Or the teacher {re.escape(str(moved))}, not there now, was itself a dit-compress "
@@ -120,7 +120,7 @@ def test_a_dora_read_as_a_moved_teachers_blocks_is_refused_a_given_teacher_numbe
     capsys.readouterr()
     assert main(["lora", str(c), str(dora), str(tmp_path / "new"), "--teacher", base]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"dit-compress: error: the teacher given, {base}, has {counts[0]}, but the DoRA's blocks are "
+    assert err == [f"dit-compress lora: error: the teacher given, {base}, has {counts[0]}, but the DoRA's blocks are "
                    f"numbered as {moved}'s, the model's teacher, not there now ({counts[1]}): its norms would come "
                    f"from other blocks; put {moved} back (an output's chain is then followed), or give its new place "
                    "(were it an output: a plain model of the base blocks it kept) with --teacher (teacher= to "
@@ -184,7 +184,7 @@ def test_a_dora_read_as_a_present_bases_blocks_is_refused_a_given_teacher_number
     capsys.readouterr()
     assert main(["lora", out, str(dora), str(tmp_path / "new"), "--teacher", given]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"dit-compress: error: the teacher given, {given}, has {counts[0]}, but the DoRA's blocks are "
+    assert err == [f"dit-compress lora: error: the teacher given, {given}, has {counts[0]}, but the DoRA's blocks are "
                    f"numbered as {base}'s, {of} ({counts[1]}): its norms would come from other blocks; give no "
                    f"teacher ({base} is read) or one with its blocks, with --teacher (teacher= to merge_lora)"], err
     assert not (tmp_path / "new").exists()
@@ -218,7 +218,7 @@ def test_a_dora_read_as_a_moved_teachers_blocks_is_refused_a_given_teacher_of_ot
     capsys.readouterr()
     assert main(["lora", str(tmp_path / "b"), str(dora), str(tmp_path / "new"), "--teacher", base]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"dit-compress: error: the teacher given, {base}, has 6 transformer_blocks, but the DoRA's blocks "
+    assert err == [f"dit-compress lora: error: the teacher given, {base}, has 6 transformer_blocks, but the DoRA's blocks "
                    f"are numbered as {moved}'s, the model's teacher, not there now (5): its norms would come from "
                    f"other blocks; put {moved} back (an output's chain is then followed), or give its new place (were "
                    "it an output: a plain model of the base blocks it kept) with --teacher (teacher= to merge_lora)"], err

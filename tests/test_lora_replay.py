@@ -38,13 +38,13 @@ def test_a_lora_moved_since_it_was_merged_is_one_line_and_lora_gives_its_new_pla
     capsys.readouterr()
     before = _eval(["eval", str(new)], capsys)
     shutil.move(tmp_path / "lora", tmp_path / "moved")
-    gone = (f"dit-compress: error: the LoRA this model took (dit-compress lora or "
+    gone = ("dit-compress {}: error: the LoRA this model took (dit-compress lora or "
             f"compress.merge_lora) is no longer at {tmp_path / 'lora'}, "
             "where it recorded it (moved or deleted), and its teacher takes it to stand for the model: pass its new "
-            "place to eval or bench with --lora PATH, or put it back there")
-    assert _err(["eval", str(new)], capsys) == gone
-    assert _err(["eval", str(new), "--teacher", str(tmp_path / "teacher")], capsys) == gone
-    assert _err(["bench", str(new), "--repeats", "1", "--device", "cpu"], capsys) == gone
+            "place to eval or bench with --lora PATH, or put it back there").format  # the command's
+    assert _err(["eval", str(new)], capsys) == gone("eval")
+    assert _err(["eval", str(new), "--teacher", str(tmp_path / "teacher")], capsys) == gone("eval")
+    assert _err(["bench", str(new), "--repeats", "1", "--device", "cpu"], capsys) == gone("bench")
     assert _eval(["eval", str(new), "--lora", str(tmp_path / "moved")], capsys) == before
     assert main(["bench", str(new), "--json", "--repeats", "1", "--device", "cpu", "--lora",
                  str(tmp_path / "moved")]) == 0

@@ -103,7 +103,7 @@ def test_a_given_teacher_that_is_not_there_is_one_line_whatever_the_lora(tmp_pat
     nope = str(tmp_path / "nope")
     assert main(["lora", str(out), str(tmp_path / "lora"), str(tmp_path / "new"), "--teacher", nope]) == 2
     err = capsys.readouterr().err
-    assert err == f"dit-compress: error: teacher not found: {nope} (there is no {nope})\n", err
+    assert err == f"dit-compress lora: error: teacher not found: {nope} (there is no {nope})\n", err
     assert not (tmp_path / "new").exists()
 
 
@@ -209,7 +209,7 @@ def test_a_given_teacher_that_is_no_teacher_is_refused_whatever_the_lora(tmp_pat
     given, words = given.format(tmp=tmp_path), words.format(tmp=tmp_path)
     assert main(["lora", str(out), str(lora), str(tmp_path / "new"), "--teacher", given]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"dit-compress: error: {words}") and err.count("\n") == 1, err
+    assert err.startswith(f"dit-compress lora: error: {words}") and err.count("\n") == 1, err
     assert not (tmp_path / "new").exists()
     with pytest.raises(UserError, match=re.escape(words)):
         merge_lora(torch.nn.Linear(1, 1), {}, teacher=given)  # before anything of the model or LoRA is read

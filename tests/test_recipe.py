@@ -363,7 +363,7 @@ def test_a_seed_past_32_bits_is_refused_at_its_line_by_plan_and_run(tmp_path, ca
             capsys.readouterr()
             assert main(argv) == 2
             assert capsys.readouterr().err == (
-                f"dit-compress: error: {recipe}:{line}: calibration.seed must be an integer from 0 to 2**32-1 "
+                f"dit-compress {argv[0]}: error: {recipe}:{line}: calibration.seed must be an integer from 0 to 2**32-1 "
                 f"(4294967295: torch's generator reads 32 bits of a seed, so a larger one draws a smaller one's "
                 f"inputs), not {seed}\n")
             assert not (tmp_path / "run").exists() and not (tmp_path / "o").exists()

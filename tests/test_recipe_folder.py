@@ -93,7 +93,7 @@ def test_a_recipe_not_there_names_the_recipe_of_its_folder_meant(tmp_path, monke
     for command in ("run", "plan", "importance"):  # importance of no .yaml: a recipe or a teacher not there
         assert cli.main([command, given]) == 2
         words = f"{given}: no such recipe or teacher{meant}" if command == "importance" and "." not in given else said
-        assert capsys.readouterr().err == f"dit-compress: error: {words}\n"
+        assert capsys.readouterr().err == f"dit-compress {command}: error: {words}\n"
     with pytest.raises(UserError) as e:
         load_recipe(given)
     assert str(e.value) == said
@@ -103,7 +103,7 @@ def test_a_recipe_not_there_names_the_recipe_of_its_folder_meant(tmp_path, monke
 def test_a_recipe_of_no_regular_file_is_refused_before_it_is_read(command, capsys):
     """`plan /dev/zero` read it until memory ran out (a pipe: until it ended)."""
     assert cli.main([command, "/dev/zero"]) == 2
-    assert capsys.readouterr().err == "dit-compress: error: /dev/zero: a character device, not a file: a recipe is a " \
+    assert capsys.readouterr().err == f"dit-compress {command}: error: /dev/zero: a character device, not a file: a recipe is a " \
                                       "YAML file\n"
 
 

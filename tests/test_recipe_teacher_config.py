@@ -66,7 +66,7 @@ def test_a_teacher_config_that_is_not_there_is_one_line_at_its_line(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     assert main(["plan", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err == (f"dit-compress: error: {path}:3: teacher_config nope.json not found: {tmp_path / 'nope.json'} "
+    assert err == (f"dit-compress plan: error: {path}:3: teacher_config nope.json not found: {tmp_path / 'nope.json'} "
                    "(a relative teacher_config is taken from the current folder, as teacher: is)\n")
     (tmp_path / "recipes" / "nope.json").write_text((tmp_path / "cfg" / "config.json").read_text())
     with pytest.raises(UserError, match=f"^{path}:3: teacher_config nope.json not found: .*; there is "
@@ -286,7 +286,7 @@ def test_the_flag_not_found_is_said_as_fits_each_command_that_takes_it(tmp_path,
         assert main([*argv, "--teacher-config", "nocfg"]) == 2, argv
         err = capsys.readouterr().err
         said = "--teacher-config 'nocfg': no such file or folder (the diffusers config of "
-        assert err == f"dit-compress: error: {said}{end}\n", argv
+        assert err == f"dit-compress {argv[0]}: error: {said}{end}\n", argv
 
 
 def test_the_flag_not_found_is_said_as_fits_the_teacher_given(tmp_path, monkeypatch, capsys):
@@ -299,19 +299,19 @@ def test_the_flag_not_found_is_said_as_fits_the_teacher_given(tmp_path, monkeypa
     (tmp_path / "t.safetensors").write_bytes(b"")
     path = tmp_path / "r.yaml"
     path.write_text(RECIPE.format(teacher="toy:pixart", config="null"))
-    said = "dit-compress: error: --teacher-config 'nocfg': no such file or folder (the diffusers config of "
+    said = "dit-compress {}: error: --teacher-config 'nocfg': no such file or folder (the diffusers config of "
     kinds = " a folder, a pipeline folder or a JSON file such as config.json)"
     checked = "; the flag is checked whatever the teacher, as given for this command: leave it out: teacher "
     recipe = " (a recipe's teacher_config: not there is only warned of there)"
     for argv, recipe_note in ((["plan", str(path)], recipe), (["eval", "out"], ""), (["bench", "out"], "")):
         assert main([*argv, "--teacher", "t.safetensors", "--teacher-config", "nocfg"]) == 2
-        assert capsys.readouterr().err == f"{said}the single-file teacher t.safetensors:{kinds}\n", argv
+        assert capsys.readouterr().err == f"{said.format(argv[0])}the single-file teacher t.safetensors:{kinds}\n", argv
         for teacher, what in (("toy:pixart", "a toy teacher"), ("pixdir", "a folder with its own config.json")):
             assert main([*argv, "--teacher", teacher, "--teacher-config", "nocfg"]) == 2
-            assert capsys.readouterr().err == (f"{said}a single-file teacher or a Hugging Face id:{kinds}{checked}"
+            assert capsys.readouterr().err == (f"{said.format(argv[0])}a single-file teacher or a Hugging Face id:{kinds}{checked}"
                                                f"{teacher} is {what}, which reads none{recipe_note}\n"), argv
     assert main(["eval", "out", "--teacher", "acme/pix", "--teacher-config", "nocfg"]) == 2  # a Hub id reads it
-    assert capsys.readouterr().err == f"{said}a single-file teacher or a Hugging Face id:{kinds}\n"
+    assert capsys.readouterr().err == f"{said.format('eval')}a single-file teacher or a Hugging Face id:{kinds}\n"
 
 
 def _line_of(text: str, key: str) -> int:

@@ -199,7 +199,7 @@ def test_eval_and_bench_say_a_teacher_config_edited_in_place_since_the_run(tmp_p
     for command in (["eval", str(out)], ["bench", str(out), "--repeats", "1", "--device", "cpu"]):
         assert main(command) == 2
         err = " ".join(capsys.readouterr().err.split())
-        assert err == (f"dit-compress: error: {file} changed since {out} was compressed from it (its contents "
+        assert err == (f"dit-compress {command[0]}: error: {file} changed since {out} was compressed from it (its contents "
                        "differ): it has pooled_projection_dim 11 (the model's: 10); undo the change to it, or pass "
                        "--teacher-config (the config the run read)")
     assert loads == []

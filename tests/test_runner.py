@@ -109,7 +109,7 @@ def test_cli_user_errors_exit_2_with_one_line(setup, capsys):
     bad.write_text(text.replace("ratio: 0.5", "ratio: 1.5"))
     assert main(["run", str(bad), "--out", str(tmp_path / "o"), "--run-dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("dit-compress: error:") and "\n" not in err and "ratio" in err
+    assert err.startswith("dit-compress run: error:") and "\n" not in err and "ratio" in err
     assert f"{bad}:6:" in err  # file:line of the svd pass
     assert main(["run", str(tmp_path / "nope.yaml")]) == 2
     missing = tmp_path / "missing.yaml"

@@ -154,7 +154,7 @@ def test_rank_0_says_in_one_line_which_follower_a_failed_collective_lost(tmp_pat
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == (
-        f"dit-compress: error: {tmp_path / 'r.yaml'}:6: pass 2/2 (svd): {who}; "
+        f"dit-compress run: error: {tmp_path / 'r.yaml'}:6: pass 2/2 (svd): {who}; "
         f"{run_dir} keeps its work (1 of 2 passes done): --resume continues from pass 2 (whose keys may change)")
 
 
@@ -267,7 +267,7 @@ def test_rank_0_stopped_by_the_launcher_after_a_follower_ended_names_it_not_an_i
             "not reaped": "rank 1 of this launch ended without a word (killed?)",
             "refused": f"rank 1 of this launch stopped: {refusal}"}
     if follower in said:
-        assert (status, err) == (1, f"dit-compress: error: {tmp_path / 'r.yaml'}:6: pass 2/2 (svd): "
+        assert (status, err) == (1, f"dit-compress run: error: {tmp_path / 'r.yaml'}:6: pass 2/2 (svd): "
                                     f"{said[follower]}{kept}")
     else:
         assert (status, err) == (130, f"dit-compress: interrupted{kept}")

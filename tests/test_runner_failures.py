@@ -351,6 +351,6 @@ def test_the_run_folders_fishers_removed_during_the_run_stop_it_in_one_line(tmp_
     monkeypatch.setattr(SVDPass, "_measure_fishers", then_removed)
     err = _cli_run(tmp_path, monkeypatch, capsys)[-1]
     fishers = re.escape(str(tmp_path / "run" / "calib"))
-    assert re.fullmatch(rf"dit-compress: error: {re.escape(str(tmp_path / 'r.yaml'))}:6: pass 2/2 \(svd\): the run "
+    assert re.fullmatch(rf"dit-compress run: error: {re.escape(str(tmp_path / 'r.yaml'))}:6: pass 2/2 \(svd\): the run "
                         rf"folder's file {fishers}/\S+\.pt vanished during the run \(removed by another program\?\); "
                         rf".* keeps its work \(1 of 2 passes done.*", err), err

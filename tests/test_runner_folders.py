@@ -74,7 +74,7 @@ def test_cli_bad_out_is_one_line_before_compute(pixart, capsys):
     (tmp_path / "a_file").write_text("x")
     assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "a_file" / "o")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("dit-compress: error: output folder") and "\n" not in err and not loads
+    assert err.startswith("dit-compress run: error: output folder") and "\n" not in err and not loads
 
 
 def test_teacher_options_and_resume_with_restart_are_refused_before_loading(pixart):

@@ -42,7 +42,7 @@ def test_ctrl_c_over_a_run_of_a_teacher_config_edited_in_place_gives_the_refusal
     assert "rerun with --resume to continue" in _ctrl_c_note(monkeypatch, capsys, args)  # the same teacher
     _changed_in_place(config)
     assert main(args) == 2
-    refusal = capsys.readouterr().err.strip().splitlines()[-1].removeprefix("dit-compress: error: ")
+    refusal = capsys.readouterr().err.strip().splitlines()[-1].removeprefix("dit-compress run: error: ")
     assert f"for another teacher (--teacher-config {config} changed since the run" in refusal
     for said in (_ctrl_c_note(monkeypatch, capsys, args), _runners_note(tmp_path, args)):
         assert said == f"dit-compress: interrupted; {refusal}"

@@ -20,7 +20,7 @@ def test_a_distill_first_recipe_stopped_at_a_checkpoint_is_counted_by_its_passes
     assert main(args) == 75  # stopped on max_steps_this_run, a checkpoint at step 1
     capsys.readouterr()
     assert main(args) == 2
-    refusal = capsys.readouterr().err.strip().splitlines()[-1].removeprefix("dit-compress: error: ")
+    refusal = capsys.readouterr().err.strip().splitlines()[-1].removeprefix("dit-compress run: error: ")
     assert refusal.startswith("run-d holds an interrupted run (the one pass not done, a distill checkpoint at "
                               "step 1, teacher samples ("), refusal
     said = _ctrl_c_note(monkeypatch, capsys, args)  # before the Runner: its fingerprint not known yet

@@ -195,7 +195,7 @@ def test_a_rerun_refused_after_ctrl_c_in_teacher_sampling_names_the_samples_kept
         f"dit-compress: interrupted; {run} keeps its work ({kept}): rerun with --resume to continue")
     assert main(args) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"dit-compress: error: {run} holds an interrupted run of this recipe ({kept}): add --resume to continue, "
+        f"dit-compress run: error: {run} holds an interrupted run of this recipe ({kept}): add --resume to continue, "
         "or --restart to start over")
 
 
@@ -213,7 +213,7 @@ def test_a_rerun_refused_after_ctrl_c_in_an_svd_pass_names_its_block_statistics(
     args = ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--run-dir", str(run)]
     assert main(args) == 130
     capsys.readouterr()
-    refused = (f"dit-compress: error: {run} holds an interrupted run of this recipe (1 of 2 passes done, block "
+    refused = (f"dit-compress run: error: {run} holds an interrupted run of this recipe (1 of 2 passes done, block "
                "statistics (up to 1 file), output Fishers (up to 12 files) to read back): add --resume to continue, or "
                "--restart to start over")
     assert main(args) == 2
@@ -337,13 +337,13 @@ def test_a_rerun_whose_unsaved_pass_changed_is_refused_naming_the_change(tmp_pat
     monkeypatch.setattr(SVDPass, "_compress", stopped_in_pass_2)
     assert main(args) == 130
     capsys.readouterr()
-    this = f"dit-compress: error: {run} holds an interrupted run of this recipe (1 of 2 passes done): add --resume"
+    this = f"dit-compress run: error: {run} holds an interrupted run of this recipe (1 of 2 passes done): add --resume"
     for more in ([], ["--set", "passes.1.svd.progress=false"]):
         assert main([*args, *more]) == 2
         assert capsys.readouterr().err.strip().splitlines()[-1].startswith(this)
     assert main([*args, *rank]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"dit-compress: error: {run} holds an interrupted run of another recipe (it differs in "
+        f"dit-compress run: error: {run} holds an interrupted run of another recipe (it differs in "
         "passes.1.svd.ranks.modulation; 1 of 2 passes done): --resume keeps its first 1 pass (with the same teacher) "
         "and runs the rest; add --restart to discard it and start over, or choose another --run-dir")
     assert main([*args, *rank, "--resume"]) == 130  # stopped in pass 2 again, as it is now
@@ -388,7 +388,7 @@ def test_a_rerun_that_changed_only_a_pass_never_run_is_of_this_recipe(tmp_path, 
     capsys.readouterr()
     assert main([*args, "--set", "passes.2.svd.ratio=0.25"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith(f"dit-compress: error: {run} holds an interrupted run of this recipe (1 of 3 passes "
+    assert last.startswith(f"dit-compress run: error: {run} holds an interrupted run of this recipe (1 of 3 passes "
                            "done): add --resume"), last
     assert main([*args, "--set", "passes.1.svd.ranks.modulation=2"]) == 2
     assert "of another recipe (it differs in passes.1.svd.ranks.modulation; 1 of 3" in capsys.readouterr().err

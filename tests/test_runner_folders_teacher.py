@@ -40,7 +40,7 @@ def test_a_rerun_with_another_teacher_after_an_interrupt_says_the_teacher_change
     tiny_pixart(seed=1).save_pretrained(tmp_path / "teacher2")  # other weights: a byte-identical copy is this teacher
     assert main([*args, "--teacher", str(tmp_path / "teacher2")]) == 2
     said = capsys.readouterr().err.strip().splitlines()[-1]
-    assert said.startswith(f"dit-compress: error: {run} holds an interrupted run of this recipe for another "
+    assert said.startswith(f"dit-compress run: error: {run} holds an interrupted run of this recipe for another "
                            f"teacher (was {tmp_path / 'teacher'}, now {tmp_path / 'teacher2'} (the same config, other "
                            "weights); 1 of 2 passes done")
     assert said.endswith("): add --restart to start over, or rerun with that teacher and --resume to continue")
@@ -97,12 +97,12 @@ def test_a_single_file_teachers_other_teacher_config_is_said_as_given(tmp_path, 
     was, now = tmp_path / "cfgA" / "config.json", tmp_path / "cfgB"
     assert main([*args, "--teacher-config", "cfgB"]) == 2
     said = capsys.readouterr().err.strip().splitlines()[-1]
-    assert said.startswith("dit-compress: error: run holds an interrupted run of this recipe for another teacher "
+    assert said.startswith("dit-compress run: error: run holds an interrupted run of this recipe for another teacher "
                            f"(--teacher-config was {was}, now {now}; 1 of 2 passes done")
     assert said.endswith("): add --restart to start over, or rerun with that teacher and --resume to continue")
     assert main([*args, "--teacher-config", "cfgB", "--resume"]) == 2
     said = capsys.readouterr().err.strip().splitlines()[-1]
-    assert said == (f"dit-compress: error: --resume: the teacher changed since run was written (--teacher-config "
+    assert said == (f"dit-compress run: error: --resume: the teacher changed since run was written (--teacher-config "
                     f"was {was}, now {now}); rerun with --restart to start over")
     (tmp_path / "single" / "config.json").write_text((tmp_path / "cfgB" / "config.json").read_text())
     assert main(args) == 2  # another config now beside it, no --teacher-config
@@ -138,7 +138,7 @@ def test_a_single_files_teacher_config_given_another_way_is_the_same_teacher(tmp
     for config in ("cfgA", "link", "link/config.json"):
         assert main([*args, "--teacher-config", config]) == 2
         said = capsys.readouterr().err.strip().splitlines()[-1]
-        assert said.startswith("dit-compress: error: run holds an interrupted run of this recipe (1 of 2 passes done")
+        assert said.startswith("dit-compress run: error: run holds an interrupted run of this recipe (1 of 2 passes done")
         assert said.endswith("add --resume to continue, or --restart to start over")
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
@@ -171,14 +171,14 @@ def test_a_single_files_teacher_config_is_compared_by_what_it_holds(tmp_path, mo
     changed = f"--teacher-config {config} changed since the run (its contents differ)"
     assert main([*args, "--teacher-config", "cfgA/config.json"]) == 2
     said = capsys.readouterr().err.strip().splitlines()[-1]
-    assert said.startswith(f"dit-compress: error: run holds an interrupted run of this recipe for another teacher "
+    assert said.startswith(f"dit-compress run: error: run holds an interrupted run of this recipe for another teacher "
                            f"({changed}; 1 of 2 passes done"), said
     # the config edited in place: undo that edit (the file named) and --resume, not 'rerun with that teacher'
     assert said.endswith(f"): undo the change to {config} and add --resume to continue, or add --restart to "
                          "start over"), said
     assert main([*args, "--teacher-config", "cfgA", "--resume"]) == 2
     said = capsys.readouterr().err.strip().splitlines()[-1]
-    assert said == (f"dit-compress: error: --resume: the teacher changed since run was written "
+    assert said == (f"dit-compress run: error: --resume: the teacher changed since run was written "
                     f"(--teacher-config {tmp_path / 'cfgA'} changed since the run (its contents differ)); "
                     f"undo the change to {config} and rerun with --resume, or rerun with --restart to start over")
     config.write_bytes(original)
@@ -233,7 +233,7 @@ def test_a_distill_checkpoint_of_a_config_changed_in_place_is_not_resumed(tmp_pa
     assert said.endswith(f"): {undo} and add --resume to continue, or add --restart to start over"), said
     assert main([*args, "--resume"]) == 2
     said = capsys.readouterr().err.strip().splitlines()[-1]
-    assert said == f"dit-compress: error: --resume: the teacher changed since run-d was written ({changed}); " \
+    assert said == f"dit-compress run: error: --resume: the teacher changed since run-d was written ({changed}); " \
                    f"{undo} and rerun with --resume, or rerun with --restart to start over"
 
 
@@ -251,7 +251,7 @@ def test_a_folder_teachers_config_changed_in_place_is_another_teacher(pixart, mo
                          "start over"), said
     assert main([*args, "--resume"]) == 2
     said = capsys.readouterr().err.strip().splitlines()[-1]
-    assert said == (f"dit-compress: error: --resume: the teacher changed since {run} was written ({changed}); "
+    assert said == (f"dit-compress run: error: --resume: the teacher changed since {run} was written ({changed}); "
                     f"undo the change to {config} and rerun with --resume, or rerun with --restart to start over")
     edited = json.loads(config.read_text())
     _changed_in_place(config)  # undone (norm_eps back), as the refusals advise: --resume continues

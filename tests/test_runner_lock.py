@@ -238,7 +238,7 @@ def test_the_cli_says_the_run_folder_is_in_use_in_one_line(pixart, holder, capsy
     assert main(["run", str(tmp_path / "r.yaml"), "--run-dir", str(tmp_path / "run"),
                  "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"dit-compress: error: {tmp_path / 'run'} is in use by another dit-compress run "
+    assert err.startswith(f"dit-compress run: error: {tmp_path / 'run'} is in use by another dit-compress run "
                           f"(pid {p.pid} ") and "\n" not in err
     assert not loads and not (tmp_path / "out").exists()
 

@@ -55,7 +55,7 @@ def test_a_folder_teachers_config_edited_in_place_says_to_undo_the_edit(interrup
     config = run.parent / "teacher" / "config.json"
     _changed_in_place(config)
     said = _refusal(args, capsys)
-    assert said.startswith(f"dit-compress: error: {run} holds what was measured with another teacher "
+    assert said.startswith(f"dit-compress run: error: {run} holds what was measured with another teacher "
                            f"({config} changed since the run (its contents differ); block statistics (up to 1 file)"), said
     assert said.endswith(f"which this run does not read back: undo the change to {config} to read it back, add "
                          "--restart to discard it, or choose another --run-dir"), said
@@ -69,7 +69,7 @@ def test_another_teacher_named_says_which_and_to_rerun_with_it(interrupted, caps
     other = run.parent / "teacher2"
     tiny_pixart(seed=1).save_pretrained(other)  # other weights (a byte-identical copy is this teacher)
     said = _refusal([*args, "--teacher", str(other)], capsys)
-    assert said.startswith(f"dit-compress: error: {run} holds what was measured with another teacher "
+    assert said.startswith(f"dit-compress run: error: {run} holds what was measured with another teacher "
                            f"(was {run.parent / 'teacher'}, now {other} (the same config, other weights); block "
                            "statistics (up to 1 file)"), said
     assert said.endswith("which this run does not read back: rerun with that teacher to read it back, add --restart "
@@ -83,7 +83,7 @@ def test_the_same_teacher_named_is_left_to_the_check_after_it_loads(interrupted,
     same; now it names the calibration key the run recorded and what it was."""
     run, args, loads = interrupted
     said = _refusal([*args, "--set", "calibration.seed=3"], capsys)
-    assert said == (f"dit-compress: error: {run} holds what was measured with this teacher and another "
+    assert said == (f"dit-compress run: error: {run} holds what was measured with this teacher and another "
                     "calibration (calibration.seed was 0, now 3; block statistics (up to 1 file)), which this run does not "
                     "read back: rerun with that calibration to read it back, add --restart to discard it, or choose "
                     "another --run-dir"), said
@@ -98,7 +98,7 @@ def test_a_run_that_recorded_no_calibration_says_what_may_differ(interrupted, ca
     del record["calibration"]
     (run / "stages" / "run.json").write_text(json.dumps(record))
     said = _refusal([*args, "--set", "calibration.seed=3"], capsys)
-    assert said.startswith(f"dit-compress: error: {run} holds what was measured with this teacher and "
+    assert said.startswith(f"dit-compress run: error: {run} holds what was measured with this teacher and "
                            "another calibration (its calibration (seed, prompts, ...) or dit-compress's version (this "
                            "run folder does not record which); block statistics (up to 1 file)), which"), said
     assert OTHER not in said and len(loads) == 1
@@ -115,7 +115,7 @@ def test_weights_changed_in_place_say_the_teacher_changed_once_it_loads(interrup
     tiny_pixart(seed=1).save_pretrained(teacher)
     assert (teacher / "config.json").read_bytes() == config  # the weights alone changed
     said = _refusal(args, capsys)
-    assert said.startswith(f"dit-compress: error: {run} holds what was measured with another teacher "
+    assert said.startswith(f"dit-compress run: error: {run} holds what was measured with another teacher "
                            f"(the weights of {teacher} changed since the run (its config holds the same); block "
                            "statistics (up to 1 file)"), said
     assert said.endswith(f"which this run does not read back: put back the weights {teacher} had to read it back, "
@@ -136,12 +136,12 @@ def test_what_an_earlier_finished_run_measured_is_not_said_to_be_an_interrupted_
     tiny_pixart(seed=1).save_pretrained(tmp_path / "teacher2")
     assert run("modulation", "--teacher", str(tmp_path / "teacher2")) == 2
     said = capsys.readouterr().err.strip().splitlines()[-1]
-    assert said.startswith(f"dit-compress: error: {tmp_path / 'run'} holds what was measured with another teacher "
+    assert said.startswith(f"dit-compress run: error: {tmp_path / 'run'} holds what was measured with another teacher "
                            f"(was {tmp_path / 'teacher'}, now {tmp_path / 'teacher2'} (the same config, other weights); "
                            f"block statistics (up to {found} files)), which this run does not read back"), said
     assert run("modulation", "--set", "calibration.seed=3") == 2
     said = capsys.readouterr().err.strip().splitlines()[-1]
-    assert said.startswith(f"dit-compress: error: {tmp_path / 'run'} holds what was measured with this teacher and "
+    assert said.startswith(f"dit-compress run: error: {tmp_path / 'run'} holds what was measured with this teacher and "
                            f"another calibration (calibration.seed was 0, now 3; block statistics (up to {found} "
                            "files)), which this run does not read back"), said
     assert "interrupted" not in said

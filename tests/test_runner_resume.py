@@ -190,7 +190,7 @@ def test_a_run_without_resume_never_discards_an_interrupted_runs_passes(pixart, 
     capsys.readouterr()
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"dit-compress: error: {tmp_path / 'run'} holds an interrupted run of this recipe (1 of 2 "
+    assert err == (f"dit-compress run: error: {tmp_path / 'run'} holds an interrupted run of this recipe (1 of 2 "
                    "passes done): add --resume to continue, or --restart to start over")
     assert main(argv + ["--set", "passes.0.remove_blocks.blocks.blocks=[1]"]) == 2
     assert "interrupted run of another recipe (it differs in passes.0.remove_blocks.blocks.blocks.0; 1 of 2 " \

@@ -225,7 +225,7 @@ def test_a_copy_of_the_teacher_resumes_its_saved_passes(pixart, monkeypatch, cap
     shutil.copytree(tmp_path / "teacher", copy)
     assert main([*args, "--teacher", str(copy)]) == 2
     said = capsys.readouterr().err.strip().splitlines()[-1]
-    assert said.startswith(f"dit-compress: error: {run} holds an interrupted run of this recipe (1 of 2 passes done"), said
+    assert said.startswith(f"dit-compress run: error: {run} holds an interrupted run of this recipe (1 of 2 passes done"), said
     assert said.endswith("add --resume to continue, or --restart to start over"), said
     fingerprint = json.loads((run / "stages" / "run.json").read_text())["fingerprint"]
     shutil.copytree(tmp_path / "teacher", tmp_path / "copy2")
