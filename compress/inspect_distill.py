@@ -1,6 +1,6 @@
 """`dit-compress inspect`'s lines on distillation (`distill_lines`): one per distill pass the run recorded
 (report.json's `distill`, the records of earlier passes under its `earlier`), each with the steps done of those
-asked, the held-out teacher-relative error before → after it (marked where it rose: distill_notes.rose), how often
+asked (and those fp16's grad scaler skipped, where any: distill_scaler), the held-out teacher-relative error before → after it (marked where it rose: distill_notes.rose), how often
 its training was resumed from a checkpoint, and its last step's loss terms, each where recorded."""
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ def distill_line(record: dict, which: str = "") -> str:
 
 
 def _steps(record: dict) -> str:
-    asked, done = record.get("steps"), record.get("steps_done")
-    if is_count(asked) and is_count(done):
-        return f"{done}/{asked} steps"
+    asked, done, skipped = record.get("steps"), record.get("steps_done"), record.get("steps_skipped")
+    if is_count(asked) and is_count(done):  # fp16: the steps its grad scaler skipped (no update)
+        return f"{done}/{asked} steps" + (f", {skipped} skipped (fp16 grad scaler)" if is_count(skipped) and skipped
+                                          else "")
     return f"{asked} steps" if is_count(asked) else "steps not recorded"
 
 

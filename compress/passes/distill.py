@@ -34,6 +34,7 @@ from compress.passes.distill_kd_teacher import base_chain, kd_target, kd_words
 from compress.passes.distill_notes import distills_the_teacher, error_rose
 from compress.passes.distill_checkpoint_folders import stage_saved
 from compress.passes.distill_resume import NOT_FINGERPRINTED
+from compress.passes.distill_scaler import skipped_words
 from compress.passes.distill_trainer import _Trainer
 
 
@@ -103,6 +104,7 @@ class DistillPass(Pass):
         self.rose = error_rose(self.config, record)  # the held-out error ended above where it started
         if self.rose is not None:
             record["error_rose"] = self.rose
+        self.skipped = skipped_words(record)  # fp16's grad scaler skipped most steps
         return model
 
     def against_base(self) -> dict | None:
@@ -110,10 +112,12 @@ class DistillPass(Pass):
         return getattr(self, "base_error", None)
 
     def ran_notes(self) -> list[tuple[str, tuple[str, ...]]]:
-        """The warning of a run that left the student further from the teacher (distill_notes.error_rose),
-        with the keys it names as likely causes."""
-        rose = getattr(self, "rose", None)
-        return [(rose["warning"], tuple(rose["reads"]))] if rose else []
+        """The warning of a run whose fp16 grad scaler skipped most of its steps (distill_scaler.skipped_words),
+        and of one that left the student further from the teacher (distill_notes.error_rose), with the keys
+        it names as likely causes."""
+        rose, skipped = getattr(self, "rose", None), getattr(self, "skipped", None)
+        return ([(skipped, ("mixed_precision",))] if skipped else []) + \
+            ([(rose["warning"], tuple(rose["reads"]))] if rose else [])
 
     def stage_saved(self) -> None:
         """The runner's stage now holds the trained student: the training checkpoints (model and

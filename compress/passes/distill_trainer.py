@@ -27,6 +27,7 @@ from compress.passes.distill_checkpoint_folders import finish_swap, remove_whole
 from compress.passes.distill_checkpoints import Checkpoints
 from compress.passes.distill_progress import TERMS, fmt_terms, weights_of
 from compress.passes.distill_resume import DISCARDED, checksum, lower_lr, resume_keeps, trains_again
+from compress.passes.distill_scaler import scaler_record, step_skipped
 from compress.progress import WORDS, bar as progress_bar
 from compress.runner_setup import locate
 
@@ -197,12 +198,14 @@ class _Trainer(Checkpoints):
         acc.backward(loss)
         grad_norm = acc.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         # before the step: AdamW would write the NaN into every weight, and the next checkpoint keep it
-        # (fp16 mixed precision's grad scaler skips such a step and lowers its scale: not refused)
+        # (fp16 mixed precision's grad scaler skips such a step and lowers its scale: not refused, counted:
+        # distill_scaler, warned of where it skipped most of them)
         if getattr(acc, "scaler", None) is None and not math.isfinite(float(grad_norm)):
             raise self._diverged(f"non-finite gradient at step {self.step + 1} (loss {loss.item():.4g}, "
                                  f"grad norm {float(grad_norm)})", self._gradient_trouble())
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
+        skipped = step_skipped(acc, self.optimizer)  # fp16's grad scaler found Inf/NaN: no update
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         # one all-reduce for logging and for agreeing on a stop (any process signalled -> all stop, on its signal)
@@ -214,6 +217,8 @@ class _Trainer(Checkpoints):
         values = (stats[:5] / acc.num_processes).tolist()
         row = {"step": self.step + 1, **dict(zip(TERMS, values[:4])), "lr": lr, "grad_norm": values[4]}
         row["stop"] = stops_taken(stats[5:].tolist())  # {rank: signal}, {} where none took one
+        if getattr(acc, "scaler", None) is not None:
+            row["skipped"] = skipped  # (history only: loss.csv keeps its columns)
         return row
 
     # ---- evaluation and report ----------------------------------------------------------------
@@ -248,7 +253,8 @@ class _Trainer(Checkpoints):
                   "objective": "context" if self.ctx.task_loss else f"{self.adapter.family} adapter",
                   "seconds_this_run": round(seconds, 2),  # this invocation's training; "seconds": all of it
                   "seconds": round(self.seconds_before + seconds, 2), "mixed_precision": self.acc.mixed_precision,
-                  "pred_rel_error_before": self.before, "pred_rel_error_after": after}
+                  "pred_rel_error_before": self.before, "pred_rel_error_after": after,
+                  **scaler_record(self.acc, self.history)}  # fp16: the steps its grad scaler skipped
         if self.history:
             record["first"] = {k: self.history[0][k] for k in TERMS}
             record["last"] = {k: self.history[-1][k] for k in TERMS}
