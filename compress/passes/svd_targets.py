@@ -37,14 +37,28 @@ def check_pattern(pattern: str, infos: Sequence[LinearInfo], key: str, at: str |
     check_syntax(pattern, key, at)
     if not any(matches(pattern, i) for i in infos):
         digits = re.findall(r"\d+", pattern)  # a name with other block numbers is not a typo of it
-        hint = did_you_mean(pattern, [n for n in (*ROLES, *(i.name for i in infos))
-                                      if re.findall(r"\d+", n) == digits])
+        hint = did_you_mean(pattern, [n for n in (*ROLES, *(i.name for i in infos))  # never the pattern itself
+                                      if re.findall(r"\d+", n) == digits and n != pattern])
         base = f"svd.{key}: pattern {pattern!r} matches no linear layer of the model"
-        message = f"{base}{hint} (roles: {', '.join(ROLES)}; regexes start with 're:')"
+        message = (role_absent(pattern, infos, base)
+                   or f"{base}{hint} (roles: {', '.join(ROLES)}; regexes start with 're:')")
         block = past_the_blocks(pattern, infos) or regex_past_the_blocks(pattern, infos)  # an earlier removal's?
         if block is not None:
             raise MissingBlock(at or key, message, base, block)
         raise BadValue(at or key, message, reads=())  # the pattern against the model alone
+
+
+def role_absent(pattern: str, infos: Sequence[LinearInfo], base: str) -> str | None:
+    """`base` (the pattern matches nothing) said of a role the model has no linear of, with the roles it has:
+    Flux's text enters through its joint attention (the attention role's add_*_proj), no cross-attention
+    (a PixArt recipe's targets copied over). None for a pattern that is no role."""
+    if pattern not in ROLES:
+        return None
+    have = ", ".join(r for r in ROLES if any(i.role == r for i in infos))
+    if pattern == "cross_attention" and any(".attn.add_" in i.name for i in infos):  # Flux's joint attention
+        return (f"{base}: Flux has no cross_attention linears: its text enters through the joint attention (role "
+                f"attention: attn.add_q_proj, add_k_proj, add_v_proj, to_add_out); drop it (its roles: {have})")
+    return f"{base}: the model has no {pattern} linears (its roles: {have})"
 
 
 def _block_suffixes(infos: Sequence[LinearInfo]) -> dict[str, tuple[str, int, set[str]]]:

@@ -190,3 +190,29 @@ def test_a_regex_after_a_removal_chosen_at_run_time_is_of_the_blocks_left():
 ])
 def test_a_regex_naming_no_block_by_a_changed_index_is_not_noted(removal, pattern):
     assert _regex_notes(removal, [pattern]) == []
+
+
+def test_a_role_the_model_has_no_layer_of_is_said_so_never_suggested_as_itself():
+    """T1 stop 53: PixArt's targets copied to Flux, [attention, cross_attention, mlp], said "pattern
+    'cross_attention' matches no linear layer of the model; did you mean 'cross_attention'?" (the roles were
+    among the candidates). Now a role the model lacks is said so, Flux's cross-attention by its joint attention."""
+    from compress.errors import BadValue
+    from tests.conftest import tiny_flux
+
+    flux = get_adapter(tiny_flux()).linears(tiny_flux())
+    with pytest.raises(BadValue) as e:
+        svd_targets.resolve_targets(flux, ["attention", "cross_attention", "mlp"], [])
+    said = str(e.value)
+    assert "did you mean" not in said
+    assert ("svd.targets: pattern 'cross_attention' matches no linear layer of the model: Flux has no "
+            "cross_attention linears: its text enters through the joint attention (role attention: attn.add_q_proj, "
+            "add_k_proj, add_v_proj, to_add_out); drop it (its roles: attention, mlp, modulation, embedding, "
+            "output)") in said
+    pixart = get_adapter(tiny_pixart()).linears(tiny_pixart())
+    no_mlp = [i for i in pixart if i.role != "mlp"]
+    with pytest.raises(BadValue, match=r"pattern 'mlp' matches no linear layer of the model: the model has no mlp "
+                                       r"linears \(its roles: attention, cross_attention, modulation, embedding, "
+                                       r"output\)$"):
+        svd_targets.resolve_targets(no_mlp, ["mlp"], [])
+    with pytest.raises(BadValue, match="pattern 'mlpp' matches no linear layer of the model; did you mean 'mlp'"):
+        svd_targets.resolve_targets(pixart, ["mlpp"], [])  # a typo still told its role
