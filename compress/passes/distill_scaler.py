@@ -6,11 +6,17 @@ or all of its steps were skipped: the student then trained on few steps or none.
 
 from __future__ import annotations
 
+import math
 
-def step_skipped(acc, optimizer) -> bool:
+
+def step_skipped(acc, optimizer, grad_norm: float) -> bool:
     """Whether the optimizer step just taken was skipped by `acc`'s grad scaler (accelerate's
-    AcceleratedOptimizer.step_was_skipped: the scaler found Inf/NaN in the gradients); False without one."""
-    return getattr(acc, "scaler", None) is not None and bool(getattr(optimizer, "step_was_skipped", False))
+    AcceleratedOptimizer.step_was_skipped: the scaler found Inf/NaN in the gradients), or took no gradient
+    of the step: its norm `grad_norm` not finite (where accelerate does not unscale before clipping, CPU
+    autocast off, the scaled gradients' norm overflows and clipping zeroes them). False without a scaler."""
+    if getattr(acc, "scaler", None) is None:
+        return False
+    return bool(getattr(optimizer, "step_was_skipped", False)) or not math.isfinite(grad_norm)
 
 
 def scaler_record(acc, history: list[dict]) -> dict:
@@ -31,6 +37,6 @@ def skipped_words(record: dict) -> str | None:
     moved = ("so the student was not trained at all" if skipped == done else
              f"so the student trained on {done - skipped} of them alone")
     scale = record.get("grad_scale")
-    down = f" (its scale down to {scale:g})" if isinstance(scale, float) else ""
+    down = f" (its scale ended at {scale:g})" if isinstance(scale, float) else ""
     return (f"distill: {skipped} of {done} steps skipped: the gradients overflow float16 (mixed_precision: fp16's "
             f"grad scaler skips such a step{down}), {moved}; use mixed_precision: bf16 (float32's range) or no")

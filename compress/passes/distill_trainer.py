@@ -205,7 +205,7 @@ class _Trainer(Checkpoints):
                                  f"grad norm {float(grad_norm)})", self._gradient_trouble())
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
-        skipped = step_skipped(acc, self.optimizer)  # fp16's grad scaler found Inf/NaN: no update
+        skipped = step_skipped(acc, self.optimizer, float(grad_norm))  # fp16's grad scaler found Inf/NaN: no update
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         # one all-reduce for logging and for agreeing on a stop (any process signalled -> all stop, on its signal)

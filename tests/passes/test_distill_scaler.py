@@ -61,7 +61,7 @@ def test_a_grad_scaler_that_skips_every_step_is_counted_and_warned_of(tmp_path, 
     assert record["steps_done"] == 3 and record["steps_skipped"] == 3 and record["grad_scale"] < 1e38
     notes = pass_.ran_notes()
     assert notes[0] == ("distill: 3 of 3 steps skipped: the gradients overflow float16 (mixed_precision: fp16's "
-                        f"grad scaler skips such a step (its scale down to {record['grad_scale']:g})), so the student "
+                        f"grad scaler skips such a step (its scale ended at {record['grad_scale']:g})), so the student "
                         "was not trained at all; use mixed_precision: bf16 (float32's range) or no",
                         ("mixed_precision",))
     assert distill_line(record).startswith("distill: 3/3 steps, 3 skipped (fp16 grad scaler) (data toy, train all); ")
@@ -80,5 +80,19 @@ def test_skipped_words_from_most_of_the_steps_on():
     assert skipped_words({"steps_done": 4, "steps_skipped": 2}) is None  # half: not most
     assert skipped_words({"steps_done": 4, "steps_skipped": 3, "grad_scale": 0.5}).startswith(
         "distill: 3 of 4 steps skipped: the gradients overflow float16 (mixed_precision: fp16's grad scaler skips "
-        "such a step (its scale down to 0.5)), so the student trained on 1 of them alone; use mixed_precision: bf16")
+        "such a step (its scale ended at 0.5)), so the student trained on 1 of them alone; use mixed_precision: bf16")
     assert skipped_words({"steps_done": 4}) is None and skipped_words({"steps_done": 0, "steps_skipped": 0}) is None
+
+
+def test_a_step_whose_gradient_norm_overflowed_under_a_scaler_counts_as_skipped():
+    """Where accelerate clips the scaled gradients (its CPU fp16 path, T1's harness), their norm overflows to inf
+    and clipping zeroes them: the step takes no gradient though the scaler saw none overflow. Without a scaler a
+    non-finite norm is the trainer's refusal, not a skip."""
+    from types import SimpleNamespace
+
+    from compress.passes.distill_scaler import step_skipped
+
+    scaled, plain = SimpleNamespace(scaler=object()), SimpleNamespace(scaler=None)
+    taken, skipped = SimpleNamespace(step_was_skipped=False), SimpleNamespace(step_was_skipped=True)
+    assert step_skipped(scaled, skipped, 1.0) and step_skipped(scaled, taken, float("inf"))
+    assert not step_skipped(scaled, taken, 1.0) and not step_skipped(plain, skipped, float("inf"))
