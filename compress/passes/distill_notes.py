@@ -19,10 +19,12 @@ CURVE = "loss.csv"  # the pass's loss curve, in its run folder (distill_utils.wr
 # floor keeps an exact student (error ~1e-9, where fp32's own rounding is ~1e-7) from warning at all.
 RISE_RELATIVE = 1e-3
 RISE_FLOOR = 1e-6
-# Fewer steps than this train too little to tell a setting's effect: Adam's first updates move each weight by
-# about lr whatever its gradient's size (its moments are of a batch or two), so a rise over them is theirs, at the
-# default lr too. Tiny PixArt (svd ratio 0.5, held-out error 0.4088): 1 and 2 steps rose at lr 1e-4 and 5e-4 alike
-# (0.4096, 0.4097; 0.4135, 0.4140), 5 fell at both (0.4076, 0.4054), 40 fell further at 5e-4 (0.3846; 0.3491).
+# Under this many steps a rise is of Adam's first updates, which move each weight by about lr whatever its
+# gradient's size (its moments are of a batch or two), at full lr where the warm-up rounds to none: named as the
+# steps, with the lr where it is above the default (an lr meant for a longer, warmed-up run). toy-pixart.yaml
+# (lr 5e-4 for 200 steps; held-out error 0.1971 before): 1 and 2 steps rose to 0.2681 and 0.2140, at lr 1e-4 fell
+# to 0.1602 and 0.1495, 5 steps fell at both (0.1707, 0.1429); tiny PixArt (svd ratio 0.5, 0.4088 before): 1 and
+# 2 steps rose at lr 1e-4 too (0.4096, 0.4097), 5 fell at both.
 FEW_STEPS = 10
 
 
@@ -60,7 +62,8 @@ def error_rose(cfg, record: dict) -> dict | None:
     against = f"the chain's base {kd['source']}" if isinstance(kd, dict) and kd.get("source") else "the teacher"
     warning = (f"distill: the held-out teacher-relative error rose over its {_steps(cfg.steps)}, from {before:.4g} "
                f"to {after:.4g}: the student ends further from {against} than it started; {why}")
-    return {"before": before, "after": after, "reads": list(causes), "warning": warning}
+    with_lr = ["lr"] if "steps" in causes and cfg.lr > _default(cfg, "lr") else []  # its words name the lr too
+    return {"before": before, "after": after, "reads": list(causes) + with_lr, "warning": warning}
 
 
 def rose(before: float, after: float) -> bool:
@@ -71,24 +74,37 @@ def rose(before: float, after: float) -> bool:
 
 def likely_causes(cfg) -> dict[str, str]:
     """{key: why} of the settings that may take the student away from the teacher, those that apply
-    to `cfg` alone: fewer steps than FEW_STEPS (then not the lr: their rise is Adam's first updates', at any
-    lr), a task term (trains toward the data's targets), the toy data (not the teacher's samples), an lr
-    above the default."""
+    to `cfg` alone: fewer steps than FEW_STEPS (their words name an lr above the default with them: error_rose
+    reads both keys then), a task term (trains toward the data's targets), the toy data (not the teacher's
+    samples), an lr above the default (over more steps)."""
     causes = {}
+    default = _default(cfg, "lr")
     if cfg.steps < FEW_STEPS:
-        causes["steps"] = (f"steps {cfg.steps} is too few to train: Adam's first updates move each weight by about lr "
-                           "whatever its gradient, so the error can rise over so few steps at the default lr too (more "
-                           "steps lower it: the toy recipes run 200, the real ones 4000 or more)")
+        causes["steps"] = _few_steps_words(cfg, default)
     if cfg.lambda_task > 0:
         causes["lambda_task"] = (f"lambda_task {cfg.lambda_task:g} > 0 trains toward the data's targets, not toward "
                                  "the teacher (lambda_task: 0 trains on the teacher alone, as the shipped recipes)")
     if cfg.data == "toy":
         causes["data"] = ("data: toy trains on the calibration source's inputs, not on the teacher's own samples "
                           "(data: teacher_samples, as the shipped recipes)")
-    default = _default(cfg, "lr")
     if cfg.lr > default and cfg.steps >= FEW_STEPS:
         causes["lr"] = f"lr {cfg.lr:g} is above the default {default:g} (a lower lr takes smaller steps)"
     return causes
+
+
+def _few_steps_words(cfg, default: float) -> str:
+    """Why fewer than FEW_STEPS steps may raise the error: Adam's first updates, with the lr where it is above
+    the default (then, on the toy recipes, the default lr lowered it)."""
+    from compress.distill_utils import warmup_length
+
+    warm = warmup_length(cfg.steps, cfg.warmup_steps)
+    first = ("Adam's first updates move each weight by about lr whatever its gradient"
+             f"{', at full lr with no warm-up' if warm == 0 else ''}")
+    if cfg.lr > default:
+        return (f"steps {cfg.steps} at lr {cfg.lr:g}, above the default {default:g}: {first}, too far for so few "
+                "steps to come back from (an lr for a longer run: more steps lower it, as the toy recipes' 200 at "
+                "lr 0.0005, or a lower lr for so few)")
+    return f"steps {cfg.steps} is few: {first}, which so few steps may not come back from (more steps lower it)"
 
 
 def _steps(n: int) -> str:
