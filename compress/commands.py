@@ -43,7 +43,7 @@ def _load_model(model: str, teacher_arg: str | None, config_arg: str | None = No
         if path.is_dir() and (refused := pipeline_without_transformer(path)) is not None:
             raise refused  # as load_teacher and load_transformer say it
         check_measurable(None, None, model)
-    return load_teacher(model).eval(), (teacher_arg, config_arg), None
+    return load_teacher(model, config_key="--teacher-config").eval(), (teacher_arg, config_arg), None
 
 
 def evaluate(args) -> int:

@@ -79,7 +79,7 @@ def _teacher_and_inputs(source: str, recipe, teacher_arg: str | None = None, con
             teacher = cast(teacher, device)
         calib, recipe_dir = recipe.calibration, Path(source).parent
     else:
-        teacher_source, teacher = source, load_teacher(source).eval()
+        teacher_source, teacher = source, load_teacher(source, config_key="--teacher-config").eval()
         calib, recipe_dir = CalibrationConfig(), None
     family = get_adapter(teacher).family
     return teacher_source, teacher, input_source(family, teacher_source, calib, teacher, recipe_dir), loader

@@ -53,7 +53,7 @@ def lora(args) -> int:
     """A compressed output with a teacher's LoRA merged into it (compress.lora), written as a new
     output folder beside the old one (its recipe, report, block map and model card copied); its --scale is
     checked before (cli_checks._check_scale)."""
-    from compress.io_export import save_compressed
+    from compress.io_export import CLI_DTYPE, save_compressed
     from compress.io_output import hub_output
     from compress.lora import merge_lora
     from compress.lora_teacher import check_given
@@ -75,7 +75,7 @@ def lora(args) -> int:
     recorded = model.compression_meta["loras"][-1]["source"]  # absolute where local, as config.json records it
     noted = with_lora_noted(files, model, recorded, args.scale, done)
     with hold_output(new):  # as a run's: a run's start clears temp folders beside a free output
-        save_compressed(model, new, dtype=dtype, files=noted)
+        save_compressed(model, new, dtype=dtype, files=noted, dtype_key=CLI_DTYPE)
     added = done["rank_added"]
     grown = f", {counted(len(added), 'factorized one')} by rank {sorted(set(added.values()))}" if added else ""
     dense = f", {len(done['densified'])} stored dense (grown past break-even)" if done["densified"] else ""

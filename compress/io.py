@@ -90,19 +90,20 @@ def supported_class(config: dict, file: Path | None, shown: tuple[str, str] | No
 
 
 def load_teacher(source, dtype: torch.dtype | str | None = torch.float32, config: str | None = None,
-                 family: str | None = None) -> nn.Module:
+                 family: str | None = None, *, config_key: str = "config=") -> nn.Module:
     """Load a teacher transformer: a source (a path or a name), or an io_source_config.TeacherSource
     checked already. `dtype`: a torch dtype or its name ('bfloat16'); None keeps the weights' own
     dtype, as `load_transformer` does (a folder's or Hub repo's that mixes dtypes: one that holds each
     exactly, stored_dtype). `config` (folder or config.json) is needed for single files whose config
-    cannot be fetched; `family` ('pixart'|'flux') overrides detection from keys."""
+    cannot be fetched; `family` ('pixart'|'flux') overrides detection from keys. `config_key`: how the
+    caller gives `config`, as a refusal of it names it (config=; the commands' --teacher-config)."""
     from compress.io_output import as_dtype
     from compress.io_source import check_source, prefixed
     from compress.io_source_config import TeacherSource
 
     dtype = as_dtype(dtype, "load_teacher")  # before any source is read
     where = ""  # a checked source's errors start where it was given (a pickle's are said as it loads)
-    named = ("", "--teacher-config")  # where its config was given, and by what (TeacherSource.config_where)
+    named = ("", config_key)  # where its config was given, and by what (TeacherSource.config_where)
     if isinstance(source, TeacherSource):
         named = source.config_where()
         source, kind, where = source.source, source.kind, source.where

@@ -87,7 +87,7 @@ def load_single_file(path: Path, dtype: torch.dtype | None = torch.float32, conf
     check_suffix(path)
     sd = without_prefix(read(path))
     family = checked_family(path, sd.keys(), family)
-    cfg = config_file(path, config)
+    cfg = config_file(path, config, key)
     model = empty_model(family, cfg, path, key)  # the file's tensors are assigned
     sd = converted(path, sd, family, model, cfg)
     try:
@@ -235,28 +235,33 @@ def check_flux_blocks(path: Path, sd: dict, model: nn.Module, cfg: Path) -> None
                         f"says num_layers {want[0]}, num_single_layers {want[1]}")
 
 
-def config_file(path: Path, config: str | None) -> Path:
+def config_file(path: Path, config: str | None, key: str = "--teacher-config") -> Path:
     """The diffusers config (a JSON file) of the single file `path`: --teacher-config's (a folder's or a
     pipeline folder's config.json, or a JSON file of any name but a pipeline's model_index.json), else the
-    config.json beside the file."""
+    config.json beside the file. `key`: what gives `config`, as a refusal names it (load_teacher's config=)."""
     if config:
         c = Path(config).expanduser()
         if c.is_file() and c.name == "model_index.json":  # its numbers would be read as a transformer's
-            raise UserError(f"--teacher-config {config} is a pipeline's index, not a transformer config: give "
+            raise UserError(f"{given_words(key, config)} is a pipeline's index, not a transformer config: give "
                             f"the pipeline folder {c.parent} or its transformer/config.json")
         if c.is_file():
             return c
         if not (c / "config.json").is_file() and (c / "transformer" / "config.json").is_file():
             c = c / "transformer"  # a pipeline folder
         if not (c / "config.json").is_file():
-            raise UserError(f"--teacher-config {config}{_no_config_file(c)}")
+            raise UserError(f"{given_words(key, config)}{_no_config_file(c)}")
         return c / "config.json"
     beside = path.parent / "config.json"
     if beside.is_file():
         return beside
     why = f" ({_not_a_file(beside)})" if beside.exists() or beside.is_symlink() else ""
-    raise UserError(f"single file {path} has no config.json beside it{why}; pass --teacher-config with "
+    raise UserError(f"single file {path} has no config.json beside it{why}; pass {key} with "
                     "the diffusers config of the transformer (a folder or config.json)")
+
+
+def given_words(key: str, value) -> str:
+    """A config given by `key` as a refusal names it: '--teacher-config PATH', a Python argument 'config=PATH'."""
+    return f"{key}{value!r}" if key.endswith("=") else f"{key} {value}"
 
 
 def given_config(file: Path, given: str, label: str = "--teacher-config") -> dict:

@@ -226,7 +226,7 @@ def test_a_single_file_with_a_config_of_the_other_family_is_one_line(tmp_path, s
             load_teacher(str(tmp_path / f"t{suffix}"), config=str(tmp_path / "cfg"), family=family)
         assert str(e.value) == (f"{tmp_path}/t{suffix}: the checkpoint's weights are a {weights} transformer while "
                                 f"the config in {tmp_path}/cfg describes a {config} one; give the config of its own "
-                                "transformer (--teacher-config)")
+                                "transformer (config=)")  # load_teacher's argument (the commands: --teacher-config)
 
 
 @pytest.mark.parametrize("named", ["myconf.json", "config.json"])
@@ -268,7 +268,7 @@ def test_a_pipelines_model_index_as_teacher_config_names_what_to_give(tmp_path):
     save_file(model.state_dict(), str(tmp_path / "m.safetensors"))
     (tmp_path / "pp").mkdir()
     pipe = pixart_pipeline(tmp_path / "pp" / "pipe")
-    with pytest.raises(UserError, match=rf"^--teacher-config {pipe}/model_index.json is a pipeline's index, not a "
+    with pytest.raises(UserError, match=rf"^config='{pipe}/model_index.json' is a pipeline's index, not a "
                                         rf"transformer config: give the pipeline folder {pipe} or its "
                                         r"transformer/config.json$"):
         load_teacher(str(tmp_path / "m.safetensors"), config=str(pipe / "model_index.json"))
@@ -287,7 +287,7 @@ def test_a_teacher_config_of_no_transformer_is_one_line(tmp_path, capfd, config,
     with diffusers_log() as logged, pytest.raises(UserError) as e:
         load_teacher(str(tmp_path / f"t{suffix}"), config=str(tmp_path / "c.json"))
     assert str(e.value) == (f"{tmp_path}/t{suffix}: the config in {tmp_path}/c.json {what}, not a PixArt/Flux "
-                            "transformer config; give the config of its own transformer (--teacher-config)")
+                            "transformer config; give the config of its own transformer (config=)")
     assert capfd.readouterr().err == "" and logged == []
 
 
@@ -324,7 +324,7 @@ def test_a_teacher_config_json_that_is_a_folder_says_so(tmp_path):
     given = str(tmp_path / "D1" / "config.json")
     with pytest.raises(UserError) as e:
         load_teacher(str(tmp_path / "t.safetensors"), config=given)
-    assert str(e.value) == f"--teacher-config {given} is a folder, not a JSON file, and holds no config.json"
+    assert str(e.value) == f"config={given!r} is a folder, not a JSON file, and holds no config.json"
 
 
 def test_a_config_json_beside_a_single_file_that_links_to_nothing_says_so(tmp_path):
@@ -393,3 +393,19 @@ def test_runs_refusal_of_a_pickle_of_another_family_is_plans_and_a_safetensors_f
     assert said["plan", "pth"] == (f"r.yaml:1: model is 'pixart' but the config t/config.json beside the teacher "
                                    f"FILE{flag} describes a FluxTransformer2DModel (flux); set model: flux or give the "
                                    "config of its own transformer")
+
+
+def test_load_teachers_errors_name_its_config_argument_the_commands_their_flag(tmp_path):
+    """T1 stop 53: load_teacher("x.safetensors") without a config said 'pass --teacher-config', a flag of the
+    commands, where the Python argument is config=; the commands (and a TeacherSource's recipe key) keep theirs."""
+    from compress.io_single import config_file
+
+    save_file(tiny_pixart().state_dict(), str(tmp_path / "t.safetensors"))
+    with pytest.raises(UserError) as e:
+        load_teacher(str(tmp_path / "t.safetensors"))
+    assert str(e.value) == (f"single file {tmp_path / 't.safetensors'} has no config.json beside it; pass config= "
+                            "with the diffusers config of the transformer (a folder or config.json)")
+    with pytest.raises(UserError, match="beside it; pass --teacher-config with the diffusers config"):
+        load_teacher(str(tmp_path / "t.safetensors"), config_key="--teacher-config")
+    with pytest.raises(UserError, match="beside it; pass --teacher-config with the diffusers config"):
+        config_file(tmp_path / "t.safetensors", None)  # convert's, the commands'
