@@ -106,7 +106,7 @@ def test_header_shapes_reads_names_dtypes_and_shapes(tmp_path):
     shapes = header_shapes(path)
     assert shapes["scale_shift_table"] == ("F32", tuple(tiny_pixart().scale_shift_table.shape))
     (tmp_path / "empty.safetensors").write_bytes(b"")
-    with pytest.raises(UserError, match="header too small"):
+    with pytest.raises(UserError, match="(?i)header ?too ?small"):
         header_shapes(tmp_path / "empty.safetensors")
 
 
