@@ -310,6 +310,22 @@ def test_a_piped_plan_keeps_each_line_whole(toy_plans, name, capsys, monkeypatch
 
 
 @pytest.mark.parametrize("name", ["toy-pixart", "toy-flux"])
+def test_a_piped_plan_keeps_the_role_table_s_base_whole(toy_plans, name, capsys, monkeypatch):
+    """R1 stop 53: piped, the role table's caption (what its ratio is of) was still broken at the console's
+    width, a table caption's ('...(removed blocks count in' / "before); inspect's 'of dense' is..."), so
+    `plan R | grep "of dense"` got half a sentence. Now it is a line under the table as plan's others are:
+    whole piped, broken at its spaces on a terminal."""
+    from compress.plan_words import ROLE_BASE
+
+    piped = _printed_plan(toy_plans[name], 80, capsys, monkeypatch, terminal=False).splitlines()
+    assert ROLE_BASE in piped
+    narrow = _printed_plan(toy_plans[name], 40, capsys, monkeypatch).splitlines()
+    at = next(k for k, line in enumerate(narrow) if line.startswith("ratio: after / before"))
+    assert " ".join(" ".join(narrow[at:at + 4]).split()).startswith(ROLE_BASE)
+    assert all(len(line) <= 40 for line in narrow[at:at + 4])
+
+
+@pytest.mark.parametrize("name", ["toy-pixart", "toy-flux"])
 def test_plans_lines_that_fit_are_printed_as_before(toy_plans, name, capsys, monkeypatch):
     """Wide enough, each line is one line, as before; the recipe's name bold, each pass's name cyan."""
     from rich.console import Console
