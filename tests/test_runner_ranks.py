@@ -147,7 +147,7 @@ def test_the_other_ranks_print_no_stop_and_name_their_rank_on_errors(tmp_path, m
 
     monkeypatch.setitem(cli.COMMANDS, "inspect", refused)
     assert cli.main(["inspect", str(tmp_path)]) == 2
-    assert capsys.readouterr().err == "dit-compress (rank 1): error: no such output\n"
+    assert capsys.readouterr().err == "dit-compress inspect (rank 1): error: no such output\n"  # its command named (8779ccc)
 
     def stopped(args):
         raise StepLimitReached("distill: stopped at step 3/20 on max_steps_this_run=3")
