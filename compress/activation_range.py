@@ -200,22 +200,22 @@ def loaded_range_words(out, report: dict, dtype: torch.dtype) -> str | None:
 
 def warn_loaded_range(out, folder, dtype: torch.dtype) -> None:
     """loaded_range_words' warning for the output `out` (its folder `folder`, or the pipeline folder above
-    it: its report.json) loaded in `dtype`; reads report.json alone, and only for a float16-like dtype. A
-    report that cannot be read says nothing here (the commands that read it say so)."""
+    it: its report.json) loaded in `dtype`; reads report.json alone (report.read_report, as the commands read
+    it), and only for a float16-like dtype. A report that cannot be read, or one read_report refuses as
+    damaged, says nothing here (the commands that read it say so)."""
     if not narrower(dtype, torch.float32):
         return
     from pathlib import Path
 
-    from compress import json_read
+    from compress.errors import UserError
+    from compress.report import read_report, warn
 
     for place in dict.fromkeys([Path(folder), Path(out).expanduser()]):
         if (place / "report.json").is_file():
             try:
-                text = loaded_range_words(out, json_read.read(place / "report.json"), dtype)
-            except (OSError, ValueError):
+                text = loaded_range_words(out, read_report(place), dtype)
+            except UserError:
                 return
             if text is not None:
-                from compress.report import warn
-
                 warn(text)
             return

@@ -1,5 +1,6 @@
 """compress.activation_range: the largest |activation| of each block and linear, against an export dtype."""
 
+import pytest
 import torch
 
 from compress.activation_range import (block_names, computed_wider_words, largest_abs, near_range, per_block,
@@ -143,5 +144,26 @@ def test_loading_in_float16_given_warns_and_a_report_within_range_or_unreadable_
     (out / "report.json").write_text("{not json")
     load_transformer(out, dtype=torch.float16)  # the commands that read it say it is damaged
     (out / "report.json").unlink()
+    load_transformer(out, dtype=torch.float16)
+    assert "activations" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", [{"teacher": 5}, {"svd": []}, {"svd": {"layers": {"x": 1}}}],
+                         ids=["teacher", "svd", "svd-layer"])
+def test_a_report_read_report_refuses_says_nothing_when_loaded_in_float16(tmp_path, capsys, damage):
+    """Stop 53's diff read: warn_loaded_range read report.json by hand (json_read, its own except), so a report
+    the commands refuse as damaged (report.read_report: 'teacher is 5, not text ...') still warned from its
+    activation_max; it reads report.json as the commands do, and a report they refuse says nothing here."""
+    import json
+
+    from compress import load_transformer
+    from compress.errors import UserError
+    from compress.report import read_report
+
+    out = _output_recording(tmp_path, torch.bfloat16, {"transformer_blocks.1": 1.0e5})
+    report = json.loads((out / "report.json").read_text())
+    (out / "report.json").write_text(json.dumps({**report, **damage}))
+    with pytest.raises(UserError, match="damaged"):
+        read_report(out)
     load_transformer(out, dtype=torch.float16)
     assert "activations" not in capsys.readouterr().err
