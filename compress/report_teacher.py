@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from compress import json_read
 from compress.errors import UserError
 from compress.report import DAMAGED, REPORT_TEXT, is_number, read_report, warn
 
@@ -187,10 +186,11 @@ def blocks_before(report) -> dict:
 def reported_blocks(out: Path) -> dict[str, int]:
     """{group: block count} of an output's teacher before any removal as its report.json records it
     (blocks_before): what an output written before config.json's compression section recorded it
-    (teacher_blocks) says of it; {} where none is, or the report is damaged (inspect says so)."""
+    (teacher_blocks) says of it; {} where none is, or the report is damaged (read_report refuses it: inspect
+    says so)."""
     try:
-        report = json_read.read(Path(out) / "report.json")
-    except (OSError, ValueError):
+        report = read_report(Path(out))
+    except UserError:
         return {}
     return {g: n for g, n in blocks_before(report).items() if isinstance(n, int) and not isinstance(n, bool)}
 

@@ -142,6 +142,22 @@ def test_the_teachers_block_counts_before_removal_are_its_reports_first_removal_
         assert blocks_before(damaged) == {}, damaged
 
 
+@pytest.mark.parametrize("damage", [{"teacher": 5}, {"svd": []}], ids=["teacher", "svd"])
+def test_the_block_counts_of_a_report_read_report_refuses_are_none(tmp_path, damage):
+    """Stop 53's diff read: reported_blocks read report.json by hand (json_read, its own except), so a report the
+    commands refuse as damaged (report.read_report: inspect's 'teacher is 5, not text ...; the output is
+    damaged') still gave its blocks_before to load_transformer's teacher_blocks; it reads report.json as the
+    commands do, and a report they refuse gives none, as its docstring says."""
+    import json
+
+    from compress.report_teacher import reported_blocks
+
+    report = {"remove_blocks": {"blocks_before": {"blocks": 6}}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert reported_blocks(tmp_path) == {"blocks": 6}
+    (tmp_path / "report.json").write_text(json.dumps({**report, **damage}))
+    assert reported_blocks(tmp_path) == {}
+
 def test_the_base_of_a_chain_of_outputs_is_its_first_teacher_with_the_params_its_first_output_records(tmp_path):
     """B compressed from A, an output of toy:flux: the run said only its share of A's parameters.
     chain_base_record gives the chain's base and its parameter count as A's report.json records it;
