@@ -1,6 +1,6 @@
 """dit-compress: a low-rank / SVD compression compiler for diffusion transformers."""
 
-__version__ = "0.2.0"
+__version__ = "0.2.0"  # the one version: pyproject reads it (dynamic), --version and report.json say it
 
 # the public API, each name imported from its module on first use: keeps `import compress` cheap (no torch)
 _PUBLIC = {"load_teacher": "compress.io", "save_compressed": "compress.io_export",
