@@ -13,6 +13,7 @@ from compress.cli_checks import _check_numbers, _check_paths_there, _check_teach
 from compress.cli_parser import build_parser, empty_path
 from compress.errors import NumericError, UserError, too_long
 from compress.interrupts import forget_stops, interrupts_held, stop_status
+from compress.recipe_shipped import take_shipped
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -215,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if (empty := empty_path(args)) is not None:  # --out '' ran the whole recipe into out/NAME
             raise UserError(empty)
+        take_shipped(args)  # `run toy-pixart`: the shipped recipes/toy-pixart.yaml, for a wheel without a checkout
         _check_numbers(args)
         _check_teacher_options(args)
         _check_paths_there(args)

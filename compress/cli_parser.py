@@ -15,7 +15,8 @@ OUT_HELP = "output folder of `dit-compress run`, or the Hub id (ORG/NAME) of one
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", help="recipe YAML (see recipes/)")
+    p.add_argument("recipe", help="recipe YAML, or a shipped recipe by name (toy-pixart, toy-flux, pixart-sigma-50, "
+                   "flux-dev-lite, ...: recipes/ of the package)")
     _recipe_options(p)
 
 
@@ -229,8 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="DIR", help="write rank-budget and spectrum PNGs into DIR (made if missing)")
 
     p = sub.add_parser("importance", help="block-importance scan: table, JSON and heatmap PNG")
-    p.add_argument("source", help="a recipe YAML (a real teacher is scanned through a recipe naming it), or a toy "
-                   "teacher (toy:pixart, toy:flux)")
+    p.add_argument("source", help="a recipe YAML or a shipped recipe's name (toy-pixart; a real teacher is scanned "
+                   "through a recipe naming it), or a toy teacher (toy:pixart, toy:flux)")
     p.add_argument("--buckets", type=int, help="timestep buckets, at most the calibration timesteps (default: the "
                    "recipe's importance pass's buckets, else 3)")
     p.add_argument("--json", metavar="FILE", help="write the scan as JSON (- : on standard output, in place of the "

@@ -40,8 +40,10 @@ def _check_toy_source(source: str, teacher_arg: str | None, config_arg: str | No
 
     if looks_local(source) and not Path(source).expanduser().exists():
         from compress.recipe_folder import meant_recipe
+        from compress.recipe_shipped import shipped_hint
 
-        raise UserError(f"{source}: no such recipe or teacher{meant_recipe(Path(source))}")  # recipes/toy-pixart
+        meant = meant_recipe(Path(source)) or shipped_hint(source, "importance")
+        raise UserError(f"{source}: no such recipe or teacher{meant}")  # recipes/toy-pixart
     _check_teacher_or_recipe(source)
     if not source.startswith("toy:"):
         raise UserError(f"{source}: a real teacher is scanned on its pipeline's samples of the "

@@ -16,12 +16,15 @@ SHIPPED = {"flux": "recipes/flux-dev-lite.yaml", "pixart": "recipes/pixart-sigma
 
 def refuse_folder(path, command: str = "plan") -> None:
     """A UserError if `path` is a folder: a recipe is a YAML file; or if it is not there: 'no such recipe
-    recipes/toy-pixart.yml; did you mean 'recipes/toy-pixart.yaml'?' (`meant_recipe`), in place of the
-    OS's 'No such file or directory'. `command`: the dit-compress command that was typed (plan, run,
-    importance), which the hint repeats with a recipe."""
+    recipes/toy-pixart.yml; did you mean 'recipes/toy-pixart.yaml'?' (`meant_recipe`; where none of its
+    folder is meant, the shipped one: recipe_shipped.shipped_hint), in place of the OS's 'No such file or
+    directory'. `command`: the dit-compress command that was typed (plan, run, importance), which the hint
+    repeats with a recipe."""
     folder = Path(path)
     if not folder.exists():
-        raise UserError(f"no such recipe {path}{meant_recipe(folder)}")
+        from compress.recipe_shipped import shipped_hint
+
+        raise UserError(f"no such recipe {path}{meant_recipe(folder) or shipped_hint(path, command)}")
     if not folder.is_dir():
         return
     head = f"{path}: a folder, where a recipe YAML file was expected"

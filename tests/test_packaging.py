@@ -1,6 +1,7 @@
-"""pyproject.toml's package list: every folder of compress/
-is a listed package, and every file in it that is not Python is matched by that package's package-data,
-so a wheel carries the toy teachers' weights and setuptools has nothing to warn about at install."""
+"""pyproject.toml's package list: every folder of compress/ (and of recipes/, installed as compress/recipes/:
+package-dir) is a listed package, and every file in it that is not Python is matched by that package's
+package-data, so a wheel carries the toy teachers' weights and the shipped recipes with their prompts, and
+setuptools has nothing to warn about at install."""
 
 import fnmatch
 import tomllib
@@ -16,7 +17,8 @@ def _setuptools() -> dict:
 def _folders() -> dict[str, Path]:
     """Package name -> the folder it installs from, for every folder holding files."""
     found = {}
-    for top, name in (("compress", "compress"),):
+    mapped = [(path, name) for name, path in _setuptools().get("package-dir", {}).items()]  # recipes/: compress.recipes
+    for top, name in (("compress", "compress"), *mapped):
         for folder in [ROOT / top, *(ROOT / top).rglob("*")]:
             if folder.is_dir() and folder.name != "__pycache__" and any(p.is_file() for p in folder.iterdir()):
                 parts = folder.relative_to(ROOT / top).parts
@@ -29,6 +31,12 @@ def test_every_folder_is_a_listed_package():
     folders = _folders()
     assert set(folders) - listed == set(), "folders pyproject.toml does not list as packages"
     assert listed - set(folders) == set(), "packages pyproject.toml lists that are not there"
+
+
+def test_the_shipped_recipes_are_a_package_s_data():
+    """recipes/ goes into the wheel (F2 stop 54: it did not, and an install without a checkout had no recipe)."""
+    assert _folders()["compress.recipes"] == ROOT / "recipes"
+    assert _folders()["compress.recipes.prompts"] == ROOT / "recipes" / "prompts"
 
 
 def test_every_data_file_is_package_data():

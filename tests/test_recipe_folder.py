@@ -72,31 +72,33 @@ def test_importance_of_a_folder_named_like_a_recipe_says_importance(tmp_path, ca
     ("recipes/toy-flux.yaml", "; did you mean 'recipes/toy-flux.yml'?"),
     ("recipes/toy-pixar.yaml", "; did you mean 'recipes/toy-pixart.yaml'?"),
     ("recipes/zzzzzz.yaml", ""),  # by name: the folder they share would make every recipe close
-    ("nothere/toy-pixart.yaml", ""),
+    ("nothere/toy-pixart.yaml", "; the shipped recipe of that name: dit-compress {command} toy-pixart"),
+    ("nothere/zzzzzz.yaml", ""),
     ("recipe/toy-pixart.yaml", "; did you mean 'recipes/toy-pixart.yaml'?"),  # its folder misspelt
     ("recipe/toy-pixart.yml", "; did you mean 'recipes/toy-pixart.yaml'?"),
     ("./recipe/toy-flux.yaml", "; did you mean 'recipes/toy-flux.yml'?"),
     ("recipe/zzzzzz.yaml", "; no folder recipe/ here: did you mean 'recipes/'?"),
-    ("nothere/sub/toy-pixart.yaml", ""),
+    ("nothere/sub/toy-pixart.yaml", "; the shipped recipe of that name: dit-compress {command} toy-pixart"),
 ])
 def test_a_recipe_not_there_names_the_recipe_of_its_folder_meant(tmp_path, monkeypatch, capsys, given, meant):
     """`plan recipes/toy-pixart.yml` said the OS's 'recipes/toy-pixart.yml: No such file or directory',
     though recipes/toy-pixart.yaml was there: the YAML file of that folder of the same name (another
     suffix), else of a close name, is named; for run, plan and importance, and load_recipe. Its folder
     misspelt (`plan recipe/toy-pixart.yaml` with recipes/ here) said no more than 'no such recipe': the
-    recipe of the folder of the closest name is named, or that folder where none of its recipes is close."""
+    recipe of the folder of the closest name is named, or that folder where none of its recipes is close;
+    where none of a folder here is, the shipped recipe of its file's name (recipe_shipped.shipped_hint)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "recipes").mkdir()
     for name in ("toy-pixart.yaml", "toy-flux.yml", "notes.txt"):
         (tmp_path / "recipes" / name).write_text("model: pixart\n")
-    said = f"no such recipe {given}{meant}"
     for command in ("run", "plan", "importance"):  # importance of no .yaml: a recipe or a teacher not there
+        said = f"no such recipe {given}{meant.format(command=command)}"
         assert cli.main([command, given]) == 2
         words = f"{given}: no such recipe or teacher{meant}" if command == "importance" and "." not in given else said
         assert capsys.readouterr().err == f"dit-compress {command}: error: {words}\n"
     with pytest.raises(UserError) as e:
         load_recipe(given)
-    assert str(e.value) == said
+    assert str(e.value) == f"no such recipe {given}{meant.format(command='plan')}"
 
 
 @pytest.mark.parametrize("command", ["run", "plan"])  # importance takes a name without .yaml for a teacher's
