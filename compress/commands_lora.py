@@ -49,11 +49,17 @@ def with_lora_noted(files: dict[str, str], model, lora_source: str, scale: float
     return files
 
 
+# what keeps a merged weight beyond the dtype lora writes it in (io_export.export_cast's refusal): the output's own,
+# as its config.json records it (_recorded_dtype), its run's export.dtype
+LORA_ADVICE = ("merge at a smaller --scale, or into an output exported as bfloat16 or float32 (export.dtype): lora "
+               "writes the dtype the output records (its config.json's compression.dtype)")
+
+
 def lora(args) -> int:
     """A compressed output with a teacher's LoRA merged into it (compress.lora), written as a new
     output folder beside the old one (its recipe, report, block map and model card copied); its --scale is
     checked before (cli_checks._check_scale)."""
-    from compress.io_export import CLI_DTYPE, save_compressed
+    from compress.io_export import save_compressed
     from compress.io_output import hub_output
     from compress.lora import merge_lora
     from compress.lora_teacher import check_given
@@ -75,7 +81,7 @@ def lora(args) -> int:
     recorded = model.compression_meta["loras"][-1]["source"]  # absolute where local, as config.json records it
     noted = with_lora_noted(files, model, recorded, args.scale, done)
     with hold_output(new):  # as a run's: a run's start clears temp folders beside a free output
-        save_compressed(model, new, dtype=dtype, files=noted, dtype_key=CLI_DTYPE)
+        save_compressed(model, new, dtype=dtype, files=noted, caller="lora", advice=LORA_ADVICE)
     added = done["rank_added"]
     grown = f", {counted(len(added), 'factorized one')} by rank {sorted(set(added.values()))}" if added else ""
     dense = f", {len(done['densified'])} stored dense (grown past break-even)" if done["densified"] else ""

@@ -76,21 +76,24 @@ def offloaded_weights(model: nn.Module, what: str, on_meta: str) -> None:
                         "load the output again with compress.load_transformer, without offloading, and save that)")
 
 
-# how the export dtype is given, as a refusal of it names it: a recipe's key (run, lora) or save_compressed's argument
-CLI_DTYPE, API_DTYPE = "export.dtype", "dtype="
+# what a refusal of a weight beyond the export dtype's range (export_cast) says keeps it, by how the caller's dtype
+# is given: a run's recipe key, save_compressed's argument
+EXPORT_ADVICE = "export it as bfloat16 or float32 (export.dtype)"
+SAVE_ADVICE = "save it as bfloat16 or float32 (dtype=)"
 
 
 def save_compressed(model: nn.Module, out, dtype: torch.dtype | str | None = None, *, extra: dict | None = None,
                     files: dict[str, str] | None = None, overwrite: bool = False,
                     overwrite_flag: str = API_OVERWRITE, on_written: Callable[[Path], None] | None = None,
-                    dtype_key: str = API_DTYPE) -> Path:
+                    caller: str = "save_compressed", advice: str = SAVE_ADVICE) -> Path:
     """Write the output folder atomically (temp folder + rename). `dtype`: a floating torch dtype or
     its name ('bfloat16'), as load_transformer takes it; None keeps each tensor's. The rest are keyword-only
     (docs/OUTPUTS.md gives `overwrite=`; a fourth positional argument was `extra`). `files`: extra text
     files. A torch.compile'd model is saved as the model it wraps (`unwrapped`). `overwrite_flag`: how
     the caller gives `overwrite`, as a refusal of an existing `out` names it (the run's --overwrite).
     `on_written`: called with `out` once it is in place, one step with the rename (`atomic_folder`).
-    `dtype_key`: how the caller gives `dtype`, as a weight beyond its range names it (a run's export.dtype)."""
+    `caller`, `advice`: who asked (a run's export, lora) and what keeps a weight beyond `dtype`'s range, as
+    its refusal says them (export_cast)."""
     from compress.io_output import as_dtype  # io_output imports this module
 
     dtype = as_dtype(dtype, "save_compressed")  # before anything is written
@@ -102,7 +105,7 @@ def save_compressed(model: nn.Module, out, dtype: torch.dtype | str | None = Non
     out = Path(out).expanduser()
     with atomic_folder(out, overwrite, overwrite_flag, on_written) as tmp:
         config = compressed_config(model, extra, dtype)
-        sd = {k: export_cast(k, v, dtype, dtype_key).detach().contiguous() for k, v in model.state_dict().items()}
+        sd = {k: export_cast(k, v, dtype, caller, advice).detach().contiguous() for k, v in model.state_dict().items()}
         save_file(sd, str(tmp / WEIGHTS), metadata=header_metadata(config))
         canonical_header(tmp / WEIGHTS)
         write_texts(tmp, config, files)
@@ -119,19 +122,19 @@ def unwrapped(model: nn.Module) -> nn.Module:
     return model
 
 
-def export_cast(name: str, tensor: torch.Tensor, dtype: torch.dtype | None, key: str = CLI_DTYPE) -> torch.Tensor:
+def export_cast(name: str, tensor: torch.Tensor, dtype: torch.dtype | None, caller: str = "export",
+                advice: str = EXPORT_ADVICE) -> torch.Tensor:
     """`tensor` in the export dtype; a NumericError naming it where finite values leave that
-    dtype's range (float16 stops at 65504), never a file holding inf. `key`: how the dtype was given
-    (CLI_DTYPE; API_DTYPE: save_compressed's own words)."""
+    dtype's range (float16 stops at 65504), never a file holding inf, in the words of the `caller` that
+    asked ('export': a run's; 'save_compressed'; 'lora'), ending with its `advice` (what keeps it: EXPORT_ADVICE
+    where the dtype is a recipe's export.dtype, SAVE_ADVICE where it is save_compressed's argument)."""
     if dtype is None or not tensor.is_floating_point():
         return tensor
     out = tensor.to(dtype)
     big = beyond_range(tensor, out)
     if big is not None:
-        who, verb = ("save_compressed", "save") if key == API_DTYPE else ("export", "export")
-        raise NumericError(f"{who}: {name} holds values up to {big:.3g}, beyond the range of "
-                           f"{str(dtype).removeprefix('torch.')} (max {torch.finfo(dtype).max:.3g}); "
-                           f"{verb} it as bfloat16 or float32 ({key})")
+        raise NumericError(f"{caller}: {name} holds values up to {big:.3g}, beyond the range of "
+                           f"{str(dtype).removeprefix('torch.')} (max {torch.finfo(dtype).max:.3g}); {advice}")
     return out
 
 

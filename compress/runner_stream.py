@@ -24,7 +24,7 @@ from torch import nn
 from compress.errors import UserError
 from compress.fuse import fuse_gelu
 from compress.io import cast
-from compress.io_export import CLI_DTYPE, save_compressed
+from compress.io_export import EXPORT_ADVICE, save_compressed
 from compress.io_output import empty_compressed, load_transformer
 from compress.runner_memory import checkpoint_numel, statistics_on_disk, warn_if_short_of_disk, warn_if_too_big
 from compress.stream import CheckpointBlocks, empty_transformer, save_streamed, streamed
@@ -61,7 +61,7 @@ class ResidentModels:
         return nullcontext(model)
 
     def save(self, student: nn.Module, folder: Path, **kw) -> Path:
-        return save_compressed(student, folder, dtype_key=CLI_DTYPE, **kw)  # a run's export.dtype
+        return save_compressed(student, folder, caller="export", advice=EXPORT_ADVICE, **kw)  # a run's export.dtype
 
     def adopt(self, student: nn.Module, stage: Path, older: bool = True) -> None:
         pass

@@ -148,6 +148,36 @@ def test_a_lora_on_an_output_whose_config_records_its_dtype_damaged_is_one_line(
         assert not (tmp_path / "new").exists()
 
 
+def test_a_merged_weight_beyond_the_outputs_float16_is_refused_in_loras_words(tmp_path, capsys):
+    """Stop 53's diff read: io_export.export_cast made its words from how the dtype was given (a key string), so
+    lora's refusal of a merged weight beyond the float16 its output records said 'export: ...; export it as
+    bfloat16 or float32 (export.dtype)', a run's words, naming neither lora nor what lora can change. Now the
+    caller is named and says what keeps it (a float32-stored output whose config.json records float16: the
+    merge, in float32, is finite; the write in float16 is not); nothing is written."""
+    import copy
+    import json
+
+    from compress.io_export import save_compressed
+    from tests.conftest import tiny_pixart
+    from tests.test_lora_limits import _save, _state
+
+    base = tiny_pixart()
+    out = save_compressed(copy.deepcopy(base), tmp_path / "out")
+    config = json.loads((out / "config.json").read_text())
+    config["compression"]["dtype"] = "float16"
+    (out / "config.json").write_text(json.dumps(config))
+    state = _state(copy.deepcopy(base), ["attn1.to_q"], rank=2)
+    lora = _save({k: v for k, v in state.items() if ".transformer_blocks.0." in k}, tmp_path / "l.safetensors")
+    capsys.readouterr()
+    assert main(["lora", str(out), str(lora), str(tmp_path / "new"), "--scale", "1e7"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("dit-compress lora: numeric error: lora: transformer_blocks.0.attn1.to_q.weight holds values "
+                          "up to "), err
+    assert err.endswith("beyond the range of float16 (max 6.55e+04); merge at a smaller --scale, or into an output "
+                        "exported as bfloat16 or float32 (export.dtype): lora writes the dtype the output records (its "
+                        "config.json's compression.dtype)\n"), err
+    assert not (tmp_path / "new").exists()
+
 def test_lora_into_a_mount_point_says_so_in_runs_words(tmp_path, monkeypatch, capsys):
     """`lora OUT LORA NEW` with NEW a mount point (a Docker volume, a bind mount) said 'NEW exists; lora writes a
     new output folder', where run's --out says what a mount point takes (e9afcd6, c2ee7e1): now run's words,

@@ -199,7 +199,7 @@ def test_weights_rounded_to_the_export_are_those_the_output_holds(tmp_path):
 def test_save_compresseds_refusal_of_a_weight_beyond_its_dtype_names_its_dtype_argument(tmp_path):
     """T1 stop 53: save_compressed(m, out, dtype="float16") of a weight beyond float16 ended '(export.dtype)', a
     recipe key, where the argument is dtype=; a run's export (round_to_export, the runner's save) keeps its key."""
-    from compress.io_export import CLI_DTYPE
+    from compress.io_export import EXPORT_ADVICE
 
     model = tiny_pixart()
     with torch.no_grad():
@@ -211,4 +211,4 @@ def test_save_compresseds_refusal_of_a_weight_beyond_its_dtype_names_its_dtype_a
     assert not (tmp_path / "o").exists()
     with pytest.raises(NumericError, match=r"^export: proj_out.weight .*; export it as bfloat16 or float32 "
                                            r"\(export.dtype\)$"):
-        save_compressed(model, tmp_path / "o", dtype="float16", dtype_key=CLI_DTYPE)
+        save_compressed(model, tmp_path / "o", dtype="float16", caller="export", advice=EXPORT_ADVICE)
