@@ -314,7 +314,8 @@ class Runner:
 
     def _run_pass(self, i: int, student):
         """Pass i; a UserError it raises names its recipe line, and when it is about blocks earlier
-        passes removed (`removal_note`) says so (the model it sees is renumbered from 0)."""
+        passes removed (`removal_note`) says so (the model it sees is renumbered from 0); after a saved
+        pass (i > 0), what the run folder keeps for --resume once the recipe is mended (`_kept`)."""
         spec, before = self.recipe.passes[i], self.adapter.block_counts(student)
         # from the recipe, not a counter: the same after --resume
         self.ctx.student_version = sum(p.changes_weights for p in self.passes[:i])
@@ -325,7 +326,7 @@ class Runner:
                 path = self.recipe.path
                 where = "" if str(e).startswith(f"{path}:") else f"{path}:{spec.line}: "
                 note = removal_note(e, before, self.adapter.block_counts(self.teacher), self.removed_by)
-                e.args = (f"{where}{e}{note}",)
+                e.args = (f"{where}{e}{note}{self._kept() if i > 0 else ''}",)
             raise
         warn_ran_notes(self.passes[i], spec)  # what its run found likely not meant, at its recipe line
         if self.adapter.block_counts(student) != before:

@@ -232,3 +232,20 @@ def test_a_check_a_set_made_fail_names_the_set():
     with pytest.raises(UserError, match=re.escape("r.yaml:5 (with --set stream=true): "
                                                      "remove_blocks.criterion: learned")):
         check_streaming(build_passes(recipe), recipe.passes, recipe.path)
+
+
+ENERGY_THEN_SVD = ("  - svd: {targets: [attention], allocation: energy, energy: 0.5, multiple: 1, fisher: none}\n"
+                   "  - svd: {targets: [attention], ratio: 0.5, multiple: 1, fisher: none}\n")
+
+
+def test_a_pass_refused_after_a_saved_pass_says_the_run_folder_keeps_it(pixart):
+    """A user error as a later pass starts (the energy allocation factorized its targets) ended at its own
+    words: the saved pass 1, which --resume keeps once the recipe is mended, went unsaid (a tester's
+    energy-then-svd run: 1.5 min of pass 1 on the toy)."""
+    tmp_path, make, loads = pixart
+    with pytest.raises(UserError) as e:
+        _simple(tmp_path, ENERGY_THEN_SVD).run()
+    said = str(e.value)
+    assert said.startswith(f"{tmp_path / 'r.yaml'}:6: svd: transformer_blocks.0.attn1.to_q, "), said
+    assert said.endswith(f"; {tmp_path / 'run'} keeps its work (1 of 2 passes done): --resume continues from "
+                         "pass 2 (whose keys may change)"), said
