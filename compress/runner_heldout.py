@@ -186,9 +186,10 @@ def check_kept(runner, start: int, student, reference, heldout, teacher_params: 
     """A resumed run whose last kept pass was stopped before its held-out error was measured (during
     its held-out check, Runner._stage, or while its streamed stage was written, runner_restore._finish): its
     error measured now, on the restored student."""
-    if said := older_heldout_note(runner.ctx.report, start, runner.ctx.source_kind, runner.recipe.calibration.seed):
-        runner.older_heldout = older_draw_stages(runner.ctx.report, start)  # the kept errors stay of the older draw
-        note(said)
+    kind, seed = runner.ctx.source_kind, runner.recipe.calibration.seed
+    if older := older_draw_stages(runner.ctx.report, start, kind, seed):
+        runner.older_heldout = older  # the kept errors stay of the older draw (draw_marks records it)
+        note(older_heldout_note(older, kind, seed))
     record = (runner.ctx.report.get("stages") or [{}])[-1]
     if start == 0 or "relative_error" not in record or record["relative_error"] is not None:
         return
@@ -245,28 +246,26 @@ def _export_measured(report: dict) -> bool:
     return is_number(export.get("relative_error")) and not export.get("exact")
 
 
-def older_draw_stages(report: dict, start: int) -> int:
-    """How many of the passes a --resume keeps (before `start`) had their held-out errors measured on an older
-    draw: the restored `report`'s heldout.older_draw_stages where an earlier --resume recorded it (its later
-    stages: today's draw), else every kept pass measured (none of them records a seed)."""
-    stages = (report.get("stages") or [])[:start]
-    measured = sum(s.get("relative_error") is not None for s in stages)
-    recorded = (report.get("heldout") or {}).get("older_draw_stages")
+def older_draw_stages(report: dict, start: int, kind: str, seed: int) -> int:
+    """How many of the passes a --resume keeps (before `start`) had their held-out errors measured by an older
+    dit-compress, on the held-out inputs it drew with calibration.seed (`seed`) + 1 (a pipeline source's
+    + 10000), which are not those drawn now for a source of `kind` (inputs.older_heldout_is_todays): the
+    restored `report`'s heldout.older_draw_stages where an earlier --resume recorded it (its later stages:
+    today's draw), else every kept pass measured (none of them records a seed). 0 where the report records
+    today's held-out `seed` (check_stage does for every stage measured on today's draw), no kept pass was
+    measured (a run stopped during its first pass's held-out check: check_kept measures it now) or the two
+    draws are one (seed 0, but synthetic). check_kept's one count: its note's and draw_marks' record."""
+    heldout = report.get("heldout") or {}
+    if heldout.get("seed") is not None or older_heldout_is_todays(kind, seed):
+        return 0
+    measured = sum(s.get("relative_error") is not None for s in (report.get("stages") or [])[:start])
+    recorded = heldout.get("older_draw_stages")
     return min(recorded, measured) if is_number(recorded) else measured
 
 
-def older_heldout_note(report: dict, start: int, kind: str, seed: int) -> str | None:
-    """What --resume says where the passes it keeps (before `start`) had their held-out errors measured by an
-    older dit-compress, on the held-out inputs it drew with calibration.seed (`seed`) + 1 (a pipeline source's
-    + 10000), which are not those drawn now for a source of `kind` (inputs.older_heldout_is_todays): their `report` (the
-    restored run report) records no held-out `seed`, which check_stage records for every stage measured on
-    the inputs of today's draw. None where no kept pass was measured (a run stopped during its first pass's
-    held-out check: check_kept measures it now) or the two draws are one (seed 0, but synthetic)."""
-    measured = older_draw_stages(report, start)
-    if not measured or (report.get("heldout") or {}).get("seed") is not None:
-        return None
-    if older_heldout_is_todays(kind, seed):
-        return None
+def older_heldout_note(measured: int, kind: str, seed: int) -> str:
+    """What --resume says where `measured` of the passes it keeps (older_draw_stages) had their held-out errors
+    measured on an older dit-compress's draw of a source of `kind` for calibration.seed `seed`."""
     return (f"--resume: the held-out errors of the {measured} pass{'es' if measured > 1 else ''} kept were measured "
             f"by an older dit-compress, on held-out inputs drawn for calibration.seed {seed} (with seed "
             f"{older_heldout_draw(kind, seed)}: each seed had its own); "

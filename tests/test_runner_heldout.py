@@ -242,9 +242,10 @@ def test_a_second_resume_counts_only_the_stages_of_the_older_draw():
     from compress.runner_heldout import older_draw_stages, older_heldout_note
 
     mixed = {"stages": [{"relative_error": 0.2}, {"relative_error": 0.1}], "heldout": {"older_draw_stages": 1}}
-    assert [older_draw_stages(mixed, start) for start in (0, 1, 2)] == [0, 1, 1]
-    assert "errors of the 1 pass kept were" in older_heldout_note(mixed, 2, "toy", 1)
-    assert "errors of the 2 passes kept were" in older_heldout_note(dict(mixed, heldout={}), 2, "toy", 1)
+    assert [older_draw_stages(mixed, start, "toy", 1) for start in (0, 1, 2)] == [0, 1, 1]
+    assert older_draw_stages(dict(mixed, heldout={}), 2, "toy", 1) == 2
+    assert "errors of the 1 pass kept were" in older_heldout_note(older_draw_stages(mixed, 2, "toy", 1), "toy", 1)
+    assert "errors of the 2 passes kept were" in older_heldout_note(2, "toy", 1)
 
 
 @pytest.mark.parametrize("kind, seed, said", [("toy", 0, False), ("toy", 1, True), ("pipeline", 0, False),
@@ -253,15 +254,15 @@ def test_which_older_heldout_draws_resume_names(kind, seed, said):
     """The older draw (seed + 1; a pipeline's seed + 10000) was today's for seed 0 of the toy and pipeline
     sources, never for the synthetic source (numpy's generator now); a kept pass measured by this dit-compress
     (its report's heldout seed) or none kept: nothing to say."""
-    from compress.runner_heldout import older_heldout_note
+    from compress.runner_heldout import older_draw_stages, older_heldout_note
 
     report = {"stages": [{"pass": "svd", "relative_error": 0.1}]}
-    assert (older_heldout_note(report, 1, kind, seed) is not None) == said
-    assert older_heldout_note(dict(report, heldout={"seed": 1}), 1, kind, seed) is None
-    assert older_heldout_note(report, 0, kind, seed) is None
+    assert older_draw_stages(report, 1, kind, seed) == int(said)
+    assert older_draw_stages(dict(report, heldout={"seed": 1}), 1, kind, seed) == 0
+    assert older_draw_stages(report, 0, kind, seed) == 0
     if said:  # the older draw's seed: seed + 1, a pipeline's seed + 10000
         assert f"drawn for calibration.seed {seed} (with seed {seed + (10000 if kind == 'pipeline' else 1)}:" in \
-            older_heldout_note(report, 1, kind, seed)
+            older_heldout_note(1, kind, seed)
 
 
 def test_resume_of_a_run_stopped_in_its_first_held_out_check_says_nothing_of_an_older_draw(tmp_path, monkeypatch,
