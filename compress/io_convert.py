@@ -26,8 +26,8 @@ from compress.errors import UserError
 from compress.io import INDEX, WEIGHTS
 from compress.io_atomic import atomic_folder
 from compress.runner_lock import hold_output
-from compress.io_single import (check_flux_blocks, checked_family, config_file, empty_model, key_converter,
-                                transformer_prefix)
+from compress.io_single import check_flux_blocks, checked_family, empty_model, key_converter, transformer_prefix
+from compress.io_single_config import config_file
 from compress.io_tensors import read_state_dict, unreadable
 from compress.progress import NAMED_LABEL_MOST, shortened
 from compress.progress import bar as progress_bar
@@ -97,7 +97,7 @@ def check_not_output(path: Path, config: str | None = None) -> None:
     line before diffusers reads the config: an output's folder is already a diffusers folder with
     factorized keys, which no single-file converter maps (diffusers printed a page of warnings about
     the compression config before the real error)."""
-    from compress.io_single import config_file
+    from compress.io_single_config import config_file
     from compress.io_source import config_record, output_weights
 
     if path.is_file() and output_weights(path):

@@ -79,7 +79,7 @@ class TeacherSource:
         with `hub` the Hub's transformer/config.json, else the Hugging Face cache's (a Hub id neither
         holds needs --teacher-config)."""
         from compress.io import read_config, read_json
-        from compress.io_single import given_config, own_config
+        from compress.io_single_config import given_config, own_config
 
         if self.kind == "toy":
             from compress.toy.weights import toy_files
@@ -137,7 +137,7 @@ class TeacherSource:
     def config_file(self) -> Path | None:
         """The local config.json of a folder, a single file or --teacher-config; None for the others."""
         from compress.io import transformer_folder
-        from compress.io_single import config_file
+        from compress.io_single_config import config_file
 
         path = Path(self.source).expanduser()
         if self.kind == "folder":

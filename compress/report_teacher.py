@@ -43,7 +43,7 @@ def teacher_to_load(out: Path, teacher_arg: str | None = None,
     config no longer where the run found it (moved since) is a UserError saying what to pass, not
     the loader's, which names options the user did not give."""
     from compress.io_source import looks_local
-    from compress.io_single import config_file
+    from compress.io_single_config import config_file
 
     source, config = recorded_teacher(out, teacher_arg, config_arg)
     if source and not teacher_arg and looks_local(source) and not Path(source).expanduser().exists():

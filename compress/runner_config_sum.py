@@ -55,7 +55,7 @@ def config_checksum(file: Path) -> str | None:
 
 
 def config_target(config: str) -> Path | None:
-    """The file a --teacher-config names, as io_single.config_file reads it (a JSON file, a folder's
+    """The file a --teacher-config names, as io_single_config.config_file reads it (a JSON file, a folder's
     config.json or a pipeline folder's transformer/config.json), its links resolved; None where none is."""
     path = Path(config).expanduser()
     found = [path, path / "config.json", path / "transformer" / "config.json"]

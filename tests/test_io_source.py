@@ -217,13 +217,13 @@ def test_a_folder_whose_config_json_is_of_the_other_family_says_so_before_loadin
 def _counting(monkeypatch):
     """(sources checked, configs read) from here on: lists that grow with each call."""
     import compress.io
-    import compress.io_single
+    import compress.io_single_config
     import compress.io_source
     import compress.io_source_config
 
     checked, read = [], []
     check, read_config = compress.io_source.check_source, compress.io.read_config
-    config_or_why = compress.io_single._config_or_why  # a teacher's own config.json is read by it
+    config_or_why = compress.io_single_config._config_or_why  # a teacher's own config.json is read by it
 
     def counted(*a, **k):
         return checked.append(a[0]) or check(*a, **k)
@@ -231,7 +231,7 @@ def _counting(monkeypatch):
     monkeypatch.setattr(compress.io_source, "check_source", counted)  # what io.py, lora.py import in a call
     monkeypatch.setattr(compress.io_source_config, "check_source", counted)  # what `checked` calls
     monkeypatch.setattr(compress.io, "read_config", lambda p: read.append(p) or read_config(p))
-    monkeypatch.setattr(compress.io_single, "_config_or_why", lambda p: read.append(p) or config_or_why(p))
+    monkeypatch.setattr(compress.io_single_config, "_config_or_why", lambda p: read.append(p) or config_or_why(p))
     return checked, read
 
 

@@ -244,7 +244,7 @@ def test_a_checkpoint_given_as_teacher_config_is_told_without_reading_it_whole(t
     """R1: given_config read the whole --teacher-config file (a multi-GB checkpoint given there by mistake
     too), and a good config was parsed twice. A checkpoint is told by its first bytes, a file over
     CONFIG_MOST (4 MiB) by its size; a config is parsed once."""
-    from compress.io_single import given_config
+    from compress.io_single_config import given_config
 
     monkeypatch.chdir(tmp_path)
     weights = {k: v.contiguous() for k, v in tiny_pixart().state_dict().items()}
@@ -273,7 +273,7 @@ def test_a_teachers_own_config_json_that_is_big_or_a_checkpoint_is_told_without_
                                                                                            big):
     """A config.json beside a single file, or a folder's, that is a 5 MiB file or a safetensors checkpoint
     was read whole (read_config) before being told no config; now told by its first bytes and its size,
-    as --teacher-config's is (io_single._config_or_why), in the same one line."""
+    as --teacher-config's is (io_single_config._config_or_why), in the same one line."""
     from compress import io as compress_io
 
     model = tiny_pixart()
@@ -304,11 +304,11 @@ def test_a_teachers_own_config_json_that_is_big_or_a_checkpoint_is_told_without_
 def test_a_teachers_own_good_config_json_is_opened_once(tmp_path, monkeypatch, single):
     """A teacher's own config.json (a folder's, or the one beside a single file) was opened twice: its first
     bytes glanced at (ea4bb82), then read whole (read_config); now read once, as --teacher-config's is
-    (io_single._config_or_why), and the same config."""
+    (io_single_config._config_or_why), and the same config."""
     import builtins
     import io
 
-    from compress.io_single import own_config
+    from compress.io_single_config import own_config
 
     model = tiny_pixart()
     model.save_pretrained(tmp_path / "t")

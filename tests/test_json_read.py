@@ -40,7 +40,7 @@ def _lock_record(path):
 
 def _sites():
     """(reader of a folder, the file under it that it reads): the readers json_read serves."""
-    from compress import (distill_data, io_single, io_source, pipeline_family, plan_memory, report_teacher,
+    from compress import (distill_data, io_single_config, io_source, pipeline_family, plan_memory, report_teacher,
                           runner_caches_keyed, runner_config_sum, runner_kept, runner_measured, runner_pending,
                           runner_ranks, runner_resume, runner_written)
     from compress.passes import distill_checkpoint_folders, distill_resume
@@ -64,7 +64,7 @@ def _sites():
         "pending state.json": (lambda d: runner_pending.read_record(d), f"{runner_pending.PENDING}/state.json"),
         "index.json": (lambda d: plan_memory.component_files(d), "model.safetensors.index.json"),
         "a lock file": (lambda d: _lock_record(d / "lock"), "lock"),
-        "a single file's config": (lambda d: io_single._config_or_why(d / "config.json"), "config.json"),
+        "a single file's config": (lambda d: io_single_config._config_or_why(d / "config.json"), "config.json"),
         "a newer run's record": (lambda d: runner_written.says_written_by_us(d / "notes.json"), "notes.json"),
     }
 
