@@ -11,7 +11,7 @@ from pathlib import Path
 from compress.errors import UserError
 from compress.runner_ranks import read_json as _json
 
-SHIPPED = {"flux": "recipes/flux-dev-lite.yaml", "pixart": "recipes/pixart-sigma-50.yaml"}
+SHIPPED = {"flux": "flux-dev-lite", "pixart": "pixart-sigma-50"}  # by name (recipe_shipped): a wheel has no recipes/
 
 
 def refuse_folder(path, command: str = "plan") -> None:

@@ -23,10 +23,10 @@ def _folder(tmp_path, files: dict):
     ({}, " (see recipes/)"),
     ({"model_index.json": {"_class_name": "FluxPipeline"}},
      "; it is a diffusers pipeline: to compress it, make it a recipe's teacher: dit-compress plan "
-     "recipes/flux-dev-lite.yaml --teacher {path} (or teacher: {path} in the recipe)"),
+     "flux-dev-lite --teacher {path} (or teacher: {path} in the recipe)"),
     ({"config.json": {"_class_name": "PixArtTransformer2DModel"}},
      "; it is a diffusers transformer: to compress it, make it a recipe's teacher: dit-compress plan "
-     "recipes/pixart-sigma-50.yaml --teacher {path} (or teacher: {path} in the recipe)"),
+     "pixart-sigma-50 --teacher {path} (or teacher: {path} in the recipe)"),
     ({"config.json": {"_class_name": "Other"}},
      "; it is a diffusers transformer: to compress it, make it a recipe's teacher: dit-compress plan "
      "RECIPE.yaml --teacher {path} (or teacher: {path} in the recipe)"),
@@ -51,7 +51,7 @@ def test_plan_and_run_of_a_folder_print_one_line(tmp_path, capsys, command):
     assert cli.main([command, str(folder)]) != 0
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.endswith(f"it is a diffusers pipeline: to compress it, make it a recipe's "
-                                            f"teacher: dit-compress {command} recipes/flux-dev-lite.yaml "
+                                            f"teacher: dit-compress {command} flux-dev-lite "
                                             f"--teacher {folder} (or teacher: {folder} in the recipe)")
 
 
@@ -62,7 +62,7 @@ def test_importance_of_a_folder_named_like_a_recipe_says_importance(tmp_path, ca
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     assert cli.main(["importance", str(folder)]) != 0
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.endswith(f"dit-compress importance recipes/flux-dev-lite.yaml --teacher {folder} "
+    assert "\n" not in err and err.endswith(f"dit-compress importance flux-dev-lite --teacher {folder} "
                                             f"(or teacher: {folder} in the recipe)")
 
 
