@@ -71,9 +71,9 @@ def inputs_change(before: dict, now: dict, pipeline: str, prompts_from: str | No
 
 # top-level keys of what is written, not of any pass's result: the export may change on --resume
 RESULT_FREE = ("export",)
-# top-level keys compared as the teacher's identity is (runner_teacher_id: a config by what it holds), not
-# as written: `teacher_config: cfg`, --teacher-config cfg and an output's recipe.yaml's absolute path are one
-TEACHER_APART = ("teacher_config",)
+# top-level keys compared as the teacher's identity is (runner_teacher_id), not as written: `teacher: t`, `t/`
+# and an output's recipe.yaml's absolute path are one, as `teacher_config: cfg` and --teacher-config cfg are
+TEACHER_APART = ("teacher", "teacher_config")
 
 
 def recipe_changes(before: dict, now: dict, passes, done: int | None = None, prompts_apart: bool = True,

@@ -328,3 +328,33 @@ def test_resume_keeps_the_stages_of_another_dit_compress_version_of_the_same_sta
     monkeypatch.setattr(compress, "__version__", compress.__version__ + ".post1")
     assert main([*args, "--resume", "--overwrite"]) == 0
     assert "its only pass (svd) was done: writing the output again" in _said(capsys)
+
+
+def test_resume_compares_the_recipes_teacher_as_the_teacher_not_as_written(tmp_path, monkeypatch, capsys):
+    """The recipe's `teacher:` named relatively, by its absolute path (as an output's recipe.yaml names the one
+    the run read) or with a trailing slash is one teacher, which runner_teacher_id compares (its config by what it
+    holds, its weights by their checksum), as TEACHER_APART's teacher_config is: 'run OUT/recipe.yaml --resume'
+    of the run folder that made OUT was refused '--resume: the recipe changed since RUN was written (teacher)'.
+    A teacher of other weights named there is still refused, as the teacher that changed."""
+    from compress.cli import main
+    from tests.conftest import tiny_pixart
+    from tests.runner_helpers import SIMPLE
+
+    tiny_pixart().save_pretrained(tmp_path / "teacher")
+    tiny_pixart(seed=1).save_pretrained(tmp_path / "other")
+    monkeypatch.chdir(tmp_path)
+    modulation = "  - svd: {targets: [modulation], fisher: none, ranks: {modulation: 4}}\n"
+    recipe = parse_recipe(SIMPLE.format(teacher="teacher", passes=SVD_PASS + modulation), "r.yaml")
+    for spelt in (str(tmp_path / "teacher"), "teacher/"):
+        now = parse_recipe(SIMPLE.format(teacher=spelt, passes=SVD_PASS + modulation), "r.yaml")
+        assert recipe_changes(recipe.raw, now.raw, build_passes(now), 1) == [], spelt
+    (tmp_path / "r.yaml").write_text(SIMPLE.format(teacher="teacher", passes=SVD_PASS + modulation))
+    assert main(["run", "r.yaml", "--out", "out", "--run-dir", "run"]) == 0
+    assert f"\nteacher: {tmp_path / 'teacher'}\n" in (tmp_path / "out" / "recipe.yaml").read_text()
+    capsys.readouterr()
+    again = ["--run-dir", "run", "--resume", "--set", "passes.1.svd.ranks.modulation=2"]
+    assert main(["run", "out/recipe.yaml", "--out", "again", *again]) == 0
+    assert "resuming after pass 1/2 (svd)" in _said(capsys)
+    (tmp_path / "o.yaml").write_text(SIMPLE.format(teacher="other", passes=SVD_PASS + modulation))
+    assert main(["run", "o.yaml", "--out", "third", *again]) == 2
+    assert "--resume: the teacher changed since run was written" in _said(capsys)
