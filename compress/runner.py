@@ -17,6 +17,7 @@ from compress.io_source import check_teacher_options
 from compress.recipe_teacher_config import config_by, teacher_config_of
 from compress.passes import build_passes
 from compress.passes.base import predictions
+from compress.passes.svd_checks import stamp_factorized
 from compress.output_names import rerun_needs_overwrite
 from compress.recipe import Recipe
 from compress.report import console, param_count, results
@@ -328,6 +329,7 @@ class Runner:
                 note = removal_note(e, before, self.adapter.block_counts(self.teacher), self.removed_by)
                 e.args = (f"{where}{e}{note}{self._kept() if i > 0 else ''}",)
             raise
+        stamp_factorized(student, spec.loc.override or f"line {spec.line}")  # a later pass's refusal names it
         warn_ran_notes(self.passes[i], spec)  # what its run found likely not meant, at its recipe line
         if self.adapter.block_counts(student) != before:
             self.removed_by.append(spec.line)

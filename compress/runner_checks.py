@@ -23,6 +23,7 @@ from compress.passes.remove_blocks_budget import counts_after, spreads
 from compress.passes.removed_blocks import (AfterRemoval, forget_taken, possible_counts, stamp_counts, stamp_line,
                                             taken_unplaced)
 from compress.passes.svd_objective import PARTS, no_pairs
+from compress.passes.svd_checks import stamp_factorized
 from compress.passes.svd_planned import stamp_planned
 from compress.recipe_convert import concerned, with_sets
 from compress.report import warn
@@ -57,6 +58,7 @@ def checked_in_order(passes, specs, model, adapter, inputs: str | None = None, c
         if p.changes_weights:
             setattr(model, STUDENT_CHANGED, True)  # a later distill starts from a student, not the teacher
         stamp_planned(model, spec.loc.override or f"line {spec.line}")  # factors an svd pass makes at run time
+        stamp_factorized(model, spec.loc.override or f"line {spec.line}")  # and those it made here
         if adapter.block_counts(model) != counts or taken_unplaced(model) != taken:  # a removal
             stamp_counts(model, counts_after(p.config, adapter, possible))
         if adapter.block_counts(model) != counts:

@@ -186,7 +186,7 @@ def test_an_already_factorized_refusal_after_a_run_time_removal_says_its_names_a
         make_plan(parse_recipe(recipe, "r.yaml"))
     said = str(e.value)
     assert said.startswith("r.yaml:7: svd: transformer_blocks.0.ff.net.2, ") and \
-        "are already factorized (by an earlier svd pass, or in the teacher" in said, said
+        "are already factorized (by the svd pass at line 5" in said, said
     words = "named as if the removal at line 6, which picks its blocks at run time, takes the smallest blocks)"
     assert (words in said) == as_if, said
 

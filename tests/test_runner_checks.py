@@ -247,5 +247,6 @@ def test_a_pass_refused_after_a_saved_pass_says_the_run_folder_keeps_it(pixart):
         _simple(tmp_path, ENERGY_THEN_SVD).run()
     said = str(e.value)
     assert said.startswith(f"{tmp_path / 'r.yaml'}:6: svd: transformer_blocks.0.attn1.to_q, "), said
+    assert "are already factorized (by the svd pass at line 5); leave them out" in said, said  # not 'or in the teacher'
     assert said.endswith(f"; {tmp_path / 'run'} keeps its work (1 of 2 passes done): --resume continues from "
                          "pass 2 (whose keys may change)"), said

@@ -52,7 +52,7 @@ from compress.linalg_steps import asymmetric_step, centered_asymmetric_step
 from compress.lowrank import LowRankLinear
 from compress.passes.base import Pass, RunContext, predictions
 from compress.passes.removed_blocks import MissingBlock, planned_blocks, teacher_view
-from compress.passes.svd_checks import centered, check_config, refused_on_all
+from compress.passes.svd_checks import centered, check_config, refused_on_all, teacher_holds
 from compress.passes.svd_values import check_values
 from compress.passes.svd_summary import merge_report, summary
 from compress.passes.svd_config import SVDConfig, shadow_notes, unused_notes
@@ -98,12 +98,15 @@ class SVDPass(GlobalAllocation, FisherMeasurement, Pass):
     def check(self, model: nn.Module, adapter: Adapter) -> None:
         self._check(model, adapter, *teacher_view(model, adapter))
 
-    def _check(self, model: nn.Module, adapter: Adapter, teacher_counts: dict, block_map: dict | None) -> None:
+    def _check(self, model: nn.Module, adapter: Adapter, teacher_counts: dict, block_map: dict | None,
+               teacher: nn.Module | None = None) -> None:
         """check_config; a pattern naming a block past the last of its group says what became of it
-        (`teacher_counts`, `block_map`: plan's meta model's, or the run's)."""
+        (`teacher_counts`, `block_map`: plan's meta model's, or the run's; `teacher`: the run's, which
+        tells a factorized target of the teacher from an earlier pass's, svd_checks.factorized_by)."""
         check_values(self.config)
+        in_teacher = teacher_holds(teacher, block_map) if teacher is not None else None
         try:
-            check_config(self.config, model, *self.resolved.targets(model, adapter))
+            check_config(self.config, model, *self.resolved.targets(model, adapter), in_teacher)
         except MissingBlock as e:
             raise e.explained(teacher_counts, block_map) from None
         self._check_fits(self.resolved.targets(model, adapter)[1])
@@ -184,7 +187,7 @@ class SVDPass(GlobalAllocation, FisherMeasurement, Pass):
     def run(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         c = self.config
         teacher = ctx.teacher if ctx.teacher is not None else model
-        self._check(model, ctx.adapter, ctx.adapter.block_counts(teacher), ctx.block_map)
+        self._check(model, ctx.adapter, ctx.adapter.block_counts(teacher), ctx.block_map, ctx.teacher)
         if ctx.blocks is not None:  # the runner streams block weights
             self.loader = ctx.blocks
         spill = getattr(ctx.calibration, "spill_activations", False)

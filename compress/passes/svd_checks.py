@@ -12,12 +12,15 @@ from compress.passes.svd_planned import as_if_words, check_not_planned
 from compress.passes.svd_targets import check_explicit_ranks, check_pattern, is_model_wide, matches, untargeted
 from compress.passes.svd_values import CENTER_DEFAULT, _bad
 
+FACTORIZED_AT = "_dit_compress_factorized_at"  # on a LowRankLinear an svd pass made: its line ('line 6'; None: not yet)
 
 
-def check_config(c, model: nn.Module, infos, targets) -> None:
+
+def check_config(c, model: nn.Module, infos, targets, in_teacher=None) -> None:
     """Every svd key against the model's linears `infos` (c: an SVDConfig whose values `check_values`
-    passed, `targets`: what `resolve_targets` found)."""
-    _check_not_factorized(targets, model)
+    passed, `targets`: what `resolve_targets` found; `in_teacher`: a run's test of whether the teacher
+    holds a target factorized, `factorized_by`)."""
+    _check_not_factorized(targets, model, in_teacher)
     _check_sequenced(c, targets)
     check_not_planned(targets, model)
     check_explicit_ranks(infos, targets, c.ranks)
@@ -89,18 +92,66 @@ def target_kind(info) -> str:
     return "caption" if is_model_wide(info) else "block"
 
 
-def _check_not_factorized(targets, model: nn.Module) -> None:
+def _check_not_factorized(targets, model: nn.Module, in_teacher=None) -> None:
     """A target that is already a LowRankLinear (an earlier svd pass, or a compressed teacher) is
-    refused: factorizing it again would drop a fused GELU and record its dense size as kept."""
+    refused: factorizing it again would drop a fused GELU and record its dense size as kept. Which
+    made it is said where known (`factorized_by`; `in_teacher`: a run's test of the teacher)."""
     done = [i for i in targets if isinstance(model.get_submodule(i.name), LowRankLinear)]
     if done:
         them, names = "it" if len(done) == 1 else "them", [i.name for i in done]
         as_if = as_if_words(model, {i.group for i in done if i.group is not None})  # plan's stand-in blocks
+        by = [factorized_by(model.get_submodule(i.name), i, in_teacher) for i in done]
         raise _bad("targets", f"svd: {', '.join(names[:3])}{' …' if len(done) > 3 else ''} "
-                        f"{'is' if len(done) == 1 else 'are'} already factorized (by an earlier svd pass, "
-                        f"or in the teacher{as_if}); leave {them} out with svd.ignore, or factorize once at a "
-                        "lower ratio", "ignore")
+                        f"{'is' if len(done) == 1 else 'are'} already factorized ({by_words(by)}{as_if}); "
+                        f"leave {them} out with svd.ignore, or factorize once at a lower ratio", "ignore")
 
+
+def mark_made(layer: nn.Module) -> nn.Module:
+    """A LowRankLinear an svd pass just made, marked so (its line unknown till `stamp_factorized`)."""
+    setattr(layer, FACTORIZED_AT, None)
+    return layer
+
+
+def stamp_factorized(model: nn.Module, line: str) -> None:
+    """Gives the layers a pass just factorized (`mark_made`) its place ('line 6', or the --set that added it)."""
+    for m in model.modules():
+        if isinstance(m, LowRankLinear) and getattr(m, FACTORIZED_AT, False) is None:
+            setattr(m, FACTORIZED_AT, line)
+
+
+def factorized_by(layer: nn.Module, info, in_teacher=None) -> str | None:
+    """Who factorized `layer`: 'line 6' (the svd pass there), '' (an earlier svd pass, where is not known:
+    a stage --resume read back), None (the teacher: a LowRankLinear no pass made, or one `in_teacher(info)`)."""
+    at = getattr(layer, FACTORIZED_AT, False)
+    if at is not False:
+        return at or ""
+    return None if in_teacher is None or in_teacher(info) else ""
+
+
+def teacher_holds(teacher: nn.Module, block_map: dict | None):
+    """info -> whether `teacher` holds that target (its block as `block_map` maps it) as a LowRankLinear."""
+    def holds(info) -> bool:
+        name = info.name
+        if info.group is not None and block_map and info.group in block_map:
+            rest = name[len(f"{info.group}.{info.block}"):]
+            name = f"{info.group}.{block_map[info.group][info.block]}{rest}"
+        try:
+            return isinstance(teacher.get_submodule(name), LowRankLinear)
+        except (AttributeError, IndexError):
+            return False
+    return holds
+
+
+def by_words(by: list) -> str:
+    """'by the svd pass at line 6', 'by the svd passes at line 6 and line 9', 'by an earlier svd pass', 'in
+    the teacher', or 'by an earlier svd pass, or in the teacher' where both, for `factorized_by`'s answers."""
+    lines = sorted({b for b in by if b})
+    if None in by:
+        return "in the teacher" if set(by) == {None} else "by an earlier svd pass, or in the teacher"
+    if "" in by or not lines:
+        return "by an earlier svd pass"
+    return f"by the svd pass at {lines[0]}" if len(lines) == 1 else \
+        f"by the svd passes at {', '.join(lines[:-1])} and {lines[-1]}"
 
 
 def centered(c, info) -> bool:

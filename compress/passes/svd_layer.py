@@ -82,7 +82,10 @@ def measured_loss(m: LayerMath, up: torch.Tensor, down: torch.Tensor) -> float:
 
 
 def replace_linear(model: nn.Module, name: str, new: nn.Module) -> None:
-    model.set_submodule(name, new)
+    """`new` (the svd pass's LowRankLinear) in place of `name`, marked as the pass's (svd_checks.mark_made)."""
+    from compress.passes.svd_checks import mark_made
+
+    model.set_submodule(name, mark_made(new))
 
 
 def weighted(m: LayerMath, root: torch.Tensor) -> LayerMath:

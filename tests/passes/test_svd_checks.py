@@ -8,6 +8,7 @@ from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.lowrank import LowRankLinear
 from compress.passes.svd import SVDConfig, SVDPass
+from compress.passes.svd_checks import stamp_factorized
 from tests.conftest import tiny_flux, tiny_pixart
 from tests.passes.svd_helpers import context
 
@@ -155,11 +156,14 @@ def test_a_second_svd_pass_over_factorized_layers_is_refused_naming_them(tmp_pat
     planned = SVDPass(SVDConfig(targets=["mlp"], **cfg))
     meta = tiny_pixart()
     planned.apply_planned(meta, adapter)
-    with pytest.raises(UserError, match=r"transformer_blocks\.0\.ff\.net\.0\.proj, .* are already factorized"):
+    stamp_factorized(meta, "line 5")
+    with pytest.raises(UserError, match=r"transformer_blocks\.0\.ff\.net\.0\.proj, .* are already factorized "
+                                        r"\(by the svd pass at line 5\)"):
         SVDPass(SVDConfig(targets=["re:ff\\.net"], **cfg)).check(meta, adapter)
     SVDPass(SVDConfig(targets=["mlp"], **cfg)).run(model, context(model, tmp_path))
     name = "transformer_blocks.1.ff.net.2"
-    with pytest.raises(UserError, match=f"{re.escape(name)} is already factorized .* svd.ignore"):
+    with pytest.raises(UserError, match=f"{re.escape(name)} is already factorized "
+                                        r"\(by an earlier svd pass\); .* svd.ignore"):
         SVDPass(SVDConfig(targets=[name], **cfg)).run(model, context(model, tmp_path))
     assert model.get_submodule("transformer_blocks.0.ff.net.0.proj").activation == "gelu_tanh"
     SVDPass(SVDConfig(targets=["attention"], **cfg)).check(model, adapter)  # the others stay allowed
