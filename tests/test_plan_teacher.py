@@ -82,7 +82,9 @@ def test_plan_of_a_compressed_output_as_teacher_is_what_run_loads(tmp_path):
     assert plan["passes"][0]["blocks_before"] == {"blocks": len(model.transformer_blocks)}
     svd = parse_recipe(f"model: pixart\nteacher: {out}\ncalibration: {{source: synthetic}}\n"
                        f"passes: [{{svd: {{targets: ['{name}'], ratio: 0.5}}}}]\n", "r.yaml")
-    with pytest.raises(UserError, match=r"already factorized \(in the teacher\)"):
+    with pytest.raises(UserError, match=r"already factorized \(in the teacher\); leave it out with svd\.ignore, or "
+                                        r"compress the model this teacher was made from instead \(its own teacher\), "
+                                        r"factorizing it once at a lower ratio there$"):
         make_plan(svd)
 
 

@@ -103,7 +103,17 @@ def _check_not_factorized(targets, model: nn.Module, in_teacher=None) -> None:
         by = [factorized_by(model.get_submodule(i.name), i, in_teacher) for i in done]
         raise _bad("targets", f"svd: {', '.join(names[:3])}{' …' if len(done) > 3 else ''} "
                         f"{'is' if len(done) == 1 else 'are'} already factorized ({by_words(by)}{as_if}); "
-                        f"leave {them} out with svd.ignore, or factorize once at a lower ratio", "ignore")
+                        f"leave {them} out with svd.ignore, or {_instead(by, them)}", "ignore")
+
+
+def _instead(by: list, them: str) -> str:
+    """What else a refused pass can do: factorize once, in the earlier pass, at a lower ratio; with the
+    teacher's own layers (a finished output as teacher: no pass of this recipe made them), compress the
+    model that output was made from instead."""
+    if set(by) == {None}:
+        return (f"compress the model this teacher was made from instead (its own teacher), factorizing "
+                f"{them} once at a lower ratio there")
+    return "factorize once at a lower ratio"
 
 
 def mark_made(layer: nn.Module) -> nn.Module:
