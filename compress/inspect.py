@@ -77,7 +77,8 @@ def _print_inspection(title: str, model, rows: list[dict], report: dict, block_m
     renumbered them), then what removal did, how close factorizations came to their optimum, what
     compensation did, what distill did, and each pass's params and held-out error (inspect_stages)."""
     shown = [_displayed(r) for r in rows]
-    tables = inspect_tables(shown, results.width, title, teacher)
+    svd_passes = len((report.get("svd") or {}).get("passes") or ())  # each svd pass's record
+    tables = inspect_tables(shown, results.width, title, teacher, svd_passes)
     print_fitted(results, tables)
     if any(_measured(r) for r in shown):
         for line in _column_words(report, _shown_headers(tables)):

@@ -28,7 +28,7 @@ def _measured(row: dict) -> bool:
     return any(cell(row) != "-" for _, _, cell in QUALITY_COLUMNS)
 
 
-def inspect_tables(rows: list[dict], width: int, title: str, teacher: dict[str, str]) -> list:
+def inspect_tables(rows: list[dict], width: int, title: str, teacher: dict[str, str], svd_passes: int = 1) -> list:
     """The per-layer table as one table when `width` columns show it whole, else as two: the rank
     budget of every layer, and the loss, optimum, error and time of the layers the svd pass
     measured (no second table, nor its columns, where it measured none). Names too long for the
@@ -36,11 +36,13 @@ def inspect_tables(rows: list[dict], width: int, title: str, teacher: dict[str, 
     titles and captions longer than the width break at their spaces (report_fit.fitted_annotations).
     Where even a table at its least is wider than `width` (rich would cut its names and numbers): a line
     per layer (layer_lines)."""
-    return [fitted_annotations(t, width) if isinstance(t, Table) else t for t in _tables(rows, width, title, teacher)]
+    return [fitted_annotations(t, width) if isinstance(t, Table) else t
+            for t in _tables(rows, width, title, teacher, svd_passes)]
 
 
-def _tables(rows: list[dict], width: int, title: str, teacher: dict[str, str]) -> list:
-    """inspect_tables' tables (or lines), their titles and captions as they are."""
+def _tables(rows: list[dict], width: int, title: str, teacher: dict[str, str], svd_passes: int = 1) -> list:
+    """inspect_tables' tables (or lines), their titles and captions as they are; the second table's title
+    names the svd pass's targets, or the svd passes' where the output had several (`svd_passes`)."""
     measured = [r for r in rows if _measured(r)]
     if not measured:
         tables = [_layer_table(rows, f"{title}: rank budget", BUDGET_COLUMNS, width, teacher)]
@@ -49,11 +51,16 @@ def _tables(rows: list[dict], width: int, title: str, teacher: dict[str, str]) -
         if table_width(whole) <= width:
             return [whole]
         tables = [_layer_table(rows, f"{title}: rank budget", BUDGET_COLUMNS, width, teacher),
-                  _layer_table(measured, f"{title}: factorization (the svd pass's targets)", QUALITY_COLUMNS, width,
+                  _layer_table(measured, f"{title}: factorization ({targets_of(svd_passes)})", QUALITY_COLUMNS, width,
                                teacher)]
     if all(table_width(t) <= width for t in tables):
         return tables
     return layer_lines(rows, title, BUDGET_COLUMNS + (QUALITY_COLUMNS if measured else ()), width, teacher)
+
+
+def targets_of(svd_passes: int) -> str:
+    """"the svd pass's targets", or "the svd passes' targets" for an output of several svd passes."""
+    return "the svd passes' targets" if svd_passes > 1 else "the svd pass's targets"
 
 
 def layer_lines(rows: list[dict], title: str, columns, width: int, teacher: dict[str, str]) -> list[str]:

@@ -293,3 +293,14 @@ def test_inspect_prints_what_fits_as_before(tmp_path, capsys, monkeypatch, width
     _noted_output(tmp_path, monkeypatch)
     lines = _inspected(capsys, monkeypatch, width)
     assert [line for line in lines if line[:1] not in "┏┃┡│└"] == INSPECTED_WIDE
+
+
+def test_the_factorization_tables_title_counts_the_svd_passes():
+    """T3: an output of two svd passes was titled 'factorization (the svd pass's targets)'."""
+    from compress.report_fit import table_width
+
+    whole = table_width(inspect_tables(_rows(), 1 << 16, "out", {})[0])
+    for passes, words in ((1, "out: factorization (the svd pass's targets)"),
+                          (2, "out: factorization (the svd passes' targets)")):
+        text = " ".join(_rendered(inspect_tables(_rows(), whole - 1, "out", {}, passes), whole - 1).split())
+        assert words in text, text
