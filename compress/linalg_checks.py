@@ -93,7 +93,19 @@ def check_psd(negative: float, positive: float, gram_dtype: torch.dtype, name: s
         raise NumericError(
             f"{layer_label(name)}: the Gram is not positive semi-definite: its negative eigenvalues carry "
             f"{negative:.3g} of output energy against {max(positive, 0.0):.3g} (more than round-off of "
-            f"{gram_dtype}); a Gram Σ xᵀx has none: accumulate it in float64 from the activations")
+            f"{gram_dtype}); {_not_psd_advice(gram_dtype)}")
+
+
+def _not_psd_advice(gram_dtype: torch.dtype) -> str:
+    """Why a Gram is not PSD, and what to do: accumulated in a narrow dtype, widen it; accumulated in float64
+    already, the likely cause is a centered Gram G − nμμᵀ (svd.center) whose inputs' mean is so far above
+    their spread (about 1e6 times) that the subtraction cancels its digits."""
+    if gram_dtype != F64:
+        return "a Gram Σ xᵀx has none: accumulate it in float64 from the activations"
+    return ("a Gram Σ xᵀx accumulated in float64 has none, but a centered one (G − nμμᵀ: svd.center) loses its "
+            "digits where the layer's inputs have a mean far larger than their spread (about 1e6 times): the "
+            "centering lost the precision; leave this layer out of svd.center (its mean error then stays in "
+            "the factors instead of the bias)")
 
 
 def check_shapes(weight: torch.Tensor, gram: torch.Tensor, gram_is_output: bool) -> None:

@@ -384,3 +384,23 @@ def test_invariant_to_gram_scale(case, method, scale):
     scale_w = float(w.abs().max()) ** 0.5
     np.testing.assert_allclose(a.up.numpy(), (b.up * signs).numpy(), atol=1e-6 * scale_w)
     np.testing.assert_allclose(a.down.numpy(), (b.down * signs[:, None]).numpy(), atol=1e-6 * scale_w)
+
+
+def test_a_centered_float64_gram_that_lost_its_digits_says_the_centering_did():
+    """T3 (adv3.py): inputs whose mean is 1e6 × their spread, accumulated in float64 (calib_stats.Stats);
+    G − nμμᵀ cancelled to a relative error of 3e-3, and the refusal said 'accumulate it in float64 from the
+    activations', which it was. Now it names the centering, the cause, and what to do."""
+    from compress.calib_stats import Stats
+
+    torch.manual_seed(0)
+    mu = torch.randn(64, dtype=torch.float64) * 1e6
+    x = mu + torch.randn(2000, 64, dtype=torch.float64) @ torch.randn(64, 64, dtype=torch.float64) * 0.1
+    stats = Stats.zeros(64)
+    for chunk in x.split(64):
+        stats.add(chunk)
+    with pytest.raises(NumericError) as e:
+        L.factorize(torch.randn(96, 64, dtype=torch.float64), stats.centered(), 16, name="adaln_single.linear")
+    said = str(e.value)
+    assert "adaln_single.linear" in said and "not positive semi-definite" in said, said
+    assert "the centering lost the precision; leave this layer out of svd.center" in said, said
+    assert "accumulate it in float64 from the activations" not in said, said
