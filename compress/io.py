@@ -11,6 +11,7 @@ why weights did not load in io_errors, the Hub in io_hub) and the file names of 
 from __future__ import annotations
 
 import contextlib
+import json
 import warnings
 from pathlib import Path
 
@@ -252,6 +253,23 @@ def read_config(path: Path) -> dict:
     if not isinstance(config, dict):
         raise UserError(f"{path} is not a diffusers config (a JSON object); it holds a {type(config).__name__}")
     return config
+
+
+def weight_index(path: Path) -> dict[str, str]:
+    """The weight_map of a weight index (NAME.index.json): tensor name -> shard file name, as listed
+    (empty or not: each caller says what it needs); a UserError naming the file where it is no JSON
+    object, or its weight_map no mapping of names to file names."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a weight index (a JSON object with a weight_map); it holds a {type(data).__name__}")
+    listed = data.get("weight_map")
+    if listed is None:
+        raise UserError(f"{path} has no weight_map")
+    if not isinstance(listed, dict):
+        raise UserError(f"{path}'s weight_map is a {type(listed).__name__}, not a mapping of tensor names to shard files")
+    if bad := next(((k, v) for k, v in listed.items() if not isinstance(v, str)), None):
+        raise UserError(f"{path}'s weight_map gives the tensor {bad[0]!r} the shard {json.dumps(bad[1])}, not a file name")
+    return listed
 
 
 def from_config(cls, config: dict, source) -> nn.Module:

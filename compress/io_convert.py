@@ -240,7 +240,7 @@ def pickled_folder(folder: Path) -> list[Path]:
     index lists; else the shards another .bin index lists (transformers' pytorch_model.bin.index.json), or
     NAME-0000i-of-0000N.bin shards of one NAME and N without an index. [] where the folder holds none of
     these (a single file in it: commands.not_a_file names it); a UserError naming the shards it lacks."""
-    from compress.io import read_json
+    from compress.io import weight_index
     from compress.io_variants import variant_weights, weights_variant
     from compress.io_errors import shards_not_there
 
@@ -253,11 +253,10 @@ def pickled_folder(folder: Path) -> list[Path]:
     if read and not index:
         return [folder / read[0]]
     if len(index) == 1:
-        data = read_json(folder / index[0])
-        listed = data.get("weight_map") if isinstance(data, dict) else None
-        if not isinstance(listed, dict) or not listed:
+        listed = weight_index(folder / index[0])
+        if not listed:
             raise UserError(f"{folder / index[0]} has no weight_map")
-        shards = sorted(set(map(str, listed.values())))
+        shards = sorted(set(listed.values()))
         if missing := [s for s in shards if not (folder / s).is_file()]:
             raise UserError(shards_not_there(folder / index[0], folder, missing))
         return [folder / s for s in shards]

@@ -16,7 +16,7 @@ from compress.dtype_range import DTYPES, check_castable, check_finite_file
 from compress.errors import UserError
 from compress.fuse import fuse_gelu
 from compress.io import (FORMAT, INDEX, WEIGHTS, cast, config_model_class, from_config, pipeline_without_transformer,
-                         read_config, read_json, transformer_place)
+                         read_config, transformer_place, weight_index)
 from compress.io_errors import load_error
 from compress.io_atomic import OUTPUT_SHARD
 from compress.io_live import register_compression
@@ -147,7 +147,7 @@ def weight_files(out, variant: str | None = None) -> list[Path]:
         raise no_weights(out)
     if not entry.name.endswith(".json"):
         return [entry]
-    shards = sorted(set(read_json(entry).get("weight_map", {}).values()))
+    shards = sorted(set(weight_index(entry).values()))
     missing = [s for s in shards if not (out / s).is_file()]
     if missing or not shards:
         raise UserError(f"{entry} lists missing shards: {', '.join(missing[:3]) or 'none listed'}")

@@ -343,16 +343,13 @@ def _hub_files(repo_id: str, keys: list[str]) -> dict[str, Path]:
     `keys`. The folder is the repo's transformer/ or, of a transformer-only repo, its root, as
     io_hub.hub_config_file finds it. Without a (plain) index, one weight file holds them all: its
     diffusers weight files, read as a local folder."""
-    from compress.io import INDEX, read_json
+    from compress.io import INDEX, weight_index
     from compress.stream_files import weight_map
 
     index = _hub_files_of(repo_id, ["config.json", "diffusion_pytorch_model*.json"]) / INDEX
     if not index.is_file():  # one weight file, or only a variant's (fp16): as stream_files picks it
         return weight_map(_hub_files_of(repo_id, ["config.json", "diffusion_pytorch_model*"]))
-    data = read_json(index)
-    shards = data.get("weight_map") if isinstance(data, dict) else None
-    if not isinstance(shards, dict):
-        raise UserError(f"{index} has no weight_map")
+    shards = weight_index(index)
     needed = {k: shards[k] for k in keys if k in shards}  # a key it lacks: _read_teacher_weights says so
     if not needed:
         return {}

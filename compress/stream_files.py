@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 
 from compress.errors import UserError
-from compress.io import INDEX, WEIGHTS, read_config, read_json, transformer_folder
+from compress.io import INDEX, WEIGHTS, read_config, read_json, transformer_folder, weight_index
 from compress.io_errors import broken_weights, shards_not_there
 from compress.io_hub import hub_folder
 from compress.io_source import looks_local
@@ -35,11 +35,7 @@ def weight_map(folder: Path) -> dict[str, Path]:
         index = older
     check_links(folder, [index, weights])
     if (folder / index).is_file():
-        data = read_json(folder / index)
-        weight_map = data.get("weight_map") if isinstance(data, dict) else None
-        if not isinstance(weight_map, dict):
-            raise UserError(f"{folder / index} has no weight_map")
-        files = {k: folder / f for k, f in weight_map.items()}
+        files = {k: folder / f for k, f in weight_index(folder / index).items()}
         missing = sorted({f.name for f in files.values() if not f.is_file()})
         if missing:
             check_links(folder, missing)

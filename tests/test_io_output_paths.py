@@ -305,3 +305,21 @@ def test_a_mistyped_local_output_is_said_as_inspect_says_it(tmp_path, monkeypatc
             assert str(said.value).startswith(cli.split(" (")[0].split(": inspect")[0]), (said.value, cli)
         with pytest.raises(UserError, match=r"^no such folder no/such/out \(an output folder is written by"):
             load(__import__("pathlib").Path("no/such/out"))  # a Path is never a Hub id
+
+
+# ---- 7. a damaged weight index ------------------------------------------------------------------
+@pytest.mark.parametrize("held, why", [
+    ([1, 2], " is not a weight index (a JSON object with a weight_map); it holds a list"),
+    ({"weight_map": {"a": None}}, "'s weight_map gives the tensor 'a' the shard null, not a file name"),
+    ({"weight_map": [1]}, "'s weight_map is a list, not a mapping of tensor names to shard files"),
+], ids=["a list", "a null shard", "a list of shards"])
+def test_a_damaged_weight_index_is_one_line_naming_it(tmp_path, held, why):
+    """An index that is no JSON object, or whose weight_map is no mapping of names to file names, was a
+    traceback (AttributeError: 'list' object has no attribute 'get'; TypeError: PosixPath / NoneType)."""
+    out = _output(tmp_path)
+    load_transformer(out).save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    index = tmp_path / "sharded" / "diffusion_pytorch_model.safetensors.index.json"
+    index.write_text(json.dumps(held))
+    with pytest.raises(UserError) as e:
+        load_transformer(tmp_path / "sharded")
+    assert str(e.value) == f"{index}{why}"

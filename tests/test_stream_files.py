@@ -21,6 +21,19 @@ def test_an_index_naming_a_missing_shard_is_a_user_error(tmp_path):
         weight_map(tmp_path / "ckpt")
 
 
+@pytest.mark.parametrize("held", ['[1, 2]', '{"weight_map": {"a": null}}'])
+def test_a_damaged_index_is_one_line_naming_it_as_load_transformer_says_it(tmp_path, held):
+    """A shard of null was a TypeError (PosixPath / NoneType); an index that is a list: 'has no weight_map'."""
+    tiny_pixart().save_pretrained(tmp_path / "ckpt", max_shard_size="40KB")
+    index = tmp_path / "ckpt" / "diffusion_pytorch_model.safetensors.index.json"
+    index.write_text(held)
+    why = (" is not a weight index (a JSON object with a weight_map); it holds a list" if held.startswith("[") else
+           "'s weight_map gives the tensor 'a' the shard null, not a file name")
+    with pytest.raises(UserError) as e:
+        weight_map(tmp_path / "ckpt")
+    assert str(e.value) == f"{index}{why}"
+
+
 @pytest.mark.parametrize("size", [5, 200, -10])  # header cut, header cut at its end, data cut short
 def test_a_truncated_shard_is_refused_when_the_index_is_read(tmp_path, size):
     """Every shard opens when the index is read (headers only), so a damaged one is one line naming
