@@ -14,7 +14,7 @@ Flow of one calibration (`BlockCalibration`):
 3. `blocks(...)`: a generator; per block it accumulates the stats its readers need, yields them (the
    caller compresses the block in place), then computes the next block's inputs: with the compressed
    weights (`activations="student"`, error-aware) or with the teacher's outputs (`"teacher"`).
-   Only one block's activations are resident (one batch of them with `spill`, calib_store.Spilled);
+   Only one block's activations are resident (one batch of them with `spill`, calib_spill.Spilled);
    a `BlockLoader` (calib_store) may materialize weights just in time.
    With `asymmetric`, each block also runs on a reference stream (the inputs the model as found
    gives it) before the student's forward, and plain input readers pair the two row by row
@@ -40,7 +40,8 @@ from compress.arch import teacher_note
 from compress.arch.base import Adapter
 from compress.calib_flow import dependencies, first_row
 from compress.calib_stats import Reader, Stats, StatsCache, accumulating, pairs, recording
-from compress.calib_store import BlockLoader, Spilled
+from compress.calib_spill import Spilled
+from compress.calib_store import BlockLoader
 from compress.progress import bar as progress_bar
 
 

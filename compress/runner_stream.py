@@ -216,7 +216,7 @@ def streamed_weights(model, adapter) -> dict:
 
 def tidy_scratch(run_dir: Path) -> None:
     """At a run's end, finished or stopped, under its locks: this process's spilled activations
-    (calib_store.Spilled's files, which a stop's traceback keeps alive past it; a rerun measures
+    (calib_spill.Spilled's files, which a stop's traceback keeps alive past it; a rerun measures
     them again) deleted, then the run folder's SCRATCH folders left empty (a run that spilled
     nothing, or whose spills were adopted or discarded) removed: a resume makes them again when it
     spills. Spilled blocks stay (a streamed stage being written when the run stopped: --resume

@@ -1,9 +1,9 @@
-"""Spilled activations and block loaders (compress/calib_store.py)."""
+"""Spilled activations, named files and block loaders (compress/calib_store.py, compress/calib_spill.py)."""
 
 import pytest
 import torch
 
-from compress.calib_store import Spilled
+from compress.calib_spill import Spilled
 
 
 def test_spilled_holds_batches_on_disk_until_dropped(tmp_path):
@@ -38,7 +38,7 @@ def test_spill_files_of_a_process_killed_hard_go_at_the_next_spill(tmp_path):
 
 
 def test_named_files_round_trip_and_outlive_the_object_until_cleared(tmp_path):
-    from compress.calib_store import NamedFiles
+    from compress.calib_spill import NamedFiles
 
     store = NamedFiles(tmp_path / "f")
     assert list(store) == [] and "a.b" not in store and len(store) == 0
@@ -119,7 +119,8 @@ def test_a_save_that_reaches_the_file_size_limit_is_an_efbig_naming_the_file(tmp
 
 def test_a_failed_save_with_room_on_the_disk_keeps_its_own_error(tmp_path, monkeypatch):
     """Another failure of torch.save (the disk not full) is not said to be a full disk."""
-    from compress.calib_store import Spilled, save
+    from compress.calib_spill import Spilled
+    from compress.calib_store import save
 
     _half_written(monkeypatch, free=1 << 30)
     with pytest.raises(RuntimeError, match="unexpected pos"):
@@ -136,12 +137,12 @@ def test_a_ctrl_c_leaves_no_spill_files_while_its_traceback_lives(tmp_path, hold
     go at once; a live process's files in the folder are not touched."""
     import os
 
-    from compress import calib_store
+    from compress import calib_spill
 
     live = tmp_path / f"{os.getppid()}-0-0.pt"  # the parent of pytest runs
     live.write_bytes(b"live")
     with pytest.raises(KeyboardInterrupt) as caught:
-        with getattr(calib_store, holder)(tmp_path) as store:
+        with getattr(calib_spill, holder)(tmp_path) as store:
             for i in range(3):
                 if holder == "Spilled":
                     store.append(torch.full((2,), float(i)))
@@ -161,7 +162,8 @@ def test_named_files_know_what_they_wrote_and_a_file_gone_is_named_not_left_out(
     import re
     import shutil
 
-    from compress.calib_store import NamedFiles, Vanished
+    from compress.calib_spill import NamedFiles
+    from compress.calib_store import Vanished
 
     store = NamedFiles(tmp_path / "run" / "f")
     store["a.b"] = torch.ones(2)
@@ -201,7 +203,8 @@ def test_a_save_whose_folder_goes_before_the_rename_names_it(tmp_path, monkeypat
     import shutil
 
     from compress import calib_store
-    from compress.calib_store import Spilled, Vanished, save
+    from compress.calib_spill import Spilled
+    from compress.calib_store import Vanished, save
 
     real = calib_store.torch.save
 
@@ -271,7 +274,7 @@ def test_named_files_leave_a_damaged_file_out_to_be_measured_again(tmp_path, cap
     overwritten was a traceback in --resume (torch.load of it: 'PytorchStreamReader failed reading zip archive',
     'Invalid argument'); now it is left out of the names (no zip archive as torch.save writes), measured again
     and written over it, said in one note as the names are first asked for (not where clear() comes first)."""
-    from compress.calib_store import NamedFiles
+    from compress.calib_spill import NamedFiles
 
     folder = tmp_path / "fisher-4probes"
     files = NamedFiles(folder)
@@ -333,7 +336,7 @@ def test_named_files_leave_an_overwritten_file_out_though_its_zip_end_is_whole(t
     NamedFiles[name] then raised (UnicodeDecodeError, ValueError, IndexError: 117 of 300 random 8-byte
     overwrites): now it is left out as it is read back (its tensors mapped, not read), with the note: measured
     again."""
-    from compress.calib_store import NamedFiles
+    from compress.calib_spill import NamedFiles
 
     folder = tmp_path / "fisher"
     folder.mkdir()
@@ -349,7 +352,7 @@ def test_named_files_say_a_file_whose_tensor_bytes_are_damaged_in_one_line_and_r
     """An overwrite where only a full read meets it (data/0's zip header: the names' check maps the tensors,
     reads none) raised torch's RuntimeError 'PytorchStreamReader failed reading file data/0' as a traceback;
     now a one-line error naming the file, removed so the next run measures it again."""
-    from compress.calib_store import NamedFiles
+    from compress.calib_spill import NamedFiles
     from compress.errors import UserError
 
     folder = tmp_path / "fisher"
@@ -370,7 +373,8 @@ def test_a_whole_file_whose_read_raises_another_error_is_kept_and_the_error_rais
     damage: NamedFiles[name] deleted a good output Fisher on any error but an OSError, MemoryError or out of
     memory, and load_cached took the file for damaged (computed again, the error hidden); now the error is
     raised as it is and the file kept."""
-    from compress.calib_store import NamedFiles, load_cached
+    from compress.calib_spill import NamedFiles
+    from compress.calib_store import load_cached
 
     folder = tmp_path / "fisher"
     files = NamedFiles(folder)
@@ -392,7 +396,7 @@ def test_named_files_read_their_files_where_the_file_system_cannot_map_them(tmp_
     tensors are not read); on a file system that cannot map (some FUSE and network mounts) the map's error
     judged every file damaged ('is damaged (not as torch.save wrote it', measured again) or, an OSError, was a
     traceback; now such a file is read instead, and one damaged is still left out."""
-    from compress.calib_store import NamedFiles
+    from compress.calib_spill import NamedFiles
 
     folder = tmp_path / "fisher"
     folder.mkdir()

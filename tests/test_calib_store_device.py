@@ -1,4 +1,4 @@
-"""Files of the run folder read onto the pass's device (calib_store.NamedFiles, svd_fisher_roots.Roots): an
+"""Files of the run folder read onto the pass's device (calib_spill.NamedFiles, svd_fisher_roots.Roots): an
 output Fisher measured on cuda and read back by a pass resumed on the cpu (or on another GPU) is read there.
 A CPU-only torch cannot write a cuda tensor: the files are written tagged as cuda:0's (`saved_as_cuda`), as a
 GPU run's torch.save tags them, which a load without a map_location restores onto cuda."""
@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import serialization
 
-from compress.calib_store import NamedFiles, save
+from compress.calib_spill import NamedFiles
+from compress.calib_store import save
 from compress.passes.svd_fisher_roots import Roots, sqrt_pair
 from tests.passes.svd_helpers import run_svd
 

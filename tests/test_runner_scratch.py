@@ -41,13 +41,13 @@ def test_a_run_that_spilled_activations_leaves_no_empty_folder(tmp_path):
 
 def test_a_global_allocation_leaves_no_empty_sensitivity_folder(tmp_path, monkeypatch):
     """svd's global allocation spills its factors in sensitivity/ (svd_global), emptied as it ends."""
-    from compress import calib_store
+    from compress import calib_spill
 
     text = SIMPLE.format(teacher="toy:pixart", passes="  - svd: {targets: [attention, cross_attention, mlp], "
                          "allocation: global, ratio: 0.6, multiple: 8}\n")
     spilled = []
-    real = calib_store.Spilled.append
-    monkeypatch.setattr(calib_store.Spilled, "append", lambda self, item: (spilled.append(self.folder),
+    real = calib_spill.Spilled.append
+    monkeypatch.setattr(calib_spill.Spilled, "append", lambda self, item: (spilled.append(self.folder),
                                                                            real(self, item))[1])
     run_recipe(tmp_path, text, "g")
     run_dir = tmp_path / "run-g"
@@ -56,17 +56,17 @@ def test_a_global_allocation_leaves_no_empty_sensitivity_folder(tmp_path, monkey
 
 
 def test_a_run_stopped_while_it_spills_activations_leaves_no_empty_folder(tmp_path, monkeypatch):
-    from compress import calib_store
+    from compress import calib_spill
 
     spilled = []
-    real = calib_store.Spilled.append
+    real = calib_spill.Spilled.append
 
     def append_then_stop(self, item):
         real(self, item)
         spilled.append(self.folder)
         if len(spilled) == 2:
             raise KeyboardInterrupt
-    monkeypatch.setattr(calib_store.Spilled, "append", append_then_stop)
+    monkeypatch.setattr(calib_spill.Spilled, "append", append_then_stop)
     with pytest.raises(KeyboardInterrupt):
         run_recipe(tmp_path, SPILLED, "r")
     assert spilled[0] == tmp_path / "run-r" / "activations"  # it did spill there

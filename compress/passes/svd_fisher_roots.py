@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from compress.calib_store import NamedFiles
+from compress.calib_spill import NamedFiles
 from compress.dtype_range import overflow_hint
 from compress.errors import NumericError
 from compress.io_tensors import nonfinite
@@ -94,7 +94,7 @@ def fisher_measured_words(fisher: str, guided: bool = False, one: bool = True) -
 
 class Roots:
     """name -> (L, L⁻¹) of each weighted target's output Fisher (sqrt_pair), computed when asked
-    from the Fishers kept on disk under `folder` (calib_store.NamedFiles; in memory when folder is
+    from the Fishers kept on disk under `folder` (calib_spill.NamedFiles; in memory when folder is
     None), so a pass never holds every target's out x out pair at once: Flux.1-dev's modulation
     alone would be 2 x 77 of up to 18432² float64 (241 GiB). The pairs asked for last stay until
     they pass `keep_bytes`; with `groups` (name -> the key of the targets the walk visits together:

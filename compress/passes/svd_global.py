@@ -15,7 +15,8 @@ from compress.alloc import (DENSE, budget_for_ratio, error_vs_uniform, exact_flo
 from compress.arch.base import LinearInfo
 from compress.calib import BlockCalibration
 from compress.calib_stats import Stats
-from compress.calib_store import SpilledMap, Unchanged
+from compress.calib_spill import SpilledMap
+from compress.calib_store import Unchanged
 from compress.errors import BadValue, NumericError, UserError
 from compress.linalg import normalized_curve
 from compress.passes.base import predictions, relative_error
