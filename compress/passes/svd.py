@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from compress.alloc import DENSE, energy_rank
+from compress.linalg_params import params_dense
 from compress.arch.base import Adapter, LinearInfo
 from compress.calib import BlockCalibration, model_digest
 from compress.calib_stats import Stats, StatsCache
@@ -197,6 +198,9 @@ class SVDPass(GlobalAllocation, FisherMeasurement, Pass):
         if ctx.calibration_inputs is None:
             raise UserError("the svd pass needs calibration inputs (a calibration section in the recipe)")
         targets = list(self.resolved.targets(model, ctx.adapter)[1])  # as _check resolved them
+        if self._all_dense_before_calibration(model, ctx.adapter, targets):
+            self._left_dense(targets, ctx.report.setdefault("svd", {}))
+            return model
         batches = ctx.calibration_inputs()
         start = model_digest(model, ctx.block_map, self.loader)  # what earlier passes left
         cache_dir = ctx.run_dir / "calib" / ctx.fingerprint / start if ctx.fingerprint else None
@@ -243,6 +247,26 @@ class SVDPass(GlobalAllocation, FisherMeasurement, Pass):
                     fused_gelu=fused, compensation=compensation, sequential=sequential, **extra)
         merge_report(report, this, records, c)
         return model
+
+    def _all_dense_before_calibration(self, model: nn.Module, adapter: Adapter, targets: list[LinearInfo]) -> bool:
+        """Whether the ranks known before calibration (uniform, per_role, explicit ranks: every target's)
+        keep every target dense, as `notes` warned: the pass then changes nothing, and calibrating it
+        (hours on a real model) would only measure the losses of layers it keeps. Budgeted allocations
+        (energy, global) decide after calibration: never."""
+        ranks = self.resolved.ranks(model, adapter)
+        return bool(targets) and len(ranks) == len(targets) and all(r is DENSE for r in ranks.values())
+
+    def _left_dense(self, targets: list[LinearInfo], report: dict) -> None:
+        """Every target kept dense without calibration (`_all_dense_before_calibration`): each one's record
+        says so, with no loss measured (none was), and the pass's summary is theirs."""
+        console.print(f"  every one of its {len(targets)} targets stays dense at its ranks: calibration skipped")
+        records = {i.name: dict(role=i.role, shape=[i.out_features, i.in_features], method=self.config.method,
+                                params_dense=(p := params_dense(i.out_features, i.in_features, i.bias)), rank="dense", kept_params=p,
+                                note="rank would not save parameters: kept dense (not calibrated)", time_s=0.0)
+                   for i in targets}
+        this = dict(summary(records, self.config), targets=len(records), cache_hits=[], fused_gelu=[],
+                    compensation={}, sequential=False, calibrated=False)
+        merge_report(report, this, records, self.config)
 
     def _warn_if_unchanged(self, targets: list[LinearInfo], fixed: dict, records: dict) -> None:
         """A budgeted allocation (energy, global) that left every target dense: the run would write the

@@ -99,6 +99,32 @@ def test_ratio_one_runs_every_target_dense(tmp_path):
     assert {r["rank"] for r in report["layers"].values()} == {"dense"}, report["layers"]
 
 
+@pytest.mark.parametrize("cfg", [{"ratio": 1.0}, {"multiple": 200},
+                                 {"allocation": "per_role", "ratios": {"attention": 1.0, "mlp": 1.0},
+                                  "targets": ["attention", "mlp"]}])
+def test_a_pass_whose_known_ranks_keep_every_target_dense_skips_calibration(tmp_path, monkeypatch, capsys, cfg):
+    """T3: ratio 1 (or multiple 200) on the toy calibrated every block (86 s) to write the teacher back. Ranks
+    known before calibration all dense: no calibration input read, no block calibrated; every record dense,
+    with no loss (none measured), the teacher's weights untouched."""
+    import torch
+
+    from compress.calib import BlockCalibration
+    from tests.passes.svd_helpers import MAKERS, context
+
+    monkeypatch.setattr(BlockCalibration, "__init__", lambda *a, **k: pytest.fail("calibrated"))
+    model = MAKERS["pixart"]()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ctx = context(model, tmp_path)
+    ctx.calibration_inputs = lambda: pytest.fail("calibration inputs read")
+    SVDPass(SVDConfig(**{"multiple": 2, "modulation_grid": 4, "progress": False, **cfg})).run(model, ctx)
+    report = ctx.report["svd"]
+    assert "calibration skipped" in capsys.readouterr().err
+    assert {r["rank"] for r in report["layers"].values()} == {"dense"}, report["layers"]
+    assert not any("loss" in r for r in report["layers"].values()), report["layers"]
+    assert report["params_after"] == report["params_before"] and report["kept_ratio"] == 1.0
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
 @pytest.mark.parametrize("ranks, hinted", [("{modulation:8}", True), ("{'re:norm:8': 0}", False),
                                            ("{modulation: null}", False)])
 def test_a_ranks_flow_map_without_a_space_after_the_colon_is_hinted(ranks, hinted):
