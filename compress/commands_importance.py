@@ -145,7 +145,7 @@ def _recipe_teacher(recipe: Path) -> str | None:
     import yaml
 
     try:
-        data = yaml.safe_load(recipe.read_text())
+        data = yaml.safe_load(recipe.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return None
     return str(data.get("teacher") or "") if isinstance(data, dict) else None

@@ -74,8 +74,8 @@ def lora(args) -> int:
         raise hub
     model = load_transformer(source)
     dtype = _recorded_dtype(source)  # a damaged record said before the merge
-    files = {name: (source / name).read_text() for name in ("recipe.yaml", "report.json", "block_map.json", "README.md")
-             if (source / name).is_file()}
+    files = {name: (source / name).read_text(encoding="utf-8")
+             for name in ("recipe.yaml", "report.json", "block_map.json", "README.md") if (source / name).is_file()}
     done = merge_lora(model, args.lora, scale=args.scale, teacher=args.teacher, teacher_config=args.teacher_config)
     base = done.get("blocks_of")
     recorded = model.compression_meta["loras"][-1]["source"]  # absolute where local, as config.json records it

@@ -183,7 +183,7 @@ def teacher_sample_cache(ctx, num_samples: int, steps: int, shard_size: int, acc
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (folder / "complete.json").write_text(json.dumps({"num_samples": num_samples, "steps": steps,
-                                                          "samples": sum(sizes)}))
+                                                          "samples": sum(sizes)}), encoding="utf-8")
     accelerator.wait_for_everyone()
     return folder
 
@@ -222,7 +222,7 @@ def _write_about(folder: Path, fingerprint: str, num_samples: int, steps: int, s
     about = {"fingerprint": fingerprint, "num_samples": num_samples, "sample_steps": steps,
              "batch_size": shard_size, "guidance_scale": guidance_scale, "shards": shards}
     tmp = folder / (SAMPLES_ABOUT + ".tmp")
-    tmp.write_text(json.dumps(about, sort_keys=True))
+    tmp.write_text(json.dumps(about, sort_keys=True), encoding="utf-8")
     tmp.replace(folder / SAMPLES_ABOUT)
 
 

@@ -322,7 +322,7 @@ def write_curves(history: list[dict], csv_path: Path, png_path: Path | None = No
     """history: one dict per step with CURVE_COLUMNS. Writes the CSV, and a log-scale PNG of the terms."""
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = csv_path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=CURVE_COLUMNS)
         writer.writeheader()
         for row in history:
@@ -356,7 +356,7 @@ def _plot(history: list[dict], png_path: Path) -> None:
 
 
 def read_curves(csv_path: Path) -> list[dict]:
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8") as f:
         return [{k: float(v) if v not in ("", None) else None for k, v in row.items()}
                 for row in csv.DictReader(f)]
 

@@ -332,8 +332,8 @@ def _name_shards(folder: Path, shards: list, total: int) -> None:
         final = SHARD.format(i + 1, len(shards))
         tmp_name.rename(folder / final)
         weight_map.update(dict.fromkeys(keys, final))
-    (folder / INDEX).write_text(json.dumps({"metadata": {"total_size": total},
-                                            "weight_map": dict(sorted(weight_map.items()))}, indent=2) + "\n")
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (folder / INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 
 
 def _check_tensor(path: Path, key: str, tensor: torch.Tensor, expected: dict, seen: set) -> None:

@@ -187,9 +187,9 @@ def header_metadata(config: dict) -> dict[str, str]:
 
 
 def write_texts(folder: Path, config: dict, files: dict[str, str] | None) -> None:
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     for name, text in (files or {}).items():
-        (folder / name).write_text(text)
+        (folder / name).write_text(text, encoding="utf-8")
 
 
 def canonical_header(path: Path) -> None:

@@ -24,7 +24,7 @@ def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
         return None
     repo = cache_folder(repo_id)
     ref = repo / "refs" / (revision or "main")
-    snapshot = repo / "snapshots" / (ref.read_text().strip() if ref.is_file() else revision or "main")
+    snapshot = repo / "snapshots" / (ref.read_text(encoding="utf-8").strip() if ref.is_file() else revision or "main")
     return snapshot if holds_files(snapshot) else None
 
 
@@ -37,7 +37,7 @@ def holds_files(snapshot: Path) -> bool:
 def main_commit(repo_id: str) -> str | None:
     """The commit the cache's refs/main of the Hub id `repo_id` names; None where it names none."""
     ref = cache_folder(repo_id) / "refs" / "main" if id_problem(repo_id) is None else None
-    return ref.read_text().strip() if ref is not None and ref.is_file() else None
+    return ref.read_text(encoding="utf-8").strip() if ref is not None and ref.is_file() else None
 
 
 def cache_folder(repo_id: str) -> Path:
@@ -98,7 +98,7 @@ def named_snapshots(repo: Path, snapshots: list[Path], as_what: str = LOCAL) -> 
     """'the snapshot P (v1) (pass a snapshot folder as AS_WHAT)': the snapshots of the repo's cache
     folder `repo` (two named, the refs that name them beside them); `as_what`: where a snapshot
     folder goes (a teacher's: 'a local one'; a pipeline's: 'calibration.pipeline')."""
-    refs = {f.read_text().strip(): f.relative_to(repo / "refs").as_posix()
+    refs = {f.read_text(encoding="utf-8").strip(): f.relative_to(repo / "refs").as_posix()
             for f in (repo / "refs").rglob("*") if f.is_file()}
     named = [f"{p} ({refs[p.name]})" if p.name in refs else str(p) for p in snapshots]
     return (f"{'the snapshot' if len(named) == 1 else 'the snapshots'} {', '.join(named[:2])}"

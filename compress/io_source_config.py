@@ -92,7 +92,8 @@ class TeacherSource:
             return self._transformer_config(config, file)
         if self.source in KNOWN_CONFIGS:
             self._note_not_fetched()
-            return json.loads(resources.files("compress.configs").joinpath(KNOWN_CONFIGS[self.source]).read_text())
+            known = resources.files("compress.configs").joinpath(KNOWN_CONFIGS[self.source])
+            return json.loads(known.read_text(encoding="utf-8"))
         if self.hub:
             return hub_config(self.source)
         from compress.io_hub import cache_only, cached_config, hub_cache

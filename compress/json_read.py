@@ -28,5 +28,5 @@ def parse(text: str | bytes):
 
 
 def read(path: Path):
-    """The JSON of the file `path` (its text read as Path.read_text reads it): `parse`."""
-    return parse(Path(path).read_text())
+    """The JSON of the file `path` (its text read as UTF-8): `parse`."""
+    return parse(Path(path).read_text(encoding="utf-8"))

@@ -65,6 +65,6 @@ def machine_swap() -> int:
 
 def _read_int(path: str) -> int | None:
     try:
-        return int(Path(path).read_text().strip())
+        return int(Path(path).read_text(encoding="utf-8").strip())
     except (OSError, ValueError):  # absent, or "max" (no limit)
         return None

@@ -253,7 +253,8 @@ def recorded_pipeline(chain: list[str]) -> tuple[str, str] | None:
         if link.startswith("toy:") or not (path / "recipe.yaml").is_file() or not is_output(path):
             continue
         try:
-            calibration = (yaml.safe_load((path / "recipe.yaml").read_text()) or {}).get("calibration") or {}
+            recipe = yaml.safe_load((path / "recipe.yaml").read_text(encoding="utf-8")) or {}
+            calibration = recipe.get("calibration") or {}
             pipeline = calibration.get("pipeline")
         except (OSError, ValueError, yaml.YAMLError, AttributeError):
             continue  # a damaged recipe.yaml says nothing

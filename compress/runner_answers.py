@@ -74,7 +74,7 @@ def answer(run_dir: Path, main: str, **how) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(record) + "\n")
+        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
         tmp.replace(path)
     except OSError:
         pass

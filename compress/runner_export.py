@@ -143,4 +143,5 @@ def mark_finished(run_dir: Path, out: Path) -> None:
     """stages/FINISHED: a run folder from now on started over without --resume."""
     if is_main_process():
         (run_dir / "stages").mkdir(parents=True, exist_ok=True)
-        (run_dir / "stages" / FINISHED).write_text(json.dumps({**WRITTEN_BY, "out": str(out.resolve())}) + "\n")
+        finished = json.dumps({**WRITTEN_BY, "out": str(out.resolve())}) + "\n"
+        (run_dir / "stages" / FINISHED).write_text(finished, encoding="utf-8")

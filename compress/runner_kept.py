@@ -166,7 +166,7 @@ def mark_read_by(cache: Path, i: int, specs: list | None = None) -> None:
         reader = {"pass": i, "specs": json.loads(json.dumps(specs, default=str))} if specs is not None else None
         if reader is not None and reader not in readers:
             readers.append(reader)
-        (cache / READ_BY).write_text(json.dumps({"pass": i, "readers": readers}, default=str) + "\n")
+        (cache / READ_BY).write_text(json.dumps({"pass": i, "readers": readers}, default=str) + "\n", encoding="utf-8")
     except OSError:
         pass
 

@@ -40,9 +40,9 @@ def write_record(run_dir: Path, i: int, state: dict, student, loader) -> None:
     save_pieces(tmp / TOP, top)
     where = {k: str(Path(p).resolve()) for k, p in loader.files.items() if k.startswith(blocks)}
     index = {"weight_map": {**dict.fromkeys(top, TOP), **where}, "stored": loader.stored}
-    (tmp / INDEX).write_text(json.dumps(index))
+    (tmp / INDEX).write_text(json.dumps(index), encoding="utf-8")
     write_texts(tmp, compressed_config(student, None, None), None)
-    (tmp / RECORD).write_text(json.dumps(dict(state, **{"pass": i}), default=str))
+    (tmp / RECORD).write_text(json.dumps(dict(state, **{"pass": i}), default=str), encoding="utf-8")
     os.replace(tmp, folder)
 
 
@@ -74,7 +74,7 @@ def restore_student(run_dir: Path, models):
     `restore` holds a stage's, with the record's names of the tensors stored under other names in
     their files (CheckpointBlocks.stored: blocks a removal renumbered)."""
     folder = Path(run_dir) / PENDING
-    stored = json.loads((folder / INDEX).read_text()).get("stored") or {}
+    stored = json.loads((folder / INDEX).read_text(encoding="utf-8")).get("stored") or {}
     return models.restore(folder, stored=stored)
 
 

@@ -172,7 +172,7 @@ def hand_off(run_dir: Path, pass_index: int | None, stage: Path | None, about: d
 def _write(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{HANDOFF}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, default=str) + "\n")
+    tmp.write_text(json.dumps(record, default=str) + "\n", encoding="utf-8")
     tmp.replace(path)
 
 

@@ -56,7 +56,7 @@ def record_run(runner, before: dict | None = None) -> None:
     if getattr(runner, "calibration_keys", None):  # what a refusal names (runner_measured.calibration_change)
         record[CALIBRATED] = runner.calibration_keys
     text = json.dumps(record, default=str) + "\n"  # (the recipe as a stage's state.json holds it)
-    write_atomically(stages / RUN_RECORD, lambda tmp: tmp.write_text(text))
+    write_atomically(stages / RUN_RECORD, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def resumable(runner) -> tuple[list, int | None, list]:
@@ -149,7 +149,7 @@ def save_state(runner, i: int) -> None:
         return
     d = stage_dir(runner, i)
     tmp = d / "state.json.tmp"
-    tmp.write_text(json.dumps(_state(runner), default=str))
+    tmp.write_text(json.dumps(_state(runner), default=str), encoding="utf-8")
     tmp.replace(d / "state.json")
 
 

@@ -341,7 +341,7 @@ def save_streamed(model: nn.Module, loader: CheckpointBlocks, out, dtype: torch.
             total += sum(v.numel() * v.element_size() for v in tensors.values())
             del tensors
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
         write_texts(tmp, config, files)
     return Path(out)
 

@@ -143,7 +143,7 @@ def keep_past(aside: Path, fingerprint: str) -> list[Path]:
             remove_whole(old)
             continue
         if by is None:
-            (old / KEPT_PAST).write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+            (old / KEPT_PAST).write_text(json.dumps({"fingerprint": fingerprint}) + "\n", encoding="utf-8")
         kept.append(old)
     if aside.is_dir() and not any(aside.iterdir()):
         aside.rmdir()

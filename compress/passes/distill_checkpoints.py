@@ -90,7 +90,7 @@ class Checkpoints:
         if acc.is_main_process:
             (tmp / "meta.json").write_text(json.dumps({"fingerprint": self._fingerprint(), "step": self.step,
                                                        "processes": acc.num_processes,
-                                                       "settings": self._settings()}, default=str))
+                                                       "settings": self._settings()}, default=str), encoding="utf-8")
             remove_whole(final)
             tmp.replace(final)
             for old in sorted(root.glob("step-*"))[:-max(1, self.cfg.keep_checkpoints)]:

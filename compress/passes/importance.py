@@ -229,7 +229,7 @@ def spearman(blocks: list[BlockScore]) -> float:
 # ---- files --------------------------------------------------------------------------------------
 def save_json(result: ImportanceResult, path) -> Path:
     text = json.dumps(result.to_dict(), indent=2) + "\n"
-    return write_atomically(path, lambda tmp: tmp.write_text(text))
+    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_atomically(path, write) -> Path:
@@ -254,7 +254,7 @@ def write_atomically(path, write) -> Path:
 
 
 def load_json(path) -> ImportanceResult:
-    return ImportanceResult.from_dict(json.loads(Path(path).read_text()))
+    return ImportanceResult.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 def _swap(x, old, new):

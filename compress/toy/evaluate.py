@@ -280,7 +280,8 @@ def unguided_run_note(out, result: dict) -> str | None:
     if "guided_error" not in result:
         return None
     try:
-        calibration = (yaml.safe_load((Path(out) / "recipe.yaml").read_text()) or {}).get("calibration") or {}
+        recipe = yaml.safe_load((Path(out) / "recipe.yaml").read_text(encoding="utf-8")) or {}
+        calibration = recipe.get("calibration") or {}
     except (OSError, ValueError, yaml.YAMLError, AttributeError):
         return None
     if not isinstance(calibration, dict) or calibration.get("cfg_branches") is not False:

@@ -46,7 +46,7 @@ def _checksums(folder: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     try:
-        return dict(json.loads(path.read_text()))
+        return dict(json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exc:
         raise UserError(f"toy checksum file is corrupted: {path} ({exc}) (reinstall dit-compress)") from None
 
@@ -66,7 +66,8 @@ def _record_checksum(path: Path) -> None:
     """Write `path`'s SHA-256 into its folder's checksums.json (created if missing)."""
     listed = _checksums(path.parent)
     listed[path.name] = file_sha256(path)
-    (path.parent / CHECKSUMS_FILE).write_text(json.dumps(dict(sorted(listed.items())), indent=1) + "\n")
+    checksums = json.dumps(dict(sorted(listed.items())), indent=1) + "\n"
+    (path.parent / CHECKSUMS_FILE).write_text(checksums, encoding="utf-8")
 
 
 def check_toy_name(family: str) -> None:
@@ -106,7 +107,7 @@ def _read_config(path: Path) -> dict:
         raise UserError(f"toy config file missing: {path} (reinstall dit-compress)")
     verify_checksum(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"toy config file is corrupted: {path} ({exc})") from None
 
@@ -179,7 +180,7 @@ def save_toy_teacher(model, family: str, out_dir: str | Path, objective: str = "
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{family}.json").write_text(model.to_json_string())
+    (out / f"{family}.json").write_text(model.to_json_string(), encoding="utf-8")
     state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / f"{family}.safetensors"),
               metadata={"family": family, "format": "dit-compress-toy", "objective": objective})
