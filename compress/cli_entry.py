@@ -17,10 +17,16 @@ ignored, and stays so): before, one while the CLI or a command's imports loaded 
 without a word. The status is the stopping signal's, 128 + its number, as a shell reports a process it
 killed (interrupts.stop_status): 130 for a Ctrl-C, 143 for SIGTERM, 129 for SIGHUP, also where the
 terminal that sent the SIGHUP has gone and what the stop said there failed (EIO).
-Nothing else is imported here but compress.interrupts (signal, threading, time) and _thread, and `import compress`
-does not import this module."""
+Stdout never fails to encode what a command prints (the project's … × λ Δ → − – Σ, a path's é): where it
+is not UTF-8 (LC_ALL=C PYTHONUTF8=0, a Latin-1 locale, PYTHONIOENCODING=ascii) or its errors are strict,
+a character it cannot encode is written as a backslash escape ('128\\xd7128'), as Python writes stderr
+(`_stdout_never_fails_to_encode`): before, plan, inspect, bench and --help ended with a traceback there,
+and a finished run's last line ('wrote OUT') failed it.
+Nothing else is imported here but compress.interrupts (signal, threading, time), codecs and _thread, and
+`import compress` does not import this module."""
 
 import atexit
+import codecs
 import os
 import signal
 import sys
@@ -33,6 +39,7 @@ _QUIET_EXITS = []  # the SIGINT handler _exit_quietly_on_interrupt installed, wh
 
 
 def main() -> int:
+    _stdout_never_fails_to_encode()
     try:
         _sigterm_as_interrupt()
         _no_ctrl_c_lost_in_finalizers()
@@ -49,6 +56,20 @@ def main() -> int:
         code = stop_status()
     _exit_quietly_on_interrupt(code)
     return code
+
+
+def _stdout_never_fails_to_encode() -> None:
+    """sys.stdout's errors 'backslashreplace' (stderr's) unless it is UTF-8 with errors already lenient
+    (Python's UTF-8 mode: surrogateescape, which writes a path's undecodable bytes back as they were)."""
+    out = sys.stdout
+    if not hasattr(out, "reconfigure") or not getattr(out, "encoding", None):  # replaced by a caller: theirs
+        return
+    try:
+        utf8 = codecs.lookup(out.encoding).name == "utf-8"
+    except LookupError:
+        utf8 = False
+    if not utf8 or out.errors == "strict":
+        out.reconfigure(errors="backslashreplace")
 
 
 def _unheard() -> None:

@@ -1,6 +1,6 @@
 """The console script of pyproject.toml: a Ctrl-C from its first call on is one line and status 130
 (a SIGTERM 143, a SIGHUP 129), never a traceback (one while `compress.cli` or argparse was imported,
-or the parser built, printed a traceback)."""
+or the parser built, printed a traceback); and what it prints never fails to encode on stdout."""
 
 import os
 import re
@@ -50,10 +50,10 @@ def console_script(before: str = "", after: str = "") -> str:
     return CONSOLE_SCRIPT.format(before=before, after=after, module=module, function=function)
 
 
-def _started(tmp_path, script: str) -> subprocess.Popen:
-    """`script` run in tmp_path on this `compress` (the one the tests import)."""
+def _started(tmp_path, script: str, **more_env: str) -> subprocess.Popen:
+    """`script` run in tmp_path on this `compress` (the one the tests import), its environment with `more_env`."""
     here = str(Path(compress.__file__).parents[1])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])), **more_env)
     return subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_as_from_a_terminal)
 
@@ -250,3 +250,44 @@ def test_a_ctrl_c_that_lands_in_a_finalizer_still_stops_the_command(tmp_path, st
     done = _started(tmp_path, IN_A_FINALIZER.format(stop=stop))
     out, err = done.communicate(timeout=300)
     assert (done.returncode, out, err.strip()) == (status, "", "dit-compress: interrupted")
+
+
+# stdout ASCII, the locale C without UTF-8 mode (a Latin-1 locale fails alike on the project's … × λ Δ → − – Σ)
+ASCII_STDOUT = {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": "ascii"}
+AS_PYTHON_M_COMPRESS = """\
+import runpy, sys
+sys.argv[1:] = {argv!r}
+runpy.run_module("compress", run_name="__main__", alter_sys=True)  # as python -m does
+"""
+LAST_LINE = """\
+import sys
+import compress.cli
+from compress.report import results
+
+
+def command():
+    results.print("wrote out/sortie \\xe9 (0.889\\xd7 the teacher)")
+    return 0
+
+
+compress.cli.main = command
+from compress.cli_entry import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("argv", [["plan", "toy-pixart"], ["--help"], ["convert", "--help"]])
+def test_what_a_command_prints_never_fails_to_encode_on_an_ascii_stdout(tmp_path, argv):
+    """plan (its svd line's …) and the --help pages (PixArt-\u03a3) ended with a UnicodeEncodeError traceback
+    (status 1) where stdout could not encode them; a character it cannot is a backslash escape now."""
+    done = _started(tmp_path, AS_PYTHON_M_COMPRESS.format(argv=argv), **ASCII_STDOUT)
+    out, err = done.communicate(timeout=300)
+    assert (done.returncode, "Traceback" in err) == (0, False), err
+    assert out.isascii() and "\\u" in out  # the project's characters were there, escaped
+
+
+def test_a_finished_runs_last_line_that_stdout_cannot_encode_is_no_failure(tmp_path):
+    """'wrote out/sortie \u00e9' on an ASCII stdout: a traceback and status 1 for an output that was complete."""
+    done = _started(tmp_path, LAST_LINE, **ASCII_STDOUT)
+    out, err = done.communicate(timeout=300)
+    assert (done.returncode, out, err) == (0, "wrote out/sortie \\xe9 (0.889\\xd7 the teacher)\n", "")
