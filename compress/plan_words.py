@@ -149,7 +149,8 @@ def print_plan(plan: dict) -> None:
         rows.append([role, f"{n:,}", f"{bound}{after:,}", f"{bound}{after / n:.1%}"])
     columns = [("role", "left"), ("before", "right"), ("after (planned)", "right"), ("ratio", "right")]
     print_fitted(results, fitted_rows("parameters by role (linears)", None, columns, rows, results.width,
-                                      ("before", "after (planned)"), JSON_OR_WIDER, whole_names=True))
+                                      ("before", "after (planned)"), JSON_OR_WIDER, whole_names=True,
+                                      piped=lines_width(results) is None))
     for line in [ROLE_BASE, *_role_notes(plan, open_roles)]:  # (the base as a line: whole piped, for grep)
         _say(line)
     _say(total_words(plan))

@@ -90,15 +90,17 @@ def fitted_table(title: str, caption: str | None, columns: list[tuple[str, str]]
 
 def fitted_rows(title: str, caption: str | None, columns: list[tuple[str, str]], rows: list[list[str]],
                 width: int | None, drop: tuple[str, ...], where: str, whole_names: bool = False, key: int = 0,
-                said: Callable[[list[str]], str] | None = None) -> list:
+                said: Callable[[list[str]], str] | None = None, piped: bool = False) -> list:
     """What to print of a table (its names the column at `key`) on a `width`-column terminal:
     [fitted_table], or where even its least is wider (rich would cut its names, numbers and headers)
-    row_lines, each row's name first."""
+    row_lines, each row's name first; `piped` (lines_width None: COLUMNS set off a terminal), those
+    lines whole, for grep."""
     table = fitted_table(title, caption, columns, rows, width, drop, where, key, said, whole_names)
     if width is None or table_width(table) <= width:
         return [table]
     order = [key, *(j for j in range(len(columns)) if j != key)]
-    return row_lines(title, caption, [columns[j] for j in order], [[row[j] for j in order] for row in rows], width)
+    return row_lines(title, caption, [columns[j] for j in order], [[row[j] for j in order] for row in rows],
+                     None if piped else width)
 
 
 def printable(items: list) -> Table | Group:

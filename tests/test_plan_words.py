@@ -218,6 +218,7 @@ def _role_table(plan: dict, width: int, capsys, monkeypatch) -> str:
     from compress.report import results
 
     monkeypatch.setattr(results, "_width", width)
+    monkeypatch.setattr(results, "_force_terminal", True)  # (piped, the lines are whole: a pipe's test below)
     print_plan(plan)
     printed = capsys.readouterr().out
     return printed[printed.index("parameters by role"):printed.index("\nratio: after")]
@@ -323,6 +324,21 @@ def test_a_piped_plan_keeps_the_role_table_s_base_whole(toy_plans, name, capsys,
     at = next(k for k, line in enumerate(narrow) if line.startswith("ratio: after / before"))
     assert " ".join(" ".join(narrow[at:at + 4]).split()).startswith(ROLE_BASE)
     assert all(len(line) <= 40 for line in narrow[at:at + 4])
+
+
+@pytest.mark.parametrize("name", ["toy-pixart", "toy-flux"])
+def test_a_piped_plan_keeps_each_roles_line_whole_at_any_width(toy_plans, name, capsys, monkeypatch):
+    """T2 stop 54: `COLUMNS=20 dit-compress plan R | cat` broke the role table's lines (where even its
+    least does not fit: a line per role) at the width, 'attention:' on one line and its numbers on the
+    next ('parameters by role' / '(linears)'), so `grep attention:` lost them; piped, they are whole now."""
+    plan = toy_plans[name]
+    piped = _printed_plan(plan, 20, capsys, monkeypatch, terminal=False).splitlines()
+    assert "parameters by role (linears)" in piped
+    for role in plan["by_role_before"]:
+        line = next(line for line in piped if line.startswith(f"{role}: "))
+        assert line.startswith(f"{role}: before {plan['by_role_before'][role]:,}, after (planned) ") and "ratio" in line
+    terminal = _printed_plan(plan, 20, capsys, monkeypatch).splitlines()  # a terminal's still fit it
+    assert all(len(line) <= 20 for line in terminal[terminal.index("parameters by role"):][:8]), terminal
 
 
 @pytest.mark.parametrize("name", ["toy-pixart", "toy-flux"])
