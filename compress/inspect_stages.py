@@ -39,17 +39,17 @@ def stages_record(report: dict) -> dict | None:
     return {"teacher": {"source": report.get("teacher"), "params": teacher}, "passes": passes}
 
 
-def stage_lines(report: dict, width: int | None) -> list:
+def stage_lines(report: dict, width: int | None, piped: bool = False) -> list:
     """What inspect prints of the stages: their table fitted to `width` (the chain's base column only where
     a pass recorded an error against it), or where even its least does not fit (under 30 columns: rich
     would cut its names, numbers and headers) a line per stage broken at its spaces to the width
-    (report_fit.fitted_rows); then which weights the errors are of (the card's export words); [] where
+    (report_fit.fitted_rows; `piped`: each line whole); then which weights the errors are of (the card's export words); [] where
     report.json records no stage."""
     record = stages_record(report)
     if not record or not record["passes"]:
         return []
     columns, rows, caption = stages_cells(record, report.get("heldout"))
-    return [*fitted_rows(TITLE, caption, columns, rows, width, LEFT_OUT_FIRST, JSON_OR_WIDER),
+    return [*fitted_rows(TITLE, caption, columns, rows, width, LEFT_OUT_FIRST, JSON_OR_WIDER, piped=piped),
             *export_lines(report)[1:]]
 
 

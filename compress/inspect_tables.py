@@ -28,7 +28,8 @@ def _measured(row: dict) -> bool:
     return any(cell(row) != "-" for _, _, cell in QUALITY_COLUMNS)
 
 
-def inspect_tables(rows: list[dict], width: int, title: str, teacher: dict[str, str], svd_passes: int = 1) -> list:
+def inspect_tables(rows: list[dict], width: int, title: str, teacher: dict[str, str], svd_passes: int = 1,
+                   piped: bool = False) -> list:
     """The per-layer table as one table when `width` columns show it whole, else as two: the rank
     budget of every layer, and the loss, optimum, error and time of the layers the svd pass
     measured (no second table, nor its columns, where it measured none). Names too long for the
@@ -37,10 +38,11 @@ def inspect_tables(rows: list[dict], width: int, title: str, teacher: dict[str, 
     Where even a table at its least is wider than `width` (rich would cut its names and numbers): a line
     per layer (layer_lines)."""
     return [fitted_annotations(t, width) if isinstance(t, Table) else t
-            for t in _tables(rows, width, title, teacher, svd_passes)]
+            for t in _tables(rows, width, title, teacher, svd_passes, piped)]
 
 
-def _tables(rows: list[dict], width: int, title: str, teacher: dict[str, str], svd_passes: int = 1) -> list:
+def _tables(rows: list[dict], width: int, title: str, teacher: dict[str, str], svd_passes: int = 1,
+            piped: bool = False) -> list:
     """inspect_tables' tables (or lines), their titles and captions as they are; the second table's title
     names the svd pass's targets, or the svd passes' where the output had several (`svd_passes`)."""
     measured = [r for r in rows if _measured(r)]
@@ -55,7 +57,8 @@ def _tables(rows: list[dict], width: int, title: str, teacher: dict[str, str], s
                                teacher)]
     if all(table_width(t) <= width for t in tables):
         return tables
-    return layer_lines(rows, title, BUDGET_COLUMNS + (QUALITY_COLUMNS if measured else ()), width, teacher)
+    return layer_lines(rows, title, BUDGET_COLUMNS + (QUALITY_COLUMNS if measured else ()), None if piped else width,
+                       teacher)
 
 
 def targets_of(svd_passes: int) -> str:
@@ -63,14 +66,15 @@ def targets_of(svd_passes: int) -> str:
     return "the svd passes' targets" if svd_passes > 1 else "the svd pass's targets"
 
 
-def layer_lines(rows: list[dict], title: str, columns, width: int, teacher: dict[str, str]) -> list[str]:
-    """The per-layer table as lines broken at spaces to `width` (report_fit.row_line): `title`, each
-    block's name (its teacher index beside it), then each layer's, indented, with each column's header
-    and cell ('  attn.to_q: role attention, shape 32×32, rank 8, ...', a cell '-' left out)."""
+def layer_lines(rows: list[dict], title: str, columns, width: int | None, teacher: dict[str, str]) -> list[str]:
+    """The per-layer table as lines broken at spaces to `width` (report_fit.row_line; None, piped: each
+    line whole, for grep): `title`, each block's name (its teacher index beside it), then each layer's,
+    indented, with each column's header and cell ('  attn.to_q: role attention, shape 32×32, rank 8, ...',
+    a cell '-' left out)."""
     lines = wrapped(title, width)
     for name, note, r in _entries(rows, teacher):
         if r is None:
-            lines += with_note(fold(name, width), note, width).split("\n")
+            lines += with_note(fold(name, width), note, width).split("\n") if width else [f"{name} {note}".rstrip()]
         else:
             lines += row_line(name, [h for h, _, _ in columns], [cell(r) for _, _, cell in columns], width)
     return lines

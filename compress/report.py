@@ -152,11 +152,11 @@ OF_DENSE = {"role": ("of dense: params / the same layers of this student held de
             "block": "of dense: params / the same block of this student held dense"}
 
 
-def summary_table(rows: list[dict], key: str, title: str, width: int | None = None) -> list:
+def summary_table(rows: list[dict], key: str, title: str, width: int | None = None, piped: bool = False) -> list:
     """inspect's table by `key` (role, block, the top level last): layers factorized, kept params, and their share of the
     student's own dense size (`OF_DENSE`, the caption that says so), as [the table] or lines
     (report_fit.fitted_rows). `width`: the terminal's; a table wider than it keeps its names and numbers
-    whole and leaves out factorized, then params; where even that is wider, a line per row."""
+    whole and leaves out factorized, then params; where even that is wider, a line per row (`piped`: whole)."""
     from compress.report_fit import fitted_rows
 
     agg = defaultdict(lambda: [0, 0, 0])
@@ -169,7 +169,8 @@ def summary_table(rows: list[dict], key: str, title: str, width: int | None = No
     cells = [["top level" if key == "block" and k == "-" else str(k),  # linears outside the blocks
               str(n), _fmt_int(kept), f"{kept / dense:.1%}"] for k, (kept, dense, n) in order]
     columns = [(key, "left"), ("factorized", "right"), ("params", "right"), ("of dense", "right")]
-    return fitted_rows(title, OF_DENSE.get(key), columns, cells, width, ("factorized", "params"), "in a wider terminal")
+    return fitted_rows(title, OF_DENSE.get(key), columns, cells, width, ("factorized", "params"), "in a wider terminal",
+                       piped=piped)
 
 
 def to_json(data) -> str:

@@ -131,6 +131,7 @@ def test_a_terminal_under_the_least_table_shows_a_line_per_stage(tmp_path, capsy
     from compress.report import results
 
     monkeypatch.setattr(results, "_width", width)
+    monkeypatch.setattr(results, "_force_terminal", True)  # a terminal's (piped, each line whole: test_inspect_tables)
     printed = _inspected(tmp_path, capsys, REPORT)
     said = printed[printed.index("stages: "):printed.index("the teacher: out/a")].splitlines()
     assert "…" not in "\n".join(said) and not any(line[:1] in "┏┃┡│└" for line in said)

@@ -304,3 +304,20 @@ def test_the_factorization_tables_title_counts_the_svd_passes():
                           (2, "out: factorization (the svd passes' targets)")):
         text = " ".join(_rendered(inspect_tables(_rows(), whole - 1, "out", {}, passes), whole - 1).split())
         assert words in text, text
+
+
+def test_a_piped_inspect_keeps_each_row_line_whole_whatever_columns_says(tmp_path, capsys, monkeypatch):
+    """F5 stop 54 (after plan's, f9688ea): `COLUMNS=20 dit-compress inspect out | grep attention` got
+    'attention:' without its numbers: where even a table's least is wider than COLUMNS, inspect's per-layer,
+    by-role, by-block and stages lines were broken at that width off a terminal too. Piped, each is whole now;
+    a 20-column terminal still breaks them."""
+    _noted_output(tmp_path, monkeypatch)
+    piped = _inspected(capsys, monkeypatch, 20, terminal=False)
+    assert "  attn1.to_q: role attention, shape 16×16, rank 2, params 80, kept 29%, energy 0.9000, loss 1.00e+00, " \
+           "optimal 1.00e+00, loss/opt 1.000000, time 0.50s" in piped
+    assert "transformer_blocks.1 (teacher 2)" in piped
+    assert any(line.startswith("attention: factorized 1, params ") and line.endswith("of dense 91.2%") for line in piped)
+    assert "transformer_blocks.1 (teacher 2): factorized 0, params 4,400, of dense 100.0%" in piped
+    assert "svd: params 60,000, of teacher 60.0%, teacher-relative error 0.1000" in piped
+    terminal = _inspected(capsys, monkeypatch, 20)
+    assert "attention:" in terminal and "  attn1.to_q:" in terminal  # their cells on the lines below
