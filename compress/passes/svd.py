@@ -40,7 +40,6 @@ import torch
 from torch import nn
 
 from compress.alloc import DENSE, energy_rank
-from compress.linalg_params import params_dense
 from compress.arch.base import Adapter, LinearInfo
 from compress.calib import BlockCalibration, model_digest
 from compress.calib_stats import Stats, StatsCache
@@ -65,7 +64,7 @@ from compress.passes.svd_fisher_measure import FisherMeasurement
 from compress.passes.svd_fisher_roots import Roots
 from compress.passes.svd_objective import PARTS, guide_for, objective_of, pass_guidance
 from compress.passes.svd_global import GlobalAllocation
-from compress.passes.svd_layer import replace_linear
+from compress.passes.svd_layer import dense_record, replace_linear
 from compress.passes.svd_notes import (allocated_note, dense_ranks_note, floored_note, no_saving_rank_note,
                                        unchanged_note, whole_budget_note)
 from compress.passes.svd_planned import mark_planned, planned_notes
@@ -260,10 +259,7 @@ class SVDPass(GlobalAllocation, FisherMeasurement, Pass):
         """Every target kept dense without calibration (`_all_dense_before_calibration`): each one's record
         says so, with no loss measured (none was), and the pass's summary is theirs."""
         console.print(f"  every one of its {len(targets)} targets stays dense at its ranks: calibration skipped")
-        records = {i.name: dict(role=i.role, shape=[i.out_features, i.in_features], method=self.config.method,
-                                params_dense=(p := params_dense(i.out_features, i.in_features, i.bias)), rank="dense", kept_params=p,
-                                note="rank would not save parameters: kept dense (not calibrated)", time_s=0.0)
-                   for i in targets}
+        records = {i.name: dense_record(i, self.config.method, i.bias, 0.0, " (not calibrated)") for i in targets}
         this = dict(summary(records, self.config), targets=len(records), cache_hits=[], fused_gelu=[],
                     compensation={}, sequential=False, calibrated=False)
         merge_report(report, this, records, self.config)

@@ -123,9 +123,7 @@ def compress_layer(model: nn.Module, info: LinearInfo, stats: Stats, *, method: 
     record = dict(role=info.role, shape=[info.out_features, info.in_features], method=method,
                   params_dense=params_dense(info.out_features, info.in_features, bias))
     if rank is None:
-        return dict(record, rank="dense", kept_params=record["params_dense"],
-                    note="rank would not save parameters: kept dense",
-                    time_s=round(time.perf_counter() - start, 4))
+        return dense_record(info, method, bias, round(time.perf_counter() - start, 4))
     fac = factors_from(dec, m.weight, rank, name=info.name)
     whitened = dec if method == "whitened" else decompose_layer(m, "whitened", alpha, info.name)
     loss, optimal = _clamped(measured_loss(m, fac.up, fac.down), m.energy), float(whitened.curve[rank])
@@ -287,3 +285,11 @@ def swapped_weight(model: nn.Module, name: str, approx: torch.Tensor, bias_shift
             module.weight.data = saved
             module.bias = saved_bias
     return ctx()
+
+
+def dense_record(info, method: str, bias: bool, time_s: float, why: str = "") -> dict:
+    """The record of a target kept dense, its rank saving no parameters (`why`: ' (not calibrated)' where
+    the pass skipped calibration, svd.SVDPass._left_dense)."""
+    dense = params_dense(info.out_features, info.in_features, bias)
+    return dict(role=info.role, shape=[info.out_features, info.in_features], method=method, params_dense=dense,
+                rank="dense", kept_params=dense, note=f"rank would not save parameters: kept dense{why}", time_s=time_s)
