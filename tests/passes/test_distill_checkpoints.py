@@ -281,8 +281,8 @@ def test_a_train_state_written_on_cuda_is_read_onto_the_cpu(tmp_path, monkeypatc
     on a CUDA device' read as damage ('distill: checkpoint ... is damaged (RuntimeError: Attempting to
     deserialize object on a CUDA device ...), as is the older one; delete ...'). Now read onto the cpu (the cpu
     generator's state, which set_state takes there): the resume goes on from step 2 and ends where an
-    uninterrupted run ends. (A CPU-only torch cannot write cuda tensors: tagged as test_calib_store_device.)"""
-    from tests.test_calib_store_device import saved_as_cuda
+    uninterrupted run ends. (A CPU-only torch cannot write cuda tensors: tagged as test_calib_spill_device.)"""
+    from tests.test_calib_spill_device import saved_as_cuda
 
     teacher = tiny_pixart()
     student = factorize(copy.deepcopy(teacher))
