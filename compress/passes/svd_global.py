@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 import statistics
 
-from compress.alloc import (DENSE, budget_for_ratio, error_vs_uniform, exact_floor, global_budget, global_greedy,
-                            idle_budget, measurement_rank, ratio_rank, ratio_that_fits, sensitivity_weight,
-                            trust_ranges, uniform)
+from compress.alloc import (DENSE, budget_for_ratio, exact_floor, global_budget, global_greedy, idle_budget,
+                            ratio_rank, ratio_that_fits, trust_ranges, uniform)
+from compress.alloc_sensitivity import error_vs_uniform, measurement_rank, sensitivity_weight
 from compress.arch.base import LinearInfo
 from compress.calib import BlockCalibration
 from compress.calib_stats import Stats
@@ -31,7 +31,7 @@ IDLE_SHARE = 0.01  # unspent budget that a fitting move could have taken, above 
 def predicted_vs_uniform(specs, ranks, weights, c, ranges) -> dict:
     """Report keys: the final-prediction error the sensitivity-weighted loss model expects of the
     allocation relative to uniform (√ of the weighted losses' ratio; None without sensitivity), the
-    same for a global allocation of uniform's own parameter count (`alloc.error_vs_uniform`), and that
+    same for a global allocation of uniform's own parameter count (`alloc_sensitivity.error_vs_uniform`), and that
     count, beside the allocation's `spent_params`."""
     if weights:
         spent, equal, params = error_vs_uniform(specs, ranks, weights, c.ratio, c.multiple, ranges)
@@ -44,9 +44,10 @@ def predicted_vs_uniform(specs, ranks, weights, c, ranges) -> dict:
 
 def sensitivities(model, adapter, batches, factors, progress, targets, guide=None) -> dict[str, float]:
     """Per measured layer: the squared relative final-prediction error with only that layer factorized
-    (at its `alloc.measurement_rank`), per unit of its normalized loss there (alloc.sensitivity_weight); the
-    error of the guided prediction of each input's two rows under a guided svd.objective (`guide`, the pass's
-    guided.CalibrationGuidance, its batches the first of these), else each row's own.
+    (at its `alloc_sensitivity.measurement_rank`), per unit of its normalized loss there
+    (alloc_sensitivity.sensitivity_weight); the error of the guided prediction of each input's two rows under a
+    guided svd.objective (`guide`, the pass's guided.CalibrationGuidance, its batches the first of these), else
+    each row's own.
     factors: name -> (up, down, normalized loss[, bias shift]), the shift a centered target's mean error
     (svd_layer.approximation), added to its bias for the measurement as compress_layer adds it. The forwards of
     a block's layers start at that block (its input recorded once, `replay.Prefix`)."""

@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from compress.alloc import sensitivity_weight
+from compress.alloc_sensitivity import sensitivity_weight
 from compress.arch import get_adapter
 from compress.passes.base import predictions, relative_error
 from compress.passes.svd_global import sensitivities
