@@ -15,8 +15,9 @@ from compress.calib_footprint import human_sizes
 from compress.devices import device_refused, unusable
 from compress.errors import UserError, not_at_least_one
 from compress.inputs import moved
-from compress.io import cast, load_teacher_of
+from compress.io import cast
 from compress.io_output import load_transformer, output_folder
+from compress.io_teacher_of import load_teacher_of
 from compress.measured_against import against, teacher_fields, teacher_loras
 from compress.progress import LOG_EVERY_S, status, tenths
 from compress.recipe_where import option_where
@@ -177,7 +178,7 @@ _AUTO = {"auto": "; leave --device out for cuda where torch sees a GPU, else cpu
 def bench(out: str | Path, teacher: str | None = None, repeats: int = 20, batch: int = 2,
           device: str | None = None, loras: list[str] | None = None, teacher_config: str | None = None) -> dict:
     """Teacher vs student step time, parameters and memory (`loras`: --lora, where the LoRAs the
-    output took are now, io.load_teacher_of; `teacher`, `teacher_config`: --teacher, --teacher-config,
+    output took are now, io_teacher_of.load_teacher_of; `teacher`, `teacher_config`: --teacher, --teacher-config,
     in place of the recorded ones, report_teacher.recorded_teacher)."""
     from compress.arch import get_adapter
     from compress.commands import given_output

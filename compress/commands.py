@@ -9,10 +9,11 @@ from pathlib import Path
 from compress.arch import get_adapter
 from compress.errors import UserError
 from compress.eval_errors import teacher_relative, teacher_relative_streamed
-from compress.io import load_teacher, load_teacher_of, pipeline_without_transformer, read_config
+from compress.io import load_teacher, pipeline_without_transformer, read_config
 from compress.output_names import is_output, lost_output, missing_output, new_folder_taken, output_usage, run_output
 from compress.io_output import load_transformer, output_folder
 from compress.io_source import check_source, looks_local, no_checkpoint_file, output_weights
+from compress.io_teacher_of import load_teacher_of
 from compress.measured_against import against, teacher_fields, teacher_loras
 from compress.recipe_where import option_where
 from compress.report import console, error_figure, note, output_file, read_report, results, to_json, warn
@@ -273,7 +274,7 @@ def _streamed_output(model: str, teacher_arg: str | None,
     teacher = recorded_teacher(path, teacher_arg, config_arg)[0]
     if not load_recipe(path / "recipe.yaml", saved=True).stream or not teacher or teacher.startswith("toy:"):
         return None
-    if _took_loras(path):  # its teacher takes them resident (io.load_teacher_of): measured as a resident run's
+    if _took_loras(path):  # its teacher takes them resident (load_teacher_of): measured as a resident run's
         return None
     source, config = teacher_to_load(path, teacher_arg, config_arg)
     if source and (file := Path(source).expanduser()).is_file():  # a single file cannot be streamed: compared resident

@@ -2,7 +2,7 @@
 the keys where they describe other models, the block counts aside (removed blocks). A key one config
 leaves null and the other sets is no difference where the models the class builds from both hold the same
 value under its name (Flux's and PixArt's `out_channels: null` is `in_channels`): an explicit value equal
-to what the null resolves to makes the same model. For io.check_same_config (eval, bench, load_pipeline)
+to what the null resolves to makes the same model. For io_teacher_of.check_same_config (eval, bench, load_pipeline)
 and report_teacher's check of a config edited in place since the run."""
 
 from __future__ import annotations

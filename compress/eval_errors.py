@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 
 from compress.arch import get_adapter
-from compress.io import cast, check_same_architecture
+from compress.io import cast
 from compress.io_source import check_source
 from compress.io_source_recipe import checked_sources
+from compress.io_teacher_of import check_same_architecture
 from compress.progress import status
 from compress.report import note, read_report
 from compress.report_teacher import recorded_teacher

@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from compress.errors import UserError
-from compress.io import check_same_config, read_config
+from compress.io import read_config
 from compress.io_output import load_transformer, one_dtype, output_folder
+from compress.io_teacher_of import check_same_config
 from compress.io_tensors import one_line
 from compress.lowrank import LowRankLinear
 

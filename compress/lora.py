@@ -24,7 +24,7 @@ source (`teacher`, else the one the student recorded), classified once (io_sourc
 from a diffusers folder, a toy or a Hub id (its config and safetensors index, then only the shards
 holding those layers; a note says so); a single-file teacher, or any teacher of a student that took
 LoRAs before (the DoRA was trained on the teacher with them), is loaded as eval loads it
-(compress.io.load_teacher_of). A model without a compression record is a teacher: its own weights. A
+(compress.io_teacher_of.load_teacher_of). A model without a compression record is a teacher: its own weights. A
 dit-compress output (a folder, a Hub id or a model with a compression record) is no DoRA teacher: its
 weights are factorized, not the teacher's (compress.lora_teacher reads the teacher's weights, or refuses).
 

@@ -249,7 +249,7 @@ def _teacher_weights(student: nn.Module, source: str, config: str | None, names:
     """The weights `names` of the teacher `source`, classified once here (io_source_config.checked): read alone
     from a toy, a folder or a Hub id of safetensors weights (_teacher_files), else (a single file, a folder
     of .bin weights, or a student that took LoRAs before: the teacher with them) from the teacher
-    io.load_teacher_of loads. A dit-compress output (its config's compression section, or its weight
+    io_teacher_of.load_teacher_of loads. A dit-compress output (its config's compression section, or its weight
     file's header) is refused before any weights are read."""
     from compress.io_headers import pickled_folder
     from compress.io_source import output_record
@@ -272,7 +272,7 @@ def _teacher_weights(student: nn.Module, source: str, config: str | None, names:
     if src.kind in ("folder", "hub") and "compression" in src.config:  # a Hub id's config.json alone, a few KB
         raise compressed_teacher(f"teacher {source}", src.config["compression"])
     if loaded:
-        from compress.io import load_teacher_of
+        from compress.io_teacher_of import load_teacher_of
 
         return _weights_of(load_teacher_of(student, source, config), names, "it")  # with the earlier LoRAs
     return _read_teacher_weights(_teacher_files(src, [f"{n}.weight" for n in names]), names)

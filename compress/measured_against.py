@@ -19,7 +19,7 @@ def teacher_fields(source: str, teacher_arg: str | None, loras: list[dict] | Non
 
 def teacher_loras(model, moved: list[str] | None = None) -> list[dict]:
     """[{"file": where a LoRA was read from, "scale": its scale}] for each LoRA the output `model` took
-    (its compression record's loras, in order), which its teacher takes too (io.load_teacher_of):
+    (its compression record's loras, in order), which its teacher takes too (io_teacher_of.load_teacher_of):
     their recorded places, or `moved` (--lora: where they are now, absolute where local, as the places
     are recorded); [] for a model that took none."""
     recorded = (getattr(model, "compression_meta", None) or {}).get("loras") or []

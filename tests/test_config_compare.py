@@ -1,11 +1,11 @@
 """A model's config against its teacher's as diffusers builds both (config_compare), and the eval /
-bench teacher check that reads it (io.check_same_architecture)."""
+bench teacher check that reads it (io_teacher_of.check_same_architecture)."""
 
 import pytest
 
 from compress.config_compare import config_differences, shown_differences
 from compress.errors import UserError
-from compress.io import check_same_architecture
+from compress.io_teacher_of import check_same_architecture
 from tests.conftest import tiny_flux, tiny_pixart
 
 FLUX, PIXART = "FluxTransformer2DModel", "PixArtTransformer2DModel"

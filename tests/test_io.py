@@ -289,17 +289,6 @@ def test_a_run_of_a_variant_indexed_by_the_older_name_says_so_once_and_not_diffu
     assert "older name" not in capsys.readouterr().err
 
 
-def test_the_teacher_to_compare_with_is_checked_once(tmp_path, monkeypatch):
-    """eval and bench: the family from its config, then its weights, without checking it again."""
-    from compress.io import load_teacher_of
-    from tests.test_io_source import _counting
-
-    tiny_pixart().save_pretrained(tmp_path / "t")
-    checked, _ = _counting(monkeypatch)
-    load_teacher_of(tiny_pixart(), str(tmp_path / "t"))
-    assert checked == [str(tmp_path / "t")]
-
-
 def test_a_loaded_output_saves_again_with_what_the_run_recorded(tmp_path):
     out = save_compressed(_factorize_some(tiny_flux()), tmp_path / "a", dtype=torch.bfloat16,
                           extra={"teacher": "toy:flux", "block_map": {"blocks": [0, 2]}})
@@ -322,15 +311,6 @@ def test_diffusers_save_pretrained_of_a_loaded_output_loads_back(tmp_path, make)
     compression = json.loads((tmp_path / "b" / "config.json").read_text())["compression"]
     assert compression["ranks"] == json.loads((out / "config.json").read_text())["compression"]["ranks"]
     assert compression["teacher"] == "toy"
-
-
-def test_a_teacher_with_more_blocks_is_the_same_architecture():
-    """Removed blocks change only the block counts, which check_same_architecture leaves out."""
-    from compress.io import check_same_architecture
-
-    check_same_architecture(tiny_flux(num_layers=1, num_single_layers=2), tiny_flux(), "teacher")
-    with pytest.raises(UserError, match="num_attention_heads 2 .the model's: 4."):
-        check_same_architecture(tiny_flux(num_attention_heads=4), tiny_flux(), "teacher")
 
 
 def test_load_pipeline_refuses_a_base_of_another_architecture(tmp_path):

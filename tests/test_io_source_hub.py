@@ -54,7 +54,7 @@ def test_a_hub_teacher_is_checked_by_its_config_alone(tmp_path, monkeypatch):
 
 
 def test_eval_and_bench_refuse_a_hub_teacher_of_another_family_before_its_weights(monkeypatch):
-    from compress.io import load_teacher_of
+    from compress.io_teacher_of import load_teacher_of
 
     _no_hub(monkeypatch)
     with pytest.raises(UserError, match="teacher black-forest-labs/FLUX.1-dev is a FluxTransformer2DModel; the model "

@@ -138,7 +138,7 @@ def test_a_bin_folders_refusals_as_it_loads_start_where_the_teacher_was_given(tm
     against its config.json only as it loads (no header to read before): its refusals lacked the place a
     .safetensors folder's and a .pth file's have, the recipe's 'r.yaml:2: ' (run, importance) or '--teacher: '
     (run, eval, bench)."""
-    from compress.io import load_teacher_of
+    from compress.io_teacher_of import load_teacher_of
     from compress.recipe import parse_recipe
     from compress.runner_setup import load_checked_teacher
 

@@ -339,7 +339,7 @@ def test_eval_gives_the_teacher_the_students_lora(tmp_path, monkeypatch, options
     the peft-wrapped teacher does (a DoRA's norms at that scale too); a LoRA merged from a state dict
     cannot be replayed: an error."""
     from compress.cli import main
-    from compress.io import load_teacher_of
+    from compress.io_teacher_of import load_teacher_of
     from compress.io_output import load_transformer
 
     student, teacher = _student(tmp_path)

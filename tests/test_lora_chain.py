@@ -260,9 +260,9 @@ def test_a_chain_that_cannot_be_followed_is_refused_saying_why(tmp_path):
 @pytest.mark.parametrize("last", [True, False], ids=["whole", "without-the-last-kept-blocks"])
 def test_eval_gives_a_chained_outputs_teacher_the_base_blocks_lora_through_its_own_chain(tmp_path, family, last):
     """c took a LoRA of the base; eval and bench load c's teacher b (an output of a) and give it the
-    LoRA (io.load_teacher_of -> lora_replay.replay): each of b's blocks takes its base block's LoRA
+    LoRA (io_teacher_of.load_teacher_of -> lora_replay.replay): each of b's blocks takes its base block's LoRA
     through b's and a's block maps, not b's alone (which gave it other blocks' LoRAs, or refused)."""
-    from compress.io import load_teacher_of
+    from compress.io_teacher_of import load_teacher_of
     from compress.io_output import load_transformer
 
     base, c = _chain(tmp_path, family)
@@ -284,7 +284,7 @@ def test_a_lora_recorded_before_blocks_of_is_replayed_in_the_teachers_own_blocks
     block i's LoRA going to c's block descending from it. eval gave b that LoRA through b's chain, as
     the base's (b's block 3, base block 5, took the LoRA's block 5, or nothing): b now takes it in its
     own blocks, block i the LoRA's block i, what c took."""
-    from compress.io import load_teacher_of
+    from compress.io_teacher_of import load_teacher_of
     from compress.io_output import load_transformer
 
     _, c = _chain(tmp_path, family)

@@ -108,8 +108,8 @@ def test_an_uncached_hub_lora_offline_says_the_cache_lacks_it(tmp_path, monkeypa
 
 def test_eval_takes_a_cached_hub_lora_offline(tmp_path, monkeypatch):
     """A student that took a Hub LoRA online is compared offline with its teacher taking the same LoRA
-    (eval's replay, io.load_teacher_of: the same reader)."""
-    from compress.io import load_teacher_of
+    (eval's replay, io_teacher_of.load_teacher_of: the same reader)."""
+    from compress.io_teacher_of import load_teacher_of
     from tests.test_lora import _student
 
     student, teacher = _student(tmp_path)

@@ -183,7 +183,7 @@ def test_a_lora_read_as_blocks_of_one_base_is_refused_on_a_teacher_of_another_na
     import torch
 
     from compress.errors import UserError
-    from compress.io import load_teacher_of
+    from compress.io_teacher_of import load_teacher_of
     from compress.io_output import load_transformer
     from compress.lora import merge_lora
     from tests.test_lora_chain import _chain
@@ -273,7 +273,7 @@ def test_a_lora_read_as_its_moved_teachers_blocks_is_refused_on_another_model_an
 
     from compress.arch import get_adapter
     from compress.errors import UserError
-    from compress.io import load_teacher_of
+    from compress.io_teacher_of import load_teacher_of
     from compress.io_output import load_transformer
     from compress.io_signature import teacher_signature
     from compress.lora import merge_lora
@@ -325,7 +325,7 @@ def test_an_old_dora_record_on_a_chain_is_replayed_with_the_norms_of_the_chains_
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from compress.io import load_teacher_of
+    from compress.io_teacher_of import load_teacher_of
     from compress.io_output import load_transformer
     from compress.lora import merge_lora
     from tests.test_lora import _lora

@@ -40,7 +40,7 @@ def by_base_block(teacher) -> dict:
 
 def replays(c, tmp_path, teachers: list[str] = TEACHERS) -> dict:
     """{teacher: the teacher eval gives c (its LoRAs replayed), keyed by base block} for `teachers`."""
-    from compress.io import load_teacher_of
+    from compress.io_teacher_of import load_teacher_of
 
     return {name: by_base_block(load_teacher_of(c, str(tmp_path / name))) for name in teachers}
 
@@ -65,7 +65,7 @@ def test_a_dora_read_as_the_teachers_own_blocks_takes_the_norms_of_the_base_bloc
     base block's modules the same weights, and b is given exactly the same DoRA of the base renumbered."""
     from safetensors.torch import save_file
 
-    from compress.io import load_teacher_of
+    from compress.io_teacher_of import load_teacher_of
     from compress.io_output import load_transformer
     from compress.lora import merge_lora
 

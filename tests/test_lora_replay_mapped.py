@@ -78,7 +78,7 @@ def other_base_copies(tmp_path, output: str) -> None:
 def refused(*args, **kwargs) -> str:
     """The one line load_teacher_of(*args, **kwargs) refuses with (a UserError)."""
     from compress.errors import UserError
-    from compress.io import load_teacher_of
+    from compress.io_teacher_of import load_teacher_of
 
     with pytest.raises(UserError) as e:
         load_teacher_of(*args, **kwargs)
@@ -99,7 +99,7 @@ def test_a_lora_read_as_a_moved_teachers_blocks_is_mapped_through_the_chains_to_
     those b removed none."""
     from safetensors.torch import save_file
 
-    from compress.io import load_teacher_of
+    from compress.io_teacher_of import load_teacher_of
     from compress.io_output import load_transformer
     from compress.lora import merge_lora
 
@@ -173,7 +173,7 @@ def test_a_dora_read_as_a_moved_teachers_blocks_takes_its_norms_from_the_base_bl
     block 5, took base block 3's weight)."""
     from safetensors.torch import save_file
 
-    from compress.io import load_teacher_of
+    from compress.io_teacher_of import load_teacher_of
     from compress.io_output import load_transformer
     from compress.lora import merge_lora
 
@@ -203,7 +203,7 @@ def test_a_mapped_lora_checks_its_block_count_against_the_teacher_its_blocks_are
     t takes the LoRA as the same LoRA of the base (b's block 3 dropped)."""
     from safetensors.torch import save_file
 
-    from compress.io import load_teacher_of
+    from compress.io_teacher_of import load_teacher_of
     from compress.io_output import load_transformer
     from compress.lora import merge_lora
 
@@ -247,7 +247,7 @@ def test_a_lora_read_as_a_teachers_blocks_is_refused_while_that_teacher_is_away_
     the base (6 blocks, b had 4) took the LoRA in b's own numbering, rc 0 without a word (a's block 3, base
     block 4, took b's block 3's, base block 5's). Now refused in one line naming b and what to do; b at a
     new place is taken where its files are recorded, and a plain model of b's 4 blocks still takes it."""
-    from compress.io import load_teacher_of
+    from compress.io_teacher_of import load_teacher_of
     from compress.io_output import load_transformer
     from compress.io_signature import teacher_signature
     from compress.lora import merge_lora

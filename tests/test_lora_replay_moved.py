@@ -56,7 +56,7 @@ def test_a_replayed_lora_of_no_block_is_not_refused_a_teacher_numbered_otherwise
     proj_out bit-equal to the new output's (b kept base's proj_out). A LoRA of a block module too is refused
     as before (lora_keys.in_blocks, merge_lora's rule)."""
     from compress.cli import main
-    from compress.io import load_teacher_of
+    from compress.io_teacher_of import load_teacher_of
     from compress.io_output import load_transformer
     from tests.test_lora_limits import _state
     from tests.test_lora_replay_mapped import _dora, refused

@@ -39,7 +39,7 @@ def test_an_old_record_is_mapped_to_a_teacher_of_its_teachers_base(tmp_path, oth
 
     from safetensors.torch import save_file
 
-    from compress.io import load_teacher_of
+    from compress.io_teacher_of import load_teacher_of
     from compress.io_output import load_transformer
     from compress.lora import merge_lora
 
@@ -54,7 +54,7 @@ def test_an_old_record_is_refused_on_a_teacher_numbered_otherwise_and_taken_by_i
     """An output of a copy of the base elsewhere (a3, base2: another base), or a while b is not there (its
     blocks unknown): refused in one line naming the record's teacher and what to do; b at a new place
     (its files as c recorded them) still takes the LoRA in its own blocks."""
-    from compress.io import load_teacher_of
+    from compress.io_teacher_of import load_teacher_of
     from compress.io_output import load_transformer
     from compress.lora import merge_lora
 
@@ -88,7 +88,7 @@ def test_an_old_record_whose_teacher_is_an_output_with_a_chain_not_followed_is_r
     import copy
 
     from compress.arch import get_adapter
-    from compress.io import load_teacher_of
+    from compress.io_teacher_of import load_teacher_of
     from compress.io_output import load_transformer
     from compress.lora import merge_lora
     from tests.test_lora_chain import _save_output
@@ -146,7 +146,7 @@ def test_an_old_record_is_mapped_to_a_teacher_through_one_moved_teacher_of_both_
     moved away, both chains stop at a, both block maps read against it: b2 was refused '(b's descend from
     a, the teacher's from a)', a reason saying one path twice; now it takes the LoRA mapped as before."""
     from compress.arch import get_adapter
-    from compress.io import load_teacher_of
+    from compress.io_teacher_of import load_teacher_of
     from compress.io_output import load_transformer
     from tests.test_lora_chain import _save_output
 

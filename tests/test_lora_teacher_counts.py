@@ -46,7 +46,7 @@ def test_eval_and_bench_replay_refuse_a_teacher_of_other_counts_than_the_report_
     0.41 off): accepted, where `lora` refuses such a teacher. Now refused, as lora is; the new output's
     config.json carries the count (read from b's report.json) on."""
     from compress.cli import main
-    from compress.io import load_teacher_of
+    from compress.io_teacher_of import load_teacher_of
     from compress.io_output import load_transformer
     from tests.test_lora_limits import _state
     from tests.test_lora_replay_mapped import refused

@@ -186,7 +186,7 @@ def test_eval_and_bench_say_a_teacher_config_edited_in_place_since_the_run(tmp_p
 
     from safetensors.torch import save_file
 
-    import compress.io
+    import compress.io_teacher_of
     from compress.cli import main
     from compress.runner_config_sum import config_checksum
     from tests.conftest import tiny_flux
@@ -210,8 +210,8 @@ def test_eval_and_bench_say_a_teacher_config_edited_in_place_since_the_run(tmp_p
     assert f"warning: {file} changed since {out} was compressed from it (its contents differ), but describes the " \
            "same model as diffusers builds it; the teacher is read with it as it is now" in " ".join(said.err.split())
     file.write_text(json.dumps({**config, "pooled_projection_dim": 11}))
-    loads, real = [], compress.io.load_teacher
-    monkeypatch.setattr(compress.io, "load_teacher", lambda *a, **k: loads.append(a) or real(*a, **k))
+    loads, real = [], compress.io_teacher_of.load_teacher
+    monkeypatch.setattr(compress.io_teacher_of, "load_teacher", lambda *a, **k: loads.append(a) or real(*a, **k))
     for command in (["eval", str(out)], ["bench", str(out), "--repeats", "1", "--device", "cpu"]):
         assert main(command) == 2
         err = " ".join(capsys.readouterr().err.split())

@@ -2,7 +2,7 @@
 recipe's teacher. `base`: where the recipe's teacher is itself a dit-compress output (chained,
 progressive compression), the first teacher of its chain of outputs (report_teacher.teacher_chain: the
 model the first run read), loaded as eval and bench load an output's recorded teacher
-(report_teacher.teacher_to_load, io.load_teacher_of), the student's blocks mapped to the base's through
+(report_teacher.teacher_to_load, io_teacher_of.load_teacher_of), the student's blocks mapped to the base's through
 every link's block map (lora_teacher.lora_base, composed_block_map). The pass's held-out errors are
 then against that base (its report record's `kd_teacher` names it)."""
 
@@ -56,7 +56,7 @@ def base_chain(teacher: nn.Module) -> list[str]:
 def _refuse_lora_along(outputs: list[str]) -> None:
     """A BadValue at kd_teacher where an output along the chain (not the recipe's teacher, whose LoRAs
     load_teacher_of replays onto the base) took a LoRA (dit-compress lora; its config.json's compression
-    section records it, as io.load_teacher_of reads it): the base holds none of it, and the LoRA would be
+    section records it, as io_teacher_of.load_teacher_of reads it): the base holds none of it, and the LoRA would be
     silently lost from the target."""
     from compress.report_teacher import recorded_loras
 
@@ -85,7 +85,7 @@ def kd_target(teacher: nn.Module, block_map: dict | None, student: nn.Module | N
     would be compared with other blocks (and no lambda makes the trainer take it). The base is held beside the recipe's
     teacher (which the run keeps for its stage errors) while the pass runs. `teacher_samples`: the pass
     trains on teacher samples (data: teacher_samples), still the recipe's teacher's: its note says so."""
-    from compress.io import load_teacher_of
+    from compress.io_teacher_of import load_teacher_of
     from compress.lora_teacher import composed_block_map, lora_base
     from compress.report import note
     from compress.report_teacher import teacher_to_load, warn_if_recorded_changed, warn_if_teacher_changed

@@ -183,7 +183,7 @@ def test_an_output_along_the_chain_that_took_a_lora_is_refused_at_the_key(tmp_pa
     """base -> a (block 1 removed) -> a2 (a with a LoRA of the base merged: dit-compress lora) -> t (block
     0 removed): the recipe's teacher t's chain goes through a2, whose LoRA the base holds none of; refused
     at the key's line naming a2 and the LoRA (it would be silently lost from the target). The recipe's
-    teacher a2 itself is distilled toward the base with the LoRA (io.load_teacher_of replays it)."""
+    teacher a2 itself is distilled toward the base with the LoRA (io_teacher_of.load_teacher_of replays it)."""
     from compress.io_export import save_compressed
     from compress.lora import merge_lora
     from compress.plan import make_plan
