@@ -20,7 +20,7 @@ from compress.inspect_tables import _displayed, _measured, _shown_headers, inspe
 from compress.io_output import load_transformer, output_folder
 from compress.report import (error_figure, is_number, layer_rows, other_params, output_dir, read_report, results,
                              summary_table, to_json)
-from compress.report_fit import lines_width, note_lines, print_fitted
+from compress.report_fit import is_piped, lines_width, note_lines, print_fitted
 from compress.words import counted
 
 
@@ -78,7 +78,8 @@ def _print_inspection(title: str, model, rows: list[dict], report: dict, block_m
     compensation did, what distill did, and each pass's params and held-out error (inspect_stages)."""
     shown = [_displayed(r) for r in rows]
     svd_passes = len((report.get("svd") or {}).get("passes") or ())  # each svd pass's record
-    tables = inspect_tables(shown, results.width, title, teacher, svd_passes, _piped())
+    piped = is_piped(results)  # lines whole (for grep) off a terminal, whatever COLUMNS says
+    tables = inspect_tables(shown, results.width, title, teacher, svd_passes, piped)
     print_fitted(results, tables)
     if any(_measured(r) for r in shown):
         for line in _column_words(report, _shown_headers(tables)):
@@ -89,23 +90,17 @@ def _print_inspection(title: str, model, rows: list[dict], report: dict, block_m
     took = lora_line(model, rows, report)
     if took:
         _say(took)
-    print_fitted(results, summary_table(shown, "role", "by role (linear layers)", results.width, _piped()))
+    print_fitted(results, summary_table(shown, "role", "by role (linear layers)", results.width, piped))
     by_block = [{**r, "block": module_label(r["block"], teacher)} for r in shown + other_params(model, rows)]
-    print_fitted(results, summary_table(by_block, "block", "by block (all parameters)", results.width, _piped()))
+    print_fitted(results, summary_table(by_block, "block", "by block (all parameters)", results.width, piped))
     for line in removal_lines(block_map, report, recorded_counts(model)):
         _say(line)
     _print_optimality(rows, report)
     _print_compensation(report)
     for line in distill_lines(report):  # steps, held-out error before → after, resumes, last loss terms
         _say(line, highlight=False, markup=False)
-    for said in stage_lines(report, results.width, _piped()):  # each pass's params and held-out error, the teacher's first
+    for said in stage_lines(report, results.width, piped):  # each pass's params and held-out error, the teacher's first
         _say(said, highlight=False, markup=False)
-
-
-def _piped() -> bool:
-    """Whether inspect's lines stay whole (lines_width None: stdout is no terminal, whatever COLUMNS says),
-    as plan's: a table too wide for COLUMNS then falls back to lines that grep finds whole."""
-    return lines_width(results) is None
 
 
 def _say(said, **kw) -> None:

@@ -16,7 +16,7 @@ from compress.plan_memory import memory_words
 from compress.passes.svd import LATER
 from compress.passes.svd_objective import resolved_words
 from compress.report import results
-from compress.report_fit import JSON_OR_WIDER, fitted_rows, lines_width, print_fitted, wrapped
+from compress.report_fit import JSON_OR_WIDER, fitted_rows, is_piped, lines_width, print_fitted, wrapped
 
 
 def where_words(step: dict) -> str:
@@ -150,7 +150,7 @@ def print_plan(plan: dict) -> None:
     columns = [("role", "left"), ("before", "right"), ("after (planned)", "right"), ("ratio", "right")]
     print_fitted(results, fitted_rows("parameters by role (linears)", None, columns, rows, results.width,
                                       ("before", "after (planned)"), JSON_OR_WIDER, whole_names=True,
-                                      piped=lines_width(results) is None))
+                                      piped=is_piped(results)))
     for line in [ROLE_BASE, *_role_notes(plan, open_roles)]:  # (the base as a line: whole piped, for grep)
         _say(line)
     _say(total_words(plan))

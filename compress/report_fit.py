@@ -93,7 +93,7 @@ def fitted_rows(title: str, caption: str | None, columns: list[tuple[str, str]],
                 said: Callable[[list[str]], str] | None = None, piped: bool = False) -> list:
     """What to print of a table (its names the column at `key`) on a `width`-column terminal:
     [fitted_table], or where even its least is wider (rich would cut its names, numbers and headers)
-    row_lines, each row's name first; `piped` (lines_width None: COLUMNS set off a terminal), those
+    row_lines, each row's name first; `piped` (is_piped: COLUMNS set off a terminal), those
     lines whole, for grep."""
     table = fitted_table(title, caption, columns, rows, width, drop, where, key, said, whole_names)
     if width is None or table_width(table) <= width:
@@ -176,6 +176,13 @@ def lines_width(console: Console) -> int | None:
     """The width plan's and inspect's lines of words are broken to on `console`: its width on a terminal;
     None piped (each line whole, for grep, as report.soft_wrap keeps it; tables are still fitted)."""
     return console.width if console.is_terminal else None
+
+
+def is_piped(console: Console) -> bool:
+    """Whether plan's and inspect's lines on `console` stay whole (lines_width None: stdout is no terminal,
+    whatever COLUMNS says): a table too wide for COLUMNS then falls back to lines that grep finds whole
+    (fitted_rows' `piped`)."""
+    return lines_width(console) is None
 
 
 def note_lines(note: str, width: int | None) -> list[str]:

@@ -136,3 +136,17 @@ def test_a_tables_width_is_measured_whole_on_a_dumb_terminal(monkeypatch, term):
     columns = [("layer", "left"), ("rank", "right")]
     items = fitted_rows("t", None, columns, [["transformer_blocks.0.attn1.to_q." * 6, "128"]], 100, (), "x")
     assert table_width(items[0]) <= 100
+
+
+def test_plan_and_inspect_keep_their_lines_whole_off_a_terminal_whatever_its_width():
+    """is_piped, the one test plan and inspect share: off a terminal (a pipe, a file) lines stay whole whatever
+    width rich takes from COLUMNS (lines_width None); on a terminal they are broken at its width."""
+    import io
+
+    from rich.console import Console
+
+    from compress.report_fit import is_piped, lines_width
+
+    piped, terminal = (Console(width=20, file=io.StringIO(), force_terminal=t) for t in (False, True))
+    assert is_piped(piped) and lines_width(piped) is None
+    assert not is_piped(terminal) and lines_width(terminal) == 20
