@@ -71,7 +71,7 @@ def _check_paths_there(args) -> None:
         missing = missing_here(getattr(args, OUTPUT_ARGS[args.command]), args.command)
     elif args.command == "lora":
         missing = missing_lora_output(args.out)
-        if missing is None and is_output(Path(args.out).expanduser()) and not _there(args.new):
+        if missing is None and is_output(Path(args.out).expanduser()) and not path_there(args.new):
             missing = no_lora_there(args.lora)
     elif args.command == "convert" and args.file.strip():
         missing = no_checkpoint_file(args.file)
@@ -79,7 +79,8 @@ def _check_paths_there(args) -> None:
         raise UserError(missing)
 
 
-def _there(path: str) -> bool:
-    """Whether `path` is there (a dangling link too), as commands refuse to write a new folder there."""
+def path_there(path: str) -> bool:
+    """Whether `path` is there (a dangling link too), as commands refuse to write a new folder there, and
+    a path starting with '-' that argparse took for an option is one given (cli_parser.dash_named_path)."""
     p = Path(path).expanduser()
     return p.exists() or p.is_symlink()

@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from pathlib import Path
 
 import compress
+from compress.cli_checks import path_there
 from compress.errors import closest
 
 
@@ -82,7 +84,12 @@ class _CommandParser(argparse.ArgumentParser):
     is missing (`run --hlep`, `plan --version`) is named, not the argument missing."""
 
     def error(self, message: str):
-        unknown = unknown_options(getattr(self, "given", []), self)
+        given = getattr(self, "given", [])
+        unknown = unknown_options(given, self)
+        if message.startswith(("the following arguments are required", "unrecognized arguments")):
+            message = dash_named_path(self, given) or message
+        elif (value := re.fullmatch(r"argument (\S+): expected one argument", message)) is not None:
+            message += dash_value(self, given, value.group(1).split("/"))
         if message.startswith("the following arguments are required") and unknown:
             message = f"unrecognized arguments: {' '.join(unknown)}{self._meant(unknown)}"
         super().error(message)
@@ -109,6 +116,66 @@ class _CommandParser(argparse.ArgumentParser):
         if (name := option.lstrip("-").replace("-", "_")) in place:
             return f"; {name} is given by its place, without {option} ({self.prog} {' '.join(place)})"
         return meant_option(option, [s for a in self._actions for s in a.option_strings])
+
+
+def dash_named_path(parser: argparse.ArgumentParser, given: list[str]) -> str | None:
+    """"-x.yaml is taken for an option, ...: give the file as ./-x.yaml, or after -- (dit-compress run --
+    -x.yaml)" where every option of `given` (a command's arguments) that `parser` does not know is a file or
+    folder that is there, and with them the arguments given by their place are as many as the command
+    takes: argparse took a path starting with '-' for an option ('unrecognized arguments: -x.yaml').
+    None otherwise (a mistyped option, an argument too many: argparse's words)."""
+    unknown = unknown_options(given, parser)
+    if not unknown or not all(path_there(t) for t in unknown):
+        return None
+    options, places = _options_and_places(parser, given)
+    if len(places) != len([a for a in parser._actions if not a.option_strings]):
+        return None
+    token = unknown[0]
+    noun = "folder" if Path(token).expanduser().is_dir() else "file"
+    example = " ".join([parser.prog, *options, "--", *places])
+    return (f"{token} is taken for an option, as its name starts with '-': give the {noun} as ./{token}, or "
+            f"after -- ({example})")
+
+
+def dash_value(parser: argparse.ArgumentParser, given: list[str], option_strings: list[str]) -> str:
+    """"; -x is taken for an option, as it starts with '-': give --out=-x" where the option (of
+    `option_strings`) argparse found without its value ('expected one argument') is followed in `given`
+    by a value starting with one '-' that is no option of `parser` (or by a path there, '--x'); else ''."""
+    head = given[:given.index("--")] if "--" in given else given
+    for token, value in zip(head, head[1:]):
+        option = _option_of(parser, token)
+        if option is None or option.option_strings != option_strings or "=" in token:
+            continue
+        if value.startswith("-") and value != "-" and _option_of(parser, value) is None and (
+                not value.startswith("--") or path_there(value)):
+            return f"; {value} is taken for an option, as it starts with '-': give {token}={value}"
+    return ""
+
+
+def _option_of(parser: argparse.ArgumentParser, token: str) -> argparse.Action | None:
+    """The option of `parser` that `token` gives ('--out', '--out=x', or a prefix of one option's
+    name, as argparse takes '--ov' for --overwrite); None where it gives none or several."""
+    name = token.partition("=")[0]
+    if name in parser._option_string_actions:
+        return parser._option_string_actions[name]
+    starting = {a for s, a in parser._option_string_actions.items() if name.startswith("--") and s.startswith(name)}
+    return starting.pop() if len(starting) == 1 else None
+
+
+def _options_and_places(parser: argparse.ArgumentParser, given: list[str]) -> tuple[list[str], list[str]]:
+    """`given` (a command's arguments) split in its options with their values, and the arguments given
+    by their place (those after '--' too), in their order."""
+    options, places, value_next = [], [], False
+    for at, token in enumerate(given):
+        if token == "--":
+            return options, places + given[at + 1:]
+        option = _option_of(parser, token)
+        if value_next or option is not None:
+            options.append(token)
+            value_next = not value_next and option is not None and option.nargs != 0 and "=" not in token
+        else:
+            places.append(token)
+    return options, places
 
 
 def meant_option(option: str, options: list[str]) -> str:
