@@ -11,7 +11,7 @@ from pathlib import Path
 
 from compress.cli_checks import _check_numbers, _check_paths_there, _check_teacher_options
 from compress.cli_parser import build_parser, empty_path
-from compress.errors import NumericError, UserError, too_long
+from compress.errors import NumericError, UserError, folder_named, too_long
 from compress.interrupts import forget_stops, interrupts_held, stop_status
 from compress.recipe_shipped import take_shipped
 
@@ -199,7 +199,7 @@ def _cannot_write(args, e: BaseException) -> UserError | None:
         given, flag = json, "--json"
     if named and not (given and _within(Path(named), Path(given).expanduser())):
         flag = None  # a file the command writes elsewhere (a cache): no option of its moves it
-    return DiskFull(disk_full_line(e, f"dit-compress {args.command}", Path(named or given or "."), flag))
+    return DiskFull(disk_full_line(e, f"dit-compress {args.command}", folder_named(Path(named or given or ".")), flag))
 
 
 def _within(path: Path, given: Path) -> bool:

@@ -146,6 +146,19 @@ def too_long(path) -> str:
            f"{PATH_MAX} bytes a path); name a shorter one"
 
 
+def folder_named(folder):
+    """`folder` as an error names it: for '.' (the top of a relative path, `--plot .`), the working
+    folder's absolute path ('cannot write in .' named no folder one could look at); any other as given."""
+    from pathlib import Path
+
+    if Path(folder) != Path("."):
+        return folder
+    try:
+        return Path.cwd()
+    except OSError:  # the working folder removed
+        return folder
+
+
 def cut_middle(text: str) -> str:
     """`text`, its middle left out where it is long: 'aaaa…aaaa'."""
     return text if len(text) <= 60 else f"{text[:40]}…{text[-16:]}"

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from compress.errors import NAME_MAX, UserError, cut_middle
+from compress.errors import NAME_MAX, UserError, cut_middle, folder_named
 from compress.interrupts import interrupts_held
 from compress.io import INDEX, WEIGHTS
 from compress.output_names import is_output
@@ -285,7 +285,7 @@ def _make_temp(tmp: Path, out: Path) -> None:
         file = next((p for p in reversed(out.parents) if p.exists() and not p.is_dir()), None)
         why = f"{file} is a file, not a folder" if file else e.strerror or str(e)
         what = "write in" if out.parent.is_dir() else "make the folder"
-        raise UserError(f"output folder {out}: cannot {what} {out.parent} ({why})") from None
+        raise UserError(f"output folder {out}: cannot {what} {folder_named(out.parent)} ({why})") from None
 
 
 def as_umask_allows(folder: Path) -> None:

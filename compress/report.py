@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from compress.errors import UserError
+from compress.errors import UserError, folder_named
 
 # soft_wrap: a line too long for the width stays one line (the terminal folds it; a log keeps it
 # whole for grep) instead of rich breaking it at 80 columns off a terminal. Tables still fit the width.
@@ -304,7 +304,7 @@ def output_dir(path, what: str) -> Path:
     except OSError as e:
         raise UserError(f"{what}: cannot make the folder {p} ({e.strerror or e})") from None
     if not os.access(p, os.W_OK):
-        raise UserError(f"{what}: the folder {p} is not writable")
+        raise UserError(f"{what}: the folder {folder_named(p)} is not writable")
     return p
 
 

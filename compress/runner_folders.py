@@ -10,7 +10,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from compress.errors import UserError
+from compress.errors import UserError, folder_named
 from compress.recipe_teacher_config import FLAG
 from compress.runner_answers import ANSWER
 from compress.runner_caches import CLOCK, REMOVED_LOG
@@ -112,7 +112,7 @@ def check_writable(folder: Path, what: str) -> None:
     except OSError as e:
         file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
         there = next((p for p in (folder, *folder.parents) if p.is_dir()), folder)
-        why = f"{file} is a file, not a folder" if file else f"cannot write in {there}: {e.strerror or e}"
+        why = f"{file} is a file, not a folder" if file else f"cannot write in {folder_named(there)}: {e.strerror or e}"
         raise UserError(f"{what}: {why}") from None
     finally:
         for p in missing:
@@ -134,7 +134,8 @@ def unwritable(folder: Path, what: str) -> str | None:
     if os.access(there, os.W_OK | os.X_OK):
         return None
     read_only = hasattr(os, "statvfs") and os.statvfs(there).f_flag & getattr(os, "ST_RDONLY", 1)
-    return f"{what}: cannot write in {there}: {'Read-only file system' if read_only else 'Permission denied'}"
+    why = "Read-only file system" if read_only else "Permission denied"
+    return f"{what}: cannot write in {folder_named(there)}: {why}"
 
 
 def check_run_folder(run_dir: Path, now: dict, passes, teacher: dict | None = None, recipe=None,

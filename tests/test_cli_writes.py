@@ -121,3 +121,64 @@ def test_eval_whose_grid_cannot_be_written_prints_its_scores_first(tmp_path, cap
     assert printed.err.strip().splitlines()[-1] == (f"dit-compress: cannot write: {grid}: no space left on the device, "
                                                     "during dit-compress eval; free space there, or give --grid on "
                                                     "another disk")
+
+
+@pytest.fixture
+def read_only_here(tmp_path, monkeypatch):
+    """The working folder `rom`, which cannot be written in (chmod 0o555; where that does not hold, root
+    writing anywhere, its mkdir, mkdtemp and os.access made to refuse as they would), and beside it a tiny
+    PixArt teacher and output: (rom, teacher, output)."""
+    import tempfile
+
+    from tests.test_bench import _output
+
+    out = _output(tmp_path)
+    rom = tmp_path / "rom"
+    rom.mkdir()
+    rom.chmod(0o555)
+    monkeypatch.chdir(rom)
+    if os.geteuid() == 0:
+        def refuse(where):
+            if where is not None and Path(where).absolute() == rom:
+                raise PermissionError(errno.EACCES, "Permission denied")
+        mkdir, mkdtemp, access = Path.mkdir, tempfile.mkdtemp, os.access
+
+        def refused_mkdir(self, *args, **kwargs):
+            if not self.exists():
+                refuse(self.parent)
+            return mkdir(self, *args, **kwargs)
+        monkeypatch.setattr(Path, "mkdir", refused_mkdir)
+        monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, dir=None, **k: refuse(dir) or mkdtemp(*a, dir=dir, **k))
+        monkeypatch.setattr(os, "access", lambda p, mode, **k: not (mode & os.W_OK and Path(p).absolute() == rom)
+                            and access(p, mode, **k))
+    yield rom, tmp_path / "teacher", out
+    rom.chmod(0o755)
+
+
+@pytest.mark.parametrize("command", ["run", "plan", "convert", "eval", "importance", "inspect"])
+def test_a_folder_that_cannot_be_written_is_named_by_its_path_not_as_dot(read_only_here, capsys, command):
+    """In a working folder that cannot be written (or an output whose folder cannot), the error named it
+    '.': 'output folder o: cannot write in .: Permission denied', '--grid: the folder . is not writable'.
+    Now by its absolute path (errors.folder_named); a folder named otherwise is named as given."""
+    rom, teacher, out = read_only_here
+    argv, status, said = {
+        "run": (["run", "toy-pixart", "--out", "o", "--run-dir", str(rom.parent / "r")], 2,
+                f"dit-compress run: error: output folder o: cannot write in {rom}: Permission denied"),
+        "plan": (["plan", "toy-pixart", "--run-dir", "r"], 0,
+                 f"warning: run folder r: cannot write in {rom}: Permission denied; `dit-compress run` would refuse "
+                 "this before it loads the teacher"),
+        "convert": (["convert", str(teacher / "diffusion_pytorch_model.safetensors"), "new", "--teacher-config",
+                     str(teacher)], 2, f"dit-compress convert: error: output folder new: cannot write in {rom} "
+                                       "(Permission denied)"),
+        "eval": (["eval", str(out), "--grid", "g.png"], 2,
+                 f"dit-compress eval: error: --grid: the folder {rom} is not writable"),
+        "importance": (["importance", "toy:pixart", "--json", "j.json"], 2,
+                       f"dit-compress importance: error: --json: the folder {rom} is not writable"),
+        "inspect": (["inspect", str(out), "--plot", "."], 2,
+                    f"dit-compress inspect: error: --plot: the folder {rom} is not writable"),
+    }[command]
+    capsys.readouterr()
+    assert main(argv) == status
+    err = capsys.readouterr().err
+    assert said in err.splitlines(), err
+    assert list(rom.iterdir()) == []
