@@ -7,6 +7,7 @@ key it did not read is not named with it)."""
 from __future__ import annotations
 
 from compress.alloc import DENSE, rank_options
+from compress.linalg_params import round_rank
 from compress.passes.svd_targets import explicit_rank, fixed_ranks, matches, shape_spec
 
 TARGETS = ("targets", "ignore")  # the keys that say which layers are the pass's targets
@@ -158,30 +159,39 @@ def _dense_rank_words(c, pattern: str, infos, targets) -> str:
 
 
 def _floored_note(c, targets, ranks: dict) -> tuple[str, str, tuple] | None:
-    """(key, note, keys read) for a uniform or per_role pass whose ratio asks some target for a rank that
-    rounds to 0 (below multiple / 2): its rank is floored at `multiple`, so the pass keeps more than
-    the ratio asks (ratio 0.001 at multiple 8 kept 9.9% unsaid). None where no rank is floored.
-    ranks: the fixed ranks (svd_targets.fixed_ranks), explicit ranks among them."""
+    """(key, note, keys read) for a uniform or per_role pass that keeps more than its ratio asks because ranks
+    cannot go lower: some target is asked a rank that rounds to 0 (below multiple / 2), floored at `multiple`
+    (ratio 0.001 at multiple 8 kept 9.9% unsaid), or, at multiple 1, rank 1 everywhere keeps more than asked
+    (ratio 0.01 kept 1.9% of the toy's unsaid: ranks 0.64 and 1.02 round to 1), which no setting reaches. At a
+    larger multiple, ranks rounded up to it (not floored) are the multiple's coarseness, which the user
+    chose and can lower. None where neither. ranks: the fixed ranks (svd_targets.fixed_ranks), explicit ranks among them."""
     if c.allocation not in ("uniform", "per_role"):
         return None
-    floored, asked, kept, total = 0, 0.0, 0, 0
+    floored, asked, kept, least, total = 0, 0.0, 0, 0, 0
     for info in targets:
         spec, explicit = shape_spec(info), explicit_rank(info, c.ranks or {})
         ratio = c.ratio if c.allocation == "uniform" else (c.ratios or {}).get(info.role)
         dense, rank = spec.params(DENSE), ranks.get(info.name)
         total, kept = total + dense, kept + spec.params(rank)
-        if explicit is not None or ratio is None:  # its rank (or dense) is what was asked
-            asked += spec.params(rank)
+        if explicit is not None or ratio is None or ratio >= 1:  # its rank (or dense) is what was asked
+            asked, least = asked + spec.params(rank), least + spec.params(rank)
             continue
         asked += ratio * dense
+        lowest = round_rank(0, c.multiple, spec.max_rank)  # `multiple`, the least rank it can have
+        least += spec.params(DENSE if lowest >= spec.breakeven else lowest)
         m, n = info.out_features, info.in_features
         floored += ratio * m * n / (m + n) < c.multiple / 2
-    if not floored or kept <= asked:
+    if not (floored or (c.multiple == 1 and least > asked)) or kept <= asked:
         return None
-    which = f"all {floored} of its" if floored == len(targets) else f"{floored} of its {len(targets)}"
     said = "svd.ratios ask" if c.allocation == "per_role" else f"svd.ratio {c.ratio} asks"
-    words = (f"svd: ranks are floored at svd.multiple ({c.multiple}): for {which} targets the ratio asks a rank "
-             f"below {c.multiple / 2:g}, so this pass keeps {kept / total:.1%} of its targets' parameters instead "
-             f"of the {asked / total:.1%} that {said}; lower svd.multiple for smaller ranks")
+    advice = ("lower svd.multiple for smaller ranks" if c.multiple > 1 else
+              "rank 1 is the least a factorization has, so no ranks reach that ratio at these widths")
+    if floored:
+        which = f"all {floored} of its" if floored == len(targets) else f"{floored} of its {len(targets)}"
+        words = (f"svd: ranks are floored at svd.multiple ({c.multiple}): for {which} targets the ratio asks a "
+                 f"rank below {c.multiple / 2:g}, so this pass keeps {kept / total:.1%} of its targets' parameters "
+                 f"instead of the {asked / total:.1%} that {said}; {advice}")
+    else:
+        words = f"svd: {said} {asked / total:.1%} of its targets' parameters, but this pass keeps {kept / total:.1%}: {advice}"
     reads = (*TARGETS, "allocation", _ratio_key(c), "multiple", "ranks")
     return cause_key(c, [_ratio_key(c), "multiple"]), words, reads

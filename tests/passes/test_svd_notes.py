@@ -149,6 +149,21 @@ def test_a_ratio_whose_ranks_are_floored_at_multiple_says_what_the_pass_keeps(ca
         and "that svd.ratios ask" in said[0], said
 
 
+def test_a_ratio_below_what_the_least_ranks_keep_says_it_cannot_be_reached(capsys):
+    """Stop 54's review: ratio 0.01 at multiple 1 kept 1.9% of the toy's targets' parameters with no word: no rank
+    is asked below multiple / 2 (attention 0.64, mlp 1.02 round to 1), yet rank 1, the least, keeps more than
+    asked. Here (width 16: attention asks 0.8, the MLP 1.28 at ratio 0.1) the pass keeps 13.4%, said once;
+    at multiple 1 the advice is no lower multiple, and a ratio the ranks can reach is not warned of."""
+    said = _pixart_warnings(capsys, ["passes.0.svd.ratio=0.1", "passes.0.svd.multiple=1"])
+    assert len(said) == 1 and said[0].startswith("warning: p1.yaml (--set passes.0.svd.ratio=0.1, with "), said
+    assert "svd.ratio 0.1 asks 10.0% of its targets' parameters, but this pass keeps 13.4%" in said[0], said
+    assert "rank 1 is the least a factorization has" in said[0], said
+    assert "lower svd.multiple" not in said[0], said
+    assert _pixart_warnings(capsys, ["passes.0.svd.ratio=0.2", "passes.0.svd.multiple=1"]) == []  # ranks 2, 3
+    said = _pixart_warnings(capsys, ["passes.0.svd.ratio=0.4"])  # multiple 8: asks 3.2 and 5.1, gets 8 and 8
+    assert len(said) == 1 and "lower svd.multiple for smaller ranks" in said[0], said
+
+
 WIDTH_28 = dict(attention_head_dim=14, cross_attention_dim=28)
 
 
