@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 import compress
@@ -42,7 +43,27 @@ def _output_teacher_options(p: argparse.ArgumentParser) -> None:
                         "took them")
 
 
-class _TopParser(argparse.ArgumentParser):
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, its lines broken only between words: at a narrow terminal it broke names at
+    their hyphens and inside words ('pixart-' / 'sigma-50', 'impor' / 'tance-<family>.png'); a word
+    longer than the line runs past it, whole, to be copied as it is."""
+
+    def _split_lines(self, text, width):
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False,
+                             break_long_words=False)
+
+    def _fill_text(self, text, width, indent):
+        return "\n".join(indent + line for line in self._split_lines(text, width - len(indent)))
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser of dit-compress, whose help is _HelpFormatter's."""
+
+    def __init__(self, *args, formatter_class=_HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+
+class _TopParser(_Parser):
     """dit-compress's own parser: with nothing given, its help (the commands); a command mistyped, the one
     meant ('runn': did you mean 'run'?); an option it does not know named (--versoin: did you mean
     '--version'?), not taken for a command missing."""
@@ -78,7 +99,7 @@ def unknown_options(tokens: list[str], parser: argparse.ArgumentParser) -> list[
             and t.partition("=")[0] not in parser._option_string_actions]
 
 
-class _CommandParser(argparse.ArgumentParser):
+class _CommandParser(_Parser):
     """A command's parser: arguments it does not know are its own error (its usage, the option meant),
     not the top-level parser's, whose usage names no option of the command; one given where an argument
     is missing (`run --hlep`, `plan --version`) is named, not the argument missing."""

@@ -91,3 +91,28 @@ def test_an_option_value_starting_with_a_dash_is_told_how_to_give_it(capsys, giv
 def test_what_is_no_dash_named_path_keeps_argparse_s_words(capsys, given, said):
     """A mistyped option, an argument too many, an option's value missing: no word of a dash-named path."""
     assert _last_line(capsys, given) == f"dit-compress {given[0]}: error: {said}"
+
+
+def _help_words(parser) -> list[str]:
+    """Every word of `parser`'s description, epilog and arguments' help (its commands' too)."""
+    texts = [parser.description, parser.epilog]
+    for action in parser._actions:
+        texts += [action.help, *(a.help for a in getattr(action, "_choices_actions", []))]
+    return [w for t in texts if t and t != "==SUPPRESS==" for w in t.split()]
+
+
+@pytest.mark.parametrize("command", [None, *sorted(PLACES)])
+def test_help_at_a_narrow_width_breaks_no_name(capsys, monkeypatch, command):
+    """At COLUMNS=20, argparse's help broke names at hyphens and inside words ('pixart-' / 'sigma-50',
+    'dit-' / 'compress run', 'impor' / 'tance-<family>.png'): a name copied from --help was a wrong one.
+    Now lines break only between words: every word of every help text is whole in the help printed."""
+    monkeypatch.setenv("COLUMNS", "20")
+    parser = build_parser()
+    if command is not None:
+        parser = next(a for a in parser._actions if a.dest == "command").choices[command]
+    with pytest.raises(SystemExit) as e:
+        cli.main([*([command] if command else []), "--help"])
+    printed = set(capsys.readouterr().out.split())
+    assert e.value.code == 0
+    assert [w for w in _help_words(parser) if w not in printed] == []
+    assert {"toy-pixart", "dit-compress", "importance-<family>.png"} & set(_help_words(parser)) <= printed
