@@ -120,6 +120,9 @@ class _CommandParser(_Parser):
         parsed, extras = super().parse_known_args(args, namespace)
         if extras and (meant := set_meant(list(args or []), extras)) is not None:  # --set KEY VALUE
             self.exit(2, f"{self.prog}: error: --set takes KEY=VALUE: {meant}\n")
+        if extras and (mistyped := options_with_a_value_taken(self, self.given, parsed, extras)):
+            self.error(f"unknown option{'s' if len(mistyped) > 1 else ''} {', '.join(mistyped)}"
+                       f"{self._meant(mistyped)}")
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}{self._meant(extras)}")
         return parsed, extras
@@ -137,6 +140,21 @@ class _CommandParser(_Parser):
         if (name := option.lstrip("-").replace("-", "_")) in place:
             return f"; {name} is given by its place, without {option} ({self.prog} {' '.join(place)})"
         return meant_option(option, [s for a in self._actions for s in a.option_strings])
+
+
+def options_with_a_value_taken(parser: argparse.ArgumentParser, given: list[str], parsed,
+                               extras: list[str]) -> list[str]:
+    """The options of `given` (a command's arguments) that `parser` does not know, where one of them
+    (not a path there, as -x.yaml may be) is followed by a token taken for a positional argument of
+    `parsed` and argparse left over (`extras`) more than those options: `importance --bukets 2 r.yaml`,
+    whose 2 it took for SOURCE and whose r.yaml, the SOURCE typed, it listed as unrecognized. [] where
+    none is (the arguments left over are then argparse's to list)."""
+    head = given[:given.index("--")] if "--" in given else given
+    places = {getattr(parsed, a.dest, None) for a in parser._actions if not a.option_strings}
+    unknown = unknown_options(head, parser)
+    taken = any(token in unknown and "=" not in token and not path_there(token) and value in places
+                and not value.startswith("-") for token, value in zip(head, head[1:]))
+    return unknown if taken and any(e not in unknown for e in extras) else []
 
 
 def dash_named_path(parser: argparse.ArgumentParser, given: list[str]) -> str | None:

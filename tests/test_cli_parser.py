@@ -93,6 +93,37 @@ def test_what_is_no_dash_named_path_keeps_argparse_s_words(capsys, given, said):
     assert _last_line(capsys, given) == f"dit-compress {given[0]}: error: {said}"
 
 
+@pytest.mark.parametrize("given, said", [
+    (["importance", "--bukets", "2", "r.yaml"], "unknown option --bukets; did you mean '--buckets'?"),
+    (["eval", "--sed", "1", "out"], "unknown option --sed; did you mean '--seed'?"),
+    (["bench", "--warmups", "5", "out"], "unknown option --warmups"),  # close to no option of bench
+    (["run", "--outt", "o", "r.yaml"], "unknown option --outt; did you mean '--out'?"),
+    (["inspect", "--plto", "d", "out"], "unknown option --plto; did you mean '--plot'?"),
+    (["convert", "--teacher-confg", "c.json", "f.safetensors", "o"],
+     "unknown option --teacher-confg; did you mean '--teacher-config'?"),
+    (["lora", "--scael", "0.5", "out", "l", "new"], "unknown option --scael; did you mean '--scale'?"),
+    (["importance", "--bukets", "2", "--pngg", "h.png", "r.yaml"],
+     "unknown options --bukets, --pngg; did you mean '--buckets'?"),
+])
+def test_a_mistyped_option_s_value_is_not_told_as_the_argument_left_over(capsys, given, said):
+    """`importance --bukets 2 r.yaml` said 'unrecognized arguments: --bukets r.yaml': argparse took the 2
+    (--bukets' value) for SOURCE, and listed r.yaml, the SOURCE typed, as unrecognized. Now an unknown
+    option followed by a token taken for a positional argument is named alone, with the option meant."""
+    assert _last_line(capsys, given) == f"dit-compress {given[0]}: error: {said}"
+
+
+@pytest.mark.parametrize("given, said", [
+    (["run", "r.yaml", "--outt", "x"], "unrecognized arguments: --outt x; did you mean '--out'?"),  # x left over
+    (["eval", "--sed=1", "out"], "unrecognized arguments: --sed=1; did you mean '--seed'?"),  # its value in it
+    (["eval", "out", "extra"], "unrecognized arguments: extra"),
+    (["importance", "--bukets", "2"], "unrecognized arguments: --bukets; did you mean '--buckets'?"),  # none over
+])
+def test_arguments_left_over_are_still_listed(capsys, given, said):
+    """Where no token after an unknown option was taken for a positional argument, or argparse left over
+    only unknown options (`importance --bukets 2`: SOURCE missing, taken from 2), argparse's list stays."""
+    assert _last_line(capsys, given) == f"dit-compress {given[0]}: error: {said}"
+
+
 def _help_words(parser) -> list[str]:
     """Every word of `parser`'s description, epilog and arguments' help (its commands' too)."""
     texts = [parser.description, parser.epilog]
