@@ -19,6 +19,10 @@ except ImportError:  # pragma: no cover
     tl = None
     HAS_TRITON = False
 
+# (major, minor) of the installed Triton ("3.4.0+git..." -> (3, 4)); (0, 0) without one. Some autotune
+# configs spill registers on older Triton compilers and are kept from them (fused.py, split.py)
+TRITON_VERSION = tuple(int(p) for p in triton.__version__.split(".")[:2]) if HAS_TRITON else (0, 0)
+
 
 def interpreting() -> bool:
     """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1)."""

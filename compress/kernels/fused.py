@@ -19,7 +19,7 @@ import functools
 
 import torch
 
-from ._compat import gate_configs, interpreting, next_pow2, tl, triton
+from ._compat import TRITON_VERSION, gate_configs, interpreting, next_pow2, tl, triton
 from .checks import check_kernel_dtype, check_lowrank_args
 from .reference import as_rows, zero_size_result
 from .roofline import FUSED_MAX_RANK  # above this R_PAD spills the on-chip intermediate: split path
@@ -38,9 +38,17 @@ _GPU_CONFIGS = [
     _cfg(64, 64, 64, 8, 3), _cfg(128, 64, 64, 8, 3), _cfg(32, 128, 128, 8, 3), _cfg(64, 64, 128, 8, 3),
 ]
 _INTERP_CONFIG = _cfg(16, 16, 16, 4, 1)
-# sm_90 compiles (checked without a GPU, tests/kernels/compile_sm90.py --kept-configs) spilled at estimate 112
-# (R_PAD 128, BM 32, 4 warps) and 144 (R_PAD 256, BM 64); every config up to 104 fits in 255 registers
-MAX_REGS_PER_THREAD = 104
+
+
+def max_regs_per_thread(triton_version: tuple) -> int:
+    """The register estimate a kept config may reach. sm_90 compiles (checked without a GPU,
+    tests/kernels/compile_sm90.py --kept-configs) spilled at estimate 112 (R_PAD 128, BM 32, 4 warps) and 144
+    (R_PAD 256, BM 64); with triton 3.7 to 3.9 every config up to 104 fits in 255 registers; triton 3.4 to 3.6
+    spilled at 104 (R_PAD 256, BM 16, 4 warps: stack 8 to 168 bytes) and fit every config up to 96."""
+    return 104 if triton_version >= (3, 7) else 96
+
+
+MAX_REGS_PER_THREAD = max_regs_per_thread(TRITON_VERSION)
 
 
 def regs_per_thread(block_m: int, block_k: int, block_n: int, num_warps: int, r_pad: int) -> float:
@@ -54,11 +62,15 @@ def _regs(config, r_pad: int) -> float:
     return regs_per_thread(kw["BLOCK_M"], kw["BLOCK_K"], kw["BLOCK_N"], config.num_warps, r_pad)
 
 
-def _prune(configs, named_args, **kwargs):
-    """Keep configs whose registers fit at this R_PAD; else the single smallest one."""
-    r_pad = kwargs.get("R_PAD", named_args.get("R_PAD", 16))
-    kept = [c for c in configs if _regs(c, r_pad) <= MAX_REGS_PER_THREAD]
+def kept_configs(configs, r_pad: int, triton_version: tuple = TRITON_VERSION) -> list:
+    """The configs whose registers fit at this R_PAD with this triton; else the single smallest one."""
+    kept = [c for c in configs if _regs(c, r_pad) <= max_regs_per_thread(triton_version)]
     return kept or [min(configs, key=lambda c: _regs(c, r_pad))]
+
+
+def _prune(configs, named_args, **kwargs):
+    """The autotuner's early prune: kept_configs at the launch's R_PAD."""
+    return kept_configs(configs, kwargs.get("R_PAD", named_args.get("R_PAD", 16)))
 
 
 @triton.jit

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ._compat import gate_configs, interpreting, tl, triton
+from ._compat import TRITON_VERSION, gate_configs, interpreting, tl, triton
 from .checks import check_kernel_dtype, check_lowrank_args
 from .fused import _gelu_tanh, dot_precision, m_bucket
 from .reference import as_rows, zero_size_result
@@ -18,12 +18,26 @@ def _cfg(bm, bn, bk, warps, stages, group=8):
                          num_warps=warps, num_stages=stages)
 
 
-# every config compiles for sm_90 without spills (tests/kernels/compile_sm90.py --kept-configs); the
-# 64x128 and 128x64 tiles at BK 64 take 8 warps: with 4 they spilled (stack 24 and up to 664 bytes)
-_GPU_CONFIGS = [
+# with triton 3.7 to 3.9 every config compiles for sm_90 without spills (tests/kernels/compile_sm90.py
+# --kept-configs); the 64x128 and 128x64 tiles at BK 64 take 8 warps: with 4 they spilled (stack 24 and up to 664 bytes)
+_ALL_GPU_CONFIGS = [
     _cfg(128, 128, 64, 8, 3), _cfg(128, 128, 32, 8, 4), _cfg(64, 256, 32, 8, 3), _cfg(64, 128, 64, 8, 4),
     _cfg(128, 64, 64, 8, 4), _cfg(64, 128, 32, 4, 4), _cfg(64, 64, 64, 4, 4), _cfg(32, 64, 64, 4, 4),
 ]
+# older triton spilled with some (expand, stack 8 to 96 bytes; 3.4's shrink at 128x128x64 too): (BM, BN, BK,
+# warps, stages) -> the first triton that compiled shrink and expand without spills (3.4.0, 3.5.1, 3.6.0 checked)
+_FIRST_TRITON_WITHOUT_SPILLS = {(128, 128, 64, 8, 3): (3, 5), (64, 128, 64, 8, 4): (3, 5), (64, 64, 64, 4, 4): (3, 7)}
+
+
+def gpu_configs(triton_version: tuple) -> list:
+    """The configs that compile for sm_90 without spills with this triton."""
+    def key(c):
+        return c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages
+
+    return [c for c in _ALL_GPU_CONFIGS if _FIRST_TRITON_WITHOUT_SPILLS.get(key(c), (0, 0)) <= triton_version]
+
+
+_GPU_CONFIGS = gpu_configs(TRITON_VERSION)
 _INTERP_CONFIG = _cfg(16, 16, 16, 4, 1, group=2)
 
 
