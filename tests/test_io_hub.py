@@ -70,11 +70,11 @@ def test_an_unreachable_hub_is_one_quiet_line_naming_the_cause(monkeypatch, capl
 
 
 def test_a_gated_or_missing_hub_repo_says_what_to_do(monkeypatch):
-    import httpx2
+    from huggingface_hub.utils import httpx  # the hub's HTTP library (httpx2 in hub 2)
     import huggingface_hub
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-    response = httpx2.Response(401, request=httpx2.Request("HEAD", "https://huggingface.co/org/model"))
+    response = httpx.Response(401, request=httpx.Request("HEAD", "https://huggingface.co/org/model"))
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _hub_failure(GatedRepoError("401", response=response)))
     with pytest.raises(UserError, match=r"'org/model' is gated .* https://huggingface.co/org/model and log in"):
         load_teacher("org/model")
@@ -153,11 +153,11 @@ def test_a_hub_teacher_downloads_the_variant_its_file_list_names_and_nothing_els
 
 
 def test_a_hub_repo_without_a_transformer_config_says_so(tmp_path, monkeypatch):
-    import httpx2
+    from huggingface_hub.utils import httpx  # the hub's HTTP library (httpx2 in hub 2)
     import huggingface_hub
     from huggingface_hub.errors import RemoteEntryNotFoundError
 
-    response = httpx2.Response(404, request=httpx2.Request("HEAD", "https://huggingface.co/org/unet"))
+    response = httpx.Response(404, request=httpx.Request("HEAD", "https://huggingface.co/org/unet"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _hub_failure(RemoteEntryNotFoundError("404", response=response)))
     with pytest.raises(UserError, match=r"^'org/unet' has neither transformer/config.json nor config.json: "):

@@ -144,7 +144,7 @@ def test_a_request_an_interrupt_ended_is_not_left_pending(monkeypatch):
     """bounded_hub's record ends a request on every exit of the client's send: one a KeyboardInterrupt
     ended (a BaseException, not an Exception) was left pending, so Unanswered.words counted its wall
     time up to when they were said (here 300 s), not to the interrupt (3 s)."""
-    import httpx2
+    from huggingface_hub.utils import httpx  # the hub's HTTP library (httpx2 in hub 2)
     from huggingface_hub import constants, get_session, set_client_factory
     from huggingface_hub.utils import _http
 
@@ -158,7 +158,7 @@ def test_a_request_an_interrupt_ended_is_not_left_pending(monkeypatch):
     def interrupted(request):
         now[0] = 103.0
         raise KeyboardInterrupt
-    set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(interrupted)))
+    set_client_factory(lambda: httpx.Client(transport=httpx.MockTransport(interrupted)))
     try:
         with pytest.raises(KeyboardInterrupt), bounded_hub() as record:
             get_session().head("http://127.0.0.1:1/x")

@@ -179,13 +179,13 @@ def test_a_list_lost_under_a_second_before_is_not_said_as_0_s_before(monkeypatch
     """A list lost less than half a second before (run's load just after its check lost it, having
     waited 1 s for it) was said '…, 0 s before; not asked again'; now 'under 1 s before'. A second
     and later: its whole seconds, as before."""
-    import httpx2
+    from huggingface_hub.utils import httpx  # the hub's HTTP library (httpx2 in hub 2)
     from huggingface_hub import constants
 
     from compress.io_hub_requests import ListLost, cause_line
 
     monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 1)
-    lost = httpx2.ReadTimeout("timed out", request=httpx2.Request("GET", "https://huggingface.co/api/models/acme/pix"))
+    lost = httpx.ReadTimeout("timed out", request=httpx.Request("GET", "https://huggingface.co/api/models/acme/pix"))
     words = ("ReadTimeout: timed out (no answer within 1 s; set HF_HUB_DOWNLOAD_TIMEOUT to wait longer), {} before; "
              "not asked again")
     for ago, said in ((0.3, "under 1 s"), (0.7, "under 1 s"), (1.0, "1 s"), (12.4, "12 s"), (59.6, "60 s")):

@@ -94,7 +94,7 @@ def test_a_hub_pipeline_the_hub_does_not_answer_is_read_from_the_cache_or_refuse
     calibration pipeline hung. One bounded request (io_hub.hub_head) finds that out: a cached
     pipeline is read from the cache (a note says so), an uncached one is one line naming the id
     and the variable that lengthens the wait."""
-    import httpx2
+    from huggingface_hub.utils import httpx  # the hub's HTTP library (httpx2 in hub 2)
     import huggingface_hub
     from huggingface_hub import constants
 
@@ -108,7 +108,7 @@ def test_a_hub_pipeline_the_hub_does_not_answer_is_read_from_the_cache_or_refuse
 
     def head(url, timeout=None, **kwargs):
         waits.append(timeout)
-        raise httpx2.ReadTimeout("The read operation timed out", request=httpx2.Request("HEAD", url))
+        raise httpx.ReadTimeout("The read operation timed out", request=httpx.Request("HEAD", url))
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", head)
     monkeypatch.setattr(pipeline_utils, "model_info", lambda *a, **k: pytest.fail("diffusers' model_info"))
     real = pipeline_utils.snapshot_download
@@ -199,7 +199,7 @@ def test_a_cached_hub_pipeline_lacking_a_file_of_a_part_names_it_and_its_downloa
     text encoder's config in a RuntimeError traceback, a tokenizer without its vocabulary loaded
     without a word (every word one unknown id), and a file the cache's list of the commit names in
     huggingface_hub's "The cached snapshot … is incomplete". One line names the file and the hf download."""
-    import httpx2
+    from huggingface_hub.utils import httpx  # the hub's HTTP library (httpx2 in hub 2)
     import huggingface_hub
     from huggingface_hub import constants
 
@@ -231,7 +231,7 @@ def test_a_cached_hub_pipeline_lacking_a_file_of_a_part_names_it_and_its_downloa
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the Hub unreachable: the same line
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, **k: (_ for _ in ()).throw(
-        httpx2.ConnectError("[Errno 111] Connection refused", request=httpx2.Request("HEAD", url))))
+        httpx.ConnectError("[Errno 111] Connection refused", request=httpx.Request("HEAD", url))))
     with pytest.raises(UserError) as e:
         load_pipeline(offline_cache)
     assert str(e.value) == f"cannot load base pipeline 'acme/pix': {said}"

@@ -22,12 +22,12 @@ def lost_hub(tmp_path, monkeypatch):
     """An empty Hugging Face cache, HF_HUB_OFFLINE unset, hub_head's request answered (the Hub reached)
     and every later request refused (the Hub's address a port nothing listens on); a compressed toy
     PixArt output."""
-    import httpx2
+    from huggingface_hub.utils import httpx  # the hub's HTTP library (httpx2 in hub 2)
     import huggingface_hub
 
     out = _hub_lost_after_head(tmp_path, monkeypatch)
     refused = lambda url, **k: (_ for _ in ()).throw(  # noqa: E731 - huggingface_hub's retries: 23 s
-        httpx2.ConnectError("[Errno 111] Connection refused", request=httpx2.Request("HEAD", url)))
+        httpx.ConnectError("[Errno 111] Connection refused", request=httpx.Request("HEAD", url)))
     monkeypatch.setattr(huggingface_hub.file_download, "get_hf_file_metadata", refused)
     return out
 

@@ -31,9 +31,9 @@ def _own_cache(tmp_path, monkeypatch):
 
 def _timeout(method: str, url: str = "https://huggingface.co/acme/pix"):
     """The error httpx raises (after huggingface_hub's retries) where the Hub never answers."""
-    import httpx2
+    from huggingface_hub.utils import httpx  # the hub's HTTP library (httpx2 in hub 2)
 
-    return httpx2.ReadTimeout("The read operation timed out", request=httpx2.Request(method, url))
+    return httpx.ReadTimeout("The read operation timed out", request=httpx.Request(method, url))
 
 
 def _cached_pipeline(tmp_path, weights: bool) -> None:
@@ -125,12 +125,12 @@ def test_a_reachability_request_that_never_answers_waits_hf_hub_etag_timeout(tmp
 
 
 def test_errors_other_than_a_timeout_keep_their_words():
-    import httpx2
+    from huggingface_hub.utils import httpx  # the hub's HTTP library (httpx2 in hub 2)
 
     from compress.io_hub_requests import cause_line
 
-    assert cause_line(httpx2.ConnectError("[Errno -3] Temporary failure")) == "ConnectError: [Errno -3] Temporary failure"
-    assert cause_line(httpx2.ReadTimeout("timed out")).endswith("(no answer within 7 s; set HF_HUB_DOWNLOAD_TIMEOUT "
+    assert cause_line(httpx.ConnectError("[Errno -3] Temporary failure")) == "ConnectError: [Errno -3] Temporary failure"
+    assert cause_line(httpx.ReadTimeout("timed out")).endswith("(no answer within 7 s; set HF_HUB_DOWNLOAD_TIMEOUT "
                                                                 "to wait longer)")  # no request attached: a GET's
 
 
@@ -171,7 +171,7 @@ def test_a_reachability_timeout_whose_cause_names_no_request_names_hf_hub_etag_t
     taken as GET, and the first check said 'no answer within 10 s; set HF_HUB_DOWNLOAD_TIMEOUT'
     though HF_HUB_ETAG_TIMEOUT bounds it."""
     import httpcore2
-    import httpx2
+    from huggingface_hub.utils import httpx  # the hub's HTTP library (httpx2 in hub 2)
     import huggingface_hub
     from huggingface_hub import constants
 
@@ -183,7 +183,7 @@ def test_a_reachability_timeout_whose_cause_names_no_request_names_hf_hub_etag_t
         try:
             raise httpcore2.ReadTimeout("timed out")
         except httpcore2.ReadTimeout as inner:
-            raise httpx2.ReadTimeout("timed out") from inner  # no request anywhere in the chain
+            raise httpx.ReadTimeout("timed out") from inner  # no request anywhere in the chain
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", head)
     from compress.io_hub_requests import hub_head
 
@@ -194,9 +194,9 @@ def test_a_reachability_timeout_whose_cause_names_no_request_names_hf_hub_etag_t
 # ---- diffusers' own requests for a Hub pipeline: a live server that answers HEADs and then hangs ----
 def _user_factory():
     """A library user's own client factory (a header of theirs on every request, no timeout)."""
-    import httpx2
+    from huggingface_hub.utils import httpx  # the hub's HTTP library (httpx2 in hub 2)
 
-    return httpx2.Client(headers={"x-user-factory": "yes"}, follow_redirects=True, timeout=None)
+    return httpx.Client(headers={"x-user-factory": "yes"}, follow_redirects=True, timeout=None)
 
 
 def waited_uncached(cache) -> str:

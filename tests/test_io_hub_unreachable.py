@@ -23,7 +23,7 @@ def _no_network(monkeypatch, tmp_path, repo_id: str, folder):
     """`folder` cached as `repo_id`, HF_HUB_OFFLINE unset, and no network: the one request io_hub
     makes to find that out fails at once; any other Hub call fails the test (huggingface_hub would
     retry it for about 23 s)."""
-    import httpx2
+    from huggingface_hub.utils import httpx  # the hub's HTTP library (httpx2 in hub 2)
     import huggingface_hub
 
     _hub_cache(monkeypatch, tmp_path, repo_id, folder)
@@ -32,7 +32,7 @@ def _no_network(monkeypatch, tmp_path, repo_id: str, folder):
 
     def unreachable(url, *args, **kwargs):
         asked.append(url)
-        raise httpx2.ConnectError("[Errno -3] Temporary failure in name resolution")
+        raise httpx.ConnectError("[Errno -3] Temporary failure in name resolution")
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", unreachable)
     for name in ("hf_hub_download", "snapshot_download"):
         monkeypatch.setattr(huggingface_hub, name, lambda *a, name=name, **k: pytest.fail(f"{name} {a} {k}"))

@@ -65,7 +65,7 @@ def test_eval_and_bench_refuse_a_hub_teacher_of_another_family_before_its_weight
 def test_a_transformer_only_hub_teacher_is_checked_by_its_root_config(tmp_path, monkeypatch):
     """A Hub repo holding a transformer alone (config.json at its root, as fine-tunes are shared):
     run's check read transformer/config.json only and said it cannot fetch it."""
-    import httpx2
+    from huggingface_hub.utils import httpx  # the hub's HTTP library (httpx2 in hub 2)
     import huggingface_hub
     from huggingface_hub.errors import RemoteEntryNotFoundError
 
@@ -75,7 +75,7 @@ def test_a_transformer_only_hub_teacher_is_checked_by_its_root_config(tmp_path, 
     def fetch(repo, name, subfolder=None):
         fetched.append((subfolder, name))
         if subfolder:
-            response = httpx2.Response(404, request=httpx2.Request("HEAD", f"https://huggingface.co/{repo}"))
+            response = httpx.Response(404, request=httpx.Request("HEAD", f"https://huggingface.co/{repo}"))
             raise RemoteEntryNotFoundError("404", response=response)
         return str(tmp_path / "cfg" / "config.json")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # empty

@@ -119,12 +119,12 @@ def test_a_hub_teacher_streams_from_the_transformer_folder_load_teacher_reads(tm
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, repo, timeout: hub_info(listed))
     def hf_hub_download(repo, name, subfolder=None):
-        import httpx2
+        from huggingface_hub.utils import httpx  # the hub's HTTP library (httpx2 in hub 2)
         from huggingface_hub.errors import RemoteEntryNotFoundError
 
         name = f"{subfolder}/{name}" if subfolder else name
         if name not in listed:
-            response = httpx2.Response(404, request=httpx2.Request("HEAD", f"https://huggingface.co/{repo}"))
+            response = httpx.Response(404, request=httpx.Request("HEAD", f"https://huggingface.co/{repo}"))
             raise RemoteEntryNotFoundError("404", response=response)
         return str(Path(snapshot_download(repo, [name])) / name)
 
