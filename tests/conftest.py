@@ -154,7 +154,7 @@ def forward(model, inputs: dict) -> torch.Tensor:
 def diffusers_log():
     """What diffusers logs (at its verbosity) while in the block. Its handler writes to the sys.stderr
     of its import, which capsys and capfd do not see under pytest: a test of no diffusers warning
-    through them passes whatever diffusers says (caplog sees it, attached to non-propagating loggers)."""
+    through them passes whatever diffusers says (caplog sees it from pytest 9.1 on, non-propagating loggers too)."""
     logged = []
     handler = logging.Handler()
     handler.emit = lambda record: logged.append(record.getMessage())
