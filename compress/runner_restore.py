@@ -25,7 +25,7 @@ from compress.runner_pending import discard, read_record, restore_student
 from compress.runner_caches import note_stranded_checkpoints
 from compress.runner_caches_keyed import keyed_under
 from compress.runner_ranks import is_main_process
-from compress.runner_resume import (FINISHED, distill_checkpoints, inputs_change, passed_over_in_words,
+from compress.runner_resume import (FINISHED, distill_checkpoints, inputs_apart, inputs_change, passed_over_in_words,
                                     recipe_changes, recorded_teacher, resumed_in_words, statistics_change)
 from compress.runner_stages import record_run, resumable, save_stage, stage_dir
 from compress.runner_teacher_id import older_checksum, resume_advice, same_teacher, teacher_change
@@ -142,7 +142,8 @@ def _finish_adopting(runner, k: int, student, stage: Path) -> None:
 
 def _finishable(runner, saved: list) -> tuple[int, dict] | None:
     """(pass index, state) of a streamed stage whose writing was interrupted (runner_pending), where
-    it is later than every saved stage and of this recipe as far as its pass; else None."""
+    it is later than every saved stage and of this recipe as far as its pass (compared as a saved stage is:
+    runner_resume.reusable_stage, its prompts apart only where it records its `inputs`); else None."""
     got = read_record(runner.run_dir) if runner.recipe.stream and is_main_process() else None
     if got is None:
         return None
@@ -150,8 +151,8 @@ def _finishable(runner, saved: list) -> tuple[int, dict] | None:
     recipe = state.get("recipe")
     if j <= max((i for i, _, _ in saved), default=-1) or j >= len(runner.passes) or not isinstance(recipe, dict):
         return None
-    changed = recipe_changes(recipe, runner.recipe.raw, runner.passes, j + 1, report=state.get("report")) or \
-        statistics_change(state, runner.passes, j)
+    changed = (recipe_changes(recipe, runner.recipe.raw, runner.passes, j + 1, inputs_apart(state), state.get("report"))
+               or statistics_change(state, runner.passes, j))
     return None if changed else (j, state)
 
 

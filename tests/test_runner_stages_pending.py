@@ -149,9 +149,26 @@ def test_an_older_record_of_other_statistics_is_not_finished(tmp_path, monkeypat
     record.write_text(json.dumps(old))  # as a dit-compress before 29f6c36 wrote it
     assert read_record(run_dir)[1]["statistics"] == was
     monkeypatch.setattr(calib_stats, "STATS_VERSION", was + 1)
+    _resumed_without_the_record(tmp_path, monkeypatch, capsys, text)  # the record of the old statistics
+
+
+def test_a_record_of_other_prompts_is_not_finished_where_its_source_records_no_inputs(tmp_path, monkeypatch, capsys):
+    """A record whose source recorded no `inputs` (synthetic here, toy, an older run's) compares the recipe's
+    prompts as recipe keys, as a saved stage's (runner_resume.inputs_apart): runner_restore._finishable
+    left them out, so after the prompts changed a plain rerun said 'an interrupted run of another recipe (it
+    differs in calibration.prompts.0, ...)' but --resume finished the record, keeping the pass. Now --resume
+    runs that pass again, as it would from a saved stage of that recipe."""
+    text, run_dir = _stopped_writing_its_first_stage(tmp_path, monkeypatch)
+    assert read_record(run_dir)[1]["inputs"] is None  # (synthetic: no prompts read)
+    changed = text.replace("heldout: 4}", "heldout: 4, prompts: [a cat, a dog]}")
+    _resumed_without_the_record(tmp_path, monkeypatch, capsys, changed)  # the record of the other prompts
+
+
+def _resumed_without_the_record(tmp_path, monkeypatch, capsys, text: str) -> None:
+    """--resume of tmp_path/run-r with `text` runs both svd passes: the record there was not finished."""
     capsys.readouterr()
     with monkeypatch.context() as m:
         ran = _runs_of_svd(m)
         run_recipe(tmp_path, text, "r", resume=True)
-    assert len(ran) == 2  # both svd passes: the record of the old statistics was not finished
+    assert len(ran) == 2
     assert "whose stage was being written when the run stopped" not in capsys.readouterr().err.replace("\n", " ")
