@@ -1,12 +1,15 @@
 """A saved stage's recorded recipe as the dit-compress that saved it ran it (`as_ran`), which --resume compares
 with the recipe now (runner_resume.recipe_changes): a key an older dit-compress did not write holds the value
 it ran (`MOVED`'s where the key's default has moved since, else today's default: a key comes with the default
-that runs as before), and a key at the default it had then, which a newer dit-compress moved (`MOVED`), is
-read as today's default, not as the user's change; an svd pass the stage ran under `objective: auto` is read as
-the objective auto ran it as (its report's svd summary) where the recipe now sets that objective itself
-(`ran_objective`: the same model). Whether the stage's pass then runs as the recipe now does is that key's own
-check, before the run folder is touched (svd.objective: runner_checks_objective.check_resumed, once auto is
-resolved). Imports no torch (runner_resume's callers read run folders before torch is in)."""
+that runs as before), and a key at a `MOVED` older default is read as today's default where the recipe now
+holds that, not as the user's change, whichever version saved the stage (nothing is gated on `MOVED`'s
+version, which only runner_checks_objective's refusal names): a stage whose recipe set that value itself reads
+so too, and the stage's report tells the two apart (svd's `objective_given`) for that key's own check below; an
+svd pass the stage ran under `objective: auto` is read as the objective auto ran it as (its report's svd
+summary) where the recipe now sets that objective itself (`ran_objective`: the same model). Whether the
+stage's pass then runs as the recipe now does is that key's own check, before the run folder is touched
+(svd.objective: runner_checks_objective.check_resumed, once auto is resolved). Imports no torch
+(runner_resume's callers read run folders before torch is in)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from compress.passes.svd_objective import AUTO
 from compress.recipe_convert import field_default
 from compress.runner_resume_moves import pass_name
 
-# (pass, key) -> (its default before, the last dit-compress version of that default)
+# (pass, key) -> (its default before, the last dit-compress version of that default: named in words only,
+# runner_checks_objective.BEFORE_AUTO; `as_ran` reads the older default as today's whichever version saved it)
 MOVED = {("svd", "objective"): ("branches", "0.1.0")}
 
 
@@ -25,7 +29,7 @@ def as_ran(before: list, now: list, passes, report: dict | None = None) -> list:
     beside the resolved specs `now` (every key) of the pass objects `passes`, paired by index where the
     pass is the same: a key `before` lacks holds its older value (`MOVED`), or today's where the recipe
     now holds the default (the key was added since); a `MOVED` key at its older default reads as today's
-    where the recipe now holds today's; svd.objective auto as what it ran as (`report`: the stage's,
+    where the recipe now holds today's (whichever version saved it); svd.objective auto as what it ran as (`report`: the stage's,
     `ran_objective`) where the recipe now sets that."""
     ran = _ran_objectives(before, report)
     out = []
