@@ -19,6 +19,7 @@ from compress.recipe import Recipe
 from compress.runner_pending import read_record
 from compress.runner_resume_moves import differing, pass_moves, pass_name
 from compress.runner_resume_older import as_ran
+from compress.runner_resume_step import distill_checkpoints, resumed_step
 from compress.runner_teacher_id import as_compared
 
 
@@ -302,26 +303,21 @@ def not_kept_in_words(earliest: int, changed: list[str], streamed: bool) -> str:
     return f": {why}, so {before}, before the changed one, cannot be resumed from"
 
 
-def distill_checkpoints(run_dir: Path) -> list[Path]:
-    """The complete distill checkpoints in `run_dir` (distill*/checkpoints/step-N, with meta.json)."""
-    return sorted(p for p in Path(run_dir).glob("distill*/checkpoints/step-*") if (p / "meta.json").is_file())
-
-
 def interrupted_run(run_dir: Path, now: dict | None = None, passes=()) -> dict | None:
     """What an unfinished run left in `run_dir` that a fresh start would discard: {"done": passes
-    completed, "total": passes of its recipe (None: unknown), "step": its latest distill checkpoint
-    step (or None), "changed": the keys where its recipe differs from `now` as --resume compares
-    them, or that its statistics do (`statistics_change`; None: unknown, or no `now`)} (no stage saved,
-    a distill checkpoint of a recipe `now` whose first pass is distill: "total" is `now`'s count, as its
-    passes are counted in words), and where they differ, "keeps": how many passes --resume would
+    completed, "total": passes of its recipe (None: unknown), "step": the latest distill checkpoint
+    step of the pass --resume runs next (`resumed_step`, of the recipe of the run that stopped: RAN, else
+    its latest stage's, else `now`; None: none), "changed": the keys where its recipe differs from `now`
+    as --resume compares them, or that its statistics do (`statistics_change`; None: unknown, or no `now`)}
+    (no stage saved, a distill checkpoint of a recipe `now` whose first pass is distill: "total" is `now`'s
+    count, as its passes are counted in words), and where they differ, "keeps": how many passes --resume would
     keep (those of its latest stage saved for `now`'s recipe, `reusable_stage`); None when there is
     nothing, or the run finished (its output was written)."""
     stages, checkpoints = stage_dirs(run_dir), distill_checkpoints(run_dir)
     pending = read_record(run_dir)  # a streamed stage being written when the run stopped: --resume writes it
     if (Path(run_dir) / "stages" / FINISHED).is_file() or not (stages or checkpoints or pending):
         return None
-    steps = [int(p.name.removeprefix("step-")) for p in checkpoints if p.name.removeprefix("step-").isdigit()]
-    info = {"done": 0, "total": None, "step": max(steps, default=None), "changed": None}
+    info = {"done": 0, "total": None, "step": None, "changed": None}
     latest = [(i, read_state(d) or {}) for i, d in stages[-1:]]
     if pending and pending[0] > max((i for i, _ in stages), default=-1):
         latest.append(pending)
@@ -338,6 +334,9 @@ def interrupted_run(run_dir: Path, now: dict | None = None, passes=()) -> dict |
     if info["changed"]:  # what --resume would keep: the passes of the latest stage of this recipe
         k, _ = reusable_stage([(i, read_state(d)) for i, d in stages], now, passes)
         info["keeps"] = 0 if k is None else k + 1
+    ran = next((r["passes"] for r in (run_record(run_dir).get(RAN), latest and latest[-1][1].get("recipe"), now)
+                if isinstance(r, dict) and isinstance(r.get("passes"), list)), None)
+    info["step"] = resumed_step(run_dir, info["done"], None if ran is None else [pass_name(s) for s in ran])
     return info
 
 
