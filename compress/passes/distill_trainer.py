@@ -196,13 +196,14 @@ class _Trainer(Checkpoints):
         for f in feats or ():
             f.clear()
         acc.backward(loss)
+        finite = self._finite_gradients()  # before clipping: a NaN norm's clip multiplies NaN into every gradient
         grad_norm = acc.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         # before the step: AdamW would write the NaN into every weight, and the next checkpoint keep it
         # (fp16 mixed precision's grad scaler skips such a step and lowers its scale: not refused, counted:
         # distill_scaler, warned of where it skipped most of them)
         if getattr(acc, "scaler", None) is None and not math.isfinite(float(grad_norm)):
             raise self._diverged(f"non-finite gradient at step {self.step + 1} (loss {loss.item():.4g}, "
-                                 f"grad norm {float(grad_norm)})", self._gradient_trouble())
+                                 f"grad norm {float(grad_norm)})", self._gradient_trouble(finite))
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         skipped = step_skipped(acc, self.optimizer, float(grad_norm))  # fp16's grad scaler found Inf/NaN: no update
@@ -300,12 +301,22 @@ class _Trainer(Checkpoints):
             return f": the student's weight {name} holds NaN/Inf"
         return _layer_words(locate(inner, self.adapter, _inputs_for(inner, kwargs), held="NaN/Inf"))
 
-    def _gradient_trouble(self) -> str:
+    def _finite_gradients(self) -> list[tuple[str, torch.Tensor]]:
+        """(name, whether its gradient is finite: a 0-d bool tensor, read only where the step is refused)
+        of each trained weight with a gradient, as backward left them. Clipping at a NaN total norm multiplies
+        every gradient by NaN (torch's clip_grad_norm_ at any distill.grad_clip; at grad_clip 0 too on
+        accelerate 0.x, which clips at inf where 1.x only measures): read after it, every gradient would be
+        named, the first often a finite one. One isfinite pass over the gradients, no sync."""
+        if getattr(self.acc, "scaler", None) is not None:
+            return []  # (fp16's scaler skips such steps: never read)
+        return [(name, torch.isfinite(p.grad.detach()).all())
+                for name, p in self.acc.unwrap_model(self.student).named_parameters() if p.grad is not None]
+
+    @staticmethod
+    def _gradient_trouble(finite: list[tuple[str, torch.Tensor]]) -> str:
         """': how many trained weights' gradients hold NaN/Inf, the first by name', or ''."""
-        grads = [(name, p.grad) for name, p in self.acc.unwrap_model(self.student).named_parameters()
-                 if p.grad is not None]
-        bad = [name for name, g in grads if nonfinite(g.detach())]
-        return f": the gradients of {len(bad)} of its {len(grads)} trained weights hold NaN/Inf, the first {bad[0]}" \
+        bad = [name for name, ok in finite if not bool(ok)]
+        return f": the gradients of {len(bad)} of its {len(finite)} trained weights hold NaN/Inf, the first {bad[0]}" \
             if bad else ""
 
     @torch.no_grad()

@@ -50,6 +50,22 @@ def test_a_gradient_that_is_not_finite_stops_before_the_step_and_its_checkpoints
     assert list(_checkpoint_weights(tmp_path)) == ["step-00000001"]
 
 
+def test_clipping_at_a_nan_norm_does_not_change_which_gradients_are_named(tmp_path):
+    """Clipping at a NaN total norm multiplies every gradient by NaN (torch's clip; accelerate 0.34 clips
+    even at grad_clip 0): the line named 108 of 108 gradients, the first scale_shift_table, whose gradient
+    backward left finite. It names those backward left non-finite, as without clipping."""
+    teacher = tiny_pixart()
+    words = {}
+    for clip in (0, 1e30):  # 1e30: no finite norm reaches it, so step 1 is the same as unclipped
+        with pytest.raises(NumericError) as e:
+            distill(factorize(copy.deepcopy(teacher), rank=2), teacher, tmp_path / str(clip), lr=3,
+                    grad_clip=clip, warmup_steps=0, steps=3)
+        words[clip] = str(e.value).split("; ")[0]
+    assert words[0] == words[1e30], words
+    assert words[0].endswith("): the gradients of 84 of its 108 trained weights hold NaN/Inf, the first "
+                             "pos_embed.proj.weight"), words
+
+
 def test_a_checkpoint_of_weights_that_are_not_finite_is_never_written(tmp_path, monkeypatch):
     """An update that overflows the weights themselves (finite gradients): the checkpoint after it is
     refused naming the weight, the earlier one kept."""
