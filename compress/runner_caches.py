@@ -26,6 +26,7 @@ from pathlib import Path
 from compress import json_read
 from compress.runner_kept import fisher_folder, readers_of, samples_keys
 from compress.runner_resume import FINISHED, SAMPLES_ABOUT, TEACHER_SAMPLES, recipe_changes
+from compress.runner_resume_step import distill_folder
 
 REMOVED_LOG = "removed-caches.log"  # in the run folder: a line per cache removed (`log_removed`)
 CLOCK = ".clock-"  # in the run folder: `clock_ns`'s file, .clock-PID, removed at once
@@ -326,7 +327,7 @@ def stranded_checkpoints(run_dir: Path, passes) -> list[Path]:
     from compress.passes.distill_resume import DISCARDED
 
     n = sum(1 for p in passes if p.name == "distill")
-    own = {"distill" if k == 0 else f"distill-{k + 1}" for k in range(n)}
+    own = {distill_folder(k + 1) for k in range(n)}
     found = [c for name in ("checkpoints", DISCARDED, "checkpoints.swapping*")  # (the last: an older swap's, stopped)
              for c in Path(run_dir).glob(f"distill*/{name}")]
     return sorted(c for c in found if c.parent.name not in own and c.is_dir() and any(c.iterdir()))

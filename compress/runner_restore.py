@@ -27,6 +27,7 @@ from compress.runner_caches_keyed import keyed_under
 from compress.runner_ranks import is_main_process
 from compress.runner_resume import (FINISHED, distill_checkpoints, inputs_apart, inputs_change, passed_over_in_words,
                                     recipe_changes, recorded_teacher, resumed_in_words, statistics_change)
+from compress.runner_resume_step import distill_folder
 from compress.runner_stages import record_run, resumable, save_stage, stage_dir
 from compress.runner_teacher_id import older_checksum, resume_advice, same_teacher, teacher_change
 
@@ -103,7 +104,7 @@ def _cleared(runner, start: int, student):
     names = [s.name for s in runner.recipe.passes]
     distills = [i for i, name in enumerate(names) if name == "distill"]  # the n-th's folder: distill_trainer's
     for n, i in enumerate(distills[:sum(i < start for i in distills)], 1):
-        folder = runner.run_dir / ("distill" if n == 1 else f"distill-{n}")
+        folder = runner.run_dir / distill_folder(n)
         meta, _ = newest_meta(folder / "checkpoints")  # (the training the stage holds: read before they go)
         removed = remove_checkpoints(folder, aside=False)
         if removed:

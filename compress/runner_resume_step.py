@@ -10,6 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def distill_folder(n: int) -> str:
+    """The folder (under the run folder) the n-th distill pass of a recipe trains in (n from 1): 'distill', then
+    'distill-2', 'distill-3' ... (distill_trainer writes there; resume, restore and the cache cleaner read it)."""
+    return "distill" if n == 1 else f"distill-{n}"
+
+
 def distill_checkpoints(run_dir: Path, folder: str = "distill*") -> list[Path]:
     """The complete distill checkpoints in `run_dir` (FOLDER/checkpoints/step-N, with meta.json; `folder`: a
     glob of the distill folders, every one by default)."""
@@ -25,8 +31,7 @@ def pass_folder(done: int, names: list[str] | None) -> str | None:
         return "distill" if done == 0 else "distill*"
     if done >= len(names) or names[done] != "distill":
         return None
-    n = names[:done + 1].count("distill")
-    return "distill" if n == 1 else f"distill-{n}"
+    return distill_folder(names[:done + 1].count("distill"))
 
 
 def resumed_step(run_dir: Path, done: int, names: list[str] | None) -> int | None:

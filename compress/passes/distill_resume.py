@@ -14,6 +14,7 @@ import torch
 from compress import json_read
 from compress.errors import UserError
 from compress.passes.distill_config import DistillConfig
+from compress.runner_resume_step import distill_folder
 
 # config keys that do not change the result (left out of the checkpoint fingerprint)
 NOT_FINGERPRINTED = ("max_steps_this_run", "checkpoint_every", "keep_checkpoints", "progress", "plot",
@@ -151,7 +152,7 @@ def check_resumable_configs(run_dir: Path, configs: list, calibration=None, indi
     prompts read are compared there: they need the run). One trained with other distill keys alone
     is no refusal: the pass discards it and trains from its start (`of_other_keys`)."""
     for n, cfg in enumerate(configs):
-        folder = Path(run_dir) / ("distill" if n == 0 else f"distill-{n + 1}")
+        folder = Path(run_dir) / distill_folder(n + 1)
         meta, checkpoint = newest_meta(folder / "checkpoints")
         then = meta.get("settings") if meta is not None else None
         if not isinstance(then, dict):

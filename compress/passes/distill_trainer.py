@@ -29,6 +29,7 @@ from compress.passes.distill_progress import TERMS, fmt_terms, weights_of
 from compress.passes.distill_resume import DISCARDED, checksum, lower_lr, resume_keeps, trains_again
 from compress.passes.distill_scaler import scaler_record, step_skipped
 from compress.progress import WORDS, bar as progress_bar
+from compress.runner_resume_step import distill_folder
 from compress.runner_setup import locate
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class _Trainer(Checkpoints):
         # the frozen model the student is distilled toward and measured against, and its block map
         self.target, self.target_map = (kd.teacher, kd.block_map) if kd else (ctx.teacher, ctx.block_map)
         self.earlier = _earlier(ctx.report)  # records of the distill passes before this one
-        self.dir = Path(ctx.run_dir) / ("distill" if not self.earlier else f"distill-{len(self.earlier) + 1}")
+        self.dir = Path(ctx.run_dir) / distill_folder(len(self.earlier) + 1)
         self.acc = accelerator_for(cfg, torch.device(ctx.device))
         self.step, self.history, self.before, self.resumed = 0, [], None, 0  # resumed: from checkpoints, how often
         self.seconds_before = 0.0  # training time of earlier invocations (from the checkpoint resumed; 0 if older)
