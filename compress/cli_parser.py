@@ -149,7 +149,7 @@ def options_with_a_value_taken(parser: argparse.ArgumentParser, given: list[str]
     `parsed` and argparse left over (`extras`) more than those options: `importance --bukets 2 r.yaml`,
     whose 2 it took for SOURCE and whose r.yaml, the SOURCE typed, it listed as unrecognized. [] where
     none is (the arguments left over are then argparse's to list)."""
-    head = given[:given.index("--")] if "--" in given else given
+    head = _before_dashes(given)
     places = {getattr(parsed, a.dest, None) for a in parser._actions if not a.option_strings}
     unknown = unknown_options(head, parser)
     taken = any(token in unknown and "=" not in token and not path_there(token) and value in places
@@ -180,7 +180,7 @@ def dash_value(parser: argparse.ArgumentParser, given: list[str], option_strings
     """"; -x is taken for an option, as it starts with '-': give --out=-x" where the option (of
     `option_strings`) argparse found without its value ('expected one argument') is followed in `given`
     by a value starting with one '-' that is no option of `parser` (or by a path there, '--x'); else ''."""
-    head = given[:given.index("--")] if "--" in given else given
+    head = _before_dashes(given)
     for token, value in zip(head, head[1:]):
         option = _option_of(parser, token)
         if option is None or option.option_strings != option_strings or "=" in token:
@@ -189,6 +189,11 @@ def dash_value(parser: argparse.ArgumentParser, given: list[str], option_strings
                 not value.startswith("--") or path_there(value)):
             return f"; {value} is taken for an option, as it starts with '-': give {token}={value}"
     return ""
+
+
+def _before_dashes(given: list[str]) -> list[str]:
+    """A command's arguments before '--' (after it every one is given by its place, none an option)."""
+    return given[:given.index("--")] if "--" in given else given
 
 
 def _option_of(parser: argparse.ArgumentParser, token: str) -> argparse.Action | None:
